@@ -1,0 +1,192 @@
+"""Our own checkpoint folders: ``model.safetensors`` plus ``config.json``.
+
+``config.json`` carries everything needed to use the weights without retyping
+anything: the model config, the prompt style the model was trained with, and
+free-form metadata (base model, training config, data source and split).
+It also records the size and sha256 of the weights, so a weights file that does
+not belong to its config (or was cut short) is refused, never half-loaded.
+
+Saving is atomic at the folder level: the new folder is written beside the
+target and swapped in with renames, so an interrupted save leaves the previous
+checkpoint intact. No pickle anywhere: tensors go through safetensors, the rest
+is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.files import atomic_write_json
+from gpt2_scratch.hub import read_safetensors
+from gpt2_scratch.model import GPT
+from gpt2_scratch.prompts import get_prompt_style
+
+FORMAT = "gpt2_scratch"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint folder says about its weights."""
+
+    path: Path
+    config: GPTConfig
+    prompt_style: str | None
+    sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    model: GPT,
+    *,
+    prompt_style: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> CheckpointInfo:
+    """Write ``model`` (its config, weights, prompt style and ``metadata``) to ``folder`` atomically."""
+    from safetensors.torch import save_file
+
+    if prompt_style is not None:
+        get_prompt_style(prompt_style)  # refuse an unknown name now, not at load time
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        # lm_head.weight is wte (tied): store it once. contiguous() because safetensors needs it.
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        with open(tmp / WEIGHTS_FILE, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = file_sha256(tmp / WEIGHTS_FILE)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": model.config.to_dict(),
+            "prompt_style": prompt_style,
+            "weights": {"file": WEIGHTS_FILE, "bytes": (tmp / WEIGHTS_FILE).stat().st_size, "sha256": digest},
+            "metadata": metadata or {},
+        }
+        atomic_write_json(tmp / CONFIG_FILE, meta)
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CheckpointInfo(folder, model.config, prompt_style, digest, metadata or {})
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace folder ``target`` by ``new``; at every instant one complete version exists."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(folder: Path) -> None:
+    """Finish a swap that was interrupted between its two renames."""
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.exists():
+        os.replace(old, folder)
+
+
+def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
+    """Read and validate ``config.json`` of a checkpoint folder (no weights loaded)."""
+    folder = Path(folder)
+    _recover(folder)
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder: no {CONFIG_FILE}")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a {FORMAT} checkpoint config (no \"format\": \"{FORMAT}\")")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_path} has format_version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+    config = GPTConfig.from_dict(meta["model"])
+    if meta.get("prompt_style") is not None:
+        get_prompt_style(meta["prompt_style"])
+    return CheckpointInfo(folder, config, meta.get("prompt_style"), meta["weights"]["sha256"], meta.get("metadata", {}))
+
+
+def load_checkpoint(
+    folder: str | os.PathLike, *, device: str | torch.device = "cpu", verify: bool = True
+) -> tuple[GPT, CheckpointInfo]:
+    """Load a checkpoint folder written by ``save_checkpoint``: (model in eval mode, its info).
+
+    ``verify`` checks the weights' sha256 against ``config.json`` (about a second per 500 MB).
+    """
+    info = read_checkpoint_info(folder)
+    weights = info.path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{info.path} is missing {WEIGHTS_FILE}")
+    meta = json.loads((info.path / CONFIG_FILE).read_text(encoding="utf-8"))
+    expected_bytes = meta["weights"]["bytes"]
+    actual_bytes = weights.stat().st_size
+    if actual_bytes != expected_bytes:
+        raise ValueError(f"{weights} has {actual_bytes} bytes, config.json says {expected_bytes} (truncated or replaced?)")
+    if verify and file_sha256(weights) != info.sha256:
+        raise ValueError(f"{weights} does not match the sha256 recorded in config.json (corrupt or replaced?)")
+    state = read_safetensors(weights)
+    model = GPT(info.config)
+    model.load_weights(state, str(weights))
+    return model.to(device).eval(), info
+
+
+RANDOM_PREFIX = "random:"
+
+
+def load_model(source: str, *, device: str | torch.device = "cpu") -> tuple[GPT, CheckpointInfo | None]:
+    """The one entry point for "give me a model from this string".
+
+    - ``random:<preset>`` (e.g. ``random:tiny``, ``random:gpt2``): randomly
+      initialised weights from a fixed seed, so the same string always gives the
+      same model (offline smoke runs and tests);
+    - a folder written by ``save_checkpoint``: that checkpoint (its info is returned);
+    - anything else: OpenAI-format weights through ``hub.load_pretrained``
+      (Hub id, short name, or local safetensors file/folder).
+    """
+    from gpt2_scratch.hub import load_pretrained
+
+    if source.startswith(RANDOM_PREFIX):
+        config = GPTConfig.from_preset(source[len(RANDOM_PREFIX):])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = GPT(config)
+        return model.to(device).eval(), None
+    path = Path(source).expanduser()
+    if (path / CONFIG_FILE).is_file() and _is_our_config(path / CONFIG_FILE):
+        return load_checkpoint(path, device=device)
+    return load_pretrained(source, device=device), None
+
+
+def _is_our_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False

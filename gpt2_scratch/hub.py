@@ -1,0 +1,124 @@
+"""Loading OpenAI's pretrained GPT-2 weights into the scratch model.
+
+``load_pretrained`` takes a Hugging Face Hub id (``openai-community/gpt2``, or a
+short name such as ``gpt2-medium``) or a local ``model.safetensors`` file or
+folder. Ids are downloaded with ``huggingface_hub`` into its usual cache.
+
+The Hub files are in the layout of ``transformers.GPT2LMHeadModel``: keys may carry
+a ``transformer.`` prefix, the causal-mask buffers ``attn.bias``/``attn.masked_bias``
+may be present, and the four projection weights are ``Conv1D`` ``(in, out)``
+matrices, which we transpose to ``nn.Linear``'s ``(out, in)``. Every key and
+shape is checked; nothing is loaded partially.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gpt2_scratch.config import PRESETS, GPTConfig
+from gpt2_scratch.model import GPT
+
+HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+# Weights stored as Conv1D (in, out) in OpenAI's checkpoints.
+_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Buffers of transformers' GPT-2 that hold a causal mask, not weights.
+_BUFFER_SUFFIXES = ("attn.bias", "attn.masked_bias")
+
+
+def resolve_hub_id(source: str) -> str:
+    """``gpt2-medium`` -> ``openai-community/gpt2-medium``; other ids pass through."""
+    return HUB_IDS.get(source, source)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a truncated or foreign file is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def _download(repo_id: str) -> tuple[Path, Path]:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        weights = hf_hub_download(repo_id, "model.safetensors")
+        config = hf_hub_download(repo_id, "config.json")
+    except Exception as e:  # offline, unknown repo, gated, ... all end the same way for the user
+        raise RuntimeError(
+            f"cannot download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}); "
+            "if you are offline, pass a local path to a model.safetensors file or a folder holding it"
+        ) from None
+    return Path(weights), Path(config)
+
+
+def _locate(source: str) -> tuple[Path, Path | None]:
+    """(weights file, config.json or None) for a local path or a Hub id."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} holds no model.safetensors")
+        return weights, path / "config.json" if (path / "config.json").is_file() else None
+    if path.is_file():
+        cfg = path.with_name("config.json")
+        return path, cfg if cfg.is_file() else None
+    if source.startswith((".", "/", "~")) or source.endswith(".safetensors"):
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    return _download(resolve_hub_id(source))
+
+
+def _infer_config(state: dict[str, torch.Tensor], weights: Path) -> GPTConfig:
+    """Config from tensor shapes when there is no config.json: match an OpenAI preset."""
+    wte, wpe = state.get("wte.weight"), state.get("wpe.weight")
+    if wte is None or wpe is None:
+        raise ValueError(f"{weights}: no config.json beside it and no wte/wpe tensors to infer one from")
+    n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")})
+    for name, preset in PRESETS.items():
+        if preset["n_embd"] == wte.shape[1] and preset["n_layer"] == n_layer:
+            return GPTConfig(**{**preset, "vocab_size": wte.shape[0], "block_size": wpe.shape[0]})
+    raise ValueError(f"{weights}: no config.json beside it and its shapes match no GPT-2 preset")
+
+
+def convert_hf_state_dict(state: dict[str, torch.Tensor], source: str = "weights") -> dict[str, torch.Tensor]:
+    """Rename a transformers GPT-2 state dict to our parameter names and transpose Conv1D weights.
+
+    Key and shape checks happen in ``GPT.load_weights``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        k = key.removeprefix("transformer.")
+        if k.endswith(_BUFFER_SUFFIXES):
+            continue
+        if k == "lm_head.weight":
+            # The head is tied to wte; a checkpoint may store the copy. It must really be a copy.
+            wte = state.get("transformer.wte.weight", state.get("wte.weight"))
+            if wte is None or tensor.shape != wte.shape or not torch.equal(tensor, wte):
+                raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied heads are supported")
+            continue
+        out[f"transformer.{k}"] = tensor.t() if k.endswith(_CONV1D_SUFFIXES) and tensor.ndim == 2 else tensor
+    return out
+
+
+def load_pretrained(source: str = "gpt2", *, device: str | torch.device = "cpu", dropout: float = 0.0) -> GPT:
+    """GPT-2 with pretrained weights from a Hub id, a short name or a local path."""
+    weights, config_path = _locate(source)
+    state = read_safetensors(weights)
+    if config_path is not None:
+        try:
+            config = GPTConfig.from_hf_config(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{config_path} is not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+    else:
+        config = _infer_config({k.removeprefix("transformer."): v for k, v in state.items()}, weights)
+    config.dropout = dropout
+    model = GPT(config)
+    model.load_weights(convert_hf_state_dict(state, str(weights)), str(weights))
+    return model.to(device).eval()

@@ -1,0 +1,259 @@
+"""GPT-2, every layer written here (after nanoGPT's ``model.py``).
+
+Parameter names are GPT-2's own (``wte``, ``wpe``, ``h.N.ln_1``, ``attn.c_attn``,
+``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``, ``ln_f``) so OpenAI's weights map
+one to one. Linear weights are stored as ``(out, in)`` like ``nn.Linear``;
+OpenAI's checkpoints use ``Conv1D`` with ``(in, out)``, which ``hub`` transposes.
+
+Shape letters: B batch, T sequence length, S cached + new length (keys),
+C embedding size (n_embd), nh heads, hs head size (C // nh), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2_scratch.config import GPTConfig
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last dimension with a learned scale and shift."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU: the tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))."""
+    # F.gelu(approximate="tanh") computes exactly this formula in one fused kernel.
+    return F.gelu(x, approximate="tanh")
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, for incremental decoding.
+
+    ``k`` and ``v`` are ``(n_layer, B, nh, max_len, hs)``; positions ``[0, length)``
+    are filled. ``key_valid`` (``(B, max_len)`` bool, or None when no row is
+    padded) marks real tokens, so left padding is never attended to.
+    Preallocating avoids re-copying the whole cache with ``torch.cat`` on every
+    new token.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, *, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+        self.key_valid: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop every batch row not in ``rows`` (finished sequences stop costing compute)."""
+        # Copy only the filled part: the rest of the buffer is garbage anyway.
+        n = self.length
+        k = self.k.new_zeros(self.k.shape[0], len(rows), *self.k.shape[2:])
+        v = torch.zeros_like(k)
+        k[:, :, :, :n] = self.k[:, rows, :, :n]
+        v[:, :, :, :n] = self.v[:, rows, :, :n]
+        self.k, self.v = k, v
+        if self.key_valid is not None:
+            self.key_valid = self.key_valid[rows]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        # query, key and value projections of all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, layer: int = 0, cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            start, end = cache.length, cache.length + T
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k = cache.k[layer, :, :, :end]  # (B, nh, S, hs)
+            v = cache.v[layer, :, :, :end]  # (B, nh, S, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if mask is None:
+            # No padding: plain causal attention. A single new token attends to everything cached.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, layer: int = 0, cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        x = x + self.attn(self.ln_1(x), layer, cache, mask)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output head is the token embedding (GPT-2 has no separate head).
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Number of parameters, the tied head counted once (124,439,808 for GPT-2 small)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+        """Load ``state`` (our parameter names, head excluded), checking every key and shape first.
+
+        A missing, unexpected or wrong-shaped tensor is a one-line ``ValueError``
+        naming it and ``source``; nothing is loaded partially.
+        """
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        for key, tensor in state.items():
+            if key not in expected:
+                raise ValueError(f"{source}: unexpected tensor {key!r}")
+            if tuple(tensor.shape) != expected[key]:
+                raise ValueError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {expected[key]}")
+        missing = [k for k in expected if k not in state]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise ValueError(f"{source}: missing tensor {missing[0]!r}{more}")
+        # The head is tied to wte, so the same tensor fills both names.
+        self.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens."""
+        if max_len > self.config.block_size:
+            raise ValueError(f"cache length {max_len} exceeds the context length {self.config.block_size}")
+        w = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, max_len, device=w.device, dtype=w.dtype)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits ``(B, T, V)`` for token ids ``idx`` ``(B, T)``.
+
+        cache: KV cache to read from and append to (generation); ``cache.length``
+            advances by T.
+        position_ids: ``(B, T)`` positions; default ``cache.length + arange(T)``.
+            Left-padded rows pass their own so each row's text starts at position 0.
+        attention_mask: ``(B, S)`` 1 for real tokens and 0 for padding, over the
+            cached and new tokens (S = cache.length + T).
+        last_only: compute logits for the last position only, ``(B, 1, V)``: the
+            head is the largest matmul and generation needs only the last row.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds the context length {self.config.block_size}")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)  # (1, T)
+
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = self._attention_mask(attention_mask.bool(), past, T)  # (B, 1, T, S)
+
+        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, i, cache, mask)
+        if cache is not None:
+            cache.length = past + T
+        if last_only:
+            x = x[:, -1:, :]
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)  # (B, T, V)
+
+    @staticmethod
+    def _attention_mask(key_valid: torch.Tensor, past: int, T: int) -> torch.Tensor:
+        """Boolean SDPA mask ``(B, 1, T, S)``: causal, and no attention to padding keys.
+
+        A padding query would otherwise attend to nothing (a row of -inf gives NaN),
+        so every query may always attend to its own position; its output is
+        never used.
+        """
+        S = key_valid.shape[1]
+        q_pos = torch.arange(past, past + T, device=key_valid.device).unsqueeze(1)  # (T, 1)
+        k_pos = torch.arange(S, device=key_valid.device).unsqueeze(0)  # (1, S)
+        causal = k_pos <= q_pos  # (T, S)
+        allowed = causal & (key_valid[:, None, :] | (k_pos == q_pos))  # (B, T, S)
+        return allowed.unsqueeze(1)  # (B, 1, T, S)
