@@ -26,7 +26,7 @@ HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", 
 # Weights stored as Conv1D (in, out) in OpenAI's checkpoints.
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers of transformers' GPT-2 that hold a causal mask, not weights.
-_BUFFER_SUFFIXES = ("attn.bias", "attn.masked_bias")
+_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # not c_attn.bias!
 
 
 def resolve_hub_id(source: str) -> str:

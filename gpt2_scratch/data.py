@@ -1,0 +1,498 @@
+"""Instruction data: loading, validation, splitting, tokenization, batching.
+
+The pipeline from a dataset to training batches, as in the LLMs-from-scratch
+reference (ch07), plus validation and length-grouped batching:
+
+    records = load_records(DEFAULT_DATASET_URL)       # list[Record], validated
+    split = split_records(records)                     # 85% train / 10% test / 5% val
+    examples = [encode_record(r, style) for r in split.train]
+    sampler = LengthGroupedBatchSampler([len(e.ids) for e in examples], batch_size=8)
+    for indices in sampler:
+        inputs, targets = collate([examples[i] for i in indices])
+
+A dataset source is one of (decided by ``source_kind``):
+
+- an ``http(s)://`` URL of a ``.json``/``.jsonl`` file: downloaded once and
+  cached under ``$GPT2_SCRATCH_CACHE/datasets/`` (default
+  ``~/.cache/gpt2_scratch/datasets/``);
+- a local ``.json`` file (a list of objects) or ``.jsonl`` file (one object a line);
+- otherwise a Hugging Face Hub dataset id such as ``yahma/alpaca-cleaned``,
+  loaded with ``datasets.load_dataset(id, split="train")``.
+
+Every entry needs string ``instruction`` and ``output`` fields; ``input`` may be
+missing (or null), meaning no input. Other fields are ignored. Anything else is
+refused with a one-line ``ValueError`` naming the source and the entry's index,
+because a model trained on silently broken data looks like it trained fine.
+Errors raised for bad sources are ``ValueError`` or ``OSError``
+(``FileNotFoundError``, ``ConnectionError``), each with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, read_jsonl
+from gpt2_scratch.loss import IGNORE_INDEX
+from gpt2_scratch.prompts import PromptStyle, get_prompt_style
+from gpt2_scratch.tokenizer import EOS_ID, encode
+
+# The 1,100-entry instruction dataset of LLMs-from-scratch ch07.
+DEFAULT_DATASET_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
+)
+CACHE_ENV = "GPT2_SCRATCH_CACHE"
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Record:
+    """One instruction example. ``id`` is its index in the source dataset, so it stays stable across splits."""
+
+    id: int
+    instruction: str
+    input: str
+    output: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "instruction": self.instruction, "input": self.input, "output": self.output}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Record:
+        """The record saved by ``to_dict``; a missing or mistyped field is a one-line ``ValueError``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        if not isinstance(d.get("id"), int) or isinstance(d.get("id"), bool):
+            raise ValueError(f"field 'id' must be an integer, got {d.get('id')!r}")
+        return _record_from_entry(d, d["id"])
+
+
+@dataclass(frozen=True)
+class Split:
+    """The three parts of a dataset. Each keeps the records' original ids."""
+
+    train: list[Record]
+    test: list[Record]
+    val: list[Record]
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "test": len(self.test), "val": len(self.val)}
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of prompt + response (no EOS yet); the first ``prompt_len`` ids are the prompt."""
+
+    ids: list[int]
+    prompt_len: int
+
+    def __post_init__(self):
+        if not self.ids:
+            raise ValueError("an encoded example needs at least one token")
+        if not 0 <= self.prompt_len <= len(self.ids):
+            raise ValueError(f"prompt_len {self.prompt_len} is outside 0..{len(self.ids)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def source_kind(source: str) -> str:
+    """``"url"``, ``"file"`` or ``"hub"``: how ``load_records`` will read ``source``.
+
+    A string that names an existing path, ends in ``.json``/``.jsonl`` or starts
+    like a path (``/``, ``.``, ``~``) is a local file, so a mistyped file name is
+    reported as a missing file rather than as an unknown Hub dataset.
+    """
+    if source.startswith(("http://", "https://")):
+        return "url"
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix.lower() in (".json", ".jsonl") or source.startswith(("/", ".", "~")):
+        return "file"
+    return "hub"
+
+
+def cache_dir() -> Path:
+    """Where downloaded datasets are cached: ``$GPT2_SCRATCH_CACHE/datasets`` or ``~/.cache/gpt2_scratch/datasets``."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpt2_scratch") / "datasets"
+
+
+def _cache_path(url: str) -> Path:
+    # Prefix the file name with a hash of the whole URL: two URLs ending in the same
+    # file name (e.g. the same file on two branches) must not share a cache entry.
+    name = Path(urllib.parse.urlparse(url).path).name or "dataset.json"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+
+
+def download(url: str) -> Path:
+    """The cached copy of ``url``, downloaded first if it is not cached yet (atomically, so never half a file)."""
+    path = _cache_path(url)
+    if path.is_file():
+        return path
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConnectionError(
+            f"cannot download {url} ({reason}); download it yourself and pass the local file with --dataset PATH"
+        ) from None
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _local_file(source: str) -> Path | None:
+    """The file holding ``source`` (downloading a URL), or None for a Hub dataset."""
+    kind = source_kind(source)
+    if kind == "url":
+        return download(source)
+    if kind == "hub":
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file not found: {source}")
+    if not path.is_file():
+        raise ValueError(f"{source} is not a file; pass a .json or .jsonl file")
+    return path
+
+
+def source_sha256(source: str) -> str | None:
+    """sha256 of the raw bytes of the dataset file behind ``source``; None for a Hub dataset.
+
+    For a URL this is the hash of the cached download, i.e. of exactly the bytes
+    ``load_records`` read. Recorded in run.json so a run names its data exactly.
+    """
+    path = _local_file(source)
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
+    """The validated records of a URL, a local ``.json``/``.jsonl`` file, or a Hub dataset id.
+
+    Record ids are the entries' positions in the source (0-based). A downloaded
+    file that fails validation is removed from the cache, so the next call
+    downloads it again instead of failing on the same bad copy forever.
+    """
+    path = _local_file(source)
+    if path is None:
+        return _load_hub(source)
+    # Parse by the name the user gave (a URL's cached copy keeps the URL's suffix).
+    suffix = Path(urllib.parse.urlparse(source).path if source_kind(source) == "url" else source).suffix.lower()
+    try:
+        entries = _read_jsonl_entries(path) if suffix == ".jsonl" else _read_json_entries(path, source)
+        return _validate(entries, source)
+    except ValueError:
+        if source_kind(source) == "url":
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _read_json_entries(path: Path, where: str) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{where}: expected a JSON list of records at the top level, got {_json_type(data)}")
+    return data
+
+
+def _read_jsonl_entries(path: Path) -> list:
+    try:
+        return read_jsonl(path)  # names the line of any malformed JSON
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _load_hub(dataset_id: str) -> list[Record]:
+    try:
+        import datasets  # imported lazily: it is slow to import and only needed here
+    except ImportError:
+        raise ImportError(f"loading the Hub dataset {dataset_id!r} needs the datasets package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(dataset_id, split="train")
+    except Exception as e:  # DatasetNotFoundError, ConnectionError, ... : one line, whatever the cause
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"cannot load {dataset_id!r} as a Hugging Face dataset ({type(e).__name__}: {detail}); "
+            "pass a local .json/.jsonl file or a URL with --dataset"
+        ) from None
+    where = f"Hugging Face dataset {dataset_id}"
+    missing = [c for c in ("instruction", "output") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{where}: no {', '.join(map(repr, missing))} column (columns: {', '.join(ds.column_names)})")
+    return _validate(ds.to_list(), where)
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _record_from_entry(entry: dict, id: int) -> Record:
+    fields = {}
+    for key in ("instruction", "input", "output"):
+        value = entry.get(key)
+        if key == "input" and value is None:
+            value = ""  # no input, as in the reference data where "input" is "" for most entries
+        elif key not in entry:
+            raise ValueError(f"missing field '{key}'")
+        elif not isinstance(value, str):
+            raise ValueError(f"field '{key}' must be a string, got {_json_type(value)}")
+        fields[key] = value
+    return Record(id=id, **fields)
+
+
+def _validate(entries: list, where: str) -> list[Record]:
+    if not entries:
+        raise ValueError(f"{where}: the dataset has no entries")
+    records = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: entry {i} is {_json_type(entry)}, expected an object")
+        try:
+            records.append(_record_from_entry(entry, i))
+        except ValueError as e:
+            raise ValueError(f"{where}: entry {i}: {e}") from None
+    return records
+
+
+def write_records(path: str | os.PathLike, records: Sequence[Record]) -> None:
+    """Atomically save ``records`` as JSON lines ``{"id", "instruction", "input", "output"}``."""
+    atomic_write_jsonl(path, [r.to_dict() for r in records])
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """The records saved by ``write_records``, with their ids; a bad line is a one-line error."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"records file not found: {path}")
+    records = []
+    for i, row in enumerate(_read_jsonl_entries(Path(path))):
+        try:
+            records.append(Record.from_dict(row))
+        except ValueError as e:
+            raise ValueError(f"{path}: entry {i}: {e}") from None
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+def split_records(
+    records: Sequence[Record], *, train_frac: float = 0.85, test_frac: float = 0.10, shuffle: bool = False, seed: int = 123
+) -> Split:
+    """First ``train_frac`` for training, the next ``test_frac`` for testing, the rest for validation.
+
+    Computed as in the reference (``int(n * 0.85)``, ``int(n * 0.10)``, remainder),
+    which for its 1,100 entries gives 935 / 110 / 55. The reference does not
+    shuffle, so neither do we by default; ``shuffle=True`` shuffles a copy with
+    ``random.Random(seed)`` before splitting. A part with a non-zero fraction that
+    would come out empty is an error rather than a crash later in training.
+    """
+    if not (0 < train_frac <= 1 and 0 <= test_frac <= 1 and train_frac + test_frac <= 1):
+        raise ValueError(f"invalid split fractions train={train_frac}, test={test_frac}: need 0 < train, 0 <= test, sum <= 1")
+    records = list(records)
+    if shuffle:
+        random.Random(seed).shuffle(records)
+    n = len(records)
+    n_train, n_test = int(n * train_frac), int(n * test_frac)
+    split = Split(records[:n_train], records[n_train : n_train + n_test], records[n_train + n_test :])
+    fractions = {"train": train_frac, "test": test_frac, "val": 1 - train_frac - test_frac}
+    for name, size in split.sizes().items():
+        if size == 0 and fractions[name] > 1e-9:
+            raise ValueError(f"{n} records are too few to split: the {name} part would be empty")
+    return split
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization and batching
+
+
+def encode_record(record: Record, style: PromptStyle | str) -> EncodedExample:
+    """Tokenize the prompt and response of ``record`` in ``style``, without the EOS (``collate`` adds it).
+
+    The full text is tokenized in one go, as in the reference, so the ids are
+    exactly what the model sees at inference time after the prompt. ``prompt_len``
+    is the number of leading ids shared with ``encode(prompt)``. That is all of the
+    prompt's ids whenever the prompt's tokens are a prefix of the full ids, which
+    holds for every entry of the reference data in both styles (their prompts end
+    with a newline and no output starts with whitespace). If a response starting
+    with whitespace merges with the prompt's last token, that merged token counts
+    as response, so ``mask_prompt`` never hides a token that carries response text.
+    """
+    if isinstance(style, str):
+        style = get_prompt_style(style)
+    prompt, response = style.format_example(record.instruction, record.input, record.output)
+    ids = encode(prompt + response)
+    prompt_ids = encode(prompt)
+    prompt_len = 0
+    for a, b in zip(prompt_ids, ids):
+        if a != b:
+            break
+        prompt_len += 1
+    return EncodedExample(ids=ids, prompt_len=prompt_len)
+
+
+def collate(
+    batch: Sequence[EncodedExample], *, max_length: int | None = 1024, mask_prompt: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets ``(B, T)`` of a batch, exactly as the reference's ``custom_collate_fn``.
+
+    Each example gets one EOS appended and is padded with EOS to the longest
+    example + 1; inputs are that without the last position, targets without the
+    first. The first EOS target of each row is kept (the model must learn to
+    stop); every later padding target is ``IGNORE_INDEX``. We mask by position,
+    not by comparing with the EOS id as the reference does, so an
+    ``<|endoftext|>`` written in the text itself is still trained on. Rows are
+    then truncated to ``max_length``. With ``mask_prompt`` the targets that
+    predict prompt tokens are ignored too, so only the response (and its EOS)
+    is learned.
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    width = max(len(ex.ids) for ex in batch)  # = longest + 1 (the EOS), minus the shift
+    inputs, targets = [], []
+    for ex in batch:
+        n = len(ex.ids)
+        padding = width - n
+        inputs.append(ex.ids + [EOS_ID] * padding)
+        target = ex.ids[1:] + [EOS_ID] + [IGNORE_INDEX] * padding
+        if mask_prompt:
+            # target j predicts token j + 1, so prompt tokens 1..prompt_len-1 are targets 0..prompt_len-2.
+            cut = max(ex.prompt_len - 1, 0)
+            target[:cut] = [IGNORE_INDEX] * cut
+        targets.append(target)
+    inputs_t, targets_t = torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+    if max_length is not None:
+        inputs_t, targets_t = inputs_t[:, :max_length], targets_t[:, :max_length]
+    return inputs_t, targets_t
+
+
+class LengthGroupedBatchSampler:
+    """Batches of indices whose examples have similar lengths, in random batch order.
+
+    Padding to the longest example is most of the compute on instruction data:
+    on the reference dataset (train split, 935 records, batch size 8, lengths as
+    ``collate`` pads them) random batches are 23.0% padding, grouped batches
+    0.5% (measured with ``seed=123``, mean over epochs 0-9; see the report in
+    tests/test_data.py). That is ~1.3x fewer tokens per epoch for the same examples.
+
+    Algorithm: shuffle all indices with ``random.Random(f"{seed}:{epoch}")``,
+    cut them into mega-chunks of ``mega_batches * batch_size``, sort each chunk
+    by length, cut the chunks into batches, then shuffle the order of the batches.
+    Which examples meet in a batch and the order of batches both change every
+    epoch, while batches stay nearly padding-free. ``group=False`` gives plain
+    shuffled batches; ``shuffle=False`` keeps the index order (and, if grouping,
+    sorts within chunks without shuffling batches), for evaluation.
+
+    Only the last batch of an epoch can be smaller than ``batch_size`` (``drop_last``
+    drops it). With ``world_size > 1`` (DDP) every rank builds the same global
+    batch sequence and takes batches ``rank, rank + world_size, ...``. So that all
+    ranks step the same number of times, the sequence is first made a multiple of
+    ``world_size``: ``drop_last`` drops the trailing batches, otherwise the first
+    batches are repeated at the end (as ``DistributedSampler`` repeats samples).
+
+    Deterministic for a given ``(seed, epoch)``: call ``set_epoch`` before each epoch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 123,
+        group: bool = True,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        mega_batches: int = 50,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if mega_batches < 1:
+            raise ValueError(f"mega_batches must be >= 1, got {mega_batches}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.group = group
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.mega_batches = mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` on the next iteration."""
+        self.epoch = epoch
+
+    def _num_global_batches(self) -> int:
+        n, bs = len(self.lengths), self.batch_size
+        return n // bs if self.drop_last else math.ceil(n / bs)
+
+    def __len__(self) -> int:
+        nb, ws = self._num_global_batches(), self.world_size
+        return nb // ws if self.drop_last else math.ceil(nb / ws)
+
+    def global_batches(self) -> list[list[int]]:
+        """The batches of all ranks for the current epoch, before sharding."""
+        rng = random.Random(f"{self.seed}:{self.epoch}")
+        indices = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(indices)
+        if self.group:
+            chunk = self.mega_batches * self.batch_size
+            grouped = []
+            for start in range(0, len(indices), chunk):
+                # Stable sort, longest first: ties keep the shuffled order.
+                grouped += sorted(indices[start : start + chunk], key=lambda i: -self.lengths[i])
+            indices = grouped
+        bs = self.batch_size
+        # Chunks are whole multiples of batch_size, so only the very last batch can be short.
+        batches = [indices[i : i + bs] for i in range(0, len(indices), bs)]
+        if self.drop_last and batches and len(batches[-1]) < bs:
+            batches.pop()
+        if self.shuffle and self.group:
+            rng.shuffle(batches)  # otherwise each chunk would run from long to short examples
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.global_batches()
+        ws = self.world_size
+        if ws > 1 and len(batches) % ws:
+            if self.drop_last:
+                batches = batches[: len(batches) - len(batches) % ws]
+            else:
+                extra = ws - len(batches) % ws
+                batches = batches + (batches * math.ceil(extra / max(len(batches), 1)))[:extra]
+        return iter(batches[self.rank :: ws])

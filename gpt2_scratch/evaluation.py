@@ -1,0 +1,464 @@
+"""Evaluate a finetuned run against its base model on the run's own test records.
+
+For each model (``base``: the model the run started from, ``finetuned``: the
+run's ``final/`` checkpoint) this
+
+1. generates a response to every test record, in batches with the KV cache
+   (``generation.generate``); prompts are sorted by length into batches so a
+   batch carries little padding, and results are put back in record order;
+2. computes the reference loss / perplexity of the reference responses
+   (``metrics.reference_loss``, teacher-forced, no generation);
+3. scores each response against its reference: ROUGE-L F1, normalized exact
+   match, length in tokens, empty or not, and optionally an LLM judge's 0-100
+   score (``judge.JudgeClient``);
+
+then writes ``eval/predictions.jsonl`` and ``eval/summary.json`` (schema in
+the project notes) atomically.
+
+Resuming. Generation is the slow part, so every finished batch is appended to
+``eval/partial_<model>.jsonl`` (and every judgement to ``eval/judge_<model>.jsonl``)
+and flushed to disk. A rerun reads these files, skips what is done and
+continues; a line cut short by a kill is trimmed. The batches are planned from
+all records before anything runs, so a resumed evaluation runs exactly the
+batches an uninterrupted one would, and its result files are identical except
+for the timing fields (``created``, ``generation_seconds``, ``tokens_per_second``).
+
+Each progress file starts with a header holding everything its results depend
+on: model source and weights sha256, prompt style, a hash of the prompts (test
+records, ``--limit``), sampling settings, batch size and device type (the judge
+file adds the judge's url, model and seed). When a rerun's settings differ from
+a saved header, the evaluation stops with an error naming the setting: results
+made with different settings are never mixed, and none are deleted without
+being asked (``restart=True`` / ``--restart`` deletes them; deleting one
+``judge_<model>.jsonl`` re-judges without generating again). The progress files
+are kept after a finished evaluation, so adding a judge later reuses the
+generations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info
+from gpt2_scratch.data import Record, encode_record, read_records
+from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.judge import JudgeClient, JudgeConfig
+from gpt2_scratch.metrics import exact_match, perplexity, reference_loss, rouge_l_f1
+from gpt2_scratch.model import GPT
+from gpt2_scratch.prompts import PromptStyle, get_prompt_style
+from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.tokenizer import decode
+
+MODEL_NAMES = ("base", "finetuned")
+# Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
+# (benchmarks/bench_eval.py); larger batches help more on a GPU.
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to evaluate and how."""
+
+    models: tuple[str, ...] = MODEL_NAMES
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    limit: int | None = None  # evaluate only the first ``limit`` test records
+    device: str = "cpu"
+    judge: JudgeConfig | None = None
+    restart: bool = False  # delete saved progress first
+    progress: bool = True  # show tqdm progress bars
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("choose at least one model to evaluate")
+        for m in self.models:
+            if m not in MODEL_NAMES:
+                raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
+
+
+class SettingsMismatch(ValueError):
+    """Saved partial results were made with other settings than this evaluation's."""
+
+
+# --- batching -----------------------------------------------------------------------------
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    Longest first, so that running out of memory happens in the first batch
+    and the progress bar's estimate errs on the slow side. Ties keep index
+    order, so the plan is a pure function of ``lengths`` and ``batch_size``.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def generate_batches(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingSettings,
+    batches: Sequence[Sequence[int]],
+    on_batch: Callable[[int, list[int], list[list[int]], float], None],
+    skip: set[int] = frozenset(),
+) -> None:
+    """Generate each batch of prompt indices not in ``skip``; report it with ``on_batch(b, indices, outputs, seconds)``."""
+    for b, indices in enumerate(batches):
+        if b in skip:
+            continue
+        t0 = time.perf_counter()
+        outputs = generate(model, [prompts[i] for i in indices], settings)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        on_batch(b, list(indices), outputs, time.perf_counter() - t0)
+
+
+# --- progress files -----------------------------------------------------------------------
+
+
+class ProgressFile:
+    """An append-only JSON-lines file: a header line, then one line per finished unit of work.
+
+    Appends are flushed and fsynced, but a kill can still leave the last line
+    incomplete; ``open`` trims such a line (and only the last line may be
+    broken: a broken line before it is an error).
+    """
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        self.header = header
+        self.entries: list[dict] = []
+
+    @classmethod
+    def open(cls, path: Path, header: dict) -> "ProgressFile":
+        """Read ``path`` if it exists (checking its header against ``header``), else start it."""
+        pf = cls(path, header)
+        raw = path.read_bytes() if path.exists() else b""
+        lines = raw.split(b"\n")
+        complete, good_bytes = [], 0
+        for i, line in enumerate(lines[:-1]):  # the piece after the last newline is never complete
+            try:
+                complete.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 2:
+                    raise ValueError(f"{path}: line {i + 1} is not valid JSON; delete the file to start over") from None
+                break
+            good_bytes += len(line) + 1
+        if not complete:  # nothing usable (also: killed while writing the header)
+            pf._write(json.dumps({"header": header}) + "\n", mode="w")
+            return pf
+        saved = complete[0].get("header")
+        if saved != header:
+            raise SettingsMismatch(_mismatch_message(path, saved, header))
+        if good_bytes < len(raw):
+            with open(path, "rb+") as f:
+                f.truncate(good_bytes)
+        pf.entries = complete[1:]
+        return pf
+
+    def append(self, entry: dict) -> None:
+        self._write(json.dumps(entry, ensure_ascii=False) + "\n", mode="a")
+        self.entries.append(entry)
+
+    def _write(self, text: str, mode: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, mode, encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _mismatch_message(path: Path, saved: dict | None, current: dict) -> str:
+    if not isinstance(saved, dict):
+        return f"{path} has no valid header; delete it (or pass --restart) to start over"
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    diffs = [k for k in sorted(set(flat_saved) | set(flat_current)) if flat_saved.get(k) != flat_current.get(k)]
+    shown = ", ".join(f"{k}={flat_saved.get(k)!r} (now {flat_current.get(k)!r})" for k in diffs[:3])
+    return (
+        f"{path} holds results made with other settings: {shown}; "
+        "rerun with the same settings to resume, or delete the file (or pass --restart) to start over"
+    )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --- the evaluation -----------------------------------------------------------------------
+
+
+@dataclass
+class ModelResults:
+    """Everything measured for one model, in test-record order."""
+
+    responses: list[str]  # raw decoded responses
+    lengths: list[int]  # new tokens, <|endoftext|> excluded
+    generation_seconds: float
+    steps: int  # decoding steps: new tokens plus the <|endoftext|> of rows that stopped on it
+    loss: float
+    loss_tokens: int
+    judge: list[dict] | None  # per record {"score", "raw", "error"}
+
+
+def _prompts_sha256(prompts: Sequence[Sequence[int]], records: Sequence[Record]) -> str:
+    h = hashlib.sha256()
+    for r, p in zip(records, prompts):
+        h.update(json.dumps([r.id, list(p), r.output]).encode())
+    return h.hexdigest()
+
+
+def _load(name: str, run: RunPaths, base_model: str, device: str) -> tuple[GPT, str | None]:
+    """(model in eval mode, sha256 of its weights when it is one of our checkpoints)."""
+    if name == "finetuned":
+        model, info = load_checkpoint(run.final, device=device)
+    else:
+        model, info = load_model(base_model, device=device)
+    return model.eval(), info.sha256 if info is not None else None
+
+
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="rec", disable=not enabled, dynamic_ncols=True)
+
+
+def evaluate_model(
+    name: str,
+    model: GPT,
+    *,
+    records: Sequence[Record],
+    examples: Sequence,
+    style: PromptStyle,
+    header: dict,
+    eval_dir: Path,
+    settings: EvalSettings,
+) -> ModelResults:
+    """Generate (resuming from ``eval_dir/partial_<name>.jsonl``), compute the reference loss, judge."""
+    prompts = [ex.ids[: ex.prompt_len] for ex in examples]
+    batches = plan_batches([len(p) for p in prompts], settings.batch_size)
+    progress = ProgressFile.open(eval_dir / f"partial_{name}.jsonl", header)
+    outputs: list[list[int] | None] = [None] * len(records)
+    seconds, steps = 0.0, 0
+    max_new = settings.sampling.max_new_tokens
+
+    def absorb(entry: dict) -> None:
+        nonlocal seconds, steps
+        b = entry["batch"]
+        if b >= len(batches) or entry["indices"] != batches[b]:
+            raise ValueError(f"{progress.path}: batch {b} does not match this evaluation's plan; delete the file")
+        for i, ids in zip(entry["indices"], entry["outputs"]):
+            outputs[i] = ids
+            steps += len(ids) + (len(ids) < max_new)
+        seconds += entry["seconds"]
+
+    for entry in progress.entries:
+        absorb(entry)
+    done = {e["batch"] for e in progress.entries}
+    n_done = sum(len(batches[b]) for b in done)
+    bar = _progress_bar(len(records), n_done, f"generate {name}", settings.progress and n_done < len(records))
+
+    def on_batch(b: int, indices: list[int], outs: list[list[int]], secs: float) -> None:
+        entry = {"batch": b, "indices": indices, "outputs": outs, "seconds": round(secs, 4)}
+        progress.append(entry)
+        absorb(entry)
+        bar.update(len(indices))
+        bar.set_postfix_str(f"{steps / max(seconds, 1e-9):.1f} tok/s")
+
+    try:
+        generate_batches(model, prompts, settings.sampling, batches, on_batch, skip=done)
+    finally:
+        bar.close()
+    assert all(o is not None for o in outputs)
+
+    loss, loss_tokens = reference_loss(model, examples, batch_size=settings.batch_size)
+    responses = [decode(ids) for ids in outputs]
+    judge = None
+    if settings.judge is not None:
+        judge = _judge(name, records, responses, style, header, eval_dir, settings)
+    return ModelResults(responses, [len(o) for o in outputs], seconds, steps, loss, loss_tokens, judge)
+
+
+def _judge(name, records, responses, style, gen_header, eval_dir, settings) -> list[dict]:
+    """Judge every response (resuming from ``eval_dir/judge_<name>.jsonl``)."""
+    client = JudgeClient(settings.judge)
+    header = {"judge": settings.judge.fingerprint(), "generation": gen_header}
+    progress = ProgressFile.open(eval_dir / f"judge_{name}.jsonl", header)
+    by_id = {e["id"]: e for e in progress.entries}
+    todo = [i for i, r in enumerate(records) if r.id not in by_id]
+    bar = _progress_bar(len(records), len(records) - len(todo), f"judge {name}", settings.progress and bool(todo))
+    try:
+        for i in todo:
+            r = records[i]
+            result = client.score(style.format(r.instruction, r.input), r.output, responses[i].strip())
+            entry = {"id": r.id, "score": result.score, "raw": result.raw, "error": result.error}
+            progress.append(entry)
+            by_id[r.id] = entry
+            bar.update(1)
+    finally:
+        bar.close()
+    return [by_id[r.id] for r in records]
+
+
+def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
+    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run.root}")
+    if not run.run_json.is_file():
+        raise FileNotFoundError(f"{run.root} is not a run folder: no run.json")
+    try:
+        run_info = json.loads(run.run_json.read_text(encoding="utf-8"))
+        base_model = run_info["base_model"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{run.run_json} is not a valid run.json (no \"base_model\")") from None
+    info = read_checkpoint_info(run.final)
+    if info.prompt_style is None:
+        raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
+    style = get_prompt_style(info.prompt_style)
+    block_size = info.config.block_size
+    if settings.sampling.max_new_tokens >= block_size:
+        raise ValueError(f"max new tokens ({settings.sampling.max_new_tokens}) must be smaller than the context length ({block_size})")
+    if not run.test_records.is_file():
+        raise FileNotFoundError(f"{run.root} has no test records ({run.test_records})")
+    records = read_records(run.test_records)
+    if settings.limit is not None:
+        records = records[: settings.limit]
+    if not records:
+        raise ValueError(f"{run.test_records} holds no records")
+    examples = [encode_record(r, style) for r in records]
+    prompts = [ex.ids[: ex.prompt_len] for ex in examples]
+
+    eval_dir = run.eval_dir
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    if settings.restart:
+        for pattern in ("partial_*.jsonl", "judge_*.jsonl"):
+            for p in eval_dir.glob(pattern):
+                p.unlink()
+
+    s = settings.sampling
+    generation = {
+        "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k,
+        "top_p": s.top_p, "seed": s.seed, "batch_size": settings.batch_size,
+    }
+    common = {
+        "prompt_style": style.name, "prompts_sha256": _prompts_sha256(prompts, records),
+        "num_records": len(records), "generation": generation, "device": torch.device(settings.device).type,
+    }
+    results: dict[str, ModelResults] = {}
+    for name in MODEL_NAMES:
+        if name not in settings.models:
+            continue
+        model, sha256 = _load(name, run, base_model, settings.device)
+        source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
+        header = {"model": name, "source": source, "sha256": sha256, **common}
+        if model.config.block_size <= s.max_new_tokens:
+            raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's context length ({model.config.block_size})")
+        results[name] = evaluate_model(
+            name, model, records=records, examples=examples, style=style, header=header,
+            eval_dir=eval_dir, settings=settings,
+        )
+        del model
+
+    rows = _prediction_rows(records, results)
+    summary = {
+        "run": str(run.root),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_records": len(records),
+        "checkpoint": {"path": str(run.final), "sha256": info.sha256},
+        "base_model": base_model,
+        "prompt_style": style.name,
+        "test_records": str(run.test_records),
+        "generation": generation,
+        "judge": None if settings.judge is None else {"url": settings.judge.url, "model": settings.judge.model,
+                                                      "seed": settings.judge.seed},
+        "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},
+        "models": {name: _aggregate(name, res, rows, settings) for name, res in results.items()},
+    }
+    atomic_write_jsonl(run.predictions, rows)
+    atomic_write_json(run.summary, summary)
+    return summary
+
+
+def _prediction_rows(records: Sequence[Record], results: dict[str, ModelResults]) -> list[dict]:
+    rows = []
+    for i, r in enumerate(records):
+        row = {"id": r.id, "instruction": r.instruction, "input": r.input, "reference": r.output}
+        for name, res in results.items():
+            response = res.responses[i]
+            scored = response.strip()
+            j = res.judge[i] if res.judge is not None else None
+            row[name] = {
+                "response": response,
+                "rouge_l": rouge_l_f1(scored, r.output),
+                "exact_match": exact_match(scored, r.output),
+                "length_tokens": res.lengths[i],
+                "judge_score": j["score"] if j else None,
+                "judge_raw": j["raw"] if j else None,
+                "judge_error": j["error"] if j else False,
+            }
+        rows.append(row)
+    return rows
+
+
+def _aggregate(name: str, res: ModelResults, rows: list[dict], settings: EvalSettings) -> dict:
+    per = [row[name] for row in rows]
+    n = len(per)
+    scores = [p["judge_score"] for p in per if p["judge_score"] is not None]
+    judged = settings.judge is not None
+    return {
+        "reference_loss": res.loss,
+        "perplexity": perplexity(res.loss),
+        "reference_loss_tokens": res.loss_tokens,
+        "rouge_l": sum(p["rouge_l"] for p in per) / n,
+        "exact_match": sum(p["exact_match"] for p in per) / n,
+        "mean_length_tokens": sum(p["length_tokens"] for p in per) / n,
+        "empty_share": sum(1 for p in per if not p["response"].strip()) / n,
+        "judge_mean": sum(scores) / len(scores) if scores else None,
+        "judge_unparsed": sum(1 for p in per if p["judge_score"] is None) if judged else 0,
+        "judge_errors": sum(1 for p in per if p["judge_error"]) if judged else 0,
+        "generation_seconds": round(res.generation_seconds, 3),
+        "tokens_per_second": round(res.steps / res.generation_seconds, 2) if res.generation_seconds > 0 else 0.0,
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The aggregates of ``summary`` side by side, one row per metric, one column per model."""
+    models = list(summary["models"])
+    metrics = [
+        ("reference loss", "reference_loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
+        ("ROUGE-L F1", "rouge_l", "{:.4f}"), ("exact match", "exact_match", "{:.4f}"),
+        ("mean length (tokens)", "mean_length_tokens", "{:.1f}"), ("empty responses", "empty_share", "{:.1%}"),
+        ("judge mean (0-100)", "judge_mean", "{:.2f}"), ("judge unparsed", "judge_unparsed", "{}"),
+        ("generation seconds", "generation_seconds", "{:.1f}"), ("tokens/s", "tokens_per_second", "{:.1f}"),
+    ]
+    table = [["metric", *models]]
+    for label, key, fmt in metrics:
+        cells = []
+        for m in models:
+            v = summary["models"][m].get(key)
+            cells.append("-" if v is None else fmt.format(v))
+        table.append([label, *cells])
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+             for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Checkpoint folders: round trip, atomic saves, and clear errors for bad folders."""
+
+import json
+
+import pytest
+import torch
+
+from gpt2_scratch import GPT, GPTConfig
+from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info, save_checkpoint
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny")).eval()
+
+
+def test_round_trip_keeps_weights_config_style_and_metadata(tmp_path, model):
+    info = save_checkpoint(tmp_path / "ck", model, prompt_style="alpaca", metadata={"base_model": "gpt2", "step": 3})
+    loaded, info2 = load_checkpoint(tmp_path / "ck")
+    assert info2.config == model.config
+    assert info2.prompt_style == "alpaca"
+    assert info2.metadata == {"base_model": "gpt2", "step": 3}
+    assert info2.sha256 == info.sha256
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_no_pickle_in_the_folder(tmp_path, model):
+    save_checkpoint(tmp_path / "ck", model)
+    data = (tmp_path / "ck" / "model.safetensors").read_bytes()
+    assert not data.startswith(b"\x80")  # pickle protocol marker
+    json.loads((tmp_path / "ck" / "config.json").read_text())
+
+
+def test_overwrite_replaces_atomically_and_leaves_no_temp(tmp_path, model):
+    save_checkpoint(tmp_path / "ck", model, metadata={"v": 1})
+    with torch.no_grad():
+        model.transformer.ln_f.bias.fill_(0.5)
+    save_checkpoint(tmp_path / "ck", model, metadata={"v": 2})
+    loaded, info = load_checkpoint(tmp_path / "ck")
+    assert info.metadata == {"v": 2}
+    assert torch.all(loaded.transformer.ln_f.bias == 0.5)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, model, monkeypatch):
+    save_checkpoint(tmp_path / "ck", model, metadata={"v": 1})
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ck", model, metadata={"v": 2})
+    assert read_checkpoint_info(tmp_path / "ck").metadata == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_interrupted_swap_is_recovered(tmp_path, model):
+    save_checkpoint(tmp_path / "ck", model, metadata={"v": 1})
+    (tmp_path / "ck").rename(tmp_path / ".ck.old")  # killed between the two renames
+    assert load_checkpoint(tmp_path / "ck")[1].metadata == {"v": 1}
+
+
+def test_truncated_weights_are_refused(tmp_path, model):
+    save_checkpoint(tmp_path / "ck", model)
+    w = tmp_path / "ck" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="has 1000 bytes, config.json says .* \\(truncated or replaced\\?\\)"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_replaced_weights_are_refused(tmp_path, model):
+    save_checkpoint(tmp_path / "ck", model)
+    w = tmp_path / "ck" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF  # same size, different content
+    w.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the sha256 recorded in config.json"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_foreign_config_is_refused(tmp_path, hf_tiny):
+    _, folder = hf_tiny  # a transformers folder: config.json without our format marker
+    with pytest.raises(ValueError, match="is not a gpt2_scratch checkpoint config"):
+        read_checkpoint_info(folder)
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint folder: no config.json"):
+        read_checkpoint_info(tmp_path)
+
+
+def test_unknown_prompt_style_is_refused_at_save(tmp_path, model):
+    with pytest.raises(ValueError, match="unknown prompt style 'vicuna'"):
+        save_checkpoint(tmp_path / "ck", model, prompt_style="vicuna")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_load_model_dispatches_on_the_source(tmp_path, hf_tiny, model):
+    a, info = load_model("random:tiny")
+    b, _ = load_model("random:tiny")
+    assert info is None and torch.equal(a.transformer.h[0].attn.c_attn.weight, b.transformer.h[0].attn.c_attn.weight)
+    save_checkpoint(tmp_path / "ck", model, prompt_style="alpaca")
+    loaded, info = load_model(str(tmp_path / "ck"))
+    assert info.prompt_style == "alpaca"
+    hf_model, _ = load_model(str(hf_tiny[1]))
+    assert hf_model.config.n_head == 4
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        load_model("random:huge")
