@@ -21,8 +21,9 @@ A dataset source is one of (decided by ``source_kind``):
 
 Every entry needs string ``instruction`` and ``output`` fields; ``input`` may be
 missing (or null), meaning no input. Other fields are ignored. Anything else is
-refused with a one-line ``ValueError`` naming the source and the entry's index,
-because a model trained on silently broken data looks like it trained fine.
+refused with a one-line ``ValueError`` naming the file (or Hub dataset) and the
+entry's index, because a model trained on silently broken data looks like it
+trained fine. ``source_sha256`` gives the hash of the raw file for run.json.
 Errors raised for bad sources are ``ValueError`` or ``OSError``
 (``FileNotFoundError``, ``ConnectionError``), each with a one-line message.
 """
@@ -30,6 +31,7 @@ Errors raised for bad sources are ``ValueError`` or ``OSError``
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import math
 import os
@@ -146,8 +148,8 @@ def download(url: str) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError and HTTPError are OSErrors
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
         raise ConnectionError(
             f"cannot download {url} ({reason}); download it yourself and pass the local file with --dataset PATH"
         ) from None
@@ -196,28 +198,28 @@ def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
     path = _local_file(source)
     if path is None:
         return _load_hub(source)
-    # Parse by the name the user gave (a URL's cached copy keeps the URL's suffix).
-    suffix = Path(urllib.parse.urlparse(source).path if source_kind(source) == "url" else source).suffix.lower()
     try:
-        entries = _read_jsonl_entries(path) if suffix == ".jsonl" else _read_json_entries(path, source)
-        return _validate(entries, source)
-    except ValueError:
-        if source_kind(source) == "url":
-            path.unlink(missing_ok=True)
-        raise
+        # .jsonl is JSON lines; anything else must be one JSON list. (A URL's cached copy keeps its suffix.)
+        entries = _read_jsonl_entries(path) if path.suffix.lower() == ".jsonl" else _read_json_entries(path)
+        return _validate(entries, str(path))
+    except ValueError as e:
+        if source_kind(source) != "url":
+            raise
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{e} (downloaded from {source}; removed from the cache)") from None
 
 
-def _read_json_entries(path: Path, where: str) -> list:
+def _read_json_entries(path: Path) -> list:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{where}: not UTF-8 text (byte {e.start})") from None
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{where}: expected a JSON list of records at the top level, got {_json_type(data)}")
+        raise ValueError(f"{path}: expected a JSON list of records at the top level, got {_json_type(data)}")
     return data
 
 
@@ -398,11 +400,12 @@ def collate(
 class LengthGroupedBatchSampler:
     """Batches of indices whose examples have similar lengths, in random batch order.
 
-    Padding to the longest example is most of the compute on instruction data:
-    on the reference dataset (train split, 935 records, batch size 8, lengths as
-    ``collate`` pads them) random batches are 23.0% padding, grouped batches
-    0.5% (measured with ``seed=123``, mean over epochs 0-9; see the report in
-    tests/test_data.py). That is ~1.3x fewer tokens per epoch for the same examples.
+    Padding to the longest example is most of the wasted compute on instruction
+    data. Measured on the reference dataset (train split: 935 records, Alpaca
+    style, batch size 8, ``seed=123``, mean over epochs 0-9), the share of target
+    positions that are padding (``IGNORE_INDEX``) is 19.1% with random batches
+    and 0.7% with grouped ones: 53,140 instead of 65,212 tokens per epoch, 18.5%
+    less compute for the same examples. (Batch size 4: 13.7% vs 0.4%; 16: 23.9% vs 0.7%.)
 
     Algorithm: shuffle all indices with ``random.Random(f"{seed}:{epoch}")``,
     cut them into mega-chunks of ``mega_batches * batch_size``, sort each chunk
@@ -433,7 +436,7 @@ class LengthGroupedBatchSampler:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        mega_batches: int = 50,
+        mega_batches: int = 100,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -49,7 +49,7 @@ from typing import Callable, Sequence
 import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info
-from gpt2_scratch.data import Record, encode_record, read_records
+from gpt2_scratch.data import EncodedExample, Record, encode_record, read_records
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeClient, JudgeConfig
@@ -57,7 +57,7 @@ from gpt2_scratch.metrics import exact_match, perplexity, reference_loss, rouge_
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunPaths
-from gpt2_scratch.tokenizer import decode
+from gpt2_scratch.tokenizer import decode, encode
 
 MODEL_NAMES = ("base", "finetuned")
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
@@ -247,14 +247,14 @@ def evaluate_model(
     model: GPT,
     *,
     records: Sequence[Record],
-    examples: Sequence,
+    prompts: Sequence[Sequence[int]],
+    examples: Sequence[EncodedExample],
     style: PromptStyle,
     header: dict,
     eval_dir: Path,
     settings: EvalSettings,
 ) -> ModelResults:
     """Generate (resuming from ``eval_dir/partial_<name>.jsonl``), compute the reference loss, judge."""
-    prompts = [ex.ids[: ex.prompt_len] for ex in examples]
     batches = plan_batches([len(p) for p in prompts], settings.batch_size)
     progress = ProgressFile.open(eval_dir / f"partial_{name}.jsonl", header)
     outputs: list[list[int] | None] = [None] * len(records)
@@ -344,8 +344,10 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         records = records[: settings.limit]
     if not records:
         raise ValueError(f"{run.test_records} holds no records")
+    # Generation gets the prompt as the app sends it: encode(prompt text). The loss uses
+    # encode_record, the tokenization of training.
+    prompts = [encode(style.format(r.instruction, r.input)) for r in records]
     examples = [encode_record(r, style) for r in records]
-    prompts = [ex.ids[: ex.prompt_len] for ex in examples]
 
     eval_dir = run.eval_dir
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +375,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         if model.config.block_size <= s.max_new_tokens:
             raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's context length ({model.config.block_size})")
         results[name] = evaluate_model(
-            name, model, records=records, examples=examples, style=style, header=header,
+            name, model, records=records, prompts=prompts, examples=examples, style=style, header=header,
             eval_dir=eval_dir, settings=settings,
         )
         del model

@@ -1,0 +1,71 @@
+"""Launch the Gradio demo of a finetuned run: ``python app.py [--run runs/<name>] [--base gpt2]``.
+
+Which run it shows: ``--run`` if given; else, when ``GPT2_SCRATCH_HUB_REPO`` names
+a Hugging Face Hub model repo (as on a Space), the run downloaded from it; else
+the newest run under ``runs/``. The UI and its handlers live in
+``gpt2_scratch/demo.py``.
+
+It binds 127.0.0.1 (0.0.0.0 on a Hugging Face Space, where ``SPACE_ID`` is set);
+``GRADIO_SERVER_PORT`` / ``--port`` pick the port. It never creates a share link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+try:  # On a ZeroGPU Space, spaces must be imported before torch touches CUDA.
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
+EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run", help="run folder to show (default: $GPT2_SCRATCH_HUB_REPO, else the newest under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default: runs)")
+    p.add_argument("--base", help="base model: Hub id, short name or local path (default: the run's base_model)")
+    p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
+    p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
+    p.add_argument("--concurrency", type=int, default=2, help="generations running at once (default: 2)")
+    return p.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    """A one-line error on stderr and exit status 2, as for a bad argument."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.concurrency < 1:
+        fail(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        fail(f"--port must be from 1 to 65535, got {args.port}")
+
+    from gpt2_scratch.demo import HUB_REPO_ENV, DemoApp, build_demo, load_examples, resolve_run
+
+    try:
+        run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=os.environ.get(HUB_REPO_ENV))
+        app = DemoApp.from_run(run, base=args.base, run_problem=problem)
+        examples = load_examples(EXAMPLES_FILE)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
+    demo = build_demo(app, examples)
+    demo.queue(default_concurrency_limit=args.concurrency)
+    demo.launch(server_name=host, server_port=args.port, share=False)
+
+
+if __name__ == "__main__":
+    main()

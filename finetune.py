@@ -1,0 +1,103 @@
+"""Instruction-finetune GPT-2 and write a run folder (runs/<name>/).
+
+    python finetune.py                                   # gpt2 (124M) on the reference dataset
+    python finetune.py --base gpt2-medium --epochs 1
+    python finetune.py --base random:tiny --limit 100    # offline smoke run, tiny random model
+    python finetune.py --resume runs/20250101-120000     # continue an interrupted run
+    torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
+
+The training itself lives in gpt2_scratch/training.py; this script only turns
+the command line into a TrainConfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpt2_scratch.training import PRECISIONS, SCHEDULES, TrainConfig, train
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, no usage dump: "error: ..." and exit status 2, like every script here.
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()  # the defaults have one home: the dataclass
+    p = _Parser(
+        description="Instruction-finetune GPT-2 (Alpaca-style data) and write runs/<name>/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = p.add_argument_group("model and data")
+    model.add_argument("--base", default=d.base, help="base model: Hub id, short name (gpt2, gpt2-medium, ...), "
+                       "local weights, a run's checkpoint folder, or random:<preset> (e.g. random:tiny, offline)")
+    model.add_argument("--dataset", default=d.dataset, help="dataset: URL, local .json/.jsonl file or Hugging Face dataset id")
+    model.add_argument("--limit", type=int, default=d.limit, metavar="N", help="use only the first N records (before splitting)")
+    model.add_argument("--shuffle-split", action=argparse.BooleanOptionalAction, default=d.shuffle_split,
+                       help="shuffle the records before the 85/10/5 train/test/validation split")
+    model.add_argument("--prompt-style", default=d.prompt_style, help="prompt template (alpaca, phi3)")
+    model.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example; longer ones are cut")
+    model.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=d.mask_prompt,
+                       help="compute the loss on the responses only")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out-dir", default=d.out_dir, help="folder holding the run folders")
+    out.add_argument("--name", default=d.name, help="run folder name (default: the start time, e.g. 20250101-120000)")
+    out.add_argument("--resume", default=d.resume, metavar="RUN_FOLDER",
+                     help="continue an interrupted run (e.g. runs/<name>) with its own settings; "
+                     "only --device, --precision and --compile are taken from this command")
+    out.add_argument("--save-every", type=int, default=d.save_every, metavar="STEPS",
+                     help="steps between resume states in <run>/train_state/ (0: never)")
+
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=d.epochs)
+    opt.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices and embeddings only")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size,
+                     help="examples per optimizer step, over all processes and accumulation steps")
+    opt.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                     help="split each batch into this many micro-batches (less memory, same result)")
+    opt.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                     help="learning rate after warmup: constant, or cosine decay to 10%% of --lr")
+    opt.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup steps")
+    opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: no clipping)")
+    opt.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=d.group_by_length,
+                     help="batch examples of similar length together (less padding)")
+    opt.add_argument("--seed", type=int, default=d.seed)
+
+    ev = p.add_argument_group("evaluation during training")
+    ev.add_argument("--eval-every", type=int, default=d.eval_every, metavar="STEPS",
+                    help="steps between train/validation loss evaluations")
+    ev.add_argument("--eval-batches", type=int, default=d.eval_batches, help="batches of each split per evaluation")
+    ev.add_argument("--sample-tokens", type=int, default=d.sample_tokens,
+                    help="max new tokens of the baseline and per-epoch sample responses (greedy)")
+
+    run = p.add_argument_group("hardware")
+    run.add_argument("--device", default=d.device, help="auto (CUDA if available), cpu, cuda, cuda:N")
+    run.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                     help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile, help="torch.compile the model")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = TrainConfig(**vars(args))
+        paths = train(config)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with --resume <run folder> (from the last saved state)", file=sys.stderr)
+        return 130
+    print(f"run folder: {paths.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

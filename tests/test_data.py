@@ -1,0 +1,563 @@
+"""Tests for gpt2_scratch.data: loading and validation, splitting, encoding, collate, the batch sampler."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import random
+import threading
+
+import pytest
+import torch
+
+from gpt2_scratch import data
+from gpt2_scratch.data import (
+    EncodedExample,
+    LengthGroupedBatchSampler,
+    Record,
+    collate,
+    encode_record,
+    load_records,
+    read_records,
+    source_kind,
+    source_sha256,
+    split_records,
+    write_records,
+)
+from gpt2_scratch.loss import IGNORE_INDEX
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.tokenizer import EOS_ID, decode, encode
+
+E, I = EOS_ID, IGNORE_INDEX
+
+ENTRIES = [
+    {"instruction": "Evaluate the following phrase by transforming it into the spelling given.",
+     "input": "freind --> friend",
+     "output": 'The spelling of the given phrase "freind" is incorrect, the correct spelling is "friend".'},
+    {"instruction": "Say hi.", "input": "", "output": "Hi!"},
+    {"instruction": "Name a color.", "output": "Blue."},  # no "input" field: means no input
+]
+
+
+def write_json(path, obj) -> str:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_load_json_list(tmp_path):
+    path = write_json(tmp_path / "d.json", ENTRIES)
+    records = load_records(path)
+    assert records == [
+        Record(0, ENTRIES[0]["instruction"], "freind --> friend", ENTRIES[0]["output"]),
+        Record(1, "Say hi.", "", "Hi!"),
+        Record(2, "Name a color.", "", "Blue."),
+    ]
+    assert source_sha256(path) == hashlib.sha256((tmp_path / "d.json").read_bytes()).hexdigest()
+
+
+def test_load_jsonl_skips_blank_lines_and_ignores_extra_fields(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [json.dumps(e) for e in ENTRIES]
+    path.write_text(rows[0] + "\n\n" + rows[1] + "\n" + json.dumps({**ENTRIES[2], "text": "extra"}) + "\n")
+    assert load_records(str(path)) == load_records(write_json(tmp_path / "d.json", ENTRIES))
+    assert source_sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_null_input_means_no_input(tmp_path):
+    path = write_json(tmp_path / "d.json", [{"instruction": "a", "input": None, "output": "b"}])
+    assert load_records(path) == [Record(0, "a", "", "b")]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "{path}: the dataset has no entries"),
+        ('{"instruction": "a", "output": "b"}', "{path}: expected a JSON list of records at the top level, got an object"),
+        ('[{"instruction": "a", "output": "b"},\n  {"instruction": "a" "output": "b"}]',
+         "{path}: invalid JSON at line 2, column 23 (Expecting ',' delimiter)"),
+        ('[{"instruction": "a", "output": "b"}, "text"]', "{path}: entry 1 is a string, expected an object"),
+        ('[{"instruction": "a", "output": "b"}, {"output": "b"}]', "{path}: entry 1: missing field 'instruction'"),
+        ('[{"instruction": "a", "output": "b"}, {"instruction": "a", "input": ""}]',
+         "{path}: entry 1: missing field 'output'"),
+        ('[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": 3}]',
+         "{path}: entry 1: field 'output' must be a string, got a number"),
+        ('[{"instruction": ["a"], "output": "b"}]', "{path}: entry 0: field 'instruction' must be a string, got a list"),
+        ('[{"instruction": "a", "input": false, "output": "b"}]',
+         "{path}: entry 0: field 'input' must be a string, got a boolean"),
+        ('[{"instruction": "a", "output": null}]', "{path}: entry 0: field 'output' must be a string, got null"),
+    ],
+)
+def test_bad_json_is_a_one_line_error_naming_file_and_entry(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as e:
+        load_records(str(path))
+    assert str(e.value) == message.format(path=path)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_jsonl_names_line_and_entry(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "output": \n')
+    with pytest.raises(ValueError, match=r"^.*bad\.jsonl: line 3 is not valid JSON \(Expecting value\)$"):
+        load_records(str(path))
+    path.write_text('{"instruction": "a", "output": "b"}\n\n[1, 2]\n')
+    with pytest.raises(ValueError) as e:
+        load_records(str(path))
+    assert str(e.value) == f"{path}: entry 1 is a list, expected an object"
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="has no entries"):
+        load_records(str(path))
+
+
+def test_not_utf8_is_a_one_line_error(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"instruction": "caf\u00e9", "output": "b"}]'.encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        load_records(str(path))
+    assert str(e.value) == f"{path}: not UTF-8 text (byte 21)"
+
+
+def test_missing_file_and_folder(tmp_path):
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(FileNotFoundError) as e:
+        load_records(missing)
+    assert str(e.value) == f"dataset file not found: {missing}"
+    # A relative name ending in .json is a file too, never a Hub dataset id.
+    assert source_kind("data/nope.jsonl") == "file"
+    with pytest.raises(FileNotFoundError):
+        source_sha256(missing)
+    with pytest.raises(ValueError, match="is not a file"):
+        load_records(str(tmp_path))
+
+
+def test_source_kind():
+    assert source_kind(data.DEFAULT_DATASET_URL) == "url"
+    assert source_kind("http://example.com/d.jsonl") == "url"
+    assert source_kind("./instruction-data") == "file"
+    assert source_kind("~/d.json") == "file"
+    assert source_kind("yahma/alpaca-cleaned") == "hub"
+    assert source_kind("tatsu-lab/alpaca") == "hub"
+
+
+def test_hub_dataset_goes_through_datasets(monkeypatch):
+    import datasets  # a requirement of the project: a missing package fails this test rather than skipping it
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        # No "input" column at all: every record has an empty input. Extra columns are ignored.
+        return datasets.Dataset.from_list(
+            [{"instruction": "Add 2 and 3.", "output": "5", "text": "x"}, {"instruction": "Say hi.", "output": "Hi!", "text": "y"}]
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_records("someone/tiny-alpaca") == [Record(0, "Add 2 and 3.", "", "5"), Record(1, "Say hi.", "", "Hi!")]
+    assert calls == [("someone/tiny-alpaca", "train")]
+    assert source_sha256("someone/tiny-alpaca") is None
+    assert calls == [("someone/tiny-alpaca", "train")]  # no hash means no need to load it
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list([{"instruction": "a"}]))
+    with pytest.raises(ValueError) as e:
+        load_records("someone/no-output")
+    assert str(e.value) == "Hugging Face dataset someone/no-output: no 'output' column (columns: instruction)"
+
+    monkeypatch.setattr(
+        datasets, "load_dataset",
+        lambda name, split: datasets.Dataset.from_list([{"instruction": "a", "input": 7, "output": "b"}]),
+    )
+    with pytest.raises(ValueError) as e:
+        load_records("someone/bad-input")
+    assert str(e.value) == "Hugging Face dataset someone/bad-input: entry 0: field 'input' must be a string, got a number"
+
+    def not_found(name, split):
+        raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", not_found)
+    with pytest.raises(ValueError) as e:
+        load_records("someone/missing")
+    assert str(e.value) == (
+        "cannot load 'someone/missing' as a Hugging Face dataset (FileNotFoundError: Dataset 'someone/missing' "
+        "doesn't exist on the Hub); pass a local .json/.jsonl file or a URL with --dataset"
+    )
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server (no internet needed) serving tmp_path/www, with a log of requested paths."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            return super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_is_downloaded_once_and_cached(tmp_path, monkeypatch, http_server):
+    root, base, requests = http_server
+    monkeypatch.setenv("GPT2_SCRATCH_CACHE", str(tmp_path / "cache"))
+    write_json(root / "instruction-data.json", ENTRIES)
+    url = f"{base}/instruction-data.json"
+    assert source_kind(url) == "url"
+
+    assert load_records(url) == load_records(str(root / "instruction-data.json"))
+    cached = list((tmp_path / "cache" / "datasets").iterdir())
+    assert [p.name for p in cached] == [f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-instruction-data.json"]
+    assert cached[0].read_bytes() == (root / "instruction-data.json").read_bytes()
+    assert source_sha256(url) == hashlib.sha256(cached[0].read_bytes()).hexdigest()
+
+    (root / "instruction-data.json").unlink()  # served no more: the cache answers
+    assert len(load_records(url)) == 3
+    assert requests == ["/instruction-data.json"]
+
+    # A .jsonl URL is parsed as JSON lines.
+    (root / "d.jsonl").write_text("".join(json.dumps(e) + "\n" for e in ENTRIES))
+    assert len(load_records(f"{base}/d.jsonl")) == 3
+
+
+def test_bad_download_is_not_kept_in_the_cache(tmp_path, monkeypatch, http_server):
+    root, base, requests = http_server
+    monkeypatch.setenv("GPT2_SCRATCH_CACHE", str(tmp_path / "cache"))
+    (root / "broken.json").write_text("<html>not json</html>")
+    with pytest.raises(ValueError) as e:
+        load_records(f"{base}/broken.json")
+    assert str(e.value).endswith(f"broken.json: invalid JSON at line 1, column 1 (Expecting value) "
+                                 f"(downloaded from {base}/broken.json; removed from the cache)")
+    assert list((tmp_path / "cache" / "datasets").iterdir()) == []
+    write_json(root / "broken.json", ENTRIES)  # fixed upstream: the next call downloads again
+    assert len(load_records(f"{base}/broken.json")) == 3
+    assert requests == ["/broken.json", "/broken.json"]
+
+
+def test_download_failure_is_one_line_and_suggests_a_local_file(tmp_path, monkeypatch, http_server):
+    _, base, _ = http_server
+    monkeypatch.setenv("GPT2_SCRATCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConnectionError) as e:
+        load_records(f"{base}/missing.json")
+    message = str(e.value)
+    assert message.startswith(f"cannot download {base}/missing.json (")
+    assert message.endswith("pass the local file with --dataset PATH")
+    assert "\n" not in message
+    assert message == f"cannot download {base}/missing.json (HTTP 404 File not found); " \
+        "download it yourself and pass the local file with --dataset PATH"
+    cache = tmp_path / "cache" / "datasets"
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPT2_SCRATCH_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.cache_dir() == tmp_path / ".cache" / "gpt2_scratch" / "datasets"
+    monkeypatch.setenv("GPT2_SCRATCH_CACHE", str(tmp_path / "c"))
+    assert data.cache_dir() == tmp_path / "c" / "datasets"
+
+
+def test_write_read_records_round_trip(tmp_path):
+    records = [Record(7, "Translate: \u00e9t\u00e9", "line1\nline2", 'He said "hi" <|endoftext|>'), Record(3, "b", "", "c")]
+    path = tmp_path / "run" / "data" / "test.jsonl"
+    write_records(path, records)
+    assert read_records(path) == records
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    assert first == {"id": 7, "instruction": "Translate: \u00e9t\u00e9", "input": "line1\nline2",
+                     "output": 'He said "hi" <|endoftext|>'}
+    assert [p.name for p in path.parent.iterdir()] == ["test.jsonl"]  # no temporary file left behind
+    assert Record.from_dict(records[0].to_dict()) == records[0]
+
+
+def test_read_records_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="records file not found"):
+        read_records(tmp_path / "nope.jsonl")
+    path = tmp_path / "val.jsonl"
+    path.write_text('{"id": 0, "instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "output": "b"}\n')
+    with pytest.raises(ValueError) as e:
+        read_records(path)
+    assert str(e.value) == f"{path}: entry 1: field 'id' must be an integer, got None"
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+def synthetic_records(n):
+    return [Record(i, f"instruction {i}", "", f"output {i}") for i in range(n)]
+
+
+def test_default_split_is_the_reference_unshuffled_split():
+    records = synthetic_records(1100)
+    split = split_records(records)
+    assert split.sizes() == {"train": 935, "test": 110, "val": 55}
+    assert [r.id for r in split.train] == list(range(0, 935))
+    assert [r.id for r in split.test] == list(range(935, 1045))
+    assert [r.id for r in split.val] == list(range(1045, 1100))
+
+
+def test_shuffled_split_is_seeded():
+    records = synthetic_records(1100)
+    a = split_records(records, shuffle=True, seed=1)
+    assert split_records(records, shuffle=True, seed=1) == a
+    assert split_records(records, shuffle=True, seed=2) != a
+    assert a.sizes() == {"train": 935, "test": 110, "val": 55}
+    ids = [r.id for r in a.train + a.test + a.val]
+    assert sorted(ids) == list(range(1100)) and ids != list(range(1100))
+    shuffled = list(records)
+    random.Random(1).shuffle(shuffled)
+    assert a.train == shuffled[:935]
+    assert [r.id for r in records] == list(range(1100))  # the input list is not shuffled in place
+
+
+def test_split_rounding_and_errors():
+    assert split_records(synthetic_records(10)).sizes() == {"train": 8, "test": 1, "val": 1}
+    assert split_records(synthetic_records(10), train_frac=0.9, test_frac=0.1).sizes() == {"train": 9, "test": 1, "val": 0}
+    with pytest.raises(ValueError, match="5 records are too few to split: the test part would be empty"):
+        split_records(synthetic_records(5))
+    with pytest.raises(ValueError, match="invalid split fractions"):
+        split_records(synthetic_records(10), train_frac=0.9, test_frac=0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+def test_alpaca_prompt_text_with_and_without_input():
+    alpaca = get_prompt_style("alpaca")
+    with_input = encode_record(Record(0, **{k: ENTRIES[0][k] for k in ("instruction", "input", "output")}), alpaca)
+    assert decode(with_input.ids[: with_input.prompt_len]) == (
+        PREAMBLE + "\n\n### Instruction:\nEvaluate the following phrase by transforming it into the spelling given."
+        "\n\n### Input:\nfreind --> friend\n\n### Response:\n"
+    )
+    assert decode(with_input.ids[with_input.prompt_len :]) == ENTRIES[0]["output"]
+
+    without_input = encode_record(Record(1, "Say hi.", "", "Hi!"), "alpaca")
+    assert decode(without_input.ids) == PREAMBLE + "\n\n### Instruction:\nSay hi.\n\n### Response:\nHi!"
+    # The exact ids (GPT-2 BPE), with the prompt ending on "\n" (198) and "Hi!" = 17250, 0.
+    assert without_input.ids == [
+        21106, 318, 281, 12064, 326, 8477, 257, 4876, 13, 19430, 257, 2882, 326, 20431, 32543, 262, 2581, 13,
+        198, 198, 21017, 46486, 25, 198, 25515, 23105, 13, 198, 198, 21017, 18261, 25, 198, 17250, 0,
+    ]
+    assert without_input.prompt_len == 33
+
+
+def test_prompt_len_when_the_response_merges_with_the_prompt():
+    # A response starting with "\n\n" merges with the prompt's final "\n" into "\n\n\n" = 628 + 198 ...:
+    # the prompt ids are then not a prefix, and the merged token counts as response.
+    ex = encode_record(Record(0, "Say hi.", "", "\n\nx"), "alpaca")
+    prompt_ids = encode(get_prompt_style("alpaca").format("Say hi."))
+    assert ex.ids[: len(prompt_ids)] != prompt_ids
+    assert ex.prompt_len == len(prompt_ids) - 1 == 32
+    assert ex.ids[32:] == [628, 198, 87]
+    # Whole-text tokenization, as the reference does it.
+    assert ex.ids == encode(get_prompt_style("alpaca").format("Say hi.") + "\n\nx")
+
+
+def test_encoded_example_validates():
+    with pytest.raises(ValueError):
+        EncodedExample(ids=[], prompt_len=0)
+    with pytest.raises(ValueError):
+        EncodedExample(ids=[1, 2], prompt_len=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collate
+
+BATCH = [EncodedExample([1, 2, 3, 4, 5], 3), EncodedExample([6, 7], 1), EncodedExample([8, 9, 10], 2)]
+
+
+def test_collate_golden():
+    inputs, targets = collate(BATCH)
+    assert inputs.dtype == targets.dtype == torch.long
+    assert inputs.tolist() == [
+        [1, 2, 3, 4, 5],
+        [6, 7, E, E, E],
+        [8, 9, 10, E, E],
+    ]
+    assert targets.tolist() == [
+        [2, 3, 4, 5, E],  # the longest row: its EOS is the last target
+        [7, E, I, I, I],  # the first EOS is kept, later padding ignored
+        [9, 10, E, I, I],
+    ]
+
+
+def test_collate_mask_prompt_golden():
+    _, targets = collate(BATCH, mask_prompt=True)
+    assert targets.tolist() == [
+        [I, I, 4, 5, E],  # prompt_len 3: targets predicting tokens 1 and 2 are ignored
+        [7, E, I, I, I],  # prompt_len 1: nothing to mask
+        [I, 10, E, I, I],
+    ]
+
+
+def test_collate_truncates_to_max_length():
+    inputs, targets = collate(BATCH, max_length=3)
+    assert inputs.tolist() == [[1, 2, 3], [6, 7, E], [8, 9, 10]]
+    assert targets.tolist() == [[2, 3, 4], [7, E, I], [9, 10, E]]
+    inputs, targets = collate(BATCH, max_length=None)
+    assert inputs.shape == targets.shape == (3, 5)
+    with pytest.raises(ValueError, match="max_length"):
+        collate(BATCH, max_length=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        collate([])
+
+
+def test_collate_keeps_a_genuine_eos_in_the_text():
+    # An <|endoftext|> written in the data is trained on; only positions past the row's end are padding.
+    ex = encode_record(Record(0, "a", "", "x<|endoftext|>y"), "alpaca")
+    assert E in ex.ids
+    inputs, targets = collate([EncodedExample([1, E, 2], 0), EncodedExample([3], 0)])
+    assert inputs.tolist() == [[1, E, 2], [3, E, E]]
+    assert targets.tolist() == [[E, 2, E], [E, I, I]]
+
+
+def reference_collate(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None):
+    """custom_collate_fn of LLMs-from-scratch ch07, verbatim apart from the device argument."""
+    batch_max_length = max(len(item) + 1 for item in batch)
+    inputs_lst, targets_lst = [], []
+    for item in batch:
+        new_item = item.copy()
+        new_item += [pad_token_id]
+        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
+        inputs = torch.tensor(padded[:-1])
+        targets = torch.tensor(padded[1:])
+        mask = targets == pad_token_id
+        indices = torch.nonzero(mask).squeeze()
+        if indices.numel() > 1:
+            targets[indices[1:]] = ignore_index
+        if allowed_max_length is not None:
+            inputs = inputs[:allowed_max_length]
+            targets = targets[:allowed_max_length]
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+    return torch.stack(inputs_lst), torch.stack(targets_lst)
+
+
+def test_collate_matches_the_reference_on_random_batches():
+    rng = random.Random(0)
+    for _ in range(50):
+        batch = [[rng.randrange(50256) for _ in range(rng.randint(1, 40))] for _ in range(rng.randint(1, 8))]
+        max_length = rng.choice([None, 5, 1024])
+        ours = collate([EncodedExample(ids, 0) for ids in batch], max_length=max_length)
+        ref = reference_collate(batch, allowed_max_length=max_length)
+        assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch sampler
+
+
+def padding_fraction(sampler, lengths):
+    """Share of (row, position) slots that are padding when each batch is padded to its longest example."""
+    padded = real = 0
+    for batch in sampler:
+        width = max(lengths[i] for i in batch)
+        padded += width * len(batch)
+        real += sum(lengths[i] for i in batch)
+    return 1 - real / padded
+
+
+_rng = random.Random(7)
+LENGTHS = [_rng.randint(20, 300) for _ in range(1003)]
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_sampler_covers_every_index_once_per_epoch(group):
+    sampler = LengthGroupedBatchSampler(LENGTHS, 8, group=group)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 126  # ceil(1003 / 8)
+    assert sorted(i for b in batches for i in b) == list(range(1003))
+    assert sorted(len(b) for b in batches)[0] == 3 and sum(len(b) == 8 for b in batches) == 125
+
+    dropped = LengthGroupedBatchSampler(LENGTHS, 8, group=group, drop_last=True)
+    batches = list(dropped)
+    assert len(batches) == len(dropped) == 125 and all(len(b) == 8 for b in batches)
+    assert len({i for b in batches for i in b}) == 1000
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch():
+    def epoch_batches(seed, epoch, **kw):
+        sampler = LengthGroupedBatchSampler(LENGTHS, 8, seed=seed, **kw)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert epoch_batches(1, 0) == epoch_batches(1, 0)
+    assert epoch_batches(1, 3) == epoch_batches(1, 3)
+    assert epoch_batches(1, 0) != epoch_batches(1, 1)
+    assert epoch_batches(1, 0) != epoch_batches(2, 0)
+    # Grouped batches are shuffled: not sorted by length within a mega-chunk.
+    first = [max(LENGTHS[i] for i in b) for b in epoch_batches(1, 0)]
+    assert first != sorted(first, reverse=True)
+    # Different epochs put different examples together, not only in another order.
+    assert {frozenset(b) for b in epoch_batches(1, 0)} != {frozenset(b) for b in epoch_batches(1, 1)}
+    assert epoch_batches(1, 0, group=False) != epoch_batches(1, 1, group=False)
+
+
+def test_grouped_batches_have_much_less_padding():
+    grouped = padding_fraction(LengthGroupedBatchSampler(LENGTHS, 8), LENGTHS)
+    plain = padding_fraction(LengthGroupedBatchSampler(LENGTHS, 8, group=False), LENGTHS)
+    assert plain > 0.25  # uniform lengths 20..300: random batches of 8 are 42% padding
+    assert grouped < 0.02  # 1.2%
+    # Small mega-chunks group less well.
+    assert grouped < padding_fraction(LengthGroupedBatchSampler(LENGTHS, 8, mega_batches=2), LENGTHS) < plain
+
+
+def test_sampler_without_shuffle_is_in_order():
+    assert list(LengthGroupedBatchSampler([5, 1, 3, 2, 4], 2, shuffle=False, group=False)) == [[0, 1], [2, 3], [4]]
+    # Grouping without shuffling sorts by length (longest first) and keeps the batch order.
+    assert list(LengthGroupedBatchSampler([5, 1, 3, 2, 4], 2, shuffle=False)) == [[0, 4], [2, 3], [1]]
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_ddp_shards_are_disjoint_and_cover_the_epoch(group):
+    # 1003 examples / 8 = 126 batches: divisible by 2 and 3 ranks, not by 4.
+    for world_size in (2, 3):
+        shards = [list(LengthGroupedBatchSampler(LENGTHS, 8, group=group, rank=r, world_size=world_size, seed=5))
+                  for r in range(world_size)]
+        assert all(len(s) == 126 // world_size for s in shards)
+        assert [len(LengthGroupedBatchSampler(LENGTHS, 8, rank=r, world_size=world_size)) for r in range(world_size)] == [
+            126 // world_size] * world_size
+        indices = [i for s in shards for b in s for i in b]
+        assert sorted(indices) == list(range(1003))  # disjoint and covering
+        # Rank r has every world_size-th batch of the single-process sequence.
+        single = list(LengthGroupedBatchSampler(LENGTHS, 8, group=group, seed=5))
+        assert all(shards[r] == single[r::world_size] for r in range(world_size))
+
+
+def test_ddp_uneven_batches_are_padded_or_dropped():
+    single = list(LengthGroupedBatchSampler(LENGTHS, 8, seed=5))  # 126 batches, 4 ranks
+    padded = [LengthGroupedBatchSampler(LENGTHS, 8, rank=r, world_size=4, seed=5) for r in range(4)]
+    shards = [list(s) for s in padded]
+    assert [len(s) for s in shards] == [len(s) for s in padded] == [32] * 4
+    # The first 2 batches are repeated at the end, so that 128 batches split evenly.
+    assert all(shards[r] == (single + single[:2])[r::4] for r in range(4))
+    assert sorted({i for s in shards for b in s for i in b}) == list(range(1003))
+
+    dropped = [LengthGroupedBatchSampler(LENGTHS, 8, rank=r, world_size=4, seed=5, drop_last=True) for r in range(4)]
+    shards = [list(s) for s in dropped]
+    assert [len(s) for s in shards] == [len(s) for s in dropped] == [31] * 4
+    indices = [i for s in shards for b in s for i in b]
+    assert len(indices) == len(set(indices)) == 31 * 4 * 8  # disjoint, full batches only
+
+
+def test_sampler_validates_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        LengthGroupedBatchSampler(LENGTHS, 0)
+    with pytest.raises(ValueError, match="rank"):
+        LengthGroupedBatchSampler(LENGTHS, 8, rank=2, world_size=2)

@@ -1,0 +1,419 @@
+"""The demo's handlers, called directly on a tiny run (no server, no browser).
+
+``make_run`` builds the run folder every demo test uses (test_app_client.py and
+test_app_browser.py import it): a ``random:tiny`` base model, a "finetuned"
+checkpoint whose weights differ from it (so a swapped column would show), a
+run.json, metrics.jsonl and a handmade eval/ in the schema evaluate.py writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+import pytest
+import torch
+
+from gpt2_scratch.checkpoint import load_model, save_checkpoint
+from gpt2_scratch.demo import (
+    ORDER_CHOICES,
+    DemoApp,
+    EvalResults,
+    UserError,
+    build_demo,
+    clean_text,
+    load_examples,
+    loss_curve,
+    parse_settings,
+    resolve_run,
+    summary_markdown,
+)
+from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.tokenizer import decode, encode
+
+# Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+GREEDY = (24, 0.0, 0, 1.0, None)  # max new tokens, temperature, top-k, top-p, seed as the UI sends them
+
+
+def _model_result(name: str, response: str, rouge: float, judge: int | None, exact: int = 0) -> dict:
+    return {"response": response, "rouge_l": rouge, "exact_match": exact, "length_tokens": len(response.split()),
+            "judge_score": judge, "judge_raw": None if judge is None else str(judge)}
+
+
+PREDICTIONS = [
+    {"id": 7, "instruction": "Name a primary color.", "input": "", "reference": "Red.",
+     "base": _model_result("base", "The sky is", 0.0, 10), "finetuned": _model_result("finetuned", "Red.", 1.0, 95, 1)},
+    {"id": 12, "instruction": "Rewrite the sentence using a simile.", "input": "The cat is quiet.",
+     "reference": "The cat is as quiet as a mouse.",
+     "base": _model_result("base", "The dog barks loudly", 0.4, 20),
+     "finetuned": _model_result("finetuned", "The cat is as quiet as a whisper.", 0.75, 80)},
+    {"id": 30, "instruction": "Convert 5 km to meters.", "input": "", "reference": "5 km is 5000 meters.",
+     "base": _model_result("base", "Convert 6 km", 0.25, None),
+     "finetuned": _model_result("finetuned", "5 kilometers is 5000 meters.", 0.6, 70)},
+    {"id": 41, "instruction": "What is the opposite of 'quiet'?", "input": "", "reference": "Loud.",
+     "base": _model_result("base", "", 0.0, 0), "finetuned": _model_result("finetuned", "Loud.", 1.0, 100, 1)},
+]
+
+MODEL_SUMMARY = {
+    "base": {"reference_loss": 3.5, "perplexity": 33.12, "rouge_l": 0.1625, "exact_match": 0.0,
+             "mean_length_tokens": 2.75, "empty_share": 0.25, "judge_mean": 10.0, "judge_unparsed": 1,
+             "generation_seconds": 1.5, "tokens_per_second": 42.0},
+    "finetuned": {"reference_loss": 1.25, "perplexity": 3.49, "rouge_l": 0.8375, "exact_match": 0.5,
+                  "mean_length_tokens": 3.5, "empty_share": 0.0, "judge_mean": 86.25, "judge_unparsed": 0,
+                  "generation_seconds": 2.0, "tokens_per_second": 31.5},
+}
+
+
+def make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True) -> RunPaths:
+    """A tiny finished run: base ``random:tiny``, a finetuned checkpoint that differs from it, eval results."""
+    run = RunPaths(root)
+    model, _ = load_model("random:tiny")
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for p in model.parameters():  # "finetuning": answers must differ from the base model's
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "random:tiny"})
+    atomic_write_json(run.run_json, {"name": root.name, "created": "2026-01-01T00:00:00+00:00",
+                                     "base_model": "random:tiny", "prompt_style": "alpaca", "status": "finished"})
+    if with_metrics:
+        atomic_write_jsonl(run.metrics, [
+            {"event": "eval", "step": s, "tokens_seen": 1000 * s, "train_loss": 4.0 - 0.3 * s, "val_loss": 4.2 - 0.2 * s}
+            for s in range(6)
+        ])
+    if with_eval:
+        atomic_write_jsonl(run.predictions, PREDICTIONS)
+        atomic_write_json(run.summary, {
+            "run": str(root), "created": "2026-01-02T00:00:00+00:00", "num_records": len(PREDICTIONS),
+            "checkpoint": {"path": str(run.final), "sha256": "0123456789abcdef" * 4}, "base_model": "random:tiny",
+            "prompt_style": "alpaca",
+            "generation": {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "top_p": None, "seed": 123,
+                           "batch_size": 8},
+            "judge": {"url": "http://localhost:11434/v1", "model": "llama3"}, "models": MODEL_SUMMARY,
+        })
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunPaths:
+    return make_run(tmp_path_factory.mktemp("demo") / "run1")
+
+
+@pytest.fixture(scope="module")
+def app(run) -> DemoApp:
+    return DemoApp.from_run(run)
+
+
+def greedy(model_source: str | Path, prompt: str, n: int = GREEDY[0]) -> str:
+    model, _ = load_model(str(model_source))
+    return decode(generate(model, [encode(prompt)], SamplingSettings(max_new_tokens=n))[0])
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def test_base_streams_growing_text_equal_to_generate(app):
+    outputs = list(app.generate_base("Every effort moves you", *GREEDY))
+    texts = [text for text, _ in outputs]
+    expected = greedy("random:tiny", "Every effort moves you")
+    assert texts[-1] == expected and expected
+    # Streaming: one yield per token, each text extending the previous one.
+    assert len(set(texts)) >= 10
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert outputs[1][1].startswith("Generating…")
+    assert outputs[-1][1].startswith(f"{len(encode(expected))} new tokens in ")
+
+
+def test_finetuned_uses_checkpoint_and_its_prompt_style(app, run):
+    *_, (text, status) = app.generate_finetuned("  Name a primary color. ", "", *GREEDY)
+    prompt = get_prompt_style("alpaca").format("Name a primary color.")
+    assert text == greedy(run.final, prompt)
+    assert text != greedy("random:tiny", prompt)  # really the finetuned weights
+    assert "new tokens in" in status and "⚠️" not in status
+
+
+def test_side_by_side_streams_both_columns_together(app, run):
+    outputs = list(app.generate_side_by_side("Rewrite the sentence using a simile.", "The cat is quiet.", *GREEDY))
+    prompt = get_prompt_style("alpaca").format("Rewrite the sentence using a simile.", "The cat is quiet.")
+    base, finetuned, status = outputs[-1]
+    assert base == greedy("random:tiny", prompt)
+    assert finetuned == greedy(run.final, prompt)
+    assert base != finetuned
+    assert status.startswith("New tokens: base ") and "finetuned" in status
+    # Interleaved: early on, both columns have started and neither is finished.
+    early = outputs[3]
+    assert early[0] and early[1] and len(early[0]) < len(base) and len(early[1]) < len(finetuned)
+
+
+def test_sampling_settings_are_applied(app):
+    sampled = (12, 1.0, 40, 0.9, 7)
+    first = list(app.generate_base("Every effort moves you", *sampled))[-1][0]
+    second = list(app.generate_base("Every effort moves you", *sampled))[-1][0]
+    model, _ = load_model("random:tiny")
+    ids = generate(model, [encode("Every effort moves you")],
+                   SamplingSettings(max_new_tokens=12, temperature=1.0, top_k=40, top_p=0.9, seed=7))[0]
+    assert first == second == decode(ids)
+    assert first != greedy("random:tiny", "Every effort moves you", 12)
+
+
+@pytest.mark.parametrize("handler", ["generate_base", "generate_finetuned", "generate_side_by_side"])
+def test_empty_text_gives_a_message(app, handler):
+    args = ("  \n ",) if handler == "generate_base" else (" ", "some input")
+    outputs = list(getattr(app, handler)(*args, *GREEDY))
+    assert len(outputs) == 1
+    *texts, status = outputs[0]
+    assert all(t == "" for t in texts)
+    what = "prompt" if handler == "generate_base" else "instruction"
+    assert status == f"⚠️ Type {'a' if what == 'prompt' else 'an'} {what} first."
+
+
+def test_long_prompt_is_cropped_from_the_left_with_a_notice(app):
+    prompt = " ".join(f"word{i}" for i in range(300))  # far more than the 256-token context
+    ids = encode(prompt)
+    *_, (text, status) = app.generate_base(prompt, 56, 0.0, 0, 1.0, None)
+    n_cropped = len(ids) - (256 - 56)
+    assert f"The prompt is {len(ids)} tokens; its first {n_cropped} were dropped" in status
+    model, _ = load_model("random:tiny")
+    assert text == decode(generate(model, [ids[n_cropped:]], SamplingSettings(max_new_tokens=56))[0])
+
+
+def test_control_characters_are_removed_with_a_notice(app):
+    *_, (text, status) = app.generate_base("Every\x00 effort\x1b moves\x07 you", *GREEDY)
+    assert text == greedy("random:tiny", "Every effort moves you")
+    assert "Removed 3 control character(s) from the prompt." in status
+    assert clean_text("a\r\nb\rc\td\u200be\ud800", "x") == ("a\nb\nc\td\u200be", 1)
+
+
+def test_endoftext_typed_by_a_user_is_plain_text(app):
+    *_, (text, _) = app.generate_base("<|endoftext|>", *GREEDY)
+    model, _ = load_model("random:tiny")
+    literal = [27, 91, 437, 1659, 5239, 91, 29]  # "<|endoftext|>" spelled out in BPE pieces, not id 50256
+    assert text == decode(generate(model, [literal], SamplingSettings(max_new_tokens=GREEDY[0]))[0])
+
+
+@pytest.mark.parametrize(
+    "index, value, message",
+    [
+        (0, "abc", "max new tokens must be a whole number from 1 to 255 (the context is 256 tokens), got 'abc'"),
+        (0, 0, "max new tokens must be a whole number from 1 to 255"),
+        (0, 256, "max new tokens must be a whole number from 1 to 255"),
+        (0, 2.5, "max new tokens must be a whole number"),
+        (0, None, "max new tokens must be a whole number"),
+        (1, -0.5, "temperature must be a number from 0 to 2, got -0.5"),
+        (1, float("nan"), "temperature must be a number from 0 to 2, got nan"),
+        (1, "hot", "temperature must be a number from 0 to 2, got 'hot'"),
+        (2, -1, "top-k must be a whole number from 0 to 50257"),
+        (2, 1.5, "top-k must be a whole number"),
+        (3, 0, "top-p must be greater than 0 (1 turns it off), got 0"),
+        (3, 1.5, "top-p must be a number from 0 to 1, got 1.5"),
+        (4, -1, "seed must be a whole number from 0 to 4294967295, got -1"),
+        (4, "x", "seed must be a whole number"),
+        (4, True, "seed must be a whole number"),
+    ],
+)
+def test_bad_settings_give_a_message(app, index, value, message):
+    settings = list(GREEDY)
+    settings[index] = value
+    outputs = list(app.generate_base("Every effort moves you", *settings))
+    assert len(outputs) == 1 and outputs[0][0] == ""
+    assert outputs[0][1].startswith("⚠️ " + message)
+    # The same message from the other two tabs.
+    assert list(app.generate_finetuned("Say hi.", "", *settings))[0][1].startswith("⚠️ " + message)
+    base, finetuned, status = list(app.generate_side_by_side("Say hi.", "", *settings))[0]
+    assert base.startswith("[" + message) and finetuned.startswith("[" + message) and message in status
+
+
+def test_parse_settings_maps_ui_values():
+    s = parse_settings("12", 0.7, 0, 1.0, "", block_size=256)
+    assert s == SamplingSettings(max_new_tokens=12, temperature=0.7, top_k=None, top_p=None, seed=None)
+    s = parse_settings(12.0, 0, 40.0, 0.9, " 7 ", block_size=1024)
+    assert s == SamplingSettings(max_new_tokens=12, temperature=0.0, top_k=40, top_p=0.9, seed=7)
+    assert parse_settings(512, 0, 0, 1, None, block_size=1024).max_new_tokens == 512
+    with pytest.raises(UserError, match="from 1 to 512"):
+        parse_settings(513, 0, 0, 1, None, block_size=1024)
+
+
+def test_too_long_text_is_refused(app):
+    outputs = list(app.generate_finetuned("x" * 20_001, "", *GREEDY))
+    assert outputs == [("", "⚠️ the instruction is 20,001 characters long; the limit is 20,000")]
+    assert list(app.generate_base(123, *GREEDY)) == [("", "⚠️ the prompt must be text, got int")]
+
+
+# --------------------------------------------------------------------------- missing pieces
+
+
+def test_no_run_says_how_to_create_one(tmp_path):
+    run, problem = resolve_run(None, runs_dir=tmp_path / "runs")
+    assert run is None and "python finetune.py" in problem
+    app = DemoApp.from_run(None, base="random:tiny", run_problem=problem)
+    [(text, status)] = list(app.generate_finetuned("Say hi.", "", *GREEDY))
+    assert text == "" and status == f"⚠️ {problem}"
+    table, count = app.filter_predictions("", "finetuned.rouge_l", "", "", ORDER_CHOICES[0])
+    assert len(table) == 0 and "python evaluate.py --run runs/<name>" in count
+    assert "python finetune.py" in summary_markdown(app.results)
+    # The base model still answers, alone in the side-by-side tab too.
+    assert list(app.generate_base("Every effort moves you", *GREEDY))[-1][0] == greedy("random:tiny",
+                                                                                       "Every effort moves you")
+    base, finetuned, status = list(app.generate_side_by_side("Say hi.", "", *GREEDY))[-1]
+    assert base and finetuned == f"[{problem}]" and "New tokens: base " in status
+
+
+def test_run_without_eval_or_curve_says_which_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "runs" / "r1", with_eval=False, with_metrics=False)
+    app = DemoApp.from_run(run)
+    message = "No evaluation results for this run yet. Create them with `python evaluate.py --run runs/r1`."
+    assert app.results.problem == message
+    assert app.filter_predictions("", "finetuned.rouge_l", "", "", ORDER_CHOICES[0])[1] == f"**{message}**"
+    assert loss_curve(run) is None
+    assert resolve_run(None, runs_dir="runs")[0].root.resolve() == run.root  # the newest run under runs/
+
+
+def test_run_without_checkpoint_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "r2").mkdir(parents=True)
+    app = DemoApp.from_run(RunPaths(Path("runs/r2")))
+    [(_, status)] = list(app.generate_finetuned("Say hi.", "", *GREEDY))
+    assert status.startswith("⚠️ No usable finetuned checkpoint in `runs/r2` (")
+    assert status.endswith("Create one with `python finetune.py`.")
+    assert app.base.source == "gpt2"  # no run.json: the default base model
+
+
+def test_unloadable_base_model_says_to_pass_a_local_path(run, tmp_path):
+    app = DemoApp.from_run(run, base=str(tmp_path / "missing" / "model.safetensors"))
+    [(text, status)] = list(app.generate_base("Hello", *GREEDY))
+    assert text == "" and status.startswith("⚠️ Could not load the base model")
+    assert "`python app.py --base /path/to/model.safetensors`" in status
+    # The finetuned model is unaffected.
+    assert list(app.generate_finetuned("Say hi.", "", *GREEDY))[-1][0]
+
+
+def test_resolve_run_explicit_and_hub(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="--run .*nope: no such folder"):
+        resolve_run(tmp_path / "nope")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run, problem = resolve_run(None, runs_dir=tmp_path, hub_repo="someone/gpt2-alpaca")
+    assert run is None and problem.startswith("Could not download the run from the Hub repo `someone/gpt2-alpaca`")
+
+
+# --------------------------------------------------------------------------- evaluation tab
+
+
+def test_summary_shows_both_models(app):
+    md = summary_markdown(app.results)
+    assert "| Metric | base | finetuned |" in md
+    assert "| ROUGE-L F1 | 0.163 | 0.838 |" in md  # rounded half to even by format
+    assert "| Exact match | 0.0% | 50.0% |" in md
+    assert "| Judge score (0–100) | 10.0 | 86.2 |" in md
+    assert "| Perplexity | 33.12 | 3.49 |" in md
+    assert "4 test records" in md and "`llama3`" in md and "`0123456789ab`" in md
+
+
+def test_loss_curve_from_png_or_metrics(run, tmp_path):
+    replotted = loss_curve(run)  # the fixture has metrics.jsonl but no loss.png
+    assert replotted is not None and replotted.size == (600, 350)
+    from PIL import Image
+
+    other = make_run(tmp_path / "r", with_eval=False, with_metrics=False)
+    Image.new("RGB", (32, 16), "white").save(other.loss_plot)
+    assert loss_curve(other).size == (32, 16)
+
+
+def test_table_search_filter_and_sort(app):
+    table, count = app.filter_predictions("", "finetuned.rouge_l", "", "", "test-set order")
+    assert list(table.columns) == ["id", "instruction", "base ROUGE-L", "finetuned ROUGE-L", "base judge",
+                                   "finetuned judge"]
+    assert table["id"].tolist() == [7, 12, 30, 41] and count == "4 of 4 test records"
+    assert table.loc[1].tolist()[2:] == [0.4, 0.75, 20, 80]
+    # Search is case-insensitive and covers input, reference and responses too.
+    assert app.filter_predictions("QUIET", "finetuned.rouge_l", "", "", "test-set order")[0]["id"].tolist() == [12, 41]
+    assert app.filter_predictions("whisper", "base.rouge_l", None, None, "test-set order")[0]["id"].tolist() == [12]
+    table, count = app.filter_predictions("zebra", "base.rouge_l", "", "", "test-set order")
+    assert len(table) == 0 and count == "0 of 4 test records"
+    # Bounds are inclusive; a row without that score is dropped by a bound.
+    assert app.filter_predictions("", "finetuned.rouge_l", "0.7", "1", "test-set order")[0]["id"].tolist() == [7, 12,
+                                                                                                              41]
+    assert app.filter_predictions("", "base.judge_score", 0, "15", "test-set order")[0]["id"].tolist() == [7, 41]
+    # Sorting: ties keep test-set order, rows without the score go last.
+    assert app.filter_predictions("", "finetuned.rouge_l", "", "", "score: high to low")[0]["id"].tolist() == [
+        7, 41, 12, 30]
+    assert app.filter_predictions("", "base.judge_score", "", "", "score: low to high")[0]["id"].tolist() == [
+        41, 7, 12, 30]
+    assert app.filter_predictions("", "base.judge_score", "", "", "score: high to low")[0]["id"].tolist() == [
+        12, 7, 41, 30]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("", "finetuned.rouge_l", "high", "", "test-set order"), "min score must be a number"),
+        (("", "finetuned.rouge_l", "0.9", "0.1", "test-set order"), "min score (0.9) is above max score (0.1)"),
+        (("", "finetuned.secret", "", "", "test-set order"), "unknown score 'finetuned.secret'"),
+        (("", "finetuned.rouge_l", "", "", "random"), "unknown order 'random'"),
+    ],
+)
+def test_table_bad_filters_give_a_message(app, args, message):
+    table, count = app.filter_predictions(*args)
+    assert len(table) == 0 and count.startswith("⚠️ " + message)
+
+
+def test_table_columns_follow_the_scores_present(tmp_path):
+    run = make_run(tmp_path / "r")
+    rows = [{**r, "base": {**r["base"], "judge_score": None}, "finetuned": {**r["finetuned"], "judge_score": None}}
+            for r in PREDICTIONS]
+    atomic_write_jsonl(run.predictions, [{k: v for k, v in r.items() if k != "base"} for r in rows])
+    app = DemoApp.from_run(run)
+    assert app.score_choices() == [("finetuned ROUGE-L", "finetuned.rouge_l")]
+    table, _ = app.filter_predictions("", "finetuned.rouge_l", "", "", "test-set order")
+    assert list(table.columns) == ["id", "instruction", "finetuned ROUGE-L"]
+
+
+def test_selecting_a_row_shows_everything(app):
+    table, _ = app.filter_predictions("simile", "finetuned.rouge_l", "", "", "test-set order")
+    evt = gr.SelectData(None, {"index": [0, 1], "value": table.iloc[0, 1], "row_value": table.iloc[0].tolist()})
+    instruction, input_, reference, base, finetuned, scores = app.show_prediction(evt)
+    assert (instruction, input_, reference) == ("Rewrite the sentence using a simile.", "The cat is quiet.",
+                                                "The cat is as quiet as a mouse.")
+    assert (base, finetuned) == ("The dog barks loudly", "The cat is as quiet as a whisper.")
+    assert scores == ("Test record **12** — **base**: ROUGE-L 0.400 · exact match 0 · judge 20 · 4 tokens · "
+                      "**finetuned**: ROUGE-L 0.750 · exact match 0 · judge 80 · 8 tokens")
+    evt = gr.SelectData(None, {"index": [0, 0], "value": 999, "row_value": [999, "?"]})
+    assert app.show_prediction(evt)[-1] == "No test record with id 999."
+
+
+# --------------------------------------------------------------------------- the Blocks
+
+
+def test_build_demo_names_its_endpoints(app):
+    demo = build_demo(app, load_examples(ROOT / "assets" / "examples.json"))
+    deps = demo.config["dependencies"]
+    names = {d["api_name"] for d in deps if d.get("api_visibility", "public") == "public"}
+    assert {"generate_base", "generate_finetuned", "generate_side_by_side", "filter_predictions"} <= names
+    # Each tab's Stop button cancels that tab's generation.
+    by_name = {d["api_name"]: i for i, d in enumerate(deps)}
+    cancelled = {i for d in deps for i in d.get("cancels", [])}
+    assert {by_name["generate_base"], by_name["generate_finetuned"], by_name["generate_side_by_side"]} <= cancelled
+
+
+def test_examples_file():
+    prompts, instructions = load_examples(ROOT / "assets" / "examples.json")
+    assert len(prompts) >= 3 and all(p.strip() for p in prompts)
+    assert len(instructions) >= 3 and all(i.strip() for i, _ in instructions)
+    assert any(inp for _, inp in instructions)
+    assert load_examples(ROOT / "assets" / "missing.json") == ([], [])
+
+
+def test_eval_results_unreadable(tmp_path):
+    run = make_run(tmp_path / "r")
+    run.predictions.write_text("{not json\n")
+    results = EvalResults.load(run, "unused")
+    assert results.summary is None and "unreadable" in results.problem and "python evaluate.py --run" in results.problem

@@ -1,0 +1,234 @@
+"""Evaluation end to end on a tiny run: result schema, model identity, resume, settings checks, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate as evaluate_cli
+from gpt2_scratch import evaluation
+from gpt2_scratch.checkpoint import load_checkpoint, load_model, save_checkpoint
+from gpt2_scratch.data import Record, encode_record, write_records
+from gpt2_scratch.evaluation import EvalSettings, SettingsMismatch, evaluate_run, plan_batches
+from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.judge import JudgeConfig
+from gpt2_scratch.metrics import reference_loss
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.tokenizer import decode, encode
+
+from test_judge import FakeChatServer
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = [
+    Record(3, "Name a color.", "", "Blue."),
+    Record(8, "Translate to French.", "Good morning", "Bonjour."),
+    Record(11, "Summarize the text in one sentence, please, and keep it short.", "Cats sleep a lot.", "Cats sleep."),
+    Record(20, "What is 2 + 2?", "", "4"),
+    Record(21, "Rewrite in passive voice.", "The dog chased the ball.", "The ball was chased by the dog."),
+    Record(40, "Give an antonym of 'hot'.", "", "Cold."),
+]
+FAST = dict(sampling=SamplingSettings(max_new_tokens=6), batch_size=2, progress=False, device="cpu")
+TIMING = ("generation_seconds", "tokens_per_second")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not crawl when other processes share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_run(root: Path) -> RunPaths:
+    """A run folder as finetune.py writes it: the finetuned weights are random:tiny, perturbed."""
+    model, _ = load_model("random:tiny")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_checkpoint(root / "final", model, prompt_style="alpaca", metadata={"base_model": "random:tiny", "step": 1})
+    (root / "run.json").write_text(json.dumps({"name": root.name, "base_model": "random:tiny", "prompt_style": "alpaca",
+                                               "status": "finished"}))
+    write_records(root / "data" / "test.jsonl", RECORDS)
+    return RunPaths(root)
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def without_timing(summary: dict) -> dict:
+    """``summary`` without its timing fields, the run folder's path written as <run>."""
+    s = json.loads(json.dumps(summary).replace(summary["run"], "<run>"))
+    s.pop("created")
+    for m in s["models"].values():
+        for k in TIMING:
+            m.pop(k)
+    return s
+
+
+def test_results_follow_the_schema(run):
+    summary = evaluate_run(run, EvalSettings(**FAST))
+    rows = [json.loads(line) for line in run.predictions.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r.id for r in RECORDS]  # one line per record, in record order
+    for row, rec in zip(rows, RECORDS):
+        assert (row["instruction"], row["input"], row["reference"]) == (rec.instruction, rec.input, rec.output)
+        for name in ("base", "finetuned"):
+            m = row[name]
+            assert {"response", "rouge_l", "exact_match", "length_tokens", "judge_score", "judge_raw"} <= set(m)
+            assert isinstance(m["response"], str) and isinstance(m["rouge_l"], float)
+            assert m["exact_match"] in (0, 1) and 0 <= m["length_tokens"] <= 6
+            assert m["judge_score"] is None and m["judge_raw"] is None
+    assert json.loads(run.summary.read_text()) == summary
+    assert summary["run"] == str(run.root) and summary["num_records"] == 6
+    assert summary["checkpoint"]["sha256"] == load_checkpoint(run.final)[1].sha256
+    assert (summary["base_model"], summary["prompt_style"], summary["judge"]) == ("random:tiny", "alpaca", None)
+    assert summary["generation"] == {"max_new_tokens": 6, "temperature": 0.0, "top_k": None, "top_p": None,
+                                     "seed": None, "batch_size": 2}
+    keys = {"reference_loss", "perplexity", "rouge_l", "exact_match", "mean_length_tokens", "empty_share",
+            "judge_mean", "judge_unparsed", "generation_seconds", "tokens_per_second"}
+    for name in ("base", "finetuned"):
+        agg = summary["models"][name]
+        assert keys <= set(agg)
+        assert agg["mean_length_tokens"] == pytest.approx(sum(r[name]["length_tokens"] for r in rows) / 6)
+        assert agg["judge_mean"] is None and agg["judge_unparsed"] == 0
+
+
+def test_each_model_is_the_right_one_and_matches_direct_generation(run):
+    summary = evaluate_run(run, EvalSettings(**FAST))
+    rows = [json.loads(line) for line in run.predictions.read_text().splitlines()]
+    style = get_prompt_style("alpaca")
+    examples = [encode_record(r, style) for r in RECORDS]
+    for name, (model, _) in {"base": load_model("random:tiny"), "finetuned": load_checkpoint(run.final)}.items():
+        assert summary["models"][name]["reference_loss"] == pytest.approx(reference_loss(model, examples)[0], rel=1e-5)
+        for row, rec in zip(rows, RECORDS):
+            ids = generate(model, [encode(style.format(rec.instruction, rec.input))], FAST["sampling"])[0]
+            assert row[name]["response"] == decode(ids)  # each prompt alone gives the batched result
+            assert row[name]["length_tokens"] == len(ids)
+    assert summary["models"]["base"]["reference_loss"] != summary["models"]["finetuned"]["reference_loss"]
+
+
+def test_plan_batches_groups_by_length_longest_first():
+    assert plan_batches([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+
+
+def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
+    reference = make_run(tmp_path / "reference")
+    expected = evaluate_run(reference, EvalSettings(**FAST))
+
+    calls = []
+
+    def crash_after_first_batch(model, prompts, settings):
+        if calls:
+            raise KeyboardInterrupt  # what a Ctrl-C in the second batch looks like
+        calls.append(len(prompts))
+        return generate(model, prompts, settings)
+
+    monkeypatch.setattr(evaluation, "generate", crash_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(run, EvalSettings(**FAST))
+    assert not run.predictions.exists() and not run.summary.exists()
+    partial = run.eval_dir / "partial_base.jsonl"
+    assert len(partial.read_text().splitlines()) == 2  # header + the one finished batch
+    with open(partial, "a") as f:
+        f.write('{"batch": 1, "indices": [0, 5], "outp')  # a line cut short by the kill
+
+    resumed = []
+
+    def counting(model, prompts, settings):
+        resumed.append(len(prompts))
+        return generate(model, prompts, settings)
+
+    monkeypatch.setattr(evaluation, "generate", counting)
+    got = evaluate_run(run, EvalSettings(**FAST))
+    assert resumed == [2, 2, 2, 2, 2]  # base: 2 batches left of 3; finetuned: all 3
+    assert run.predictions.read_bytes() == reference.predictions.read_bytes()
+    assert without_timing(got) == without_timing(expected)
+    assert got["checkpoint"]["sha256"] != "" and got["models"]["base"]["generation_seconds"] > 0
+
+    # A finished evaluation rerun generates nothing and writes the same predictions.
+    resumed.clear()
+    evaluate_run(run, EvalSettings(**FAST))
+    assert resumed == [] and run.predictions.read_bytes() == reference.predictions.read_bytes()
+
+
+def test_changed_settings_do_not_mix(run):
+    evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
+    with pytest.raises(SettingsMismatch, match=r"max_new_tokens=6 \(now 5\)"):
+        evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=5)}))
+    # Other weights under the same run: the checkpoint's sha256 differs.
+    model, _ = load_checkpoint(run.final)
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] += 1.0
+    save_checkpoint(run.final, model, prompt_style="alpaca")
+    with pytest.raises(SettingsMismatch, match="sha256"):
+        evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
+    summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "restart": True}))
+    assert list(summary["models"]) == ["finetuned"]
+    row = json.loads(run.predictions.read_text().splitlines()[0])
+    assert "finetuned" in row and "base" not in row
+
+
+def test_judge_scores_are_recorded(run):
+    server = FakeChatServer()
+    try:
+        server.queue += [(200, "80", 0.0), (200, "no idea", 0.0), (500, "boom", 0.0), (200, "40", 0.0),
+                         (200, "60", 0.0), (200, "100", 0.0)]
+        judge = JudgeConfig(url=server.url, model="judge-model", retries=0, backoff=0.0)
+        summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "judge": judge}))
+    finally:
+        server.close()
+    rows = [json.loads(line)["finetuned"] for line in run.predictions.read_text().splitlines()]
+    assert [r["judge_score"] for r in rows] == [80, None, None, 40, 60, 100]
+    assert rows[1]["judge_raw"] == "no idea" and not rows[1]["judge_error"]
+    assert "HTTP 500" in rows[2]["judge_raw"] and rows[2]["judge_error"]
+    agg = summary["models"]["finetuned"]
+    assert agg["judge_mean"] == pytest.approx((80 + 40 + 60 + 100) / 4)
+    assert (agg["judge_unparsed"], agg["judge_errors"]) == (2, 1)
+    assert summary["judge"]["url"] == server.url and summary["judge"]["model"] == "judge-model"
+    # The judge saw the formatted prompt, the reference and the stripped response.
+    first = server.requests[0]["body"]["messages"][0]["content"]
+    style = get_prompt_style("alpaca")
+    assert f"`{style.format(RECORDS[0].instruction, RECORDS[0].input)}`" in first and "`Blue.`" in first
+    assert f"`{rows[0]['response'].strip()}`" in first
+
+
+def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
+    assert evaluate_cli.main(["--run", str(run.root), "--models", "finetuned", "--max-new-tokens", "4",
+                              "--batch-size", "3", "--limit", "4", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ROUGE-L F1" in out and "finetuned" in out
+    assert len(run.predictions.read_text().splitlines()) == 4
+
+    for argv, message in [
+        (["--run", str(tmp_path / "nope")], "no such run folder"),
+        (["--run", str(run.root), "--limit", "0"], "limit"),
+        (["--run", str(run.root), "--temperature", "-1"], "temperature"),
+        (["--run", str(run.root), "--judge-url", "http://localhost:1/v1"], "--judge-model"),
+        (["--run", str(run.root), "--max-new-tokens", "256"], "context length"),
+    ]:
+        assert evaluate_cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as e:
+        evaluate_cli.main(["--models", "nonsense"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --models")
+
+
+def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
+    help_ = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert help_.returncode == 0
+    for option in ("--run", "--models", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
+                   "--batch-size", "--limit", "--device", "--judge-url", "--judge-model", "--judge-api-key", "--restart"):
+        assert option in help_.stdout, option
+    bad = subprocess.run([sys.executable, "evaluate.py", "--run", str(tmp_path / "missing")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"

@@ -1,0 +1,283 @@
+"""Tests of gpt2_scratch.training: overfitting, exact resume, gradient accumulation, DDP, the pieces.
+
+Every run uses ``random:tiny`` (2 layers, 64 dims) on a 16-record fixture written
+here, so nothing touches the network. One uninterrupted reference run (module
+fixture) serves the resume, accumulation and DDP tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2_scratch.checkpoint import load_checkpoint
+from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.hub import read_safetensors
+from gpt2_scratch.model import GPT
+from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.training import (
+    MetricsLog,
+    TrainConfig,
+    autocast_dtype,
+    configure_optimizer,
+    load_train_state,
+    lr_at,
+    read_metrics,
+    save_train_state,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_fixture(path: Path, n: int = 16) -> Path:
+    """``n`` short arithmetic instructions: 13 train / 1 test / 2 validation records for n=16."""
+    records = [
+        {"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
+        for a, b in zip(range(3, 3 + n), range(20, 20 + n))
+    ]
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def small_config(tmp: Path, dataset: Path, **overrides) -> TrainConfig:
+    # batch 4 over 13 training records: 3 steps per epoch (drop_last, as the reference).
+    # The phi3 prompt style is ~25 tokens shorter than alpaca: the tests run twice as fast.
+    base = dict(prompt_style="phi3",
+        base="random:tiny", dataset=str(dataset), out_dir=str(tmp / "runs"), batch_size=4, lr=3e-3,
+        epochs=2, eval_every=2, eval_batches=2, save_every=2, sample_tokens=4, seed=7,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def events(metrics: Path, kind: str) -> list[dict]:
+    return [r for r in read_jsonl(metrics) if r["event"] == kind]
+
+
+def losses(metrics: Path) -> dict[str, list]:
+    return {
+        "train": [(r["step"], r["loss"]) for r in events(metrics, "train")],
+        "eval": [(r["step"], r["train_loss"], r["val_loss"]) for r in events(metrics, "eval")],
+    }
+
+
+@pytest.fixture(scope="module")
+def fixture_json(tmp_path_factory) -> Path:
+    return write_fixture(tmp_path_factory.mktemp("data") / "fixture.json")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, fixture_json):
+    """An uninterrupted 6-step run (2 epochs x 3 steps)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    torch.set_num_threads(2)
+    return train(small_config(tmp, fixture_json, name="ref"))
+
+
+def test_overfits_sixteen_examples(tmp_path, fixture_json):
+    paths = train(
+        small_config(tmp_path, fixture_json, name="overfit", batch_size=2, epochs=5, lr=1e-2, eval_every=100, save_every=0)
+    )
+    evals = events(paths.metrics, "eval")
+    assert [e["step"] for e in evals] == [0, 30]  # 6 steps per epoch (13 records, batch 2)
+    assert evals[0]["train_loss"] > 10.5  # random init: about ln(50257) = 10.8
+    # Measured 0.97 (train subset) after 30 steps; a model that does not learn stays near 10.8.
+    assert evals[-1]["train_loss"] < 1.5
+    assert evals[-1]["train_loss"] < evals[-1]["val_loss"]
+
+
+def test_reference_run_folder(reference_run, fixture_json):
+    paths = reference_run
+    run = json.loads(paths.run_json.read_text())
+    assert run["status"] == "finished" and run["base_model"] == "random:tiny" and run["prompt_style"] == "phi3"
+    assert run["dataset"]["num_records"] == 16
+    assert run["dataset"]["split"] == {"train": 13, "test": 1, "val": 2, "shuffle": False, "seed": 7}
+    assert run["training"]["batch_size"] == 4 and run["training"]["name"] == "ref"
+    rows = read_jsonl(paths.metrics)
+    assert [r["step"] for r in rows if r["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if r["event"] == "eval"] == [0, 2, 4, 6]
+    assert [r["step"] for r in rows if r["event"] == "sample"] == [3, 6]  # one per epoch
+    (baseline,) = [r for r in rows if r["event"] == "baseline"]  # the fixture has one test record
+    assert baseline["id"] == 13 and baseline["instruction"] == "What is 16 plus 33?"
+    # tokens_seen counts real tokens only: it grows by each step's non-padding input tokens.
+    tokens = [r["tokens_seen"] for r in rows if r["event"] == "train"]
+    assert all(b > a for a, b in zip(tokens, tokens[1:]))
+    model, info = load_checkpoint(paths.final)
+    assert info.prompt_style == "phi3" and info.metadata["step"] == 6
+    assert info.metadata["training"]["lr"] == 3e-3 and info.metadata["dataset"]["split"]["train"] == 13
+    best = load_checkpoint(paths.best)[1]
+    evals = events(paths.metrics, "eval")
+    best_eval = min(evals, key=lambda e: e["val_loss"])
+    assert best.metadata["step"] == best_eval["step"] and best.metadata["val_loss"] == best_eval["val_loss"]
+    assert not paths.train_state.exists()  # removed once the run is finished
+    assert paths.loss_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_gives_identical_weights(tmp_path, reference_run, fixture_json):
+    cfg = small_config(tmp_path, fixture_json, name="interrupted")
+    paths = train(cfg, stop_after=5)  # "killed" after step 5; the last state is from step 4
+    assert not paths.final.exists()
+    state = json.loads((paths.train_state / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["position"]) == (4, 1, 1)
+    assert max(r["step"] for r in read_jsonl(paths.metrics)) == 5
+
+    train(TrainConfig(resume=str(paths.root)))
+    ref_model, _ = load_checkpoint(reference_run.final)
+    model, info = load_checkpoint(paths.final)
+    for (name, a), (_, b) in zip(ref_model.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert info.metadata["step"] == 6
+    # Same losses, and no step logged twice although step 5 ran twice.
+    assert losses(paths.metrics) == losses(reference_run.metrics)
+    assert [r["step"] for r in events(paths.metrics, "resume")] == [4]
+    for a, b in zip(saved_tensors(reference_run.best), saved_tensors(paths.best)):
+        assert torch.equal(a, b)
+    assert json.loads(paths.run_json.read_text())["status"] == "finished"
+
+
+def saved_tensors(folder: Path) -> list[torch.Tensor]:
+    return list(read_safetensors(folder / "model.safetensors").values())
+
+
+def test_grad_accum_gives_the_same_steps(tmp_path, reference_run, fixture_json):
+    paths = train(small_config(tmp_path, fixture_json, name="accum", grad_accum=2, epochs=1, save_every=0))
+    ref = losses(reference_run.metrics)
+    got = losses(paths.metrics)
+    assert [s for s, _ in got["train"]] == [1, 2, 3]
+    torch.testing.assert_close(
+        torch.tensor([l for _, l in got["train"]]), torch.tensor([l for _, l in ref["train"][:3]]), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
+    """torchrun with 2 gloo processes (2 examples each) computes the same steps as one process with batch 4."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "finetune.py"), "--base", "random:tiny", "--dataset", str(fixture_json), "--out-dir", str(tmp_path),
+        "--name", "ddp", "--batch-size", "4", "--lr", "3e-3", "--epochs", "1", "--eval-every", "2",
+        "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "4", "--seed", "7", "--prompt-style", "phi3",
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = tmp_path / "ddp" / "metrics.jsonl"
+    got, ref = losses(metrics), losses(reference_run.metrics)
+    assert [s for s, _ in got["train"]] == [1, 2, 3]
+    torch.testing.assert_close(
+        torch.tensor([l for _, l in got["train"]]), torch.tensor([l for _, l in ref["train"][:3]]), rtol=1e-5, atol=1e-5
+    )
+    # Evaluation batches are shared among the ranks and reduced: same numbers too.
+    assert [e[0] for e in got["eval"]] == [0, 2, 3]
+    torch.testing.assert_close(torch.tensor(got["eval"][:2]), torch.tensor(ref["eval"][:2]), rtol=1e-5, atol=1e-5)
+    # Rank 0 alone logs: one line per step.
+    assert len(events(metrics, "train")) == 3 and len(events(metrics, "baseline")) == 1
+    load_checkpoint(tmp_path / "ddp" / "final")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, schedule="cosine")
+    assert [lr_at(s, 104, cfg) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lr_at(4, 104, cfg) == pytest.approx(1e-3)
+    assert lr_at(54, 104, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way: midpoint of peak and 10% floor
+    assert lr_at(104, 104, cfg) == pytest.approx(1e-4)
+    const = TrainConfig(lr=5e-5)
+    assert {lr_at(s, 232, const) for s in (0, 100, 231)} == {5e-5}
+
+
+def test_weight_decay_only_on_matrices_and_embeddings():
+    model = GPT(GPTConfig.from_preset("tiny"))
+    opt = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "transformer.wte.weight" in decayed and "transformer.wpe.weight" in decayed
+    assert "transformer.h.0.attn.c_attn.weight" in decayed
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.bias"}
+    # The tied head is the embedding: each parameter appears exactly once.
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_train_state_round_trip_without_pickle(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", n_layer=1))
+    opt = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+    model(torch.randint(0, 100, (2, 5))).sum().backward()
+    opt.step()
+    folder = tmp_path / "train_state"
+    rng_state = torch.get_rng_state()
+    save_train_state(folder, model, opt, {"step": 1, "epoch": 0}, {"cpu.0": rng_state})
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    assert not list(tmp_path.glob(".train_state*"))  # no temporary folder left behind
+
+    model2 = GPT(GPTConfig.from_preset("tiny", n_layer=1))
+    opt2 = configure_optimizer(model2, 1e-3, 0.1, torch.device("cpu"))
+    progress, rng = load_train_state(folder, model2, opt2)
+    assert progress == {"step": 1, "epoch": 0}
+    assert torch.equal(rng["cpu.0"], rng_state)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1["param_groups"] == s2["param_groups"]
+    for i in s1["state"]:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(s1["state"][i][key], s2["state"][i][key])
+
+    # A save killed between its two renames leaves only the previous state as ".train_state.old": still loadable.
+    os.replace(folder, tmp_path / ".train_state.old")
+    assert load_train_state(folder, model2, opt2)[0]["step"] == 1
+
+
+def test_metrics_truncate_and_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, enabled=True)
+    for step in range(4):
+        log.log("train", step, step * 10, loss=1.0)
+    with open(path, "a") as f:
+        f.write('{"event": "train", "st')  # a torn last line
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2, 3]
+    log.truncate_after(1)
+    assert [r["step"] for r in read_jsonl(path)] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(batch_size=0), "--batch-size must be a positive integer"),
+        (dict(batch_size=6, grad_accum=4), "must be divisible by --grad-accum"),
+        (dict(schedule="linear"), "--schedule must be one of constant, cosine"),
+        (dict(lr=-1.0), "--lr must be a positive number"),
+        (dict(name="a/b"), "--name must be a plain folder name"),
+        (dict(prompt_style="chatml"), "--prompt-style must be one of"),
+    ],
+)
+def test_config_validation(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)
+
+
+def test_bf16_needs_cuda():
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        autocast_dtype("bf16", torch.device("cpu"))
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, reference_run):
+    cfg = TrainConfig(base="random:tiny", out_dir=str(reference_run.root.parent), name="ref")
+    with pytest.raises(ValueError, match="already exists"):
+        train(cfg)
+    with pytest.raises(ValueError, match="already finished"):
+        train(TrainConfig(resume=str(reference_run.root)))
