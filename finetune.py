@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpt2_scratch.prompts import PROMPT_STYLES
 from gpt2_scratch.training import PRECISIONS, SCHEDULES, TrainConfig, train
 
 
@@ -25,20 +26,27 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        # "(default: None)" says nothing; those options explain their absence in their help.
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()  # the defaults have one home: the dataclass
     p = _Parser(
+        prog="finetune.py",
         description="Instruction-finetune GPT-2 (Alpaca-style data) and write runs/<name>/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     model = p.add_argument_group("model and data")
     model.add_argument("--base", default=d.base, help="base model: Hub id, short name (gpt2, gpt2-medium, ...), "
                        "local weights, a run's checkpoint folder, or random:<preset> (e.g. random:tiny, offline)")
     model.add_argument("--dataset", default=d.dataset, help="dataset: URL, local .json/.jsonl file or Hugging Face dataset id")
-    model.add_argument("--limit", type=int, default=d.limit, metavar="N", help="use only the first N records (before splitting)")
+    model.add_argument("--limit", type=int, default=d.limit, metavar="N", help="use only the first N records (before splitting); default: all")
     model.add_argument("--shuffle-split", action=argparse.BooleanOptionalAction, default=d.shuffle_split,
                        help="shuffle the records before the 85/10/5 train/test/validation split")
-    model.add_argument("--prompt-style", default=d.prompt_style, help="prompt template (alpaca, phi3)")
+    model.add_argument("--prompt-style", choices=tuple(PROMPT_STYLES), default=d.prompt_style, help="prompt template")
     model.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example; longer ones are cut")
     model.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=d.mask_prompt,
                        help="compute the loss on the responses only")
@@ -47,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out-dir", default=d.out_dir, help="folder holding the run folders")
     out.add_argument("--name", default=d.name, help="run folder name (default: the start time, e.g. 20250101-120000)")
     out.add_argument("--resume", default=d.resume, metavar="RUN_FOLDER",
-                     help="continue an interrupted run (e.g. runs/<name>) with its own settings; "
+                     help="continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state; "
                      "only --device, --precision and --compile are taken from this command")
     out.add_argument("--save-every", type=int, default=d.save_every, metavar="STEPS",
                      help="steps between resume states in <run>/train_state/ (0: never)")
 
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=d.epochs)
+    opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
     opt.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices and embeddings only")
     opt.add_argument("--batch-size", type=int, default=d.batch_size,
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: no clipping)")
     opt.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=d.group_by_length,
                      help="batch examples of similar length together (less padding)")
-    opt.add_argument("--seed", type=int, default=d.seed)
+    opt.add_argument("--seed", type=int, default=d.seed, help="seed of the batch order, the shuffled split and dropout")
 
     ev = p.add_argument_group("evaluation during training")
     ev.add_argument("--eval-every", type=int, default=d.eval_every, metavar="STEPS",

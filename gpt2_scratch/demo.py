@@ -98,11 +98,14 @@ def clean_text(text: Any, what: str) -> tuple[str, int]:
     return kept, len(text) - len(kept)
 
 
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"  # 4294967295, not 4.29497e+09
+
+
 def _number(name: str, value: Any, lo: float, hi: float, *, integer: bool, hint: str = "") -> float | int:
     """``value`` as an int/float within [lo, hi], or a UserError that says what was expected."""
     kind = "a whole number" if integer else "a number"
-    bound = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"  # noqa: E731  (4294967295, not 4.3e+09)
-    expected = f"{name} must be {kind} from {bound(lo)} to {bound(hi)}{hint}, got {value!r}"
+    expected = f"{name} must be {kind} from {_plain(lo)} to {_plain(hi)}{hint}, got {value!r}"
     if isinstance(value, bool) or value is None:
         raise UserError(expected)
     try:
@@ -357,9 +360,11 @@ class DemoApp:
         finetuned_problem: str | None,
         results: EvalResults,
         run: RunPaths | None = None,
+        run_name: str | None = None,
         context: int | None = None,
     ):
         self.run = run
+        self.run_name = run_name or (run.root.name if run else None)
         self.base = LazyModel(
             base_source,
             label="base model",
@@ -391,20 +396,20 @@ class DemoApp:
             for folder in (run.final, run.best):  # final is the contract; best serves a run still training
                 try:
                     info = read_checkpoint_info(folder)
-                    checkpoint = folder
-                    problem = None
+                    checkpoint, problem = folder, None
                     break
                 except (FileNotFoundError, ValueError) as e:
-                    problem = (f"No usable finetuned checkpoint in `{display_path(run.root)}` ({e}). "
-                               "Create one with `python finetune.py`.")
+                    if folder == run.final:
+                        problem = (f"No usable finetuned checkpoint in `{display_path(run.root)}` ({e}). "
+                                   "Create one with `python finetune.py`.")
         base_source = (
             base or run_info.get("base_model") or (info.metadata.get("base_model") if info else None)
             or DEFAULT_BASE_MODEL
         )
         style = get_prompt_style((info.prompt_style if info else None) or run_info.get("prompt_style")
                                  or DEFAULT_PROMPT_STYLE)
-        missing_eval = "No evaluation results: there is no run. Create one with `python finetune.py`, " \
-                       "then `python evaluate.py --run runs/<name>`."
+        missing_eval = ("No evaluation results: there is no run. Create one with `python finetune.py`, "
+                        "then `python evaluate.py --run runs/<name>`.")
         return cls(
             base_source=str(base_source),
             finetuned_source=checkpoint,
@@ -412,6 +417,7 @@ class DemoApp:
             finetuned_problem=problem,
             results=EvalResults.load(run, missing_eval),
             run=run,
+            run_name=run_info.get("name"),  # a Hub snapshot's folder is a commit hash; run.json has the real name
             context=info.config.block_size if info else None,
         )
 
@@ -678,12 +684,12 @@ def _on_gpu(fn: Callable) -> Callable:
 
 
 def _header(app: DemoApp) -> str:
-    run = f"`{display_path(app.run.root)}`" if app.run else "none"
-    finetuned = f"`{app.finetuned.source}` (prompt style `{app.prompt_style.name}`)" if app.finetuned.source else "none"
+    finetuned = (f"`{app.run_name}/{Path(app.finetuned.source).name}` (prompt style `{app.prompt_style.name}`)"
+                 if app.finetuned.source else "none")
     return (
         "# GPT-2 from scratch: pretrained vs. instruction-finetuned\n"
-        f"Run {run} · base model `{app.base.source}` · finetuned checkpoint {finetuned}. "
-        "Models load on the first request and run on the CPU, so the first answer takes a few seconds."
+        f"Run `{app.run_name or 'none'}` · base model `{app.base.source}` · finetuned checkpoint {finetuned}. "
+        "Models load on the first request, so the first answer takes a few seconds longer."
     )
 
 
@@ -722,7 +728,8 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
                 out = gr.Textbox(label="Continuation", lines=8, interactive=False, elem_id="base-output")
                 status = gr.Markdown(elem_id="base-status")
                 if prompts:
-                    gr.Examples([[p] for p in prompts], inputs=[prompt], label="Example prompts")
+                    gr.Examples([[p] for p in prompts], inputs=[prompt], label="Example prompts",
+                                elem_id="base-examples")
                 event = go.click(_on_gpu(app.generate_base), [prompt, *settings], [out, status],
                                  api_name="generate_base", **gen)
                 stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")
@@ -740,7 +747,7 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
                 status = gr.Markdown(elem_id="ft-status")
                 if instructions:
                     gr.Examples([list(e) for e in instructions], inputs=[instruction, input_],
-                                label="Example instructions")
+                                label="Example instructions", elem_id="ft-examples")
                 event = go.click(_on_gpu(app.generate_finetuned), [instruction, input_, *settings], [out, status],
                                  api_name="generate_finetuned", **gen)
                 stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")
@@ -760,7 +767,7 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
                 status = gr.Markdown(elem_id="sbs-status")
                 if instructions:
                     gr.Examples([list(e) for e in instructions], inputs=[instruction, input_],
-                                label="Example instructions")
+                                label="Example instructions", elem_id="sbs-examples")
                 event = go.click(_on_gpu(app.generate_side_by_side), [instruction, input_, *settings],
                                  [out_base, out_ft, status], api_name="generate_side_by_side", **gen)
                 stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")

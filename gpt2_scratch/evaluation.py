@@ -390,6 +390,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         "prompt_style": style.name,
         "test_records": str(run.test_records),
         "generation": generation,
+        "device": settings.device,
         "judge": None if settings.judge is None else {"url": settings.judge.url, "model": settings.judge.model,
                                                       "seed": settings.judge.seed},
         "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},

@@ -87,12 +87,8 @@ def test_filter_predictions_endpoint(served):
     assert [row[0] for row in table["data"]] == [41, 12]
 
 
-def test_app_cli_errors_exit_2(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(ROOT))
+def test_app_cli_errors_exit_2(app_module, tmp_path, capsys):
+    app = app_module
     with pytest.raises(SystemExit) as exit_info:
         app.main(["--run", str(tmp_path / "missing")])
     assert exit_info.value.code == 2
@@ -101,3 +97,63 @@ def test_app_cli_errors_exit_2(tmp_path, capsys):
         app.main(["--concurrency", "0"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: --concurrency must be at least 1, got 0\n"
+
+
+@pytest.fixture
+def app_module():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(ROOT))
+    return app
+
+
+def _launch_kwargs(app_module, monkeypatch, argv):
+    """Run app.main(argv) with Blocks.launch replaced: (the Blocks, launch's keyword arguments)."""
+    import gradio as gr
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(demo=self, **kw))
+    app_module.main(argv)
+    return seen.pop("demo"), seen
+
+
+def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run1", with_eval=False)
+    for var in ("SPACE_ID", "GRADIO_SERVER_NAME", "GPT2_SCRATCH_HUB_REPO"):
+        monkeypatch.delenv(var, raising=False)
+    demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--concurrency", "3"])
+    assert kw == {"server_name": "127.0.0.1", "server_port": None, "share": False}
+    assert demo._queue.default_concurrency_limit == 3
+    monkeypatch.setenv("SPACE_ID", "someone/gpt2-from-scratch")
+    _, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--port", "7999"])
+    assert kw == {"server_name": "0.0.0.0", "server_port": 7999, "share": False}
+
+
+def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch):
+    import gpt2_scratch.demo as demo_module
+
+    run = make_run(tmp_path / "snapshot")
+    asked = []
+    monkeypatch.setattr(demo_module, "download_run", lambda repo: asked.append(repo) or run)
+    monkeypatch.setenv("GPT2_SCRATCH_HUB_REPO", "someone/gpt2-alpaca")
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the Hub repo is the only source
+    demo, _ = _launch_kwargs(app_module, monkeypatch, [])
+    assert asked == ["someone/gpt2-alpaca"]
+    header = demo.config["components"][0]["props"]["value"]
+    assert "Run `snapshot` · base model `random:tiny` · finetuned checkpoint `snapshot/final`" in header
+
+
+def test_generation_runs_under_spaces_gpu_when_available(monkeypatch):
+    import types
+
+    from gpt2_scratch.demo import _on_gpu
+
+    def fn():
+        return "answer"
+
+    assert _on_gpu(fn) is fn  # no spaces package here
+    wrapped = []
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda f: wrapped.append(f) or "gpu"))
+    assert _on_gpu(fn) == "gpu" and wrapped == [fn]

@@ -84,14 +84,14 @@ def reference_run(tmp_path_factory, fixture_json):
 
 def test_overfits_sixteen_examples(tmp_path, fixture_json):
     paths = train(
-        small_config(tmp_path, fixture_json, name="overfit", batch_size=2, epochs=5, lr=1e-2, eval_every=100, save_every=0)
+        small_config(tmp_path, fixture_json, name="overfit", batch_size=2, epochs=3, lr=1e-2, eval_every=100, save_every=0)
     )
     evals = events(paths.metrics, "eval")
-    assert [e["step"] for e in evals] == [0, 30]  # 6 steps per epoch (13 records, batch 2)
+    assert [e["step"] for e in evals] == [0, 18]  # 6 steps per epoch (13 records, batch 2)
     assert evals[0]["train_loss"] > 10.5  # random init: about ln(50257) = 10.8
-    # Measured 0.97 (train subset) after 30 steps; a model that does not learn stays near 10.8.
-    assert evals[-1]["train_loss"] < 1.5
-    assert evals[-1]["train_loss"] < evals[-1]["val_loss"]
+    # Measured after 18 steps: train 2.68, validation 3.89. A model that does not learn stays near 10.8.
+    assert evals[-1]["train_loss"] < 3.2
+    assert evals[-1]["train_loss"] < evals[-1]["val_loss"] - 0.5  # it learns its training examples best
 
 
 def test_reference_run_folder(reference_run, fixture_json):

@@ -1,0 +1,150 @@
+"""Training speed: ours (the finetune.py step) vs transformers trained the usual way, side by side.
+
+What is timed: optimizer steps (forward, loss, backward, AdamW) of GPT-2 124M
+(random weights, identical in both models) on the training split of the real
+dataset (Alpaca prompts), on CPU with ``--threads`` threads. The number is
+non-padding tokens per second: every example counts its own tokens whatever
+padding its batch adds.
+
+- ours, end to end: ``LengthGroupedBatchSampler`` batches (seed 123, epoch 0)
+  collated with ``data.collate`` (dynamic padding), our model, ``loss.lm_loss``,
+  ``training.configure_optimizer`` (AdamW) -- the calls ``training.Trainer`` makes;
+- transformers, the usual way: ``GPT2LMHeadModel`` (attn_implementation="sdpa"),
+  a shuffled ``DataLoader`` that pads each batch to its longest example,
+  ``model(input_ids, labels=labels)``, ``torch.optim.AdamW``;
+- ours on identical batches: exactly transformers' batches, shifted the way
+  its loss shifts them (inputs = ids[:-1], targets = labels[1:]), so the same
+  tokens go through both models and only the implementation differs.
+
+The three take turns step by step (after ``--warmup`` untimed steps each), so a
+busy machine slows all of them alike; each runs ``--steps`` timed steps.
+
+    python benchmarks/bench_train.py [--threads 2] [--steps 6] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpt2_scratch.checkpoint import load_model  # noqa: E402
+from gpt2_scratch.data import LengthGroupedBatchSampler, collate, encode_record, load_records, split_records  # noqa: E402
+from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
+from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
+from gpt2_scratch.training import configure_optimizer  # noqa: E402
+
+DATASET = "/work/shared/data/instruction-data.json"
+
+
+def hf_collate(batch):
+    """The usual Hugging Face recipe: ids + EOS, padded to the longest with EOS, padding labels -100."""
+    width = max(len(ex.ids) for ex in batch) + 1
+    ids = torch.full((len(batch), width), EOS_ID, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for i, ex in enumerate(batch):
+        n = len(ex.ids) + 1
+        ids[i, : n - 1] = torch.tensor(ex.ids)
+        labels[i, :n] = ids[i, :n]
+    tokens = sum(len(ex.ids) for ex in batch)
+    return ids, labels, tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps of each")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each first")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--dataset", default=DATASET)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    train_examples = [encode_record(r, "alpaca") for r in split_records(load_records(args.dataset)).train]
+    n = args.warmup + args.steps
+
+    # Ours: length-grouped batches, as training.Trainer builds them.
+    sampler = LengthGroupedBatchSampler([len(e.ids) for e in train_examples], args.batch_size, seed=123, drop_last=True)
+    grouped = [[train_examples[i] for i in b] for b in sampler.global_batches()[:n]]
+    # transformers: a shuffled DataLoader padding each batch to its longest example.
+    loader = torch.utils.data.DataLoader(
+        train_examples, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=hf_collate,
+        generator=torch.Generator().manual_seed(123),
+    )
+    hf_batches = [b for _, b in zip(range(n), loader)]
+
+    torch.manual_seed(0)
+    config = GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # 124M; no dropout, like ours
+    hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").train()
+    assert hf.config._attn_implementation == "sdpa"
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours, _ = load_model(d)
+    ours.train()
+    # A second copy of ours for the identical-batch run, so each run has its own optimizer trajectory.
+    ours_ident = type(ours)(ours.config)
+    ours_ident.load_state_dict(ours.state_dict())
+    ours_ident.train()
+    cpu = torch.device("cpu")
+    opt_ours = configure_optimizer(ours, 5e-5, 0.1, cpu)
+    opt_ident = configure_optimizer(ours_ident, 5e-5, 0.1, cpu)
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=5e-5, weight_decay=0.1)
+
+    def step_ours(model, opt, inputs, targets):
+        loss = lm_loss(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def step_hf(ids, labels):
+        hf(input_ids=ids, labels=labels).loss.backward()
+        opt_hf.step()
+        opt_hf.zero_grad(set_to_none=True)
+
+    results = {name: [0.0, 0, 0, 0] for name in ("ours", "hf", "ours_ident")}  # seconds, tokens, padded tokens, steps
+
+    def timed(name, fn, tokens, padded, i):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        if i >= args.warmup:
+            r = results[name]
+            r[0] += dt
+            r[1] += tokens
+            r[2] += padded
+            r[3] += 1
+
+    for i in range(n):
+        batch = grouped[i]
+        x, y = collate(batch, max_length=1024)
+        timed("ours", lambda: step_ours(ours, opt_ours, x, y), sum(len(e.ids) for e in batch), x.numel(), i)
+        ids, labels, tokens = hf_batches[i]
+        timed("hf", lambda: step_hf(ids, labels), tokens, ids.numel(), i)
+        timed("ours_ident", lambda: step_ours(ours_ident, opt_ident, ids[:, :-1], labels[:, 1:]), tokens, ids.numel(), i)
+        print(f"step {i + 1}/{n} done", file=sys.stderr, flush=True)
+
+    tps = {k: v[1] / v[0] for k, v in results.items()}
+    print(f"GPT-2 124M shape, random weights, CPU, {args.threads} threads, batch {args.batch_size}, "
+          f"{args.steps} timed steps each after {args.warmup} warmup")
+    labels_ = {
+        "ours": "ours, length-grouped batches (end to end)",
+        "hf": "transformers, shuffled padded batches",
+        "ours_ident": "ours, transformers' batches (identical)",
+    }
+    for k, (secs, tokens, padded, steps) in results.items():
+        print(f"  {labels_[k]:44s} {tps[k]:8.1f} tokens/s  ({tokens} tokens in {secs:.1f} s, "
+              f"padding {1 - tokens / padded:.0%} of the batch positions)")
+    print(f"ratio end to end (ours / transformers):        {tps['ours'] / tps['hf']:.2f}x")
+    print(f"ratio on identical batches (ours / transformers): {tps['ours_ident'] / tps['hf']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
