@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--name", default=d.name, help="run folder name (default: the start time, e.g. 20250101-120000)")
     out.add_argument("--resume", default=d.resume, metavar="RUN_FOLDER",
                      help="continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state; "
-                     "only --device, --precision and --compile are taken from this command")
+                     "only --device, --precision and --compile may be given with it")
     out.add_argument("--save-every", type=int, default=d.save_every, metavar="STEPS",
                      help="steps between resume states in <run>/train_state/ (0: never)")
 
@@ -91,8 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What --resume may change: how the run is executed, not what it computes.
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
+
+
+def _explicit_options(argv: list[str] | None) -> list[str]:
+    """The options written on the command line (whatever their value), in order."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # options not given then leave no attribute
+    return list(vars(parser.parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is not None:
+        given = [k for k in _explicit_options(argv) if k not in RESUME_OVERRIDES]
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            parser.error(f"--resume continues a run with the settings in its run.json; drop {names}")
     try:
         config = TrainConfig(**vars(args))
         paths = train(config)

@@ -29,6 +29,8 @@ times at ``--batch-size`` and the best time of each is reported.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import tempfile
 import time
@@ -46,6 +48,7 @@ from gpt2_scratch.prompts import get_prompt_style  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID, encode  # noqa: E402
 
 DATASET = "/work/shared/data/instruction-data.json"
+print = functools.partial(print, flush=True)  # progress shows up even when piped
 
 
 def test_prompts(dataset: str, n: int) -> list[list[int]]:
@@ -112,6 +115,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true", help="time ours only")
+    ap.add_argument("--breakdown", action="store_true", help="also time ours' prefill and decode steps apart")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -126,7 +130,8 @@ def main() -> None:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     lengths = sorted(len(p) for p in prompts)
     print(f"{len(prompts)} test prompts ({lengths[0]}-{lengths[-1]} tokens, mean {sum(lengths) / len(lengths):.1f}), "
-          f"greedy, {args.max_new_tokens} new tokens, CPU {args.threads} threads, torch {torch.__version__}")
+          f"greedy, {args.max_new_tokens} new tokens, CPU {args.threads} threads, torch {torch.__version__}, "
+          f"load average {os.getloadavg()}")
 
     run_ours(ours, prompts[:2], SamplingSettings(max_new_tokens=4), 2)  # warm-up
     for bs in args.sweep:
@@ -151,6 +156,9 @@ def main() -> None:
         same = sum(a == b for a, b in zip(outs_ours, outs_hf))
         print(f"  transformers: {best_hf:7.2f} s  {n_hf / best_hf:7.1f} tok/s  ({n_hf} tokens)")
         print(f"  speed-up ours/transformers: {best_hf / best_ours:.2f}x; identical outputs: {same}/{len(prompts)}")
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    if not args.breakdown:
+        return
     prefill, steps = breakdown(ours, prompts, settings, bs)
     print(f"  ours breakdown: prefill {prefill:.2f} s, decode steps {steps:.2f} s "
           f"({steps / max(1, args.max_new_tokens - 1) / len(plan_batches(lengths, bs)) * 1000:.1f} ms/step/batch)")

@@ -102,6 +102,7 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
         (["--lr", "fast"], "error: argument --lr: invalid float value: 'fast'"),
         (["--precision", "bf16", "--device", "cpu"], "error: --precision bf16 needs a CUDA device"),
         (["--resume", "no/such/run"], "error: no/such/run is not a run folder: no run.json"),
+        (["--resume", "runs/x", "--epochs", "2", "--lr", "1e-3"], "error: --resume continues a run with the settings in its run.json; drop --epochs, --lr"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message, capsys):

@@ -8,9 +8,7 @@ fixture) serves the resume, accumulation and DDP tests.
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
