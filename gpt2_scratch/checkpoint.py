@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_write_json
+from gpt2_scratch.files import atomic_folder, atomic_write_json, recover_folder
 from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
@@ -69,12 +67,8 @@ def save_checkpoint(
     if prompt_style is not None:
         get_prompt_style(prompt_style)  # refuse an unknown name now, not at load time
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        # lm_head.weight is wte (tied): store it once. contiguous() because safetensors needs it.
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    with atomic_folder(folder) as tmp:
+        save_file(model.state_dict_untied(), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         with open(tmp / WEIGHTS_FILE, "rb+") as f:
             os.fsync(f.fileno())
         digest = file_sha256(tmp / WEIGHTS_FILE)
@@ -87,36 +81,13 @@ def save_checkpoint(
             "metadata": metadata or {},
         }
         atomic_write_json(tmp / CONFIG_FILE, meta)
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return CheckpointInfo(folder, model.config, prompt_style, digest, metadata or {})
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Replace folder ``target`` by ``new``; at every instant one complete version exists."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover(folder: Path) -> None:
-    """Finish a swap that was interrupted between its two renames."""
-    old = folder.with_name(f".{folder.name}.old")
-    if not folder.exists() and old.exists():
-        os.replace(old, folder)
 
 
 def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
     """Read and validate ``config.json`` of a checkpoint folder (no weights loaded)."""
     folder = Path(folder)
-    _recover(folder)
+    recover_folder(folder)
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder: no {CONFIG_FILE}")

@@ -62,7 +62,7 @@ from gpt2_scratch.tokenizer import decode, encode
 MODEL_NAMES = ("base", "finetuned")
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
 # (benchmarks/bench_eval.py); larger batches help more on a GPU.
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)

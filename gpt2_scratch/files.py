@@ -9,11 +9,19 @@ the same folder, flush it to disk, then ``os.replace`` it over the target
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -32,6 +40,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         # fsync so the rename never exposes a file whose data is not on disk yet.
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the permissions a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -78,3 +88,39 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Atomically replace ``path`` with one JSON object per line."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder in a temporary sibling, then swap it in for ``path``.
+
+    Use as ``with atomic_folder(target) as tmp: <write files into tmp>``. On an
+    error the temporary folder is removed and ``path`` is untouched; at every
+    instant a complete version of the folder exists (see ``recover_folder``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        recover_folder(path)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_folder(path: str | os.PathLike) -> None:
+    """Finish a swap by ``atomic_folder`` that was killed between its two renames."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)

@@ -171,6 +171,10 @@ class GPT(nn.Module):
         """Number of parameters, the tied head counted once (124,439,808 for GPT-2 small)."""
         return sum(p.numel() for p in self.parameters())
 
+    def state_dict_untied(self) -> dict[str, torch.Tensor]:
+        """Parameters to save: the tied head stored once (as wte), on CPU, contiguous (safetensors needs both)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k != "lm_head.weight"}
+
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "weights") -> None:
         """Load ``state`` (our parameter names, head excluded), checking every key and shape first.
 

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from gpt2_scratch.checkpoint import _recover, _swap_in, load_model, save_checkpoint
+from gpt2_scratch.checkpoint import load_model, save_checkpoint
 from gpt2_scratch.data import (
     DEFAULT_DATASET_URL,
     EncodedExample,
@@ -69,7 +68,7 @@ from gpt2_scratch.data import (
     split_records,
     write_records,
 )
-from gpt2_scratch.files import atomic_write, atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.files import atomic_folder, atomic_write, atomic_write_json, atomic_write_jsonl, recover_folder
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
@@ -297,11 +296,8 @@ def save_train_state(
     """
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    with atomic_folder(folder) as tmp:
+        weights = model.state_dict_untied()
         opt = optimizer.state_dict()
         # AdamW's state is per parameter index: tensors (exp_avg, exp_avg_sq, step) go to
         # safetensors as "<index>.<name>", anything else (none for AdamW today) to JSON.
@@ -321,10 +317,6 @@ def save_train_state(
             "optimizer": {"param_groups": opt["param_groups"], "scalars": opt_scalars},
         }
         atomic_write_json(tmp / "state.json", meta)
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_train_state(
@@ -332,7 +324,7 @@ def load_train_state(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore model and optimizer from ``folder``; returns (progress counters, RNG states)."""
     folder = Path(folder)
-    _recover(folder)  # a save killed between its two renames
+    recover_folder(folder)  # a save killed between its two renames
     meta_path = folder / "state.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no training state in {folder} (it is saved every --save-every steps)")
@@ -488,7 +480,7 @@ class Trainer:
             config, self.run = _resume_config(config)
             self.paths = RunPaths(Path(config.resume))
             with _main_first(info):
-                _recover(self.paths.train_state)  # a save killed between its two renames
+                recover_folder(self.paths.train_state)  # a save killed between its two renames
             if not (self.paths.train_state / "state.json").is_file():
                 raise FileNotFoundError(
                     f"{self.paths.root} has no training state yet (saved every --save-every steps); "
