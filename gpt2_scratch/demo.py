@@ -316,29 +316,17 @@ def loss_curve(run: RunPaths | None):
             return image.convert("RGB")
     if not run.metrics.is_file():
         return None
+    from gpt2_scratch.training import loss_figure
+
     try:
-        evals = [r for r in read_jsonl(run.metrics) if r.get("event") == "eval" and "val_loss" in r]
-    except (ValueError, OSError):
+        rows = read_jsonl(run.metrics)
+        if not any(r.get("event") == "eval" for r in rows):
+            return None
+        fig = loss_figure(rows)
+    except (ValueError, OSError, KeyError):
         return None
-    if not evals:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r.get("tokens_seen", r.get("step", i)) for i, r in enumerate(evals)]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(x, [r.get("train_loss") for r in evals], label="train")
-    ax.plot(x, [r["val_loss"] for r in evals], label="validation")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
     fig.canvas.draw()
-    image = Image.frombuffer("RGBA", fig.canvas.get_width_height(), bytes(fig.canvas.buffer_rgba())).convert("RGB")
-    plt.close(fig)
-    return image
+    return Image.frombuffer("RGBA", fig.canvas.get_width_height(), bytes(fig.canvas.buffer_rgba())).convert("RGB")
 
 
 # --------------------------------------------------------------------------- the app

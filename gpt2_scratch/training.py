@@ -412,12 +412,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
-    """Plot train and validation loss of the eval events against tokens seen, to a PNG (atomically)."""
+def loss_figure(metrics: Sequence[dict[str, Any]]):
+    """A matplotlib Figure of train and validation loss of the eval events against tokens seen."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    evals = [r for r in read_metrics(metrics_path) if r.get("event") == "eval"]
+    evals = [r for r in metrics if r.get("event") == "eval"]
     tokens = [r["tokens_seen"] for r in evals]
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
@@ -428,6 +428,12 @@ def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike) ->
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
+    """Plot the losses logged in ``metrics_path`` to a PNG (atomically)."""
+    fig = loss_figure(read_metrics(metrics_path))
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
