@@ -14,16 +14,18 @@ loaded into ours with ``load_model``), on CPU with ``--threads`` threads.
 
 Random weights almost never emit ``<|endoftext|>``, so every row runs to
 ``--max-new-tokens`` in both; a finetuned model stops earlier (ours then drops
-finished rows from the batch, transformers keeps computing them). Both
+finished rows from the batch, transformers keeps computing them until the
+batch's longest row is done). (Scaling the EOS embedding does not make a random
+model stop at varied lengths: its outputs fall into loops.) Both
 implementations' outputs are compared token by token.
 
 ``--sweep`` first times ours alone at several batch sizes (how the default of
 evaluate.py was chosen); then ours and transformers alternate ``--repeats``
 times at ``--batch-size`` and the best time of each is reported.
 
-    python benchmarks/bench_eval.py                                  # 16 prompts, 64 new tokens
+    python benchmarks/bench_eval.py                                  # 32 prompts, 64 new tokens
     python benchmarks/bench_eval.py --num-prompts 110 --max-new-tokens 256 --repeats 1
-    python benchmarks/bench_eval.py --sweep 1 4 8 16 32
+    python benchmarks/bench_eval.py --sweep 8 16 32 64 --no-hf
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def breakdown(model, prompts, settings, batch_size) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=DATASET)
-    ap.add_argument("--num-prompts", type=int, default=16, help="first N test instructions (110 = all)")
+    ap.add_argument("--num-prompts", type=int, default=32, help="first N test instructions (110 = all)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size of the comparison")
     ap.add_argument("--sweep", type=int, nargs="*", default=[], help="batch sizes to time ours at first")
@@ -149,7 +151,9 @@ def main() -> None:
             secs, outs_hf = run_hf(hf, prompts, settings, bs)
             best_hf = min(best_hf, secs)
     n = sum(len(o) for o in outs_ours)
-    print(f"batch {bs}, best of {args.repeats}:")
+    lens = sorted(len(o) for o in outs_ours)
+    print(f"batch {bs}, best of {args.repeats} (response lengths: min {lens[0]}, median {lens[len(lens) // 2]}, "
+          f"max {lens[-1]}):")
     print(f"  ours:         {best_ours:7.2f} s  {n / best_ours:7.1f} tok/s  ({n} tokens)")
     if not args.no_hf:
         n_hf = sum(len(o) for o in outs_hf)

@@ -63,6 +63,9 @@ MODEL_NAMES = ("base", "finetuned")
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
 # (benchmarks/bench_eval.py); larger batches help more on a GPU.
 DEFAULT_BATCH_SIZE = 32
+# The reference loss materializes (B, T, vocab) float32 logits: 8 rows of 300 tokens are ~0.5 GB.
+# Its value does not depend on the batching (metrics.reference_loss is token-weighted).
+LOSS_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,7 @@ def evaluate_model(
         bar.close()
     assert all(o is not None for o in outputs)
 
-    loss, loss_tokens = reference_loss(model, examples, batch_size=settings.batch_size)
+    loss, loss_tokens = reference_loss(model, examples, batch_size=min(settings.batch_size, LOSS_BATCH_SIZE))
     responses = [decode(ids) for ids in outputs]
     judge = None
     if settings.judge is not None:

@@ -75,14 +75,30 @@ class KVCache:
             self.key_valid = self.key_valid[rows]
 
 
+def conv1d_layout(linear: nn.Linear) -> nn.Linear:
+    """Store ``linear``'s weight like GPT-2's Conv1D: ``(in, out)`` in memory, seen as ``(out, in)``.
+
+    The parameter keeps nn.Linear's shape (and names, and checkpoints stay
+    ``(out, in)``); only its strides change. ``F.linear`` then multiplies by a
+    contiguous ``(in, out)`` matrix, which MKL's matrix-vector product reads
+    faster: decoding one token at a time is bound by reading the weights, and on
+    the 2-core AMD CPUs we benchmark on this layout made a decode step of the
+    124M model about 10% faster (benchmarks/bench_decode.py).
+    """
+    out_features, in_features = linear.weight.shape
+    storage = torch.empty(in_features, out_features, device=linear.weight.device, dtype=linear.weight.dtype)
+    linear.weight = nn.Parameter(storage.t())
+    return linear
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         # query, key and value projections of all heads in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = conv1d_layout(nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias))
+        self.c_proj = conv1d_layout(nn.Linear(config.n_embd, config.n_embd, bias=config.bias))
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -112,8 +128,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = conv1d_layout(nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias))
+        self.c_proj = conv1d_layout(nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias))
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -152,6 +168,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output head is the token embedding (GPT-2 has no separate head).
         self.lm_head.weight = self.transformer.wte.weight
+        self._head_t: tuple[tuple, torch.Tensor] | None = None  # see _head
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init.
         for name, p in self.named_parameters():
@@ -245,7 +262,29 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]
         x = self.transformer.ln_f(x)
-        return self.lm_head(x)  # (B, T, V)
+        return self._head(x)  # (B, T, V)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """The output head. Without autograd it multiplies by a cached ``(C, V)`` copy of wte.
+
+        wte is ``(V, C)`` (an embedding must be row-major), but the matrix-vector
+        product of decoding reads a ``(C, V)`` matrix about 1.8x faster with MKL on
+        our benchmark CPUs, and the head is a third of GPT-2 small's weights. The
+        copy is rebuilt whenever wte changes (its version counter moves on every
+        in-place update, e.g. an optimizer step) and never exists while training.
+        """
+        w = self.lm_head.weight
+        if self.training or torch.is_grad_enabled():
+            return self.lm_head(x)
+        key = (w.data_ptr(), w._version, w.dtype)
+        if self._head_t is None or self._head_t[0] != key:
+            self._head_t = (key, w.t().contiguous())
+        return x @ self._head_t[1]
+
+    def train(self, mode: bool = True) -> "GPT":
+        if mode:
+            self._head_t = None  # free the inference copy of the head
+        return super().train(mode)
 
     @staticmethod
     def _attention_mask(key_valid: torch.Tensor, past: int, T: int) -> torch.Tensor:
