@@ -22,6 +22,11 @@ from gpt2_scratch.files import atomic_write_bytes
 from gpt2_scratch.prompts import get_prompt_style
 from test_demo import greedy, make_run
 
+# The base model is GPT-2 124M's shape (random weights): slow enough on CPU that
+# the Stop button reliably lands mid-generation (the tiny model finishes 200
+# tokens in a fraction of a second).
+BASE = "random:gpt2"
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,7 +50,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
     log = open(folder / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py", "--run", str(run.root)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "app.py", "--run", str(run.root), "--base", BASE], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -84,6 +89,27 @@ def wait_for_value(page, elem_id: str, value: str) -> None:
                            timeout=TIMEOUT_MS)
 
 
+def set_max_new_tokens(page, n: int) -> None:
+    """Type ``n`` into the slider's number box and wait until the slider itself holds it.
+
+    Gradio applies the typed number asynchronously, and a box typed into while
+    the page is still hydrating can lose the value: type again until the slider
+    shows it (clicking Generate before that would send the old value).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(10):
+        page.fill("#max-new-tokens input[type=number]", str(n))
+        page.press("#max-new-tokens input[type=number]", "Tab")
+        try:
+            page.wait_for_function("(v) => document.querySelector('#max-new-tokens input[type=range]')?.value === v",
+                                   arg=str(n), timeout=2000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the max-new-tokens slider never took the value {n}")
+
+
 def wait_for_text(page, elem_id: str, fragment: str) -> None:
     """Wait until the element's visible text contains ``fragment``."""
     page.wait_for_function(
@@ -110,19 +136,17 @@ def test_every_tab_in_chromium(server):
 
             # Settings: fewer new tokens keep the test fast (slider's number box).
             page.get_by_text("Generation settings").click()
-            page.fill("#max-new-tokens input[type=number]", "24")
-            page.press("#max-new-tokens input[type=number]", "Tab")
+            set_max_new_tokens(page, 24)
 
             # Base model: an example prompt fills the box; the answer streams in and equals generate().
             page.locator("#base-examples").get_by_text("Every effort moves you").click()
             wait_for_value(page, "base-prompt", "Every effort moves you")
             page.click("#base-generate")
             wait_for_text(page, "base-status", "new tokens in")
-            assert output(page, "base-output") == greedy("random:tiny", "Every effort moves you", 24)
+            assert output(page, "base-output") == greedy(BASE, "Every effort moves you", 24)
 
             # Stop cancels a long generation: the text stops growing before the end.
-            page.fill("#max-new-tokens input[type=number]", "200")
-            page.press("#max-new-tokens input[type=number]", "Tab")
+            set_max_new_tokens(page, 200)
             page.click("#base-generate")
             page.wait_for_function("() => document.querySelector('#base-output textarea').value.length > 0 && "
                                    "document.getElementById('base-status').innerText.includes('Generating')")
@@ -133,8 +157,7 @@ def test_every_tab_in_chromium(server):
             page.wait_for_timeout(1000)
             assert output(page, "base-output") == stopped
             assert "new tokens in" not in page.inner_text("#base-status")  # it did not run to the end
-            page.fill("#max-new-tokens input[type=number]", "24")
-            page.press("#max-new-tokens input[type=number]", "Tab")
+            set_max_new_tokens(page, 24)
 
             # Side by side: both columns fill.
             page.get_by_role("tab", name="Side by side").click()
@@ -143,7 +166,7 @@ def test_every_tab_in_chromium(server):
             page.click("#sbs-generate")
             wait_for_text(page, "sbs-status", "New tokens: base")
             prompt = prompt_style.format("Rewrite the sentence using a simile.", "The car is very fast.")
-            assert output(page, "sbs-base-output") == greedy("random:tiny", prompt, 24)
+            assert output(page, "sbs-base-output") == greedy(BASE, prompt, 24)
             assert output(page, "sbs-ft-output") == greedy(run.final, prompt, 24)
             page.evaluate("window.scrollTo(0, 0)")
             atomic_write_bytes(SCREENSHOT, page.screenshot())  # for the README
