@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from gpt2_scratch.checkpoint import resolve_device
 from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, MODEL_NAMES, EvalSettings, evaluate_run, format_table
 from gpt2_scratch.generation import SamplingSettings
 from gpt2_scratch.judge import DEFAULT_JUDGE_SEED, JUDGE_API_KEY_ENV, JudgeConfig, JudgeUnreachable
@@ -85,30 +86,13 @@ def build(args: argparse.Namespace) -> tuple[RunPaths, EvalSettings]:
             api_key=args.judge_api_key or os.environ.get(JUDGE_API_KEY_ENV),
             seed=args.judge_seed, timeout=args.judge_timeout, retries=args.judge_retries,
         )
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        _check_device(device)
+    device = str(resolve_device(args.device or "auto"))
     settings = EvalSettings(
         models=MODEL_NAMES if args.models == "both" else (args.models,),
         sampling=sampling, batch_size=args.batch_size, limit=args.limit, device=device,
         judge=judge, restart=args.restart, progress=not args.no_progress,
     )
     return run, settings
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
 
 
 def main(argv: list[str] | None = None) -> int:

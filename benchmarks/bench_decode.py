@@ -11,18 +11,13 @@ ceiling (every new token reads all fp32 weights once).
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from common import twin_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpt2_scratch.generation import SamplingSettings, generate  # noqa: E402
-from gpt2_scratch.hub import load_pretrained  # noqa: E402
-from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
+from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.tokenizer import EOS_ID
 
 
 def read_bandwidth_gbs(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
@@ -49,13 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()  # 124M shape, random weights
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours = load_pretrained(d)
+    hf, ours = twin_models()  # 124M shape, random weights
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     bandwidth = read_bandwidth_gbs()
     ceiling = bandwidth * 1e9 / weight_bytes

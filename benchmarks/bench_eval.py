@@ -34,7 +34,6 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,14 +41,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2_scratch.checkpoint import load_model  # noqa: E402
+from common import twin_models  # noqa: E402
 from gpt2_scratch.data import load_records, split_records  # noqa: E402
 from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, generate_batches, plan_batches  # noqa: E402
 from gpt2_scratch.generation import SamplingSettings, decode  # noqa: E402
 from gpt2_scratch.prompts import get_prompt_style  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID, encode  # noqa: E402
 
-DATASET = "/work/shared/data/instruction-data.json"
+# The shared copy of the real dataset, beside the project checkout (../shared/data/).
+DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
 print = functools.partial(print, flush=True)  # progress shows up even when piped
 
 
@@ -121,13 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()  # 124M shape, random weights
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours, _ = load_model(d)
+    hf, ours = twin_models()  # 124M shape, random weights
     prompts = test_prompts(args.dataset, args.num_prompts)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     lengths = sorted(len(p) for p in prompts)

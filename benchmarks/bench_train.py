@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,13 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2_scratch.checkpoint import load_model  # noqa: E402
+from common import twin_models  # noqa: E402
 from gpt2_scratch.data import LengthGroupedBatchSampler, collate, encode_record, load_records, split_records  # noqa: E402
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
 from gpt2_scratch.training import configure_optimizer  # noqa: E402
 
-DATASET = "/work/shared/data/instruction-data.json"
+# The shared copy of the real dataset, beside the project checkout (../shared/data/).
+DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
 
 
 def hf_collate(batch):
@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     train_examples = [encode_record(r, "alpaca") for r in split_records(load_records(args.dataset)).train]
     n = args.warmup + args.steps
@@ -83,13 +83,10 @@ def main() -> None:
     )
     hf_batches = [b for _, b in zip(range(n), loader)]
 
-    torch.manual_seed(0)
-    config = GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # 124M; no dropout, like ours
-    hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").train()
+    config = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # 124M; no dropout, like ours
+    hf, ours = twin_models(**config)
+    hf.train()
     assert hf.config._attn_implementation == "sdpa"
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours, _ = load_model(d)
     ours.train()
     # A second copy of ours for the identical-batch run, so each run has its own optimizer trajectory.
     ours_ident = type(ours)(ours.config)
@@ -99,7 +96,7 @@ def main() -> None:
     opt_ours = configure_optimizer(ours, 5e-5, 0.1, cpu)
     opt_ident = configure_optimizer(ours_ident, 5e-5, 0.1, cpu)
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=5e-5, weight_decay=0.1)
-    hf_fused = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").train()
+    hf_fused = GPT2LMHeadModel._from_config(hf.config, attn_implementation="sdpa").train()
     hf_fused.load_state_dict(hf.state_dict())
     opt_hf_fused = configure_optimizer(hf_fused, 5e-5, 0.1, cpu)
 

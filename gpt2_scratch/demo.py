@@ -199,7 +199,7 @@ def load_examples(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, s
 
 def _device() -> str:
     # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device("auto"))
 
 
 class LazyModel:

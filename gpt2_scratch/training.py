@@ -56,7 +56,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from gpt2_scratch.checkpoint import load_model, save_checkpoint
+from gpt2_scratch.checkpoint import load_model, resolve_device, save_checkpoint
 from gpt2_scratch.data import (
     DEFAULT_DATASET_URL,
     EncodedExample,
@@ -167,19 +167,6 @@ def _option(field_name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Devices, precision, processes
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; anything else must be a torch device string."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but CUDA is not available")
-    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
