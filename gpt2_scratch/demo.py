@@ -37,9 +37,8 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
-import torch
 
-from gpt2_scratch.checkpoint import CheckpointInfo, load_model, read_checkpoint_info
+from gpt2_scratch.checkpoint import CheckpointInfo, load_model, read_checkpoint_info, resolve_device
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.generation import SamplingSettings, crop_prompt, stream
 from gpt2_scratch.model import GPT

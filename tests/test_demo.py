@@ -8,7 +8,6 @@ run.json, metrics.jsonl and a handmade eval/ in the schema evaluate.py writes.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
