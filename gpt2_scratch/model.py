@@ -53,8 +53,9 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, *, device, dtype):
         hs = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Uninitialised: attention only ever reads positions [0, length), which are written first.
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
         self.max_len = max_len
         self.key_valid: torch.Tensor | None = None
@@ -67,8 +68,8 @@ class KVCache:
         """Drop every batch row not in ``rows`` (finished sequences stop costing compute)."""
         # Copy only the filled part: the rest of the buffer is garbage anyway.
         n = self.length
-        k = self.k.new_zeros(self.k.shape[0], len(rows), *self.k.shape[2:])
-        v = torch.zeros_like(k)
+        k = self.k.new_empty(self.k.shape[0], len(rows), *self.k.shape[2:])
+        v = torch.empty_like(k)
         k[:, :, :, :n] = self.k[:, rows, :, :n]
         v[:, :, :, :n] = self.v[:, rows, :, :n]
         self.k, self.v = k, v
