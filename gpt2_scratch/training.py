@@ -499,8 +499,8 @@ class Trainer:
             raise ValueError(
                 f"run folder {self.paths.root} already exists; choose another --name or continue it with --resume {self.paths.root}"
             )
-        if self.info.is_main:
-            self.paths.root.mkdir(parents=True, exist_ok=True)
+        # The folder itself appears with its first file (_write_run_files), once data and
+        # model have loaded: a run that fails to start leaves no empty folder behind.
 
     def _load_data(self) -> None:
         cfg = self.config

@@ -89,9 +89,12 @@ def test_help_lists_every_option(capsys):
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
-    proc = run_cli("--base", "random:tiny", "--dataset", str(tmp_path / "nope.json"), "--out-dir", str(tmp_path), cwd=tmp_path)
+    out = tmp_path / "runs"
+    proc = run_cli("--base", "random:tiny", "--dataset", str(tmp_path / "nope.json"), "--out-dir", str(out),
+                   "--name", "failed", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: dataset file not found: {tmp_path / 'nope.json'}"]
+    assert not (out / "failed").exists()  # a run that never started leaves no empty folder
 
 
 @pytest.mark.parametrize(
