@@ -44,6 +44,7 @@ class CheckpointInfo:
     prompt_style: str | None
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    weights_bytes: int = 0  # size of model.safetensors recorded at save time
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -81,7 +82,7 @@ def save_checkpoint(
             "metadata": metadata or {},
         }
         atomic_write_json(tmp / CONFIG_FILE, meta)
-    return CheckpointInfo(folder, model.config, prompt_style, digest, metadata or {})
+    return CheckpointInfo(folder, model.config, prompt_style, digest, metadata or {}, meta["weights"]["bytes"])
 
 
 def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
@@ -102,7 +103,8 @@ def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
     config = GPTConfig.from_dict(meta["model"])
     if meta.get("prompt_style") is not None:
         get_prompt_style(meta["prompt_style"])
-    return CheckpointInfo(folder, config, meta.get("prompt_style"), meta["weights"]["sha256"], meta.get("metadata", {}))
+    weights = meta["weights"]
+    return CheckpointInfo(folder, config, meta.get("prompt_style"), weights["sha256"], meta.get("metadata", {}), weights["bytes"])
 
 
 def load_checkpoint(
@@ -116,8 +118,7 @@ def load_checkpoint(
     weights = info.path / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{info.path} is missing {WEIGHTS_FILE}")
-    meta = json.loads((info.path / CONFIG_FILE).read_text(encoding="utf-8"))
-    expected_bytes = meta["weights"]["bytes"]
+    expected_bytes = info.weights_bytes
     actual_bytes = weights.stat().st_size
     if actual_bytes != expected_bytes:
         raise ValueError(f"{weights} has {actual_bytes} bytes, config.json says {expected_bytes} (truncated or replaced?)")

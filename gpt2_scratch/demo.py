@@ -44,7 +44,7 @@ from gpt2_scratch.generation import SamplingSettings, crop_prompt, stream
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
-from gpt2_scratch.tokenizer import get_tokenizer
+from gpt2_scratch.tokenizer import encode
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,6 @@ def parse_settings(
         raise UserError("top-p must be greater than 0 (1 turns it off), got 0")
     s = None if _blank(seed) else _number("seed", seed, 0, MAX_SEED, integer=True)
     return SamplingSettings(max_new_tokens=n, temperature=t, top_k=k or None, top_p=None if p == 1 else p, seed=s)
-
-
-def encode_prompt(text: str) -> list[int]:
-    """Token ids of user text; ``<|endoftext|>`` typed by a user is ordinary text, not the special token."""
-    return get_tokenizer().encode(text, disallowed_special=())
 
 
 # --------------------------------------------------------------------------- loading
@@ -377,7 +372,7 @@ class DemoApp:
         if run is not None:
             if run.run_json.is_file():
                 try:
-                    run_info = json.loads(run.run_json.read_text(encoding="utf-8"))
+                    run_info = run.read_run_json()
                 except (ValueError, OSError) as e:
                     log.warning("cannot read %s: %s", run.run_json, e)
             for folder in (run.final, run.best):  # final is the contract; best serves a run still training
@@ -414,7 +409,7 @@ class DemoApp:
         return parse_settings(*values, block_size=model.config.block_size)
 
     def _prompt(self, model: GPT, text: str, settings: SamplingSettings, notices: list[str]) -> list[int]:
-        ids, n_cropped = crop_prompt(encode_prompt(text), model.config.block_size, settings.max_new_tokens)
+        ids, n_cropped = crop_prompt(encode(text, special=False), model.config.block_size, settings.max_new_tokens)
         if n_cropped:
             notices.append(
                 f"The prompt is {len(ids) + n_cropped} tokens; its first {n_cropped} were dropped so that it and "

@@ -326,13 +326,9 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
     if not run.root.is_dir():
         raise FileNotFoundError(f"run folder not found: {run.root}")
-    if not run.run_json.is_file():
-        raise FileNotFoundError(f"{run.root} is not a run folder: no run.json")
-    try:
-        run_info = json.loads(run.run_json.read_text(encoding="utf-8"))
-        base_model = run_info["base_model"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{run.run_json} is not a valid run.json (no \"base_model\")") from None
+    base_model = run.read_run_json().get("base_model")
+    if not isinstance(base_model, str):
+        raise ValueError(f"{run.run_json} is not a valid run.json (no \"base_model\")")
     info = read_checkpoint_info(run.final)
     if info.prompt_style is None:
         raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")

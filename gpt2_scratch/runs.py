@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -31,6 +33,18 @@ class RunPaths:
     @property
     def run_json(self) -> Path:
         return self.root / "run.json"
+
+    def read_run_json(self) -> dict[str, Any]:
+        """The run's ``run.json``; a missing or malformed file is a one-line error naming it."""
+        if not self.run_json.is_file():
+            raise FileNotFoundError(f"{self.root} is not a run folder: no run.json")
+        try:
+            run = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.run_json} is not valid JSON ({e})") from None
+        if not isinstance(run, dict):
+            raise ValueError(f"{self.run_json} is not a JSON object")
+        return run
 
     @property
     def final(self) -> Path:

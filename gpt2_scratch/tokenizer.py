@@ -87,9 +87,15 @@ def get_tokenizer() -> tiktoken.Encoding:
         ) from None
 
 
-def encode(text: str) -> list[int]:
-    """Token ids of ``text``; ``<|endoftext|>`` written in the text is the special token."""
-    return get_tokenizer().encode(text, allowed_special={EOS_TEXT})
+def encode(text: str, *, special: bool = True) -> list[int]:
+    """Token ids of ``text``.
+
+    With ``special`` (data we control), ``<|endoftext|>`` written in the text is
+    the special token; without it (text typed by users), it is ordinary text.
+    """
+    if special:
+        return get_tokenizer().encode(text, allowed_special={EOS_TEXT})
+    return get_tokenizer().encode(text, disallowed_special=())
 
 
 def decode(ids: list[int]) -> str:

@@ -441,19 +441,10 @@ def _input_tokens(examples: Sequence[EncodedExample], max_length: int) -> int:
     return sum(min(len(ex.ids), max_length) for ex in examples)
 
 
-def _read_run_json(paths: RunPaths) -> dict[str, Any]:
-    if not paths.run_json.is_file():
-        raise FileNotFoundError(f"{paths.root} is not a run folder: no run.json")
-    try:
-        return json.loads(paths.run_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{paths.run_json} is not valid JSON ({e.msg})") from None
-
-
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """The run's own config from run.json, keeping only how-to-run options (device, precision, compile) from ``config``."""
-    run = _read_run_json(RunPaths(Path(config.resume)))
-    if not isinstance(run, dict) or not isinstance(run.get("training"), dict):
+    run = RunPaths(Path(config.resume)).read_run_json()
+    if not isinstance(run.get("training"), dict):
         raise ValueError(f"{config.resume}/run.json has no \"training\" settings to resume with")
     if run.get("status") == "finished":
         raise ValueError(f"{config.resume} has already finished; there is nothing to resume")

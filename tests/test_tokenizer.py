@@ -77,3 +77,9 @@ def test_no_files_and_no_network_is_a_clear_error(monkeypatch, tmp_path):
             tok.get_tokenizer()
     finally:
         tok.get_tokenizer.cache_clear()
+
+
+def test_user_text_keeps_endoftext_as_plain_text():
+    assert tok.encode("a<|endoftext|>", special=False) != tok.encode("a<|endoftext|>")
+    assert 50256 not in tok.encode("a<|endoftext|>", special=False)
+    assert tok.decode(tok.encode("a<|endoftext|>", special=False)) == "a<|endoftext|>"
