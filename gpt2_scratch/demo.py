@@ -310,10 +310,10 @@ def loss_curve(run: RunPaths | None):
             return image.convert("RGB")
     if not run.metrics.is_file():
         return None
-    from gpt2_scratch.training import loss_figure
+    from gpt2_scratch.training import loss_figure, read_metrics
 
     try:
-        rows = read_jsonl(run.metrics)
+        rows = read_metrics(run.metrics)
         if not any(r.get("event") == "eval" for r in rows):
             return None
         fig = loss_figure(rows)

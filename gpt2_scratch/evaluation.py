@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,7 +49,7 @@ import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info
 from gpt2_scratch.data import EncodedExample, Record, encode_record, read_records
-from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.files import append_jsonl, atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeClient, JudgeConfig
 from gpt2_scratch.metrics import exact_match, perplexity, reference_loss, rouge_l_f1
@@ -162,7 +161,7 @@ class ProgressFile:
                 break
             good_bytes += len(line) + 1
         if not complete:  # nothing usable (also: killed while writing the header)
-            pf._write(json.dumps({"header": header}) + "\n", mode="w")
+            atomic_write_jsonl(path, [{"header": header}])
             return pf
         saved = complete[0].get("header")
         if saved != header:
@@ -174,15 +173,8 @@ class ProgressFile:
         return pf
 
     def append(self, entry: dict) -> None:
-        self._write(json.dumps(entry, ensure_ascii=False) + "\n", mode="a")
+        append_jsonl(self.path, entry, fsync=True)
         self.entries.append(entry)
-
-    def _write(self, text: str, mode: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, mode, encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def _mismatch_message(path: Path, saved: dict | None, current: dict) -> str:

@@ -85,6 +85,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def append_jsonl(path: str | os.PathLike, row: dict, *, fsync: bool = False) -> None:
+    """Append ``row`` as one line, in a single ``write`` on an ``O_APPEND`` descriptor.
+
+    A killed process leaves whole lines (a power cut may tear the last one:
+    readers trim or skip it). ``fsync`` waits until the line is on disk.
+    """
+    data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Atomically replace ``path`` with one JSON object per line."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -68,7 +68,14 @@ from gpt2_scratch.data import (
     split_records,
     write_records,
 )
-from gpt2_scratch.files import atomic_folder, atomic_write, atomic_write_json, atomic_write_jsonl, recover_folder
+from gpt2_scratch.files import (
+    append_jsonl,
+    atomic_folder,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_jsonl,
+    recover_folder,
+)
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
@@ -372,12 +379,7 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"event": event, "step": step, "tokens_seen": tokens_seen, **fields, "time": round(time.time(), 3)}
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        append_jsonl(self.path, row)
 
     def truncate_after(self, step: int) -> None:
         """Drop the lines logged after ``step`` (they are about to be replayed by a resume)."""
