@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import twin_models  # noqa: E402
 from gpt2_scratch.data import load_records, split_records  # noqa: E402
 from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, generate_batches, plan_batches  # noqa: E402
-from gpt2_scratch.generation import SamplingSettings, decode  # noqa: E402
+from gpt2_scratch.generation import SamplingSettings, generate_steps  # noqa: E402
 from gpt2_scratch.prompts import get_prompt_style  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID, encode  # noqa: E402
 
@@ -97,7 +97,7 @@ def breakdown(model, prompts, settings, batch_size) -> tuple[float, float]:
     prefill = steps = 0.0
     for indices in plan_batches([len(p) for p in prompts], batch_size):
         t = time.perf_counter()
-        it = decode(model, [prompts[i] for i in indices], settings)
+        it = generate_steps(model, [prompts[i] for i in indices], settings)
         next(it)  # the first token comes right after the prefill forward pass
         t1 = time.perf_counter()
         for _ in it:

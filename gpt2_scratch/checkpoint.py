@@ -26,6 +26,7 @@ import torch
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, recover_folder
 from gpt2_scratch.hub import read_safetensors
+from gpt2_scratch.inference import prepare_for_inference
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 
@@ -155,19 +156,22 @@ def load_model(source: str, *, device: str | torch.device = "cpu") -> tuple[GPT,
     - a folder written by ``save_checkpoint``: that checkpoint (its info is returned);
     - anything else: OpenAI-format weights through ``hub.load_pretrained``
       (Hub id, short name, or local safetensors file/folder).
+
+    The model comes in eval mode, ready for inference (``inference.prepare_for_inference``).
     """
     from gpt2_scratch.hub import load_pretrained
 
+    info = None
     if source.startswith(RANDOM_PREFIX):
         config = GPTConfig.from_preset(source[len(RANDOM_PREFIX):])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = GPT(config)
-        return model.to(device).eval(), None
-    path = Path(source).expanduser()
-    if (path / CONFIG_FILE).is_file() and _is_our_config(path / CONFIG_FILE):
-        return load_checkpoint(path, device=device)
-    return load_pretrained(source, device=device), None
+            model = GPT(config).to(device).eval()
+    elif (Path(source).expanduser() / CONFIG_FILE).is_file() and _is_our_config(Path(source).expanduser() / CONFIG_FILE):
+        model, info = load_checkpoint(Path(source).expanduser(), device=device)
+    else:
+        model = load_pretrained(source, device=device)
+    return prepare_for_inference(model), info
 
 
 def _is_our_config(path: Path) -> bool:

@@ -43,7 +43,7 @@ from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.generation import SamplingSettings, crop_prompt, stream
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
-from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
+from gpt2_scratch.runs import DEFAULT_RUNS_DIR, MODEL_NAMES, SUMMARY_METRICS, RunInfo, RunPaths, format_metric, latest_run
 from gpt2_scratch.tokenizer import encode
 
 log = logging.getLogger(__name__)
@@ -263,18 +263,6 @@ def _fmt(value: Any, spec: str) -> str:
     return str(value)
 
 
-_SUMMARY_ROWS = [
-    ("reference_loss", "Reference loss (test set)", ".3f"),
-    ("perplexity", "Perplexity", ".2f"),
-    ("rouge_l", "ROUGE-L F1", ".3f"),
-    ("exact_match", "Exact match", "%"),
-    ("judge_mean", "Judge score (0–100)", ".1f"),
-    ("judge_unparsed", "Judge replies not parsed", "d"),
-    ("mean_length_tokens", "Mean response length (tokens)", ".1f"),
-    ("empty_share", "Empty responses", "%"),
-    ("generation_seconds", "Generation time (s)", ".1f"),
-    ("tokens_per_second", "Tokens per second", ".1f"),
-]
 
 
 def summary_markdown(results: EvalResults) -> str:
@@ -283,10 +271,10 @@ def summary_markdown(results: EvalResults) -> str:
         return f"**{results.problem}**"
     s = results.summary
     models = s.get("models", {})
-    names = [m for m in ("base", "finetuned") if m in models]
+    names = [m for m in MODEL_NAMES if m in models]
     lines = ["| Metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for key, label, spec in _SUMMARY_ROWS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(models[m].get(key), spec) for m in names) + " |")
+    for m in SUMMARY_METRICS:
+        lines.append(f"| {m.label} | " + " | ".join(format_metric(models[n].get(m.key), m.spec) for n in names) + " |")
     g = s.get("generation", {})
     judge = s.get("judge")
     sha = (s.get("checkpoint") or {}).get("sha256") or ""
@@ -365,14 +353,14 @@ class DemoApp:
     @classmethod
     def from_run(cls, run: RunPaths | None, *, base: str | None = None, run_problem: str | None = None) -> "DemoApp":
         """The app for ``run`` (None: no run; ``run_problem`` says why). ``base`` overrides the run's base model."""
-        run_info: dict = {}
+        run_info: RunInfo | None = None
         info: CheckpointInfo | None = None
         problem = run_problem or "No finetuned checkpoint. Create one with `python finetune.py`."
         checkpoint = None
         if run is not None:
             if run.run_json.is_file():
                 try:
-                    run_info = run.read_run_json()
+                    run_info = run.read_info()
                 except (ValueError, OSError) as e:
                     log.warning("cannot read %s: %s", run.run_json, e)
             for folder in (run.final, run.best):  # final is the contract; best serves a run still training
@@ -385,10 +373,10 @@ class DemoApp:
                         problem = (f"No usable finetuned checkpoint in `{display_path(run.root)}` ({e}). "
                                    "Create one with `python finetune.py`.")
         base_source = (
-            base or run_info.get("base_model") or (info.metadata.get("base_model") if info else None)
+            base or (run_info.base_model if run_info else None) or (info.metadata.get("base_model") if info else None)
             or DEFAULT_BASE_MODEL
         )
-        style = get_prompt_style((info.prompt_style if info else None) or run_info.get("prompt_style")
+        style = get_prompt_style((info.prompt_style if info else None) or (run_info.prompt_style if run_info else None)
                                  or DEFAULT_PROMPT_STYLE)
         missing_eval = ("No evaluation results: there is no run. Create one with `python finetune.py`, "
                         "then `python evaluate.py --run runs/<name>`.")
@@ -399,7 +387,7 @@ class DemoApp:
             finetuned_problem=problem,
             results=EvalResults.load(run, missing_eval),
             run=run,
-            run_name=run_info.get("name"),  # a Hub snapshot's folder is a commit hash; run.json has the real name
+            run_name=run_info.name if run_info else None,  # a Hub snapshot's folder is a commit hash; run.json has the real name
             context=info.config.block_size if info else None,
         )
 

@@ -49,16 +49,15 @@ import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info
 from gpt2_scratch.data import EncodedExample, Record, encode_record, read_records
-from gpt2_scratch.files import append_jsonl, atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.files import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeClient, JudgeConfig
-from gpt2_scratch.metrics import exact_match, perplexity, reference_loss, rouge_l_f1
+from gpt2_scratch.scoring import exact_match, perplexity, reference_loss, rouge_l_f1
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
-from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, format_metric
 from gpt2_scratch.tokenizer import decode, encode
 
-MODEL_NAMES = ("base", "finetuned")
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
 # (benchmarks/bench_eval.py); larger batches help more on a GPU.
 DEFAULT_BATCH_SIZE = 32
@@ -149,26 +148,15 @@ class ProgressFile:
     def open(cls, path: Path, header: dict) -> "ProgressFile":
         """Read ``path`` if it exists (checking its header against ``header``), else start it."""
         pf = cls(path, header)
-        raw = path.read_bytes() if path.exists() else b""
-        lines = raw.split(b"\n")
-        complete, good_bytes = [], 0
-        for i, line in enumerate(lines[:-1]):  # the piece after the last newline is never complete
-            try:
-                complete.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i < len(lines) - 2:
-                    raise ValueError(f"{path}: line {i + 1} is not valid JSON; delete the file to start over") from None
-                break
-            good_bytes += len(line) + 1
+        complete = read_jsonl(path, torn_tail=True) if path.exists() else []
         if not complete:  # nothing usable (also: killed while writing the header)
             atomic_write_jsonl(path, [{"header": header}])
             return pf
-        saved = complete[0].get("header")
+        saved = complete[0].get("header") if isinstance(complete[0], dict) else None
         if saved != header:
             raise SettingsMismatch(_mismatch_message(path, saved, header))
-        if good_bytes < len(raw):
-            with open(path, "rb+") as f:
-                f.truncate(good_bytes)
+        if not path.read_bytes().endswith(b"\n"):  # drop the torn last line before appending after it
+            atomic_write_jsonl(path, complete)
         pf.entries = complete[1:]
         return pf
 
@@ -318,9 +306,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
     if not run.root.is_dir():
         raise FileNotFoundError(f"run folder not found: {run.root}")
-    base_model = run.read_run_json().get("base_model")
-    if not isinstance(base_model, str):
-        raise ValueError(f"{run.run_json} is not a valid run.json (no \"base_model\")")
+    base_model = run.read_info().base_model
     info = read_checkpoint_info(run.final)
     if info.prompt_style is None:
         raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
@@ -437,20 +423,9 @@ def _aggregate(name: str, res: ModelResults, rows: list[dict], settings: EvalSet
 def format_table(summary: dict) -> str:
     """The aggregates of ``summary`` side by side, one row per metric, one column per model."""
     models = list(summary["models"])
-    metrics = [
-        ("reference loss", "reference_loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}"),
-        ("ROUGE-L F1", "rouge_l", "{:.4f}"), ("exact match", "exact_match", "{:.4f}"),
-        ("mean length (tokens)", "mean_length_tokens", "{:.1f}"), ("empty responses", "empty_share", "{:.1%}"),
-        ("judge mean (0-100)", "judge_mean", "{:.2f}"), ("judge unparsed", "judge_unparsed", "{}"),
-        ("generation seconds", "generation_seconds", "{:.1f}"), ("tokens/s", "tokens_per_second", "{:.1f}"),
-    ]
     table = [["metric", *models]]
-    for label, key, fmt in metrics:
-        cells = []
-        for m in models:
-            v = summary["models"][m].get(key)
-            cells.append("-" if v is None else fmt.format(v))
-        table.append([label, *cells])
+    for m in SUMMARY_METRICS:
+        table.append([m.label, *(format_metric(summary["models"][name].get(m.key), m.spec) for name in models)])
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
              for row in table]

@@ -71,17 +71,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file; a malformed line is a one-line error naming it."""
+def read_jsonl(path: str | os.PathLike, *, torn_tail: bool = False, skip_bad: bool = False) -> list[Any]:
+    """The values of a JSON-lines file, one per non-blank line: the one reader of every JSONL file.
+
+    A malformed line is a one-line ``ValueError`` naming the file and the line, except:
+
+    - ``torn_tail``: the piece after the last newline is dropped, parsable or not.
+      Append-only logs are written a whole line per ``write``; only a kill or a
+      power cut mid-write leaves such a piece, and it is never a finished entry.
+    - ``skip_bad``: every malformed line is skipped (a log read only for display).
+    """
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    if torn_tail:
+        lines = lines[:-1]  # "" when the file ends with a newline
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line.decode("utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if skip_bad:
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({reason})") from None
     return rows
 
 

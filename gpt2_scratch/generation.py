@@ -1,6 +1,6 @@
 """Text generation with a KV cache: greedy or sampled, batched, streaming.
 
-One decoding loop (``decode``) serves everything: ``generate`` collects its
+One decoding loop (``generate_steps``) serves everything: ``generate`` collects its
 tokens for a batch of prompts, ``stream`` turns them into text as they come.
 
 Batches of prompts of different lengths are left-padded: every row's last
@@ -80,7 +80,7 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, generator: tor
 
 
 @torch.inference_mode()
-def decode(
+def generate_steps(
     model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, eos_id: int | None = EOS_ID
 ) -> Iterator[tuple[list[int], list[int]]]:
     """Yield, at each step, (row indices still running, their new token ids).
@@ -144,7 +144,7 @@ def generate(
 ) -> list[list[int]]:
     """New token ids for each prompt (without the prompt, without the final ``<|endoftext|>``)."""
     out: list[list[int]] = [[] for _ in prompts]
-    for rows, tokens in decode(model, prompts, settings, eos_id):
+    for rows, tokens in generate_steps(model, prompts, settings, eos_id):
         for r, t in zip(rows, tokens):
             if t != eos_id:
                 out[r].append(t)
@@ -163,7 +163,7 @@ def stream(
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     ids: list[int] = []
     text = ""
-    for _, (token,) in decode(model, [prompt], settings, eos_id):
+    for _, (token,) in generate_steps(model, [prompt], settings, eos_id):
         if token == eos_id:
             break
         ids.append(token)

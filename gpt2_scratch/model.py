@@ -12,7 +12,6 @@ C embedding size (n_embd), nh heads, hs head size (C // nh), V vocabulary.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -60,10 +59,6 @@ class KVCache:
         self.max_len = max_len
         self.key_valid: torch.Tensor | None = None
 
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
-
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop every batch row not in ``rows`` (finished sequences stop costing compute)."""
         # Copy only the filled part: the rest of the buffer is garbage anyway.
@@ -77,58 +72,14 @@ class KVCache:
             self.key_valid = self.key_valid[rows]
 
 
-def _onednn_available() -> bool:
-    if os.environ.get("GPT2_SCRATCH_ONEDNN", "1") == "0":  # opt out, e.g. to compare
-        return False
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-USE_ONEDNN = _onednn_available()
-# Batch size oneDNN lays the packed weight out for; one layout serves 1 to a few hundred rows.
-ONEDNN_ROWS_HINT = 8
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: nn.Module) -> torch.Tensor:
-    """``F.linear``; in CPU float32 inference, through oneDNN with a prepacked weight.
-
-    Why: generation multiplies a few rows by every weight matrix per token, and
-    MKL's float32 GEMM does that slowly on the AMD CPUs we benchmark on, while
-    oneDNN with the weight reordered once into its blocked layout is 1.7x (one
-    row) to 2.6x (8 rows) faster there. The packed copy lives on ``owner``, is
-    rebuilt when the weight changes (its version counter moves on every in-place
-    update, e.g. an optimizer step or load_state_dict) and is dropped by
-    ``GPT.train()``. It costs as much memory as the weights, during inference only.
-    """
-    if not (USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()):
-        return F.linear(x, weight, bias)
-    key = (weight.data_ptr(), weight._version)
-    packed = owner.__dict__.get("_onednn_weight")
-    if packed is None or packed[0] != key:
-        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ONEDNN_ROWS_HINT))
-        owner.__dict__["_onednn_weight"] = packed
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    y = torch.ops.mkldnn._linear_pointwise(x2, packed[1], bias, "none", [], "")
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` that runs CPU inference through ``linear`` (oneDNN, prepacked weight)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         # query, key and value projections of all heads in one matmul
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -158,8 +109,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -195,7 +146,7 @@ class GPT(nn.Module):
                 ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias),
             )
         )
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output head is the token embedding (GPT-2 has no separate head).
         self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -292,12 +243,6 @@ class GPT(nn.Module):
             x = x[:, -1:, :]
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
-
-    def train(self, mode: bool = True) -> "GPT":
-        if mode:  # free the inference copies of the weights (see ``linear``)
-            for module in self.modules():
-                module.__dict__.pop("_onednn_weight", None)
-        return super().train(mode)
 
     @staticmethod
     def _attention_mask(key_valid: torch.Tensor, past: int, T: int) -> torch.Tensor:

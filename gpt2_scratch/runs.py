@@ -15,13 +15,98 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt2_scratch.files import atomic_write_json
+
 DEFAULT_RUNS_DIR = Path("runs")
+
+# The models an evaluation compares, in the order tables show them.
+MODEL_NAMES = ("base", "finetuned")
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """One aggregate of ``eval/summary.json``'s ``models.<name>``, and how tables show it."""
+
+    key: str
+    label: str
+    spec: str  # format spec of the value; "%" shows a share as a percentage
+
+
+# The summary metrics, in table order: evaluate.py's table and the app's both come from this list.
+SUMMARY_METRICS = (
+    SummaryMetric("reference_loss", "Reference loss (test set)", ".3f"),
+    SummaryMetric("perplexity", "Perplexity", ".2f"),
+    SummaryMetric("rouge_l", "ROUGE-L F1", ".3f"),
+    SummaryMetric("exact_match", "Exact match", "%"),
+    SummaryMetric("judge_mean", "Judge score (0–100)", ".1f"),
+    SummaryMetric("judge_unparsed", "Judge replies not parsed", "d"),
+    SummaryMetric("mean_length_tokens", "Mean response length (tokens)", ".1f"),
+    SummaryMetric("empty_share", "Empty responses", "%"),
+    SummaryMetric("generation_seconds", "Generation time (s)", ".1f"),
+    SummaryMetric("tokens_per_second", "Tokens per second", ".1f"),
+)
+
+
+def format_metric(value: Any, spec: str) -> str:
+    """``value`` formatted by a ``SummaryMetric.spec``; a missing value is an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec == "%":
+            return f"{value * 100:.1f}%"
+        if spec == "d":
+            return str(int(value))
+        return format(value, spec)
+    return str(value)
+
+
+@dataclass
+class RunInfo:
+    """``run.json``: what a run is (written by training, read by evaluation and the app).
+
+    ``training`` is the run's ``TrainConfig`` as a dict (kept as a dict here so that
+    this module does not depend on training); ``status`` is ``running`` until the
+    final checkpoint is written, then ``finished``.
+    """
+
+    name: str
+    base_model: str
+    prompt_style: str
+    dataset: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    status: str = "running"
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    STATUSES = ("running", "finished")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "run.json") -> "RunInfo":
+        """Validate and build from parsed JSON; a wrong structure is a one-line ``ValueError`` naming ``source``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source} is not a JSON object")
+        types = {"name": str, "base_model": str, "prompt_style": str, "dataset": dict, "training": dict,
+                 "status": str, "created": str}
+        for key, typ in types.items():
+            if key in ("dataset", "training", "created") and key not in d:
+                continue  # optional: older runs, hand-made runs
+            if not isinstance(d.get(key), typ):
+                got = "missing" if key not in d else f"a {type(d[key]).__name__}"
+                raise ValueError(f'{source}: "{key}" must be a {typ.__name__}, got {got}')
+        if d["status"] not in cls.STATUSES:
+            raise ValueError(f'{source}: "status" must be one of {", ".join(cls.STATUSES)}, got {d["status"]!r}')
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -34,7 +119,7 @@ class RunPaths:
     def run_json(self) -> Path:
         return self.root / "run.json"
 
-    def read_run_json(self) -> dict[str, Any]:
+    def read_info(self) -> RunInfo:
         """The run's ``run.json``; a missing or malformed file is a one-line error naming it."""
         if not self.run_json.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: no run.json")
@@ -42,9 +127,11 @@ class RunPaths:
             run = json.loads(self.run_json.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.run_json} is not valid JSON ({e})") from None
-        if not isinstance(run, dict):
-            raise ValueError(f"{self.run_json} is not a JSON object")
-        return run
+        return RunInfo.from_dict(run, str(self.run_json))
+
+    def write_info(self, info: RunInfo) -> None:
+        """Write ``run.json`` atomically."""
+        atomic_write_json(self.run_json, info.to_dict())
 
     @property
     def final(self) -> Path:

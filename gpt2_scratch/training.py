@@ -74,6 +74,7 @@ from gpt2_scratch.files import (
     atomic_write,
     atomic_write_json,
     atomic_write_jsonl,
+    read_jsonl,
     recover_folder,
 )
 from gpt2_scratch.generation import SamplingSettings, generate
@@ -81,7 +82,7 @@ from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, get_prompt_style
-from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths
+from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 
 SCHEDULES = ("constant", "cosine")
@@ -389,16 +390,7 @@ class MetricsLog:
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The rows of a metrics.jsonl; a torn (unparsable) line is skipped."""
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+    return [row for row in read_jsonl(path, skip_bad=True) if isinstance(row, dict)]
 
 
 def loss_figure(metrics: Sequence[dict[str, Any]]):
@@ -443,14 +435,14 @@ def _input_tokens(examples: Sequence[EncodedExample], max_length: int) -> int:
     return sum(min(len(ex.ids), max_length) for ex in examples)
 
 
-def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
     """The run's own config from run.json, keeping only how-to-run options (device, precision, compile) from ``config``."""
-    run = RunPaths(Path(config.resume)).read_run_json()
-    if not isinstance(run.get("training"), dict):
+    run = RunPaths(Path(config.resume)).read_info()
+    if not run.training:
         raise ValueError(f"{config.resume}/run.json has no \"training\" settings to resume with")
-    if run.get("status") == "finished":
+    if run.status == "finished":
         raise ValueError(f"{config.resume} has already finished; there is nothing to resume")
-    stored = TrainConfig.from_dict(run["training"])
+    stored = TrainConfig.from_dict(run.training)
     overrides = {"device": config.device, "precision": config.precision, "compile": config.compile, "resume": config.resume}
     return dataclasses.replace(stored, **overrides), run
 
@@ -461,7 +453,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, info: DistInfo, device: torch.device):
         self.info, self.device = info, device
         self.resuming = config.resume is not None
-        self.run: dict[str, Any] | None = None
+        self.run: RunInfo | None = None
         if self.resuming:
             config, self.run = _resume_config(config)
             self.paths = RunPaths(Path(config.resume))
@@ -510,7 +502,7 @@ class Trainer:
             "num_records": len(records),
             "split": {**split.sizes(), "shuffle": cfg.shuffle_split, "seed": cfg.seed},
         }
-        if self.run is not None and self.run.get("dataset", {}).get("sha256") != sha256:
+        if self.run is not None and self.run.dataset.get("sha256") != sha256:
             raise ValueError(f"the dataset {cfg.dataset} has changed since the run started (sha256 differs); cannot resume")
         style = get_prompt_style(cfg.prompt_style)
         self.train_examples = [encode_record(r, style) for r in split.train]
@@ -533,19 +525,17 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         """run.json (status running), data/test.jsonl and data/val.jsonl of a new run."""
-        self.run = {
-            "name": self.config.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "base_model": self.config.base,
-            "prompt_style": self.config.prompt_style,
-            "dataset": self.dataset_info,
-            "training": self.config.to_dict(),
-            "status": "running",
-        }
+        self.run = RunInfo(
+            name=self.config.name,
+            base_model=self.config.base,
+            prompt_style=self.config.prompt_style,
+            dataset=self.dataset_info,
+            training=self.config.to_dict(),
+        )
         if self.info.is_main:
             write_records(self.paths.test_records, self.split.test)
             write_records(self.paths.val_records, self.split.val)
-            atomic_write_json(self.paths.run_json, self.run)
+            self.paths.write_info(self.run)
 
     # -- pieces of the loop ------------------------------------------------------------------
 
@@ -815,7 +805,7 @@ class Trainer:
             )
             plot_losses(self.paths.metrics, self.paths.loss_plot)
             self.log.log("done", self.step, self.tokens_seen, val_loss=self.last_val_loss, best_val_loss=self.best_val_loss)
-            atomic_write_json(self.paths.run_json, {**self.run, "status": "finished"})
+            self.paths.write_info(dataclasses.replace(self.run, status="finished"))
             # The resume state (weights + 2x optimizer moments) has served its purpose.
             shutil.rmtree(self.paths.train_state, ignore_errors=True)
             print(f"finished: {self.paths.final} (best validation loss {self.best_val_loss:.3f} at step {self.best_step})")

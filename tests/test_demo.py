@@ -34,7 +34,7 @@ from gpt2_scratch.demo import (
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 
 # Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.
@@ -82,8 +82,8 @@ def make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True) -
         for p in model.parameters():  # "finetuning": answers must differ from the base model's
             p.add_(torch.randn_like(p) * 0.05)
     save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "random:tiny"})
-    atomic_write_json(run.run_json, {"name": root.name, "created": "2026-01-01T00:00:00+00:00",
-                                     "base_model": "random:tiny", "prompt_style": "alpaca", "status": "finished"})
+    run.write_info(RunInfo(name=root.name, created="2026-01-01T00:00:00+00:00", base_model="random:tiny",
+                           prompt_style="alpaca", status="finished"))
     if with_metrics:
         atomic_write_jsonl(run.metrics, [
             {"event": "eval", "step": s, "tokens_seen": 1000 * s, "train_loss": 4.0 - 0.3 * s, "val_loss": 4.2 - 0.2 * s}

@@ -15,7 +15,7 @@ from gpt2_scratch.data import Record, encode_record, write_records
 from gpt2_scratch.evaluation import EvalSettings, SettingsMismatch, evaluate_run, plan_batches
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeConfig
-from gpt2_scratch.metrics import reference_loss
+from gpt2_scratch.scoring import reference_loss
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.tokenizer import decode, encode

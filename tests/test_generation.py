@@ -93,11 +93,11 @@ def test_streaming_never_splits_a_multibyte_character(monkeypatch):
 
     script = [12520, 97, 244, 0]
 
-    def fake_decode(model, prompts, settings, eos_id):
+    def fake_steps(model, prompts, settings, eos_id):
         for t in script:
             yield [0], [t]
 
-    monkeypatch.setattr(g, "decode", fake_decode)
+    monkeypatch.setattr(g, "generate_steps", fake_steps)
     texts = [text for _, text in g.stream(None, [1], SamplingSettings(max_new_tokens=4))]
     assert texts == [" ", " ", " 🤖", " 🤖!"]
 

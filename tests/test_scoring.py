@@ -8,7 +8,7 @@ import torch
 from gpt2_scratch.checkpoint import load_model
 from gpt2_scratch.data import Record, collate, encode_record
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
-from gpt2_scratch.metrics import (
+from gpt2_scratch.scoring import (
     exact_match,
     lcs_length,
     normalize_answer,
