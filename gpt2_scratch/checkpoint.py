@@ -97,15 +97,44 @@ def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
+    return _parse_config(meta, cfg_path, folder)
+
+
+def _parse_config(meta: Any, cfg_path: Path, folder: Path) -> CheckpointInfo:
+    """Validate the structure of a checkpoint's ``config.json``: every problem is a one-line ``ValueError`` naming the file."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a {FORMAT} checkpoint config (no \"format\": \"{FORMAT}\")")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{cfg_path} has format_version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION}")
-    config = GPTConfig.from_dict(meta["model"])
-    if meta.get("prompt_style") is not None:
-        get_prompt_style(meta["prompt_style"])
-    weights = meta["weights"]
-    return CheckpointInfo(folder, config, meta.get("prompt_style"), weights["sha256"], meta.get("metadata", {}), weights["bytes"])
+    model, weights = meta.get("model"), meta.get("weights")
+    if not isinstance(model, dict):
+        raise ValueError(f'{cfg_path}: "model" must be an object of GPTConfig fields, got {_kind(model)}')
+    if not isinstance(weights, dict):
+        raise ValueError(f'{cfg_path}: "weights" must be an object with "bytes" and "sha256", got {_kind(weights)}')
+    sha, size = weights.get("sha256"), weights.get("bytes")
+    if not (isinstance(sha, str) and len(sha) == 64):
+        raise ValueError(f'{cfg_path}: "weights.sha256" must be a 64-character hex string, got {_kind(sha)}')
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f'{cfg_path}: "weights.bytes" must be a non-negative integer, got {_kind(size)}')
+    metadata = meta.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f'{cfg_path}: "metadata" must be an object, got {_kind(metadata)}')
+    style = meta.get("prompt_style")
+    try:
+        config = GPTConfig.from_dict(model)
+        if style is not None:
+            get_prompt_style(style)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    return CheckpointInfo(folder, config, style, sha, metadata, size)
+
+
+def _kind(value: Any) -> str:
+    """How an error message names an unexpected JSON value: 'missing', or its JSON type."""
+    if value is None:
+        return "missing or null"
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def load_checkpoint(

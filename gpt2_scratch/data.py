@@ -209,15 +209,25 @@ def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
         raise ValueError(f"{e} (downloaded from {source}; removed from the cache)") from None
 
 
+# Formats people reach for that are not JSON: named in the error instead of a bare "invalid JSON".
+OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".arrow": "Arrow", ".xlsx": "Excel", ".txt": "plain text"}
+JSON_FORMATS_HINT = "--dataset takes a .json file (a list of records) or a .jsonl file (one record a line)"
+
+
 def _read_json_entries(path: Path) -> list:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading UTF-8 BOM (Windows editors) is skipped
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
+        other = OTHER_FORMATS.get(path.suffix.lower())
+        if other:
+            raise ValueError(f"{path}: a {other} file is not supported ({JSON_FORMATS_HINT})") from None
         raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    except RecursionError:  # json.loads stops at the interpreter's recursion limit
+        raise ValueError(f"{path}: JSON nested too deeply (over ~1000 levels of lists/objects); records are flat objects") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records at the top level, got {_json_type(data)}")
     return data
@@ -416,11 +426,8 @@ class LengthGroupedBatchSampler:
     sorts within chunks without shuffling batches), for evaluation.
 
     Only the last batch of an epoch can be smaller than ``batch_size`` (``drop_last``
-    drops it). With ``world_size > 1`` (DDP) every rank builds the same global
-    batch sequence and takes batches ``rank, rank + world_size, ...``. So that all
-    ranks step the same number of times, the sequence is first made a multiple of
-    ``world_size``: ``drop_last`` drops the trailing batches, otherwise the first
-    batches are repeated at the end (as ``DistributedSampler`` repeats samples).
+    drops it). Several processes (DDP) each build the same sequence of global
+    batches and take their share of every batch (see ``training``).
 
     Deterministic for a given ``(seed, epoch)``: call ``set_epoch`` before each epoch.
     """
@@ -434,14 +441,10 @@ class LengthGroupedBatchSampler:
         seed: int = 123,
         group: bool = True,
         drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
         mega_batches: int = 100,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if mega_batches < 1:
             raise ValueError(f"mega_batches must be >= 1, got {mega_batches}")
         self.lengths = list(lengths)
@@ -450,8 +453,6 @@ class LengthGroupedBatchSampler:
         self.seed = seed
         self.group = group
         self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
         self.mega_batches = mega_batches
         self.epoch = 0
 
@@ -459,16 +460,11 @@ class LengthGroupedBatchSampler:
         """Use the order of ``epoch`` on the next iteration."""
         self.epoch = epoch
 
-    def _num_global_batches(self) -> int:
+    def __len__(self) -> int:
         n, bs = len(self.lengths), self.batch_size
         return n // bs if self.drop_last else math.ceil(n / bs)
 
-    def __len__(self) -> int:
-        nb, ws = self._num_global_batches(), self.world_size
-        return nb // ws if self.drop_last else math.ceil(nb / ws)
-
-    def global_batches(self) -> list[list[int]]:
-        """The batches of all ranks for the current epoch, before sharding."""
+    def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(f"{self.seed}:{self.epoch}")
         indices = list(range(len(self.lengths)))
         if self.shuffle:
@@ -487,15 +483,4 @@ class LengthGroupedBatchSampler:
             batches.pop()
         if self.shuffle and self.group:
             rng.shuffle(batches)  # otherwise each chunk would run from long to short examples
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self.global_batches()
-        ws = self.world_size
-        if ws > 1 and len(batches) % ws:
-            if self.drop_last:
-                batches = batches[: len(batches) - len(batches) % ws]
-            else:
-                extra = ws - len(batches) % ws
-                batches = batches + (batches * math.ceil(extra / max(len(batches), 1)))[:extra]
-        return iter(batches[self.rank :: ws])
+        return iter(batches)

@@ -7,7 +7,7 @@ run's ``final/`` checkpoint) this
    (``generation.generate``); prompts are sorted by length into batches so a
    batch carries little padding, and results are put back in record order;
 2. computes the reference loss / perplexity of the reference responses
-   (``metrics.reference_loss``, teacher-forced, no generation);
+   (``scoring.reference_loss``, teacher-forced, no generation);
 3. scores each response against its reference: ROUGE-L F1, normalized exact
    match, length in tokens, empty or not, and optionally an LLM judge's 0-100
    score (``judge.JudgeClient``);
@@ -27,20 +27,26 @@ Each progress file starts with a header holding everything its results depend
 on: model source and weights sha256, prompt style, a hash of the prompts (test
 records, ``--limit``), sampling settings, batch size and device type (the judge
 file adds the judge's url, model and seed). When a rerun's settings differ from
-a saved header, the evaluation stops with an error naming the setting: results
-made with different settings are never mixed, and none are deleted without
-being asked (``restart=True`` / ``--restart`` deletes them; deleting one
-``judge_<model>.jsonl`` re-judges without generating again). The progress files
-are kept after a finished evaluation, so adding a judge later reuses the
-generations.
+an unfinished file's header, the evaluation stops with an error naming the
+setting: results made with different settings are never mixed, and unfinished
+work is not deleted without being asked (``restart=True`` / ``--restart``
+deletes it; deleting one ``judge_<model>.jsonl`` re-judges without generating
+again). Once the results are written the files are marked done
+(``progress.ProgressFile``): a rerun with the same settings reuses them (adding
+a judge later reuses the generations), and a rerun with other settings replaces
+them, with a note, instead of being blocked by a finished evaluation.
+
+Max new tokens are capped, with a note, so that the longest prompt and the
+response fit the model's context (as ``finetune.py`` caps its max length).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -49,11 +55,12 @@ import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info
 from gpt2_scratch.data import EncodedExample, Record, encode_record, read_records
-from gpt2_scratch.files import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
+from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeClient, JudgeConfig
 from gpt2_scratch.scoring import exact_match, perplexity, reference_loss, rouge_l_f1
 from gpt2_scratch.model import GPT
+from gpt2_scratch.progress import ProgressFile, check_batch_entry, check_judge_entry
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
 from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, format_metric
 from gpt2_scratch.tokenizer import decode, encode
@@ -91,10 +98,6 @@ class EvalSettings:
             raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
 
 
-class SettingsMismatch(ValueError):
-    """Saved partial results were made with other settings than this evaluation's."""
-
-
 # --- batching -----------------------------------------------------------------------------
 
 
@@ -128,65 +131,6 @@ def generate_batches(
         on_batch(b, list(indices), outputs, time.perf_counter() - t0)
 
 
-# --- progress files -----------------------------------------------------------------------
-
-
-class ProgressFile:
-    """An append-only JSON-lines file: a header line, then one line per finished unit of work.
-
-    Appends are flushed and fsynced, but a kill can still leave the last line
-    incomplete; ``open`` trims such a line (and only the last line may be
-    broken: a broken line before it is an error).
-    """
-
-    def __init__(self, path: Path, header: dict):
-        self.path = path
-        self.header = header
-        self.entries: list[dict] = []
-
-    @classmethod
-    def open(cls, path: Path, header: dict) -> "ProgressFile":
-        """Read ``path`` if it exists (checking its header against ``header``), else start it."""
-        pf = cls(path, header)
-        complete = read_jsonl(path, torn_tail=True) if path.exists() else []
-        if not complete:  # nothing usable (also: killed while writing the header)
-            atomic_write_jsonl(path, [{"header": header}])
-            return pf
-        saved = complete[0].get("header") if isinstance(complete[0], dict) else None
-        if saved != header:
-            raise SettingsMismatch(_mismatch_message(path, saved, header))
-        if not path.read_bytes().endswith(b"\n"):  # drop the torn last line before appending after it
-            atomic_write_jsonl(path, complete)
-        pf.entries = complete[1:]
-        return pf
-
-    def append(self, entry: dict) -> None:
-        append_jsonl(self.path, entry, fsync=True)
-        self.entries.append(entry)
-
-
-def _mismatch_message(path: Path, saved: dict | None, current: dict) -> str:
-    if not isinstance(saved, dict):
-        return f"{path} has no valid header; delete it (or pass --restart) to start over"
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
-    diffs = [k for k in sorted(set(flat_saved) | set(flat_current)) if flat_saved.get(k) != flat_current.get(k)]
-    shown = ", ".join(f"{k}={flat_saved.get(k)!r} (now {flat_current.get(k)!r})" for k in diffs[:3])
-    return (
-        f"{path} holds results made with other settings: {shown}; "
-        "rerun with the same settings to resume, or delete the file (or pass --restart) to start over"
-    )
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 # --- the evaluation -----------------------------------------------------------------------
 
 
@@ -201,6 +145,7 @@ class ModelResults:
     loss: float
     loss_tokens: int
     judge: list[dict] | None  # per record {"score", "raw", "error"}
+    progress: list[ProgressFile]  # the files these results were resumed from, marked done once results are written
 
 
 def _prompts_sha256(prompts: Sequence[Sequence[int]], records: Sequence[Record]) -> str:
@@ -239,7 +184,7 @@ def evaluate_model(
 ) -> ModelResults:
     """Generate (resuming from ``eval_dir/partial_<name>.jsonl``), compute the reference loss, judge."""
     batches = plan_batches([len(p) for p in prompts], settings.batch_size)
-    progress = ProgressFile.open(eval_dir / f"partial_{name}.jsonl", header)
+    progress = ProgressFile.open(eval_dir / f"partial_{name}.jsonl", header, check_batch_entry)
     outputs: list[list[int] | None] = [None] * len(records)
     seconds, steps = 0.0, 0
     max_new = settings.sampling.max_new_tokens
@@ -275,17 +220,18 @@ def evaluate_model(
 
     loss, loss_tokens = reference_loss(model, examples, batch_size=min(settings.batch_size, LOSS_BATCH_SIZE))
     responses = [decode(ids) for ids in outputs]
-    judge = None
+    judge, files = None, [progress]
     if settings.judge is not None:
-        judge = _judge(name, records, responses, style, header, eval_dir, settings)
-    return ModelResults(responses, [len(o) for o in outputs], seconds, steps, loss, loss_tokens, judge)
+        judge, judge_progress = _judge(name, records, responses, style, header, eval_dir, settings)
+        files.append(judge_progress)
+    return ModelResults(responses, [len(o) for o in outputs], seconds, steps, loss, loss_tokens, judge, files)
 
 
-def _judge(name, records, responses, style, gen_header, eval_dir, settings) -> list[dict]:
+def _judge(name, records, responses, style, gen_header, eval_dir, settings) -> tuple[list[dict], ProgressFile]:
     """Judge every response (resuming from ``eval_dir/judge_<name>.jsonl``)."""
     client = JudgeClient(settings.judge)
     header = {"judge": settings.judge.fingerprint(), "generation": gen_header}
-    progress = ProgressFile.open(eval_dir / f"judge_{name}.jsonl", header)
+    progress = ProgressFile.open(eval_dir / f"judge_{name}.jsonl", header, check_judge_entry)
     by_id = {e["id"]: e for e in progress.entries}
     todo = [i for i, r in enumerate(records) if r.id not in by_id]
     bar = _progress_bar(len(records), len(records) - len(todo), f"judge {name}", settings.progress and bool(todo))
@@ -299,7 +245,22 @@ def _judge(name, records, responses, style, gen_header, eval_dir, settings) -> l
             bar.update(1)
     finally:
         bar.close()
-    return [by_id[r.id] for r in records]
+    return [by_id[r.id] for r in records], progress
+
+
+def _fit_context(settings: EvalSettings, block_size: int, longest_prompt: int) -> EvalSettings:
+    """Cap max new tokens so that prompt + response fit the model's context, with a note (as finetune.py caps max length).
+
+    The cap leaves room for the longest prompt; when even that does not fit, half
+    the context goes to the response and long prompts are cropped from the left.
+    """
+    asked = settings.sampling.max_new_tokens
+    cap = block_size - longest_prompt if longest_prompt < block_size // 2 else block_size // 2
+    if asked <= cap:
+        return settings
+    print(f"note: max new tokens {asked} capped at {cap}: the model's context is {block_size} tokens "
+          f"and the longest test prompt {longest_prompt}", file=sys.stderr)
+    return replace(settings, sampling=replace(settings.sampling, max_new_tokens=cap))
 
 
 def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
@@ -311,9 +272,6 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     if info.prompt_style is None:
         raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
     style = get_prompt_style(info.prompt_style)
-    block_size = info.config.block_size
-    if settings.sampling.max_new_tokens >= block_size:
-        raise ValueError(f"max new tokens ({settings.sampling.max_new_tokens}) must be smaller than the context length ({block_size})")
     if not run.test_records.is_file():
         raise FileNotFoundError(f"{run.root} has no test records ({run.test_records})")
     records = read_records(run.test_records)
@@ -325,6 +283,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     # encode_record, the tokenization of training.
     prompts = [encode(style.format(r.instruction, r.input)) for r in records]
     examples = [encode_record(r, style) for r in records]
+    settings = _fit_context(settings, info.config.block_size, max(len(p) for p in prompts))
 
     eval_dir = run.eval_dir
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -375,6 +334,9 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     }
     atomic_write_jsonl(run.predictions, rows)
     atomic_write_json(run.summary, summary)
+    for res in results.values():  # the results are written: these files no longer block other settings
+        for progress in res.progress:
+            progress.mark_done()
     return summary
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -45,17 +47,55 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
+OFFLINE_HINT = "pass a local path (a model.safetensors file or a folder holding it), or random:tiny for a smoke run"
+REACH_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hub's endpoint (``HF_ENDPOINT``, default huggingface.co) opens within ``timeout``.
+
+    Why: offline, ``huggingface_hub`` retries every request with backoff for about
+    half a minute before it gives up; one connection attempt answers in seconds.
+    """
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_hub(what: str) -> None:
+    """Fail fast, in one line that names ``what``, when the Hub cannot be reached (or ``HF_HUB_OFFLINE`` is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
+        host = urlparse(constants.ENDPOINT).hostname
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"cannot reach {host}"
+        raise RuntimeError(f"cannot download {what} from the Hugging Face Hub ({why})")
+
+
 def _download(repo_id: str) -> tuple[Path, Path]:
+    """(weights, config.json) of a Hub repo: from the local cache when there, else downloaded."""
     from huggingface_hub import hf_hub_download
 
+    try:  # the cache answers offline too
+        return Path(hf_hub_download(repo_id, "model.safetensors", local_files_only=True)), Path(
+            hf_hub_download(repo_id, "config.json", local_files_only=True)
+        )
+    except Exception:
+        pass
     try:
+        require_hub(repr(repo_id))
         weights = hf_hub_download(repo_id, "model.safetensors")
         config = hf_hub_download(repo_id, "config.json")
-    except Exception as e:  # offline, unknown repo, gated, ... all end the same way for the user
-        raise RuntimeError(
-            f"cannot download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}); "
-            "if you are offline, pass a local path to a model.safetensors file or a folder holding it"
-        ) from None
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}; {OFFLINE_HINT}") from None
+    except Exception as e:  # unknown repo, gated, ... all end the same way for the user
+        raise RuntimeError(f"cannot download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}); {OFFLINE_HINT}") from None
     return Path(weights), Path(config)
 
 
@@ -104,6 +144,23 @@ def convert_hf_state_dict(state: dict[str, torch.Tensor], source: str = "weights
                 raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied heads are supported")
             continue
         out[f"transformer.{k}"] = tensor.t() if k.endswith(_CONV1D_SUFFIXES) and tensor.ndim == 2 else tensor
+    return out
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``convert_hf_state_dict``: our state dict in ``transformers.GPT2LMHeadModel``'s layout.
+
+    Our names already are GPT2LMHeadModel's (``transformer.`` prefix); the four
+    projection weights become Conv1D ``(in, out)`` matrices, and the tied head is
+    left out, as ``transformers`` saves it (it ties ``lm_head`` to ``wte`` on load).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key == "lm_head.weight":
+            continue
+        if not key.startswith("transformer."):
+            raise ValueError(f"unexpected tensor {key!r}: not a parameter of our GPT")
+        out[key] = (tensor.t() if key.endswith(_CONV1D_SUFFIXES) and tensor.ndim == 2 else tensor).contiguous()
     return out
 
 

@@ -181,3 +181,61 @@ def latest_run(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> RunPaths:
     if not candidates:
         raise FileNotFoundError(f"no finished run under {runs_dir}/; create one with: python finetune.py")
     return RunPaths(max(candidates, key=lambda p: (p / "final" / "config.json").stat().st_mtime))
+
+
+# --------------------------------------------------------------------------- finding the run to show
+
+# A Hugging Face Hub model repo holding run.json, final/ and eval/ (set on a Space).
+HUB_REPO_ENV = "GPT2_SCRATCH_HUB_REPO"
+# Files of a run the app needs when it comes from the Hub (not train_state/, not best/).
+HUB_RUN_FILES = ["run.json", "final/*", "eval/*", "loss.png", "metrics.jsonl"]
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it (for commands shown to users)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def download_run(repo_id: str) -> RunPaths:
+    """Download a run (run.json, final/, eval/, loss curve) from a Hugging Face Hub model repo."""
+    from huggingface_hub import snapshot_download
+
+    return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES)))
+
+
+def resolve_run(
+    run: str | os.PathLike | None, *, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, hub_repo: str | None = None
+) -> tuple[RunPaths | None, str | None]:
+    """The run the app shows: ``run`` if given, else the Hub repo if given, else the newest under ``runs_dir``.
+
+    Returns (run or None, why there is none). A local run must be a run folder,
+    as evaluate.py requires: a missing folder or ``run.json`` raises
+    FileNotFoundError, a malformed ``run.json`` ValueError (one-line messages).
+    """
+    if run is not None:
+        path = Path(run).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"--run {run}: no such folder")
+        found = RunPaths(path)
+        found.read_info()
+        return found, None
+    if hub_repo:
+        try:
+            return download_run(hub_repo), None
+        except Exception as e:  # offline, unknown or private repo, ...
+            return None, (
+                f"Could not download the run from the Hub repo `{hub_repo}` ({type(e).__name__}). "
+                f"Check `{HUB_REPO_ENV}`, or run locally with `python app.py --run runs/<name>`."
+            )
+    try:
+        found = latest_run(runs_dir)
+    except FileNotFoundError:
+        return None, (
+            f"No finished run under `{display_path(Path(runs_dir))}/`. "
+            "Create one with `python finetune.py`, or pick one with `python app.py --run runs/<name>`."
+        )
+    found.read_info()
+    return found, None

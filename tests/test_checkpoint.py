@@ -29,10 +29,19 @@ def test_round_trip_keeps_weights_config_style_and_metadata(tmp_path, model):
 
 
 def test_no_pickle_in_the_folder(tmp_path, model):
+    # The weights file is safetensors, byte for byte: an 8-byte little-endian header length, a JSON header
+    # naming every tensor with its dtype, shape and byte range, then the raw data and nothing else.
     save_checkpoint(tmp_path / "ck", model)
     data = (tmp_path / "ck" / "model.safetensors").read_bytes()
-    assert not data.startswith(b"\x80")  # pickle protocol marker
-    json.loads((tmp_path / "ck" / "config.json").read_text())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header.pop("__metadata__")
+    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert sorted(header) == sorted(expected)
+    for name, entry in header.items():
+        assert entry["dtype"] == "F32" and entry["shape"] == list(expected[name].shape), name
+    assert max(e["data_offsets"][1] for e in header.values()) == len(data) - 8 - n
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_overwrite_replaces_atomically_and_leaves_no_temp(tmp_path, model):
@@ -109,3 +118,30 @@ def test_load_model_dispatches_on_the_source(tmp_path, hf_tiny, model):
     assert hf_model.config.n_head == 4
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         load_model("random:huge")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.pop("model"), '"model" must be an object of GPTConfig fields, got missing or null'),
+        (lambda m: m.pop("weights"), '"weights" must be an object with "bytes" and "sha256", got missing or null'),
+        (lambda m: m.update(model=[1, 2]), '"model" must be an object of GPTConfig fields, got an array'),
+        (lambda m: m["weights"].pop("sha256"), '"weights.sha256" must be a 64-character hex string'),
+        (lambda m: m["weights"].update(bytes="12"), '"weights.bytes" must be a non-negative integer, got a string'),
+        (lambda m: m.update(metadata=[]), '"metadata" must be an object, got an array'),
+        (lambda m: m["model"].update(n_head=3), "n_embd \\(64\\) must be divisible by n_head \\(3\\)"),
+        (lambda m: m["model"].update(depth=3), "unknown GPTConfig field\\(s\\): depth"),
+        (lambda m: m.update(prompt_style="vicuna"), "unknown prompt style 'vicuna'"),
+        (lambda m: m.update(prompt_style=["alpaca"]), "config.json: "),
+    ],
+)
+def test_config_with_the_wrong_structure_is_one_line_error(tmp_path, model, change, message):
+    save_checkpoint(tmp_path / "ck", model, prompt_style="alpaca")
+    cfg = tmp_path / "ck" / "config.json"
+    meta = json.loads(cfg.read_text())
+    change(meta)
+    cfg.write_text(json.dumps(meta))
+    for load in (read_checkpoint_info, load_checkpoint, lambda f: load_model(str(f))):
+        with pytest.raises(ValueError, match=message) as e:
+            load(tmp_path / "ck")
+        assert str(cfg) in str(e.value) and "\n" not in str(e.value)

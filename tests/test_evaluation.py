@@ -12,15 +12,14 @@ import evaluate as evaluate_cli
 from gpt2_scratch import evaluation
 from gpt2_scratch.checkpoint import load_checkpoint, load_model, save_checkpoint
 from gpt2_scratch.data import Record, encode_record, write_records
-from gpt2_scratch.evaluation import EvalSettings, SettingsMismatch, evaluate_run, plan_batches
+from gpt2_scratch.evaluation import EvalSettings, evaluate_run, plan_batches
+from gpt2_scratch.progress import SettingsMismatch
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeConfig
 from gpt2_scratch.scoring import reference_loss
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.tokenizer import decode, encode
-
-from test_judge import FakeChatServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = [
@@ -158,8 +157,24 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
     assert resumed == [] and run.predictions.read_bytes() == reference.predictions.read_bytes()
 
 
-def test_changed_settings_do_not_mix(run):
-    evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
+def interrupt_after_first_batch(run, settings, monkeypatch):
+    """Start an evaluation and stop it (like a Ctrl-C) after its first generated batch."""
+    calls = []
+
+    def crash(model, prompts, sampling):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return generate(model, prompts, sampling)
+
+    with monkeypatch.context() as m:
+        m.setattr(evaluation, "generate", crash)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_run(run, settings)
+
+
+def test_changed_settings_do_not_mix(run, monkeypatch):
+    interrupt_after_first_batch(run, EvalSettings(**{**FAST, "models": ("finetuned",)}), monkeypatch)
     with pytest.raises(SettingsMismatch, match=r"max_new_tokens=6 \(now 5\)"):
         evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=5)}))
     # Other weights under the same run: the checkpoint's sha256 differs.
@@ -175,15 +190,12 @@ def test_changed_settings_do_not_mix(run):
     assert "finetuned" in row and "base" not in row
 
 
-def test_judge_scores_are_recorded(run):
-    server = FakeChatServer()
-    try:
-        server.queue += [(200, "80", 0.0), (200, "no idea", 0.0), (500, "boom", 0.0), (200, "40", 0.0),
-                         (200, "60", 0.0), (200, "100", 0.0)]
-        judge = JudgeConfig(url=server.url, model="judge-model", retries=0, backoff=0.0)
-        summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "judge": judge}))
-    finally:
-        server.close()
+def test_judge_scores_are_recorded(run, judge_server):
+    server = judge_server
+    server.queue += [(200, "80", 0.0), (200, "no idea", 0.0), (500, "boom", 0.0), (200, "40", 0.0),
+                     (200, "60", 0.0), (200, "100", 0.0)]
+    judge = JudgeConfig(url=server.url, model="judge-model", retries=0, backoff=0.0)
+    summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "judge": judge}))
     rows = [json.loads(line)["finetuned"] for line in run.predictions.read_text().splitlines()]
     assert [r["judge_score"] for r in rows] == [80, None, None, 40, 60, 100]
     assert rows[1]["judge_raw"] == "no idea" and not rows[1]["judge_error"]
@@ -211,7 +223,6 @@ def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
         (["--run", str(run.root), "--limit", "0"], "limit"),
         (["--run", str(run.root), "--temperature", "-1"], "temperature"),
         (["--run", str(run.root), "--judge-url", "http://localhost:1/v1"], "--judge-model"),
-        (["--run", str(run.root), "--max-new-tokens", "256"], "context length"),
     ]:
         assert evaluate_cli.main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -232,3 +243,43 @@ def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"
+
+
+def test_a_finished_evaluation_does_not_block_new_settings(run, capsys):
+    evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
+    assert json.loads(run.predictions.read_text().splitlines()[0])["finetuned"]["length_tokens"] == 6
+    summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",),
+                                                "sampling": SamplingSettings(max_new_tokens=3)}))
+    err = capsys.readouterr().err
+    assert "max_new_tokens=6 (now 3)" in err and "that evaluation was finished, so it is replaced" in err
+    assert summary["generation"]["max_new_tokens"] == 3
+    assert [json.loads(line)["finetuned"]["length_tokens"] for line in run.predictions.read_text().splitlines()] == [3] * 6
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"batch": 0}', '"indices" must be a list of integers'),
+    ('[1, 2]', "expected an object, got list"),
+    ('{"batch": 0, "indices": [0, 5], "outputs": [[1]], "seconds": 1}', '"outputs" must be one list of token ids per index'),
+    ('{"batch": "0", "indices": [], "outputs": [], "seconds": 1}', '"batch" must be an integer'),
+])
+def test_a_progress_line_of_the_wrong_shape_is_one_line_error(run, monkeypatch, capsys, line, problem):
+    interrupt_after_first_batch(run, EvalSettings(**FAST), monkeypatch)
+    partial = run.eval_dir / "partial_base.jsonl"
+    with open(partial, "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(ValueError, match=f"{partial}: line 3 is not a progress entry \\({problem}\\)"):
+        evaluate_run(run, EvalSettings(**FAST))
+    assert evaluate_cli.main(["--run", str(run.root), "--max-new-tokens", "6", "--batch-size", "2",
+                              "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {partial}: line 3 is not a progress entry") and err.count("\n") == 1
+
+
+def test_max_new_tokens_are_capped_to_the_context_with_a_note(run, capsys):
+    # random:tiny has a 256-token context; the longest test prompt leaves less than that for the response.
+    longest = len(encode(get_prompt_style("alpaca").format(RECORDS[0].instruction, RECORDS[0].input)))  # --limit 1
+    assert evaluate_cli.main(["--run", str(run.root), "--models", "finetuned", "--max-new-tokens", "256", "--limit", "1",
+                              "--no-progress", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: max new tokens 256 capped at {256 - longest}" in err
+    assert json.loads(run.summary.read_text())["generation"]["max_new_tokens"] == 256 - longest

@@ -92,3 +92,22 @@ def test_no_network_says_to_pass_a_local_path(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(RuntimeError, match="cannot download 'openai-community/gpt2'.*pass a local path"):
         load_pretrained("gpt2")
+
+
+def test_unreachable_hub_fails_fast_in_one_line(monkeypatch, tmp_path):
+    # Not "offline" by the env var: the endpoint just does not answer (a closed local port), and the cache is empty.
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        load_pretrained("gpt2")
+    assert time.monotonic() - start < 5
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("cannot download 'openai-community/gpt2' from the Hugging Face Hub (cannot reach 127.0.0.1)")
+    assert "pass a local path" in message and "random:tiny" in message

@@ -1,62 +1,15 @@
 """The judge client against a local chat-completions server (http.server in a thread)."""
 
-import json
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from gpt2_scratch.judge import JudgeClient, JudgeConfig, JudgeUnreachable, judge_prompt, parse_score
 
 
-class FakeChatServer:
-    """Answers POST /v1/chat/completions with queued (status, reply) pairs; records every request."""
-
-    def __init__(self):
-        self.queue: list[tuple[int, str, float]] = []
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
-                status, reply, delay = server.queue.pop(0) if server.queue else (200, "0", 0.0)
-                time.sleep(delay)
-                if status == 200:
-                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
-                else:
-                    payload = {"error": {"message": reply}}
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server():
-    s = FakeChatServer()
-    yield s
-    s.close()
+def server(judge_server):
+    return judge_server
 
 
 def client(server, **kw):

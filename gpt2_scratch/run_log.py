@@ -1,0 +1,74 @@
+"""A run's log: ``metrics.jsonl`` (one JSON object per event) and its loss figure ``loss.png``.
+
+Each line has ``event``, ``step``, ``tokens_seen`` and ``time``, plus the event's
+own fields:
+
+    baseline   the base model's answer to a test instruction, before training
+    train      loss, lr, tokens_per_second of one optimizer step
+    eval       train_loss and val_loss on the fixed evaluation batches; best: a new best val_loss
+    sample     the model's answer to the first validation instruction, after each epoch
+    resume     a resume from the state saved at ``step``
+    done       the end of the run: val_loss, best_val_loss
+
+Written by training (rank 0), read by the app for the loss curve.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from gpt2_scratch.files import append_jsonl, atomic_write, atomic_write_jsonl, read_jsonl
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl.
+
+    Each line goes out in a single ``write`` on an ``O_APPEND`` descriptor, so a
+    killed process leaves whole lines behind (at worst a torn last line after a
+    power cut, which ``read_metrics`` skips and a resume removes).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def log(self, event: str, step: int, tokens_seen: int, **fields: Any) -> None:
+        row = {"event": event, "step": step, "tokens_seen": tokens_seen, **fields, "time": round(time.time(), 3)}
+        append_jsonl(self.path, row)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the lines logged after ``step`` (they are about to be replayed by a resume)."""
+        if self.path.exists():
+            atomic_write_jsonl(self.path, [r for r in read_metrics(self.path) if r.get("step", 0) <= step])
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn (unparsable) line is skipped."""
+    return [row for row in read_jsonl(path, skip_bad=True) if isinstance(row, dict)]
+
+
+def loss_figure(metrics: Sequence[dict[str, Any]]):
+    """A matplotlib Figure of train and validation loss of the eval events against tokens seen."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    evals = [r for r in metrics if r.get("event") == "eval"]
+    tokens = [r["tokens_seen"] for r in evals]
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(tokens, [r["train_loss"] for r in evals], marker=".", label="training loss")
+    ax.plot(tokens, [r["val_loss"] for r in evals], marker=".", linestyle="-.", label="validation loss")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_losses(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
+    """Plot the losses logged in ``metrics_path`` to a PNG (atomically)."""
+    fig = loss_figure(read_metrics(metrics_path))
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
