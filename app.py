@@ -2,19 +2,23 @@
 
 Which run it shows: ``--run`` if given; else, when ``GPT2_SCRATCH_HUB_REPO`` names
 a Hugging Face Hub model repo (as on a Space), the run downloaded from it; else
-the newest run under ``runs/``. The UI and its handlers live in
-``gpt2_scratch/demo.py``.
+the newest run under ``runs/``. The UI and its handlers live in the package
+``gpt2_scratch/demo/``.
 
 It binds 127.0.0.1 (0.0.0.0 on a Hugging Face Space, where ``SPACE_ID`` is set);
-``GRADIO_SERVER_PORT`` / ``--port`` pick the port. It never creates a share link.
+``GRADIO_SERVER_PORT`` / ``--port`` pick the port. It never creates a share link
+and takes no uploads; at most ``--queue-size`` requests wait, more are told the
+app is busy.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -34,23 +38,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
     p.add_argument("--concurrency", type=int, default=2, help="generations running at once (default: 2)")
+    # The default lives in gpt2_scratch.demo.QUEUE_SIZE (not imported here: --help stays fast, without gradio).
+    p.add_argument("--queue-size", type=int,
+                   help="requests that may wait for a generation; more are told the app is busy (default: 16)")
     return p.parse_args(argv)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """A one-line error on stderr and exit status 2, as for a bad argument."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def port_problem(error: OSError, host: str, port: int | None) -> str | None:
+    """The one-line message for Gradio's "no free port" error (None for any other OSError)."""
+    found = re.search(r"Cannot find empty port in range: (\d+)-(\d+)", str(error))
+    if not found:
+        return None
+    first, last = found.groups()
+    if port is not None or first == last:
+        return (f"--port {port if port is not None else first}: cannot listen on {host}:{first} "
+                "(the port is in use or not allowed); pick another with --port N")
+    return f"no free port from {first} to {last} on {host}; pick one with --port N"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.concurrency < 1:
         fail(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.queue_size is not None and args.queue_size < 1:
+        fail(f"--queue-size must be at least 1, got {args.queue_size}")
     if args.port is not None and not 1 <= args.port <= 65535:
         fail(f"--port must be from 1 to 65535, got {args.port}")
 
-    from gpt2_scratch.demo import HUB_REPO_ENV, DemoApp, build_demo, load_examples, resolve_run
+    from gpt2_scratch.demo import QUEUE_SIZE, DemoApp, build_demo, load_examples, start
+    from gpt2_scratch.runs import HUB_REPO_ENV, resolve_run
 
     try:
         run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=os.environ.get(HUB_REPO_ENV))
@@ -58,13 +80,22 @@ def main(argv: list[str] | None = None) -> None:
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    if problem:
-        print(f"warning: {problem}", file=sys.stderr)
+    for warning in (problem, app.checkpoint_note):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
 
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
     demo = build_demo(app, examples)
-    demo.queue(default_concurrency_limit=args.concurrency)
-    demo.launch(server_name=host, server_port=args.port, share=False)
+    try:
+        url = start(demo, host=host, port=args.port, concurrency=args.concurrency, queue_size=args.queue_size or QUEUE_SIZE)
+    except OSError as e:
+        message = port_problem(e, host, args.port)
+        if message is None:
+            raise
+        fail(message)
+    # Gradio's own lines (with its hint about share=True, an option this app does not have) are silenced.
+    print(f"Serving run `{app.run_name or 'none'}` at {url} (Ctrl-C to stop)", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

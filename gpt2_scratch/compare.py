@@ -3,15 +3,15 @@
 The app loads each chosen run (run.json, metrics.jsonl, eval/summary.json,
 eval/predictions.jsonl) into a ``RunResults``, calls ``compare`` once per
 selection, and feeds the frames below to ``gr.Dataframe``, ``gr.LinePlot``,
-``gr.BarPlot`` and ``gr.ScatterPlot``:
+``gr.BarPlot`` and ``gr.ScatterPlot`` (the records table and the one-record
+view, built on the same ``Comparison``, are in browse.py):
 
     cmp = compare([RunResults("a", info_a, summary_a, predictions_a, metrics_a), ...])
     summary_frame(cmp)                 # one row per run and model
     loss_frame(cmp)                    # LinePlot(x="tokens_seen", y="loss", color="series")
     option_differences(cmp)            # the training options that differ
+    histogram_frame(cmp, "rouge_l")    # BarPlot(x="bin", y="count", color="series")
     scatter_frame(cmp, "rouge_l")      # ScatterPlot(x="base", y="finetuned", color="run")
-    filter_records(cmp, "color", ...)  # the records table, < 200 ms for 1,100 records x 5 runs
-    record_view(cmp, record_id)        # every response against the reference, word diffs
 
 Records are matched across runs by their ``id`` (the record's position in the
 source dataset, see data.Record). Two runs trained on different datasets can
@@ -25,18 +25,12 @@ run.json and loss curve are still used when present.
 
 from __future__ import annotations
 
-import difflib
-import html
-import io
-import re
-import string
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from gpt2_scratch.files import atomic_write_bytes
 from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunInfo, format_metric
 
 
@@ -56,10 +50,9 @@ RECORD_METRICS = (
     RecordMetric("exact_match", "Exact match", (0.0, 1.0)),
 )
 _METRICS = {m.key: m for m in RECORD_METRICS}
-ORDERS = ("test-set order", "score: high to low", "score: low to high")
 # run.json keys left out of the options comparison: bookkeeping, or repeated at the top level of run.json.
 _NOT_OPTIONS = {"name", "out_dir", "resume", "base", "prompt_style", "dataset"}
-_SHORT = 90  # characters of the instruction the records table shows
+_SHORT = 90  # characters of the instruction that tables and tooltips show
 
 
 @dataclass
@@ -82,11 +75,13 @@ class Comparison:
     records: pd.DataFrame  # one row per shared record, test-set order: id, instruction, input, reference, ...
     pairs: list[tuple[str, str]]  # (run, model) evaluated, in run then MODEL_NAMES order
     scores: dict[tuple[str, str, str], np.ndarray]  # (run, model, metric) -> float per record, NaN if none
-    responses: dict[tuple[str, str], list[dict]]  # (run, model) -> predictions.jsonl's model entry per record
+    # (run, model) -> per record {"response": str, "judge_raw": str | None, "judge_error": bool}
+    responses: dict[tuple[str, str], list[dict]]
     message: str  # how many records are compared, and the runs that could not be used
+    short_instructions: np.ndarray = field(repr=False)  # each instruction on one line, cut to _SHORT characters
     search_text: np.ndarray = field(repr=False)  # casefolded instruction, input, reference and responses per record
     row_of: dict[int, int] = field(repr=False)  # record id -> row of ``records``
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # tables built on first use
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # tables browse.py builds on first use
 
 
 # --------------------------------------------------------------------------- building the index
@@ -104,6 +99,18 @@ def _optional(value: Any) -> float | None:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _short(text: str, n: int = _SHORT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _answer(entry: Any) -> dict:
+    entry = entry if isinstance(entry, dict) else {}
+    raw = entry.get("judge_raw")
+    return {"response": _text(entry.get("response")), "judge_raw": None if raw is None else _text(raw),
+            "judge_error": bool(entry.get("judge_error"))}
 
 
 def _rows_by_id(rows: Sequence[Any]) -> tuple[dict[int, dict], int]:
@@ -148,15 +155,14 @@ def compare(runs: Sequence[RunResults]) -> Comparison:
             if not any(entries):
                 continue  # this run did not evaluate that model
             pairs.append((run.label, model))
-            responses[run.label, model] = entries
+            responses[run.label, model] = [_answer(e) for e in entries]
             for m in RECORD_METRICS:
                 scores[run.label, model, m.key] = np.array([_number(e.get(m.key)) for e in entries], dtype=float)
-    texts = [
-        "\n".join([*_record_key(r), *(_text(responses[p][n].get("response")) for p in pairs)]).casefold()
-        for n, r in enumerate(rows0)
-    ]
+    texts = ["\n".join([*_record_key(r), *(responses[p][n]["response"] for p in pairs)]).casefold()
+             for n, r in enumerate(rows0)]
     message = _message(runs, usable, indexed, len(shared), len(common) - len(shared))
-    return Comparison(list(runs), records, pairs, scores, responses, message, np.array(texts, dtype=object),
+    short = np.array([_short(t) for t in records["instruction"]], dtype=object)
+    return Comparison(list(runs), records, pairs, scores, responses, message, short, np.array(texts, dtype=object),
                       {i: n for n, i in enumerate(shared)})
 
 
@@ -300,9 +306,8 @@ def _metric(key: str) -> RecordMetric:
 
 
 def score_frame(cmp: Comparison, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every per-record score, long format: ``run``, ``model``, ``series`` ("run · model"), ``metric``, ``value``, ``id``.
-
-    Records without that score (no judge, a judge reply that was not a score) are left out.
+    """Every per-record score, long format: ``run``, ``model``, ``series`` ("run · model"), ``metric``,
+    ``value``, ``id``. Records without that score (no judge, a judge reply that was not a score) are left out.
     """
     keys = [_metric(k).key for k in (metrics or [m.key for m in RECORD_METRICS])]
     ids = cmp.records["id"].to_numpy()
@@ -323,7 +328,7 @@ def histogram_frame(cmp: Comparison, metric: str, bins: int = 10) -> pd.DataFram
 
     Every series has every bin (zeros included), bins in ascending order, so
     ``gr.BarPlot(x="bin", y="count", color="series", sort=<frame["bin"].unique()>)`` lines them up.
-    The last bin includes its upper edge.
+    The last bin includes its upper edge; values outside a metric's fixed range count in the edge bins.
     """
     m = _metric(metric)
     values = {p: cmp.scores[(*p, m.key)] for p in cmp.pairs}
@@ -334,10 +339,11 @@ def histogram_frame(cmp: Comparison, metric: str, bins: int = 10) -> pd.DataFram
     labels = [f"{a:.3g}–{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
     data = []
     for (run, model), v in values.items():
-        v = v[~np.isnan(v)]
+        v = np.clip(v[~np.isnan(v)], lo, hi)  # a value outside a fixed range counts in the edge bin
         counts, _ = np.histogram(v, bins=edges)
-        for label, start, count in zip(labels, edges[:-1], counts):
-            data.append((label, float(start), int(count), count / v.size if v.size else 0.0, f"{run} · {model}", run, model))
+        shares = counts / v.size if v.size else np.zeros(bins)
+        for label, start, count, share in zip(labels, edges[:-1], counts, shares):
+            data.append((label, float(start), int(count), float(share), f"{run} · {model}", run, model))
     return pd.DataFrame(data, columns=["bin", "bin_start", "count", "share", "series", "run", "model"])
 
 
@@ -368,7 +374,7 @@ def scatter_frame(cmp: Comparison, metric: str) -> pd.DataFrame:
         base, tuned = cmp.scores[run, "base", key], cmp.scores[run, "finetuned", key]
         ok = ~(np.isnan(base) | np.isnan(tuned))
         parts.append(pd.DataFrame({"id": cmp.records["id"].to_numpy()[ok], "run": run, "base": base[ok],
-                                   "finetuned": tuned[ok], "instruction": _short_column(cmp)[ok]}))
+                                   "finetuned": tuned[ok], "instruction": cmp.short_instructions[ok]}))
     columns = ["id", "run", "base", "finetuned", "instruction"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
@@ -403,224 +409,3 @@ def points_in_range(frame: pd.DataFrame, x: str, lo: float, hi: float) -> pd.Dat
     inside = frame[(values >= lo) & (values <= hi)]
     distance = (pd.to_numeric(inside[x]) - (lo + hi) / 2).abs()
     return inside.iloc[np.argsort(distance.to_numpy(), kind="stable")]
-
-
-# --------------------------------------------------------------------------- the records table
-
-
-def _short(text: str, n: int = _SHORT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _short_column(cmp: Comparison) -> np.ndarray:
-    if "_short" not in cmp._cache:
-        cmp._cache["_short"] = np.array([_short(t) for t in cmp.records["instruction"]], dtype=object)
-    return cmp._cache["_short"]
-
-
-def score_choices(cmp: Comparison) -> list[tuple[str, str]]:
-    """(label, value) of every score present, for a dropdown; values are what ``filter_records`` takes."""
-    return [(f"{run} · {model} · {m.label}", f"{run} · {model} · {m.key}")
-            for run, model in cmp.pairs for m in RECORD_METRICS if not np.isnan(cmp.scores[run, model, m.key]).all()]
-
-
-def _score_key(cmp: Comparison, score: str) -> tuple[str, str, str]:
-    keys = {f"{run} · {model} · {metric}": (run, model, metric) for run, model, metric in cmp.scores}
-    if score not in keys:
-        raise ValueError(f"unknown score {score!r}; choose one of: {', '.join(keys) or 'none (no records)'}")
-    return keys[score]
-
-
-def _table(cmp: Comparison, metric: str) -> pd.DataFrame:
-    """The table of one metric, built once: ``id``, ``instruction`` (shortened), one column per "run · model"."""
-    if metric not in cmp._cache:
-        data = {"id": cmp.records["id"].to_numpy(), "instruction": _short_column(cmp)}
-        data.update({f"{run} · {model}": np.round(cmp.scores[run, model, metric], 3) for run, model in cmp.pairs})
-        cmp._cache[metric] = pd.DataFrame(data)
-    return cmp._cache[metric]
-
-
-def _bound(name: str, value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        bound = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(bound):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return bound
-
-
-def select_rows(cmp: Comparison, query: str = "", score: str | None = None, lo: Any = None, hi: Any = None,
-                order: str = ORDERS[0]) -> np.ndarray:
-    """Row numbers of ``cmp.records`` that match, in order (see ``filter_records``)."""
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose one of: {', '.join(ORDERS)}")
-    lo, hi = _bound("min score", lo), _bound("max score", hi)
-    if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"min score ({lo:g}) is above max score ({hi:g})")
-    if score is None and (lo is not None or hi is not None or order != ORDERS[0]):
-        raise ValueError("choose a score to filter or sort by")
-    keep = np.ones(len(cmp.records), dtype=bool)
-    needle = _text(query).strip().casefold()
-    if needle:
-        keep &= np.fromiter((needle in t for t in cmp.search_text), dtype=bool, count=len(cmp.search_text))
-    values = cmp.scores[_score_key(cmp, score)] if score is not None else None
-    if lo is not None:
-        keep &= values >= lo  # NaN compares False: a record without the score is filtered out
-    if hi is not None:
-        keep &= values <= hi
-    rows = np.flatnonzero(keep)
-    if order != ORDERS[0]:
-        v = values[rows]
-        key = np.where(np.isnan(v), np.inf, -v if order == ORDERS[1] else v)
-        rows = rows[np.argsort(key, kind="stable")]  # no score last; ties keep test-set order
-    return rows
-
-
-def filter_records(cmp: Comparison, query: str = "", score: str | None = None, lo: Any = None, hi: Any = None,
-                   order: str = ORDERS[0], *, full: bool = False) -> pd.DataFrame:
-    """The records table: records whose text contains ``query`` (case-insensitive; instruction, input,
-    reference and every response) and whose ``score`` (a ``score_choices`` value) is within [lo, hi], in ``order``.
-
-    The table shows ``id``, the shortened instruction and the chosen score's metric for every run and model
-    (ROUGE-L when no score is chosen). ``full`` (for the CSV download) gives the full texts and, for every
-    run and model, the response and every score. A bad argument is a one-line ``ValueError``.
-    """
-    rows = select_rows(cmp, query, score, lo, hi, order)
-    if full:
-        return _full_table(cmp).iloc[rows].reset_index(drop=True)
-    metric = _score_key(cmp, score)[2] if score is not None else "rouge_l"
-    return _table(cmp, metric).iloc[rows].reset_index(drop=True)
-
-
-def _full_table(cmp: Comparison) -> pd.DataFrame:
-    if "_full" not in cmp._cache:
-        data = {c: cmp.records[c].to_numpy() for c in ("id", "instruction", "input", "reference")}
-        for run, model in cmp.pairs:
-            data[f"{run} · {model} · response"] = [_text(e.get("response")) for e in cmp.responses[run, model]]
-            data.update({f"{run} · {model} · {m.key}": cmp.scores[run, model, m.key] for m in RECORD_METRICS})
-        cmp._cache["_full"] = pd.DataFrame(data)
-    return cmp._cache["_full"]
-
-
-def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """``frame`` as UTF-8 CSV (no index column)."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    return buffer.getvalue().encode("utf-8")
-
-
-def csv_filename(cmp: Comparison) -> str:
-    """A download name naming the runs, e.g. ``predictions_run-a_vs_run-b.csv`` (safe characters only)."""
-    names = "_vs_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", r.label).strip("-.") or "run" for r in cmp.runs)
-    return f"predictions_{names[:120] or 'none'}.csv"
-
-
-def write_csv(path, frame: pd.DataFrame) -> None:
-    """Write ``frame`` as CSV to ``path``, atomically."""
-    atomic_write_bytes(path, csv_bytes(frame))
-
-
-# --------------------------------------------------------------------------- one record
-
-
-def _diff_key(word: str) -> str:
-    # "Red." in the answer matches "red" in the reference: compare words, not their case or punctuation.
-    return word.casefold().strip(string.punctuation) or word
-
-
-def word_diff(reference: str, response: str) -> list[tuple[str, str | None]]:
-    """``response`` against ``reference`` word by word, as (text, label) spans for ``gr.HighlightedText``.
-
-    Labels: None for words in both, "+" for response words not in the reference, "-" for reference
-    words the response lacks (shown before the "+" words that replace them). Words match when equal
-    ignoring case and surrounding punctuation; the response's spelling is shown. Spans are separated
-    by (" ", None), so the texts concatenate to readable text.
-    """
-    ref, out = reference.split(), response.split()
-    matcher = difflib.SequenceMatcher(None, [_diff_key(w) for w in ref], [_diff_key(w) for w in out], autojunk=False)
-    spans: list[tuple[str, str | None]] = []
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "equal":
-            spans.append((" ".join(out[j1:j2]), None))
-            continue
-        if i2 > i1:
-            spans.append((" ".join(ref[i1:i2]), "-"))
-        if j2 > j1:
-            spans.append((" ".join(out[j1:j2]), "+"))
-    joined: list[tuple[str, str | None]] = []
-    for span in spans:
-        joined += [(" ", None), span] if joined else [span]
-    return joined
-
-
-@dataclass
-class ResponseView:
-    """One run's and model's answer to a record."""
-
-    run: str
-    model: str
-    response: str
-    tokens: int  # GPT-2 tokens of the response text (tokenizer.encode)
-    scores: dict[str, float | None]  # RECORD_METRICS label -> value
-    diff: list[tuple[str, str | None]]
-    judge_raw: str | None
-    judge_error: bool
-
-
-@dataclass
-class RecordView:
-    """A record and every chosen run's and model's response to it."""
-
-    id: int
-    instruction: str
-    input: str
-    reference: str
-    reference_tokens: int
-    responses: list[ResponseView]
-
-
-def record_view(cmp: Comparison, record_id: Any, pairs: Sequence[tuple[str, str]] | None = None) -> RecordView:
-    """The shared record ``record_id`` with the responses of ``pairs`` ((run, model); default: all)."""
-    from gpt2_scratch.tokenizer import encode
-
-    try:
-        row = cmp.row_of[int(record_id)]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"no shared test record with id {record_id!r}") from None
-    rec = cmp.records.iloc[row]
-    responses = []
-    for run, model in pairs if pairs is not None else cmp.pairs:
-        if (run, model) not in cmp.responses:
-            raise ValueError(f"{run} has no {model} model results")
-        entry = cmp.responses[run, model][row]
-        text = _text(entry.get("response"))
-        scores = {m.label: _optional(cmp.scores[run, model, m.key][row]) for m in RECORD_METRICS}
-        raw = entry.get("judge_raw")
-        responses.append(ResponseView(run, model, text, len(encode(text, special=False)), scores,
-                                      word_diff(rec["reference"], text), None if raw is None else _text(raw),
-                                      bool(entry.get("judge_error"))))
-    return RecordView(int(rec["id"]), rec["instruction"], rec["input"], rec["reference"],
-                      len(encode(rec["reference"], special=False)), responses)
-
-
-_DIFF_TAGS = {None: "{}", "+": "<ins>{}</ins>", "-": "<del>{}</del>"}
-
-
-def record_html(view: RecordView) -> str:
-    """``view`` as HTML; every text from the data or a model is escaped (``html.escape``), so markup shows as text."""
-    e = html.escape
-    parts = [f"<h4>Test record {view.id}</h4>", f"<p><b>Instruction</b><br>{e(view.instruction)}</p>"]
-    if view.input:
-        parts.append(f"<p><b>Input</b><br>{e(view.input)}</p>")
-    parts.append(f"<p><b>Reference</b> ({view.reference_tokens} tokens)<br>{e(view.reference)}</p>")
-    for r in view.responses:
-        scores = " · ".join(f"{e(k)} {'—' if v is None else f'{v:g}'}" for k, v in r.scores.items())
-        diff = "".join(_DIFF_TAGS[label].format(e(text)) for text, label in r.diff)
-        parts.append(f"<div><b>{e(r.run)} · {e(r.model)}</b> ({r.tokens} tokens) — {scores}<br>{diff}</div>")
-        if r.judge_raw:
-            parts.append(f"<pre>judge{' (error)' if r.judge_error else ''}: {e(r.judge_raw)}</pre>")
-    return "\n".join(parts)

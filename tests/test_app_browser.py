@@ -3,7 +3,8 @@
 Uses Debian's Chromium (``apt-get install -y chromium``) through the playwright
 package; no ``playwright install``. Without Chromium the test fails, it does not
 skip: CI installs it. Every tab is used, and a screenshot of the side-by-side tab
-is saved to ``assets/screenshot.png`` for the README.
+is saved in the test's temporary folder (copy it to ``assets/screenshot.png`` by
+hand to update the README's).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pytest
 
 from gpt2_scratch.files import atomic_write_bytes
 from gpt2_scratch.prompts import get_prompt_style
-from test_demo import greedy, make_run
 
 # The base model is GPT-2 124M's shape (random weights): slow enough on CPU that
 # the Stop button reliably lands mid-generation (the tiny model finishes 200
@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = ROOT / "assets" / "screenshot.png"
 TIMEOUT_MS = 20_000
 
 
@@ -42,7 +41,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, make_run):
     """URL of ``python app.py --run <tiny run>`` started in a subprocess (stopped afterwards)."""
     folder = tmp_path_factory.mktemp("browser")
     run = make_run(folder / "run1")
@@ -118,8 +117,24 @@ def wait_for_text(page, elem_id: str, fragment: str) -> None:
     )
 
 
+# (right end of a dropdown's text, left end of its arrow), in pixels: the text is measured with the input's font.
+TEXT_END_AND_ARROW = """e => {
+    const input = e.querySelector('input'), arrow = e.querySelector('.icon-wrap'), style = getComputedStyle(input);
+    const ctx = document.createElement('canvas').getContext('2d');
+    ctx.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const left = input.getBoundingClientRect().left + parseFloat(style.paddingLeft);
+    return [left + ctx.measureText(input.value).width, arrow.getBoundingClientRect().left];
+}"""
+
+
+def toasts(page) -> list[str]:
+    """The texts of the toasts (gr.Warning / gr.Info) on screen."""
+    return page.locator("[data-testid='toast-text']").all_inner_texts()
+
+
 @pytest.mark.browser
-def test_every_tab_in_chromium(server):
+@pytest.mark.slow
+def test_every_tab_in_chromium(server, greedy, tmp_path):
     if not CHROMIUM.is_file():
         pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
                     "(the browser test needs it; CI installs it)")
@@ -169,7 +184,7 @@ def test_every_tab_in_chromium(server):
             assert output(page, "sbs-base-output") == greedy(BASE, prompt, 24)
             assert output(page, "sbs-ft-output") == greedy(run.final, prompt, 24)
             page.evaluate("window.scrollTo(0, 0)")
-            atomic_write_bytes(SCREENSHOT, page.screenshot())  # for the README
+            atomic_write_bytes(tmp_path / "screenshot.png", page.screenshot())  # for the README, by hand
 
             # Finetuned: an empty instruction gets the message, then a real answer streams in.
             page.get_by_role("tab", name="Finetuned").click()
@@ -189,8 +204,15 @@ def test_every_tab_in_chromium(server):
             wait_for_text(page, "eval-count", "4 of 4 test records")
             page.fill("#eval-search textarea", "quiet")
             wait_for_text(page, "eval-count", "2 of 4 test records")
-            page.fill("#eval-min textarea", "0.9")
+            # Typing ".9" goes through ".", which is no number: nothing is checked until Enter (issue 9.16).
+            page.locator("#eval-min textarea").press_sequentially(".9", delay=150)
+            page.wait_for_timeout(1000)
+            assert not [t for t in toasts(page) if "score" in t] and "2 of 4" in page.inner_text("#eval-count")
+            page.press("#eval-min textarea", "Enter")
             wait_for_text(page, "eval-count", "1 of 4 test records")
+            # The Score dropdown shows its whole choice, not clipped under its arrow (issue 9.18).
+            text_right, arrow_left = page.eval_on_selector("#eval-score", TEXT_END_AND_ARROW)
+            assert text_right < arrow_left
             first_cell = page.locator("#eval-table [data-testid='cell-0-1']")
             assert first_cell.inner_text() == "What is the opposite of 'quiet'?"
             first_cell.click()

@@ -1,19 +1,26 @@
-"""The demo's named endpoints, called over HTTP with gradio_client; app.py's argument errors."""
+"""The demo's named endpoints, called over HTTP with gradio_client; app.py's arguments, errors and limits."""
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import sys
+import threading
+import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import gradio as gr
 import pytest
 from gradio_client import Client
+from gradio_client.utils import QueueError
 
-from gpt2_scratch.demo import DemoApp, build_demo
+from gpt2_scratch.demo import MAX_FILE_SIZE, QUEUE_SIZE, DemoApp, build_demo, start
 from gpt2_scratch.prompts import get_prompt_style
-from test_demo import greedy, make_run
 
 # Gradio's own queue code trips pandas deprecation warnings; they are not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword")
@@ -23,19 +30,18 @@ SETTINGS = dict(max_new_tokens=16, temperature=0.0, top_k=0, top_p=1.0, seed=123
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(client, run) for the demo served in this process on a free port."""
-    run = make_run(tmp_path_factory.mktemp("client") / "run1")
-    demo = build_demo(DemoApp.from_run(run)).queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+def served(finished_run):
+    """(client, run, url) for the demo served in this process on a free port, with app.py's limits."""
+    demo = build_demo(DemoApp.from_run(finished_run))
+    url = start(demo, host="127.0.0.1", port=None)
     try:
-        yield Client(url, verbose=False, analytics_enabled=False, download_files=False), run
+        yield Client(url, verbose=False, analytics_enabled=False, download_files=False), finished_run, url
     finally:
         demo.close()
 
 
 def test_endpoints_are_named(served):
-    client, _ = served
+    client, _, _ = served
     api = client.view_api(print_info=False, return_format="dict")
     named = api["named_endpoints"]
     assert {"/generate_base", "/generate_finetuned", "/generate_side_by_side", "/filter_predictions"} <= set(named)
@@ -43,8 +49,8 @@ def test_endpoints_are_named(served):
     assert params == ["instruction", "input", "max_new_tokens", "temperature", "top_k", "top_p", "seed"]
 
 
-def test_generate_base_streams_over_http(served):
-    client, _ = served
+def test_generate_base_streams_over_http(served, greedy):
+    client, _, _ = served
     job = client.submit(prompt="Every effort moves you", **SETTINGS, api_name="/generate_base")
     text, status = job.result(timeout=60)
     assert text == greedy("random:tiny", "Every effort moves you", 16)
@@ -52,8 +58,8 @@ def test_generate_base_streams_over_http(served):
     assert len(job.outputs()) >= 10  # one message per token, not only the final answer
 
 
-def test_generate_finetuned_and_side_by_side(served):
-    client, run = served
+def test_generate_finetuned_and_side_by_side(served, greedy):
+    client, run, _ = served
     prompt = get_prompt_style("alpaca").format("Name a primary color.")
     text, _ = client.predict("Name a primary color.", "", *SETTINGS.values(), api_name="/generate_finetuned")
     assert text == greedy(run.final, prompt, 16)
@@ -64,7 +70,7 @@ def test_generate_finetuned_and_side_by_side(served):
 
 
 def test_bad_input_over_http_keeps_the_server_up(served):
-    client, _ = served
+    client, _, _ = served
     text, status = client.predict("", "", *SETTINGS.values(), api_name="/generate_finetuned")
     assert (text, status) == ("", "⚠️ Type an instruction first.")
     # Values the UI's sliders could not send get the handlers' own messages.
@@ -80,11 +86,95 @@ def test_bad_input_over_http_keeps_the_server_up(served):
 
 
 def test_filter_predictions_endpoint(served):
-    client, _ = served
+    client, _, _ = served
     table, count = client.predict("quiet", "finetuned.rouge_l", "", "", "score: high to low",
                                   api_name="/filter_predictions")
     assert count == "2 of 4 test records"
     assert [row[0] for row in table["data"]] == [41, 12]
+
+
+def _post_file(url: str, size: int) -> int | None:
+    """HTTP status of a multipart POST of ``size`` bytes to Gradio's upload route.
+
+    None: the server closed the connection before taking the whole body (what a
+    server does when it refuses a large body early: the client's send fails).
+    """
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("POST", "/gradio_api/upload", body=body,
+                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return conn.getresponse().status
+    except (ConnectionResetError, BrokenPipeError):
+        return None
+    finally:
+        conn.close()
+
+
+def test_uploads_are_refused(served, tmp_path):
+    """Issue 9.19: the app takes no uploads; an anonymous 20 MB POST used to be stored (HTTP 200)."""
+    _, _, url = served
+    assert MAX_FILE_SIZE == "1kb"
+    assert _post_file(url, 2000) == 413
+    assert _post_file(url, 20 * 1024 * 1024) in (413, None)
+    assert _post_file(url, 100) == 200  # a form-field-sized body still passes: the limit is what refused
+    with urllib.request.urlopen(url, timeout=10) as response:  # and the server is still up
+        assert response.status == 200
+
+
+def test_a_full_queue_says_busy_at_once(finished_run):
+    """Issue 9.19: with one generation running and ``queue_size`` waiting, the next request is refused at once."""
+    app = DemoApp.from_run(finished_run)
+    release = threading.Event()
+    real_get = app.base.get
+
+    def slow_get():
+        release.wait(60)
+        return real_get()
+
+    app.base.get = slow_get
+    demo = build_demo(app)
+    url = start(demo, host="127.0.0.1", port=None, concurrency=1, queue_size=1)
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+    try:
+        running = client.submit("Hi", *SETTINGS.values(), api_name="/generate_base")
+        _wait_until(lambda: running.status().code.name == "PROCESSING")
+        waiting = client.submit("Hi", *SETTINGS.values(), api_name="/generate_base")
+        _wait_until(lambda: waiting.status().code.name == "IN_QUEUE")
+        refused = client.submit("Hi", *SETTINGS.values(), api_name="/generate_base")
+        with pytest.raises(QueueError, match="Queue is full! Please try again."):  # the browser: "busy, try again"
+            refused.result(timeout=30)
+        release.set()
+        assert running.result(timeout=60)[0] and waiting.result(timeout=60)[0]  # the others are served
+    finally:
+        release.set()
+        demo.close()
+
+
+def _wait_until(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- app.py
+
+
+@pytest.fixture
+def app_module():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(ROOT))
+    return app
 
 
 def test_app_cli_errors_exit_2(app_module, tmp_path, capsys):
@@ -99,44 +189,50 @@ def test_app_cli_errors_exit_2(app_module, tmp_path, capsys):
     assert capsys.readouterr().err == "error: --concurrency must be at least 1, got 0\n"
 
 
-@pytest.fixture
-def app_module():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(ROOT))
-    return app
+def test_app_refuses_a_folder_without_run_json(app_module, tmp_path, capsys):
+    """Issue 9.10: it used to start, show "finetuned checkpoint none" and download gpt2."""
+    (tmp_path / "notarun").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        app_module.main(["--run", str(tmp_path / "notarun")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'notarun'} is not a run folder: no run.json\n"
 
 
 def _launch_kwargs(app_module, monkeypatch, argv):
     """Run app.main(argv) with Blocks.launch replaced: (the Blocks, launch's keyword arguments)."""
-    import gradio as gr
-
     seen = {}
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(demo=self, **kw))
+
+    def launch(self, **kw):
+        seen.update(demo=self, **kw)
+        return None, "http://127.0.0.1:7860/", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", launch)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
     app_module.main(argv)
     return seen.pop("demo"), seen
 
 
-def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, monkeypatch):
+def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, monkeypatch, make_run):
     run = make_run(tmp_path / "run1", with_eval=False)
     for var in ("SPACE_ID", "GRADIO_SERVER_NAME", "GPT2_SCRATCH_HUB_REPO"):
         monkeypatch.delenv(var, raising=False)
     demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--concurrency", "3"])
-    assert kw == {"server_name": "127.0.0.1", "server_port": None, "share": False}
+    limits = {"share": False, "max_file_size": "1kb", "quiet": True, "prevent_thread_lock": True}
+    assert kw == {"server_name": "127.0.0.1", "server_port": None, **limits}
     assert demo._queue.default_concurrency_limit == 3
+    assert demo._queue.max_size == QUEUE_SIZE
     monkeypatch.setenv("SPACE_ID", "someone/gpt2-from-scratch")
-    _, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--port", "7999"])
-    assert kw == {"server_name": "0.0.0.0", "server_port": 7999, "share": False}
+    demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--port", "7999", "--queue-size", "4"])
+    assert kw == {"server_name": "0.0.0.0", "server_port": 7999, **limits}
+    assert demo._queue.max_size == 4
 
 
-def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch):
-    import gpt2_scratch.demo as demo_module
+def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch, make_run):
+    import gpt2_scratch.runs as runs_module
 
     run = make_run(tmp_path / "snapshot")
     asked = []
-    monkeypatch.setattr(demo_module, "download_run", lambda repo: asked.append(repo) or run)
+    monkeypatch.setattr(runs_module, "download_run", lambda repo: asked.append(repo) or run)
     monkeypatch.setenv("GPT2_SCRATCH_HUB_REPO", "someone/gpt2-alpaca")
     monkeypatch.chdir(tmp_path)  # no runs/ here: the Hub repo is the only source
     demo, _ = _launch_kwargs(app_module, monkeypatch, [])
@@ -145,10 +241,52 @@ def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch):
     assert "Run `snapshot` · base model `random:tiny` · finetuned checkpoint `snapshot/final`" in header
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_prints_its_own_line_not_gradios_share_hint(app_module, finished_run, monkeypatch, capsys):
+    """Issue 9.18: "To create a public link, set `share=True`" was printed although the app has no share option."""
+    served = []
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: served.append(self))
+    port = _free_port()
+    app_module.main(["--run", str(finished_run.root), "--port", str(port)])
+    try:
+        out = capsys.readouterr().out
+        assert out == f"Serving run `run1` at http://127.0.0.1:{port}/ (Ctrl-C to stop)\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        served[0].close()
+
+
+def test_busy_port_is_one_line_naming_port(app_module, finished_run, monkeypatch, capsys):
+    """Issue 9.9: an 11-line traceback whose hint named Gradio's launch()."""
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: pytest.fail("the app started on a busy port"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            app_module.main(["--run", str(finished_run.root), "--port", str(port)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: --port {port}: cannot listen on 127.0.0.1:{port} (the port is in use "
+                                       "or not allowed); pick another with --port N\n")
+
+
+def test_port_problem_without_port(app_module):
+    error = OSError("Cannot find empty port in range: 7860-7959. You can specify a different port by setting ...")
+    assert app_module.port_problem(error, "0.0.0.0", None) == ("no free port from 7860 to 7959 on 0.0.0.0; "
+                                                               "pick one with --port N")
+    assert app_module.port_problem(OSError("disk full"), "0.0.0.0", None) is None
+
+
 def test_generation_runs_under_spaces_gpu_when_available(monkeypatch):
     import types
 
-    from gpt2_scratch.demo import _on_gpu
+    from gpt2_scratch.demo.ui import _on_gpu
 
     def fn():
         return "answer"

@@ -1,4 +1,4 @@
-"""The results browser's data layer (gpt2_scratch/compare.py) on hand-made runs with hand-computed answers."""
+"""The results browser's data layer (gpt2_scratch/compare.py, browse.py): hand-made runs, hand-computed answers."""
 
 from __future__ import annotations
 
@@ -12,27 +12,29 @@ import pandas as pd
 import pytest
 
 from benchmarks.bench_compare import synthetic_runs
-from gpt2_scratch.compare import (
+from gpt2_scratch.browse import (
     ORDERS,
-    RunResults,
-    compare,
     csv_bytes,
     csv_filename,
     filter_records,
+    record_html,
+    record_view,
+    score_choices,
+    word_diff,
+    write_csv,
+)
+from gpt2_scratch.compare import (
+    RunResults,
+    compare,
     histogram_frame,
     length_frame,
     loss_frame,
     option_differences,
     points_in_range,
-    record_html,
-    record_view,
     scatter_frame,
-    score_choices,
     score_frame,
     score_stats,
     summary_frame,
-    word_diff,
-    write_csv,
 )
 from gpt2_scratch.runs import RunInfo
 from gpt2_scratch.tokenizer import encode
@@ -47,7 +49,8 @@ def entry(response: str, rouge: float, judge: int | None, exact: int = 0) -> dic
 
 
 def record(rid: int, reference: str, instruction: str = "", **models: dict) -> dict:
-    return {"id": rid, "instruction": instruction or f"Instruction {rid}", "input": "", "reference": reference, **models}
+    instruction = instruction or f"Instruction {rid}"
+    return {"id": rid, "instruction": instruction, "input": "", "reference": reference, **models}
 
 
 # Run a: ids 7, 12, 30, 41. Run b: ids 12, 30, 41 (a different record under the same id), 50.
@@ -85,8 +88,8 @@ def info(name: str, **training) -> RunInfo:
 
 
 def metrics(scale: float) -> list[dict]:
-    rows = [{"event": "eval", "step": s, "tokens_seen": 100 * s, "train_loss": scale * (3 - s), "val_loss": scale * (4 - s)}
-            for s in range(3)]
+    rows = [{"event": "eval", "step": s, "tokens_seen": 100 * s, "train_loss": scale * (3 - s),
+             "val_loss": scale * (4 - s)} for s in range(3)]
     return [{"event": "train", "step": 1, "tokens_seen": 50, "loss": 9.9}, *rows, "not a dict"]
 
 
@@ -94,8 +97,8 @@ def metrics(scale: float) -> list[dict]:
 def runs() -> list[RunResults]:
     return [
         RunResults("a", info("a"), SUMMARY_A, PRED_A, metrics(1.0)),
-        RunResults("b", info("b", lr=1e-4, mask_prompt=True), {"num_records": 4, "models": {"finetuned": {"rouge_l": 0.85}}},
-                   PRED_B, metrics(2.0)),
+        RunResults("b", info("b", lr=1e-4, mask_prompt=True),
+                   {"num_records": 4, "models": {"finetuned": {"rouge_l": 0.85}}}, PRED_B, metrics(2.0)),
         RunResults("broken", info("broken"), None, [], metrics(3.0),
                    problem="eval/predictions.jsonl: line 3 is not valid JSON"),
     ]
@@ -152,7 +155,8 @@ def test_missing_model_and_none_judge_scores():
 
 def test_summary_frame_numbers_and_formatted(cmp):
     frame = summary_frame(cmp)
-    assert frame[["run", "model"]].values.tolist() == [["a", "base"], ["a", "finetuned"], ["b", "finetuned"], ["broken", "—"]]
+    assert frame[["run", "model"]].values.tolist() == [
+        ["a", "base"], ["a", "finetuned"], ["b", "finetuned"], ["broken", "—"]]
     assert frame.loc[1, "ROUGE-L F1"] == 0.8375 and frame.loc[1, "test records"] == 4
     assert math.isnan(frame.loc[2, "Perplexity"]) and math.isnan(frame.loc[3, "ROUGE-L F1"])
     shown = summary_frame(cmp, formatted=True)
@@ -175,12 +179,16 @@ def test_option_differences(cmp):
     diff = option_differences(cmp)
     assert diff.frame.columns.tolist() == ["option", "a", "b", "broken"]
     assert diff.frame.values.tolist() == [["lr", "5e-05", "0.0001", "5e-05"], ["mask_prompt", "False", "True", "False"]]
-    # base_model, prompt_style, dataset.{source, sha256, split.test}, epochs, batch_size; name/out_dir/resume are not options
+    # base_model, prompt_style, dataset.{source, sha256, split.test}, epochs, batch_size
+    # (name, out_dir and resume are bookkeeping, not options)
     assert sorted(diff.same) == ["base_model", "batch_size", "dataset.sha256", "dataset.source", "dataset.split.test",
                                  "epochs", "prompt_style"]
     assert diff.message == "2 options differ; 7 are the same in every run."
     html = diff.styler().to_html()
-    assert html.count("background-color: #fde68a") == 2  # b's lr and b's mask_prompt differ from a's
+    marked = html.split("</style>")[0]  # the Styler's CSS names the marked cells
+    assert "#T_" in marked and "background-color: #fde68a" in marked
+    assert sorted(c.split("_", 2)[-1] for c in marked.replace(",", " ").split() if c.startswith("#T_")) == [
+        "row0_col2", "row1_col2"]  # b's lr and b's mask_prompt differ from a's; broken's match a's
 
 
 def test_option_differences_missing_key_and_info():
@@ -198,8 +206,8 @@ def test_score_frame_leaves_out_missing_scores(cmp):
     frame = score_frame(cmp, ["judge_score"])
     assert frame.columns.tolist() == ["run", "model", "series", "metric", "value", "id"]
     got = {(r.series, r.id): r.value for r in frame.itertuples()}
-    assert got == {("a · base", 12): 20.0, ("a · finetuned", 30): 70.0, ("b · base", 12): 30.0, ("b · base", 30): 5.0,
-                   ("b · finetuned", 12): 90.0, ("b · finetuned", 30): 60.0}
+    assert got == {("a · base", 12): 20.0, ("a · finetuned", 30): 70.0, ("b · base", 12): 30.0,
+                   ("b · base", 30): 5.0, ("b · finetuned", 12): 90.0, ("b · finetuned", 30): 60.0}
     with pytest.raises(ValueError, match="unknown score 'bleu'"):
         score_frame(cmp, ["bleu"])
 
@@ -208,11 +216,12 @@ def test_histogram_and_stats(cmp):
     hist = histogram_frame(cmp, "rouge_l", bins=4)
     a_tuned = hist[hist["series"] == "a · finetuned"]
     assert a_tuned["bin"].tolist() == ["0–0.25", "0.25–0.5", "0.5–0.75", "0.75–1"]
-    assert a_tuned["count"].tolist() == [0, 0, 2, 0]  # 0.75 and 0.6
+    assert a_tuned["count"].tolist() == [0, 0, 1, 1]  # 0.6, and 0.75 (a lower edge belongs to its bin)
     b_tuned = hist[hist["series"] == "b · finetuned"]
     assert b_tuned["count"].tolist() == [0, 0, 1, 1] and b_tuned["share"].tolist() == [0, 0, 0.5, 0.5]
-    lengths = histogram_frame(cmp, "length_tokens", bins=2)  # data range: 1 ("meters") to 7 words
-    assert lengths["bin"].unique().tolist() == ["1–4", "4–7"]
+    lengths = histogram_frame(cmp, "length_tokens", bins=2)  # the data's range: 1 ("meters") to 8 words
+    assert lengths["bin"].unique().tolist() == ["1–4.5", "4.5–8"]
+    assert lengths[lengths["series"] == "a · finetuned"]["count"].tolist() == [0, 2]  # 8 and 5 words
     stats = score_stats(cmp, "judge_score").set_index("series")
     assert stats.loc["a · base", "n"] == 1 and stats.loc["b · base", "mean"] == 17.5
     assert stats.loc["b · base", ["min", "median", "max"]].tolist() == [5.0, 17.5, 30.0]
@@ -252,7 +261,7 @@ def test_filter_records_search_bounds_and_order(cmp):
     assert filter_records(cmp, "", judge, order=ORDERS[1])["id"].tolist() == [30, 12]
     assert filter_records(cmp, "", judge, order=ORDERS[2])["id"].tolist() == [30, 12]
     assert filter_records(cmp, "", judge, 0, 100)["id"].tolist() == [30]
-    assert filter_records(cmp, "", judge).columns.tolist()[2:] == ["a · base", "a · finetuned", "b · base", "b · finetuned"]
+    assert filter_records(cmp, "", judge).columns.tolist() == table.columns.tolist()
     assert filter_records(cmp, "", judge)["a · finetuned"].tolist()[1] == 70.0
 
 
@@ -304,7 +313,8 @@ def test_word_diff_hand_computed():
 
 def test_record_view_tokens_judge_and_diff(cmp):
     view = record_view(cmp, "30")
-    assert (view.id, view.reference, view.reference_tokens) == (30, "5 km is 5000 meters.", len(encode("5 km is 5000 meters.")))
+    assert (view.id, view.reference) == (30, "5 km is 5000 meters.")
+    assert view.reference_tokens == len(encode("5 km is 5000 meters.")) == 6  # 5| km| is| 5000| meters|.
     assert [(r.run, r.model) for r in view.responses] == cmp.pairs
     tuned = view.responses[1]
     assert tuned.response == "5 kilometers is 5000 meters." and tuned.tokens == len(encode(tuned.response))
@@ -325,8 +335,9 @@ def test_model_output_is_escaped(cmp):
     assert base.response == XSS and ("<script>alert(1)</script>", "+") in base.diff  # raw text: HighlightedText escapes
     page = record_html(view)
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    evil = RunResults("<b>run</b>", predictions=[record(1, "<i>ref</i>", "<img src=x onerror=alert(1)>",
-                                                       finetuned={**entry(XSS, 0.0, 1), "judge_raw": "</pre><script>"})])
+    answer = {**entry(XSS, 0.0, 1), "judge_raw": "</pre><script>"}
+    evil_record = record(1, "<i>ref</i>", "<img src=x onerror=alert(1)>", finetuned=answer)
+    evil = RunResults("<b>run</b>", predictions=[evil_record])
     page = record_html(record_view(compare([evil]), 1))
     assert "<script" not in page and "<img" not in page and "<b>run" not in page and "<i>" not in page
     assert "&lt;/pre&gt;&lt;script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page

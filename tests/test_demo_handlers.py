@@ -1,110 +1,35 @@
-"""The demo's handlers, called directly on a tiny run (no server, no browser).
+"""The demo's handlers (``DemoApp``), called directly on a tiny run: no server, no browser.
 
-``make_run`` builds the run folder every demo test uses (test_app_client.py and
-test_app_browser.py import it): a ``random:tiny`` base model, a "finetuned"
-checkpoint whose weights differ from it (so a swapped column would show), a
-run.json, metrics.jsonl and a handmade eval/ in the schema evaluate.py writes.
+The run is conftest's ``finished_run``: base ``random:tiny``, a finetuned
+checkpoint that differs from it, and a handmade eval/.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 from pathlib import Path
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 import pytest
-import torch
 
-from gpt2_scratch.checkpoint import load_model, save_checkpoint
-from gpt2_scratch.demo import (
-    ORDER_CHOICES,
-    DemoApp,
-    EvalResults,
-    UserError,
-    build_demo,
-    clean_text,
-    load_examples,
-    loss_curve,
-    parse_settings,
-    resolve_run,
-    summary_markdown,
-)
-from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.checkpoint import load_model
+from gpt2_scratch.demo import ORDER_CHOICES, DemoApp, clean_text, loss_curve, summary_markdown
+from gpt2_scratch.demo import handlers as handlers_module
+from gpt2_scratch.files import atomic_write_jsonl, read_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.runs import RunInfo, RunPaths, resolve_run
 from gpt2_scratch.tokenizer import decode, encode
 
 # Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-ROOT = Path(__file__).resolve().parent.parent
 GREEDY = (24, 0.0, 0, 1.0, None)  # max new tokens, temperature, top-k, top-p, seed as the UI sends them
 
 
-def _model_result(name: str, response: str, rouge: float, judge: int | None, exact: int = 0) -> dict:
-    return {"response": response, "rouge_l": rouge, "exact_match": exact, "length_tokens": len(response.split()),
-            "judge_score": judge, "judge_raw": None if judge is None else str(judge)}
-
-
-PREDICTIONS = [
-    {"id": 7, "instruction": "Name a primary color.", "input": "", "reference": "Red.",
-     "base": _model_result("base", "The sky is", 0.0, 10), "finetuned": _model_result("finetuned", "Red.", 1.0, 95, 1)},
-    {"id": 12, "instruction": "Rewrite the sentence using a simile.", "input": "The cat is quiet.",
-     "reference": "The cat is as quiet as a mouse.",
-     "base": _model_result("base", "The dog barks loudly", 0.4, 20),
-     "finetuned": _model_result("finetuned", "The cat is as quiet as a whisper.", 0.75, 80)},
-    {"id": 30, "instruction": "Convert 5 km to meters.", "input": "", "reference": "5 km is 5000 meters.",
-     "base": _model_result("base", "Convert 6 km", 0.25, None),
-     "finetuned": _model_result("finetuned", "5 kilometers is 5000 meters.", 0.6, 70)},
-    {"id": 41, "instruction": "What is the opposite of 'quiet'?", "input": "", "reference": "Loud.",
-     "base": _model_result("base", "", 0.0, 0), "finetuned": _model_result("finetuned", "Loud.", 1.0, 100, 1)},
-]
-
-MODEL_SUMMARY = {
-    "base": {"reference_loss": 3.5, "perplexity": 33.12, "rouge_l": 0.1625, "exact_match": 0.0,
-             "mean_length_tokens": 2.75, "empty_share": 0.25, "judge_mean": 10.0, "judge_unparsed": 1,
-             "generation_seconds": 1.5, "tokens_per_second": 42.0},
-    "finetuned": {"reference_loss": 1.25, "perplexity": 3.49, "rouge_l": 0.8375, "exact_match": 0.5,
-                  "mean_length_tokens": 3.5, "empty_share": 0.0, "judge_mean": 86.25, "judge_unparsed": 0,
-                  "generation_seconds": 2.0, "tokens_per_second": 31.5},
-}
-
-
-def make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True) -> RunPaths:
-    """A tiny finished run: base ``random:tiny``, a finetuned checkpoint that differs from it, eval results."""
-    run = RunPaths(root)
-    model, _ = load_model("random:tiny")
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        for p in model.parameters():  # "finetuning": answers must differ from the base model's
-            p.add_(torch.randn_like(p) * 0.05)
-    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "random:tiny"})
-    run.write_info(RunInfo(name=root.name, created="2026-01-01T00:00:00+00:00", base_model="random:tiny",
-                           prompt_style="alpaca", status="finished"))
-    if with_metrics:
-        atomic_write_jsonl(run.metrics, [
-            {"event": "eval", "step": s, "tokens_seen": 1000 * s, "train_loss": 4.0 - 0.3 * s, "val_loss": 4.2 - 0.2 * s}
-            for s in range(6)
-        ])
-    if with_eval:
-        atomic_write_jsonl(run.predictions, PREDICTIONS)
-        atomic_write_json(run.summary, {
-            "run": str(root), "created": "2026-01-02T00:00:00+00:00", "num_records": len(PREDICTIONS),
-            "checkpoint": {"path": str(run.final), "sha256": "0123456789abcdef" * 4}, "base_model": "random:tiny",
-            "prompt_style": "alpaca",
-            "generation": {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "top_p": None, "seed": 123,
-                           "batch_size": 8},
-            "judge": {"url": "http://localhost:11434/v1", "model": "llama3"}, "models": MODEL_SUMMARY,
-        })
-    return run
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> RunPaths:
-    return make_run(tmp_path_factory.mktemp("demo") / "run1")
+def run(finished_run) -> RunPaths:
+    return finished_run
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +37,10 @@ def app(run) -> DemoApp:
     return DemoApp.from_run(run)
 
 
-def greedy(model_source: str | Path, prompt: str, n: int = GREEDY[0]) -> str:
-    model, _ = load_model(str(model_source))
-    return decode(generate(model, [encode(prompt)], SamplingSettings(max_new_tokens=n))[0])
-
-
 # --------------------------------------------------------------------------- generation
 
 
-def test_base_streams_growing_text_equal_to_generate(app):
+def test_base_streams_growing_text_equal_to_generate(app, greedy):
     outputs = list(app.generate_base("Every effort moves you", *GREEDY))
     texts = [text for text, _ in outputs]
     expected = greedy("random:tiny", "Every effort moves you")
@@ -132,7 +52,7 @@ def test_base_streams_growing_text_equal_to_generate(app):
     assert outputs[-1][1].startswith(f"{len(encode(expected))} new tokens in ")
 
 
-def test_finetuned_uses_checkpoint_and_its_prompt_style(app, run):
+def test_finetuned_uses_checkpoint_and_its_prompt_style(app, run, greedy):
     *_, (text, status) = app.generate_finetuned("  Name a primary color. ", "", *GREEDY)
     prompt = get_prompt_style("alpaca").format("Name a primary color.")
     assert text == greedy(run.final, prompt)
@@ -140,7 +60,7 @@ def test_finetuned_uses_checkpoint_and_its_prompt_style(app, run):
     assert "new tokens in" in status and "⚠️" not in status
 
 
-def test_side_by_side_streams_both_columns_together(app, run):
+def test_side_by_side_streams_both_columns_together(app, run, greedy):
     outputs = list(app.generate_side_by_side("Rewrite the sentence using a simile.", "The cat is quiet.", *GREEDY))
     prompt = get_prompt_style("alpaca").format("Rewrite the sentence using a simile.", "The cat is quiet.")
     base, finetuned, status = outputs[-1]
@@ -153,7 +73,7 @@ def test_side_by_side_streams_both_columns_together(app, run):
     assert early[0] and early[1] and len(early[0]) < len(base) and len(early[1]) < len(finetuned)
 
 
-def test_sampling_settings_are_applied(app):
+def test_sampling_settings_are_applied(app, greedy):
     sampled = (12, 1.0, 40, 0.9, 7)
     first = list(app.generate_base("Every effort moves you", *sampled))[-1][0]
     second = list(app.generate_base("Every effort moves you", *sampled))[-1][0]
@@ -185,7 +105,7 @@ def test_long_prompt_is_cropped_from_the_left_with_a_notice(app):
     assert text == decode(generate(model, [ids[n_cropped:]], SamplingSettings(max_new_tokens=56))[0])
 
 
-def test_control_characters_are_removed_with_a_notice(app):
+def test_control_characters_are_removed_with_a_notice(app, greedy):
     *_, (text, status) = app.generate_base("Every\x00 effort\x1b moves\x07 you", *GREEDY)
     assert text == greedy("random:tiny", "Every effort moves you")
     assert "Removed 3 control character(s) from the prompt." in status
@@ -231,26 +151,52 @@ def test_bad_settings_give_a_message(app, index, value, message):
     assert base.startswith("[" + message) and finetuned.startswith("[" + message) and message in status
 
 
-def test_parse_settings_maps_ui_values():
-    s = parse_settings("12", 0.7, 0, 1.0, "", block_size=256)
-    assert s == SamplingSettings(max_new_tokens=12, temperature=0.7, top_k=None, top_p=None, seed=None)
-    s = parse_settings(12.0, 0, 40.0, 0.9, " 7 ", block_size=1024)
-    assert s == SamplingSettings(max_new_tokens=12, temperature=0.0, top_k=40, top_p=0.9, seed=7)
-    assert parse_settings(512, 0, 0, 1, None, block_size=1024).max_new_tokens == 512
-    with pytest.raises(UserError, match="from 1 to 512"):
-        parse_settings(513, 0, 0, 1, None, block_size=1024)
-
-
 def test_too_long_text_is_refused(app):
     outputs = list(app.generate_finetuned("x" * 20_001, "", *GREEDY))
     assert outputs == [("", "⚠️ the instruction is 20,001 characters long; the limit is 20,000")]
     assert list(app.generate_base(123, *GREEDY)) == [("", "⚠️ the prompt must be text, got int")]
 
 
+def test_a_bug_in_a_handler_is_one_message_and_one_toast(app, monkeypatch):
+    """The one error wrapper: a crash mid-stream ends the stream with a one-line message, shown once."""
+
+    def broken(*args, **kwargs):
+        yield [1], "Once"
+        raise RuntimeError("boom")
+
+    toasts = []
+    monkeypatch.setattr(handlers_module, "stream", broken)
+    monkeypatch.setattr(handlers_module.gr, "Warning", toasts.append)
+    *_, last = app.generate_base("Every effort moves you", *GREEDY)
+    assert last == ("", "⚠️ Generation failed (RuntimeError: boom).")
+    assert toasts == ["Generation failed (RuntimeError: boom)."]
+    # The filter's bad input is also one toast, not two.
+    toasts.clear()
+    _, count = app.filter_predictions("", "finetuned.rouge_l", "high", "", "test-set order")
+    assert count.startswith("⚠️ min score must be a number") and len(toasts) == 1
+
+
+# --------------------------------------------------------------------------- whitespace-only answers (issue 9.17)
+
+
+@pytest.mark.parametrize("handler", ["generate_base", "generate_finetuned", "generate_side_by_side"])
+def test_whitespace_only_answer_shows_a_marker(app, monkeypatch, handler):
+    def newlines(model, ids, settings):
+        for n in range(1, 5):
+            yield [198] * n, "\n" * n  # 198 is "\n"
+
+    monkeypatch.setattr(handlers_module, "stream", newlines)
+    args = ("Hello",) if handler == "generate_base" else ("Say hi.", "")
+    *_, texts_status = getattr(app, handler)(*args, *GREEDY)
+    *texts, status = texts_status
+    assert texts == ["(only whitespace: 4 tokens, 4 newlines)"] * len(texts)
+    assert "4 new tokens in" in status or "base 4, finetuned 4" in status
+
+
 # --------------------------------------------------------------------------- missing pieces
 
 
-def test_no_run_says_how_to_create_one(tmp_path):
+def test_no_run_says_how_to_create_one(tmp_path, greedy):
     run, problem = resolve_run(None, runs_dir=tmp_path / "runs")
     assert run is None and "python finetune.py" in problem
     app = DemoApp.from_run(None, base="random:tiny", run_problem=problem)
@@ -266,7 +212,7 @@ def test_no_run_says_how_to_create_one(tmp_path):
     assert base and finetuned == f"[{problem}]" and "New tokens: base " in status
 
 
-def test_run_without_eval_or_curve_says_which_command(tmp_path, monkeypatch):
+def test_run_without_eval_or_curve_says_which_command(tmp_path, monkeypatch, make_run):
     monkeypatch.chdir(tmp_path)
     run = make_run(tmp_path / "runs" / "r1", with_eval=False, with_metrics=False)
     app = DemoApp.from_run(run)
@@ -304,27 +250,43 @@ def test_resolve_run_explicit_and_hub(tmp_path, monkeypatch):
     assert run is None and problem.startswith("Could not download the run from the Hub repo `someone/gpt2-alpaca`")
 
 
+def test_resolve_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    """Issue 9.10: like evaluate.py, a folder without run.json (or with a broken one) is refused."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^\S*empty is not a run folder: no run\.json$"):
+        resolve_run(tmp_path / "empty")
+    (tmp_path / "empty" / "run.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"run\.json is not a JSON object$"):
+        resolve_run(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- which checkpoint (issue 9.6)
+
+
+def test_broken_final_serves_best_and_says_why(tmp_path, make_run, greedy):
+    run = make_run(tmp_path / "r")
+    shutil.copytree(run.final, run.best)
+    (run.final / "config.json").write_text("not json")
+    app = DemoApp.from_run(run)
+    assert app.finetuned.source == str(run.best)
+    assert app.checkpoint_note.startswith("Serving `best/`, not `final/`: `final/` is unusable (")
+    assert "config.json is not valid JSON" in app.checkpoint_note
+    prompt = get_prompt_style("alpaca").format("Say hi.")
+    assert list(app.generate_finetuned("Say hi.", "", *GREEDY))[-1][0] == greedy(run.best, prompt)
+
+
+def test_run_still_training_serves_best_and_says_so(tmp_path, make_run):
+    run = make_run(tmp_path / "r", with_eval=False)
+    run.final.rename(run.best)
+    run.write_info(RunInfo(name="r", base_model="random:tiny", prompt_style="alpaca", status="running"))
+    app = DemoApp.from_run(run)
+    assert app.finetuned.source == str(run.best)
+    assert app.checkpoint_note == ("Serving `best/` (the lowest validation loss so far): the run has no `final/` "
+                                   "yet (still training?).")
+    assert DemoApp.from_run(make_run(tmp_path / "ok")).checkpoint_note is None  # final/ is used: nothing to say
+
+
 # --------------------------------------------------------------------------- evaluation tab
-
-
-def test_summary_shows_both_models(app):
-    md = summary_markdown(app.results)
-    assert "| Metric | base | finetuned |" in md
-    assert "| ROUGE-L F1 | 0.163 | 0.838 |" in md  # rounded half to even by format
-    assert "| Exact match | 0.0% | 50.0% |" in md
-    assert "| Judge score (0–100) | 10.0 | 86.2 |" in md
-    assert "| Perplexity | 33.12 | 3.49 |" in md
-    assert "4 test records" in md and "`llama3`" in md and "`0123456789ab`" in md
-
-
-def test_loss_curve_from_png_or_metrics(run, tmp_path):
-    replotted = loss_curve(run)  # the fixture has metrics.jsonl but no loss.png
-    assert replotted is not None and replotted.size == (600, 400)  # the figure training saves as loss.png
-    from PIL import Image
-
-    other = make_run(tmp_path / "r", with_eval=False, with_metrics=False)
-    Image.new("RGB", (32, 16), "white").save(other.loss_plot)
-    assert loss_curve(other).size == (32, 16)
 
 
 def test_table_search_filter_and_sort(app):
@@ -358,6 +320,12 @@ def test_table_search_filter_and_sort(app):
         (("", "finetuned.rouge_l", "0.9", "0.1", "test-set order"), "min score (0.9) is above max score (0.1)"),
         (("", "finetuned.secret", "", "", "test-set order"), "unknown score 'finetuned.secret'"),
         (("", "finetuned.rouge_l", "", "", "random"), "unknown order 'random'"),
+        # Issue 9.16: bounds that fit the chosen score.
+        (("", "finetuned.rouge_l", "5", "", "test-set order"),
+         "min score must be a number from 0 to 1 for ROUGE-L, got '5'"),
+        (("", "base.judge_score", "", "150", "test-set order"),
+         "max score must be a number from 0 to 100 for the judge score, got '150'"),
+        (("", "base.judge_score", "-1", "", "test-set order"), "min score must be a number from 0 to 100"),
     ],
 )
 def test_table_bad_filters_give_a_message(app, args, message):
@@ -365,10 +333,15 @@ def test_table_bad_filters_give_a_message(app, args, message):
     assert len(table) == 0 and count.startswith("⚠️ " + message)
 
 
-def test_table_columns_follow_the_scores_present(tmp_path):
+def test_judge_bounds_go_up_to_100(app):
+    assert app.filter_predictions("", "finetuned.judge_score", "90", "100", "test-set order")[0]["id"].tolist() == [
+        7, 41]
+
+
+def test_table_columns_follow_the_scores_present(tmp_path, make_run):
     run = make_run(tmp_path / "r")
     rows = [{**r, "base": {**r["base"], "judge_score": None}, "finetuned": {**r["finetuned"], "judge_score": None}}
-            for r in PREDICTIONS]
+            for r in read_jsonl(run.predictions)]
     atomic_write_jsonl(run.predictions, [{k: v for k, v in r.items() if k != "base"} for r in rows])
     app = DemoApp.from_run(run)
     assert app.score_choices() == [("finetuned ROUGE-L", "finetuned.rouge_l")]
@@ -389,30 +362,6 @@ def test_selecting_a_row_shows_everything(app):
     assert app.show_prediction(evt)[-1] == "No test record with id 999."
 
 
-# --------------------------------------------------------------------------- the Blocks
-
-
-def test_build_demo_names_its_endpoints(app):
-    demo = build_demo(app, load_examples(ROOT / "assets" / "examples.json"))
-    deps = demo.config["dependencies"]
-    names = {d["api_name"] for d in deps if d.get("api_visibility", "public") == "public"}
-    assert {"generate_base", "generate_finetuned", "generate_side_by_side", "filter_predictions"} <= names
-    # Each tab's Stop button cancels that tab's generation.
-    by_name = {d["api_name"]: i for i, d in enumerate(deps)}
-    cancelled = {i for d in deps for i in d.get("cancels", [])}
-    assert {by_name["generate_base"], by_name["generate_finetuned"], by_name["generate_side_by_side"]} <= cancelled
-
-
-def test_examples_file():
-    prompts, instructions = load_examples(ROOT / "assets" / "examples.json")
-    assert len(prompts) >= 3 and all(p.strip() for p in prompts)
-    assert len(instructions) >= 3 and all(i.strip() for i, _ in instructions)
-    assert any(inp for _, inp in instructions)
-    assert load_examples(ROOT / "assets" / "missing.json") == ([], [])
-
-
-def test_eval_results_unreadable(tmp_path):
-    run = make_run(tmp_path / "r")
-    run.predictions.write_text("{not json\n")
-    results = EvalResults.load(run, "unused")
-    assert results.summary is None and "unreadable" in results.problem and "python evaluate.py --run" in results.problem
+def test_selected_empty_answer_is_visible(app):
+    evt = gr.SelectData(None, {"index": [0, 0], "value": 41, "row_value": [41, "What is the opposite of 'quiet'?"]})
+    assert app.show_prediction(evt)[3:5] == ("(empty response)", "Loud.")

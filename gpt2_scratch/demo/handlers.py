@@ -1,0 +1,387 @@
+"""The app's state and event handlers: ``DemoApp``.
+
+``DemoApp`` holds what every user shares (the two lazily loaded models, the
+prompt style, the evaluation results); its methods are the UI's event handlers.
+They are plain methods and generators, so tests call them directly, without a
+browser or a server.
+
+Rules the handlers follow:
+
+- Nothing the user types is ever a path: only the run chosen at startup is read.
+- Bad input (empty instruction, settings out of range or not numbers, control
+  characters) gives a one-line message in the tab's status line and a toast,
+  never a traceback; the server stays up (``reports_errors``).
+- Something missing (no finetuned checkpoint, no evaluation results, base
+  weights that cannot be downloaded) is said in the affected tab with the exact
+  command that creates it; the rest of the app keeps working.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+import pandas as pd
+
+from gpt2_scratch.checkpoint import CheckpointInfo, load_model, read_checkpoint_info, resolve_device
+from gpt2_scratch.generation import SamplingSettings, crop_prompt, stream
+from gpt2_scratch.model import GPT
+from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
+from gpt2_scratch.runs import RunInfo, RunPaths, display_path
+from gpt2_scratch.tokenizer import encode
+
+from .inputs import UserError, clean_text, parse_score_bounds, parse_settings
+from .views import (
+    ORDER_CHOICES,
+    SCORE_CHOICES,
+    EvalResults,
+    elapsed,
+    filter_rows,
+    prediction_detail,
+    prediction_table,
+    score_choices,
+    table_columns,
+    visible_response,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_MODEL = "gpt2"
+OFFLINE_HINT = ("If you are offline, pass a local copy of the weights: "
+                "`python app.py --base /path/to/model.safetensors` (or a folder holding it).")
+
+
+def problem(message: str) -> str:
+    """``message`` as a toast and as the status line's text."""
+    gr.Warning(message)
+    return f"⚠️ {message}"
+
+
+def failure(e: Exception, action: str = "Generation") -> str:
+    """What to tell the user about ``e``: a UserError's own message, else a one-line summary of the bug."""
+    return str(e) if isinstance(e, UserError) else f"{action} failed ({type(e).__name__}: {e})."
+
+
+def reports_errors(blank: Callable[[Any, str], tuple], action: str = "Generation") -> Callable:
+    """Decorate a handler method so that an error becomes ``blank(self, status line)``, not a traceback.
+
+    ``blank`` builds the handler's outputs around the message (empty texts, an
+    empty table...). A generator handler yields it as its last update. A bug is
+    logged with its traceback; the server keeps serving.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        def outputs(self: Any, e: Exception) -> tuple:
+            if not isinstance(e, UserError):
+                log.exception("%s failed", fn.__name__)
+            return blank(self, problem(failure(e, action)))
+
+        if inspect.isgeneratorfunction(fn):  # Gradio streams a handler only if it is a generator function
+
+            @functools.wraps(fn)
+            def generator(self, *args, **kwargs):
+                try:
+                    yield from fn(self, *args, **kwargs)
+                except Exception as e:
+                    yield outputs(self, e)
+
+            return generator
+
+        @functools.wraps(fn)
+        def function(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as e:
+                return outputs(self, e)
+
+        return function
+
+    return decorate
+
+
+def _join(*parts: str) -> str:
+    return "\n\n".join(p for p in parts if p)
+
+
+class LazyModel:
+    """A model loaded on first use and then shared by every user (one load, behind a lock)."""
+
+    def __init__(self, source: str | None, *, label: str, hint: str):
+        self.source = source
+        self.label = label
+        self.hint = hint  # what to do when it cannot be loaded
+        self._model: GPT | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> GPT:
+        """The model; a UserError naming the fix when it is missing or cannot be loaded."""
+        if self.source is None:
+            raise UserError(self.hint)
+        with self._lock:
+            if self._model is None:
+                started = time.perf_counter()
+                try:
+                    # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
+                    self._model, _ = load_model(self.source, device=str(resolve_device("auto")))
+                except Exception as e:  # no network, missing or corrupt file: say so, keep serving
+                    log.exception("could not load %s from %s", self.label, self.source)
+                    raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
+                log.info("loaded %s from %s in %.1f s", self.label, self.source, time.perf_counter() - started)
+            return self._model
+
+
+def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None, str | None]:
+    """(checkpoint info, why there is none, note on the choice) for the run's finetuned model.
+
+    ``final/`` is the contract. ``best/`` is served only when ``final/`` is
+    missing (a run still training) or unusable, and the note says so, with the
+    reason, for the header and the finetuned tabs.
+    """
+    try:
+        return read_checkpoint_info(run.final), None, None
+    except (FileNotFoundError, ValueError) as e:
+        final_problem = e
+    where = display_path(run.root)
+    try:
+        info = read_checkpoint_info(run.best)
+    except (FileNotFoundError, ValueError):
+        return None, (f"No usable finetuned checkpoint in `{where}` ({final_problem}). "
+                      "Create one with `python finetune.py`."), None
+    if run.final.exists():
+        note = f"Serving `best/`, not `final/`: `final/` is unusable ({final_problem})."
+    else:
+        note = "Serving `best/` (the lowest validation loss so far): the run has no `final/` yet (still training?)."
+    return info, None, note
+
+
+class DemoApp:
+    """State shared by all users (models, prompt style, evaluation results) and the UI's handlers."""
+
+    def __init__(
+        self,
+        *,
+        base_source: str,
+        finetuned_source: Path | None,
+        prompt_style: PromptStyle,
+        finetuned_problem: str | None,
+        results: EvalResults,
+        run: RunPaths | None = None,
+        run_name: str | None = None,
+        context: int | None = None,
+        checkpoint_note: str | None = None,
+    ):
+        self.run = run
+        self.run_name = run_name or (run.root.name if run else None)
+        self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT)
+        self.finetuned = LazyModel(
+            str(finetuned_source) if finetuned_source else None, label="finetuned model",
+            hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.",
+        )
+        self.finetuned_problem = finetuned_problem
+        self.checkpoint_note = checkpoint_note  # which checkpoint is served when it is not final/, and why
+        self.prompt_style = prompt_style
+        self.results = results
+        self.context = context  # block size of the finetuned checkpoint, when known without loading it
+
+    @classmethod
+    def from_run(cls, run: RunPaths | None, *, base: str | None = None, run_problem: str | None = None) -> "DemoApp":
+        """The app for ``run`` (None: no run; ``run_problem`` says why). ``base`` overrides the run's base model."""
+        run_info: RunInfo | None = None
+        info: CheckpointInfo | None = None
+        problem_text = run_problem or "No finetuned checkpoint. Create one with `python finetune.py`."
+        note = None
+        if run is not None:
+            if run.run_json.is_file():
+                try:
+                    run_info = run.read_info()
+                except (ValueError, OSError) as e:
+                    log.warning("cannot read %s: %s", run.run_json, e)
+            info, problem_text, note = choose_checkpoint(run)
+        base_source = (
+            base or (run_info.base_model if run_info else None) or (info.metadata.get("base_model") if info else None)
+            or DEFAULT_BASE_MODEL
+        )
+        style = get_prompt_style((info.prompt_style if info else None) or (run_info.prompt_style if run_info else None)
+                                 or DEFAULT_PROMPT_STYLE)
+        missing_eval = ("No evaluation results: there is no run. Create one with `python finetune.py`, "
+                        "then `python evaluate.py --run runs/<name>`.")
+        return cls(
+            base_source=str(base_source),
+            finetuned_source=info.path if info else None,
+            prompt_style=style,
+            finetuned_problem=problem_text,
+            results=EvalResults.load(run, missing_eval),
+            run=run,
+            run_name=run_info.name if run_info else None,  # a Hub snapshot's folder is a commit hash; run.json has the real name
+            context=info.config.block_size if info else None,
+            checkpoint_note=note,
+        )
+
+    # ---- generation
+
+    def _settings(self, model: GPT, values: tuple) -> SamplingSettings:
+        return parse_settings(*values, block_size=model.config.block_size)
+
+    def _prompt(self, model: GPT, text: str, settings: SamplingSettings, notices: list[str]) -> list[int]:
+        ids, n_cropped = crop_prompt(encode(text, special=False), model.config.block_size, settings.max_new_tokens)
+        if n_cropped:
+            notices.append(
+                f"The prompt is {len(ids) + n_cropped} tokens; its first {n_cropped} were dropped so that it and "
+                f"{settings.max_new_tokens} new tokens fit the {model.config.block_size}-token context."
+            )
+        return ids
+
+    def _instruction(self, instruction: Any, input: Any, notices: list[str]) -> str:
+        instruction, n1 = clean_text(instruction, "the instruction")
+        input, n2 = clean_text(input, "the input")
+        if n1 + n2:
+            notices.append(f"Removed {n1 + n2} control character(s) from the text.")
+        if not instruction.strip():
+            raise UserError("Type an instruction first.")
+        return self.prompt_style.format(instruction.strip(), input.strip())
+
+    @reports_errors(lambda app, status: ("", status))
+    def generate_base(
+        self, prompt: str, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any
+    ) -> Iterator[tuple[str, str]]:
+        """Stream GPT-2's raw continuation of ``prompt``: yields (text so far, status)."""
+        notices: list[str] = []
+        text, n_removed = clean_text(prompt, "the prompt")
+        if n_removed:
+            notices.append(f"Removed {n_removed} control character(s) from the prompt.")
+        if not text.strip():
+            raise UserError("Type a prompt first.")
+        model = self.base.get()
+        sampling = self._settings(model, (max_new_tokens, temperature, top_k, top_p, seed))
+        ids = self._prompt(model, text, sampling, notices)
+        yield from self._stream_one(model, ids, sampling, notices)
+
+    @reports_errors(lambda app, status: ("", status))
+    def generate_finetuned(
+        self, instruction: str, input: str, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any
+    ) -> Iterator[tuple[str, str]]:
+        """Stream the finetuned model's answer to an instruction (and optional input): yields (text, status)."""
+        notices: list[str] = []
+        text = self._instruction(instruction, input, notices)
+        model = self.finetuned.get()
+        sampling = self._settings(model, (max_new_tokens, temperature, top_k, top_p, seed))
+        ids = self._prompt(model, text, sampling, notices)
+        yield from self._stream_one(model, ids, sampling, notices)
+
+    def _stream_one(self, model: GPT, ids: list[int], settings: SamplingSettings, notices: list[str]):
+        notice = "\n\n".join(notices)
+        if notice:
+            gr.Info(notice)
+        started = time.perf_counter()
+        text, n = "", 0
+        yield "", _join("Generating…", notice)
+        for new_ids, text in stream(model, ids, settings):
+            n = len(new_ids)
+            yield text, _join(f"Generating… {n} tokens", notice)
+        yield visible_response(text, n), _join(elapsed(n, time.perf_counter() - started), notice)
+
+    def _start_streams(self, prompt: str, settings: tuple, notices: list[str]) -> tuple[dict, dict, list[str]]:
+        """(streams by model, texts by model, problems): a model that cannot start leaves its message as text."""
+        streams: dict[str, Iterator] = {}
+        texts = {"base": "", "finetuned": ""}
+        problems = []
+        for name, lazy in (("base", self.base), ("finetuned", self.finetuned)):
+            try:
+                model = lazy.get()
+                sampling = self._settings(model, settings)
+                ids = self._prompt(model, prompt, sampling, notices if not streams else [])
+                streams[name] = stream(model, ids, sampling)
+            except Exception as e:
+                if not isinstance(e, UserError):
+                    log.exception("generate_side_by_side failed for %s", name)
+                problems.append(failure(e))
+                texts[name] = f"[{problems[-1]}]"
+        return streams, texts, problems
+
+    @reports_errors(lambda app, status: ("", "", status))
+    def generate_side_by_side(
+        self, instruction: str, input: str, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any
+    ) -> Iterator[tuple[str, str, str]]:
+        """Both models answer the same instruction at once: yields (base text, finetuned text, status).
+
+        The two ``stream`` iterators advance one token each per step, so both
+        columns grow together; a model that cannot be loaded leaves its message
+        in its column and the other still answers.
+        """
+        notices: list[str] = []
+        prompt = self._instruction(instruction, input, notices)
+        streams, texts, problems = self._start_streams(prompt, (max_new_tokens, temperature, top_k, top_p, seed),
+                                                       notices)
+        if problems and not streams:
+            yield texts["base"], texts["finetuned"], problem(" ".join(dict.fromkeys(problems)))
+            return
+        notice = "\n\n".join(notices + problems)
+        if problems:
+            gr.Warning(" ".join(problems))
+        started = time.perf_counter()
+        counts = {name: 0 for name in streams}
+        yield texts["base"], texts["finetuned"], _join("Generating…", notice)
+        while streams:
+            for name in list(streams):
+                try:
+                    new_ids, texts[name] = next(streams[name])
+                    counts[name] = len(new_ids)
+                except StopIteration:
+                    del streams[name]
+                except Exception as e:
+                    log.exception("generate_side_by_side failed for %s", name)
+                    del streams[name]
+                    texts[name] += f"\n[{failure(e)}]"
+            done = ", ".join(f"{name} {n}" for name, n in counts.items())
+            yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)
+        seconds = time.perf_counter() - started
+        done = ", ".join(f"{name} {n}" for name, n in counts.items())
+        shown = {name: visible_response(texts[name], counts.get(name)) for name in texts}
+        yield shown["base"], shown["finetuned"], _join(f"New tokens: {done} in {seconds:.1f} s", notice)
+
+    # ---- evaluation tab
+
+    def score_choices(self) -> list[tuple[str, str]]:
+        """The scores present in predictions.jsonl (a model not evaluated or no judge: not offered)."""
+        return score_choices(self.results.predictions)
+
+    def _empty_table(self) -> pd.DataFrame:
+        return prediction_table([], table_columns(self.results.predictions))
+
+    def filter_predictions(
+        self, query: str, score: str, min_score: Any, max_score: Any, order: str
+    ) -> tuple[pd.DataFrame, str]:
+        """The predictions table: rows whose text contains ``query`` and whose ``score`` is within bounds, sorted."""
+        if self.results.problem:
+            return self._empty_table(), f"**{self.results.problem}**"
+        return self._filter(query, score, min_score, max_score, order)
+
+    @reports_errors(lambda app, status: (app._empty_table(), status), action="Filtering")
+    def _filter(self, query: Any, score: Any, min_score: Any, max_score: Any, order: Any) -> tuple[pd.DataFrame, str]:
+        if score not in {key for _, key in SCORE_CHOICES}:
+            raise UserError(f"unknown score {score!r}; choose one of: {', '.join(k for _, k in SCORE_CHOICES)}")
+        if order not in ORDER_CHOICES:
+            raise UserError(f"unknown order {order!r}; choose one of: {', '.join(ORDER_CHOICES)}")
+        query, _ = clean_text(query, "the search text")
+        lo, hi = parse_score_bounds(score, min_score, max_score)
+        rows = filter_rows(self.results.predictions, query, score, lo, hi, order)
+        total = len(self.results.predictions)
+        return prediction_table(rows, table_columns(self.results.predictions)), f"{len(rows)} of {total} test records"
+
+    def show_prediction(self, evt: gr.SelectData) -> tuple[str, str, str, str, str, str]:
+        """Everything about the selected row: instruction, input, reference, both responses, their scores."""
+        row_value = evt.row_value or []
+        try:
+            record_id = int(row_value[0])
+        except (IndexError, TypeError, ValueError):
+            return "", "", "", "", "", "Select a row of the table."
+        row = next((r for r in self.results.predictions if r["id"] == record_id), None)
+        if row is None:
+            return "", "", "", "", "", f"No test record with id {record_id}."
+        return prediction_detail(row)

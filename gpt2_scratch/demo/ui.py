@@ -1,0 +1,240 @@
+"""The layout: ``build_demo`` lays out the four tabs and wires ``DemoApp``'s handlers to them.
+
+``start`` queues and launches the Blocks with the app's limits (no uploads, a
+bounded queue) and returns at once; ``app.py`` prints its own line and blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from .handlers import DemoApp
+from .inputs import DEFAULT_NEW_TOKENS, DEFAULT_SEED, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
+from .views import ORDER_CHOICES, header_markdown, loss_curve, summary_markdown
+
+log = logging.getLogger(__name__)
+
+# The app takes no uploads: anything larger than a form field is refused (HTTP 413).
+MAX_FILE_SIZE = "1kb"
+# Requests waiting for a generation slot; one more is told "busy" at once instead of waiting minutes.
+QUEUE_SIZE = 16
+# preprocess=False: the handlers get the raw values and check them themselves, so a non-numeric or
+# out-of-range setting sent through the API gets the same one-line message as in the UI.
+GENERATE_EVENT = {"concurrency_id": "generate", "show_progress": "hidden", "preprocess": False}
+
+
+def load_examples(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """(base-model prompts, (instruction, input) pairs) from the examples file; a missing file gives none."""
+    path = Path(path)
+    if not path.is_file():
+        log.warning("no examples file at %s", path)
+        return [], []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    prompts = [str(p) for p in data.get("prompts", [])]
+    instructions = [(str(e["instruction"]), str(e.get("input", ""))) for e in data.get("instructions", [])]
+    return prompts, instructions
+
+
+def _on_gpu(fn: Callable) -> Callable:
+    """``spaces.GPU(fn)`` on a ZeroGPU Space (``spaces`` importable), else ``fn`` as it is."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def _stopped() -> str:
+    return "Stopped. The text above is what was generated until then."
+
+
+def _header(app: DemoApp) -> str:
+    return header_markdown(app.run_name, app.base.source, app.finetuned.source, app.prompt_style.name,
+                           app.checkpoint_note)
+
+
+def _settings_accordion(app: DemoApp) -> list[gr.components.Component]:
+    """The generation settings shared by the three generation tabs: [max new, temperature, top-k, top-p, seed]."""
+    limit = min(MAX_NEW_TOKENS, (app.context or 1024) - 1)
+    with gr.Accordion("Generation settings", open=False):
+        with gr.Row():
+            max_new = gr.Slider(1, limit, value=min(DEFAULT_NEW_TOKENS, limit), step=1, label="Max new tokens",
+                                elem_id="max-new-tokens")
+            temperature = gr.Slider(0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="temperature")
+            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)", elem_id="top-k")
+            top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)", elem_id="top-p")
+            # A fixed default seed: sampled answers are reproducible until the user changes it.
+            seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, maximum=MAX_SEED,
+                             label="Seed (used when sampling)", elem_id="seed")
+    return [max_new, temperature, top_k, top_p, seed]
+
+
+@dataclass
+class Box:
+    """A textbox of a generation tab: its element id is ``<tab prefix>-<name>``."""
+
+    name: str
+    label: str
+    lines: int
+    placeholder: str | None = None
+
+
+@dataclass
+class GenerationTab:
+    """What differs between the three generation tabs."""
+
+    title: str
+    tab_id: str
+    prefix: str  # of every element id in the tab
+    intro: str
+    inputs: list[Box]
+    outputs: list[Box]  # side by side when more than one
+    handler: Callable
+    api_name: str
+    examples: list[list[str]]
+    examples_label: str
+
+
+def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component]) -> None:
+    """One generation tab: inputs, Generate/Stop, outputs, status line, examples, wired to ``tab.handler``."""
+    with gr.Tab(tab.title, id=tab.tab_id):
+        gr.Markdown(tab.intro)
+        inputs = [gr.Textbox(label=b.label, lines=b.lines, elem_id=f"{tab.prefix}-{b.name}", placeholder=b.placeholder)
+                  for b in tab.inputs]
+        with gr.Row():
+            go = gr.Button("Generate", variant="primary", elem_id=f"{tab.prefix}-generate")
+            stop = gr.Button("Stop", variant="stop", elem_id=f"{tab.prefix}-stop")
+        with gr.Row() if len(tab.outputs) > 1 else contextlib.nullcontext():
+            outputs = [gr.Textbox(label=b.label, lines=b.lines, interactive=False, elem_id=f"{tab.prefix}-{b.name}")
+                       for b in tab.outputs]
+        status = gr.Markdown(elem_id=f"{tab.prefix}-status")
+        if tab.examples:
+            gr.Examples(tab.examples, inputs=inputs, label=tab.examples_label, elem_id=f"{tab.prefix}-examples")
+        event = go.click(_on_gpu(tab.handler), [*inputs, *settings], [*outputs, status], api_name=tab.api_name,
+                         **GENERATE_EVENT)
+        stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")
+
+
+def _finetuned_intro(app: DemoApp, intro: str) -> str:
+    """A finetuned tab's intro: why there is no finetuned model, or ``intro`` and which checkpoint when not final/."""
+    if app.finetuned_problem:
+        return f"⚠️ {app.finetuned_problem}"
+    return intro + (f"\n\n⚠️ {app.checkpoint_note}" if app.checkpoint_note else "")
+
+
+def _generation_tabs(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]]) -> list[GenerationTab]:
+    prompts, instructions = examples
+    style = app.prompt_style.name
+    input_box = Box("input", "Input (optional)", 2)
+    instruction_examples = [list(e) for e in instructions]
+    return [
+        GenerationTab(
+            "Base model", "base", "base", f"Raw continuation of your text by the pretrained `{app.base.source}`.",
+            [Box("prompt", "Prompt", 3, "Every effort moves you")], [Box("output", "Continuation", 8)],
+            app.generate_base, "generate_base", [[p] for p in prompts], "Example prompts",
+        ),
+        GenerationTab(
+            "Finetuned", "finetuned", "ft",
+            _finetuned_intro(app, f"The finetuned model answers an instruction, prompted in its checkpoint's "
+                                  f"`{style}` style."),
+            [Box("instruction", "Instruction", 2, "Rewrite the sentence using a simile."), input_box],
+            [Box("output", "Response", 8)], app.generate_finetuned, "generate_finetuned", instruction_examples,
+            "Example instructions",
+        ),
+        GenerationTab(
+            "Side by side", "side", "sbs",
+            _finetuned_intro(app, f"One instruction, both models, prompted the same way (`{style}` style)."),
+            [Box("instruction", "Instruction", 2), input_box],
+            [Box("base-output", f"Base ({app.base.source})", 10), Box("ft-output", "Finetuned", 10)],
+            app.generate_side_by_side, "generate_side_by_side", instruction_examples, "Example instructions",
+        ),
+    ]
+
+
+def _eval_tab(app: DemoApp) -> None:
+    """Summary table, loss curve, and the predictions browser (hidden when there are no results)."""
+    with gr.Tab("Test-set evaluation", id="eval"):
+        gr.Markdown(summary_markdown(app.results), elem_id="eval-summary")
+        curve = loss_curve(app.run)
+        if curve is not None:
+            gr.Image(curve, type="pil", label="Training and validation loss", interactive=False,
+                     elem_id="loss-curve", height=320)
+        else:
+            gr.Markdown("**No training loss curve: the run has neither `loss.png` nor `metrics.jsonl`. "
+                        "Train a model with `python finetune.py`.**", elem_id="loss-missing")
+        # Without results the summary above says why, once; the empty filters and table are not shown.
+        with gr.Column(visible=app.results.problem is None, elem_id="eval-browser"):
+            _predictions_browser(app)
+
+
+def _predictions_browser(app: DemoApp) -> None:
+    """Search, score bounds and sort over the predictions table, and the selected row's details."""
+    choices = app.score_choices()
+    with gr.Row():
+        search = gr.Textbox(label="Search text", placeholder="word in instruction, input, reference or responses",
+                            elem_id="eval-search", scale=3)
+        # min_width: room for the longest choice beside the dropdown's arrow.
+        score = gr.Dropdown(choices, value=choices[0][1], label="Score", elem_id="eval-score", min_width=220)
+        # Textboxes, not gr.Number: blank must mean "no bound", not 0.
+        min_score = gr.Textbox(label="Min score", placeholder="blank = none", elem_id="eval-min")
+        max_score = gr.Textbox(label="Max score", placeholder="blank = none", elem_id="eval-max")
+        order = gr.Dropdown(ORDER_CHOICES, value=ORDER_CHOICES[0], label="Sort", elem_id="eval-order")
+    table_value, count_value = app.filter_predictions("", choices[0][1], None, None, ORDER_CHOICES[0])
+    count = gr.Markdown(count_value if app.results.problem is None else "", elem_id="eval-count")
+    table = gr.Dataframe(table_value, interactive=False, wrap=True, max_height=400, elem_id="eval-table",
+                         label="Test-set predictions (select a row for details)")
+    detail = gr.Markdown("Select a row of the table.", elem_id="eval-detail")
+    with gr.Row():
+        d_instruction = gr.Textbox(label="Instruction", lines=2, interactive=False, elem_id="detail-instruction")
+        d_input = gr.Textbox(label="Input", lines=2, interactive=False, elem_id="detail-input")
+    d_reference = gr.Textbox(label="Reference", lines=3, interactive=False, elem_id="detail-reference")
+    with gr.Row():
+        d_base = gr.Textbox(label="Base response", lines=5, interactive=False, elem_id="detail-base")
+        d_ft = gr.Textbox(label="Finetuned response", lines=5, interactive=False, elem_id="detail-finetuned")
+    # Score bounds are checked when typed in full (Enter or leaving the box), not at every keystroke:
+    # ".5" passes through "." on the way.
+    gr.on(
+        [search.change, score.change, min_score.submit, min_score.blur, max_score.submit, max_score.blur,
+         order.change],
+        app.filter_predictions, [search, score, min_score, max_score, order], [table, count],
+        api_name="filter_predictions", concurrency_limit=None, show_progress="hidden", preprocess=False,
+    )
+    table.select(app.show_prediction, None, [d_instruction, d_input, d_reference, d_base, d_ft, detail],
+                 api_visibility="private", concurrency_limit=None)
+
+
+def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] = ([], [])) -> gr.Blocks:
+    """The four-tab Blocks app wired to ``app``'s handlers; ``start`` queues and launches it."""
+    with gr.Blocks(title="GPT-2 from scratch") as demo:
+        gr.Markdown(_header(app))
+        settings = _settings_accordion(app)
+        with gr.Tabs():
+            for tab in _generation_tabs(app, examples):
+                _generation_tab(tab, settings)
+            _eval_tab(app)
+    return demo
+
+
+def start(
+    demo: gr.Blocks, *, host: str, port: int | None, concurrency: int = 2, queue_size: int = QUEUE_SIZE
+) -> str:
+    """Queue and launch ``demo`` without blocking (``demo.block_thread()`` waits); returns its local URL.
+
+    No share link, no uploads (``MAX_FILE_SIZE``), at most ``queue_size``
+    requests waiting: one more gets Gradio's "busy, try again" at once. Gradio's
+    own startup lines are silenced; the caller says where the app is. Raises
+    OSError when it cannot listen on the port.
+    """
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
+                            quiet=True, prevent_thread_lock=True)
+    return url

@@ -1,0 +1,84 @@
+"""Publish a finished run on the Hugging Face Hub, and optionally its demo as a Space.
+
+    python publish.py --run runs/<name> --repo <user>/<name> [--space <user>/<space>] [--private] [--dry-run]
+
+Writes the run's export to <run>/export: model.safetensors, config.json and the
+tokenizer files in the layout transformers reads (pipeline("text-generation",
+model="<user>/<name>") loads it), the run's own files (run.json, eval/,
+loss.png, metrics.jsonl) and a model card (README.md). Then uploads it as one
+commit to the model repo. With --space it also pushes the app to a Gradio Space
+and sets GPT2_SCRATCH_HUB_REPO there, so the Space shows this run.
+--dry-run writes the export, prints what would go where, and uploads nothing.
+The token comes from HF_TOKEN or the cached login (hf auth login).
+The work is in gpt2_scratch/export.py and gpt2_scratch/hub_publish.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        # One line, no usage block: the project's convention for bad input.
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="the finished run folder to publish, e.g. runs/<name>")
+    p.add_argument("--repo", required=True, help="Hub model repo to publish to, <user>/<name> (created if missing)")
+    p.add_argument("--space", help="also push the demo to this Gradio Space, <user>/<space> (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo (and the Space) private")
+    p.add_argument(
+        "--dry-run", action="store_true", help="write the export and print what would go where; upload nothing"
+    )
+    p.add_argument("--export-dir", type=Path, help="where to write the export (default: <run>/export)")
+    p.add_argument("--license", default="mit", help="license in the model card (default: mit, GPT-2's license)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from huggingface_hub import constants
+
+    from gpt2_scratch.hub_publish import (
+        PublishError,
+        describe,
+        notes,
+        prepare_publish,
+        resolve_token,
+        token_source,
+        upload,
+    )
+
+    try:
+        token = None if args.dry_run else resolve_token()  # before the export: no token, nothing done
+        plan = prepare_publish(
+            args.run,
+            args.repo,
+            space_id=args.space,
+            private=args.private,
+            export_dir=args.export_dir,
+            license=args.license,
+        )
+        if args.dry_run:
+            print(describe(plan, endpoint=constants.ENDPOINT, token_from=token_source()))
+            print("dry run: nothing was uploaded")
+            return 0
+        result = upload(plan, token=token)
+    except PublishError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"published {plan.model.repo_id}: {result.model_url} (commit {result.model_commit[:10]})")
+    if result.space_url:
+        print(f"Space: {result.space_url} (commit {result.space_commit[:10]}), shows {plan.model.repo_id}")
+    for line in notes(plan):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The demo's Blocks (``build_demo``), inspected through its config: endpoints, events, what each tab shows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gpt2_scratch.demo import DemoApp, build_demo, load_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def app(finished_run) -> DemoApp:
+    return DemoApp.from_run(finished_run)
+
+
+def _components(demo) -> dict[str, dict]:
+    """The config's components by elem_id (those that have one)."""
+    return {c["props"]["elem_id"]: c for c in demo.config["components"] if c["props"].get("elem_id")}
+
+
+def _texts(demo) -> list[str]:
+    return [c["props"]["value"] for c in demo.config["components"] if isinstance(c["props"].get("value"), str)]
+
+
+def test_build_demo_names_its_endpoints(app):
+    demo = build_demo(app, load_examples(ROOT / "assets" / "examples.json"))
+    deps = demo.config["dependencies"]
+    names = {d["api_name"] for d in deps if d.get("api_visibility", "public") == "public"}
+    assert {"generate_base", "generate_finetuned", "generate_side_by_side", "filter_predictions"} <= names
+    # Each tab's Stop button cancels that tab's generation.
+    by_name = {d["api_name"]: i for i, d in enumerate(deps)}
+    cancelled = {i for d in deps for i in d.get("cancels", [])}
+    assert {by_name["generate_base"], by_name["generate_finetuned"], by_name["generate_side_by_side"]} <= cancelled
+
+
+def test_the_three_generation_tabs_share_one_layout(app):
+    demo = build_demo(app, load_examples(ROOT / "assets" / "examples.json"))
+    ids = set(_components(demo))
+    for prefix in ("base", "ft", "sbs"):
+        assert {f"{prefix}-generate", f"{prefix}-stop", f"{prefix}-status", f"{prefix}-examples"} <= ids
+    assert {"base-prompt", "base-output", "ft-instruction", "ft-input", "ft-output", "sbs-instruction", "sbs-input",
+            "sbs-base-output", "sbs-ft-output"} <= ids
+
+
+def test_examples_file():
+    prompts, instructions = load_examples(ROOT / "assets" / "examples.json")
+    assert len(prompts) >= 3 and all(p.strip() for p in prompts)
+    assert len(instructions) >= 3 and all(i.strip() for i, _ in instructions)
+    assert any(inp for _, inp in instructions)
+    assert load_examples(ROOT / "assets" / "missing.json") == ([], [])
+
+
+def test_score_bounds_are_checked_on_submit_or_blur_not_per_keystroke(app):
+    """Issue 9.16: typing ".5" must not filter (and warn) at "."."""
+    demo = build_demo(app)
+    components = _components(demo)
+    [dep] = [d for d in demo.config["dependencies"] if d["api_name"] == "filter_predictions"]
+    targets = {(t[0], t[1]) for t in dep["targets"]}
+    for elem_id in ("eval-min", "eval-max"):
+        box = components[elem_id]["id"]
+        assert (box, "change") not in targets and (box, "input") not in targets
+        assert {(box, "submit"), (box, "blur")} <= targets
+    assert (components["eval-search"]["id"], "change") in targets  # the search still filters as you type
+    assert (components["eval-score"]["id"], "change") in targets
+
+
+def test_no_evaluation_is_said_once_without_empty_filters(tmp_path, monkeypatch, make_run):
+    """Issue 9.18: the message appeared twice, with empty filter widgets and table under it."""
+    monkeypatch.chdir(tmp_path)
+    app = DemoApp.from_run(make_run(tmp_path / "r", with_eval=False))
+    demo = build_demo(app)
+    message = "No evaluation results for this run yet. Create them with `python evaluate.py --run r`."
+    assert [t for t in _texts(demo) if message in t] == [f"**{message}**"]
+    assert _components(demo)["eval-browser"]["props"]["visible"] is False
+    assert _components(demo)["loss-curve"]  # the training curve is still shown
+    # With results, the browser is visible.
+    assert _components(build_demo(DemoApp.from_run(make_run(tmp_path / "s"))))["eval-browser"]["props"]["visible"]
+
+
+def test_score_dropdown_has_room_for_its_longest_choice(app):
+    """Issue 9.18: "finetuned ROUGE-L" was clipped under the dropdown's arrow (checked in Chromium too)."""
+    assert _components(build_demo(app))["eval-score"]["props"]["min_width"] >= 220
+
+
+def test_header_and_finetuned_tabs_say_which_checkpoint(tmp_path, make_run):
+    """Issue 9.6: a broken final/ is not served silently from best/."""
+    run = make_run(tmp_path / "r6", with_eval=False)
+    shutil.copytree(run.final, run.best)
+    (run.final / "config.json").write_text("not json")
+    demo = build_demo(DemoApp.from_run(run))
+    header = demo.config["components"][0]["props"]["value"]
+    assert "finetuned checkpoint `r6/best` (prompt style `alpaca`)" in header
+    assert "⚠️ Serving `best/`, not `final/`: `final/` is unusable (" in header
+    notes = [t for t in _texts(demo) if t.endswith("(Expecting value: line 1 column 1 (char 0)))."
+                                                     ) and "Serving `best/`" in t]
+    assert len(notes) == 3  # the header, the finetuned tab and the side-by-side tab
