@@ -7,7 +7,7 @@
     torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
 
 The training itself lives in gpt2_scratch/training.py; this script only turns
-the command line into a TrainConfig.
+the command line into a TrainConfig (gpt2_scratch/train_config.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpt2_scratch.distributed import PRECISIONS
 from gpt2_scratch.prompts import PROMPT_STYLES
-from gpt2_scratch.training import PRECISIONS, SCHEDULES, TrainConfig, train
+from gpt2_scratch.train_config import SCHEDULES, TrainConfig
+from gpt2_scratch.training import train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,19 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompt-style", choices=tuple(PROMPT_STYLES), default=d.prompt_style, help="prompt template")
     model.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example; longer ones are cut")
     model.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=d.mask_prompt,
-                       help="compute the loss on the responses only")
+                       help="compute the loss on the responses only; --no-mask-prompt also learns the prompts, "
+                       "as the LLMs-from-scratch reference run does")
 
     out = p.add_argument_group("output")
     out.add_argument("--out-dir", default=d.out_dir, help="folder holding the run folders")
-    out.add_argument("--name", default=d.name, help="run folder name (default: the start time, e.g. 20250101-120000)")
+    out.add_argument("--name", default=d.name, help="run folder name (default: the time, e.g. 20250101-120000; -2, ... if taken)")
     out.add_argument("--resume", default=d.resume, metavar="RUN_FOLDER",
-                     help="continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state; "
-                     "only --device, --precision and --compile may be given with it")
+                     help="continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state "
+                     "(or from the start if it has none); only --device, --precision and --compile may be given with it")
     out.add_argument("--save-every", type=int, default=d.save_every, metavar="STEPS",
                      help="steps between resume states in <run>/train_state/ (0: never)")
 
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
+    opt.add_argument("--max-steps", type=int, default=d.max_steps, metavar="N", help="stop after N optimizer steps, "
+                     "and finish the run as usual (final checkpoint, ...); default: no limit")
     opt.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices and embeddings only")
     opt.add_argument("--batch-size", type=int, default=d.batch_size,
@@ -118,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; continue with --resume <run folder> (from the last saved state)", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train() raises TrainingInterrupted, which names the run folder
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
     print(f"run folder: {paths.root}")
     return 0

@@ -8,7 +8,9 @@ padding its batch adds.
 
 - ours, end to end: ``LengthGroupedBatchSampler`` batches (seed 123, epoch 0)
   collated with ``data.collate`` (dynamic padding), our model, ``loss.lm_loss``,
-  ``training.configure_optimizer`` (AdamW) -- the calls ``training.Trainer`` makes;
+  ``train_step.configure_optimizer`` (AdamW) -- the calls ``training.Trainer`` makes,
+  except that the loss covers every token as transformers' labels do (finetune.py
+  masks the prompt by default: that changes which targets count, not the work);
 - transformers, the usual way: ``GPT2LMHeadModel`` (attn_implementation="sdpa"),
   a shuffled ``DataLoader`` that pads each batch to its longest example,
   ``model(input_ids, labels=labels)``, ``torch.optim.AdamW``;
@@ -36,10 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import twin_models  # noqa: E402
+
 from gpt2_scratch.data import LengthGroupedBatchSampler, collate, encode_record, load_records, split_records  # noqa: E402
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
-from gpt2_scratch.training import configure_optimizer  # noqa: E402
+from gpt2_scratch.train_step import configure_optimizer  # noqa: E402
 
 # The shared copy of the real dataset, beside the project checkout (../shared/data/).
 DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
@@ -75,7 +78,7 @@ def main() -> None:
 
     # Ours: length-grouped batches, as training.Trainer builds them.
     sampler = LengthGroupedBatchSampler([len(e.ids) for e in train_examples], args.batch_size, seed=123, drop_last=True)
-    grouped = [[train_examples[i] for i in b] for b in sampler.global_batches()[:n]]
+    grouped = [[train_examples[i] for i in b] for b in list(sampler)[:n]]
     # transformers: a shuffled DataLoader padding each batch to its longest example.
     loader = torch.utils.data.DataLoader(
         train_examples, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=hf_collate,
@@ -127,12 +130,15 @@ def main() -> None:
 
     for i in range(n):
         batch = grouped[i]
-        x, y = collate(batch, max_length=1024)
-        timed("ours", lambda: step_ours(ours, opt_ours, x, y), sum(len(e.ids) for e in batch), x.numel(), i)
+        x, y = collate(batch, max_length=1024, mask_prompt=False)  # every token, as transformers' labels
+        # Each lambda runs at once, inside timed(): binding the loop's tensors as defaults only silences B023.
+        timed("ours", lambda x=x, y=y: step_ours(ours, opt_ours, x, y), sum(len(e.ids) for e in batch), x.numel(), i)
         ids, labels, tokens = hf_batches[i]
-        timed("hf", lambda: step_hf(hf, opt_hf, ids, labels), tokens, ids.numel(), i)
-        timed("ours_ident", lambda: step_ours(ours_ident, opt_ident, ids[:, :-1], labels[:, 1:]), tokens, ids.numel(), i)
-        timed("hf_fused", lambda: step_hf(hf_fused, opt_hf_fused, ids, labels), tokens, ids.numel(), i)
+        timed("hf", lambda ids=ids, labels=labels: step_hf(hf, opt_hf, ids, labels), tokens, ids.numel(), i)
+        timed("ours_ident", lambda ids=ids, labels=labels: step_ours(ours_ident, opt_ident, ids[:, :-1], labels[:, 1:]),
+              tokens, ids.numel(), i)
+        timed("hf_fused", lambda ids=ids, labels=labels: step_hf(hf_fused, opt_hf_fused, ids, labels),
+              tokens, ids.numel(), i)
         print(f"step {i + 1}/{n} done", file=sys.stderr, flush=True)
 
     tps = {k: v[1] / v[0] for k, v in results.items()}
@@ -144,7 +150,7 @@ def main() -> None:
         "ours_ident": "ours, transformers' batches (identical)",
         "hf_fused": "transformers + our fused AdamW, same batches",
     }
-    for k, (secs, tokens, padded, steps) in results.items():
+    for k, (secs, tokens, padded, _steps) in results.items():
         print(f"  {labels_[k]:44s} {tps[k]:8.1f} tokens/s  ({tokens} tokens in {secs:.1f} s, "
               f"padding {1 - tokens / padded:.0%} of the batch positions)")
     print(f"ratio end to end (ours / transformers):           {tps['ours'] / tps['hf']:.2f}x")

@@ -227,7 +227,7 @@ def _read_json_entries(path: Path) -> list:
             raise ValueError(f"{path}: a {other} file is not supported ({JSON_FORMATS_HINT})") from None
         raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
     except RecursionError:  # json.loads stops at the interpreter's recursion limit
-        raise ValueError(f"{path}: JSON nested too deeply (over ~1000 levels of lists/objects); records are flat objects") from None
+        raise ValueError(f"{path}: JSON nested too deeply (over ~1000 levels of lists/objects); records are flat") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records at the top level, got {_json_type(data)}")
     return data

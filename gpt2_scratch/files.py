@@ -100,9 +100,10 @@ def read_jsonl(path: str | os.PathLike, *, torn_tail: bool = False, skip_bad: bo
             if skip_bad:
                 continue
             if isinstance(e, RecursionError):  # json.loads stops at the interpreter's recursion limit
-                raise ValueError(f"{path}: line {lineno} is JSON nested too deeply (over ~1000 levels of lists/objects)") from None
-            reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-            raise ValueError(f"{path}: line {lineno} is not valid JSON ({reason})") from None
+                problem = "is JSON nested too deeply (over ~1000 levels of lists/objects)"
+            else:
+                problem = f"is not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8'})"
+            raise ValueError(f"{path}: line {lineno} {problem}") from None
     return rows
 
 

@@ -43,7 +43,7 @@ class Progress:
     tokens_seen: int = 0  # real (non-padding) input tokens trained on
     best_val_loss: float = math.inf
     best_step: int = -1  # the step of best_val_loss (best/ holds its weights); -1: none yet
-    last_val_loss: float = math.nan  # the latest validation loss (final/'s metadata)
+    last_val_loss: float | None = None  # the latest validation loss (final/'s metadata); None: none yet
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

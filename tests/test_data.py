@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import http.server
@@ -30,7 +31,7 @@ from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import EOS_ID, decode, encode
 
-E, I = EOS_ID, IGNORE_INDEX
+E, I = EOS_ID, IGNORE_INDEX  # noqa: E741 - short names keep the golden batches readable
 
 ENTRIES = [
     {"instruction": "Evaluate the following phrase by transforming it into the spelling given.",
@@ -122,6 +123,37 @@ def test_not_utf8_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError) as e:
         load_records(str(path))
     assert str(e.value) == f"{path}: not UTF-8 text (byte 21)"
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    """Windows editors save UTF-8 with a byte-order mark; json.loads refuses it ("Unexpected UTF-8 BOM")."""
+    bom = codecs.BOM_UTF8
+    (tmp_path / "bom.json").write_bytes(bom + json.dumps(ENTRIES).encode())
+    (tmp_path / "bom.jsonl").write_bytes(bom + "\n".join(json.dumps(e) for e in ENTRIES).encode())
+    expected = load_records(write_json(tmp_path / "plain.json", ENTRIES))
+    assert load_records(str(tmp_path / "bom.json")) == expected
+    assert load_records(str(tmp_path / "bom.jsonl")) == expected
+
+
+def test_a_csv_file_is_named_as_csv(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("instruction,input,output\nSay hi.,,Hi!\n")
+    with pytest.raises(ValueError) as e:
+        load_records(str(path))
+    assert str(e.value) == (
+        f"{path}: a CSV file is not supported "
+        "(--dataset takes a .json file (a list of records) or a .jsonl file (one record a line))"
+    )
+
+
+@pytest.mark.parametrize("suffix, where", [(".json", ""), (".jsonl", "line 1 is ")])
+def test_deeply_nested_json_is_a_one_line_error(tmp_path, suffix, where):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # a RecursionError inside json.loads
+    with pytest.raises(ValueError) as e:
+        load_records(str(path))
+    assert str(e.value).startswith(f"{path}: {where}JSON nested too deeply (over ~1000 levels of lists/objects)")
+    assert "\n" not in str(e.value)
 
 
 def test_missing_file_and_folder(tmp_path):
@@ -524,40 +556,8 @@ def test_sampler_without_shuffle_is_in_order():
     assert list(LengthGroupedBatchSampler([5, 1, 3, 2, 4], 2, shuffle=False)) == [[0, 4], [2, 3], [1]]
 
 
-@pytest.mark.parametrize("group", [True, False])
-def test_ddp_shards_are_disjoint_and_cover_the_epoch(group):
-    # 1003 examples / 8 = 126 batches: divisible by 2 and 3 ranks, not by 4.
-    for world_size in (2, 3):
-        shards = [list(LengthGroupedBatchSampler(LENGTHS, 8, group=group, rank=r, world_size=world_size, seed=5))
-                  for r in range(world_size)]
-        assert all(len(s) == 126 // world_size for s in shards)
-        assert [len(LengthGroupedBatchSampler(LENGTHS, 8, rank=r, world_size=world_size)) for r in range(world_size)] == [
-            126 // world_size] * world_size
-        indices = [i for s in shards for b in s for i in b]
-        assert sorted(indices) == list(range(1003))  # disjoint and covering
-        # Rank r has every world_size-th batch of the single-process sequence.
-        single = list(LengthGroupedBatchSampler(LENGTHS, 8, group=group, seed=5))
-        assert all(shards[r] == single[r::world_size] for r in range(world_size))
-
-
-def test_ddp_uneven_batches_are_padded_or_dropped():
-    single = list(LengthGroupedBatchSampler(LENGTHS, 8, seed=5))  # 126 batches, 4 ranks
-    padded = [LengthGroupedBatchSampler(LENGTHS, 8, rank=r, world_size=4, seed=5) for r in range(4)]
-    shards = [list(s) for s in padded]
-    assert [len(s) for s in shards] == [len(s) for s in padded] == [32] * 4
-    # The first 2 batches are repeated at the end, so that 128 batches split evenly.
-    assert all(shards[r] == (single + single[:2])[r::4] for r in range(4))
-    assert sorted({i for s in shards for b in s for i in b}) == list(range(1003))
-
-    dropped = [LengthGroupedBatchSampler(LENGTHS, 8, rank=r, world_size=4, seed=5, drop_last=True) for r in range(4)]
-    shards = [list(s) for s in dropped]
-    assert [len(s) for s in shards] == [len(s) for s in dropped] == [31] * 4
-    indices = [i for s in shards for b in s for i in b]
-    assert len(indices) == len(set(indices)) == 31 * 4 * 8  # disjoint, full batches only
-
-
 def test_sampler_validates_arguments():
     with pytest.raises(ValueError, match="batch_size"):
         LengthGroupedBatchSampler(LENGTHS, 0)
-    with pytest.raises(ValueError, match="rank"):
-        LengthGroupedBatchSampler(LENGTHS, 8, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="mega_batches"):
+        LengthGroupedBatchSampler(LENGTHS, 8, mega_batches=0)

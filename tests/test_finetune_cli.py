@@ -14,6 +14,7 @@ import finetune
 from gpt2_scratch.checkpoint import load_checkpoint
 from gpt2_scratch.data import read_records
 from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.train_step import StepRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,3 +117,39 @@ def test_bad_options_are_one_line_errors(args, message, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_mask_prompt_is_the_default_and_the_help_says_so(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping (argparse also breaks lines at hyphens)
+    parser = finetune.build_parser()
+    assert parser.parse_args([]).mask_prompt is True
+    assert parser.parse_args(["--no-mask-prompt"]).mask_prompt is False
+    assert parser.parse_args(["--max-steps", "7"]).max_steps == 7 and parser.parse_args([]).max_steps is None
+    with pytest.raises(SystemExit):
+        finetune.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--no-mask-prompt also learns the prompts, as the LLMs-from-scratch reference run does (default: True)" in out
+    assert "--max-steps N stop after N optimizer steps" in out
+
+
+def test_ctrl_c_prints_the_real_run_folder(tmp_path, monkeypatch, capsys):
+    dataset = write_fixture(tmp_path / "data.json", 40)
+    original = StepRunner.train_step
+
+    def train_step(self, batch, lr):
+        if self.optimizer.state:  # the second step: Ctrl-C
+            raise KeyboardInterrupt
+        return original(self, batch, lr)
+
+    monkeypatch.setattr(StepRunner, "train_step", train_step)
+    args = ["--base", "random:tiny", "--dataset", str(dataset), "--out-dir", str(tmp_path / "runs"), "--name", "stop",
+            "--eval-batches", "1", "--sample-tokens", "2", "--max-steps", "3"]
+    assert finetune.main([*args, "--save-every", "1"]) == 130
+    root = tmp_path / "runs" / "stop"
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's lines
+    assert last_line == f"interrupted; continue from the last saved state with --resume {root}"
+
+    assert finetune.main([*args, "--name", "stop2", "--save-every", "5"]) == 130
+    root = tmp_path / "runs" / "stop2"
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == f"interrupted before the first saved state; --resume {root} starts the run over"

@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from gpt2_scratch.checkpoint import load_checkpoint
+from gpt2_scratch import run_writer, training
+from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info
+from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.distributed import DistContext, autocast_dtype
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.hub import read_safetensors
+from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.model import GPT
-from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.training import (
-    MetricsLog,
-    TrainConfig,
-    autocast_dtype,
-    configure_optimizer,
-    load_train_state,
-    lr_at,
-    read_metrics,
-    save_train_state,
-    train,
-)
+from gpt2_scratch.run_log import MetricsLog, read_metrics
+from gpt2_scratch.train_config import TrainConfig
+from gpt2_scratch.train_state import Progress, load_train_state, save_train_state
+from gpt2_scratch.train_step import StepRunner, configure_optimizer, lr_at
+from gpt2_scratch.training import Trainer, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,8 @@ def write_fixture(path: Path, n: int = 16) -> Path:
 def small_config(tmp: Path, dataset: Path, **overrides) -> TrainConfig:
     # batch 4 over 13 training records: 3 steps per epoch (drop_last, as the reference).
     # The phi3 prompt style is ~25 tokens shorter than alpaca: the tests run twice as fast.
-    base = dict(prompt_style="phi3",
+    # mask_prompt=False: the losses below were measured learning the prompts too, as the reference run does.
+    base = dict(prompt_style="phi3", mask_prompt=False,
         base="random:tiny", dataset=str(dataset), out_dir=str(tmp / "runs"), batch_size=4, lr=3e-3,
         epochs=2, eval_every=2, eval_batches=2, save_every=2, sample_tokens=4, seed=7,
     )
@@ -151,7 +152,7 @@ def test_grad_accum_gives_the_same_steps(tmp_path, reference_run, fixture_json):
     got = losses(paths.metrics)
     assert [s for s, _ in got["train"]] == [1, 2, 3]
     torch.testing.assert_close(
-        torch.tensor([l for _, l in got["train"]]), torch.tensor([l for _, l in ref["train"][:3]]), rtol=1e-5, atol=1e-5
+        torch.tensor([loss for _, loss in got["train"]]), torch.tensor([loss for _, loss in ref["train"][:3]]), rtol=1e-5, atol=1e-5
     )
 
 
@@ -163,6 +164,7 @@ def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
         str(REPO / "finetune.py"), "--base", "random:tiny", "--dataset", str(fixture_json), "--out-dir", str(tmp_path),
         "--name", "ddp", "--batch-size", "4", "--lr", "3e-3", "--epochs", "1", "--eval-every", "2",
         "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "4", "--seed", "7", "--prompt-style", "phi3",
+        "--no-mask-prompt",
     ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -170,7 +172,7 @@ def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
     got, ref = losses(metrics), losses(reference_run.metrics)
     assert [s for s, _ in got["train"]] == [1, 2, 3]
     torch.testing.assert_close(
-        torch.tensor([l for _, l in got["train"]]), torch.tensor([l for _, l in ref["train"][:3]]), rtol=1e-5, atol=1e-5
+        torch.tensor([loss for _, loss in got["train"]]), torch.tensor([loss for _, loss in ref["train"][:3]]), rtol=1e-5, atol=1e-5
     )
     # Evaluation batches are shared among the ranks and reduced: same numbers too.
     assert [e[0] for e in got["eval"]] == [0, 2, 3]
@@ -217,14 +219,14 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     opt.step()
     folder = tmp_path / "train_state"
     rng_state = torch.get_rng_state()
-    save_train_state(folder, model, opt, {"step": 1, "epoch": 0}, {"cpu.0": rng_state})
+    save_train_state(folder, model, opt, Progress(step=1, epoch=0), {"cpu.0": rng_state})
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
     assert not list(tmp_path.glob(".train_state*"))  # no temporary folder left behind
 
     model2 = GPT(GPTConfig.from_preset("tiny", n_layer=1))
     opt2 = configure_optimizer(model2, 1e-3, 0.1, torch.device("cpu"))
     progress, rng = load_train_state(folder, model2, opt2)
-    assert progress == {"step": 1, "epoch": 0}
+    assert progress == Progress(step=1, epoch=0)
     assert torch.equal(rng["cpu.0"], rng_state)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
@@ -236,12 +238,12 @@ def test_train_state_round_trip_without_pickle(tmp_path):
 
     # A save killed between its two renames leaves only the previous state as ".train_state.old": still loadable.
     os.replace(folder, tmp_path / ".train_state.old")
-    assert load_train_state(folder, model2, opt2)[0]["step"] == 1
+    assert load_train_state(folder, model2, opt2)[0].step == 1
 
 
 def test_metrics_truncate_and_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    log = MetricsLog(path, enabled=True)
+    log = MetricsLog(path)
     for step in range(4):
         log.log("train", step, step * 10, loss=1.0)
     with open(path, "a") as f:
@@ -279,3 +281,172 @@ def test_refuses_to_overwrite_a_run(tmp_path, reference_run):
         train(cfg)
     with pytest.raises(ValueError, match="already finished"):
         train(TrainConfig(resume=str(reference_run.root)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Defects of issue 9: run folders, leftovers, best/ and final/, file modes, Ctrl-C, --max-steps, masking
+
+
+def run_in_threads(configs: list[TrainConfig]) -> list:
+    """Start a training run per config at the same moment; each result is its RunPaths or the exception it raised."""
+    results: list = [None] * len(configs)
+    start = threading.Barrier(len(configs))
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = train(configs[i])
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(configs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_two_runs_started_together_never_share_a_folder(tmp_path, fixture_json, monkeypatch):
+    # Both runs get the same default name, as two runs started in the same second do.
+    monkeypatch.setattr(run_writer, "time", SimpleNamespace(strftime=lambda fmt: "20250101-120000"))
+    configs = [small_config(tmp_path, fixture_json, epochs=1, save_every=0, eval_every=100, lr=lr) for lr in (1e-3, 2e-3)]
+    results = run_in_threads(configs)
+    assert sorted(r.root.name for r in results) == ["20250101-120000", "20250101-120000-2"]
+    for config, paths in zip(configs, results):
+        run = json.loads(paths.run_json.read_text())
+        assert run["training"]["lr"] == config.lr and run["name"] == run["training"]["name"] == paths.root.name
+        assert [r["step"] for r in events(paths.metrics, "train")] == [1, 2, 3]  # its own lines only
+        assert {r["lr"] for r in events(paths.metrics, "train")} == {config.lr}
+        assert load_checkpoint(paths.final)[1].metadata["training"]["lr"] == config.lr
+
+    # The same --name: one run gets the folder, the other stops with a one-line error.
+    configs = [small_config(tmp_path, fixture_json, name="same", epochs=1, save_every=0, eval_every=100, lr=lr)
+               for lr in (1e-3, 2e-3)]
+    results = run_in_threads(configs)
+    errors = [r for r in results if isinstance(r, Exception)]
+    (winner,) = [c for c, r in zip(configs, results) if not isinstance(r, Exception)]
+    assert len(errors) == 1 and isinstance(errors[0], ValueError) and "already exists" in str(errors[0])
+    assert json.loads((tmp_path / "runs" / "same" / "run.json").read_text())["training"]["lr"] == winner.lr
+    assert {r["lr"] for r in events(tmp_path / "runs" / "same" / "metrics.jsonl", "train")} == {winner.lr}
+
+
+def dot_entries(paths) -> list[str]:
+    return sorted(p.name for folder in (paths.root, paths.root / "data") for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_leftovers_of_killed_saves_are_removed(tmp_path, fixture_json, monkeypatch, capsys):
+    paths = train(small_config(tmp_path, fixture_json, name="killed", epochs=1), stop_after=2)  # state of step 2
+    assert (paths.best / "config.json").is_file() and (paths.train_state / "state.json").is_file()
+    # What kill -9 during saves leaves: temporary folders and files, a swapped-out old folder.
+    for name in (".train_state.k1.tmp", ".best.k2.tmp", ".final.k3.tmp", ".best.old"):
+        (paths.root / name).mkdir()
+        (paths.root / name / "model.safetensors").write_bytes(b"0" * 1000)
+    (paths.root / "data" / ".val.jsonl.k4.tmp").write_text("{}")
+    # And one left while the resumed run writes its files: the end of the run removes it.
+    plot = training.plot_losses
+
+    def plot_and_leave_a_temporary(*args):
+        plot(*args)
+        (paths.root / ".loss.png.k5.tmp").write_bytes(b"")
+
+    monkeypatch.setattr(training, "plot_losses", plot_and_leave_a_temporary)
+    capsys.readouterr()
+    train(TrainConfig(resume=str(paths.root)))
+    out = capsys.readouterr().out
+    assert "removed the leftovers of an interrupted save" in out and ".train_state.k1.tmp" in out and ".val.jsonl.k4.tmp" in out
+    assert dot_entries(paths) == []
+    assert json.loads(paths.run_json.read_text())["status"] == "finished"
+    load_checkpoint(paths.best)
+
+
+def test_best_is_a_hard_link_of_final_when_the_best_step_is_the_last(tmp_path, fixture_json, reference_run):
+    # Evaluated at steps 0 and 3 only: the loss falls from random init, so step 3 is the best.
+    paths = train(small_config(tmp_path, fixture_json, name="linked", epochs=1, eval_every=100, save_every=0))
+    best_model, best = load_checkpoint(paths.best)
+    final_model, final = load_checkpoint(paths.final)
+    assert best.metadata["step"] == final.metadata["step"] == 3 and best.metadata == final.metadata
+    assert read_checkpoint_info(paths.best).sha256 == read_checkpoint_info(paths.final).sha256
+    for name in ("model.safetensors", "config.json"):
+        assert os.stat(paths.best / name).st_ino == os.stat(paths.final / name).st_ino, name  # stored once
+    # A best step before the last one is a checkpoint of its own.
+    ref_best, ref_final = read_checkpoint_info(reference_run.best), read_checkpoint_info(reference_run.final)
+    linked = os.stat(reference_run.best / "model.safetensors").st_ino == os.stat(reference_run.final / "model.safetensors").st_ino
+    assert linked == (ref_best.metadata["step"] == ref_final.metadata["step"])
+
+
+def test_checkpoint_files_follow_the_umask(reference_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for folder in (reference_run.final, reference_run.best) for p in folder.iterdir()]
+    assert {p.name for p in files} == {"model.safetensors", "config.json"}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
+    assert stat.S_IMODE(reference_run.final.stat().st_mode) == 0o777 & ~umask
+
+
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """Ctrl-C during the optimizer step ``step`` (1-based)."""
+    original, calls = StepRunner.train_step, []
+
+    def train_step(self, batch, lr):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return original(self, batch, lr)
+
+    monkeypatch.setattr(StepRunner, "train_step", train_step)
+
+
+def test_ctrl_c_before_the_first_state_names_the_folder_and_resume_starts_over(
+    tmp_path, fixture_json, reference_run, monkeypatch
+):
+    interrupt_at_step(monkeypatch, 2)  # the first state would be saved after step 2
+    with pytest.raises(TrainingInterrupted) as e:
+        train(small_config(tmp_path, fixture_json, name="stopped"))
+    root = tmp_path / "runs" / "stopped"
+    assert e.value.run_folder == root
+    assert str(e.value) == f"interrupted before the first saved state; --resume {root} starts the run over"
+    assert json.loads((root / "run.json").read_text())["status"] == "running" and not (root / "train_state").exists()
+
+    monkeypatch.undo()
+    paths = train(TrainConfig(resume=str(root)))
+    # Started over: the same run as the uninterrupted reference, and no line of the first attempt left.
+    for a, b in zip(saved_tensors(reference_run.final), saved_tensors(paths.final)):
+        assert torch.equal(a, b)
+    assert losses(paths.metrics) == losses(reference_run.metrics)
+    assert len(events(paths.metrics, "baseline")) == 1 and events(paths.metrics, "resume") == []
+    assert json.loads(paths.run_json.read_text())["status"] == "finished"
+
+
+def test_ctrl_c_after_a_saved_state_says_continue(tmp_path, fixture_json, monkeypatch):
+    interrupt_at_step(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(small_config(tmp_path, fixture_json, name="saved"))
+    root = tmp_path / "runs" / "saved"
+    assert str(e.value) == f"interrupted; continue from the last saved state with --resume {root}"
+
+
+def test_max_steps_stops_early_and_finishes_the_run(tmp_path, fixture_json):
+    paths = train(small_config(tmp_path, fixture_json, name="capped", max_steps=4))  # 2 epochs would be 6 steps
+    assert [r["step"] for r in events(paths.metrics, "train")] == [1, 2, 3, 4]
+    assert [r["step"] for r in events(paths.metrics, "eval")] == [0, 2, 4]
+    assert [r["step"] for r in events(paths.metrics, "done")] == [4]
+    assert load_checkpoint(paths.final)[1].metadata["step"] == 4
+    run = json.loads(paths.run_json.read_text())
+    assert run["status"] == "finished" and run["training"]["max_steps"] == 4
+    assert not paths.train_state.exists()
+    with pytest.raises(ValueError, match="--max-steps must be a positive integer"):
+        TrainConfig(max_steps=0)
+
+
+def test_the_prompt_is_masked_by_default(tmp_path, fixture_json):
+    assert TrainConfig().mask_prompt is True
+    config = TrainConfig(base="random:tiny", dataset=str(fixture_json), out_dir=str(tmp_path / "runs"), batch_size=4)
+    trainer = Trainer(config, DistContext(), torch.device("cpu"))
+    example = trainer.train_examples[0]
+    _, targets = trainer.steps.collate([example])
+    # Target j predicts token j + 1: the prompt's tokens 1..prompt_len-1 are targets 0..prompt_len-2.
+    cut = example.prompt_len - 1
+    assert cut > 10 and (targets[0, :cut] == IGNORE_INDEX).all()
+    assert (targets[0, cut:] != IGNORE_INDEX).all()  # the response and its EOS are learned
+    assert not (tmp_path / "runs").exists()  # loading data and model creates no run folder

@@ -1,0 +1,116 @@
+"""What training writes into its run folder besides the log and the resume state (rank 0 only).
+
+- the folder itself, created exclusively (``create_run_folder``), so two runs
+  never share one: a taken name is an error, a taken default name (the start
+  time) becomes ``<time>-2``, ``<time>-3``, ...;
+- ``run.json`` and the run's own test and validation records (``write_run_files``);
+- ``best/``: the weights of the lowest validation loss, kept in memory and
+  written when the loop asks (``BestWeights``); when they are the final weights,
+  ``best/`` holds hard links to ``final/``'s files instead of a second copy;
+- cleanup: leftovers of saves killed midway (``remove_leftovers``), and what a
+  first attempt wrote when a run with no saved state starts over (``clear_outputs``).
+
+The folder's layout itself is ``runs.RunPaths``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from gpt2_scratch.checkpoint import save_checkpoint
+from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.data import Split, write_records
+from gpt2_scratch.files import link_folder, remove_stray_temporaries
+from gpt2_scratch.model import GPT
+from gpt2_scratch.runs import RunInfo, RunPaths
+
+MAX_DEFAULT_NAME_TRIES = 100  # runs started in the same second: <time>, <time>-2, ..., <time>-100
+
+
+def taken_message(root: Path) -> str:
+    """The error for a run folder that exists already."""
+    return f"run folder {root} already exists; choose another --name or continue it with --resume {root}"
+
+
+def create_run_folder(out_dir: str | os.PathLike, name: str | None) -> Path:
+    """Create a new run folder exclusively: ``out_dir/name``, or ``out_dir/<start time>`` (then ``-2``, ``-3``, ...).
+
+    ``os.mkdir`` fails when the folder exists, whoever made it a moment ago:
+    that, not a look beforehand, is what keeps two runs out of one folder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    names = [name] if name is not None else [stamp] + [f"{stamp}-{i}" for i in range(2, MAX_DEFAULT_NAME_TRIES + 1)]
+    for candidate in names:
+        try:
+            os.mkdir(out_dir / candidate)
+            return out_dir / candidate
+        except FileExistsError:
+            continue
+    raise ValueError(taken_message(out_dir / names[-1]))
+
+
+def write_run_files(paths: RunPaths, run_info: RunInfo, split: Split) -> None:
+    """run.json first (from then on the folder can be resumed), then data/test.jsonl and data/val.jsonl."""
+    paths.write_info(run_info)
+    write_records(paths.test_records, split.test)
+    write_records(paths.val_records, split.val)
+
+
+def clear_outputs(paths: RunPaths) -> None:
+    """Remove what a run's first attempt wrote (log, plot, checkpoints), before it starts over."""
+    for path in (paths.metrics, paths.loss_plot):
+        path.unlink(missing_ok=True)
+    for folder in (paths.best, paths.final):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_leftovers(paths: RunPaths) -> list[str]:
+    """Remove what saves killed midway left in the run folder (a 124M train state: 1.5 GB); returns their paths.
+
+    Only while no other process writes in the folder: at a resume and at the end of the run.
+    """
+    removed = []
+    for folder in (paths.root, paths.test_records.parent):
+        removed += [str(folder / name) for name in remove_stray_temporaries(folder)]
+    return removed
+
+
+class BestWeights:
+    """The weights of the lowest validation loss so far: kept in memory, written to best/ when asked.
+
+    Writing a checkpoint at every improvement would cost more than the
+    evaluations themselves (a 124M checkpoint is 500 MB and evaluation runs
+    every few steps); the loop writes at saves, epoch ends and the end.
+    """
+
+    def __init__(self, written: int = -1):
+        self.weights: dict[str, torch.Tensor] | None = None  # a CPU copy, head excluded (it is wte)
+        self.config: GPTConfig | None = None
+        self.written = written  # the step whose weights best/ holds (-1: none)
+
+    def keep(self, model: GPT) -> None:
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        self.config = model.config
+
+    def write(self, folder: Path, step: int, *, prompt_style: str, metadata: dict) -> None:
+        """Write the kept weights (those of ``step``) to ``folder``, unless it holds them already."""
+        if self.weights is None or self.written == step:
+            return
+        with torch.device("meta"):  # a shell for save_checkpoint; the tensors are the kept weights
+            shell = GPT(self.config)
+        shell.load_state_dict({**self.weights, "lm_head.weight": self.weights["transformer.wte.weight"]}, assign=True)
+        save_checkpoint(folder, shell, prompt_style=prompt_style, metadata=metadata)
+        self.written = step
+
+    def link(self, folder: Path, final: Path, step: int) -> None:
+        """Make ``folder`` hard links to ``final`` (a checkpoint of the same weights, step and metadata)."""
+        if self.written != step:
+            link_folder(final, folder)
+            self.written = step

@@ -1,0 +1,103 @@
+"""The options of a finetuning run: ``TrainConfig``, one field per option of ``finetune.py``.
+
+The defaults are those of the LLMs-from-scratch reference run (ch07), except
+``mask_prompt`` (the reference learns the prompts too; ``--no-mask-prompt``).
+A run saves its config in run.json's "training" (``to_dict``); ``--resume``
+reads it back (``from_dict``). Every bad value is a one-line ``ValueError``
+that names the command-line option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from gpt2_scratch.data import DEFAULT_DATASET_URL
+from gpt2_scratch.distributed import PRECISIONS
+from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
+from gpt2_scratch.runs import DEFAULT_RUNS_DIR
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a finetuning run: the options of ``finetune.py``, one to one."""
+
+    base: str = "gpt2"  # model string for checkpoint.load_model: Hub id, short name, folder, random:<preset>
+    dataset: str = DEFAULT_DATASET_URL  # URL, local .json/.jsonl file or Hub dataset id
+    out_dir: str = str(DEFAULT_RUNS_DIR)
+    name: str | None = None  # run folder name; default: the start time, e.g. 20250101-120000 (-2, -3, ... if taken)
+    prompt_style: str = DEFAULT_PROMPT_STYLE
+    limit: int | None = None  # use only the first N records (before splitting), for quick runs
+    shuffle_split: bool = False  # the reference splits in file order
+    epochs: int = 2
+    max_steps: int | None = None  # stop after this many optimizer steps (and finish the run normally)
+    lr: float = 5e-5
+    weight_decay: float = 0.1  # applied to matrices and embeddings only, not to biases and LayerNorms
+    batch_size: int = 8  # examples per optimizer step, over all processes and accumulation micro-steps
+    grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum examples each): saves memory
+    max_length: int = 1024  # tokens per example, longer ones are cut (capped at the model's context)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping (the reference does not clip)
+    mask_prompt: bool = True  # learn only the responses (False: prompts too, as the reference run)
+    group_by_length: bool = True
+    seed: int = 123
+    eval_every: int = 5  # steps between train/validation loss evaluations
+    eval_batches: int = 5  # batches of each split per evaluation (the reference's eval_iter)
+    sample_tokens: int = 50  # max new tokens of the baseline and per-epoch sample responses (greedy)
+    save_every: int = 100  # steps between resume states; 0 = never
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False
+    device: str = "auto"
+    resume: str | None = None  # run folder to continue; its run.json supplies the other settings
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "eval_batches", "sample_tokens")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{_option(name)} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "save_every", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{_option(name)} must be a non-negative integer, got {value!r}")
+        for name in ("limit", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{_option(name)} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{_option(name)} must be a non-negative number, got {value!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
+        if self.max_length < 2:
+            raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
+        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("prompt_style", tuple(PROMPT_STYLES))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{_option(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.name is not None and (not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name):
+            raise ValueError(f"--name must be a plain folder name, got {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. run.json's "training"), rejecting unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _option(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")

@@ -1,0 +1,169 @@
+"""The math of training: AdamW, the learning-rate schedule, one optimizer step, the evaluation loss.
+
+What one step is
+    ``batch_size`` is the number of examples per optimizer step, whatever the
+    gradient accumulation and the number of processes. The sampler builds the
+    same global batches everywhere; each of the ``world_size`` processes takes
+    a contiguous share and cuts it into ``grad_accum`` micro-batches. The loss
+    is summed over the target tokens of the whole global batch and divided by
+    their total count, so the gradient is that of one big batch: 2 processes,
+    or 1 process with ``grad_accum=2``, compute the same step as 1 process
+    alone (up to float rounding). With one process and ``grad_accum=1`` this is
+    the reference's mean cross-entropy over the batch.
+
+Tokens
+    ``tokens_seen`` and tokens/s count real (non-padding) input tokens, so
+    numbers stay comparable whether batches are length-grouped or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import torch
+
+from gpt2_scratch.data import EncodedExample, collate
+from gpt2_scratch.distributed import DistContext
+from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
+from gpt2_scratch.model import GPT
+from gpt2_scratch.train_config import TrainConfig
+
+COSINE_MIN_LR_RATIO = 0.1  # cosine decays to 10% of the peak learning rate (as in nanoGPT)
+
+
+def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (ndim >= 2), fused on CUDA and CPU.
+
+    Decaying biases and LayerNorm gains towards zero only hurts, so they get none.
+    The fused kernel updates all parameters in one pass: on CPU (124M, 2 threads)
+    it took 0.17 s per step against 0.78 s for PyTorch's default per-tensor loop.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]  # the tied head is wte: counted once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=True if device.type in ("cuda", "cpu") else None)
+
+
+def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine decay."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    decay_steps = max(total_steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / decay_steps, 1.0)
+    min_lr = config.lr * COSINE_MIN_LR_RATIO
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - min_lr)
+
+
+def chunks(items: Sequence, size: int) -> list:
+    """``items`` cut into consecutive pieces of ``size`` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def input_tokens(examples: Sequence[EncodedExample], max_length: int) -> int:
+    """Real input tokens of a batch: collate feeds each example's ids (cut to max_length), then padding."""
+    return sum(min(len(ex.ids), max_length) for ex in examples)
+
+
+class StepRunner:
+    """Optimizer steps and evaluation losses of ``model``, on this process's share of each batch."""
+
+    def __init__(
+        self,
+        model: GPT,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        dist_ctx: DistContext,
+        device: torch.device,
+        *,
+        max_length: int,
+        amp_dtype: torch.dtype | None,
+    ):
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.dist_ctx, self.device = dist_ctx, device
+        self.max_length, self.amp_dtype = max_length, amp_dtype
+        self.train_model: torch.nn.Module = model  # compiled and/or wrapped in DDP by wrap()
+
+    def wrap(self) -> None:
+        """``torch.compile`` and/or DistributedDataParallel, as the config and the processes say."""
+        if self.config.compile:
+            self.train_model = torch.compile(self.model)
+        if self.dist_ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.train_model, device_ids=ids)
+
+    def collate(self, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of ``examples`` as training sees them (cut to max_length, prompt masked or not)."""
+        return collate(examples, max_length=self.max_length, mask_prompt=self.config.mask_prompt)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batch: Sequence[EncodedExample], lr: float) -> tuple[float, int]:
+        """One optimizer step on the global ``batch``; returns (its mean loss, its input tokens)."""
+        cfg, ctx = self.config, self.dist_ctx
+        share = len(batch) // ctx.world_size
+        mine = batch[ctx.rank * share : (ctx.rank + 1) * share]
+        micro = chunks(mine, share // cfg.grad_accum)
+        batches = [self.collate(m) for m in micro]
+        # The loss is normalised by the target tokens of the whole global batch, so the
+        # step does not depend on how the batch is split over processes and micro-batches.
+        counts = torch.tensor(
+            [sum(int((y != IGNORE_INDEX).sum()) for _, y in batches), sum(input_tokens(m, self.max_length) for m in micro)],
+            device=self.device,
+        )
+        n_targets, n_tokens = (int(c) for c in ctx.all_reduce(counts))
+        # DDP averages gradients over processes: multiplying by world_size turns that into a sum.
+        scale = ctx.world_size / max(n_targets, 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for j, (x, y) in enumerate(batches):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = j == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not ctx.distributed else self.train_model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.train_model(x)
+                loss = lm_loss(logits, y, reduction="sum")
+                (loss * scale).backward()
+            loss_sum += loss.detach()
+            del logits, loss  # free this micro-batch's logits before the next forward
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = float(ctx.all_reduce(loss_sum))
+        return (total / n_targets if n_targets else float("nan")), n_tokens
+
+    @torch.inference_mode()
+    def eval_loss(self, batches: list[list[EncodedExample]]) -> float:
+        """Mean over ``batches`` of each batch's mean loss (the reference's calc_loss_loader), shared among ranks."""
+        if not batches:
+            return float("nan")
+        cfg, ctx = self.config, self.dist_ctx
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b, batch in enumerate(batches):
+            if b % ctx.world_size != ctx.rank:
+                continue
+            loss_sum = torch.zeros((), device=self.device)
+            n_targets = 0
+            for chunk in chunks(batch, max(cfg.batch_size // cfg.grad_accum, 1)):
+                x, y = self.collate(chunk)
+                with self._autocast():
+                    logits = self.model(x.to(self.device))
+                loss_sum += lm_loss(logits, y.to(self.device), reduction="sum")
+                n_targets += int((y != IGNORE_INDEX).sum())
+            total += loss_sum.double() / max(n_targets, 1)
+        self.model.train()
+        return float(ctx.all_reduce(total)) / len(batches)

@@ -1,0 +1,81 @@
+"""Tests of gpt2_scratch.files: folder swaps, their leftovers, file modes, hard-linked folders."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import stat
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gpt2_scratch.files import atomic_folder, link_folder, read_jsonl, remove_stray_temporaries
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_folder_gives_files_the_umask_modes(tmp_path, umask_022):
+    """mkstemp, mkdtemp and safetensors create 0600/0700: the swapped-in folder must not stay private."""
+    with atomic_folder(tmp_path / "ckpt") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "notes.txt").write_text("x")
+        os.chmod(tmp / "sub" / "notes.txt", 0o600)
+    assert mode(tmp_path / "ckpt") == 0o755
+    assert mode(tmp_path / "ckpt" / "sub") == 0o755
+    assert mode(tmp_path / "ckpt" / "model.safetensors") == 0o644
+    assert mode(tmp_path / "ckpt" / "sub" / "notes.txt") == 0o644
+
+
+def test_remove_stray_temporaries(tmp_path):
+    # What kills during atomic_write / atomic_folder leave behind.
+    (tmp_path / ".train_state.ab12cd.tmp").mkdir()
+    (tmp_path / ".train_state.ab12cd.tmp" / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / ".metrics.jsonl.q9.tmp").write_text("{}")
+    (tmp_path / "final").mkdir()
+    (tmp_path / ".final.old").mkdir()  # killed after both renames: final/ is the new one
+    (tmp_path / ".best.old").mkdir()  # killed between the renames: best/ is missing, this is it
+    (tmp_path / ".best.old" / "config.json").write_text("{}")
+    # Not leftovers: kept.
+    for name in ("run.json", ".hidden", ".notes.tmp", "x.tmp", "final.old"):
+        (tmp_path / name).write_text("keep")
+
+    removed = remove_stray_temporaries(tmp_path)
+    assert sorted(removed) == [".final.old", ".metrics.jsonl.q9.tmp", ".train_state.ab12cd.tmp"]
+    assert (tmp_path / "best" / "config.json").read_text() == "{}"  # restored, not removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".hidden", ".notes.tmp", "best", "final", "final.old", "run.json", "x.tmp",
+    ]
+    assert remove_stray_temporaries(tmp_path) == []
+    assert remove_stray_temporaries(tmp_path / "missing") == []
+
+
+def test_link_folder_shares_the_files(tmp_path):
+    src = tmp_path / "final"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"weights")
+    (src / "config.json").write_text("{}")
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "old.bin").write_text("previous best")
+
+    link_folder(src, tmp_path / "best")
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["config.json", "model.safetensors"]
+    for name in ("model.safetensors", "config.json"):
+        assert os.stat(tmp_path / "best" / name).st_ino == os.stat(src / name).st_ino
+    assert not list(tmp_path.glob(".best*"))
+
+
+def test_read_jsonl_accepts_a_utf8_bom(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(codecs.BOM_UTF8 + b'{"a": 1}\n{"a": 2}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
