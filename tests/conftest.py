@@ -224,3 +224,25 @@ def greedy():
         return decode(generate(model, [encode(prompt)], SamplingSettings(max_new_tokens=n))[0])
 
     return answer
+
+
+# --------------------------------------------------------------------------- a dataset file
+
+
+def _write_dataset(path: Path, n: int = 16) -> Path:
+    records = [
+        {"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
+        for a, b in zip(range(3, 3 + n), range(20, 20 + n))
+    ]
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_dataset():
+    """``write_dataset(path, n=16) -> path``: ``n`` short arithmetic instructions as a dataset .json file.
+
+    Split 85/10/5 in file order: 13 train / 1 test / 2 validation records for n=16,
+    34 / 4 / 2 for n=40. Record i asks "What is {3+i} plus {20+i}?".
+    """
+    return _write_dataset

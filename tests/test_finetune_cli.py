@@ -19,15 +19,6 @@ from gpt2_scratch.train_step import StepRunner
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_fixture(path: Path, n: int) -> Path:
-    records = [
-        {"instruction": f"What is {a} plus {b}?", "input": "" if a % 3 else "Answer in words.", "output": f"{a + b}."}
-        for a, b in zip(range(n), range(100, 100 + n))
-    ]
-    path.write_text(json.dumps(records), encoding="utf-8")
-    return path
-
-
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     return subprocess.run(
@@ -35,8 +26,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_smoke_run_end_to_end(tmp_path):
-    dataset = write_fixture(tmp_path / "data.json", 40)  # 34 train / 4 test / 2 validation
+def test_smoke_run_end_to_end(tmp_path, write_dataset):
+    dataset = write_dataset(tmp_path / "data.json", 40)  # 34 train / 4 test / 2 validation
     proc = run_cli(
         "--base", "random:tiny", "--dataset", str(dataset), "--epochs", "1", "--out-dir", str(tmp_path / "runs"),
         "--name", "smoke", "--eval-batches", "2", "--sample-tokens", "8", cwd=tmp_path,
@@ -132,8 +123,8 @@ def test_mask_prompt_is_the_default_and_the_help_says_so(capsys, monkeypatch):
     assert "--max-steps N stop after N optimizer steps" in out
 
 
-def test_ctrl_c_prints_the_real_run_folder(tmp_path, monkeypatch, capsys):
-    dataset = write_fixture(tmp_path / "data.json", 40)
+def test_ctrl_c_prints_the_real_run_folder(tmp_path, monkeypatch, capsys, write_dataset):
+    dataset = write_dataset(tmp_path / "data.json", 40)
     original = StepRunner.train_step
 
     def train_step(self, batch, lr):

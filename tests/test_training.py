@@ -36,16 +36,6 @@ from gpt2_scratch.training import Trainer, TrainingInterrupted, train
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_fixture(path: Path, n: int = 16) -> Path:
-    """``n`` short arithmetic instructions: 13 train / 1 test / 2 validation records for n=16."""
-    records = [
-        {"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
-        for a, b in zip(range(3, 3 + n), range(20, 20 + n))
-    ]
-    path.write_text(json.dumps(records), encoding="utf-8")
-    return path
-
-
 def small_config(tmp: Path, dataset: Path, **overrides) -> TrainConfig:
     # batch 4 over 13 training records: 3 steps per epoch (drop_last, as the reference).
     # The phi3 prompt style is ~25 tokens shorter than alpaca: the tests run twice as fast.
@@ -69,8 +59,8 @@ def losses(metrics: Path) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def fixture_json(tmp_path_factory) -> Path:
-    return write_fixture(tmp_path_factory.mktemp("data") / "fixture.json")
+def fixture_json(tmp_path_factory, write_dataset) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "fixture.json")
 
 
 @pytest.fixture(scope="module")
