@@ -9,6 +9,9 @@ rows. Padding is masked out of attention and each row's positions start at 0
 at its first real token, so a row gets exactly what it would get alone. A row
 that emits ``<|endoftext|>`` is dropped from the batch (and from the cache), so
 finished rows cost nothing while the others continue.
+
+The per-row pieces (``make_generator``, ``sample_rows``, ``stream_text``) are
+shared with ``serving.Engine``, whose rows join and leave a running batch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import codecs
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -79,6 +82,29 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, generator: tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def make_generator(settings: SamplingSettings, device: torch.device | str) -> torch.Generator | None:
+    """The random generator a run with ``settings`` samples with: seeded when a seed is set, else None (torch's global one)."""
+    if settings.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(settings.seed)
+
+
+def sample_rows(
+    logits: torch.Tensor, settings: Sequence[SamplingSettings], generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """Next token ids ``(B,)`` from logits ``(B, V)``, each row with its own settings and generator.
+
+    Row i draws exactly what ``sample_next(logits[i:i+1], settings[i], generators[i])``
+    draws, which is what that row draws in a batch of its own: a seeded row gives
+    the same tokens whatever shares its batch.
+    """
+    tokens = logits.argmax(dim=-1)  # greedy rows need nothing more (one argmax for all of them)
+    for i, (s, g) in enumerate(zip(settings, generators)):
+        if s.temperature != 0:
+            tokens[i] = sample_next(logits[i : i + 1], s, g)[0]
+    return tokens
+
+
 @torch.inference_mode()
 def generate_steps(
     model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, eos_id: int | None = EOS_ID
@@ -116,9 +142,7 @@ def generate_steps(
     mask = cache.key_valid[:, :T] if padded else None
     logits = model(idx, cache=cache, position_ids=positions, attention_mask=mask, last_only=True)
 
-    generator = None
-    if settings.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    generator = make_generator(settings, device)
     rows = torch.arange(B, device=device)  # original index of each running row
     next_pos = lengths.clone()  # position of the token each row feeds next
     for step in range(settings.max_new_tokens):
@@ -151,10 +175,8 @@ def generate(
     return out
 
 
-def stream(
-    model: GPT, prompt: Sequence[int], settings: SamplingSettings, eos_id: int | None = EOS_ID
-) -> Iterator[tuple[list[int], str]]:
-    """Yield (new token ids so far, their text so far) after every token of one prompt.
+def stream_text(tokens: Iterable[int]) -> Iterator[tuple[list[int], str]]:
+    """Yield (token ids so far, their text so far) after every token of ``tokens``.
 
     The text is decoded incrementally from bytes, so a multi-byte character split
     over several tokens appears only once it is complete.
@@ -163,12 +185,24 @@ def stream(
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     ids: list[int] = []
     text = ""
-    for _, (token,) in generate_steps(model, [prompt], settings, eos_id):
-        if token == eos_id:
-            break
+    for token in tokens:
         ids.append(token)
         text += utf8.decode(enc.decode_single_token_bytes(token))
         yield list(ids), text
     tail = utf8.decode(b"", final=True)  # a character left incomplete at the end
     if tail:
         yield list(ids), text + tail
+
+
+def stream(
+    model: GPT, prompt: Sequence[int], settings: SamplingSettings, eos_id: int | None = EOS_ID
+) -> Iterator[tuple[list[int], str]]:
+    """Yield (new token ids so far, their text so far) after every token of one prompt (see ``stream_text``)."""
+
+    def tokens() -> Iterator[int]:
+        for _, (token,) in generate_steps(model, [prompt], settings, eos_id):
+            if token == eos_id:
+                return
+            yield token
+
+    yield from stream_text(tokens())

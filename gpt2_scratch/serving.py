@@ -1,0 +1,430 @@
+"""Continuous batching: every request to one model shares one decoding loop.
+
+An ``Engine`` owns a model and one background worker thread. ``submit`` puts a
+prompt in a waiting queue and returns a ``Request`` at once; the worker runs
+one forward pass per step for all running rows, and between two steps
+
+- cancelled rows leave, and waiting requests join (up to ``max_rows`` rows);
+- a newcomer's whole prompt is fed in the same forward pass as the one token
+  of every running row (its prefill), so joining costs the others one step;
+- a row that emits ``<|endoftext|>``, reaches its ``max_new_tokens`` or is
+  cancelled leaves at once, and its KV cache is freed.
+
+Each request's tokens go to its own thread-safe queue, which ``Request.tokens``
+and ``Request.stream`` (text, like ``generation.stream``) read as they come.
+
+Why the batch is "ragged" rather than left-padded like ``generation.generate_steps``:
+a request must give exactly the tokens it gives alone (``generation.generate``
+on its prompt), whoever else is in the batch. With left padding and one masked
+attention call for all rows, a row's attention sums run over a different
+number of keys than alone, and float32 rounds them differently in the last
+bits. So here every row keeps its own KV cache (``(n_layer, 1, nh, len, hs)``,
+sized for its prompt plus its new tokens, never more than the context) and
+gets its own attention call, with exactly the shapes it has alone. Everything
+else (embeddings, LayerNorm, GELU, every linear layer and the head) works on
+one row at a time or is a matrix product whose rows are computed independently,
+so all rows' tokens are concatenated and go through those in one batched call.
+Each row samples with its own settings and its own ``torch.Generator``
+(``generation.sample_rows``), seeded like a run of its own.
+
+Exactness therefore rests on the linear layers giving each row the same bits
+whatever the number of rows. oneDNN's float32 path (``inference.PackedLinear``)
+does from 2 rows up, and at 1 row too for the tiny test model's sizes; at the
+124M shape a one-row product with 3072 inputs (the MLP's ``c_proj``) takes
+another kernel, so a request decoding alone (``generation.generate``) and in
+company can differ there in the last bits, which changes a greedy token only at
+a near-tie. MKL's GEMM (``GPT2_SCRATCH_ONEDNN=0``) changes kernels below 8
+rows, int8 (``inference.Int8Linear``) above 32, and cuBLAS promises nothing.
+"""
+
+from __future__ import annotations
+
+import operator
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gpt2_scratch.generation import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
+from gpt2_scratch.model import GPT, KVCache
+from gpt2_scratch.tokenizer import EOS_ID
+
+FINISH_REASONS = ("eos", "length", "cancelled", "error", "closed")
+
+
+class EngineError(RuntimeError):
+    """Generation in the engine failed (the worker's error is the ``__cause__``)."""
+
+
+class EngineBusy(EngineError):
+    """The waiting queue is full: the caller should try again in a moment."""
+
+
+class EngineClosed(EngineError):
+    """The engine was closed (before or while this request ran)."""
+
+
+_END = object()  # end of a request's token queue
+
+
+class Request:
+    """One submitted prompt. Its new token ids arrive as the engine makes them; read them once.
+
+    ``prompt`` is the prompt as fed (cropped from the left when prompt plus
+    ``settings.max_new_tokens`` exceeded the context; ``cropped`` says by how
+    many tokens). ``finish_reason`` is None while it runs, then one of
+    ``FINISH_REASONS``. ``step_joined`` / ``step_finished`` are the engine step
+    numbers of its prefill and of its last token.
+    """
+
+    def __init__(self, prompt: list[int], settings: SamplingSettings, cropped: int):
+        self.prompt = prompt
+        self.settings = settings
+        self.cropped = cropped
+        self.finish_reason: str | None = None
+        self.step_joined: int | None = None
+        self.step_finished: int | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._read = False  # the queue is drained by one reader, once
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether ``cancel`` was called."""
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Stop this request only: its row leaves the batch at the next step. No effect once finished."""
+        self._cancel.set()
+
+    def tokens(self, timeout: float | None = None) -> Iterator[int]:
+        """New token ids as they come (without the final ``<|endoftext|>``).
+
+        Ends when the request finishes or is cancelled; raises the engine's
+        error (``EngineError``, ``EngineClosed``), or ``TimeoutError`` when no
+        token comes within ``timeout`` seconds. Leaving the loop early cancels
+        the request, so an abandoned stream does not keep its row.
+        """
+        if self._read:
+            raise RuntimeError("a request's tokens can be read only once")
+        self._read = True
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    raise TimeoutError(f"no new token within {timeout} s") from None
+                if item is _END:
+                    return
+                if isinstance(item, EngineClosed):
+                    raise EngineClosed(str(item))
+                if isinstance(item, BaseException):
+                    raise EngineError(f"generation failed ({type(item).__name__}: {item})") from item
+                yield item
+        finally:
+            if self.finish_reason is None:
+                self.cancel()
+
+    def stream(self, timeout: float | None = None) -> Iterator[tuple[list[int], str]]:
+        """Yield (new token ids so far, their text so far) after every token, like ``generation.stream``.
+
+        Closing it early (a Stop button, a closed connection) cancels the request.
+        """
+        try:
+            yield from stream_text(self.tokens(timeout))
+        finally:
+            if self.finish_reason is None:
+                self.cancel()
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """All new token ids, once the request has finished (``timeout``: the most seconds between two tokens)."""
+        return list(self.tokens(timeout))
+
+    # The worker's side.
+    def _put(self, token: int) -> None:
+        self._queue.put(token)
+
+    def _finish(self, reason: str, step: int, error: BaseException | None = None) -> None:
+        self.finish_reason = reason  # set before _END is queued: a reader that sees the end sees the reason
+        self.step_finished = step
+        if error is not None:
+            self._queue.put(error)
+        self._queue.put(_END)
+
+
+@dataclass(eq=False)
+class _Row:
+    """A request in the running batch."""
+
+    request: Request
+    cache: KVCache  # this row's alone: (n_layer, 1, nh, prompt + max_new_tokens, hs)
+    generator: torch.Generator | None
+    feed: list[int]  # tokens to feed at the next step: the prompt, then the last new token
+    n_new: int = 0
+
+
+class Engine:
+    """Continuous batching for one model: ``submit`` prompts from any thread; one worker decodes them all.
+
+    max_rows: rows decoded together (requests beyond it wait for a row to leave).
+    max_waiting: requests that may wait for a row; ``submit`` raises ``EngineBusy`` beyond.
+    max_prefill_tokens: prompt tokens fed per step; newcomers beyond it join at
+        the next step (one newcomer always joins), so a burst of long prompts
+        does not stall the running rows for long.
+    eos_id: the token that ends a row (None: rows run to ``max_new_tokens``).
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        max_rows: int = 16,
+        max_waiting: int = 64,
+        max_prefill_tokens: int = 512,
+        eos_id: int | None = EOS_ID,
+    ):
+        for name, value in (
+            ("max_rows", max_rows),
+            ("max_waiting", max_waiting),
+            ("max_prefill_tokens", max_prefill_tokens),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if model.training:
+            raise ValueError("the engine needs the model in eval mode (call model.eval())")
+        self.model = model
+        self.max_rows, self.max_waiting, self.max_prefill_tokens = max_rows, max_waiting, max_prefill_tokens
+        self.eos_id = eos_id
+        self.steps = 0  # forward passes so far
+        self._rows: list[_Row] = []  # the worker's alone
+        self._waiting: deque[Request] = deque()
+        self._cond = threading.Condition()  # guards _waiting and _closing
+        self._closing = False
+        self._worker = threading.Thread(target=self._run, name="gpt2-engine", daemon=True)
+        self._worker.start()
+
+    # ---- the callers' side
+
+    @property
+    def running(self) -> int:
+        """Rows in the batch now."""
+        return len(self._rows)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine no longer takes requests (``close`` was called, or its worker stopped on a bug)."""
+        return self._closing
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a row now."""
+        return len(self._waiting)
+
+    def submit(self, prompt: Sequence[int], settings: SamplingSettings, *, wait: bool = False) -> Request:
+        """Queue ``prompt`` (token ids) for generation with ``settings``; returns its ``Request`` at once.
+
+        The prompt is cropped from the left like ``generation.generate`` does when
+        it and ``settings.max_new_tokens`` exceed the context. When ``max_waiting``
+        requests already wait, raises ``EngineBusy`` (or, with ``wait=True``,
+        blocks until one joins the batch). Raises ``EngineClosed`` after ``close``.
+        """
+        if not isinstance(settings, SamplingSettings):
+            raise TypeError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        ids, cropped = crop_prompt(prompt, self.model.config.block_size, settings.max_new_tokens)
+        vocab = self.model.config.vocab_size
+        try:
+            ids = [operator.index(t) for t in ids]
+            valid = all(0 <= t < vocab for t in ids)
+        except TypeError:  # a float, a string...
+            valid = False
+        if not valid:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        request = Request(ids, settings, cropped)
+        with self._cond:
+            while True:
+                if self._closing:
+                    raise EngineClosed("the engine is closed")
+                for r in [r for r in self._waiting if r.cancelled]:  # a cancelled request frees its place now
+                    self._waiting.remove(r)
+                    r._finish("cancelled", self.steps)
+                if len(self._waiting) < self.max_waiting:
+                    break
+                if not wait:
+                    raise EngineBusy(
+                        f"The server is busy ({len(self._waiting)} requests waiting); try again in a moment."
+                    )
+                self._cond.wait()
+            self._waiting.append(request)
+            self._cond.notify_all()
+        return request
+
+    def generate_all(
+        self, prompts: Sequence[Sequence[int]], settings: SamplingSettings | Sequence[SamplingSettings]
+    ) -> list[list[int]]:
+        """New token ids for each prompt, like ``generation.generate``, with rows refilled as others finish.
+
+        ``settings`` is one for all prompts or one per prompt. Each prompt gets
+        exactly what it gets alone, seed included (``generation.generate`` with
+        a seed instead shares one generator across its batch).
+        """
+        per_prompt = [settings] * len(prompts) if isinstance(settings, SamplingSettings) else list(settings)
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"got {len(per_prompt)} settings for {len(prompts)} prompts")
+        requests: list[Request] = []
+        try:
+            for p, s in zip(prompts, per_prompt):
+                requests.append(self.submit(p, s, wait=True))
+            return [r.result() for r in requests]
+        finally:
+            for r in requests:  # after an error or an interrupt, no row keeps running for nobody
+                r.cancel()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the worker after its current step; unfinished requests end with ``EngineClosed``."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- the worker
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            with torch.inference_mode():
+                while self._next_batch():
+                    self._step()
+        except BaseException as e:  # a bug in the loop itself: nobody may wait forever
+            error = e
+        finally:
+            with self._cond:
+                self._closing = True
+                pending = [row.request for row in self._rows] + list(self._waiting)
+                self._rows, self._waiting = [], deque()
+                self._cond.notify_all()
+            for request in pending:
+                request._finish(
+                    "closed" if error is None else "error",
+                    self.steps,
+                    EngineClosed("the engine was closed") if error is None else error,
+                )
+
+    def _next_batch(self) -> bool:
+        """At a step boundary: cancelled rows leave, waiting requests join. False when closing."""
+        for row in [row for row in self._rows if row.request.cancelled]:
+            self._rows.remove(row)
+            row.request._finish("cancelled", self.steps)
+        joining: list[Request] = []
+        with self._cond:
+            while not self._closing and not self._rows and not self._waiting:
+                self._cond.wait()
+            if self._closing:
+                return False
+            budget = self.max_prefill_tokens
+            while self._waiting and len(self._rows) + len(joining) < self.max_rows:
+                request = self._waiting[0]
+                if request.cancelled:
+                    self._waiting.popleft()._finish("cancelled", self.steps)
+                    continue
+                if joining and len(request.prompt) > budget:
+                    break
+                joining.append(self._waiting.popleft())
+                budget -= len(request.prompt)
+            self._cond.notify_all()  # room in the queue for submit(wait=True)
+        for request in joining:
+            try:
+                cache = self.model.new_cache(1, len(request.prompt) + request.settings.max_new_tokens)
+                generator = make_generator(request.settings, self.model.device)
+                row = _Row(request, cache, generator, list(request.prompt))
+            except Exception as e:  # e.g. out of memory: this request fails, the others go on
+                request._finish("error", self.steps, e)
+                continue
+            self._rows.append(row)
+            request.step_joined = self.steps
+        return True  # the batch may be empty when every newcomer was cancelled: _step does nothing then
+
+    def _step(self) -> None:
+        """One forward pass for every row; each row samples and streams its token, finished rows leave."""
+        rows = self._rows
+        if not rows:
+            return
+        step = self.steps
+        self.steps += 1
+        try:
+            logits = _forward_rows(self.model, rows)
+            requests = [row.request for row in rows]
+            tokens = sample_rows(logits, [r.settings for r in requests], [row.generator for row in rows]).tolist()
+        except Exception as e:  # e.g. out of memory: these rows' caches are unusable; the engine serves on
+            self._rows = []
+            for row in rows:
+                row.request._finish("error", step, e)
+            return
+        running = []
+        for row, token in zip(rows, tokens):
+            row.n_new += 1
+            request = row.request
+            if token == self.eos_id:
+                request._finish("eos", step)
+                continue
+            request._put(token)
+            if row.n_new == request.settings.max_new_tokens:
+                request._finish("length", step)
+            else:
+                row.feed = [token]
+                running.append(row)
+        self._rows = running
+
+
+def _forward_rows(model: GPT, rows: Sequence[_Row]) -> torch.Tensor:
+    """Logits ``(R, V)`` after each row's ``feed`` tokens: ``GPT.forward`` for a ragged batch.
+
+    The same modules and the same arithmetic per row as ``model(feed, cache=...,
+    last_only=True)`` with the row alone: the rows' tokens are concatenated into
+    one sequence ``(1, N, C)`` for everything that works row by row, and each row
+    attends over its own cache with its own ``scaled_dot_product_attention`` call
+    (see the module doc for why). Dropout is skipped (the model is in eval mode).
+    """
+    tr = model.transformer
+    C, nh = model.config.n_embd, model.config.n_head
+    hs = C // nh
+    device = model.device
+    spans = []  # (offset in the sequence, number of new tokens, tokens already cached)
+    offset = 0
+    for row in rows:
+        spans.append((offset, len(row.feed), row.cache.length))
+        offset += len(row.feed)
+    idx = torch.tensor([t for row in rows for t in row.feed], device=device).unsqueeze(0)  # (1, N)
+    pos = torch.tensor([p + j for _, T, p in spans for j in range(T)], device=device).unsqueeze(0)  # (1, N)
+
+    x = tr.wte(idx) + tr.wpe(pos)  # (1, N, C)
+    for layer, block in enumerate(tr.h):
+        attn = block.attn
+        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)  # 3 x (1, N, C)
+        ys = []
+        for row, (o, T, past) in zip(rows, spans):
+            cache, end = row.cache, past + T
+            cache.k[layer, :, :, past:end] = k[:, o : o + T].view(1, T, nh, hs).transpose(1, 2)
+            cache.v[layer, :, :, past:end] = v[:, o : o + T].view(1, T, nh, hs).transpose(1, 2)
+            qi = q[:, o : o + T].view(1, T, nh, hs).transpose(1, 2)  # (1, nh, T, hs)
+            # Exactly CausalSelfAttention's call for this row alone: its prompt (causal) or one new token.
+            y = F.scaled_dot_product_attention(
+                qi, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], is_causal=T > 1
+            )
+            ys.append(y.transpose(1, 2).contiguous().view(1, T, C))
+        x = x + attn.c_proj(torch.cat(ys, dim=1))
+        x = x + block.mlp(block.ln_2(x))
+    for row, (_, T, past) in zip(rows, spans):
+        row.cache.length = past + T
+    last = torch.tensor([o + T - 1 for o, T, _ in spans], device=device)
+    return model.lm_head(tr.ln_f(x[:, last]))[0]  # (R, V)
