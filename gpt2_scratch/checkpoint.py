@@ -26,7 +26,7 @@ import torch
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, recover_folder
 from gpt2_scratch.hub import read_safetensors
-from gpt2_scratch.inference import prepare_for_inference
+from gpt2_scratch.inference import prepare_for_inference, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 
@@ -176,7 +176,9 @@ def resolve_device(name: str) -> torch.device:
 RANDOM_PREFIX = "random:"
 
 
-def load_model(source: str, *, device: str | torch.device = "cpu") -> tuple[GPT, CheckpointInfo | None]:
+def load_model(
+    source: str, *, device: str | torch.device = "cpu", dtype: str = "float32"
+) -> tuple[GPT, CheckpointInfo | None]:
     """The one entry point for "give me a model from this string".
 
     - ``random:<preset>`` (e.g. ``random:tiny``, ``random:gpt2``): randomly
@@ -184,12 +186,18 @@ def load_model(source: str, *, device: str | torch.device = "cpu") -> tuple[GPT,
       same model (offline smoke runs and tests);
     - a folder written by ``save_checkpoint``: that checkpoint (its info is returned);
     - anything else: OpenAI-format weights through ``hub.load_pretrained``
-      (Hub id, short name, or local safetensors file/folder).
+      (Hub id, short name, or local safetensors file/folder); a folder written by
+      ``export.export_run`` also returns its info (prompt style, metadata).
 
-    The model comes in eval mode, ready for inference (``inference.prepare_for_inference``).
+    The model comes in eval mode, ready for inference (``inference.prepare_for_inference``)
+    in ``dtype``: ``float32`` (the default; the model can still be trained), or for
+    inference only ``bfloat16``, ``int8`` (weight-only) or ``auto`` (bfloat16 where the
+    device computes it natively, else float32; ``inference.resolve_dtype``). The weights
+    are read in float32 and converted here.
     """
     from gpt2_scratch.hub import load_pretrained
 
+    dtype = resolve_dtype(dtype, device)  # a bad name fails before any loading
     info = None
     if source.startswith(RANDOM_PREFIX):
         config = GPTConfig.from_preset(source[len(RANDOM_PREFIX):])
@@ -199,8 +207,10 @@ def load_model(source: str, *, device: str | torch.device = "cpu") -> tuple[GPT,
     elif (Path(source).expanduser() / CONFIG_FILE).is_file() and _is_our_config(Path(source).expanduser() / CONFIG_FILE):
         model, info = load_checkpoint(Path(source).expanduser(), device=device)
     else:
-        model = load_pretrained(source, device=device)
-    return prepare_for_inference(model), info
+        from gpt2_scratch.export import read_export_info  # None unless source is an export folder
+
+        model, info = load_pretrained(source, device=device), read_export_info(source)
+    return prepare_for_inference(model, dtype), info
 
 
 def _is_our_config(path: Path) -> bool:
