@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from gpt2_scratch.checkpoint import resolve_device
+from gpt2_scratch.inference import DTYPES
 from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, EvalSettings, evaluate_run, format_table
 from gpt2_scratch.runs import MODEL_NAMES
 from gpt2_scratch.generation import SamplingSettings
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"prompts generated together (default {DEFAULT_BATCH_SIZE}, fastest on CPU)")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N test records")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="inference format: float32 (default; exact), bfloat16, int8 (weight-only, opt-in), or auto "
+                        "(bfloat16 on CUDA and on CPUs with native bfloat16, else float32). Results record it")
     g.add_argument("--restart", action="store_true",
                    help="delete saved partial results in eval/ and start over (needed after changing settings)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -90,7 +94,7 @@ def build(args: argparse.Namespace) -> tuple[RunPaths, EvalSettings]:
     device = str(resolve_device(args.device or "auto"))
     settings = EvalSettings(
         models=MODEL_NAMES if args.models == "both" else (args.models,),
-        sampling=sampling, batch_size=args.batch_size, limit=args.limit, device=device,
+        sampling=sampling, batch_size=args.batch_size, limit=args.limit, device=device, dtype=args.dtype,
         judge=judge, restart=args.restart, progress=not args.no_progress,
     )
     return run, settings

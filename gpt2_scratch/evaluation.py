@@ -53,7 +53,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info
+from gpt2_scratch.checkpoint import load_model, read_checkpoint_info
+from gpt2_scratch.inference import DTYPES, resolve_dtype
 from gpt2_scratch.data import EncodedExample, Record, encode_record, read_records
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
@@ -82,6 +83,7 @@ class EvalSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     limit: int | None = None  # evaluate only the first ``limit`` test records
     device: str = "cpu"
+    dtype: str = "float32"  # inference format (inference.DTYPES); float32 reproduces earlier results exactly
     judge: JudgeConfig | None = None
     restart: bool = False  # delete saved progress first
     progress: bool = True  # show tqdm progress bars
@@ -92,6 +94,8 @@ class EvalSettings:
         for m in self.models:
             if m not in MODEL_NAMES:
                 raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
@@ -155,13 +159,11 @@ def _prompts_sha256(prompts: Sequence[Sequence[int]], records: Sequence[Record])
     return h.hexdigest()
 
 
-def _load(name: str, run: RunPaths, base_model: str, device: str) -> tuple[GPT, str | None]:
-    """(model in eval mode, sha256 of its weights when it is one of our checkpoints)."""
-    if name == "finetuned":
-        model, info = load_checkpoint(run.final, device=device)
-    else:
-        model, info = load_model(base_model, device=device)
-    return model.eval(), info.sha256 if info is not None else None
+def _load(name: str, run: RunPaths, base_model: str, device: str, dtype: str) -> tuple[GPT, str | None]:
+    """(model ready for inference in ``dtype``, sha256 of its weights when it is one of our checkpoints)."""
+    source = str(run.final) if name == "finetuned" else base_model
+    model, info = load_model(source, device=device, dtype=dtype)
+    return model, info.sha256 if info is not None else None
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
@@ -292,6 +294,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
             for p in eval_dir.glob(pattern):
                 p.unlink()
 
+    dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
     s = settings.sampling
     generation = {
         "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k,
@@ -300,12 +303,13 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     common = {
         "prompt_style": style.name, "prompts_sha256": _prompts_sha256(prompts, records),
         "num_records": len(records), "generation": generation, "device": torch.device(settings.device).type,
+        "dtype": dtype,
     }
     results: dict[str, ModelResults] = {}
     for name in MODEL_NAMES:
         if name not in settings.models:
             continue
-        model, sha256 = _load(name, run, base_model, settings.device)
+        model, sha256 = _load(name, run, base_model, settings.device, dtype)
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
         if model.config.block_size <= s.max_new_tokens:
@@ -327,6 +331,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         "test_records": str(run.test_records),
         "generation": generation,
         "device": settings.device,
+        "dtype": dtype,
         "judge": None if settings.judge is None else {"url": settings.judge.url, "model": settings.judge.model,
                                                       "seed": settings.judge.seed},
         "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},

@@ -283,3 +283,22 @@ def test_max_new_tokens_are_capped_to_the_context_with_a_note(run, capsys):
     err = capsys.readouterr().err
     assert f"note: max new tokens 256 capped at {256 - longest}" in err
     assert json.loads(run.summary.read_text())["generation"]["max_new_tokens"] == 256 - longest
+
+
+def test_dtype_is_used_and_recorded(run, monkeypatch):
+    from gpt2_scratch import inference
+
+    summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "dtype": "bfloat16"}))
+    assert summary["dtype"] == "bfloat16"
+    float32 = make_run(run.root.parent / "float32")
+    reference = evaluate_run(float32, EvalSettings(**{**FAST, "models": ("finetuned",)}))
+    assert reference["dtype"] == "float32"
+    bf16_loss, f32_loss = (s["models"]["finetuned"]["reference_loss"] for s in (summary, reference))
+    assert bf16_loss != f32_loss and bf16_loss == pytest.approx(f32_loss, rel=0.01)
+    # "auto" is recorded as what it chose, and results made in another format are not mixed in.
+    monkeypatch.setattr(inference, "native_bfloat16", lambda device: False)
+    with pytest.raises(SettingsMismatch, match="dtype='bfloat16' \\(now 'float32'\\)"):
+        interrupted = EvalSettings(**{**FAST, "models": ("finetuned",), "dtype": "auto"})
+        (run.eval_dir / "partial_finetuned.jsonl").write_text(
+            (run.eval_dir / "partial_finetuned.jsonl").read_text().replace('{"done": true}\n', ""))
+        evaluate_run(run, interrupted)
