@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_known_fields(cls: type[T], d: dict[str, Any], what: str) -> T:
+    """The dataclass ``cls`` built from ``d``; unknown keys are a one-line ``ValueError`` (a typo must not pass silently)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what}: {', '.join(unknown)}")
+    return cls(**d)
 
 
 @dataclass
@@ -47,12 +58,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        """Build from a dict, rejecting unknown keys (a typo must not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
+        """Build from a dict, rejecting unknown keys."""
+        return from_known_fields(cls, d, "GPTConfig field(s)")
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any]) -> "GPTConfig":

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from gpt2_scratch.config import from_known_fields
 from gpt2_scratch.data import DEFAULT_DATASET_URL
 from gpt2_scratch.distributed import PRECISIONS
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
@@ -92,11 +93,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict (e.g. run.json's "training"), rejecting unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**d)
+        return from_known_fields(cls, d, "training option(s)")
 
 
 def _option(field_name: str) -> str:
