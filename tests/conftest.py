@@ -246,3 +246,12 @@ def write_dataset():
     34 / 4 / 2 for n=40. Record i asks "What is {3+i} plus {20+i}?".
     """
     return _write_dataset
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

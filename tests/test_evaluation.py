@@ -34,13 +34,8 @@ FAST = dict(sampling=SamplingSettings(max_new_tokens=6), batch_size=2, progress=
 TIMING = ("generation_seconds", "tokens_per_second")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not crawl when other processes share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models run fastest on one thread, and do not crawl when other processes share the CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_run(root: Path) -> RunPaths:

@@ -19,13 +19,8 @@ from gpt2_scratch.scoring import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not crawl when other processes share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models run fastest on one thread, and do not crawl when other processes share the CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_words_lowercase_and_split_on_non_word_characters():
