@@ -1,8 +1,11 @@
-"""Launch the Gradio demo of a finetuned run: ``python app.py [--run runs/<name>] [--base gpt2]``.
+"""Launch the Gradio demo of a finetuned run: ``python app.py [--run runs/<name>] [--runs-dir runs] [--base gpt2]``.
 
-Which run it shows: ``--run`` if given; else, when ``GPT2_SCRATCH_HUB_REPO`` names
-a Hugging Face Hub model repo (as on a Space), the run downloaded from it; else
-the newest run under ``runs/``. The UI and its handlers live in the package
+Which runs it offers in its results tab: when ``GPT2_SCRATCH_HUB_REPO`` names
+Hugging Face Hub model repos (comma-separated, as on a Space), the runs
+downloaded from them (a repo that fails is named in the tab, the others still
+load); else every finished run under ``--runs-dir``. Which run it serves in the
+generation tabs: ``--run`` if given (also offered), else the first of those (the
+first Hub repo, or the newest run). The UI and its handlers live in the package
 ``gpt2_scratch/demo/``.
 
 It binds 127.0.0.1 (0.0.0.0 on a Hugging Face Space, where ``SPACE_ID`` is set);
@@ -32,8 +35,10 @@ EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--run", help="run folder to show (default: $GPT2_SCRATCH_HUB_REPO, else the newest under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default: runs)")
+    p.add_argument("--run", help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, "
+                                "else the newest under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs",
+                   help="folder of runs: each finished one is offered in the results tab (default: runs)")
     p.add_argument("--base", help="base model: Hub id, short name or local path (default: the run's base_model)")
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
@@ -72,15 +77,19 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--port must be from 1 to 65535, got {args.port}")
 
     from gpt2_scratch.demo import QUEUE_SIZE, DemoApp, build_demo, load_examples, start
-    from gpt2_scratch.runs import HUB_REPO_ENV, resolve_run
+    from gpt2_scratch.runs import HUB_REPO_ENV, find_runs, resolve_run
 
     try:
-        run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=os.environ.get(HUB_REPO_ENV))
-        app = DemoApp.from_run(run, base=args.base, run_problem=problem)
+        hub_repo = os.environ.get(HUB_REPO_ENV)
+        sources = find_runs(args.runs_dir, hub_repo)
+        run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=hub_repo, sources=sources)
+        app = DemoApp.from_run(run, base=args.base, run_problem=problem, sources=sources)
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    for warning in (problem, app.checkpoint_note):
+    # Each Hub repo that failed is named once, whether or not another one is served.
+    failed = [s.problem for s in sources if s.problem]
+    for warning in [*failed, None if problem == " ".join(failed) else problem, app.checkpoint_note]:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
 

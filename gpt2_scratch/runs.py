@@ -183,12 +183,32 @@ def latest_run(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> RunPaths:
     return RunPaths(max(candidates, key=lambda p: (p / "final" / "config.json").stat().st_mtime))
 
 
-# --------------------------------------------------------------------------- finding the run to show
+def _model_config(folder: Path) -> Path | None:
+    """The config.json of a folder's finished model: ``final/`` of a run, or the root of an export; else None."""
+    from gpt2_scratch.export import is_export  # export.py builds on this module
 
-# A Hugging Face Hub model repo holding run.json, final/ and eval/ (set on a Space).
+    final = folder / "final" / "config.json"
+    if final.is_file():
+        return final
+    return folder / "config.json" if is_export(folder) else None
+
+
+def finished_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunPaths]:
+    """Every finished run under ``runs_dir``, newest first: folders with a final checkpoint or an exported model."""
+    runs_dir = Path(runs_dir)
+    found = [(config, p) for p in sorted(runs_dir.glob("*")) if p.is_dir() and (config := _model_config(p))] \
+        if runs_dir.is_dir() else []
+    found.sort(key=lambda pair: pair[0].stat().st_mtime, reverse=True)
+    return [RunPaths(p) for _, p in found]
+
+
+# --------------------------------------------------------------------------- finding the runs to show
+
+# Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
 HUB_REPO_ENV = "GPT2_SCRATCH_HUB_REPO"
-# Files of a run the app needs when it comes from the Hub (not train_state/, not best/).
-HUB_RUN_FILES = ["run.json", "final/*", "eval/*", "loss.png", "metrics.jsonl"]
+# Files of a run the app needs when it comes from the Hub (not train_state/, not best/): a run folder's
+# (final/), or a published export's, whose model sits at the root (export.APP_FILES; a test checks both agree).
+HUB_RUN_FILES = ["run.json", "final/*", "eval/*", "loss.png", "metrics.jsonl", "model.safetensors", "config.json"]
 
 
 def display_path(path: Path) -> str:
@@ -199,20 +219,73 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def hub_repos(value: str | None) -> list[str]:
+    """The Hub repos named by ``value`` (``GPT2_SCRATCH_HUB_REPO``): comma-separated; blanks and repeats dropped."""
+    return list(dict.fromkeys(repo.strip() for repo in (value or "").split(",") if repo.strip()))
+
+
 def download_run(repo_id: str) -> RunPaths:
-    """Download a run (run.json, final/, eval/, loss curve) from a Hugging Face Hub model repo."""
+    """Download a run (run.json, the model, eval/, loss curve) from a Hugging Face Hub model repo."""
     from huggingface_hub import snapshot_download
 
     return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES)))
 
 
-def resolve_run(
-    run: str | os.PathLike | None, *, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, hub_repo: str | None = None
-) -> tuple[RunPaths | None, str | None]:
-    """The run the app shows: ``run`` if given, else the Hub repo if given, else the newest under ``runs_dir``.
+@dataclass(frozen=True)
+class RunSource:
+    """A run the app offers: ``label`` names it (the run folder's name, or the Hub repo);
+    ``run`` is None when it could not be had, and ``problem`` says why."""
 
-    Returns (run or None, why there is none). A local run must be a run folder,
-    as evaluate.py requires: a missing folder or ``run.json`` raises
+    label: str
+    run: RunPaths | None
+    problem: str | None = None
+
+
+def find_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, hub_repo: str | None = None) -> list[RunSource]:
+    """The runs the app offers: the Hub repos named in ``hub_repo`` (comma-separated) when there are any,
+    else every finished run under ``runs_dir``, newest first.
+
+    Each repo is downloaded; one that fails (offline, unknown or private) is a
+    source with a ``problem`` and the others still load.
+    """
+    repos = hub_repos(hub_repo)
+    if not repos:
+        return [RunSource(run.root.name, run) for run in finished_runs(runs_dir)]
+    sources = []
+    for repo in repos:
+        try:
+            sources.append(RunSource(repo, download_run(repo)))
+        except Exception as e:  # offline, unknown or private repo, ...
+            sources.append(RunSource(repo, None, (
+                f"Could not download the run from the Hub repo `{repo}` ({type(e).__name__}). "
+                f"Check `{HUB_REPO_ENV}`, or run locally with `python app.py --run runs/<name>`.")))
+    return sources
+
+
+def include_run(sources: list[RunSource], run: RunPaths | None) -> list[RunSource]:
+    """``sources`` with ``run`` (the one the app serves) first; labelled by its path if its name is taken."""
+    if run is None:
+        return sources
+    same = [s for s in sources if s.run is not None and s.run.root.resolve() == run.root.resolve()]
+    if same:
+        return [*same, *(s for s in sources if s not in same)]
+    taken = {s.label for s in sources}
+    label = run.root.name if run.root.name not in taken else display_path(run.root)
+    return [RunSource(label, run), *sources]
+
+
+def resolve_run(
+    run: str | os.PathLike | None,
+    *,
+    runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+    hub_repo: str | None = None,
+    sources: list[RunSource] | None = None,
+) -> tuple[RunPaths | None, str | None]:
+    """The run the app serves: ``run`` if given, else the first of ``sources`` (default: ``find_runs``)
+    whose run.json reads: the first Hub repo that downloads, or the newest run under ``runs_dir``.
+
+    Returns (run or None, why there is none). A run given as ``run`` must be a
+    run folder, as evaluate.py requires: a missing folder or ``run.json`` raises
     FileNotFoundError, a malformed ``run.json`` ValueError (one-line messages).
     """
     if run is not None:
@@ -222,20 +295,20 @@ def resolve_run(
         found = RunPaths(path)
         found.read_info()
         return found, None
-    if hub_repo:
+    sources = find_runs(runs_dir, hub_repo) if sources is None else sources
+    problems = [s.problem for s in sources if s.problem]
+    for source in sources:
+        if source.run is None:
+            continue
         try:
-            return download_run(hub_repo), None
-        except Exception as e:  # offline, unknown or private repo, ...
-            return None, (
-                f"Could not download the run from the Hub repo `{hub_repo}` ({type(e).__name__}). "
-                f"Check `{HUB_REPO_ENV}`, or run locally with `python app.py --run runs/<name>`."
-            )
-    try:
-        found = latest_run(runs_dir)
-    except FileNotFoundError:
-        return None, (
-            f"No finished run under `{display_path(Path(runs_dir))}/`. "
-            "Create one with `python finetune.py`, or pick one with `python app.py --run runs/<name>`."
-        )
-    found.read_info()
-    return found, None
+            source.run.read_info()
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(f"`{source.label}` is not usable: {e}.")
+            continue
+        return source.run, None
+    if problems:
+        return None, " ".join(problems)
+    return None, (
+        f"No finished run under `{display_path(Path(runs_dir))}/`. "
+        "Create one with `python finetune.py`, or pick one with `python app.py --run runs/<name>`."
+    )

@@ -1,14 +1,17 @@
-"""The demo in a real browser: ``python app.py --run <tiny run>`` driven by headless Chromium.
+"""The demo in a real browser: ``python app.py --runs-dir <two tiny runs> --run <one>`` driven by headless Chromium.
 
 Uses Debian's Chromium (``apt-get install -y chromium``) through the playwright
 package; no ``playwright install``. Without Chromium the test fails, it does not
-skip: CI installs it. Every tab is used, and a screenshot of the side-by-side tab
-is saved in the test's temporary folder (copy it to ``assets/screenshot.png`` by
-hand to update the README's).
+skip: CI installs it. Every tab is used. A screenshot of the results tab
+comparing the two runs is saved in the test's temporary folder, or as the
+README's ``assets/screenshot.png`` with ``UPDATE_SCREENSHOT=1``.
 """
 
 from __future__ import annotations
 
+import copy
+import csv
+import json
 import os
 import socket
 import subprocess
@@ -18,9 +21,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import RUN_PREDICTIONS
 
-from gpt2_scratch.files import atomic_write_bytes
+from gpt2_scratch.files import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.runs import RunInfo
 
 # The base model is GPT-2 124M's shape (random weights): slow enough on CPU that
 # the Stop button reliably lands mid-generation (the tiny model finishes 200
@@ -32,6 +37,27 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 20_000
+# A response holding markup: it must show as text, and nothing in it may run.
+XSS = "<script>alert('xss')</script> <img src=x onerror=alert(2)> The cat"
+
+
+def second_run(make_run, root: Path):
+    """run2: other training options, lower finetuned scores, another loss curve, a response holding markup."""
+    run = make_run(root)
+    run.write_info(RunInfo(name="run2", base_model="random:tiny", prompt_style="alpaca", status="finished",
+                           training={"lr": 1e-4, "epochs": 2, "mask_prompt": False}))
+    rows = copy.deepcopy(RUN_PREDICTIONS)
+    for row, rouge, judge in zip(rows, (0.8, 0.55, 0.3, 0.9), (90, 60, 40, 95)):
+        row["finetuned"].update(rouge_l=rouge, judge_score=judge, judge_raw=f"Score: {judge}")
+    rows[1]["base"]["response"] = XSS
+    atomic_write_jsonl(run.predictions, rows)
+    summary = json.loads(run.summary.read_text())
+    summary["models"]["finetuned"].update(reference_loss=1.61, perplexity=5.0, rouge_l=0.6375, judge_mean=71.25,
+                                          exact_match=0.0, mean_length_tokens=4.25)
+    atomic_write_json(run.summary, summary)
+    atomic_write_jsonl(run.metrics, [{"event": "eval", "step": s, "tokens_seen": 1000 * s,
+                                      "train_loss": 4.1 - 0.4 * s, "val_loss": 4.3 - 0.25 * s} for s in range(6)])
+    return run
 
 
 def free_port() -> int:
@@ -44,13 +70,16 @@ def free_port() -> int:
 def server(tmp_path_factory, make_run):
     """URL of ``python app.py --run <tiny run>`` started in a subprocess (stopped afterwards)."""
     folder = tmp_path_factory.mktemp("browser")
-    run = make_run(folder / "run1")
+    run = make_run(folder / "runs" / "run1")
+    run.write_info(RunInfo(name="run1", base_model="random:tiny", prompt_style="alpaca", status="finished",
+                           training={"lr": 5e-5, "epochs": 2, "mask_prompt": True}))
+    second_run(make_run, folder / "runs" / "run2")
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
     log = open(folder / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py", "--run", str(run.root), "--base", BASE], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py", "--runs-dir", str(folder / "runs"), "--run", str(run.root),
+                             "--base", BASE], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
@@ -147,6 +176,8 @@ def test_every_tab_in_chromium(server, greedy, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
+            dialogs = []  # alert() from model output that ran: there must be none
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
             page.goto(url)
 
             # Settings: fewer new tokens keep the test fast (slider's number box).
@@ -183,8 +214,6 @@ def test_every_tab_in_chromium(server, greedy, tmp_path):
             prompt = prompt_style.format("Rewrite the sentence using a simile.", "The car is very fast.")
             assert output(page, "sbs-base-output") == greedy(BASE, prompt, 24)
             assert output(page, "sbs-ft-output") == greedy(run.final, prompt, 24)
-            page.evaluate("window.scrollTo(0, 0)")
-            atomic_write_bytes(tmp_path / "screenshot.png", page.screenshot())  # for the README, by hand
 
             # Finetuned: an empty instruction gets the message, then a real answer streams in.
             page.get_by_role("tab", name="Finetuned").click()
@@ -197,27 +226,111 @@ def test_every_tab_in_chromium(server, greedy, tmp_path):
             expected_ft = greedy(run.final, prompt_style.format("What is the capital of Italy?"), 24)
             assert output(page, "ft-output") == expected_ft
 
-            # Test-set evaluation: summary, loss curve, table search and filter, row details.
-            page.get_by_role("tab", name="Test-set evaluation").click()
-            wait_for_text(page, "eval-summary", "ROUGE-L F1")
-            assert page.locator("#loss-curve img").count() == 1
-            wait_for_text(page, "eval-count", "4 of 4 test records")
-            page.fill("#eval-search textarea", "quiet")
-            wait_for_text(page, "eval-count", "2 of 4 test records")
-            # Typing ".9" goes through ".", which is no number: nothing is checked until Enter (issue 9.16).
-            page.locator("#eval-min textarea").press_sequentially(".9", delay=150)
-            page.wait_for_timeout(1000)
-            assert not [t for t in toasts(page) if "score" in t] and "2 of 4" in page.inner_text("#eval-count")
-            page.press("#eval-min textarea", "Enter")
-            wait_for_text(page, "eval-count", "1 of 4 test records")
-            # The Score dropdown shows its whole choice, not clipped under its arrow (issue 9.18).
-            text_right, arrow_left = page.eval_on_selector("#eval-score", TEXT_END_AND_ARROW)
-            assert text_right < arrow_left
-            first_cell = page.locator("#eval-table [data-testid='cell-0-1']")
-            assert first_cell.inner_text() == "What is the opposite of 'quiet'?"
-            first_cell.click()
-            wait_for_text(page, "eval-detail", "Test record 41")
-            assert page.input_value("#detail-reference textarea") == "Loud."
-            assert page.input_value("#detail-finetuned textarea") == "Loud."
+            results_tab(page, dialogs)
+            screenshot(browser.new_page(viewport={"width": 1280, "height": 900}), url, tmp_path)
         finally:
             browser.close()
+
+
+def legend(page, elem_id: str) -> list[str]:
+    """The legend entries of a native plot (its Vega view is SVG)."""
+    return page.eval_on_selector_all(f"#{elem_id} .role-legend-label text", "els => els.map(e => e.textContent)")
+
+
+def drag_across_point(page, elem_id: str, record_id: int) -> None:
+    """Drag a few pixels across the point of ``record_id`` in a scatter plot: Gradio reports that x range."""
+    page.locator(f"#{elem_id}").scroll_into_view_if_needed()
+    points = page.locator(f"#{elem_id} g.mark-symbol path")
+    ids = page.eval_on_selector_all(f"#{elem_id} g.mark-symbol path", "els => els.map(e => e.__data__?.datum?.id)")
+    box = points.nth(ids.index(record_id)).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 8, y)
+    page.mouse.down()
+    page.mouse.move(x, y, steps=3)
+    page.mouse.move(x + 8, y, steps=3)
+    page.mouse.up()
+
+
+def diff_marks(page, elem_id: str) -> dict[str, str]:
+    """The highlighted words of a HighlightedText and their background colors."""
+    return dict(page.eval_on_selector_all(
+        f"#{elem_id} .token.highlighted", "els => els.map(e => [e.innerText.trim(), e.style.backgroundColor])"))
+
+
+def choose_both_runs(page) -> None:
+    page.get_by_role("tab", name="Test-set results").click()
+    wait_for_text(page, "results-message", "4 test records of run1.")  # the run served is chosen at first
+    page.click("#results-runs input")
+    page.get_by_role("option", name="run2").click()
+    page.keyboard.press("Escape")
+    wait_for_text(page, "results-message", "All 2 runs were evaluated on the same 4 test records.")
+    page.wait_for_function("() => document.querySelectorAll('#results-scatter .role-legend-label text').length == 2")
+
+
+def results_tab(page, dialogs: list[str]) -> None:
+    """The results browser: picker, plots, a point selection, the diff, markup shown as text, filters, CSV."""
+    # The picker: a second run; everything is about both.
+    choose_both_runs(page)
+    wait_for_text(page, "results-count", "4 of 4 test records")
+    wait_for_text(page, "results-summary", "5.00")  # run2 finetuned perplexity
+    wait_for_text(page, "results-options", "mask_prompt")
+    assert "2 options differ" in page.inner_text("#results-options-message")
+    assert legend(page, "results-scatter") == ["run1", "run2"]
+    assert legend(page, "results-loss") == ["run1 · train", "run1 · val", "run2 · train", "run2 · val"]
+    assert page.locator("#results-hist g.mark-rect path").count() >= 4  # one stacked bar per run and model
+
+    # A point of the base-vs-finetuned scatter opens its record: record 12 (base ROUGE-L 0.4 in both runs).
+    drag_across_point(page, "results-scatter", 12)
+    wait_for_text(page, "results-selection", "Showing record 12")
+    wait_for_text(page, "results-record-title", "Test record 12")
+    # Word-level differences against "The cat is as quiet as a mouse.", token counts in the labels.
+    marks = diff_marks(page, "results-diff-1")  # run1 · finetuned: "The cat is as quiet as a whisper."
+    assert marks == {"mouse.": "rgba(254, 202, 202, 0.5)", "whisper.": "rgba(187, 247, 208, 0.5)"}
+    assert "run1 · finetuned · 9 tokens · ROUGE-L F1 0.75" in page.inner_text("#results-diff-1")
+    assert page.input_value("#results-judge-1 textarea") == "80"
+    # run2's base answer holds <script> and <img onerror>: shown as text, nothing ran.
+    shown = page.inner_text("#results-diff-2")
+    assert "<script>alert('xss')</script>" in shown and "<img src=x onerror=alert(2)>" in shown
+    assert page.locator("img[src='x']").count() == 0 and page.locator("#results-diff-2 script").count() == 0
+    page.wait_for_timeout(500)
+    assert dialogs == []
+
+    # The table: search, a score bound typed in full (issue 9.16), a row opens its record.
+    page.fill("#results-search textarea", "quiet")
+    wait_for_text(page, "results-count", "2 of 4 test records")
+    page.locator("#results-min textarea").press_sequentially(".3", delay=150)  # "." is no number: not checked yet
+    page.wait_for_timeout(1000)
+    assert not [t for t in toasts(page) if "score" in t] and "2 of 4" in page.inner_text("#results-count")
+    page.press("#results-min textarea", "Enter")
+    wait_for_text(page, "results-count", "1 of 4 test records")  # run1's base ROUGE-L: 12 has 0.4, 41 has 0
+    text_right, arrow_left = page.eval_on_selector("#results-score", TEXT_END_AND_ARROW)
+    assert text_right < arrow_left  # the whole choice is visible (issue 9.18)
+    page.fill("#results-min textarea", "")
+    page.press("#results-min textarea", "Enter")
+    page.fill("#results-search textarea", "")
+    wait_for_text(page, "results-count", "4 of 4 test records")
+    page.locator("#results-table [data-testid='cell-2-1']").click()  # record 30
+    wait_for_text(page, "results-record-title", "Test record 30")
+    assert page.input_value("#results-reference textarea") == "5 km is 5000 meters."
+
+    # The filtered table as CSV: every response and score of both runs.
+    page.click("#results-export")
+    with page.expect_download() as download:
+        page.locator("#results-csv a").first.click()
+    with open(download.value.path(), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["7", "12", "30", "41"] and rows[1]["run2 · base · response"] == XSS
+    assert download.value.suggested_filename == "predictions_run1_vs_run2.csv"
+
+
+def screenshot(page, url: str, tmp_path: Path) -> None:
+    """The README's picture of the comparison, on a fresh page (UPDATE_SCREENSHOT=1 writes it; else tmp_path)."""
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    choose_both_runs(page)
+    page.wait_for_timeout(500)  # the plots' last redraw
+    box = page.locator("#results-scatter").bounding_box()  # from the top of the page to the plots
+    height = box["y"] + box["height"] + 16
+    picture = page.screenshot(full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": height})
+    target = ROOT / "assets" / "screenshot.png" if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "shot.png"
+    atomic_write_bytes(target, picture)

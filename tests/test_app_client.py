@@ -87,10 +87,29 @@ def test_bad_input_over_http_keeps_the_server_up(served):
 
 def test_filter_predictions_endpoint(served):
     client, _, _ = served
+    # As older clients call it: five values, the single-run score name; the runs default to the run served.
     table, count = client.predict("quiet", "finetuned.rouge_l", "", "", "score: high to low",
                                   api_name="/filter_predictions")
     assert count == "2 of 4 test records"
     assert [row[0] for row in table["data"]] == [41, 12]
+    # With the runs named; a record without that score has an empty cell.
+    table, count = client.predict("", "run1 · base · judge_score", "", "", "score: low to high", ["run1"],
+                                  api_name="/filter_predictions")
+    assert table["headers"] == ["id", "instruction", "run1 · base", "run1 · finetuned"]
+    assert [row[0] for row in table["data"]] == [41, 7, 12, 30] and table["data"][3][2:] == [None, 70]
+    _, count = client.predict("", "run1 · base · judge_score", "200", "", "test-set order", ["run1"],
+                              api_name="/filter_predictions")
+    assert count == "⚠️ min score must be a number from 0 to 100 for Judge score (0–100), got '200'"
+    _, count = client.predict("", "", "", "", "test-set order", ["elsewhere"], api_name="/filter_predictions")
+    assert count == "⚠️ unknown run 'elsewhere'; choose from: run1"
+
+
+def test_filter_predictions_parameters(served):
+    client, _, _ = served
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/filter_predictions"][
+        "parameters"]
+    assert [p["parameter_name"] for p in params] == ["query", "score", "min_score", "max_score", "order", "runs"]
+    assert params[-1]["parameter_has_default"] and params[-1]["parameter_default"] == ["run1"]
 
 
 def _post_file(url: str, size: int) -> int | None:
@@ -227,6 +246,11 @@ def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, 
     assert demo._queue.max_size == 4
 
 
+def _runs_offered(demo) -> list:
+    [picker] = [c for c in demo.config["components"] if c["props"].get("elem_id") == "results-runs"]
+    return [choice[1] for choice in picker["props"]["choices"]]
+
+
 def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch, make_run):
     import gpt2_scratch.runs as runs_module
 
@@ -236,9 +260,47 @@ def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch, 
     monkeypatch.setenv("GPT2_SCRATCH_HUB_REPO", "someone/gpt2-alpaca")
     monkeypatch.chdir(tmp_path)  # no runs/ here: the Hub repo is the only source
     demo, _ = _launch_kwargs(app_module, monkeypatch, [])
-    assert asked == ["someone/gpt2-alpaca"]
+    assert asked == ["someone/gpt2-alpaca"]  # downloaded once
     header = demo.config["components"][0]["props"]["value"]
     assert "Run `snapshot` · base model `random:tiny` · finetuned checkpoint `snapshot/final`" in header
+    assert _runs_offered(demo) == ["someone/gpt2-alpaca"]
+
+
+def test_app_offers_the_runs_of_several_hub_repos(app_module, tmp_path, monkeypatch, make_run, capsys):
+    import gpt2_scratch.runs as runs_module
+
+    snapshots = {"me/a": make_run(tmp_path / "a"), "me/b": make_run(tmp_path / "b")}
+
+    def download(repo):
+        if repo not in snapshots:
+            raise ConnectionError("offline")
+        return snapshots[repo]
+
+    monkeypatch.setattr(runs_module, "download_run", download)
+    monkeypatch.setenv("GPT2_SCRATCH_HUB_REPO", "me/gone,me/a, me/b")
+    monkeypatch.chdir(tmp_path)
+    demo, _ = _launch_kwargs(app_module, monkeypatch, [])
+    assert _runs_offered(demo) == ["me/a", "me/b"]
+    assert "Run `a` · " in demo.config["components"][0]["props"]["value"]  # the first repo that loads is served
+    err = capsys.readouterr().err
+    assert err == ("warning: Could not download the run from the Hub repo `me/gone` (ConnectionError). Check "
+                   "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`.\n")
+    texts = [c["props"].get("value") for c in demo.config["components"]]
+    assert any(isinstance(t, str) and t.startswith("⚠️ Could not download the run from the Hub repo `me/gone`")
+               for t in texts)  # said in the results tab too
+
+
+def test_app_offers_every_finished_run_under_runs_dir(app_module, tmp_path, monkeypatch, make_run):
+    monkeypatch.delenv("GPT2_SCRATCH_HUB_REPO", raising=False)
+    for name in ("first", "second"):
+        make_run(tmp_path / "elsewhere" / name, with_eval=False)
+    other = make_run(tmp_path / "other", with_eval=False)
+    demo, _ = _launch_kwargs(app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere")])
+    assert _runs_offered(demo) == ["second", "first"]  # newest first; the newest is served
+    assert "Run `second`" in demo.config["components"][0]["props"]["value"]
+    demo, _ = _launch_kwargs(app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere"), "--run",
+                                                       str(other.root)])
+    assert _runs_offered(demo) == ["other", "second", "first"]  # --run is offered too, first
 
 
 def _free_port() -> int:

@@ -6,19 +6,33 @@ checkpoint that differs from it, and a handmade eval/.
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
 import shutil
+import time
 from pathlib import Path
 
-import gradio as gr
 import pytest
 
+from gpt2_scratch import runs as runs_module
 from gpt2_scratch.checkpoint import load_model
-from gpt2_scratch.demo import ORDER_CHOICES, DemoApp, clean_text, loss_curve, summary_markdown
+from gpt2_scratch.demo import DemoApp, choose_checkpoint, clean_text
 from gpt2_scratch.demo import handlers as handlers_module
-from gpt2_scratch.files import atomic_write_jsonl, read_jsonl
+from gpt2_scratch.export import APP_FILES, export_run
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths, resolve_run
+from gpt2_scratch.runs import (
+    HUB_RUN_FILES,
+    RunInfo,
+    RunPaths,
+    RunSource,
+    find_runs,
+    finished_runs,
+    hub_repos,
+    include_run,
+    resolve_run,
+)
 from gpt2_scratch.tokenizer import decode, encode
 
 # Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.
@@ -170,9 +184,9 @@ def test_a_bug_in_a_handler_is_one_message_and_one_toast(app, monkeypatch):
     *_, last = app.generate_base("Every effort moves you", *GREEDY)
     assert last == ("", "⚠️ Generation failed (RuntimeError: boom).")
     assert toasts == ["Generation failed (RuntimeError: boom)."]
-    # The filter's bad input is also one toast, not two.
+    # The results browser's bad input is also one toast, not two.
     toasts.clear()
-    _, count = app.filter_predictions("", "finetuned.rouge_l", "high", "", "test-set order")
+    _, count = app.browser.filter_predictions("", "finetuned.rouge_l", "high", "", "test-set order")
     assert count.startswith("⚠️ min score must be a number") and len(toasts) == 1
 
 
@@ -202,9 +216,7 @@ def test_no_run_says_how_to_create_one(tmp_path, greedy):
     app = DemoApp.from_run(None, base="random:tiny", run_problem=problem)
     [(text, status)] = list(app.generate_finetuned("Say hi.", "", *GREEDY))
     assert text == "" and status == f"⚠️ {problem}"
-    table, count = app.filter_predictions("", "finetuned.rouge_l", "", "", ORDER_CHOICES[0])
-    assert len(table) == 0 and "python evaluate.py --run runs/<name>" in count
-    assert "python finetune.py" in summary_markdown(app.results)
+    assert app.browser.offered() == []  # the results tab says how to create a run
     # The base model still answers, alone in the side-by-side tab too.
     assert list(app.generate_base("Every effort moves you", *GREEDY))[-1][0] == greedy("random:tiny",
                                                                                        "Every effort moves you")
@@ -216,10 +228,10 @@ def test_run_without_eval_or_curve_says_which_command(tmp_path, monkeypatch, mak
     monkeypatch.chdir(tmp_path)
     run = make_run(tmp_path / "runs" / "r1", with_eval=False, with_metrics=False)
     app = DemoApp.from_run(run)
-    message = "No evaluation results for this run yet. Create them with `python evaluate.py --run runs/r1`."
-    assert app.results.problem == message
-    assert app.filter_predictions("", "finetuned.rouge_l", "", "", ORDER_CHOICES[0])[1] == f"**{message}**"
-    assert loss_curve(run) is None
+    message = ("No evaluation results for this run yet (no `runs/r1/eval/predictions.jsonl`). "
+               "Create them with `python evaluate.py --run runs/r1`.")
+    assert app.browser.choose_runs(["r1"], None, None, None)[0] == f"r1: {message} No loss curve for r1 (no " \
+                                                                     "evaluations in `metrics.jsonl`)."
     assert resolve_run(None, runs_dir="runs")[0].root.resolve() == run.root  # the newest run under runs/
 
 
@@ -250,6 +262,67 @@ def test_resolve_run_explicit_and_hub(tmp_path, monkeypatch):
     assert run is None and problem.startswith("Could not download the run from the Hub repo `someone/gpt2-alpaca`")
 
 
+def test_finished_runs_newest_first_exports_included(tmp_path, make_run):
+    runs = tmp_path / "runs"
+    old, new = make_run(runs / "old", with_eval=False), make_run(runs / "new", with_eval=False)
+    still = make_run(runs / "still-training", with_eval=False)
+    still.final.rename(still.best)
+    (runs / "notes").mkdir()
+    exported = export_run(old.root, runs / "published").folder
+    for age, path in ((300, old.final / "config.json"), (100, new.final / "config.json"),
+                      (200, exported / "config.json")):
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert [r.root.name for r in finished_runs(runs)] == ["new", "published", "old"]
+    assert [s.label for s in find_runs(runs)] == ["new", "published", "old"]
+    assert finished_runs(tmp_path / "missing") == []
+    assert resolve_run(None, runs_dir=runs)[0].root == new.root
+
+
+def test_several_hub_repos_one_failing(tmp_path, monkeypatch, make_run):
+    """GPT2_SCRATCH_HUB_REPO names several repos: each is downloaded; one that fails is said, the others load."""
+    snapshots = {"me/a": make_run(tmp_path / "snap-a"), "me/b": make_run(tmp_path / "snap-b")}
+
+    def download(repo):
+        if repo not in snapshots:
+            raise OSError("offline")
+        return snapshots[repo]
+
+    monkeypatch.setattr(runs_module, "download_run", download)
+    value = " me/broken, me/a,,me/b , me/a"
+    assert hub_repos(value) == ["me/broken", "me/a", "me/b"]
+    sources = find_runs(tmp_path / "runs", value)
+    assert [(s.label, s.run) for s in sources] == [("me/broken", None), ("me/a", snapshots["me/a"]),
+                                                  ("me/b", snapshots["me/b"])]
+    assert sources[0].problem == ("Could not download the run from the Hub repo `me/broken` (OSError). Check "
+                                  "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`.")
+    run, problem = resolve_run(None, sources=sources)
+    assert run == snapshots["me/a"] and problem is None  # the first repo that loads is served
+    app = DemoApp.from_run(run, sources=sources)
+    assert app.browser.offered() == ["me/a", "me/b"] and "`me/broken` (OSError)" in app.browser.sources_message()
+    assert app.browser.choose_runs(["me/a", "me/b"], None, None, None)[0] == (
+        "All 2 runs were evaluated on the same 4 test records.")
+    run, problem = resolve_run(None, sources=sources[:1])
+    assert run is None and problem == sources[0].problem
+
+
+def test_include_run_puts_the_served_run_first(tmp_path, make_run):
+    runs = tmp_path / "runs"
+    a, b = make_run(runs / "a", with_eval=False), make_run(runs / "b", with_eval=False)
+    elsewhere = make_run(tmp_path / "other" / "a", with_eval=False)
+    sources = [RunSource("b", b), RunSource("a", a)]
+    assert [s.label for s in include_run(sources, a)] == ["a", "b"]
+    assert [s.label for s in include_run(sources, RunPaths(runs / "." / "b"))] == ["b", "a"]  # same folder
+    assert [s.label for s in include_run(sources, elsewhere)] == [str(elsewhere.root), "b", "a"]  # name taken
+    assert include_run(sources, None) == sources
+
+
+def test_hub_downloads_the_files_of_both_layouts():
+    """A run folder's final/, or an export's model at the repo root (issue 12's publish.py)."""
+    assert set(APP_FILES) <= set(HUB_RUN_FILES) and "final/*" in HUB_RUN_FILES
+    assert not any(fnmatch.fnmatch("train_state/model.safetensors", p) or fnmatch.fnmatch("best/config.json", p)
+                   for p in HUB_RUN_FILES)
+
+
 def test_resolve_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     """Issue 9.10: like evaluate.py, a folder without run.json (or with a broken one) is refused."""
     (tmp_path / "empty").mkdir()
@@ -261,6 +334,29 @@ def test_resolve_run_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- which checkpoint (issue 9.6)
+
+
+def test_a_published_export_is_served_from_its_root(tmp_path, make_run, greedy):
+    """A Hub repo written by publish.py: the model at the root in transformers' layout, no final/."""
+    run = make_run(tmp_path / "r")
+    exported = RunPaths(export_run(run.root, tmp_path / "snapshot").folder)
+    assert not exported.final.exists()
+    info, problem, note = choose_checkpoint(exported)
+    assert (info.path, info.prompt_style, problem, note) == (exported.root, "alpaca", None, None)
+    app = DemoApp.from_run(exported)
+    assert app.finetuned.source == str(exported.root) and app.checkpoint_name == "r (exported model)"
+    assert app.context == 256 and app.prompt_style.name == "alpaca"
+    prompt = get_prompt_style("alpaca").format("Say hi.")
+    assert list(app.generate_finetuned("Say hi.", "", *GREEDY))[-1][0] == greedy(run.final, prompt)
+    # Its run files are read as a run folder's.
+    assert app.browser.choose_runs(["snapshot"], None, None, None)[0] == "4 test records of snapshot."
+    # The old layout keeps working: final/ is served.
+    assert DemoApp.from_run(run).checkpoint_name == "r/final"
+    config = json.loads((exported.root / "config.json").read_text())
+    config["gpt2_scratch"]["format_version"] = 99
+    (exported.root / "config.json").write_text(json.dumps(config))
+    info, problem, _ = choose_checkpoint(exported)
+    assert info is None and problem.startswith("The exported model in `") and "format_version" in problem
 
 
 def test_broken_final_serves_best_and_says_why(tmp_path, make_run, greedy):
@@ -284,84 +380,3 @@ def test_run_still_training_serves_best_and_says_so(tmp_path, make_run):
     assert app.checkpoint_note == ("Serving `best/` (the lowest validation loss so far): the run has no `final/` "
                                    "yet (still training?).")
     assert DemoApp.from_run(make_run(tmp_path / "ok")).checkpoint_note is None  # final/ is used: nothing to say
-
-
-# --------------------------------------------------------------------------- evaluation tab
-
-
-def test_table_search_filter_and_sort(app):
-    table, count = app.filter_predictions("", "finetuned.rouge_l", "", "", "test-set order")
-    assert list(table.columns) == ["id", "instruction", "base ROUGE-L", "finetuned ROUGE-L", "base judge",
-                                   "finetuned judge"]
-    assert table["id"].tolist() == [7, 12, 30, 41] and count == "4 of 4 test records"
-    assert table.loc[1].tolist()[2:] == [0.4, 0.75, 20, 80]
-    # Search is case-insensitive and covers input, reference and responses too.
-    assert app.filter_predictions("QUIET", "finetuned.rouge_l", "", "", "test-set order")[0]["id"].tolist() == [12, 41]
-    assert app.filter_predictions("whisper", "base.rouge_l", None, None, "test-set order")[0]["id"].tolist() == [12]
-    table, count = app.filter_predictions("zebra", "base.rouge_l", "", "", "test-set order")
-    assert len(table) == 0 and count == "0 of 4 test records"
-    # Bounds are inclusive; a row without that score is dropped by a bound.
-    assert app.filter_predictions("", "finetuned.rouge_l", "0.7", "1", "test-set order")[0]["id"].tolist() == [7, 12,
-                                                                                                              41]
-    assert app.filter_predictions("", "base.judge_score", 0, "15", "test-set order")[0]["id"].tolist() == [7, 41]
-    # Sorting: ties keep test-set order, rows without the score go last.
-    assert app.filter_predictions("", "finetuned.rouge_l", "", "", "score: high to low")[0]["id"].tolist() == [
-        7, 41, 12, 30]
-    assert app.filter_predictions("", "base.judge_score", "", "", "score: low to high")[0]["id"].tolist() == [
-        41, 7, 12, 30]
-    assert app.filter_predictions("", "base.judge_score", "", "", "score: high to low")[0]["id"].tolist() == [
-        12, 7, 41, 30]
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (("", "finetuned.rouge_l", "high", "", "test-set order"), "min score must be a number"),
-        (("", "finetuned.rouge_l", "0.9", "0.1", "test-set order"), "min score (0.9) is above max score (0.1)"),
-        (("", "finetuned.secret", "", "", "test-set order"), "unknown score 'finetuned.secret'"),
-        (("", "finetuned.rouge_l", "", "", "random"), "unknown order 'random'"),
-        # Issue 9.16: bounds that fit the chosen score.
-        (("", "finetuned.rouge_l", "5", "", "test-set order"),
-         "min score must be a number from 0 to 1 for ROUGE-L, got '5'"),
-        (("", "base.judge_score", "", "150", "test-set order"),
-         "max score must be a number from 0 to 100 for the judge score, got '150'"),
-        (("", "base.judge_score", "-1", "", "test-set order"), "min score must be a number from 0 to 100"),
-    ],
-)
-def test_table_bad_filters_give_a_message(app, args, message):
-    table, count = app.filter_predictions(*args)
-    assert len(table) == 0 and count.startswith("⚠️ " + message)
-
-
-def test_judge_bounds_go_up_to_100(app):
-    assert app.filter_predictions("", "finetuned.judge_score", "90", "100", "test-set order")[0]["id"].tolist() == [
-        7, 41]
-
-
-def test_table_columns_follow_the_scores_present(tmp_path, make_run):
-    run = make_run(tmp_path / "r")
-    rows = [{**r, "base": {**r["base"], "judge_score": None}, "finetuned": {**r["finetuned"], "judge_score": None}}
-            for r in read_jsonl(run.predictions)]
-    atomic_write_jsonl(run.predictions, [{k: v for k, v in r.items() if k != "base"} for r in rows])
-    app = DemoApp.from_run(run)
-    assert app.score_choices() == [("finetuned ROUGE-L", "finetuned.rouge_l")]
-    table, _ = app.filter_predictions("", "finetuned.rouge_l", "", "", "test-set order")
-    assert list(table.columns) == ["id", "instruction", "finetuned ROUGE-L"]
-
-
-def test_selecting_a_row_shows_everything(app):
-    table, _ = app.filter_predictions("simile", "finetuned.rouge_l", "", "", "test-set order")
-    evt = gr.SelectData(None, {"index": [0, 1], "value": table.iloc[0, 1], "row_value": table.iloc[0].tolist()})
-    instruction, input_, reference, base, finetuned, scores = app.show_prediction(evt)
-    assert (instruction, input_, reference) == ("Rewrite the sentence using a simile.", "The cat is quiet.",
-                                                "The cat is as quiet as a mouse.")
-    assert (base, finetuned) == ("The dog barks loudly", "The cat is as quiet as a whisper.")
-    assert scores == ("Test record **12** — **base**: ROUGE-L 0.400 · exact match 0 · judge 20 · 4 tokens · "
-                      "**finetuned**: ROUGE-L 0.750 · exact match 0 · judge 80 · 8 tokens")
-    evt = gr.SelectData(None, {"index": [0, 0], "value": 999, "row_value": [999, "?"]})
-    assert app.show_prediction(evt)[-1] == "No test record with id 999."
-
-
-def test_selected_empty_answer_is_visible(app):
-    evt = gr.SelectData(None, {"index": [0, 0], "value": 41, "row_value": [41, "What is the opposite of 'quiet'?"]})
-    assert app.show_prediction(evt)[3:5] == ("(empty response)", "Loud.")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt2_scratch.demo import DemoApp, build_demo, load_examples
+from gpt2_scratch.demo import MAX_RUNS, DemoApp, build_demo, load_examples
+from gpt2_scratch.demo.results_tab import NO_RUNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,30 +61,60 @@ def test_score_bounds_are_checked_on_submit_or_blur_not_per_keystroke(app):
     components = _components(demo)
     [dep] = [d for d in demo.config["dependencies"] if d["api_name"] == "filter_predictions"]
     targets = {(t[0], t[1]) for t in dep["targets"]}
-    for elem_id in ("eval-min", "eval-max"):
+    for elem_id in ("results-min", "results-max"):
         box = components[elem_id]["id"]
         assert (box, "change") not in targets and (box, "input") not in targets
         assert {(box, "submit"), (box, "blur")} <= targets
-    assert (components["eval-search"]["id"], "change") in targets  # the search still filters as you type
-    assert (components["eval-score"]["id"], "change") in targets
+    assert (components["results-search"]["id"], "change") in targets  # the search still filters as you type
+    assert (components["results-score"]["id"], "input") in targets
+    inputs = [components[i]["id"] for i in ("results-search", "results-score", "results-min", "results-max",
+                                            "results-order", "results-runs")]
+    assert dep["inputs"] == inputs  # the old five parameters first: older clients still work
 
 
-def test_no_evaluation_is_said_once_without_empty_filters(tmp_path, monkeypatch, make_run):
+def test_results_tab_wiring(app):
+    """Choosing runs fills everything in order; selecting a table row or dragging across a scatter opens a record."""
+    demo = build_demo(app)
+    components = _components(demo)
+    by_id = {c["id"]: c["props"].get("elem_id") for c in demo.config["components"]}
+    deps = demo.config["dependencies"]
+
+    def outputs_of(trigger_elem: str, event: str) -> list[list[str]]:
+        return [[by_id[o] for o in d["outputs"]] for d in deps
+                if (components[trigger_elem]["id"], event) in {(t[0], t[1]) for t in d["targets"]}]
+
+    [chosen] = outputs_of("results-runs", "change")
+    assert chosen == ["results-message", "results-summary", "results-loss", "results-options-message",
+                      "results-options", "results-metric", "results-score", "results-record"]
+    load = [d for d in deps if any(t[1] == "load" for t in d["targets"])]
+    assert [[by_id[o] for o in d["outputs"]] for d in load] == [chosen]  # the same handler when the page opens
+    for trigger, event in (("results-table", "select"), ("results-scatter", "select"), ("results-length", "select")):
+        [picked] = outputs_of(trigger, event)
+        assert picked[:4] == ["results-record", "results-selection", "results-record-title", "results-instruction"]
+        assert "results-diff-0" in picked and "results-judge-11" in picked
+    assert components["results-runs"]["props"]["multiselect"] and components["results-runs"]["props"]["value"] == [
+        "run1"]
+    assert components["results-runs"]["props"]["max_choices"] == MAX_RUNS
+    # The diff: colors for the two kinds of words, and no category tag inside the text.
+    diff = components["results-diff-0"]["props"]
+    assert diff["color_map"] == {"not in the reference": "#bbf7d0", "missing from the response": "#fecaca"}
+    assert diff["show_inline_category"] is False and diff["show_legend"] is True
+
+
+def test_no_run_is_said_once_without_an_empty_browser(tmp_path, monkeypatch, make_run):
     """Issue 9.18: the message appeared twice, with empty filter widgets and table under it."""
     monkeypatch.chdir(tmp_path)
-    app = DemoApp.from_run(make_run(tmp_path / "r", with_eval=False))
-    demo = build_demo(app)
-    message = "No evaluation results for this run yet. Create them with `python evaluate.py --run r`."
-    assert [t for t in _texts(demo) if message in t] == [f"**{message}**"]
-    assert _components(demo)["eval-browser"]["props"]["visible"] is False
-    assert _components(demo)["loss-curve"]  # the training curve is still shown
-    # With results, the browser is visible.
-    assert _components(build_demo(DemoApp.from_run(make_run(tmp_path / "s"))))["eval-browser"]["props"]["visible"]
+    demo = build_demo(DemoApp.from_run(None, run_problem="No finished run under `runs/`."))
+    assert [t for t in _texts(demo) if "No finished run to compare" in t] == [NO_RUNS]
+    assert _components(demo)["results-browser"]["props"]["visible"] is False
+    # With a run, the browser is visible; without its eval files the tab says so once the runs are compared.
+    assert _components(build_demo(DemoApp.from_run(make_run(tmp_path / "s", with_eval=False))))["results-browser"][
+        "props"]["visible"]
 
 
 def test_score_dropdown_has_room_for_its_longest_choice(app):
-    """Issue 9.18: "finetuned ROUGE-L" was clipped under the dropdown's arrow (checked in Chromium too)."""
-    assert _components(build_demo(app))["eval-score"]["props"]["min_width"] >= 220
+    """Issue 9.18: "finetuned ROUGE-L" was clipped under the dropdown's arrow; choices now name the run too."""
+    assert _components(build_demo(app))["results-score"]["props"]["min_width"] >= 260
 
 
 def test_header_and_finetuned_tabs_say_which_checkpoint(tmp_path, make_run):

@@ -1,25 +1,37 @@
-"""The demo's pure views and input checks: summary, loss curve, eval files' structure, markers (no Gradio)."""
+"""The demo's pure views and input checks: eval files' structure, the results browser's texts, markers (no Gradio)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from PIL import Image
 
+from gpt2_scratch.browse import record_view
+from gpt2_scratch.compare import RunResults, compare
 from gpt2_scratch.demo import (
     DemoApp,
     EvalResults,
     UserError,
     header_markdown,
-    loss_curve,
+    load_run_results,
+    parse_runs,
     parse_score_bounds,
     parse_settings,
-    summary_markdown,
     visible_response,
+)
+from gpt2_scratch.demo.views import (
+    bin_colors,
+    diff_spans,
+    judge_label,
+    plot_metrics,
+    record_choices,
+    response_label,
+    response_slot,
+    run_color_maps,
 )
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.generation import SamplingSettings
+from gpt2_scratch.runs import RunSource
 
 
 def test_parse_settings_maps_ui_values():
@@ -33,38 +45,45 @@ def test_parse_settings_maps_ui_values():
 
 
 def test_score_bounds_fit_the_score():
-    """Issue 9.16: 0 to 1 for ROUGE-L, 0 to 100 for the judge; blank is no bound."""
-    assert parse_score_bounds("finetuned.rouge_l", " .5 ", "") == (0.5, None)
-    assert parse_score_bounds("base.judge_score", "50", "100") == (50.0, 100.0)
-    with pytest.raises(UserError, match=r"^max score must be a number from 0 to 1 for ROUGE-L, got '50'$"):
-        parse_score_bounds("base.rouge_l", "", "50")
-    with pytest.raises(UserError, match=r"^min score must be a number from 0 to 100 for the judge score, got '\.'$"):
-        parse_score_bounds("finetuned.judge_score", ".", None)
+    """Issue 9.16: 0 to 1 for ROUGE-L, 0 to 100 for the judge, at least 0 for a length; blank is no bound."""
+    assert parse_score_bounds("rouge_l", " .5 ", "") == (0.5, None)
+    assert parse_score_bounds("judge_score", "50", "100") == (50.0, 100.0)
+    assert parse_score_bounds("length_tokens", "", "5000") == (None, 5000.0)
+    with pytest.raises(UserError, match=r"^max score must be a number from 0 to 1 for ROUGE-L F1, got '50'$"):
+        parse_score_bounds("rouge_l", "", "50")
+    with pytest.raises(UserError, match=r"^min score must be a number from 0 to 100 for Judge score \(0–100\), "
+                                        r"got '\.'$"):
+        parse_score_bounds("judge_score", ".", None)
+    with pytest.raises(UserError, match=r"^min score must be a number of at least 0 for Response length \(tokens\), "
+                                        r"got '-3'$"):
+        parse_score_bounds("length_tokens", "-3", None)
+    with pytest.raises(UserError, match=r"^unknown score 'bleu'; choose one of: rouge_l, judge_score"):
+        parse_score_bounds("bleu", "", "")
 
 
-def test_summary_shows_both_models(finished_run):
-    md = summary_markdown(EvalResults.load(finished_run, "unused"))
-    assert "| Metric | base | finetuned |" in md
-    assert "| ROUGE-L F1 | 0.163 | 0.838 |" in md  # rounded half to even by format
-    assert "| Exact match | 0.0% | 50.0% |" in md
-    assert "| Judge score (0–100) | 10.0 | 86.2 |" in md
-    assert "| Perplexity | 33.12 | 3.49 |" in md
-    assert "4 test records" in md and "`llama3`" in md and "`0123456789ab`" in md
+def test_parse_runs():
+    assert parse_runs(["b", "a", "b"], ["a", "b", "c"], 6) == ("b", "a")
+    assert parse_runs("a", ["a"], 6) == ("a",) and parse_runs(None, ["a"], 6) == ()
+    with pytest.raises(UserError, match=r"^choose at most 2 runs at once, got 3$"):
+        parse_runs(["a", "b", "c"], ["a", "b", "c"], 2)
+    with pytest.raises(UserError, match=r"^unknown run 'z'; choose from: a, b$"):
+        parse_runs(["z"], ["a", "b"], 6)
+    with pytest.raises(UserError, match=r"^unknown run 'a'; choose from: none \(no runs found\)$"):
+        parse_runs(["a"], [], 6)
+    with pytest.raises(UserError, match=r"^the runs must be a list of run names, got \{'a': 1\}$"):
+        parse_runs({"a": 1}, ["a"], 6)
 
 
-def test_loss_curve_from_png_or_metrics(finished_run, make_run, tmp_path):
-    replotted = loss_curve(finished_run)  # the fixture has metrics.jsonl but no loss.png
-    assert replotted is not None and replotted.size == (600, 400)  # the figure training saves as loss.png
-    other = make_run(tmp_path / "r", with_eval=False, with_metrics=False)
-    Image.new("RGB", (32, 16), "white").save(other.loss_plot)
-    assert loss_curve(other).size == (32, 16)
-
-
-def test_eval_results_unreadable(tmp_path, make_run):
+def test_eval_results_unreadable_or_missing(tmp_path, monkeypatch, make_run):
+    monkeypatch.chdir(tmp_path)
     run = make_run(tmp_path / "r")
     run.predictions.write_text("{not json\n")
     results = EvalResults.load(run, "unused")
-    assert results.summary is None and "unreadable" in results.problem and "python evaluate.py --run" in results.problem
+    assert results.summary is None and "unreadable" in results.problem
+    assert "python evaluate.py --run r" in results.problem
+    run.summary.unlink()
+    assert EvalResults.load(run, "").problem == ("No evaluation results for this run yet (no `r/eval/summary.json`). "
+                                                 "Create them with `python evaluate.py --run r`.")
 
 
 # --------------------------------------------------------------------------- eval files of the wrong structure (9.7)
@@ -110,11 +129,12 @@ def test_eval_files_of_the_wrong_structure_name_the_file_and_line(tmp_path, monk
     if summary:
         _rewrite_summary(run, summary)
     app = DemoApp.from_run(run)  # used to raise AttributeError
-    assert app.results.problem == (f"The evaluation results in `r/eval` are unreadable (r/{message}). "
-                                   "Recreate them with `python evaluate.py --run r`.")
-    assert summary_markdown(app.results) == f"**{app.results.problem}**"
+    problem = (f"The evaluation results in `r/eval` are unreadable (r/{message}). "
+               "Recreate them with `python evaluate.py --run r`.")
+    assert EvalResults.load(run, "").problem == problem
     build_demo(app)
-    assert app.filter_predictions("", "finetuned.rouge_l", "", "", "test-set order")[1] == f"**{app.results.problem}**"
+    assert app.browser.choose_runs(["r"], None, None, None)[0] == f"r: {problem}"
+    assert app.browser.filter_predictions("", "", "", "", "test-set order")[1] == "0 of 0 test records"
     *_, (text, _) = app.generate_base("Hello", 8, 0.0, 0, 1.0, None)
     assert text == greedy("random:tiny", "Hello", 8)
 
@@ -133,7 +153,9 @@ def test_a_model_not_evaluated_is_not_an_error(tmp_path, make_run):
     _rewrite_summary(run, lambda s: {**s, "models": {"finetuned": s["models"]["finetuned"]}, "judge": None})
     results = EvalResults.load(run, "")
     assert results.problem is None and len(results.predictions) == 4
-    assert "| Metric | finetuned |" in summary_markdown(results) and "judge: none" in summary_markdown(results)
+    loaded = load_run_results(RunSource("r", run))
+    assert loaded.problem is None and loaded.info.name == "r" and len(loaded.metrics) == 6
+    assert compare([loaded]).pairs == [("r", "finetuned")]
 
 
 # --------------------------------------------------------------------------- small texts
@@ -149,7 +171,51 @@ def test_whitespace_only_text_gets_a_visible_marker():
 
 
 def test_header_names_the_checkpoint_and_why():
-    header = header_markdown("r6", "gpt2", "/x/r6/best", "alpaca", "Serving `best/`, not `final/`: broken.")
+    header = header_markdown("r6", "gpt2", "r6/best", "alpaca", "Serving `best/`, not `final/`: broken.")
     assert "Run `r6` · base model `gpt2` · finetuned checkpoint `r6/best` (prompt style `alpaca`)." in header
     assert header.endswith("\n\n⚠️ Serving `best/`, not `final/`: broken.")
     assert "finetuned checkpoint none." in header_markdown(None, "gpt2", None, "alpaca")
+
+
+# --------------------------------------------------------------------------- the results browser's texts
+
+
+def test_load_run_results_of_a_source_without_a_run():
+    loaded = load_run_results(RunSource("me/gone", None, "Could not download the run."))
+    assert (loaded.label, loaded.problem, loaded.predictions, loaded.info) == ("me/gone", "Could not download the run.",
+                                                                               [], None)
+
+
+def test_record_texts(finished_run):
+    cmp = compare([load_run_results(RunSource("run1", finished_run))])
+    assert plot_metrics(cmp) == [("ROUGE-L F1", "rouge_l"), ("Judge score (0–100)", "judge_score"),
+                                 ("Response length (tokens)", "length_tokens")]
+    assert record_choices(cmp)[1] == ("12 · Rewrite the sentence using a simile.", 12)
+    view = record_view(cmp, 12)
+    base, tuned = view.responses
+    assert response_label(tuned) == ("run1 · finetuned · 9 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · "
+                                     "Exact match 0")
+    assert diff_spans(tuned)[-3:] == [("mouse.", "missing from the response"), (" ", None),
+                                      ("whisper.", "not in the reference")]
+    assert judge_label(base) == "Judge's reply to run1 · base"
+    assert (response_slot(base, ["run1"]), response_slot(tuned, ["x", "run1"])) == (0, 3)
+
+
+def test_whitespace_and_judge_failure_labels():
+    row = {"id": 1, "instruction": "i", "input": "", "reference": "ref",
+           "finetuned": {"response": "\n\n", "rouge_l": 0.0, "judge_raw": "timeout", "judge_error": True}}
+    [answer] = record_view(compare([RunResults("x", predictions=[row])]), 1).responses
+    assert response_label(answer) == ("x · finetuned · 1 token · ROUGE-L F1 0 · Judge score (0–100) — · "
+                                       "Exact match — · (only whitespace: 1 token, 2 newlines)")
+    assert judge_label(answer) == "Judge's reply to x · finetuned (the judge call failed)"
+
+
+def test_plot_colors():
+    colors = bin_colors(["0–0.5", "0.5–1"], "rouge_l")
+    assert colors == {"0–0.5": "#dc2626", "0.5–1": "#16a34a"}  # the ends of the red-amber-green ramp
+    assert bin_colors(["a", "b", "c"], "rouge_l")["b"] == "#f59e0b"
+    assert bin_colors(["only"], "length_tokens") == {"only": "#bfdbfe"}
+    maps = run_color_maps(["a", "b"])
+    assert maps["run"] == {"a": "#1f77b4", "b": "#ff7f0e"}
+    assert maps["model"]["b · base"] == "#ffbb78" and maps["model"]["b · finetuned"] == "#ff7f0e"
+    assert maps["loss"]["a · val"] == "#aec7e8" and maps["loss"]["a · train"] == "#1f77b4"

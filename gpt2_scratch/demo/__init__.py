@@ -1,35 +1,30 @@
-"""The Gradio demo: pretrained GPT-2, the finetuned model, both side by side, and the test-set results.
+"""The Gradio demo: pretrained GPT-2, the finetuned model, both side by side, and the runs' test-set results.
 
 ``app.py`` only parses arguments and calls into this package:
 
-    run, problem = resolve_run(args.run, runs_dir="runs", hub_repo=os.environ.get(HUB_REPO_ENV))  # runs.py
-    app = DemoApp.from_run(run, base=args.base, run_problem=problem)
+    sources = find_runs("runs", hub_repo=os.environ.get(HUB_REPO_ENV))            # runs.py
+    run, problem = resolve_run(args.run, runs_dir="runs", sources=sources)
+    app = DemoApp.from_run(run, base=args.base, run_problem=problem, sources=sources)
     demo = build_demo(app, load_examples("assets/examples.json"))
     url = start(demo, host="127.0.0.1", port=None)
 
 - ``inputs``: checks of what users type or send (one-line ``UserError``s);
-- ``views``: a run's files as Markdown, tables and figures, without Gradio;
-- ``handlers``: ``DemoApp``, the shared state and the event handlers;
-- ``ui``: the layout (``build_demo``) and ``start``.
+- ``errors``: ``reports_errors``, how a handler's error becomes a message;
+- ``views``: a run's files as texts and values for the UI, without Gradio;
+- ``handlers``: ``DemoApp``, the shared state and the generation handlers;
+- ``results``: ``ResultsBrowser``, the results tab's state and handlers;
+- ``ui`` and ``results_tab``: the layout (``build_demo``) and ``start``.
 """
 
-from .handlers import DemoApp, LazyModel, choose_checkpoint, reports_errors
-from .inputs import UserError, clean_text, parse_score_bounds, parse_settings
+from .errors import reports_errors
+from .handlers import DemoApp, LazyModel, choose_checkpoint
+from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse_settings
+from .results import MAX_RUNS, ResultsBrowser
 from .ui import MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
-from .views import (
-    ORDER_CHOICES,
-    SCORE_CHOICES,
-    EvalResults,
-    header_markdown,
-    loss_curve,
-    prediction_detail,
-    summary_markdown,
-    visible_response,
-)
+from .views import EvalResults, header_markdown, load_run_results, visible_response
 
 __all__ = [
-    "DemoApp", "LazyModel", "choose_checkpoint", "reports_errors", "UserError", "clean_text", "parse_score_bounds",
-    "parse_settings", "MAX_FILE_SIZE", "QUEUE_SIZE", "build_demo", "load_examples", "start", "ORDER_CHOICES",
-    "SCORE_CHOICES", "EvalResults", "header_markdown", "loss_curve", "prediction_detail", "summary_markdown",
-    "visible_response",
+    "DemoApp", "LazyModel", "choose_checkpoint", "reports_errors", "UserError", "clean_text", "parse_runs",
+    "parse_score_bounds", "parse_settings", "MAX_RUNS", "ResultsBrowser", "MAX_FILE_SIZE", "QUEUE_SIZE",
+    "build_demo", "load_examples", "start", "EvalResults", "header_markdown", "load_run_results", "visible_response",
 ]

@@ -1,13 +1,13 @@
 """The app's state and event handlers: ``DemoApp``.
 
 ``DemoApp`` holds what every user shares (the two lazily loaded models, the
-prompt style, the evaluation results); its methods are the UI's event handlers.
-They are plain methods and generators, so tests call them directly, without a
-browser or a server.
+prompt style, the results browser of ``results.py``); its methods are the
+generation tabs' event handlers. They are plain methods and generators, so
+tests call them directly, without a browser or a server.
 
 Rules the handlers follow:
 
-- Nothing the user types is ever a path: only the run chosen at startup is read.
+- Nothing the user types is ever a path: only the runs found at startup are read.
 - Bad input (empty instruction, settings out of range or not numbers, control
   characters) gives a one-line message in the tab's status line and a toast,
   never a traceback; the server stays up (``reports_errors``).
@@ -18,91 +18,32 @@ Rules the handlers follow:
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import gradio as gr
-import pandas as pd
 
 from gpt2_scratch.checkpoint import CheckpointInfo, load_model, read_checkpoint_info, resolve_device
+from gpt2_scratch.export import read_export_info
 from gpt2_scratch.generation import SamplingSettings, crop_prompt, stream
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths, display_path
+from gpt2_scratch.runs import RunInfo, RunPaths, RunSource, display_path, include_run
 from gpt2_scratch.tokenizer import encode
 
-from .inputs import UserError, clean_text, parse_score_bounds, parse_settings
-from .views import (
-    ORDER_CHOICES,
-    SCORE_CHOICES,
-    EvalResults,
-    elapsed,
-    filter_rows,
-    prediction_detail,
-    prediction_table,
-    score_choices,
-    table_columns,
-    visible_response,
-)
+from .errors import failure, problem, reports_errors
+from .inputs import UserError, clean_text, parse_settings
+from .results import ResultsBrowser
+from .views import elapsed, visible_response
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "gpt2"
 OFFLINE_HINT = ("If you are offline, pass a local copy of the weights: "
                 "`python app.py --base /path/to/model.safetensors` (or a folder holding it).")
-
-
-def problem(message: str) -> str:
-    """``message`` as a toast and as the status line's text."""
-    gr.Warning(message)
-    return f"⚠️ {message}"
-
-
-def failure(e: Exception, action: str = "Generation") -> str:
-    """What to tell the user about ``e``: a UserError's own message, else a one-line summary of the bug."""
-    return str(e) if isinstance(e, UserError) else f"{action} failed ({type(e).__name__}: {e})."
-
-
-def reports_errors(blank: Callable[[Any, str], tuple], action: str = "Generation") -> Callable:
-    """Decorate a handler method so that an error becomes ``blank(self, status line)``, not a traceback.
-
-    ``blank`` builds the handler's outputs around the message (empty texts, an
-    empty table...). A generator handler yields it as its last update. A bug is
-    logged with its traceback; the server keeps serving.
-    """
-
-    def decorate(fn: Callable) -> Callable:
-        def outputs(self: Any, e: Exception) -> tuple:
-            if not isinstance(e, UserError):
-                log.exception("%s failed", fn.__name__)
-            return blank(self, problem(failure(e, action)))
-
-        if inspect.isgeneratorfunction(fn):  # Gradio streams a handler only if it is a generator function
-
-            @functools.wraps(fn)
-            def generator(self, *args, **kwargs):
-                try:
-                    yield from fn(self, *args, **kwargs)
-                except Exception as e:
-                    yield outputs(self, e)
-
-            return generator
-
-        @functools.wraps(fn)
-        def function(self, *args, **kwargs):
-            try:
-                return fn(self, *args, **kwargs)
-            except Exception as e:
-                return outputs(self, e)
-
-        return function
-
-    return decorate
 
 
 def _join(*parts: str) -> str:
@@ -139,15 +80,23 @@ class LazyModel:
 def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None, str | None]:
     """(checkpoint info, why there is none, note on the choice) for the run's finetuned model.
 
-    ``final/`` is the contract. ``best/`` is served only when ``final/`` is
-    missing (a run still training) or unusable, and the note says so, with the
-    reason, for the header and the finetuned tabs.
+    A run published by publish.py (``export.export_run``) has its model at the
+    root, in transformers' layout; ``load_model(str(run.root))`` loads it with
+    its prompt style. Otherwise ``final/`` is the contract. ``best/`` is served
+    only when ``final/`` is missing (a run still training) or unusable, and the
+    note says so, with the reason, for the header and the finetuned tabs.
     """
+    where = display_path(run.root)
+    try:
+        exported = read_export_info(run.root)
+    except ValueError as e:
+        return None, f"The exported model in `{where}` is unusable ({e}). Publish it again with publish.py.", None
+    if exported is not None:
+        return exported, None, None
     try:
         return read_checkpoint_info(run.final), None, None
     except (FileNotFoundError, ValueError) as e:
         final_problem = e
-    where = display_path(run.root)
     try:
         info = read_checkpoint_info(run.best)
     except (FileNotFoundError, ValueError):
@@ -161,7 +110,7 @@ def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None,
 
 
 class DemoApp:
-    """State shared by all users (models, prompt style, evaluation results) and the UI's handlers."""
+    """State shared by all users (models, prompt style, the results browser) and the generation tabs' handlers."""
 
     def __init__(
         self,
@@ -170,9 +119,10 @@ class DemoApp:
         finetuned_source: Path | None,
         prompt_style: PromptStyle,
         finetuned_problem: str | None,
-        results: EvalResults,
+        browser: ResultsBrowser | None = None,
         run: RunPaths | None = None,
         run_name: str | None = None,
+        checkpoint_name: str | None = None,
         context: int | None = None,
         checkpoint_note: str | None = None,
     ):
@@ -184,14 +134,21 @@ class DemoApp:
             hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.",
         )
         self.finetuned_problem = finetuned_problem
+        self.checkpoint_name = checkpoint_name  # how the header names the finetuned checkpoint ("run/final")
         self.checkpoint_note = checkpoint_note  # which checkpoint is served when it is not final/, and why
         self.prompt_style = prompt_style
-        self.results = results
+        self.browser = browser or ResultsBrowser([])  # the results tab: every run offered, compared
         self.context = context  # block size of the finetuned checkpoint, when known without loading it
 
     @classmethod
-    def from_run(cls, run: RunPaths | None, *, base: str | None = None, run_problem: str | None = None) -> "DemoApp":
-        """The app for ``run`` (None: no run; ``run_problem`` says why). ``base`` overrides the run's base model."""
+    def from_run(
+        cls, run: RunPaths | None, *, base: str | None = None, run_problem: str | None = None,
+        sources: list[RunSource] | None = None,
+    ) -> "DemoApp":
+        """The app serving ``run`` (None: no run; ``run_problem`` says why); ``base`` overrides the run's base model.
+
+        The results tab offers ``sources`` (``runs.find_runs``), with ``run`` first among them.
+        """
         run_info: RunInfo | None = None
         info: CheckpointInfo | None = None
         problem_text = run_problem or "No finetuned checkpoint. Create one with `python finetune.py`."
@@ -209,16 +166,21 @@ class DemoApp:
         )
         style = get_prompt_style((info.prompt_style if info else None) or (run_info.prompt_style if run_info else None)
                                  or DEFAULT_PROMPT_STYLE)
-        missing_eval = ("No evaluation results: there is no run. Create one with `python finetune.py`, "
-                        "then `python evaluate.py --run runs/<name>`.")
+        # A Hub snapshot's folder is a commit hash; run.json has the real name.
+        run_name = run_info.name if run_info else (run.root.name if run else None)
+        checkpoint_name = None
+        if info is not None:
+            exported = run is not None and info.path.resolve() == run.root.resolve()
+            checkpoint_name = f"{run_name} (exported model)" if exported else f"{run_name}/{info.path.name}"
         return cls(
             base_source=str(base_source),
             finetuned_source=info.path if info else None,
             prompt_style=style,
             finetuned_problem=problem_text,
-            results=EvalResults.load(run, missing_eval),
+            browser=ResultsBrowser(include_run(sources or [], run)),
             run=run,
-            run_name=run_info.name if run_info else None,  # a Hub snapshot's folder is a commit hash; run.json has the real name
+            run_name=run_name,
+            checkpoint_name=checkpoint_name,
             context=info.config.block_size if info else None,
             checkpoint_note=note,
         )
@@ -344,44 +306,3 @@ class DemoApp:
         done = ", ".join(f"{name} {n}" for name, n in counts.items())
         shown = {name: visible_response(texts[name], counts.get(name)) for name in texts}
         yield shown["base"], shown["finetuned"], _join(f"New tokens: {done} in {seconds:.1f} s", notice)
-
-    # ---- evaluation tab
-
-    def score_choices(self) -> list[tuple[str, str]]:
-        """The scores present in predictions.jsonl (a model not evaluated or no judge: not offered)."""
-        return score_choices(self.results.predictions)
-
-    def _empty_table(self) -> pd.DataFrame:
-        return prediction_table([], table_columns(self.results.predictions))
-
-    def filter_predictions(
-        self, query: str, score: str, min_score: Any, max_score: Any, order: str
-    ) -> tuple[pd.DataFrame, str]:
-        """The predictions table: rows whose text contains ``query`` and whose ``score`` is within bounds, sorted."""
-        if self.results.problem:
-            return self._empty_table(), f"**{self.results.problem}**"
-        return self._filter(query, score, min_score, max_score, order)
-
-    @reports_errors(lambda app, status: (app._empty_table(), status), action="Filtering")
-    def _filter(self, query: Any, score: Any, min_score: Any, max_score: Any, order: Any) -> tuple[pd.DataFrame, str]:
-        if score not in {key for _, key in SCORE_CHOICES}:
-            raise UserError(f"unknown score {score!r}; choose one of: {', '.join(k for _, k in SCORE_CHOICES)}")
-        if order not in ORDER_CHOICES:
-            raise UserError(f"unknown order {order!r}; choose one of: {', '.join(ORDER_CHOICES)}")
-        query, _ = clean_text(query, "the search text")
-        lo, hi = parse_score_bounds(score, min_score, max_score)
-        rows = filter_rows(self.results.predictions, query, score, lo, hi, order)
-        total = len(self.results.predictions)
-        return prediction_table(rows, table_columns(self.results.predictions)), f"{len(rows)} of {total} test records"
-
-    def show_prediction(self, evt: gr.SelectData) -> tuple[str, str, str, str, str, str]:
-        """Everything about the selected row: instruction, input, reference, both responses, their scores."""
-        row_value = evt.row_value or []
-        try:
-            record_id = int(row_value[0])
-        except (IndexError, TypeError, ValueError):
-            return "", "", "", "", "", "Select a row of the table."
-        row = next((r for r in self.results.predictions if r["id"] == record_id), None)
-        if row is None:
-            return "", "", "", "", "", f"No test record with id {record_id}."
-        return prediction_detail(row)

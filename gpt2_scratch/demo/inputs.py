@@ -1,4 +1,4 @@
-"""Checks of what users type or send through the API: text, generation settings, score bounds.
+"""Checks of what users type or send through the API: text, generation settings, score bounds, run names.
 
 Every check raises ``UserError`` with a one-line message that says what was
 expected; the handlers show it in the tab's status line and as a toast.
@@ -10,6 +10,7 @@ import math
 import unicodedata
 from typing import Any
 
+from gpt2_scratch.compare import RECORD_METRICS
 from gpt2_scratch.generation import SamplingSettings
 
 # Bounds of the generation settings; max new tokens is also kept below the model's context.
@@ -21,8 +22,6 @@ MAX_SEED = 2**32 - 1
 DEFAULT_SEED = 123
 # Longer text is refused before tokenizing: the model would only see its last ~4,000 characters anyway.
 MAX_PROMPT_CHARS = 20_000
-# The range of each score in predictions.jsonl: (low, high, name in messages).
-SCORE_RANGES = {"rouge_l": (0.0, 1.0, "ROUGE-L"), "judge_score": (0.0, 100.0, "the judge score")}
 
 
 class UserError(ValueError):
@@ -58,7 +57,8 @@ def _plain(x: float) -> str:
 def parse_number(name: str, value: Any, lo: float, hi: float, *, integer: bool, hint: str = "") -> float | int:
     """``value`` as an int/float within [lo, hi], or a UserError that says what was expected."""
     kind = "a whole number" if integer else "a number"
-    expected = f"{name} must be {kind} from {_plain(lo)} to {_plain(hi)}{hint}, got {value!r}"
+    within = f"from {_plain(lo)} to {_plain(hi)}" if math.isfinite(hi) else f"of at least {_plain(lo)}"
+    expected = f"{name} must be {kind} {within}{hint}, got {value!r}"
     if isinstance(value, bool) or value is None:
         raise UserError(expected)
     try:
@@ -86,16 +86,35 @@ def parse_settings(
     return SamplingSettings(max_new_tokens=n, temperature=t, top_k=k or None, top_p=None if p == 1 else p, seed=s)
 
 
-def parse_score_bounds(score: str, min_score: Any, max_score: Any) -> tuple[float | None, float | None]:
-    """(low, high) bounds of ``score`` ("<model>.<metric>"); blank means no bound.
+def parse_score_bounds(metric: str, min_score: Any, max_score: Any) -> tuple[float | None, float | None]:
+    """(low, high) bounds of the per-record score ``metric`` (a ``compare.RECORD_METRICS`` key); blank: no bound.
 
     The bounds must lie in the score's own range: 0 to 1 for ROUGE-L, 0 to 100
-    for the judge.
+    for the judge, at least 0 for a response length.
     """
-    lo_limit, hi_limit, name = SCORE_RANGES[score.split(".")[-1]]
-    hint = f" for {name}"
+    known = {m.key: m for m in RECORD_METRICS}
+    if metric not in known:
+        raise UserError(f"unknown score {metric!r}; choose one of: {', '.join(known)}")
+    lo_limit, hi_limit = known[metric].range or (0.0, math.inf)
+    hint = f" for {known[metric].label}"
     lo = None if blank(min_score) else parse_number("min score", min_score, lo_limit, hi_limit, integer=False, hint=hint)
     hi = None if blank(max_score) else parse_number("max score", max_score, lo_limit, hi_limit, integer=False, hint=hint)
     if lo is not None and hi is not None and lo > hi:
         raise UserError(f"min score ({lo:g}) is above max score ({hi:g})")
     return lo, hi
+
+
+def parse_runs(value: Any, offered: list[str], limit: int) -> tuple[str, ...]:
+    """The run names chosen in the picker (or sent through the API): each one offered, at most ``limit``."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"the runs must be a list of run names, got {value!r}")
+    for name in names:
+        if name not in offered:
+            raise UserError(f"unknown run {name!r}; choose from: {', '.join(offered) or 'none (no runs found)'}")
+    names = tuple(dict.fromkeys(names))
+    if len(names) > limit:
+        raise UserError(f"choose at most {limit} runs at once, got {len(names)}")
+    return names

@@ -1,5 +1,8 @@
 """The layout: ``build_demo`` lays out the four tabs and wires ``DemoApp``'s handlers to them.
 
+The three generation tabs are here; the results tab (runs compared, plots,
+records) is in ``results_tab.py``.
+
 ``start`` queues and launches the Blocks with the app's limits (no uploads, a
 bounded queue) and returns at once; ``app.py`` prints its own line and blocks.
 """
@@ -18,7 +21,8 @@ import gradio as gr
 
 from .handlers import DemoApp
 from .inputs import DEFAULT_NEW_TOKENS, DEFAULT_SEED, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
-from .views import ORDER_CHOICES, header_markdown, loss_curve, summary_markdown
+from .results_tab import results_tab
+from .views import header_markdown
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def _stopped() -> str:
 
 
 def _header(app: DemoApp) -> str:
-    return header_markdown(app.run_name, app.base.source, app.finetuned.source, app.prompt_style.name,
+    return header_markdown(app.run_name, app.base.source, app.checkpoint_name, app.prompt_style.name,
                            app.checkpoint_note)
 
 
@@ -160,58 +164,6 @@ def _generation_tabs(app: DemoApp, examples: tuple[list[str], list[tuple[str, st
     ]
 
 
-def _eval_tab(app: DemoApp) -> None:
-    """Summary table, loss curve, and the predictions browser (hidden when there are no results)."""
-    with gr.Tab("Test-set evaluation", id="eval"):
-        gr.Markdown(summary_markdown(app.results), elem_id="eval-summary")
-        curve = loss_curve(app.run)
-        if curve is not None:
-            gr.Image(curve, type="pil", label="Training and validation loss", interactive=False,
-                     elem_id="loss-curve", height=320)
-        else:
-            gr.Markdown("**No training loss curve: the run has neither `loss.png` nor `metrics.jsonl`. "
-                        "Train a model with `python finetune.py`.**", elem_id="loss-missing")
-        # Without results the summary above says why, once; the empty filters and table are not shown.
-        with gr.Column(visible=app.results.problem is None, elem_id="eval-browser"):
-            _predictions_browser(app)
-
-
-def _predictions_browser(app: DemoApp) -> None:
-    """Search, score bounds and sort over the predictions table, and the selected row's details."""
-    choices = app.score_choices()
-    with gr.Row():
-        search = gr.Textbox(label="Search text", placeholder="word in instruction, input, reference or responses",
-                            elem_id="eval-search", scale=3)
-        # min_width: room for the longest choice beside the dropdown's arrow.
-        score = gr.Dropdown(choices, value=choices[0][1], label="Score", elem_id="eval-score", min_width=220)
-        # Textboxes, not gr.Number: blank must mean "no bound", not 0.
-        min_score = gr.Textbox(label="Min score", placeholder="blank = none", elem_id="eval-min")
-        max_score = gr.Textbox(label="Max score", placeholder="blank = none", elem_id="eval-max")
-        order = gr.Dropdown(ORDER_CHOICES, value=ORDER_CHOICES[0], label="Sort", elem_id="eval-order")
-    table_value, count_value = app.filter_predictions("", choices[0][1], None, None, ORDER_CHOICES[0])
-    count = gr.Markdown(count_value if app.results.problem is None else "", elem_id="eval-count")
-    table = gr.Dataframe(table_value, interactive=False, wrap=True, max_height=400, elem_id="eval-table",
-                         label="Test-set predictions (select a row for details)")
-    detail = gr.Markdown("Select a row of the table.", elem_id="eval-detail")
-    with gr.Row():
-        d_instruction = gr.Textbox(label="Instruction", lines=2, interactive=False, elem_id="detail-instruction")
-        d_input = gr.Textbox(label="Input", lines=2, interactive=False, elem_id="detail-input")
-    d_reference = gr.Textbox(label="Reference", lines=3, interactive=False, elem_id="detail-reference")
-    with gr.Row():
-        d_base = gr.Textbox(label="Base response", lines=5, interactive=False, elem_id="detail-base")
-        d_ft = gr.Textbox(label="Finetuned response", lines=5, interactive=False, elem_id="detail-finetuned")
-    # Score bounds are checked when typed in full (Enter or leaving the box), not at every keystroke:
-    # ".5" passes through "." on the way.
-    gr.on(
-        [search.change, score.change, min_score.submit, min_score.blur, max_score.submit, max_score.blur,
-         order.change],
-        app.filter_predictions, [search, score, min_score, max_score, order], [table, count],
-        api_name="filter_predictions", concurrency_limit=None, show_progress="hidden", preprocess=False,
-    )
-    table.select(app.show_prediction, None, [d_instruction, d_input, d_reference, d_base, d_ft, detail],
-                 api_visibility="private", concurrency_limit=None)
-
-
 def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] = ([], [])) -> gr.Blocks:
     """The four-tab Blocks app wired to ``app``'s handlers; ``start`` queues and launches it."""
     with gr.Blocks(title="GPT-2 from scratch") as demo:
@@ -220,7 +172,7 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
         with gr.Tabs():
             for tab in _generation_tabs(app, examples):
                 _generation_tab(tab, settings)
-            _eval_tab(app)
+            results_tab(demo, app.browser)
     return demo
 
 

@@ -1,9 +1,11 @@
-"""Pure views: a run's files turned into Markdown, tables and figures (no Gradio here).
+"""Pure views: a run's files turned into texts and values for the UI (no Gradio here).
 
 ``EvalResults.load`` is the one place that reads and checks the structure of
 ``eval/summary.json`` and ``eval/predictions.jsonl``: files from another version,
 edited by hand or downloaded from a Hub repo become a one-line ``problem`` naming
 the file and the line, and every function below can then trust their shape.
+``load_run_results`` turns a run into the ``compare.RunResults`` that the results
+browser compares; the rest are the browser's texts (labels, diff spans, choices).
 """
 
 from __future__ import annotations
@@ -13,22 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
+from gpt2_scratch.browse import RecordView, ResponseView
+from gpt2_scratch.compare import RECORD_METRICS, Comparison, RunResults
 from gpt2_scratch.files import read_jsonl
-from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, display_path, format_metric
-
-# (label, "<model>.<key in predictions.jsonl>"): the scores the table shows, filters and sorts by.
-SCORE_CHOICES = [
-    ("finetuned ROUGE-L", "finetuned.rouge_l"),
-    ("base ROUGE-L", "base.rouge_l"),
-    ("finetuned judge", "finetuned.judge_score"),
-    ("base judge", "base.judge_score"),
-]
-ORDER_CHOICES = ["test-set order", "score: high to low", "score: low to high"]
-# Table columns in a fixed order: base before finetuned, ROUGE-L before the judge.
-COLUMN_ORDER = ["base.rouge_l", "finetuned.rouge_l", "base.judge_score", "finetuned.judge_score"]
-
+from gpt2_scratch.run_log import read_metrics
+from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, RunSource, display_path
 
 # --------------------------------------------------------------------------- reading and checking eval/
 
@@ -109,8 +102,10 @@ class EvalResults:
         if run is None:
             return cls(problem=missing)
         command = f"python evaluate.py --run {display_path(run.root)}"
-        if not run.summary.is_file() or not run.predictions.is_file():
-            return cls(problem=f"No evaluation results for this run yet. Create them with `{command}`.")
+        missing = [p for p in (run.predictions, run.summary) if not p.is_file()]
+        if missing:
+            return cls(problem=f"No evaluation results for this run yet (no `{display_path(missing[0])}`). "
+                               f"Create them with `{command}`.")
         try:
             summary = json.loads(run.summary.read_text(encoding="utf-8"))
             check_summary(summary, f"{display_path(run.summary)}: ")
@@ -123,114 +118,7 @@ class EvalResults:
         return cls(summary=summary, predictions=predictions)
 
 
-# --------------------------------------------------------------------------- summary and loss curve
-
-
-def summary_markdown(results: EvalResults) -> str:
-    """The aggregates of summary.json as a Markdown table, both models side by side."""
-    if results.summary is None:
-        return f"**{results.problem}**"
-    s = results.summary
-    models = s["models"]
-    names = [m for m in MODEL_NAMES if m in models]
-    lines = ["| Metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for m in SUMMARY_METRICS:
-        lines.append(f"| {m.label} | " + " | ".join(format_metric(models[n].get(m.key), m.spec) for n in names) + " |")
-    g = s.get("generation", {})
-    judge = s.get("judge")
-    sha = (s.get("checkpoint") or {}).get("sha256") or ""
-    info = (
-        f"{s.get('num_records', '?')} test records · base model `{s.get('base_model', '?')}` · "
-        f"prompt style `{s.get('prompt_style', '?')}` · checkpoint sha256 `{sha[:12]}` · "
-        f"max new tokens {g.get('max_new_tokens', '?')}, temperature {g.get('temperature', '?')} · "
-        f"judge: {'`' + judge['model'] + '`' if judge else 'none'} · evaluated {s.get('created', '?')}"
-    )
-    return "\n".join(lines) + "\n\n" + info
-
-
-def loss_curve(run: RunPaths | None):
-    """The run's training loss curve as a PIL image: loss.png, else re-plotted from metrics.jsonl, else None."""
-    from PIL import Image
-
-    if run is None:
-        return None
-    if run.loss_plot.is_file():
-        with Image.open(run.loss_plot) as image:
-            return image.convert("RGB")
-    if not run.metrics.is_file():
-        return None
-    from gpt2_scratch.run_log import loss_figure, read_metrics
-
-    try:
-        rows = read_metrics(run.metrics)
-        if not any(r.get("event") == "eval" for r in rows):
-            return None
-        fig = loss_figure(rows)
-    except (ValueError, OSError, KeyError):
-        return None
-    fig.canvas.draw()
-    return Image.frombuffer("RGBA", fig.canvas.get_width_height(), bytes(fig.canvas.buffer_rgba())).convert("RGB")
-
-
-# --------------------------------------------------------------------------- the predictions table
-
-
-def score_of(row: dict, key: str) -> float | None:
-    """The score ``key`` ("<model>.<metric>") of a prediction row, None when absent or not a number."""
-    model, metric = key.split(".")
-    value = row.get(model, {}).get(metric)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def score_choices(predictions: list[dict]) -> list[tuple[str, str]]:
-    """The scores present in the predictions (a model not evaluated or no judge: not offered)."""
-    choices = [(label, key) for label, key in SCORE_CHOICES if any(score_of(r, key) is not None for r in predictions)]
-    return choices or SCORE_CHOICES[:1]
-
-
-def table_columns(predictions: list[dict]) -> list[tuple[str, str]]:
-    """(label, key) of the table's score columns: the scores present, in ``COLUMN_ORDER``."""
-    labels = {key: label for label, key in score_choices(predictions)}
-    return [(labels[key], key) for key in COLUMN_ORDER if key in labels]
-
-
-def _searchable(row: dict) -> str:
-    parts = [row.get("instruction", ""), row.get("input", ""), row.get("reference", "")]
-    parts += [row.get(m, {}).get("response", "") for m in MODEL_NAMES]
-    return "\n".join(str(p) for p in parts).casefold()
-
-
-def filter_rows(
-    rows: list[dict], query: str, score: str, lo: float | None, hi: float | None, order: str
-) -> list[dict]:
-    """Rows whose text contains ``query`` and whose ``score`` is within [lo, hi] (None: no bound), sorted."""
-    needle = query.strip().casefold()
-    if needle:
-        rows = [r for r in rows if needle in _searchable(r)]
-    if lo is not None:
-        rows = [r for r in rows if (s := score_of(r, score)) is not None and s >= lo]
-    if hi is not None:
-        rows = [r for r in rows if (s := score_of(r, score)) is not None and s <= hi]
-    if order != ORDER_CHOICES[0]:
-        sign = -1 if order == "score: high to low" else 1
-        # Rows without that score go last either way; ties keep test-set order (sorted is stable).
-        rows = sorted(rows, key=lambda r: (score_of(r, score) is None, sign * (score_of(r, score) or 0.0)))
-    return rows
-
-
-def prediction_table(rows: list[dict], columns: list[tuple[str, str]]) -> pd.DataFrame:
-    """One line per record: id, the start of the instruction, and the score ``columns`` (label, key)."""
-
-    def short(text: str, n: int = 90) -> str:
-        text = " ".join(str(text).split())
-        return text if len(text) <= n else text[: n - 1] + "…"
-
-    def cell(row: dict, key: str) -> float | None:
-        value = score_of(row, key)
-        return None if value is None else round(value, 3)
-
-    data = [[r.get("id"), short(r.get("instruction", ""))] + [cell(r, key) for _, key in columns] for r in rows]
-    return pd.DataFrame(data, columns=["id", "instruction"] + [label for label, _ in columns])
+# --------------------------------------------------------------------------- a response as text
 
 
 def visible_response(text: str, n_tokens: int | None = None) -> str:
@@ -250,39 +138,117 @@ def visible_response(text: str, n_tokens: int | None = None) -> str:
     return f"(only whitespace: {what})"
 
 
-def _response(row: dict, name: str) -> str:
-    if name not in row:
-        return "(not evaluated)"
-    m = row[name]
-    text = m.get("response", "")
-    return visible_response(text, m.get("length_tokens")) if text else "(empty response)"
+# --------------------------------------------------------------------------- the results browser
 
 
-def prediction_detail(row: dict) -> tuple[str, str, str, str, str, str]:
-    """Everything about one test record: instruction, input, reference, both responses, a line of scores."""
-    scores = []
-    for name in MODEL_NAMES:
-        m = row.get(name)
-        if m is None:
-            scores.append(f"**{name}**: not evaluated")
-            continue
-        judge = m.get("judge_score")
-        judge_text = "—" if judge is None else str(judge)
-        if judge is None and m.get("judge_raw"):
-            judge_text += " (judge reply not a score)"
-        rouge = m.get("rouge_l")
-        scores.append(
-            f"**{name}**: ROUGE-L {'—' if rouge is None else format(rouge, '.3f')} · "
-            f"exact match {m.get('exact_match', '—')} · judge {judge_text} · {m.get('length_tokens', '—')} tokens"
-        )
-    return (
-        row.get("instruction", ""),
-        row.get("input", ""),
-        row.get("reference", ""),
-        _response(row, "base"),
-        _response(row, "finetuned"),
-        f"Test record **{row['id']}** — " + " · ".join(scores),
-    )
+def load_run_results(source: RunSource) -> RunResults:
+    """A run offered by the app, read for the results browser: run.json, metrics.jsonl and eval/.
+
+    Missing or malformed eval files become ``problem`` (``EvalResults.load``'s
+    message, naming the file); the run's run.json and loss curve are still used.
+    A source that could not be had (a Hub repo that failed) is its ``problem`` alone.
+    """
+    if source.run is None:
+        return RunResults(source.label, problem=source.problem or "not available")
+    run = source.run
+    try:
+        info = run.read_info()
+    except (FileNotFoundError, ValueError, OSError):
+        info = None  # option_differences names the runs without run.json
+    try:
+        metrics = read_metrics(run.metrics) if run.metrics.is_file() else []
+    except OSError:
+        metrics = []
+    results = EvalResults.load(run, "")
+    return RunResults(source.label, info, results.summary, results.predictions, metrics, results.problem)
+
+
+def plot_metrics(cmp: Comparison) -> list[tuple[str, str]]:
+    """(label, key) of the per-record scores worth plotting: those some chosen run has (no judge: not offered)."""
+    present = {m for (_, _, m), values in cmp.scores.items() if not np.isnan(values).all()}
+    return [(m.label, m.key) for m in RECORD_METRICS if m.key in present and m.key != "exact_match"]
+
+
+def record_choices(cmp: Comparison) -> list[tuple[str, int]]:
+    """(label, id) of every shared record, for the record picker: "12 · Rewrite the sentence…"."""
+    return [(f"{rid} · {text}", int(rid)) for rid, text in zip(cmp.records["id"], cmp.short_instructions)]
+
+
+# Each chosen run keeps one hue in every plot: dark for the finetuned model and the training loss, light for the
+# base model and the validation loss. Plots get these as color_map, which also makes Gradio redraw a plot whose
+# series changed (a new value alone keeps the old legend and leaves new series out).
+_RUN_HUES = (("#1f77b4", "#aec7e8"), ("#ff7f0e", "#ffbb78"), ("#2ca02c", "#98df8a"), ("#d62728", "#ff9896"),
+             ("#9467bd", "#c5b0d5"), ("#8c564b", "#c49c94"), ("#e377c2", "#f7b6d2"), ("#7f7f7f", "#c7c7c7"))
+
+
+def run_color_maps(runs: list[str]) -> dict[str, dict[str, str]]:
+    """Color maps of the plots for the chosen ``runs``: by "run", by "run · model", by "run · split" (loss)."""
+    hues = {run: _RUN_HUES[k % len(_RUN_HUES)] for k, run in enumerate(runs)}
+    return {
+        "run": {run: dark for run, (dark, _) in hues.items()},
+        "model": {f"{run} · {model}": hue[model == "base"] for run, hue in hues.items() for model in MODEL_NAMES},
+        "loss": {f"{run} · {split}": hue[split == "val"] for run, hue in hues.items() for split in ("train", "val")},
+    }
+
+
+# Histogram bins from low to high scores: red to amber to green (a length: light to dark blue).
+_SCORE_RAMP = ("#dc2626", "#f59e0b", "#16a34a")
+_LENGTH_RAMP = ("#bfdbfe", "#1e3a8a")
+
+
+def bin_colors(bins: list[str], metric: str) -> dict[str, str]:
+    """A color per histogram bin (given in ascending order), for ``gr.BarPlot(color_map=...)``."""
+    ramp = _LENGTH_RAMP if metric == "length_tokens" else _SCORE_RAMP
+    rgb = [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in ramp]
+    colors = {}
+    for n, name in enumerate(bins):
+        t = n / max(len(bins) - 1, 1) * (len(ramp) - 1)  # position along the ramp
+        i = min(int(t), len(ramp) - 2)
+        mixed = [x + (t - i) * (y - x) for x, y in zip(rgb[i], rgb[i + 1])]
+        colors[name] = "#" + "".join(f"{round(v):02x}" for v in mixed)
+    return colors
+
+
+# Word-level differences against the reference, as gr.HighlightedText shows them (browse.word_diff's labels).
+DIFF_LABELS = {"+": "not in the reference", "-": "missing from the response"}
+DIFF_COLORS = {DIFF_LABELS["+"]: "#bbf7d0", DIFF_LABELS["-"]: "#fecaca"}
+
+
+def diff_spans(response: ResponseView) -> list[tuple[str, str | None]]:
+    """The response's word diff with readable labels, for ``gr.HighlightedText`` (which shows text as text)."""
+    return [(text, DIFF_LABELS.get(label)) for text, label in response.diff]
+
+
+def response_label(response: ResponseView) -> str:
+    """"run · model · 8 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 70 · Exact match 0" (no score: —)."""
+    tokens = f"{response.tokens} token{'s' if response.tokens != 1 else ''}"
+    scores = [f"{label} {'—' if value is None else f'{value:g}'}" for label, value in response.scores.items()
+              if label != "Response length (tokens)"]  # the token count is already there
+    if not response.response:
+        note = "empty response"
+    elif not response.response.strip():
+        note = visible_response(response.response, response.tokens)  # the diff would look empty
+    else:
+        note = ""
+    return " · ".join(p for p in [f"{response.run} · {response.model}", tokens, *scores, note] if p)
+
+
+def judge_label(response: ResponseView) -> str:
+    """The label of the judge's raw reply to ``response``."""
+    failed = " (the judge call failed)" if response.judge_error else ""
+    return f"Judge's reply to {response.run} · {response.model}{failed}"
+
+
+def record_title(view: RecordView) -> str:
+    """The record view's title line (Markdown; numbers only, nothing from the data)."""
+    n = len(view.responses)
+    responses = f"{n} response{'s' if n != 1 else ''}"
+    return f"**Test record {view.id}** · {responses} · reference {view.reference_tokens} tokens"
+
+
+def response_slot(response: ResponseView, runs: list[str]) -> int:
+    """Where ``response`` goes in the record view: one row per chosen run, base then finetuned."""
+    return runs.index(response.run) * len(MODEL_NAMES) + MODEL_NAMES.index(response.model)
 
 
 # --------------------------------------------------------------------------- small texts
@@ -291,8 +257,8 @@ def prediction_detail(row: dict) -> tuple[str, str, str, str, str, str]:
 def header_markdown(
     run_name: str | None, base_source: str, checkpoint: str | None, prompt_style: str, note: str | None = None
 ) -> str:
-    """The app's title and what it serves: run, base model, finetuned checkpoint (and why that one)."""
-    finetuned = f"`{run_name}/{Path(checkpoint).name}` (prompt style `{prompt_style}`)" if checkpoint else "none"
+    """The app's title and what it serves: run, base model, finetuned checkpoint ("run/final") and why that one."""
+    finetuned = f"`{checkpoint}` (prompt style `{prompt_style}`)" if checkpoint else "none"
     return (
         "# GPT-2 from scratch: pretrained vs. instruction-finetuned\n"
         f"Run `{run_name or 'none'}` · base model `{base_source}` · finetuned checkpoint {finetuned}. "

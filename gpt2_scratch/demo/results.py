@@ -1,0 +1,331 @@
+"""The results browser's state and handlers: the chosen runs compared, plotted, filtered and read record by record.
+
+``ResultsBrowser`` holds the runs the app offers (``runs.RunSource``: every
+finished run under runs/, or the Hub repos of ``GPT2_SCRATCH_HUB_REPO``). Each
+run is read once (``views.load_run_results``), and the ``compare.Comparison``
+of a selection of runs is built once and kept for the next ``MAX_CACHED``
+selections, so that filtering, sorting and opening a record only look up what
+is already indexed (1,100 records x 5 runs: milliseconds, see
+tests/test_demo_results.py).
+
+Its methods are the results tab's event handlers (``results_tab.py`` wires
+them). They take raw values, as the API may send anything, check them
+(``inputs``), and report bad input as a one-line message and a toast
+(``errors.reports_errors``). Every handler takes the chosen runs as an input,
+so each browser tab keeps its own selection.
+
+Selecting a point: Gradio's native plots report a drag across the plot, not a
+click on a point (``SelectData.index == [x_lo, x_hi]``, in x-axis units). The
+record opened is the one whose point lies nearest the middle of that range
+(``compare.points_in_range``); the others in the range are listed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+from gpt2_scratch.browse import ORDERS, csv_filename, filter_records, record_view, score_choices, write_csv
+from gpt2_scratch.compare import (
+    RECORD_METRICS,
+    Comparison,
+    RunResults,
+    compare,
+    histogram_frame,
+    length_frame,
+    loss_frame,
+    option_differences,
+    points_in_range,
+    scatter_frame,
+    summary_frame,
+)
+from gpt2_scratch.runs import MODEL_NAMES, RunSource
+
+from .errors import reports_errors
+from .inputs import UserError, blank, clean_text, parse_runs, parse_score_bounds
+from .views import (
+    bin_colors,
+    diff_spans,
+    judge_label,
+    load_run_results,
+    plot_metrics,
+    record_choices,
+    record_title,
+    response_label,
+    response_slot,
+    run_color_maps,
+)
+
+MAX_RUNS = 6  # runs compared at once; the record view has a row for each, base and finetuned side by side
+RECORD_SLOTS = MAX_RUNS * len(MODEL_NAMES)
+MAX_CACHED = 8  # comparisons kept, most recently used first
+CSV_KEPT = 8  # CSV exports kept on disk (Gradio copies each into its own cache as it sends it)
+HISTOGRAM_BINS = 10
+DEFAULT_METRIC = "rouge_l"
+NO_RECORD = "Choose a record: select a row of the table, drag across points of a scatter plot, or pick its id."
+_METRICS = {m.key: m for m in RECORD_METRICS}
+
+
+def _kept(value: Any, choices: list[tuple[str, Any]]) -> Any:
+    """``value`` if it is still one of ``choices``, else the first choice (None: no choices)."""
+    values = [v for _, v in choices]
+    return value if value in values else (values[0] if values else None)
+
+
+class ResultsBrowser:
+    """The runs offered, their comparisons (cached per selection), and the results tab's handlers."""
+
+    def __init__(self, sources: list[RunSource]):
+        self.sources = list(sources)
+        self._results: dict[str, RunResults] = {}
+        self._comparisons: OrderedDict[tuple[str, ...], Comparison] = OrderedDict()
+        self._lock = threading.Lock()
+        self._csv_root: Path | None = None
+
+    # ---- the runs offered
+
+    def offered(self) -> list[str]:
+        """The names of the runs the picker offers (a Hub repo that failed to download is not one)."""
+        return [s.label for s in self.sources if s.run is not None]
+
+    def default_selection(self) -> list[str]:
+        """The runs chosen when the page opens: the run the app serves."""
+        return self.offered()[:1]
+
+    def sources_message(self) -> str:
+        """Why some runs are not offered (Hub repos that could not be downloaded); "" when all are."""
+        return "\n\n".join(f"⚠️ {s.problem}" for s in self.sources if s.run is None)
+
+    def comparison(self, runs: Any) -> Comparison:
+        """The comparison of the chosen runs (names, in the order chosen), built on first use and kept."""
+        labels = parse_runs(runs, self.offered(), MAX_RUNS)
+        with self._lock:
+            if labels in self._comparisons:
+                self._comparisons.move_to_end(labels)
+                return self._comparisons[labels]
+            by_label = {s.label: s for s in self.sources}
+            for label in labels:
+                if label not in self._results:
+                    self._results[label] = load_run_results(by_label[label])
+            cmp = compare([self._results[label] for label in labels])
+            self._comparisons[labels] = cmp
+            while len(self._comparisons) > MAX_CACHED:
+                self._comparisons.popitem(last=False)
+            return cmp
+
+    def message(self, cmp: Comparison) -> str:
+        """What is compared (records shared, runs left out and why), as Markdown."""
+        no_curve = [r.label for r in cmp.runs if not any(m.get("event") == "eval" for m in r.metrics)]
+        parts = [cmp.message]
+        if no_curve:
+            parts.append(f"No loss curve for {', '.join(no_curve)} (no evaluations in `metrics.jsonl`).")
+        return " ".join(parts)
+
+    # ---- the chosen runs: overview and plots
+
+    @reports_errors(lambda self, status: (status, *[gr.skip()] * 7), action="Comparing")
+    def choose_runs(self, runs: Any, metric: Any, score: Any, record: Any) -> tuple:
+        """For the chosen runs: (message, summary table, loss curves, options message, options that differ,
+        metric picker, score picker, record picker); the pickers keep their values where those still apply."""
+        cmp = self.comparison(runs)
+        diff = option_differences(cmp)
+        metrics = plot_metrics(cmp)
+        scores = score_choices(cmp)
+        records = record_choices(cmp)
+        summary = summary_frame(cmp, formatted=True)
+        if not summary["note"].any():
+            summary = summary.drop(columns="note")  # a column for the runs whose eval files could not be used
+        return (
+            self.message(cmp),
+            summary,
+            gr.LinePlot(value=loss_frame(cmp), color_map=run_color_maps([r.label for r in cmp.runs])["loss"]),
+            diff.message,
+            gr.Dataframe(value=diff.styler(), visible=not diff.frame.empty),
+            gr.Dropdown(choices=metrics, value=_kept(metric, metrics)),
+            gr.Dropdown(choices=scores, value=_kept(score, scores)),
+            gr.Dropdown(choices=records, value=_kept(record, records)),
+        )
+
+    def _metric(self, metric: Any) -> str:
+        if blank(metric):
+            return DEFAULT_METRIC
+        if metric not in _METRICS:
+            raise UserError(f"unknown score {metric!r}; choose one of: {', '.join(_METRICS)}")
+        return metric
+
+    @reports_errors(lambda self, status: (gr.skip(), gr.skip(), gr.skip()), action="Plotting")
+    def plots(self, runs: Any, metric: Any) -> tuple:
+        """(score distributions, base-vs-finetuned scatter, score-vs-reference-length scatter) of ``metric``."""
+        cmp = self.comparison(runs)
+        m = _METRICS[self._metric(metric)]
+        hist = histogram_frame(cmp, m.key, bins=HISTOGRAM_BINS)
+        bins = list(dict.fromkeys(hist["bin"]))
+        # A margin around a fixed range: a point on its edge is not cut in half.
+        fixed = [m.range[0] - 0.03 * (m.range[1] - m.range[0]), m.range[1] * 1.03] if m.range else None
+        length = length_frame(cmp, m.key)
+        words = [0, 1.05 * float(length["reference_words"].max()) + 1] if len(length) else None
+        colors = run_color_maps([r.label for r in cmp.runs])
+        return (
+            gr.BarPlot(value=hist, sort=[f"{run} · {model}" for run, model in cmp.pairs],
+                       color_map=bin_colors(bins, m.key), color_title=m.label,
+                       title=f"{m.label}: share of the records in each score bin"),
+            gr.ScatterPlot(value=scatter_frame(cmp, m.key), x_lim=fixed, y_lim=fixed, color_map=colors["run"],
+                           x_title=f"base model: {m.label}", y_title=f"finetuned model: {m.label}",
+                           title=f"{m.label} per record, base against finetuned"),
+            gr.ScatterPlot(value=length, x_lim=words, y_lim=fixed, y_title=m.label, color_map=colors["model"],
+                           title=f"{m.label} against the reference's length"),
+        )
+
+    @reports_errors(lambda self, status: (gr.skip(),) * 4, action="Plotting")
+    def redraw(self, runs: Any, metric: Any) -> tuple:
+        """Captions of (loss curves, distributions, scatter, length scatter) naming the runs and score shown.
+
+        Sent after the plots' new values, on purpose: Gradio puts a new value into
+        a drawn plot without redrawing it, so series new to it get no color, and a
+        change of any other property redraws it with the data it had. A caption
+        that changes after the value makes it redraw with the new data.
+        """
+        cmp = self.comparison(runs)
+        label = _METRICS[self._metric(metric)].label
+        chosen = f"Runs: {', '.join(r.label for r in cmp.runs) or 'none'}"
+        shared = f"{chosen} · {len(cmp.records)} shared records · {label}"
+        drag = f"{shared} · drag across points to open the record nearest the middle"
+        return (gr.LinePlot(caption=chosen), gr.BarPlot(caption=shared), gr.ScatterPlot(caption=drag),
+                gr.ScatterPlot(caption=drag))
+
+    # ---- the records table and its CSV
+
+    def _score(self, cmp: Comparison, score: Any) -> str | None:
+        """A score of the table's picker ("run · model · metric"); also the single-run form "finetuned.rouge_l",
+        which older clients send, meaning that score of the first chosen run that has the model."""
+        if blank(score):
+            return None
+        choices = [value for _, value in score_choices(cmp)]
+        if score in choices:
+            return score
+        model, dot, metric = str(score).partition(".")
+        run = next((r for r, m in cmp.pairs if m == model), None)
+        if dot and run is not None and f"{run} · {model} · {metric}" in choices:
+            return f"{run} · {model} · {metric}"
+        raise UserError(f"unknown score {score!r}; choose one of: {', '.join(choices) or 'none (no records)'}")
+
+    def _filters(self, cmp: Comparison, query: Any, score: Any, min_score: Any, max_score: Any, order: Any) -> tuple:
+        """(query, score, low, high, order) for ``browse.filter_records``, checked."""
+        query, _ = clean_text(query, "the search text")
+        if order not in ORDERS:
+            raise UserError(f"unknown order {order!r}; choose one of: {', '.join(ORDERS)}")
+        key = self._score(cmp, score)
+        if key is None:
+            if not (blank(min_score) and blank(max_score)) or order != ORDERS[0]:
+                raise UserError("choose a score to filter or sort by")
+            return query, None, None, None, order
+        lo, hi = parse_score_bounds(key.rsplit(" · ", 1)[-1], min_score, max_score)
+        return query, key, lo, hi, order
+
+    @reports_errors(lambda self, status: (pd.DataFrame(columns=["id", "instruction"]), status), action="Filtering")
+    def filter_predictions(
+        self, query: Any, score: Any, min_score: Any, max_score: Any, order: Any, runs: Any = None
+    ) -> tuple[pd.DataFrame, str]:
+        """The records table of the chosen runs (default: the run served): records whose text contains ``query``
+        and whose ``score`` lies within the bounds (blank: none), in ``order``; and "N of M test records"."""
+        cmp = self.comparison(self.default_selection() if runs is None else runs)
+        table = filter_records(cmp, *self._filters(cmp, query, score, min_score, max_score, order))
+        return table, f"{len(table)} of {len(cmp.records)} test records"
+
+    @reports_errors(lambda self, status: gr.File(value=None, visible=False), action="Exporting")
+    def export_csv(self, query: Any, score: Any, min_score: Any, max_score: Any, order: Any, runs: Any) -> gr.File:
+        """The filtered table with full texts, every response and every score, as a CSV file to download."""
+        cmp = self.comparison(runs)
+        table = filter_records(cmp, *self._filters(cmp, query, score, min_score, max_score, order), full=True)
+        path = self._csv_folder() / csv_filename(cmp)
+        write_csv(path, table)
+        n = len(table)
+        return gr.File(value=str(path), visible=True, label=f"CSV: {n} record{'s' if n != 1 else ''}")
+
+    def _csv_folder(self) -> Path:
+        """A new folder for one export; only the newest ``CSV_KEPT`` are kept."""
+        with self._lock:
+            if self._csv_root is None:
+                self._csv_root = Path(tempfile.mkdtemp(prefix="gpt2_scratch_csv_"))
+            folder = Path(tempfile.mkdtemp(dir=self._csv_root))
+            old = sorted(self._csv_root.iterdir(), key=lambda p: p.stat().st_mtime)[:-CSV_KEPT]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+        return folder
+
+    # ---- one record
+
+    def _empty_record(self, title: str) -> tuple:
+        hidden = [gr.Row(visible=False)] * MAX_RUNS
+        slots = [gr.HighlightedText(value=[], visible=False), gr.Textbox(value="", visible=False)] * RECORD_SLOTS
+        return (title, "", "", gr.Textbox(value="", label="Reference"), *hidden, *slots)
+
+    @reports_errors(lambda self, status: (status, *[gr.skip()] * (3 + MAX_RUNS + 2 * RECORD_SLOTS)), action="Opening")
+    def show_record(self, runs: Any, record: Any) -> tuple:
+        """One record: (title, instruction, input, reference, a row per run, then per (run, model) the response
+        with its word differences against the reference, and the judge's raw reply)."""
+        cmp = self.comparison(runs)
+        if blank(record):
+            return self._empty_record(NO_RECORD)
+        try:
+            view = record_view(cmp, record)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        chosen = list(dict.fromkeys(r.run for r in view.responses))
+        rows = [gr.Row(visible=k < len(chosen)) for k in range(MAX_RUNS)]
+        slots = [[gr.HighlightedText(value=[], visible=False), gr.Textbox(value="", visible=False)]
+                 for _ in range(RECORD_SLOTS)]
+        for response in view.responses:
+            slots[response_slot(response, chosen)] = [
+                gr.HighlightedText(value=diff_spans(response), label=response_label(response), visible=True),
+                gr.Textbox(value=response.judge_raw or "", label=judge_label(response),
+                           visible=bool(response.judge_raw)),
+            ]
+        reference = gr.Textbox(value=view.reference, label=f"Reference ({view.reference_tokens} tokens)")
+        return (record_title(view), view.instruction, view.input, reference, *rows, *(c for s in slots for c in s))
+
+    @reports_errors(lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)),
+                    action="Opening")
+    def select_row(self, runs: Any, evt: gr.SelectData) -> tuple:
+        """A row of the table was selected: (record picker, selection message, the record's outputs)."""
+        row = evt.row_value or []
+        if not row:
+            raise UserError("Select a row of the table.")
+        return (gr.Dropdown(value=row[0]), "", *self.show_record(runs, row[0]))
+
+    def _select_points(self, runs: Any, metric: Any, evt: gr.SelectData, frame: Callable, x: str, what: str) -> tuple:
+        cmp = self.comparison(runs)
+        key = self._metric(metric)
+        try:
+            lo, hi = (float(v) for v in evt.index)
+        except (TypeError, ValueError):
+            raise UserError(f"a selection is a range of two numbers, got {evt.index!r}") from None
+        ids = list(dict.fromkeys(points_in_range(frame(cmp, key), x, lo, hi)["id"].tolist()))
+        where = what.format(label=_METRICS[key].label, lo=f"{min(lo, hi):.3g}", hi=f"{max(lo, hi):.3g}")
+        if not ids:
+            return (gr.skip(), f"No point has {where}: drag across a point.",
+                    *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS))
+        others = f" The others: {', '.join(map(str, ids[1:21]))}{'…' if len(ids) > 21 else ''}." if ids[1:] else ""
+        message = (f"{len(ids)} record{'s' if len(ids) != 1 else ''} with {where}. "
+                   f"Showing record {ids[0]}, the nearest the middle of the range.{others}")
+        return (gr.Dropdown(value=ids[0]), message, *self.show_record(runs, ids[0]))
+
+    @reports_errors(lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)),
+                    action="Selecting")
+    def select_scatter(self, runs: Any, metric: Any, evt: gr.SelectData) -> tuple:
+        """A drag across the base-vs-finetuned scatter: (record picker, message, the record's outputs)."""
+        return self._select_points(runs, metric, evt, scatter_frame, "base", "a base {label} from {lo} to {hi}")
+
+    @reports_errors(lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)),
+                    action="Selecting")
+    def select_length(self, runs: Any, metric: Any, evt: gr.SelectData) -> tuple:
+        """A drag across the score-vs-reference-length scatter: (record picker, message, the record's outputs)."""
+        return self._select_points(runs, metric, evt, length_frame, "reference_words",
+                                   "a reference of {lo} to {hi} words")
