@@ -26,6 +26,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path, write_dataset):
     dataset = write_dataset(tmp_path / "data.json", 40)  # 34 train / 4 test / 2 validation
     proc = run_cli(

@@ -33,7 +33,7 @@ def test_head_is_tied_to_wte():
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
 
 
-@pytest.mark.parametrize("fixture", ["hf_tiny", "hf_124m"])
+@pytest.mark.parametrize("fixture", ["hf_tiny", pytest.param("hf_124m", marks=pytest.mark.slow)])
 def test_logits_parity_with_transformers(fixture, request):
     hf, folder = request.getfixturevalue(fixture)
     ours = load_pretrained(str(folder))

@@ -71,6 +71,7 @@ def reference_run(tmp_path_factory, fixture_json):
     return train(small_config(tmp, fixture_json, name="ref"))
 
 
+@pytest.mark.slow
 def test_overfits_sixteen_examples(tmp_path, fixture_json):
     paths = train(
         small_config(tmp_path, fixture_json, name="overfit", batch_size=2, epochs=3, lr=1e-2, eval_every=100, save_every=0)
@@ -146,6 +147,7 @@ def test_grad_accum_gives_the_same_steps(tmp_path, reference_run, fixture_json):
     )
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
     """torchrun with 2 gloo processes (2 examples each) computes the same steps as one process with batch 4."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
