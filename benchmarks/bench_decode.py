@@ -57,11 +57,11 @@ def main() -> None:
     for bs in args.batch_sizes:
         prompts = torch.randint(0, EOS_ID, (bs, args.prompt_len), generator=g)
 
-        def run_ours():
+        def run_ours(prompts=prompts):
             out = generate(ours, prompts.tolist(), settings, eos_id=None)
             assert all(len(o) == args.new_tokens for o in out)
 
-        def run_hf():
+        def run_hf(prompts=prompts):
             with torch.inference_mode():
                 out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.new_tokens,
                                   min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=EOS_ID)

@@ -44,8 +44,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt2_scratch.batches import EncodedExample, collate, encode_record  # noqa: E402
 from gpt2_scratch.checkpoint import load_model  # noqa: E402
-from gpt2_scratch.data import EncodedExample, collate, encode_record, load_records, split_records  # noqa: E402
+from gpt2_scratch.data import load_records, split_records  # noqa: E402
 from gpt2_scratch.evaluation import plan_batches  # noqa: E402
 from gpt2_scratch.generation import SamplingSettings, generate  # noqa: E402
 from gpt2_scratch.inference import DTYPES, model_dtype  # noqa: E402

@@ -53,17 +53,18 @@ from typing import Callable, Sequence
 
 import torch
 
+from gpt2_scratch.batches import EncodedExample, encode_record
 from gpt2_scratch.checkpoint import load_model, read_checkpoint_info
-from gpt2_scratch.inference import DTYPES, resolve_dtype
-from gpt2_scratch.data import EncodedExample, Record, encode_record, read_records
+from gpt2_scratch.data import Record, read_records
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.inference import DTYPES, resolve_dtype
 from gpt2_scratch.judge import JudgeClient, JudgeConfig
-from gpt2_scratch.scoring import exact_match, perplexity, reference_loss, rouge_l_f1
 from gpt2_scratch.model import GPT
 from gpt2_scratch.progress import ProgressFile, check_batch_entry, check_judge_entry
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
 from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, format_metric
+from gpt2_scratch.scoring import exact_match, perplexity, reference_loss, rouge_l_f1
 from gpt2_scratch.tokenizer import decode, encode
 
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
@@ -265,6 +266,38 @@ def _fit_context(settings: EvalSettings, block_size: int, longest_prompt: int) -
     return replace(settings, sampling=replace(settings.sampling, max_new_tokens=cap))
 
 
+def _test_records(run: RunPaths, settings: EvalSettings) -> list[Record]:
+    """The run's test records (the first ``settings.limit``); a missing or empty file is a one-line error."""
+    if not run.test_records.is_file():
+        raise FileNotFoundError(f"{run.root} has no test records ({run.test_records})")
+    records = read_records(run.test_records)
+    if settings.limit is not None:
+        records = records[: settings.limit]
+    if not records:
+        raise ValueError(f"{run.test_records} holds no records")
+    return records
+
+
+def _summary(run: RunPaths, info, records, style, generation, dtype, settings, models: dict) -> dict:
+    """``eval/summary.json``: what was evaluated, how, and each model's aggregates."""
+    judge = settings.judge
+    return {
+        "run": str(run.root),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_records": len(records),
+        "checkpoint": {"path": str(run.final), "sha256": info.sha256},
+        "base_model": run.read_info().base_model,
+        "prompt_style": style.name,
+        "test_records": str(run.test_records),
+        "generation": generation,
+        "device": settings.device,
+        "dtype": dtype,
+        "judge": None if judge is None else {"url": judge.url, "model": judge.model, "seed": judge.seed},
+        "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},
+        "models": models,
+    }
+
+
 def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
     if not run.root.is_dir():
@@ -274,13 +307,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     if info.prompt_style is None:
         raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
     style = get_prompt_style(info.prompt_style)
-    if not run.test_records.is_file():
-        raise FileNotFoundError(f"{run.root} has no test records ({run.test_records})")
-    records = read_records(run.test_records)
-    if settings.limit is not None:
-        records = records[: settings.limit]
-    if not records:
-        raise ValueError(f"{run.test_records} holds no records")
+    records = _test_records(run, settings)
     # Generation gets the prompt as the app sends it: encode(prompt text). The loss uses
     # encode_record, the tokenization of training.
     prompts = [encode(style.format(r.instruction, r.input)) for r in records]
@@ -306,14 +333,13 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         "dtype": dtype,
     }
     results: dict[str, ModelResults] = {}
-    for name in MODEL_NAMES:
-        if name not in settings.models:
-            continue
+    for name in (m for m in MODEL_NAMES if m in settings.models):
         model, sha256 = _load(name, run, base_model, settings.device, dtype)
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
         if model.config.block_size <= s.max_new_tokens:
-            raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's context length ({model.config.block_size})")
+            raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's "
+                             f"context length ({model.config.block_size})")
         results[name] = evaluate_model(
             name, model, records=records, prompts=prompts, examples=examples, style=style, header=header,
             eval_dir=eval_dir, settings=settings,
@@ -321,22 +347,8 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         del model
 
     rows = _prediction_rows(records, results)
-    summary = {
-        "run": str(run.root),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "num_records": len(records),
-        "checkpoint": {"path": str(run.final), "sha256": info.sha256},
-        "base_model": base_model,
-        "prompt_style": style.name,
-        "test_records": str(run.test_records),
-        "generation": generation,
-        "device": settings.device,
-        "dtype": dtype,
-        "judge": None if settings.judge is None else {"url": settings.judge.url, "model": settings.judge.model,
-                                                      "seed": settings.judge.seed},
-        "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},
-        "models": {name: _aggregate(name, res, rows, settings) for name, res in results.items()},
-    }
+    models = {name: _aggregate(name, res, rows, settings) for name, res in results.items()}
+    summary = _summary(run, info, records, style, generation, dtype, settings, models)
     atomic_write_jsonl(run.predictions, rows)
     atomic_write_json(run.summary, summary)
     for res in results.values():  # the results are written: these files no longer block other settings

@@ -121,7 +121,7 @@ def _infer_config(state: dict[str, torch.Tensor], weights: Path) -> GPTConfig:
     if wte is None or wpe is None:
         raise ValueError(f"{weights}: no config.json beside it and no wte/wpe tensors to infer one from")
     n_layer = len({k.split(".")[1] for k in state if k.startswith("h.")})
-    for name, preset in PRESETS.items():
+    for preset in PRESETS.values():
         if preset["n_embd"] == wte.shape[1] and preset["n_layer"] == n_layer:
             return GPTConfig(**{**preset, "vocab_size": wte.shape[0], "block_size": wpe.shape[0]})
     raise ValueError(f"{weights}: no config.json beside it and its shapes match no GPT-2 preset")

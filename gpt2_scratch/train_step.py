@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from gpt2_scratch.data import EncodedExample, collate
+from gpt2_scratch.batches import EncodedExample, collate
 from gpt2_scratch.distributed import DistContext
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
 from gpt2_scratch.model import GPT

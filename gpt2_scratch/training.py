@@ -47,16 +47,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from gpt2_scratch.batches import LengthGroupedBatchSampler, encode_record
 from gpt2_scratch.checkpoint import load_model, save_checkpoint
-from gpt2_scratch.data import (
-    LengthGroupedBatchSampler,
-    Record,
-    Split,
-    encode_record,
-    load_records,
-    source_sha256,
-    split_records,
-)
+from gpt2_scratch.data import Record, Split, load_records, source_sha256, split_records
 from gpt2_scratch.distributed import DistContext, autocast_dtype, init_distributed, rank_zero
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.model import GPT

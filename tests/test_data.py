@@ -14,12 +14,9 @@ import pytest
 import torch
 
 from gpt2_scratch import data
+from gpt2_scratch.batches import EncodedExample, LengthGroupedBatchSampler, collate, encode_record
 from gpt2_scratch.data import (
-    EncodedExample,
-    LengthGroupedBatchSampler,
     Record,
-    collate,
-    encode_record,
     load_records,
     read_records,
     source_kind,

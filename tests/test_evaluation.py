@@ -10,15 +10,16 @@ import torch
 
 import evaluate as evaluate_cli
 from gpt2_scratch import evaluation
+from gpt2_scratch.batches import encode_record
 from gpt2_scratch.checkpoint import load_checkpoint, load_model, save_checkpoint
-from gpt2_scratch.data import Record, encode_record, write_records
+from gpt2_scratch.data import Record, write_records
 from gpt2_scratch.evaluation import EvalSettings, evaluate_run, plan_batches
-from gpt2_scratch.progress import SettingsMismatch
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeConfig
-from gpt2_scratch.scoring import reference_loss
+from gpt2_scratch.progress import SettingsMismatch
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.scoring import reference_loss
 from gpt2_scratch.tokenizer import decode, encode
 
 ROOT = Path(__file__).resolve().parent.parent

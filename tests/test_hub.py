@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, make_hf_model, save_hub_layout
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, make_hf_model, save_hub_layout
 from gpt2_scratch.hub import load_pretrained, resolve_hub_id
+
 
 def test_transformers_prefixed_layout_and_file_path(tmp_path):
     hf = make_hf_model(**TINY)

