@@ -12,6 +12,13 @@ It binds 127.0.0.1 (0.0.0.0 on a Hugging Face Space, where ``SPACE_ID`` is set);
 ``GRADIO_SERVER_PORT`` / ``--port`` pick the port. It never creates a share link
 and takes no uploads; at most ``--queue-size`` requests wait, more are told the
 app is busy.
+
+Every visitor's request to a model joins that model's running batch (one
+decoding loop per model, ``serving.Engine``; at most ``--max-batch`` rows, and
+``--max-waiting`` requests waiting, beyond which a visitor is told to try again
+in a moment). ``--no-batching`` generates each request on its own instead,
+``--concurrency`` at a time, as on ZeroGPU Spaces, where batching is always off.
+``--dtype`` is both models' inference format (``auto`` by default).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ try:  # On a ZeroGPU Space, spaces must be imported before torch touches CUDA.
 except ImportError:
     pass
 
+from gpt2_scratch.inference import DTYPES  # noqa: E402  (after spaces)
+
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 
 
@@ -42,10 +51,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", help="base model: Hub id, short name or local path (default: the run's base_model)")
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
-    p.add_argument("--concurrency", type=int, default=2, help="generations running at once (default: 2)")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="generations running at once with --no-batching (with batching: --max-batch + --max-waiting "
+                        "reach the engines at once), other events always (default: 2)")
     # The default lives in gpt2_scratch.demo.QUEUE_SIZE (not imported here: --help stays fast, without gradio).
     p.add_argument("--queue-size", type=int,
                    help="requests that may wait for a generation; more are told the app is busy (default: 16)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="inference format of both models: auto (default: bfloat16 on CUDA and on CPUs with native "
+                        "bfloat16, else float32), float32, bfloat16 or int8 (weight-only)")
+    # Defaults in gpt2_scratch.demo.backends (DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING).
+    p.add_argument("--no-batching", action="store_true",
+                   help="generate each request on its own, --concurrency at a time (the default shares one batched "
+                        "decoding loop per model between all visitors; always off on ZeroGPU Spaces)")
+    p.add_argument("--max-batch", type=int, help="with batching: requests decoded together per model (default: 16)")
+    p.add_argument("--max-waiting", type=int,
+                   help="with batching: requests that may wait for a place in a model's batch; more are told "
+                        "the app is busy (default: 64)")
     return p.parse_args(argv)
 
 
@@ -75,28 +97,36 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--queue-size must be at least 1, got {args.queue_size}")
     if args.port is not None and not 1 <= args.port <= 65535:
         fail(f"--port must be from 1 to 65535, got {args.port}")
+    for option, value in (("--max-batch", args.max_batch), ("--max-waiting", args.max_waiting)):
+        if value is not None and value < 1:
+            fail(f"{option} must be at least 1, got {value}")
 
-    from gpt2_scratch.demo import QUEUE_SIZE, DemoApp, build_demo, load_examples, start
+    from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, start
+    from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, choose_backend
     from gpt2_scratch.runs import HUB_REPO_ENV, find_runs, resolve_run
 
     try:
         hub_repo = os.environ.get(HUB_REPO_ENV)
         sources = find_runs(args.runs_dir, hub_repo)
         run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=hub_repo, sources=sources)
-        app = DemoApp.from_run(run, base=args.base, run_problem=problem, sources=sources)
+        backend, backend_note = choose_backend(batching=not args.no_batching, max_rows=args.max_batch or DEFAULT_MAX_ROWS,
+                                               max_waiting=args.max_waiting or DEFAULT_MAX_WAITING)
+        app = DemoApp.from_run(run, base=args.base, run_problem=problem, sources=sources, backend=backend,
+                               dtype=args.dtype)
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     # Each Hub repo that failed is named once, whether or not another one is served.
     failed = [s.problem for s in sources if s.problem]
-    for warning in [*failed, None if problem == " ".join(failed) else problem, app.checkpoint_note]:
+    for warning in [*failed, None if problem == " ".join(failed) else problem, app.checkpoint_note, backend_note]:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
 
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
     demo = build_demo(app, examples)
     try:
-        url = start(demo, host=host, port=args.port, concurrency=args.concurrency, queue_size=args.queue_size or QUEUE_SIZE)
+        url = start(demo, host=host, port=args.port, concurrency=args.concurrency, queue_size=args.queue_size or QUEUE_SIZE,
+                    max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0))
     except OSError as e:
         message = port_problem(e, host, args.port)
         if message is None:

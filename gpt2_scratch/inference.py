@@ -126,9 +126,9 @@ class PackedLinear(nn.Linear):
         packed = self.__dict__.get("_onednn_weight")
         if packed is None or packed[0] != key:
             weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().contiguous(), ONEDNN_ROWS_HINT)
-            packed = (key, weight)
+            packed = (key, weight, one_row_differs(weight, self.bias, self.in_features, torch.float32))
             self.__dict__["_onednn_weight"] = packed
-        return _onednn_linear(x, packed[1], self.bias, self.out_features)
+        return _onednn_linear(x, packed[1], self.bias, self.out_features, one_row_as_two=packed[2])
 
     def train(self, mode: bool = True) -> "PackedLinear":
         if mode:  # training changes the weights every step: free the inference copy
@@ -136,10 +136,52 @@ class PackedLinear(nn.Linear):
         return super().train(mode)
 
 
-def _onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    y = torch.ops.mkldnn._linear_pointwise(x2, packed, bias, "none", [], "")
+def _onednn_linear(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int, *, one_row_as_two: bool
+) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    if one_row_as_two and x2.shape[0] == 1:  # see one_row_differs
+        y = torch.ops.mkldnn._linear_pointwise(x2.expand(2, -1).contiguous(), packed, bias, "none", [], "")[:1]
+    else:
+        y = torch.ops.mkldnn._linear_pointwise(x2.contiguous(), packed, bias, "none", [], "")
     return y.view(*x.shape[:-1], out_features)
+
+
+# (inputs, outputs, dtype, threads) -> whether a lone row is computed as two; see one_row_differs.
+_ONE_ROW_DIFFERS: dict[tuple[int, int, torch.dtype, int], bool] = {}
+
+
+def one_row_differs(packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, dtype: torch.dtype) -> bool:
+    """Whether oneDNN gives a row other bits alone than among other rows: another kernel for one row.
+
+    A request must get the same tokens decoding alone (``generation.generate``,
+    one row per product) as batched with others (``serving.Engine``). At GPT-2
+    124M's shapes here, oneDNN multiplies one row with 3072 inputs (the MLP's
+    ``c_proj``) with another kernel than two rows or more, whose sums round
+    differently; every other layer, and every count from two rows up, gives each
+    row the same bits. A layer of such a shape computes a lone row as two (the
+    row twice, the first result kept): about 4% slower decoding at one row,
+    where doing it in every layer cost 15%.
+
+    The kernel depends on the shapes, the format and the threads, not on the
+    values, so this is found once per shape, with the first such layer's
+    ``packed`` weight: each of up to 64 probe rows (values spanning many
+    magnitudes) is multiplied alone and among the others. One probe row shows a
+    different kernel in float32; in bfloat16 the rounding of the output hides
+    it about 4 times in 5, hence 64.
+    """
+    key = (in_features, packed.shape[0], dtype, torch.get_num_threads())
+    if key not in _ONE_ROW_DIFFERS:
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(64, in_features, generator=g) * torch.exp(2 * torch.randn(64, in_features, generator=g))
+        probe = probe.to(dtype)
+        with torch.no_grad():
+            together = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
+            _ONE_ROW_DIFFERS[key] = any(
+                not torch.equal(torch.ops.mkldnn._linear_pointwise(row[None], packed, bias, "none", [], "")[0], expected)
+                for row, expected in zip(probe, together)
+            )
+    return _ONE_ROW_DIFFERS[key]
 
 
 # --- bfloat16 and int8 -------------------------------------------------------------------------
@@ -174,14 +216,18 @@ class BF16Linear(_InferenceOnly):
         self.out_features = weight.shape[0]
         weight = weight.detach().to(torch.bfloat16).contiguous()
         self.packed = weight.device.type == "cpu" and _onednn_bf16_available()
+        bias = None if bias is None else bias.detach().to(torch.bfloat16)
+        self.one_row_as_two = False
         if self.packed:
+            in_features = weight.shape[1]
             weight = torch.ops.mkldnn._reorder_linear_weight(weight, ONEDNN_ROWS_HINT)
+            self.one_row_as_two = one_row_differs(weight, bias, in_features, torch.bfloat16)
         self.register_buffer("weight", weight)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
+        self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            return _onednn_linear(x, self.weight, self.bias, self.out_features)
+            return _onednn_linear(x, self.weight, self.bias, self.out_features, one_row_as_two=self.one_row_as_two)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -239,7 +285,9 @@ class BF16Head(_InferenceOnly):
         self.register_buffer("mean_row", mean_row)  # float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offset = x.float() @ self.mean_row  # (B, T)
+        # Not ``x.float() @ self.mean_row``: that matrix-vector product's sums round differently
+        # from 4 rows up, and a row must get the same bits whatever shares its batch.
+        offset = (x.float() * self.mean_row).sum(-1)  # (B, T)
         return self.linear(x).float() + offset.unsqueeze(-1)
 
 

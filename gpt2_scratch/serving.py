@@ -28,13 +28,15 @@ Each row samples with its own settings and its own ``torch.Generator``
 (``generation.sample_rows``), seeded like a run of its own.
 
 Exactness therefore rests on the linear layers giving each row the same bits
-whatever the number of rows. oneDNN's float32 path (``inference.PackedLinear``)
-does from 2 rows up, and at 1 row too for the tiny test model's sizes; at the
-124M shape a one-row product with 3072 inputs (the MLP's ``c_proj``) takes
-another kernel, so a request decoding alone (``generation.generate``) and in
-company can differ there in the last bits, which changes a greedy token only at
-a near-tie. MKL's GEMM (``GPT2_SCRATCH_ONEDNN=0``) changes kernels below 8
-rows, int8 (``inference.Int8Linear``) above 32, and cuBLAS promises nothing.
+whatever the number of rows. oneDNN gives every row the same bits from 2 rows
+up; for the few layer shapes where its one-row kernel differs (at the 124M
+shape, the MLP's ``c_proj`` with 3072 inputs), ``inference`` computes a lone
+row as two, so a request decoding alone (``generation.generate``) and in
+company gets identical logits in float32 and bfloat16. MKL's GEMM
+(``GPT2_SCRATCH_ONEDNN=0``) changes kernels below 8 rows, int8
+(``inference.Int8Linear``) dequantizes above 8 rows in a step, and cuBLAS
+promises nothing: there a batched request can differ from a solo one in the
+last bits, which changes a greedy token only at a near-tie.
 """
 
 from __future__ import annotations

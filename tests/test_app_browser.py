@@ -78,8 +78,9 @@ def server(tmp_path_factory, make_run):
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
     log = open(folder / "app.log", "w+")
+    # float32: the answers are compared with float32 greedy generation (``auto`` is bfloat16 on CPUs that have it).
     proc = subprocess.Popen([sys.executable, "app.py", "--runs-dir", str(folder / "runs"), "--run", str(run.root),
-                             "--base", BASE], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--base", BASE, "--dtype", "float32"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90

@@ -19,7 +19,8 @@ import pytest
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
-from gpt2_scratch.demo import MAX_FILE_SIZE, QUEUE_SIZE, DemoApp, build_demo, start
+from gpt2_scratch.demo import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, DemoApp, build_demo, start
+from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING
 from gpt2_scratch.prompts import get_prompt_style
 
 # Gradio's own queue code trips pandas deprecation warnings; they are not ours to fix.
@@ -236,7 +237,9 @@ def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, 
     for var in ("SPACE_ID", "GRADIO_SERVER_NAME", "GPT2_SCRATCH_HUB_REPO"):
         monkeypatch.delenv(var, raising=False)
     demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--concurrency", "3"])
-    limits = {"share": False, "max_file_size": "1kb", "quiet": True, "prevent_thread_lock": True}
+    # Batching is on by default: a streaming generation holds a Gradio thread while it waits for a token.
+    threads = GRADIO_THREADS + DEFAULT_MAX_ROWS + DEFAULT_MAX_WAITING
+    limits = {"share": False, "max_file_size": "1kb", "quiet": True, "prevent_thread_lock": True, "max_threads": threads}
     assert kw == {"server_name": "127.0.0.1", "server_port": None, **limits}
     assert demo._queue.default_concurrency_limit == 3
     assert demo._queue.max_size == QUEUE_SIZE

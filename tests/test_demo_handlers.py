@@ -18,6 +18,7 @@ import pytest
 from gpt2_scratch import runs as runs_module
 from gpt2_scratch.checkpoint import load_model
 from gpt2_scratch.demo import DemoApp, choose_checkpoint, clean_text
+from gpt2_scratch.demo import backends as backends_module
 from gpt2_scratch.demo import handlers as handlers_module
 from gpt2_scratch.export import APP_FILES, export_run
 from gpt2_scratch.generation import SamplingSettings, generate
@@ -179,7 +180,7 @@ def test_a_bug_in_a_handler_is_one_message_and_one_toast(app, monkeypatch):
         raise RuntimeError("boom")
 
     toasts = []
-    monkeypatch.setattr(handlers_module, "stream", broken)
+    monkeypatch.setattr(backends_module, "stream", broken)  # the per-request path's generation.stream
     monkeypatch.setattr(handlers_module.gr, "Warning", toasts.append)
     *_, last = app.generate_base("Every effort moves you", *GREEDY)
     assert last == ("", "⚠️ Generation failed (RuntimeError: boom).")
@@ -199,7 +200,7 @@ def test_whitespace_only_answer_shows_a_marker(app, monkeypatch, handler):
         for n in range(1, 5):
             yield [198] * n, "\n" * n  # 198 is "\n"
 
-    monkeypatch.setattr(handlers_module, "stream", newlines)
+    monkeypatch.setattr(backends_module, "stream", newlines)
     args = ("Hello",) if handler == "generate_base" else ("Say hi.", "")
     *_, texts_status = getattr(app, handler)(*args, *GREEDY)
     *texts, status = texts_status

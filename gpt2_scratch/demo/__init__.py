@@ -12,19 +12,23 @@
 - ``errors``: ``reports_errors``, how a handler's error becomes a message;
 - ``views``: a run's files as texts and values for the UI, without Gradio;
 - ``handlers``: ``DemoApp``, the shared state and the generation handlers;
+- ``backends``: how a generation runs: on its own, or batched with every other
+  request to its model (``choose_backend``);
 - ``results``: ``ResultsBrowser``, the results tab's state and handlers;
 - ``ui`` and ``results_tab``: the layout (``build_demo``) and ``start``.
 """
 
+from .backends import Batched, PerRequest, choose_backend
 from .errors import reports_errors
 from .handlers import DemoApp, LazyModel, choose_checkpoint
 from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse_settings
 from .results import MAX_RUNS, ResultsBrowser
-from .ui import MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
+from .ui import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
 from .views import EvalResults, header_markdown, load_run_results, visible_response
 
 __all__ = [
     "DemoApp", "LazyModel", "choose_checkpoint", "reports_errors", "UserError", "clean_text", "parse_runs",
     "parse_score_bounds", "parse_settings", "MAX_RUNS", "ResultsBrowser", "MAX_FILE_SIZE", "QUEUE_SIZE",
     "build_demo", "load_examples", "start", "EvalResults", "header_markdown", "load_run_results", "visible_response",
+    "Batched", "PerRequest", "choose_backend", "GRADIO_THREADS",
 ]

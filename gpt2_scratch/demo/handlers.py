@@ -18,6 +18,7 @@ Rules the handlers follow:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,12 +29,14 @@ import gradio as gr
 
 from gpt2_scratch.checkpoint import CheckpointInfo, load_model, read_checkpoint_info, resolve_device
 from gpt2_scratch.export import read_export_info
-from gpt2_scratch.generation import SamplingSettings, crop_prompt, stream
+from gpt2_scratch.generation import SamplingSettings, crop_prompt
+from gpt2_scratch.inference import model_dtype, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths, RunSource, display_path, include_run
 from gpt2_scratch.tokenizer import encode
 
+from .backends import Backend, PerRequest, TokenStream
 from .errors import failure, problem, reports_errors
 from .inputs import UserError, clean_text, parse_settings
 from .results import ResultsBrowser
@@ -51,12 +54,16 @@ def _join(*parts: str) -> str:
 
 
 class LazyModel:
-    """A model loaded on first use and then shared by every user (one load, behind a lock)."""
+    """A model loaded on first use and then shared by every user (one load, behind a lock).
 
-    def __init__(self, source: str | None, *, label: str, hint: str):
+    ``dtype``: its inference format (``load_model``'s ``dtype``).
+    """
+
+    def __init__(self, source: str | None, *, label: str, hint: str, dtype: str = "float32"):
         self.source = source
         self.label = label
         self.hint = hint  # what to do when it cannot be loaded
+        self.dtype = dtype
         self._model: GPT | None = None
         self._lock = threading.Lock()
 
@@ -69,11 +76,12 @@ class LazyModel:
                 started = time.perf_counter()
                 try:
                     # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
-                    self._model, _ = load_model(self.source, device=str(resolve_device("auto")))
+                    self._model, _ = load_model(self.source, device=str(resolve_device("auto")), dtype=self.dtype)
                 except Exception as e:  # no network, missing or corrupt file: say so, keep serving
                     log.exception("could not load %s from %s", self.label, self.source)
                     raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
-                log.info("loaded %s from %s in %.1f s", self.label, self.source, time.perf_counter() - started)
+                log.info("loaded %s from %s in %s in %.1f s", self.label, self.source, model_dtype(self._model),
+                         time.perf_counter() - started)
             return self._model
 
 
@@ -110,7 +118,11 @@ def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None,
 
 
 class DemoApp:
-    """State shared by all users (models, prompt style, the results browser) and the generation tabs' handlers."""
+    """State shared by all users (models, prompt style, the results browser) and the generation tabs' handlers.
+
+    ``backend`` runs the generations (``backends.PerRequest`` when None); both
+    models load in ``dtype`` (``load_model``'s; ``auto`` is resolved here, once).
+    """
 
     def __init__(
         self,
@@ -125,13 +137,17 @@ class DemoApp:
         checkpoint_name: str | None = None,
         context: int | None = None,
         checkpoint_note: str | None = None,
+        backend: Backend | None = None,
+        dtype: str = "float32",
     ):
         self.run = run
         self.run_name = run_name or (run.root.name if run else None)
-        self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT)
+        self.backend = backend or PerRequest()
+        self.dtype = resolve_dtype(dtype, resolve_device("auto"))  # the format in use, for the header
+        self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype)
         self.finetuned = LazyModel(
             str(finetuned_source) if finetuned_source else None, label="finetuned model",
-            hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.",
+            hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.", dtype=self.dtype,
         )
         self.finetuned_problem = finetuned_problem
         self.checkpoint_name = checkpoint_name  # how the header names the finetuned checkpoint ("run/final")
@@ -143,11 +159,12 @@ class DemoApp:
     @classmethod
     def from_run(
         cls, run: RunPaths | None, *, base: str | None = None, run_problem: str | None = None,
-        sources: list[RunSource] | None = None,
+        sources: list[RunSource] | None = None, backend: Backend | None = None, dtype: str = "float32",
     ) -> "DemoApp":
         """The app serving ``run`` (None: no run; ``run_problem`` says why); ``base`` overrides the run's base model.
 
         The results tab offers ``sources`` (``runs.find_runs``), with ``run`` first among them.
+        ``backend`` and ``dtype``: as for ``DemoApp``.
         """
         run_info: RunInfo | None = None
         info: CheckpointInfo | None = None
@@ -183,7 +200,13 @@ class DemoApp:
             checkpoint_name=checkpoint_name,
             context=info.config.block_size if info else None,
             checkpoint_note=note,
+            backend=backend,
+            dtype=dtype,
         )
+
+    def close(self) -> None:
+        """Stop the generation backend (the engines' workers); requests still running end."""
+        self.backend.close()
 
     # ---- generation
 
@@ -242,15 +265,17 @@ class DemoApp:
             gr.Info(notice)
         started = time.perf_counter()
         text, n = "", 0
-        yield "", _join("Generating…", notice)
-        for new_ids, text in stream(model, ids, settings):
-            n = len(new_ids)
-            yield text, _join(f"Generating… {n} tokens", notice)
+        # Closed when the visitor presses Stop (Gradio closes this generator): only this request ends.
+        with contextlib.closing(self.backend.stream(model, ids, settings)) as tokens:
+            yield "", _join("Generating…", notice)
+            for new_ids, text in tokens:
+                n = len(new_ids)
+                yield text, _join(f"Generating… {n} tokens", notice)
         yield visible_response(text, n), _join(elapsed(n, time.perf_counter() - started), notice)
 
     def _start_streams(self, prompt: str, settings: tuple, notices: list[str]) -> tuple[dict, dict, list[str]]:
         """(streams by model, texts by model, problems): a model that cannot start leaves its message as text."""
-        streams: dict[str, Iterator] = {}
+        streams: dict[str, TokenStream] = {}
         texts = {"base": "", "finetuned": ""}
         problems = []
         for name, lazy in (("base", self.base), ("finetuned", self.finetuned)):
@@ -258,7 +283,7 @@ class DemoApp:
                 model = lazy.get()
                 sampling = self._settings(model, settings)
                 ids = self._prompt(model, prompt, sampling, notices if not streams else [])
-                streams[name] = stream(model, ids, sampling)
+                streams[name] = self.backend.stream(model, ids, sampling)  # with batching, both run from now on
             except Exception as e:
                 if not isinstance(e, UserError):
                     log.exception("generate_side_by_side failed for %s", name)
@@ -272,8 +297,9 @@ class DemoApp:
     ) -> Iterator[tuple[str, str, str]]:
         """Both models answer the same instruction at once: yields (base text, finetuned text, status).
 
-        The two ``stream`` iterators advance one token each per step, so both
-        columns grow together; a model that cannot be loaded leaves its message
+        Both requests start at once (with batching, each joins its model's
+        engine); their streams advance one token each in turn, so both columns
+        grow together; a model that cannot be loaded leaves its message
         in its column and the other still answers.
         """
         notices: list[str] = []
@@ -288,20 +314,24 @@ class DemoApp:
             gr.Warning(" ".join(problems))
         started = time.perf_counter()
         counts = {name: 0 for name in streams}
-        yield texts["base"], texts["finetuned"], _join("Generating…", notice)
-        while streams:
-            for name in list(streams):
-                try:
-                    new_ids, texts[name] = next(streams[name])
-                    counts[name] = len(new_ids)
-                except StopIteration:
-                    del streams[name]
-                except Exception as e:
-                    log.exception("generate_side_by_side failed for %s", name)
-                    del streams[name]
-                    texts[name] += f"\n[{failure(e)}]"
-            done = ", ".join(f"{name} {n}" for name, n in counts.items())
-            yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)
+        try:
+            yield texts["base"], texts["finetuned"], _join("Generating…", notice)
+            while streams:
+                for name in list(streams):
+                    try:
+                        new_ids, texts[name] = next(streams[name])
+                        counts[name] = len(new_ids)
+                    except StopIteration:
+                        del streams[name]
+                    except Exception as e:
+                        log.exception("generate_side_by_side failed for %s", name)
+                        del streams[name]
+                        texts[name] += f"\n[{failure(e)}]"
+                done = ", ".join(f"{name} {n}" for name, n in counts.items())
+                yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)
+        finally:  # Stop (Gradio closes this generator): this visitor's requests end, and only they
+            for tokens in streams.values():
+                tokens.close()
         seconds = time.perf_counter() - started
         done = ", ".join(f"{name} {n}" for name, n in counts.items())
         shown = {name: visible_response(texts[name], counts.get(name)) for name in texts}

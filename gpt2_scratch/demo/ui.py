@@ -33,6 +33,9 @@ QUEUE_SIZE = 16
 # preprocess=False: the handlers get the raw values and check them themselves, so a non-numeric or
 # out-of-range setting sent through the API gets the same one-line message as in the UI.
 GENERATE_EVENT = {"concurrency_id": "generate", "show_progress": "hidden", "preprocess": False}
+# Gradio's default worker threads. A streaming generation holds one while it waits for its next token,
+# so with batching ``start`` needs as many more as generations may run at once.
+GRADIO_THREADS = 40
 
 
 def load_examples(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
@@ -63,6 +66,14 @@ def _stopped() -> str:
 def _header(app: DemoApp) -> str:
     return header_markdown(app.run_name, app.base.source, app.checkpoint_name, app.prompt_style.name,
                            app.checkpoint_note)
+
+
+def _serving_line(app: DemoApp) -> str:
+    """The header's second line: the models' inference format, and whether visitors' requests are batched."""
+    backend = app.backend
+    serving = (f"every request to a model joins one shared batch (up to {backend.max_rows} at once)"
+               if backend.batching else "each request generates on its own")
+    return f"Inference in `{app.dtype}`; {serving}."
 
 
 def _settings_accordion(app: DemoApp) -> list[gr.components.Component]:
@@ -108,8 +119,11 @@ class GenerationTab:
     examples_label: str
 
 
-def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component]) -> None:
-    """One generation tab: inputs, Generate/Stop, outputs, status line, examples, wired to ``tab.handler``."""
+def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component], limit: int | str) -> None:
+    """One generation tab: inputs, Generate/Stop, outputs, status line, examples, wired to ``tab.handler``.
+
+    ``limit``: the generation events' concurrency limit ("default": the queue's).
+    """
     with gr.Tab(tab.title, id=tab.tab_id):
         gr.Markdown(tab.intro)
         inputs = [gr.Textbox(label=b.label, lines=b.lines, elem_id=f"{tab.prefix}-{b.name}", placeholder=b.placeholder)
@@ -124,7 +138,7 @@ def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component])
         if tab.examples:
             gr.Examples(tab.examples, inputs=inputs, label=tab.examples_label, elem_id=f"{tab.prefix}-examples")
         event = go.click(_on_gpu(tab.handler), [*inputs, *settings], [*outputs, status], api_name=tab.api_name,
-                         **GENERATE_EVENT)
+                         concurrency_limit=limit, **GENERATE_EVENT)
         stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")
 
 
@@ -168,25 +182,30 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
     """The four-tab Blocks app wired to ``app``'s handlers; ``start`` queues and launches it."""
     with gr.Blocks(title="GPT-2 from scratch") as demo:
         gr.Markdown(_header(app))
+        gr.Markdown(_serving_line(app), elem_id="serving")
         settings = _settings_accordion(app)
+        # With batching, requests must reach the engines together instead of queueing for Gradio's 2 slots.
+        limit = app.backend.concurrency_limit or "default"
         with gr.Tabs():
             for tab in _generation_tabs(app, examples):
-                _generation_tab(tab, settings)
+                _generation_tab(tab, settings, limit)
             results_tab(demo, app.browser)
     return demo
 
 
 def start(
-    demo: gr.Blocks, *, host: str, port: int | None, concurrency: int = 2, queue_size: int = QUEUE_SIZE
+    demo: gr.Blocks, *, host: str, port: int | None, concurrency: int = 2, queue_size: int = QUEUE_SIZE,
+    max_threads: int = GRADIO_THREADS,
 ) -> str:
     """Queue and launch ``demo`` without blocking (``demo.block_thread()`` waits); returns its local URL.
 
     No share link, no uploads (``MAX_FILE_SIZE``), at most ``queue_size``
     requests waiting: one more gets Gradio's "busy, try again" at once. Gradio's
     own startup lines are silenced; the caller says where the app is. Raises
-    OSError when it cannot listen on the port.
+    OSError when it cannot listen on the port. ``max_threads``: Gradio's worker
+    threads (``GRADIO_THREADS`` plus, with batching, the generations' concurrency limit).
     """
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
-                            quiet=True, prevent_thread_lock=True)
+                            quiet=True, prevent_thread_lock=True, max_threads=max_threads)
     return url
