@@ -1,0 +1,96 @@
+"""Memory of the app with both models loaded, per inference format: peak and current RSS of ``app.py``.
+
+For each ``--dtypes``, one ``python app.py --dtype D`` process serves a run whose
+base and finetuned models both have GPT-2 124M's shape (random weights, written
+to a temporary run folder); one greedy request to each model loads both, then
+the process's peak RSS (``VmHWM``) and current RSS (``VmRSS``) are read from
+``/proc/<pid>/status`` (Linux). Ratios are against float32, measured in the same run.
+
+    python benchmarks/bench_app_memory.py                      # float32, bfloat16, int8
+    python benchmarks/bench_app_memory.py --preset tiny        # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpt2_scratch.checkpoint import load_model, save_checkpoint  # noqa: E402
+from gpt2_scratch.runs import RunInfo, RunPaths  # noqa: E402
+
+
+def make_run(root: Path, preset: str) -> RunPaths:
+    """A finished run whose base is ``random:<preset>`` and whose finetuned checkpoint has the same shape."""
+    run = RunPaths(root)
+    model, _ = load_model(f"random:{preset}")
+    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": f"random:{preset}"})
+    run.write_info(RunInfo(name=root.name, base_model=f"random:{preset}", prompt_style="alpaca", status="finished"))
+    return run
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(peak RSS, current RSS) of ``pid`` in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
+
+
+def measure(run: RunPaths, dtype: str, threads: int) -> tuple[float, float]:
+    """Start the app in ``dtype``, ask each model once, return its (peak, current) RSS in MB."""
+    from gradio_client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+    env.pop("SPACE_ID", None)
+    command = [sys.executable, "app.py", "--run", str(run.root), "--port", str(port), "--dtype", dtype]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"app.py --dtype {dtype} did not start") from None
+                time.sleep(0.5)
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        client.predict("Once upon a time", 8, 0.0, 0, 1.0, 0, api_name="/generate_base")
+        client.predict("Name a color.", "", 8, 0.0, 0, 1.0, 0, api_name="/generate_finetuned")
+        return rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="gpt2", help="model shape of both models (default: gpt2, 124M)")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "int8"])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        run = make_run(Path(d) / "run", args.preset)
+        results = {dtype: measure(run, dtype, args.threads) for dtype in args.dtypes}
+    base = results.get("float32")
+    print(f"app.py with both models loaded ({args.preset} shape, random weights), one request to each:")
+    print(f"{'dtype':<10} {'peak RSS MB':>12} {'RSS MB':>8} {'peak vs float32':>16}")
+    for dtype, (peak, now) in results.items():
+        ratio = f"{peak / base[0]:.2f}x" if base else "-"
+        print(f"{dtype:<10} {peak:>12.0f} {now:>8.0f} {ratio:>16}")
+
+
+if __name__ == "__main__":
+    main()
