@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"prompts generated together (default {DEFAULT_BATCH_SIZE}, fastest on CPU)")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N test records")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--refill", action="store_true",
+                   help="one engine whose rows refill as others finish (serving.Engine) instead of fixed batches: "
+                        "faster when many answers end early (1.19x measured), slower when all run to the limit (0.75x)")
     g.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="inference format: float32 (default; exact), bfloat16, int8 (weight-only, opt-in), or auto "
                         "(bfloat16 on CUDA and on CPUs with native bfloat16, else float32). Results record it")
@@ -93,7 +96,7 @@ def build(args: argparse.Namespace) -> tuple[RunPaths, EvalSettings]:
     device = str(resolve_device(args.device or "auto"))
     settings = EvalSettings(
         models=MODEL_NAMES if args.models == "both" else (args.models,),
-        sampling=sampling, batch_size=args.batch_size, limit=args.limit, device=device, dtype=args.dtype,
+        sampling=sampling, batch_size=args.batch_size, limit=args.limit, device=device, dtype=args.dtype, refill=args.refill,
         judge=judge, restart=args.restart, progress=not args.no_progress,
     )
     return run, settings

@@ -26,7 +26,7 @@ import torch
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, recover_folder
 from gpt2_scratch.hub import read_safetensors
-from gpt2_scratch.inference import prepare_for_inference, resolve_dtype
+from gpt2_scratch.inference import low_peak_loading, prepare_for_inference, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 
@@ -155,7 +155,8 @@ def load_checkpoint(
     if verify and file_sha256(weights) != info.sha256:
         raise ValueError(f"{weights} does not match the sha256 recorded in config.json (corrupt or replaced?)")
     state = read_safetensors(weights)
-    model = GPT(info.config)
+    with torch.device("meta"):  # load_weights takes the read tensors as they are
+        model = GPT(info.config)
     model.load_weights(state, str(weights))
     return model.to(device).eval(), info
 
@@ -195,22 +196,27 @@ def load_model(
     device computes it natively, else float32; ``inference.resolve_dtype``). The weights
     are read in float32 and converted here.
     """
+    dtype = resolve_dtype(dtype, device)  # a bad name fails before any loading
+    with low_peak_loading(dtype):
+        model, info = _load_float32(source, device)
+        return prepare_for_inference(model, dtype), info
+
+
+def _load_float32(source: str, device: str | torch.device) -> tuple[GPT, CheckpointInfo | None]:
+    """``load_model``'s dispatch on the source, before conversion to the inference format."""
     from gpt2_scratch.hub import load_pretrained
 
-    dtype = resolve_dtype(dtype, device)  # a bad name fails before any loading
-    info = None
     if source.startswith(RANDOM_PREFIX):
         config = GPTConfig.from_preset(source[len(RANDOM_PREFIX):])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = GPT(config).to(device).eval()
-    elif (Path(source).expanduser() / CONFIG_FILE).is_file() and _is_our_config(Path(source).expanduser() / CONFIG_FILE):
-        model, info = load_checkpoint(Path(source).expanduser(), device=device)
-    else:
-        from gpt2_scratch.export import read_export_info  # None unless source is an export folder
+            return GPT(config).to(device).eval(), None
+    path = Path(source).expanduser()
+    if (path / CONFIG_FILE).is_file() and _is_our_config(path / CONFIG_FILE):
+        return load_checkpoint(path, device=device)
+    from gpt2_scratch.export import read_export_info  # None unless source is an export folder
 
-        model, info = load_pretrained(source, device=device), read_export_info(source)
-    return prepare_for_inference(model, dtype), info
+    return load_pretrained(source, device=device), read_export_info(source)
 
 
 def _is_our_config(path: Path) -> bool:

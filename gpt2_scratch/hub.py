@@ -14,6 +14,7 @@ shape is checked; nothing is loaded partially.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -36,15 +37,50 @@ def resolve_hub_id(source: str) -> str:
     return HUB_IDS.get(source, source)
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a truncated or foreign file is a one-line error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# safetensors' dtype names, as in its format description.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a truncated or foreign file is a one-line error.
+
+    The format is an 8-byte little-endian header length, a JSON header naming
+    each tensor's dtype, shape and byte range, then the raw bytes. Each tensor
+    is read with a plain file read into memory of its own. Why not
+    ``safetensors.torch.load_file``: it maps the file and copies each tensor
+    out of the mapping, so while a model loads, its weights sit in memory twice
+    (the mapped pages count as the process's memory until the file is closed);
+    on a 2 vCPU / 16 GB Space that is the difference between one 124M model
+    loading at 0.5 GB and at 1 GB.
+    """
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError("its header length points past the end of the file")
+            header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            out = {}
+            for name, entry in header.items():
+                dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+                start, end = entry["data_offsets"]
+                shape = [int(d) for d in entry["shape"]]
+                nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+                if end - start != nbytes or 8 + n + end > size:
+                    raise ValueError(f"tensor {name!r} does not fit the file")
+                raw = torch.empty(nbytes, dtype=torch.uint8)
+                f.seek(8 + n + start)
+                if f.readinto(memoryview(raw.numpy())) != nbytes:
+                    raise ValueError(f"tensor {name!r} is cut short")
+                out[name] = raw.view(dtype).reshape(shape)
+            return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        reason = f"{type(e).__name__}: {e}" if isinstance(e, (KeyError, TypeError, AttributeError)) else str(e)
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {reason}") from None
 
 
 OFFLINE_HINT = "pass a local path (a model.safetensors file or a folder holding it), or random:tiny for a smoke run"
@@ -133,7 +169,7 @@ def convert_hf_state_dict(state: dict[str, torch.Tensor], source: str = "weights
     Key and shape checks happen in ``GPT.load_weights``.
     """
     out: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
+    for key, tensor in state.items():  # (transposed weights are copied contiguous: the model owns them)
         k = key.removeprefix("transformer.")
         if k.endswith(_BUFFER_SUFFIXES):
             continue
@@ -143,7 +179,8 @@ def convert_hf_state_dict(state: dict[str, torch.Tensor], source: str = "weights
             if wte is None or tensor.shape != wte.shape or not torch.equal(tensor, wte):
                 raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied heads are supported")
             continue
-        out[f"transformer.{k}"] = tensor.t() if k.endswith(_CONV1D_SUFFIXES) and tensor.ndim == 2 else tensor
+        transpose = k.endswith(_CONV1D_SUFFIXES) and tensor.ndim == 2
+        out[f"transformer.{k}"] = tensor.t().contiguous() if transpose else tensor
     return out
 
 
@@ -176,6 +213,7 @@ def load_pretrained(source: str = "gpt2", *, device: str | torch.device = "cpu",
     else:
         config = _infer_config({k.removeprefix("transformer."): v for k, v in state.items()}, weights)
     config.dropout = dropout
-    model = GPT(config)
+    with torch.device("meta"):  # load_weights takes the converted tensors as they are
+        model = GPT(config)
     model.load_weights(convert_hf_state_dict(state, str(weights)), str(weights))
     return model.to(device).eval()

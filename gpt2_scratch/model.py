@@ -188,8 +188,11 @@ class GPT(nn.Module):
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise ValueError(f"{source}: missing tensor {missing[0]!r}{more}")
-        # The head is tied to wte, so the same tensor fills both names.
-        self.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+        # A model built on the meta device (no memory, no random init) takes the tensors
+        # themselves: loading then needs no second copy of the weights.
+        assign = self.transformer.wte.weight.is_meta
+        self.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]}, assign=assign)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter under both names
 
     @property
     def device(self) -> torch.device:

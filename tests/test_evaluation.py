@@ -16,7 +16,7 @@ from gpt2_scratch.data import Record, write_records
 from gpt2_scratch.evaluation import EvalSettings, evaluate_run, plan_batches
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.judge import JudgeConfig
-from gpt2_scratch.progress import SettingsMismatch
+from gpt2_scratch.progress import ProgressFile, SettingsMismatch
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.scoring import reference_loss
@@ -85,7 +85,7 @@ def test_results_follow_the_schema(run):
     assert summary["checkpoint"]["sha256"] == load_checkpoint(run.final)[1].sha256
     assert (summary["base_model"], summary["prompt_style"], summary["judge"]) == ("random:tiny", "alpaca", None)
     assert summary["generation"] == {"max_new_tokens": 6, "temperature": 0.0, "top_k": None, "top_p": None,
-                                     "seed": None, "batch_size": 2}
+                                     "seed": None, "batch_size": 2, "refill": False}
     keys = {"reference_loss", "perplexity", "rouge_l", "exact_match", "mean_length_tokens", "empty_share",
             "judge_mean", "judge_unparsed", "generation_seconds", "tokens_per_second"}
     for name in ("base", "finetuned"):
@@ -154,17 +154,18 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
 
 
 def interrupt_after_first_batch(run, settings, monkeypatch):
-    """Start an evaluation and stop it (like a Ctrl-C) after its first generated batch."""
-    calls = []
+    """Start an evaluation and stop it (like a Ctrl-C) once its first generated batch is saved."""
+    saved = []
+    original = ProgressFile.append
 
-    def crash(model, prompts, sampling):
-        if calls:
+    def append(self, entry):
+        if saved:
             raise KeyboardInterrupt
-        calls.append(1)
-        return generate(model, prompts, sampling)
+        saved.append(entry)
+        original(self, entry)
 
     with monkeypatch.context() as m:
-        m.setattr(evaluation, "generate", crash)
+        m.setattr(ProgressFile, "append", append)
         with pytest.raises(KeyboardInterrupt):
             evaluate_run(run, settings)
 
@@ -298,3 +299,16 @@ def test_dtype_is_used_and_recorded(run, monkeypatch):
         (run.eval_dir / "partial_finetuned.jsonl").write_text(
             (run.eval_dir / "partial_finetuned.jsonl").read_text().replace('{"done": true}\n', ""))
         evaluate_run(run, interrupted)
+
+
+def test_refilled_rows_give_the_fixed_batches_results_and_resume(run, tmp_path, monkeypatch):
+    fixed = make_run(tmp_path / "fixed")
+    expected = evaluate_run(fixed, EvalSettings(**FAST))
+    refill = EvalSettings(**{**FAST, "refill": True})
+    interrupt_after_first_batch(run, refill, monkeypatch)
+    partial = run.eval_dir / "partial_base.jsonl"
+    assert len(partial.read_text().splitlines()) == 2  # header + the one saved batch
+    got = evaluate_run(run, refill)
+    assert run.predictions.read_bytes() == fixed.predictions.read_bytes()
+    assert got["generation"]["refill"] is True and expected["generation"]["refill"] is False
+    assert got["models"]["base"]["rouge_l"] == expected["models"]["base"]["rouge_l"]
