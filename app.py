@@ -44,30 +44,52 @@ EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--run", help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, "
-                                "else the newest under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs",
-                   help="folder of runs: each finished one is offered in the results tab (default: runs)")
+    p.add_argument(
+        "--run",
+        help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, else the newest under --runs-dir)",
+    )
+    p.add_argument(
+        "--runs-dir",
+        default="runs",
+        help="folder of runs: each finished one is offered in the results tab (default: runs)",
+    )
     p.add_argument("--base", help="base model: Hub id, short name or local path (default: the run's base_model)")
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
-    p.add_argument("--concurrency", type=int, default=2,
-                   help="generations running at once with --no-batching (with batching: --max-batch + --max-waiting "
-                        "reach the engines at once), other events always (default: 2)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="generations running at once with --no-batching (with batching: --max-batch + --max-waiting "
+        "reach the engines at once), other events always (default: 2)",
+    )
     # The default lives in gpt2_scratch.demo.QUEUE_SIZE (not imported here: --help stays fast, without gradio).
-    p.add_argument("--queue-size", type=int,
-                   help="requests that may wait for a generation; more are told the app is busy (default: 16)")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="inference format of both models: auto (default: bfloat16 on CUDA and on CPUs with native "
-                        "bfloat16, else float32), float32, bfloat16 or int8 (weight-only)")
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        help="requests that may wait for a generation; more are told the app is busy (default: 16)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="inference format of both models: auto (default: bfloat16 on CUDA and on CPUs with native "
+        "bfloat16, else float32), float32, bfloat16 or int8 (weight-only)",
+    )
     # Defaults in gpt2_scratch.demo.backends (DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING).
-    p.add_argument("--no-batching", action="store_true",
-                   help="generate each request on its own, --concurrency at a time (the default shares one batched "
-                        "decoding loop per model between all visitors; always off on ZeroGPU Spaces)")
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="generate each request on its own, --concurrency at a time (the default shares one batched "
+        "decoding loop per model between all visitors; always off on ZeroGPU Spaces)",
+    )
     p.add_argument("--max-batch", type=int, help="with batching: requests decoded together per model (default: 16)")
-    p.add_argument("--max-waiting", type=int,
-                   help="with batching: requests that may wait for a place in a model's batch; more are told "
-                        "the app is busy (default: 64)")
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        help="with batching: requests that may wait for a place in a model's batch; more are told "
+        "the app is busy (default: 64)",
+    )
     return p.parse_args(argv)
 
 
@@ -84,8 +106,10 @@ def port_problem(error: OSError, host: str, port: int | None) -> str | None:
         return None
     first, last = found.groups()
     if port is not None or first == last:
-        return (f"--port {port if port is not None else first}: cannot listen on {host}:{first} "
-                "(the port is in use or not allowed); pick another with --port N")
+        return (
+            f"--port {port if port is not None else first}: cannot listen on {host}:{first} "
+            "(the port is in use or not allowed); pick another with --port N"
+        )
     return f"no free port from {first} to {last} on {host}; pick one with --port N"
 
 
@@ -109,10 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         hub_repo = os.environ.get(HUB_REPO_ENV)
         sources = find_runs(args.runs_dir, hub_repo)
         run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=hub_repo, sources=sources)
-        backend, backend_note = choose_backend(batching=not args.no_batching, max_rows=args.max_batch or DEFAULT_MAX_ROWS,
-                                               max_waiting=args.max_waiting or DEFAULT_MAX_WAITING)
-        app = DemoApp.from_run(run, base=args.base, run_problem=problem, sources=sources, backend=backend,
-                               dtype=args.dtype)
+        backend, backend_note = choose_backend(
+            batching=not args.no_batching,
+            max_rows=args.max_batch or DEFAULT_MAX_ROWS,
+            max_waiting=args.max_waiting or DEFAULT_MAX_WAITING,
+        )
+        app = DemoApp.from_run(
+            run, base=args.base, run_problem=problem, sources=sources, backend=backend, dtype=args.dtype
+        )
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
@@ -125,8 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
     demo = build_demo(app, examples)
     try:
-        url = start(demo, host=host, port=args.port, concurrency=args.concurrency, queue_size=args.queue_size or QUEUE_SIZE,
-                    max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0))
+        url = start(
+            demo,
+            host=host,
+            port=args.port,
+            concurrency=args.concurrency,
+            queue_size=args.queue_size or QUEUE_SIZE,
+            max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0),
+        )
     except OSError as e:
         message = port_problem(e, host, args.port)
         if message is None:

@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpt2_scratch.browse import ORDERS, csv_bytes, filter_records  # noqa: E402
 from gpt2_scratch.compare import RunResults, compare  # noqa: E402
 
-WORDS = ("the a of to and in is it that for on with as was color blue red primary sky ocean planet water "
-         "meters kilometers five ten quick brown fox jumps over lazy dog sentence rewrite answer because").split()
+WORDS = (
+    "the a of to and in is it that for on with as was color blue red primary sky ocean planet water "
+    "meters kilometers five ten quick brown fox jumps over lazy dog sentence rewrite answer because"
+).split()
 
 
 def _text(rng: np.random.Generator, lo: int, hi: int) -> str:
@@ -44,8 +46,15 @@ def synthetic_runs(n_records: int = 1100, n_runs: int = 5, seed: int = 0) -> lis
     whose id is a multiple of 97 mentions "zebra" in its reference.
     """
     rng = np.random.default_rng(seed)
-    records = [{"id": i, "instruction": _text(rng, 5, 20), "input": _text(rng, 0, 10),
-                "reference": _text(rng, 3, 60) + (" zebra" if i % 97 == 0 else "")} for i in range(n_records)]
+    records = [
+        {
+            "id": i,
+            "instruction": _text(rng, 5, 20),
+            "input": _text(rng, 0, 10),
+            "reference": _text(rng, 3, 60) + (" zebra" if i % 97 == 0 else ""),
+        }
+        for i in range(n_records)
+    ]
     runs = []
     for r in range(n_runs):
         rows = []
@@ -54,9 +63,15 @@ def synthetic_runs(n_records: int = 1100, n_runs: int = 5, seed: int = 0) -> lis
             for model in ("base", "finetuned"):
                 response = _text(rng, 20, 250)
                 judge = None if rng.random() < 0.1 else int(rng.integers(0, 101))
-                row[model] = {"response": response, "rouge_l": float(rng.random()), "exact_match": 0,
-                              "length_tokens": len(response.split()), "judge_score": judge,
-                              "judge_raw": None if judge is None else f"Score: {judge}", "judge_error": False}
+                row[model] = {
+                    "response": response,
+                    "rouge_l": float(rng.random()),
+                    "exact_match": 0,
+                    "length_tokens": len(response.split()),
+                    "judge_score": judge,
+                    "judge_raw": None if judge is None else f"Score: {judge}",
+                    "judge_error": False,
+                }
             rows.append(row)
         runs.append(RunResults(f"run-{r}", predictions=rows))
     return runs

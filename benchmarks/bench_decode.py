@@ -48,8 +48,10 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     bandwidth = read_bandwidth_gbs()
     ceiling = bandwidth * 1e9 / weight_bytes
-    print(f"torch {torch.__version__}, {args.threads} threads; weights {weight_bytes / 1e6:.0f} MB; "
-          f"read bandwidth {bandwidth:.1f} GB/s -> batch-1 ceiling {ceiling:.1f} tokens/s")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; weights {weight_bytes / 1e6:.0f} MB; "
+        f"read bandwidth {bandwidth:.1f} GB/s -> batch-1 ceiling {ceiling:.1f} tokens/s"
+    )
 
     g = torch.Generator().manual_seed(1)
     settings = SamplingSettings(max_new_tokens=args.new_tokens)
@@ -63,8 +65,14 @@ def main() -> None:
 
         def run_hf(prompts=prompts):
             with torch.inference_mode():
-                out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.new_tokens,
-                                  min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=EOS_ID)
+                out = hf.generate(
+                    prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    pad_token_id=EOS_ID,
+                )
             assert out.shape[1] == args.prompt_len + args.new_tokens
 
         run_ours(), run_hf()  # warm up

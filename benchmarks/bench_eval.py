@@ -83,10 +83,16 @@ def run_hf(hf, prompts, settings, batch_size) -> tuple[float, list[list[int]]]:
         ids = torch.full((len(rows), T), EOS_ID, dtype=torch.long)
         mask = torch.zeros((len(rows), T), dtype=torch.long)
         for j, r in enumerate(rows):
-            ids[j, T - len(r):] = torch.tensor(r)
-            mask[j, T - len(r):] = 1
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=False,
-                          pad_token_id=EOS_ID, eos_token_id=EOS_ID)
+            ids[j, T - len(r) :] = torch.tensor(r)
+            mask[j, T - len(r) :] = 1
+        out = hf.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            pad_token_id=EOS_ID,
+            eos_token_id=EOS_ID,
+        )
         for j, i in enumerate(indices):
             new = out[j, T:].tolist()
             outputs[i] = new[: new.index(EOS_ID)] if EOS_ID in new else new
@@ -126,9 +132,11 @@ def main() -> None:
     prompts = test_prompts(args.dataset, args.num_prompts)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     lengths = sorted(len(p) for p in prompts)
-    print(f"{len(prompts)} test prompts ({lengths[0]}-{lengths[-1]} tokens, mean {sum(lengths) / len(lengths):.1f}), "
-          f"greedy, {args.max_new_tokens} new tokens, CPU {args.threads} threads, torch {torch.__version__}, "
-          f"load average {os.getloadavg()}")
+    print(
+        f"{len(prompts)} test prompts ({lengths[0]}-{lengths[-1]} tokens, mean {sum(lengths) / len(lengths):.1f}), "
+        f"greedy, {args.max_new_tokens} new tokens, CPU {args.threads} threads, torch {torch.__version__}, "
+        f"load average {os.getloadavg()}"
+    )
 
     run_ours(ours, prompts[:2], SamplingSettings(max_new_tokens=4), 2)  # warm-up
     for bs in args.sweep:
@@ -147,8 +155,10 @@ def main() -> None:
             best_hf = min(best_hf, secs)
     n = sum(len(o) for o in outs_ours)
     lens = sorted(len(o) for o in outs_ours)
-    print(f"batch {bs}, best of {args.repeats} (response lengths: min {lens[0]}, median {lens[len(lens) // 2]}, "
-          f"max {lens[-1]}):")
+    print(
+        f"batch {bs}, best of {args.repeats} (response lengths: min {lens[0]}, median {lens[len(lens) // 2]}, "
+        f"max {lens[-1]}):"
+    )
     print(f"  ours:         {best_ours:7.2f} s  {n / best_ours:7.1f} tok/s  ({n} tokens)")
     if not args.no_hf:
         n_hf = sum(len(o) for o in outs_hf)
@@ -159,8 +169,10 @@ def main() -> None:
     if not args.breakdown:
         return
     prefill, steps = breakdown(ours, prompts, settings, bs)
-    print(f"  ours breakdown: prefill {prefill:.2f} s, decode steps {steps:.2f} s "
-          f"({steps / max(1, args.max_new_tokens - 1) / len(plan_batches(lengths, bs)) * 1000:.1f} ms/step/batch)")
+    print(
+        f"  ours breakdown: prefill {prefill:.2f} s, decode steps {steps:.2f} s "
+        f"({steps / max(1, args.max_new_tokens - 1) / len(plan_batches(lengths, bs)) * 1000:.1f} ms/step/batch)"
+    )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,11 @@ def main() -> None:
     grouped = [[train_examples[i] for i in b] for b in list(sampler)[:n]]
     # transformers: a shuffled DataLoader padding each batch to its longest example.
     loader = torch.utils.data.DataLoader(
-        train_examples, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=hf_collate,
+        train_examples,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=hf_collate,
         generator=torch.Generator().manual_seed(123),
     )
     hf_batches = [b for _, b in zip(range(n), loader)]
@@ -136,15 +140,27 @@ def main() -> None:
         timed("ours", lambda x=x, y=y: step_ours(ours, opt_ours, x, y), sum(len(e.ids) for e in batch), x.numel(), i)
         ids, labels, tokens = hf_batches[i]
         timed("hf", lambda ids=ids, labels=labels: step_hf(hf, opt_hf, ids, labels), tokens, ids.numel(), i)
-        timed("ours_ident", lambda ids=ids, labels=labels: step_ours(ours_ident, opt_ident, ids[:, :-1], labels[:, 1:]),
-              tokens, ids.numel(), i)
-        timed("hf_fused", lambda ids=ids, labels=labels: step_hf(hf_fused, opt_hf_fused, ids, labels),
-              tokens, ids.numel(), i)
+        timed(
+            "ours_ident",
+            lambda ids=ids, labels=labels: step_ours(ours_ident, opt_ident, ids[:, :-1], labels[:, 1:]),
+            tokens,
+            ids.numel(),
+            i,
+        )
+        timed(
+            "hf_fused",
+            lambda ids=ids, labels=labels: step_hf(hf_fused, opt_hf_fused, ids, labels),
+            tokens,
+            ids.numel(),
+            i,
+        )
         print(f"step {i + 1}/{n} done", file=sys.stderr, flush=True)
 
     tps = {k: v[1] / v[0] for k, v in results.items()}
-    print(f"GPT-2 124M shape, random weights, CPU, {args.threads} threads, batch {args.batch_size}, "
-          f"{args.steps} timed steps each after {args.warmup} warmup")
+    print(
+        f"GPT-2 124M shape, random weights, CPU, {args.threads} threads, batch {args.batch_size}, "
+        f"{args.steps} timed steps each after {args.warmup} warmup"
+    )
     labels_ = {
         "ours": "ours, length-grouped batches (end to end)",
         "hf": "transformers, shuffled padded batches",
@@ -152,8 +168,10 @@ def main() -> None:
         "hf_fused": "transformers + our fused AdamW, same batches",
     }
     for k, (secs, tokens, padded, _steps) in results.items():
-        print(f"  {labels_[k]:44s} {tps[k]:8.1f} tokens/s  ({tokens} tokens in {secs:.1f} s, "
-              f"padding {1 - tokens / padded:.0%} of the batch positions)")
+        print(
+            f"  {labels_[k]:44s} {tps[k]:8.1f} tokens/s  ({tokens} tokens in {secs:.1f} s, "
+            f"padding {1 - tokens / padded:.0%} of the batch positions)"
+        )
     print(f"ratio end to end (ours / transformers):           {tps['ours'] / tps['hf']:.2f}x")
     print(f"ratio on identical batches (ours / transformers): {tps['ours_ident'] / tps['hf']:.2f}x")
     print(f"ratio of the models alone, both with fused AdamW:  {tps['ours_ident'] / tps['hf_fused']:.2f}x")

@@ -1,9 +1,9 @@
 """From records to batches: tokenization with the prompt masked, collate, length-grouped batches.
 
-    examples = [encode_record(r, style) for r in split.train]     # data.split_records
-    sampler = LengthGroupedBatchSampler([len(e.ids) for e in examples], batch_size=8)
-    for indices in sampler:
-        inputs, targets = collate([examples[i] for i in indices])
+examples = [encode_record(r, style) for r in split.train]     # data.split_records
+sampler = LengthGroupedBatchSampler([len(e.ids) for e in examples], batch_size=8)
+for indices in sampler:
+    inputs, targets = collate([examples[i] for i in indices])
 """
 
 from __future__ import annotations

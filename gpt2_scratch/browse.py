@@ -41,8 +41,12 @@ ORDERS = ("test-set order", "score: high to low", "score: low to high")
 
 def score_choices(cmp: Comparison) -> list[tuple[str, str]]:
     """(label, value) of every score present, for a dropdown; values are what ``filter_records`` takes."""
-    return [(f"{run} · {model} · {m.label}", f"{run} · {model} · {m.key}")
-            for run, model in cmp.pairs for m in RECORD_METRICS if not np.isnan(cmp.scores[run, model, m.key]).all()]
+    return [
+        (f"{run} · {model} · {m.label}", f"{run} · {model} · {m.key}")
+        for run, model in cmp.pairs
+        for m in RECORD_METRICS
+        if not np.isnan(cmp.scores[run, model, m.key]).all()
+    ]
 
 
 def _score_key(cmp: Comparison, score: str) -> tuple[str, str, str]:
@@ -73,8 +77,9 @@ def _bound(name: str, value: Any) -> float | None:
     return bound
 
 
-def select_rows(cmp: Comparison, query: str = "", score: str | None = None, lo: Any = None, hi: Any = None,
-                order: str = ORDERS[0]) -> np.ndarray:
+def select_rows(
+    cmp: Comparison, query: str = "", score: str | None = None, lo: Any = None, hi: Any = None, order: str = ORDERS[0]
+) -> np.ndarray:
     """Row numbers of ``cmp.records`` that match, in order (see ``filter_records``)."""
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of: {', '.join(ORDERS)}")
@@ -100,8 +105,16 @@ def select_rows(cmp: Comparison, query: str = "", score: str | None = None, lo: 
     return rows
 
 
-def filter_records(cmp: Comparison, query: str = "", score: str | None = None, lo: Any = None, hi: Any = None,
-                   order: str = ORDERS[0], *, full: bool = False) -> pd.DataFrame:
+def filter_records(
+    cmp: Comparison,
+    query: str = "",
+    score: str | None = None,
+    lo: Any = None,
+    hi: Any = None,
+    order: str = ORDERS[0],
+    *,
+    full: bool = False,
+) -> pd.DataFrame:
     """The records table: records whose text contains ``query`` (case-insensitive; instruction, input,
     reference and every response) and whose ``score`` (a ``score_choices`` value) is within [lo, hi], in ``order``.
 
@@ -216,12 +229,29 @@ def record_view(cmp: Comparison, record_id: Any, pairs: Sequence[tuple[str, str]
             raise ValueError(f"{run} has no {model} model results")
         answer = cmp.responses[run, model][row]
         text = answer["response"]
-        scores = {m.label: float(v) if not np.isnan(v := cmp.scores[run, model, m.key][row]) else None
-                  for m in RECORD_METRICS}
-        responses.append(ResponseView(run, model, text, len(encode(text, special=False)), scores,
-                                      word_diff(rec["reference"], text), answer["judge_raw"], answer["judge_error"]))
-    return RecordView(int(rec["id"]), rec["instruction"], rec["input"], rec["reference"],
-                      len(encode(rec["reference"], special=False)), responses)
+        scores = {
+            m.label: float(v) if not np.isnan(v := cmp.scores[run, model, m.key][row]) else None for m in RECORD_METRICS
+        }
+        responses.append(
+            ResponseView(
+                run,
+                model,
+                text,
+                len(encode(text, special=False)),
+                scores,
+                word_diff(rec["reference"], text),
+                answer["judge_raw"],
+                answer["judge_error"],
+            )
+        )
+    return RecordView(
+        int(rec["id"]),
+        rec["instruction"],
+        rec["input"],
+        rec["reference"],
+        len(encode(rec["reference"], special=False)),
+        responses,
+    )
 
 
 _DIFF_TAGS = {None: "{}", "+": "<ins>{}</ins>", "-": "<del>{}</del>"}

@@ -103,9 +103,11 @@ def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
 def _parse_config(meta: Any, cfg_path: Path, folder: Path) -> CheckpointInfo:
     """Validate the structure of a checkpoint's ``config.json``: every problem is a one-line ``ValueError`` naming the file."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a {FORMAT} checkpoint config (no \"format\": \"{FORMAT}\")")
+        raise ValueError(f'{cfg_path} is not a {FORMAT} checkpoint config (no "format": "{FORMAT}")')
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_path} has format_version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{cfg_path} has format_version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION}"
+        )
     model, weights = meta.get("model"), meta.get("weights")
     if not isinstance(model, dict):
         raise ValueError(f'{cfg_path}: "model" must be an object of GPTConfig fields, got {_kind(model)}')
@@ -133,7 +135,14 @@ def _kind(value: Any) -> str:
     """How an error message names an unexpected JSON value: 'missing', or its JSON type."""
     if value is None:
         return "missing or null"
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -151,7 +160,9 @@ def load_checkpoint(
     expected_bytes = info.weights_bytes
     actual_bytes = weights.stat().st_size
     if actual_bytes != expected_bytes:
-        raise ValueError(f"{weights} has {actual_bytes} bytes, config.json says {expected_bytes} (truncated or replaced?)")
+        raise ValueError(
+            f"{weights} has {actual_bytes} bytes, config.json says {expected_bytes} (truncated or replaced?)"
+        )
     if verify and file_sha256(weights) != info.sha256:
         raise ValueError(f"{weights} does not match the sha256 recorded in config.json (corrupt or replaced?)")
     state = read_safetensors(weights)
@@ -207,7 +218,7 @@ def _load_float32(source: str, device: str | torch.device) -> tuple[GPT, Checkpo
     from gpt2_scratch.hub import load_pretrained
 
     if source.startswith(RANDOM_PREFIX):
-        config = GPTConfig.from_preset(source[len(RANDOM_PREFIX):])
+        config = GPTConfig.from_preset(source[len(RANDOM_PREFIX) :])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return GPT(config).to(device).eval(), None

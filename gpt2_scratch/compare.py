@@ -109,8 +109,11 @@ def _short(text: str, n: int = _SHORT) -> str:
 def _answer(entry: Any) -> dict:
     entry = entry if isinstance(entry, dict) else {}
     raw = entry.get("judge_raw")
-    return {"response": _text(entry.get("response")), "judge_raw": None if raw is None else _text(raw),
-            "judge_error": bool(entry.get("judge_error"))}
+    return {
+        "response": _text(entry.get("response")),
+        "judge_raw": None if raw is None else _text(raw),
+        "judge_error": bool(entry.get("judge_error")),
+    }
 
 
 def _rows_by_id(rows: Sequence[Any]) -> tuple[dict[int, dict], int]:
@@ -140,12 +143,14 @@ def compare(runs: Sequence[RunResults]) -> Comparison:
     common = [i for i in first if all(i in rows for rows, _ in indexed.values())]
     shared = [i for i in common if all(_record_key(rows[i]) == _record_key(first[i]) for rows, _ in indexed.values())]
     rows0 = [first[i] for i in shared]
-    records = pd.DataFrame({
-        "id": np.array(shared, dtype=np.int64),
-        "instruction": [_text(r.get("instruction")) for r in rows0],
-        "input": [_text(r.get("input")) for r in rows0],
-        "reference": [_text(r.get("reference")) for r in rows0],
-    })
+    records = pd.DataFrame(
+        {
+            "id": np.array(shared, dtype=np.int64),
+            "instruction": [_text(r.get("instruction")) for r in rows0],
+            "input": [_text(r.get("input")) for r in rows0],
+            "reference": [_text(r.get("reference")) for r in rows0],
+        }
+    )
     records["reference_words"] = np.array([len(t.split()) for t in records["reference"]], dtype=np.int64)
     pairs, scores, responses = [], {}, {}
     for run in usable:
@@ -158,12 +163,23 @@ def compare(runs: Sequence[RunResults]) -> Comparison:
             responses[run.label, model] = [_answer(e) for e in entries]
             for m in RECORD_METRICS:
                 scores[run.label, model, m.key] = np.array([_number(e.get(m.key)) for e in entries], dtype=float)
-    texts = ["\n".join([*_record_key(r), *(responses[p][n]["response"] for p in pairs)]).casefold()
-             for n, r in enumerate(rows0)]
+    texts = [
+        "\n".join([*_record_key(r), *(responses[p][n]["response"] for p in pairs)]).casefold()
+        for n, r in enumerate(rows0)
+    ]
     message = _message(runs, usable, indexed, len(shared), len(common) - len(shared))
     short = np.array([_short(t) for t in records["instruction"]], dtype=object)
-    return Comparison(list(runs), records, pairs, scores, responses, message, short, np.array(texts, dtype=object),
-                      {i: n for n, i in enumerate(shared)})
+    return Comparison(
+        list(runs),
+        records,
+        pairs,
+        scores,
+        responses,
+        message,
+        short,
+        np.array(texts, dtype=object),
+        {i: n for n, i in enumerate(shared)},
+    )
 
 
 def _count(n: int, noun: str) -> str:
@@ -216,8 +232,10 @@ def summary_frame(cmp: Comparison, *, formatted: bool = False) -> pd.DataFrame:
             data.append([run.label, model, n, *(values.get(m.key) for m in SUMMARY_METRICS), ""])
     specs = ["d", *(m.spec for m in SUMMARY_METRICS)]
     if formatted:
-        cells = [[*row[:2], *(format_metric(_optional(v), spec) for v, spec in zip(row[2:-1], specs)), row[-1]]
-                 for row in data]
+        cells = [
+            [*row[:2], *(format_metric(_optional(v), spec) for v, spec in zip(row[2:-1], specs)), row[-1]]
+            for row in data
+        ]
         return pd.DataFrame(cells, columns=[*columns, "note"])
     return pd.DataFrame([[*row[:2], *map(_number, row[2:-1])] for row in data], columns=columns)
 
@@ -286,10 +304,17 @@ def option_differences(cmp: Comparison) -> OptionsDiff:
     keys = sorted(set().union(*options.values())) if options else []
     differ = [k for k in keys if len({_show(o.get(k)) for o in options.values()}) > 1]
     same = [k for k in keys if k not in differ]
-    frame = pd.DataFrame([[k, *(_show(options[r.label].get(k)) for r in runs)] for k in differ],
-                         columns=["option", *(r.label for r in runs)])
-    message = (f"{len(differ)} options differ; {len(same)} are the same in every run." if len(runs) > 1
-               else f"One run: its {len(same)} options are not compared." if runs else "No run.json to compare.")
+    frame = pd.DataFrame(
+        [[k, *(_show(options[r.label].get(k)) for r in runs)] for k in differ],
+        columns=["option", *(r.label for r in runs)],
+    )
+    message = (
+        f"{len(differ)} options differ; {len(same)} are the same in every run."
+        if len(runs) > 1
+        else f"One run: its {len(same)} options are not compared."
+        if runs
+        else "No run.json to compare."
+    )
     missing = [r.label for r in cmp.runs if r.info is None]
     if missing:
         message += f" No run.json for {', '.join(missing)}."
@@ -316,8 +341,18 @@ def score_frame(cmp: Comparison, metrics: Sequence[str] | None = None) -> pd.Dat
         for key in keys:
             values = cmp.scores[run, model, key]
             ok = ~np.isnan(values)
-            parts.append(pd.DataFrame({"run": run, "model": model, "series": f"{run} · {model}", "metric": key,
-                                       "value": values[ok], "id": ids[ok]}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "run": run,
+                        "model": model,
+                        "series": f"{run} · {model}",
+                        "metric": key,
+                        "value": values[ok],
+                        "id": ids[ok],
+                    }
+                )
+            )
     columns = ["run", "model", "series", "metric", "value", "id"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
@@ -373,8 +408,17 @@ def scatter_frame(cmp: Comparison, metric: str) -> pd.DataFrame:
             continue
         base, tuned = cmp.scores[run, "base", key], cmp.scores[run, "finetuned", key]
         ok = ~(np.isnan(base) | np.isnan(tuned))
-        parts.append(pd.DataFrame({"id": cmp.records["id"].to_numpy()[ok], "run": run, "base": base[ok],
-                                   "finetuned": tuned[ok], "instruction": cmp.short_instructions[ok]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "id": cmp.records["id"].to_numpy()[ok],
+                    "run": run,
+                    "base": base[ok],
+                    "finetuned": tuned[ok],
+                    "instruction": cmp.short_instructions[ok],
+                }
+            )
+        )
     columns = ["id", "run", "base", "finetuned", "instruction"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
@@ -392,8 +436,18 @@ def length_frame(cmp: Comparison, metric: str) -> pd.DataFrame:
     for run, model in cmp.pairs:
         v = cmp.scores[run, model, key]
         ok = ~np.isnan(v)
-        parts.append(pd.DataFrame({"id": ids[ok], "run": run, "model": model, "series": f"{run} · {model}",
-                                   "reference_words": words[ok], "score": v[ok]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "id": ids[ok],
+                    "run": run,
+                    "model": model,
+                    "series": f"{run} · {model}",
+                    "reference_words": words[ok],
+                    "score": v[ok],
+                }
+            )
+        )
     columns = ["id", "run", "model", "series", "reference_words", "score"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 

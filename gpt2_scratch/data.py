@@ -121,7 +121,9 @@ def download(url: str) -> Path:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read()
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError and HTTPError are OSErrors
-        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+        reason = (
+            f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+        )
         raise ConnectionError(
             f"cannot download {url} ({reason}); download it yourself and pass the local file with --dataset PATH"
         ) from None
@@ -182,7 +184,14 @@ def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
 
 
 # Formats people reach for that are not JSON: named in the error instead of a bare "invalid JSON".
-OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".arrow": "Arrow", ".xlsx": "Excel", ".txt": "plain text"}
+OTHER_FORMATS = {
+    ".csv": "CSV",
+    ".tsv": "TSV",
+    ".parquet": "Parquet",
+    ".arrow": "Arrow",
+    ".xlsx": "Excel",
+    ".txt": "plain text",
+}
 JSON_FORMATS_HINT = "--dataset takes a .json file (a list of records) or a .jsonl file (one record a line)"
 
 
@@ -199,7 +208,9 @@ def _read_json_entries(path: Path) -> list:
             raise ValueError(f"{path}: a {other} file is not supported ({JSON_FORMATS_HINT})") from None
         raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
     except RecursionError:  # json.loads stops at the interpreter's recursion limit
-        raise ValueError(f"{path}: JSON nested too deeply (over ~1000 levels of lists/objects); records are flat") from None
+        raise ValueError(
+            f"{path}: JSON nested too deeply (over ~1000 levels of lists/objects); records are flat"
+        ) from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records at the top level, got {_json_type(data)}")
     return data
@@ -216,7 +227,9 @@ def _load_hub(dataset_id: str) -> list[Record]:
     try:
         import datasets  # imported lazily: it is slow to import and only needed here
     except ImportError:
-        raise ImportError(f"loading the Hub dataset {dataset_id!r} needs the datasets package: pip install datasets") from None
+        raise ImportError(
+            f"loading the Hub dataset {dataset_id!r} needs the datasets package: pip install datasets"
+        ) from None
     try:
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as e:  # DatasetNotFoundError, ConnectionError, ... : one line, whatever the cause
@@ -288,7 +301,12 @@ def read_records(path: str | os.PathLike) -> list[Record]:
 
 
 def split_records(
-    records: Sequence[Record], *, train_frac: float = 0.85, test_frac: float = 0.10, shuffle: bool = False, seed: int = 123
+    records: Sequence[Record],
+    *,
+    train_frac: float = 0.85,
+    test_frac: float = 0.10,
+    shuffle: bool = False,
+    seed: int = 123,
 ) -> Split:
     """First ``train_frac`` for training, the next ``test_frac`` for testing, the rest for validation.
 
@@ -299,7 +317,9 @@ def split_records(
     would come out empty is an error rather than a crash later in training.
     """
     if not (0 < train_frac <= 1 and 0 <= test_frac <= 1 and train_frac + test_frac <= 1):
-        raise ValueError(f"invalid split fractions train={train_frac}, test={test_frac}: need 0 < train, 0 <= test, sum <= 1")
+        raise ValueError(
+            f"invalid split fractions train={train_frac}, test={test_frac}: need 0 < train, 0 <= test, sum <= 1"
+        )
     records = list(records)
     if shuffle:
         random.Random(seed).shuffle(records)

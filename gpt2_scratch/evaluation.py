@@ -304,8 +304,11 @@ def _fit_context(settings: EvalSettings, block_size: int, longest_prompt: int) -
     cap = block_size - longest_prompt if longest_prompt < block_size // 2 else block_size // 2
     if asked <= cap:
         return settings
-    print(f"note: max new tokens {asked} capped at {cap}: the model's context is {block_size} tokens "
-          f"and the longest test prompt {longest_prompt}", file=sys.stderr)
+    print(
+        f"note: max new tokens {asked} capped at {cap}: the model's context is {block_size} tokens "
+        f"and the longest test prompt {longest_prompt}",
+        file=sys.stderr,
+    )
     return replace(settings, sampling=replace(settings.sampling, max_new_tokens=cap))
 
 
@@ -367,12 +370,20 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
     s = settings.sampling
     generation = {
-        "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k,
-        "top_p": s.top_p, "seed": s.seed, "batch_size": settings.batch_size, "refill": settings.refill,
+        "max_new_tokens": s.max_new_tokens,
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "seed": s.seed,
+        "batch_size": settings.batch_size,
+        "refill": settings.refill,
     }
     common = {
-        "prompt_style": style.name, "prompts_sha256": _prompts_sha256(prompts, records),
-        "num_records": len(records), "generation": generation, "device": torch.device(settings.device).type,
+        "prompt_style": style.name,
+        "prompts_sha256": _prompts_sha256(prompts, records),
+        "num_records": len(records),
+        "generation": generation,
+        "device": torch.device(settings.device).type,
         "dtype": dtype,
     }
     results: dict[str, ModelResults] = {}
@@ -381,11 +392,20 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
         if model.config.block_size <= s.max_new_tokens:
-            raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's "
-                             f"context length ({model.config.block_size})")
+            raise ValueError(
+                f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's "
+                f"context length ({model.config.block_size})"
+            )
         results[name] = evaluate_model(
-            name, model, records=records, prompts=prompts, examples=examples, style=style, header=header,
-            eval_dir=eval_dir, settings=settings,
+            name,
+            model,
+            records=records,
+            prompts=prompts,
+            examples=examples,
+            style=style,
+            header=header,
+            eval_dir=eval_dir,
+            settings=settings,
         )
         del model
 
@@ -449,7 +469,9 @@ def format_table(summary: dict) -> str:
     for m in SUMMARY_METRICS:
         table.append([m.label, *(format_metric(summary["models"][name].get(m.key), m.spec) for name in models)])
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
-             for row in table]
+    lines = [
+        "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

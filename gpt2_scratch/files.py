@@ -86,7 +86,7 @@ def read_jsonl(path: str | os.PathLike, *, torn_tail: bool = False, skip_bad: bo
     """
     data = Path(path).read_bytes()
     if data.startswith(codecs.BOM_UTF8):  # written by some Windows editors; not part of the first value
-        data = data[len(codecs.BOM_UTF8):]
+        data = data[len(codecs.BOM_UTF8) :]
     lines = data.split(b"\n")
     if torn_tail:
         lines = lines[:-1]  # "" when the file ends with a newline

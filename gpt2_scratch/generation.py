@@ -128,7 +128,7 @@ def generate_steps(
     T = int(lengths.max())
     idx = torch.full((B, T), EOS_ID, dtype=torch.long, device=device)
     for i, p in enumerate(cropped_prompts):
-        idx[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        idx[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
 
     cache = model.new_cache(B, T + settings.max_new_tokens)
     padded = bool((lengths < T).any())
@@ -159,7 +159,9 @@ def generate_steps(
                 rows, tokens, next_pos = rows[keep], tokens[keep], next_pos[keep]
                 cache.keep_rows(keep)
         mask = cache.key_valid[:, : cache.length + 1] if cache.key_valid is not None else None
-        logits = model(tokens[:, None], cache=cache, position_ids=next_pos[:, None], attention_mask=mask, last_only=True)
+        logits = model(
+            tokens[:, None], cache=cache, position_ids=next_pos[:, None], attention_mask=mask, last_only=True
+        )
         next_pos += 1
 
 

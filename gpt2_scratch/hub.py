@@ -39,8 +39,16 @@ def resolve_hub_id(source: str) -> str:
 
 # safetensors' dtype names, as in its format description.
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -131,7 +139,9 @@ def _download(repo_id: str) -> tuple[Path, Path]:
     except RuntimeError as e:
         raise RuntimeError(f"{e}; {OFFLINE_HINT}") from None
     except Exception as e:  # unknown repo, gated, ... all end the same way for the user
-        raise RuntimeError(f"cannot download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}); {OFFLINE_HINT}") from None
+        raise RuntimeError(
+            f"cannot download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}); {OFFLINE_HINT}"
+        ) from None
     return Path(weights), Path(config)
 
 

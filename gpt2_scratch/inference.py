@@ -180,7 +180,9 @@ def one_row_differs(packed: torch.Tensor, bias: torch.Tensor | None, in_features
         with torch.no_grad():
             together = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
             _ONE_ROW_DIFFERS[key] = any(
-                not torch.equal(torch.ops.mkldnn._linear_pointwise(row[None], packed, bias, "none", [], "")[0], expected)
+                not torch.equal(
+                    torch.ops.mkldnn._linear_pointwise(row[None], packed, bias, "none", [], "")[0], expected
+                )
                 for row, expected in zip(probe, together)
             )
     return _ONE_ROW_DIFFERS[key]

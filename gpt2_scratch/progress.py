@@ -55,15 +55,19 @@ class ProgressFile:
         if saved != header:
             if not done:
                 raise SettingsMismatch(_mismatch_message(path, saved, header))
-            print(f"note: {_differences(path, saved, header)}; that evaluation was finished, so it is replaced",
-                  file=sys.stderr)
+            print(
+                f"note: {_differences(path, saved, header)}; that evaluation was finished, so it is replaced",
+                file=sys.stderr,
+            )
             atomic_write_jsonl(path, [{"header": header}])
             return pf
         for n, entry in enumerate(entries, 2):
             problem = check(entry)
             if problem is not None:
-                raise ValueError(f"{path}: line {n} is not a progress entry ({problem}); "
-                                 "delete the file (or pass --restart) to start over")
+                raise ValueError(
+                    f"{path}: line {n} is not a progress entry ({problem}); "
+                    "delete the file (or pass --restart) to start over"
+                )
         if not path.read_bytes().endswith(b"\n") or done:  # drop a torn last line (or the done mark) before appending
             atomic_write_jsonl(path, [complete[0], *entries])
         pf.entries = entries
@@ -119,8 +123,11 @@ def check_batch_entry(entry: Any) -> str | None:
     indices, outputs = entry.get("indices"), entry.get("outputs")
     if not (isinstance(indices, list) and all(_is_int(i) for i in indices)):
         return '"indices" must be a list of integers'
-    if not (isinstance(outputs, list) and len(outputs) == len(indices)
-            and all(isinstance(o, list) and all(_is_int(t) for t in o) for o in outputs)):
+    if not (
+        isinstance(outputs, list)
+        and len(outputs) == len(indices)
+        and all(isinstance(o, list) and all(_is_int(t) for t in o) for o in outputs)
+    ):
         return '"outputs" must be one list of token ids per index'
     if not isinstance(entry.get("seconds"), (int, float)) or isinstance(entry.get("seconds"), bool):
         return '"seconds" must be a number'

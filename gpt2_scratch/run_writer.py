@@ -96,7 +96,9 @@ class BestWeights:
         self.written = written  # the step whose weights best/ holds (-1: none)
 
     def keep(self, model: GPT) -> None:
-        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        self.weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k != "lm_head.weight"
+        }
         self.config = model.config
 
     def write(self, folder: Path, step: int, *, prompt_style: str, metadata: dict) -> None:

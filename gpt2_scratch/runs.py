@@ -1,16 +1,16 @@
 """The layout of a run folder, shared by finetune.py, evaluate.py and app.py.
 
-    runs/<name>/
-      run.json              training config, base model, dataset source and split
-      final/                checkpoint after the last step (checkpoint.save_checkpoint)
-      best/                 checkpoint with the lowest validation loss
-      data/test.jsonl       held-out test records, each with a stable "id"
-      data/val.jsonl        validation records
-      metrics.jsonl         one JSON object per logged event
-      loss.png              train/validation loss against tokens seen
-      train_state/          periodic resume state (model, optimizer, RNG, position)
-      eval/predictions.jsonl  one line per test record (evaluate.py)
-      eval/summary.json       aggregates per model (evaluate.py)
+runs/<name>/
+  run.json              training config, base model, dataset source and split
+  final/                checkpoint after the last step (checkpoint.save_checkpoint)
+  best/                 checkpoint with the lowest validation loss
+  data/test.jsonl       held-out test records, each with a stable "id"
+  data/val.jsonl        validation records
+  metrics.jsonl         one JSON object per logged event
+  loss.png              train/validation loss against tokens seen
+  train_state/          periodic resume state (model, optimizer, RNG, position)
+  eval/predictions.jsonl  one line per test record (evaluate.py)
+  eval/summary.json       aggregates per model (evaluate.py)
 """
 
 from __future__ import annotations
@@ -95,8 +95,15 @@ class RunInfo:
         """Validate and build from parsed JSON; a wrong structure is a one-line ``ValueError`` naming ``source``."""
         if not isinstance(d, dict):
             raise ValueError(f"{source} is not a JSON object")
-        types = {"name": str, "base_model": str, "prompt_style": str, "dataset": dict, "training": dict,
-                 "status": str, "created": str}
+        types = {
+            "name": str,
+            "base_model": str,
+            "prompt_style": str,
+            "dataset": dict,
+            "training": dict,
+            "status": str,
+            "created": str,
+        }
         for key, typ in types.items():
             if key in ("dataset", "training", "created") and key not in d:
                 continue  # optional: older runs, hand-made runs
@@ -196,8 +203,11 @@ def _model_config(folder: Path) -> Path | None:
 def finished_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunPaths]:
     """Every finished run under ``runs_dir``, newest first: folders with a final checkpoint or an exported model."""
     runs_dir = Path(runs_dir)
-    found = [(config, p) for p in sorted(runs_dir.glob("*")) if p.is_dir() and (config := _model_config(p))] \
-        if runs_dir.is_dir() else []
+    found = (
+        [(config, p) for p in sorted(runs_dir.glob("*")) if p.is_dir() and (config := _model_config(p))]
+        if runs_dir.is_dir()
+        else []
+    )
     found.sort(key=lambda pair: pair[0].stat().st_mtime, reverse=True)
     return [RunPaths(p) for _, p in found]
 
@@ -256,9 +266,16 @@ def find_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, hub_repo: str | No
         try:
             sources.append(RunSource(repo, download_run(repo)))
         except Exception as e:  # offline, unknown or private repo, ...
-            sources.append(RunSource(repo, None, (
-                f"Could not download the run from the Hub repo `{repo}` ({type(e).__name__}). "
-                f"Check `{HUB_REPO_ENV}`, or run locally with `python app.py --run runs/<name>`.")))
+            sources.append(
+                RunSource(
+                    repo,
+                    None,
+                    (
+                        f"Could not download the run from the Hub repo `{repo}` ({type(e).__name__}). "
+                        f"Check `{HUB_REPO_ENV}`, or run locally with `python app.py --run runs/<name>`."
+                    ),
+                )
+            )
     return sources
 
 

@@ -81,10 +81,16 @@ class TrainConfig:
             raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
         if self.max_length < 2:
             raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
-        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("prompt_style", tuple(PROMPT_STYLES))):
+        for name, choices in (
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("prompt_style", tuple(PROMPT_STYLES)),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{_option(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.name is not None and (not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name):
+        if self.name is not None and (
+            not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name
+        ):
             raise ValueError(f"--name must be a plain folder name, got {self.name!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,9 @@ from gpt2_scratch.train_config import TrainConfig
 COSINE_MIN_LR_RATIO = 0.1  # cosine decays to 10% of the peak learning rate (as in nanoGPT)
 
 
-def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def configure_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings only (ndim >= 2), fused on CUDA and CPU.
 
     Decaying biases and LayerNorm gains towards zero only hurts, so they get none.
@@ -118,7 +120,10 @@ class StepRunner:
         # The loss is normalised by the target tokens of the whole global batch, so the
         # step does not depend on how the batch is split over processes and micro-batches.
         counts = torch.tensor(
-            [sum(int((y != IGNORE_INDEX).sum()) for _, y in batches), sum(input_tokens(m, self.max_length) for m in micro)],
+            [
+                sum(int((y != IGNORE_INDEX).sum()) for _, y in batches),
+                sum(input_tokens(m, self.max_length) for m in micro),
+            ],
             device=self.device,
         )
         n_targets, n_tokens = (int(c) for c in ctx.all_reduce(counts))

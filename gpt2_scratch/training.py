@@ -76,11 +76,16 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
     """The run's own config from run.json, keeping only how-to-run options (device, precision, compile) from ``config``."""
     run_info = RunPaths(Path(config.resume)).read_info()
     if not run_info.training:
-        raise ValueError(f"{config.resume}/run.json has no \"training\" settings to resume with")
+        raise ValueError(f'{config.resume}/run.json has no "training" settings to resume with')
     if run_info.status == "finished":
         raise ValueError(f"{config.resume} has already finished; there is nothing to resume")
     stored = TrainConfig.from_dict(run_info.training)
-    overrides = {"device": config.device, "precision": config.precision, "compile": config.compile, "resume": config.resume}
+    overrides = {
+        "device": config.device,
+        "precision": config.precision,
+        "compile": config.compile,
+        "resume": config.resume,
+    }
     return dataclasses.replace(stored, **overrides), run_info
 
 
@@ -133,11 +138,17 @@ class Trainer:
         }
         self.model, max_length = self._load_model()
         self.optimizer = configure_optimizer(self.model, config.lr, config.weight_decay, device)
-        self.steps = StepRunner(self.model, self.optimizer, config, dist_ctx, device, max_length=max_length, amp_dtype=amp_dtype)
+        self.steps = StepRunner(
+            self.model, self.optimizer, config, dist_ctx, device, max_length=max_length, amp_dtype=amp_dtype
+        )
         self._check_batch_size()
         self.sampler = LengthGroupedBatchSampler(
-            [len(e.ids) for e in self.train_examples], config.batch_size, shuffle=True, seed=config.seed,
-            group=config.group_by_length, drop_last=True,  # drop_last as the reference's train loader
+            [len(e.ids) for e in self.train_examples],
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            group=config.group_by_length,
+            drop_last=True,  # drop_last as the reference's train loader
         )
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
@@ -160,7 +171,9 @@ class Trainer:
             records = records[: cfg.limit]
         split = split_records(records, shuffle=cfg.shuffle_split, seed=cfg.seed)
         if self.run_info is not None and self.run_info.dataset.get("sha256") != sha256:
-            raise ValueError(f"the dataset {cfg.dataset} has changed since the run started (sha256 differs); cannot resume")
+            raise ValueError(
+                f"the dataset {cfg.dataset} has changed since the run started (sha256 differs); cannot resume"
+            )
         info = {
             "source": cfg.dataset,
             "sha256": sha256,
@@ -201,8 +214,11 @@ class Trainer:
             self.paths = RunPaths(folder)
         if self.run_info is None:
             self.run_info = RunInfo(
-                name=self.config.name, base_model=self.config.base, prompt_style=self.config.prompt_style,
-                dataset=self.dataset_info, training=self.config.to_dict(),
+                name=self.config.name,
+                base_model=self.config.base,
+                prompt_style=self.config.prompt_style,
+                dataset=self.dataset_info,
+                training=self.config.to_dict(),
             )
         else:  # --resume of a run stopped before its first saved state
             self._say(f"note: {self.paths.root} has no saved state yet; starting it over from step 0")
@@ -267,16 +283,28 @@ class Trainer:
         records = self.split.test[:NUM_BASELINE_RECORDS]
         self._say(f"baseline: {self.config.base} before finetuning")
         for record, response in zip(records, self._respond(records)):
-            self._log("baseline", id=record.id, instruction=record.instruction, input=record.input,
-                      reference=record.output, response=response)
+            self._log(
+                "baseline",
+                id=record.id,
+                instruction=record.instruction,
+                input=record.input,
+                reference=record.output,
+                response=response,
+            )
             self._say(f"  {record.instruction!r}\n    -> {response!r}")
 
     @rank_zero
     def _sample(self) -> None:
         record = self.split.val[0]
         (response,) = self._respond([record])
-        self._log("sample", epoch=self.progress.epoch, id=record.id, instruction=record.instruction,
-                  input=record.input, response=response)
+        self._log(
+            "sample",
+            epoch=self.progress.epoch,
+            id=record.id,
+            instruction=record.instruction,
+            input=record.input,
+            response=response,
+        )
         self._say(f"sample after epoch {self.progress.epoch + 1}: {response!r}")
 
     def _checkpoint_metadata(self, step: int, val_loss: float) -> dict[str, Any]:
@@ -327,7 +355,10 @@ class Trainer:
             self._start()
         self.steps.wrap()
         with tqdm(
-            total=self.total_steps, initial=self.progress.step, unit="step", disable=not self.dist_ctx.is_main,
+            total=self.total_steps,
+            initial=self.progress.step,
+            unit="step",
+            disable=not self.dist_ctx.is_main,
             dynamic_ncols=True,
         ) as bar:
             if self.progress.step == 0:
@@ -371,7 +402,9 @@ class Trainer:
         """final/, best/, the loss plot, run.json "finished"; the resume state and any leftovers go."""
         p = self.progress
         save_checkpoint(
-            self.paths.final, self.model, prompt_style=self.config.prompt_style,
+            self.paths.final,
+            self.model,
+            prompt_style=self.config.prompt_style,
             metadata=self._checkpoint_metadata(p.step, p.last_val_loss),
         )
         if p.best_step == p.step:  # the best weights are the final ones: same files, stored once

@@ -133,32 +133,77 @@ GREEDY_TOKENS = 24  # new tokens of the demo tests' greedy answers
 
 
 def _model_result(response: str, rouge: float, judge: int | None, exact: int = 0) -> dict:
-    return {"response": response, "rouge_l": rouge, "exact_match": exact, "length_tokens": len(response.split()),
-            "judge_score": judge, "judge_raw": None if judge is None else str(judge)}
+    return {
+        "response": response,
+        "rouge_l": rouge,
+        "exact_match": exact,
+        "length_tokens": len(response.split()),
+        "judge_score": judge,
+        "judge_raw": None if judge is None else str(judge),
+    }
 
 
 # eval/predictions.jsonl of the tiny run, in the schema evaluate.py writes.
 RUN_PREDICTIONS = [
-    {"id": 7, "instruction": "Name a primary color.", "input": "", "reference": "Red.",
-     "base": _model_result("The sky is", 0.0, 10), "finetuned": _model_result("Red.", 1.0, 95, 1)},
-    {"id": 12, "instruction": "Rewrite the sentence using a simile.", "input": "The cat is quiet.",
-     "reference": "The cat is as quiet as a mouse.",
-     "base": _model_result("The dog barks loudly", 0.4, 20),
-     "finetuned": _model_result("The cat is as quiet as a whisper.", 0.75, 80)},
-    {"id": 30, "instruction": "Convert 5 km to meters.", "input": "", "reference": "5 km is 5000 meters.",
-     "base": _model_result("Convert 6 km", 0.25, None),
-     "finetuned": _model_result("5 kilometers is 5000 meters.", 0.6, 70)},
-    {"id": 41, "instruction": "What is the opposite of 'quiet'?", "input": "", "reference": "Loud.",
-     "base": _model_result("", 0.0, 0), "finetuned": _model_result("Loud.", 1.0, 100, 1)},
+    {
+        "id": 7,
+        "instruction": "Name a primary color.",
+        "input": "",
+        "reference": "Red.",
+        "base": _model_result("The sky is", 0.0, 10),
+        "finetuned": _model_result("Red.", 1.0, 95, 1),
+    },
+    {
+        "id": 12,
+        "instruction": "Rewrite the sentence using a simile.",
+        "input": "The cat is quiet.",
+        "reference": "The cat is as quiet as a mouse.",
+        "base": _model_result("The dog barks loudly", 0.4, 20),
+        "finetuned": _model_result("The cat is as quiet as a whisper.", 0.75, 80),
+    },
+    {
+        "id": 30,
+        "instruction": "Convert 5 km to meters.",
+        "input": "",
+        "reference": "5 km is 5000 meters.",
+        "base": _model_result("Convert 6 km", 0.25, None),
+        "finetuned": _model_result("5 kilometers is 5000 meters.", 0.6, 70),
+    },
+    {
+        "id": 41,
+        "instruction": "What is the opposite of 'quiet'?",
+        "input": "",
+        "reference": "Loud.",
+        "base": _model_result("", 0.0, 0),
+        "finetuned": _model_result("Loud.", 1.0, 100, 1),
+    },
 ]
 
 RUN_MODEL_SUMMARY = {
-    "base": {"reference_loss": 3.5, "perplexity": 33.12, "rouge_l": 0.1625, "exact_match": 0.0,
-             "mean_length_tokens": 2.75, "empty_share": 0.25, "judge_mean": 10.0, "judge_unparsed": 1,
-             "generation_seconds": 1.5, "tokens_per_second": 42.0},
-    "finetuned": {"reference_loss": 1.25, "perplexity": 3.49, "rouge_l": 0.8375, "exact_match": 0.5,
-                  "mean_length_tokens": 3.5, "empty_share": 0.0, "judge_mean": 86.25, "judge_unparsed": 0,
-                  "generation_seconds": 2.0, "tokens_per_second": 31.5},
+    "base": {
+        "reference_loss": 3.5,
+        "perplexity": 33.12,
+        "rouge_l": 0.1625,
+        "exact_match": 0.0,
+        "mean_length_tokens": 2.75,
+        "empty_share": 0.25,
+        "judge_mean": 10.0,
+        "judge_unparsed": 1,
+        "generation_seconds": 1.5,
+        "tokens_per_second": 42.0,
+    },
+    "finetuned": {
+        "reference_loss": 1.25,
+        "perplexity": 3.49,
+        "rouge_l": 0.8375,
+        "exact_match": 0.5,
+        "mean_length_tokens": 3.5,
+        "empty_share": 0.0,
+        "judge_mean": 86.25,
+        "judge_unparsed": 0,
+        "generation_seconds": 2.0,
+        "tokens_per_second": 31.5,
+    },
 }
 
 
@@ -175,23 +220,52 @@ def _make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True):
         for p in model.parameters():  # "finetuning": answers must differ from the base model's
             p.add_(torch.randn_like(p) * 0.05)
     save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "random:tiny"})
-    run.write_info(RunInfo(name=root.name, created="2026-01-01T00:00:00+00:00", base_model="random:tiny",
-                           prompt_style="alpaca", status="finished"))
+    run.write_info(
+        RunInfo(
+            name=root.name,
+            created="2026-01-01T00:00:00+00:00",
+            base_model="random:tiny",
+            prompt_style="alpaca",
+            status="finished",
+        )
+    )
     if with_metrics:
-        atomic_write_jsonl(run.metrics, [
-            {"event": "eval", "step": s, "tokens_seen": 1000 * s, "train_loss": 4.0 - 0.3 * s, "val_loss": 4.2 - 0.2 * s}
-            for s in range(6)
-        ])
+        atomic_write_jsonl(
+            run.metrics,
+            [
+                {
+                    "event": "eval",
+                    "step": s,
+                    "tokens_seen": 1000 * s,
+                    "train_loss": 4.0 - 0.3 * s,
+                    "val_loss": 4.2 - 0.2 * s,
+                }
+                for s in range(6)
+            ],
+        )
     if with_eval:
         atomic_write_jsonl(run.predictions, RUN_PREDICTIONS)
-        atomic_write_json(run.summary, {
-            "run": str(root), "created": "2026-01-02T00:00:00+00:00", "num_records": len(RUN_PREDICTIONS),
-            "checkpoint": {"path": str(run.final), "sha256": "0123456789abcdef" * 4}, "base_model": "random:tiny",
-            "prompt_style": "alpaca",
-            "generation": {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "top_p": None, "seed": 123,
-                           "batch_size": 8},
-            "judge": {"url": "http://localhost:11434/v1", "model": "llama3"}, "models": RUN_MODEL_SUMMARY,
-        })
+        atomic_write_json(
+            run.summary,
+            {
+                "run": str(root),
+                "created": "2026-01-02T00:00:00+00:00",
+                "num_records": len(RUN_PREDICTIONS),
+                "checkpoint": {"path": str(run.final), "sha256": "0123456789abcdef" * 4},
+                "base_model": "random:tiny",
+                "prompt_style": "alpaca",
+                "generation": {
+                    "max_new_tokens": 64,
+                    "temperature": 0.0,
+                    "top_k": None,
+                    "top_p": None,
+                    "seed": 123,
+                    "batch_size": 8,
+                },
+                "judge": {"url": "http://localhost:11434/v1", "model": "llama3"},
+                "models": RUN_MODEL_SUMMARY,
+            },
+        )
     return run
 
 

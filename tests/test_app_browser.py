@@ -34,8 +34,15 @@ BASE = "random:gpt2"
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TIMEOUT_MS = 20_000
 # A response holding markup: it must show as text, and nothing in it may run.
 XSS = "<script>alert('xss')</script> <img src=x onerror=alert(2)> The cat"
@@ -44,19 +51,38 @@ XSS = "<script>alert('xss')</script> <img src=x onerror=alert(2)> The cat"
 def second_run(make_run, root: Path):
     """run2: other training options, lower finetuned scores, another loss curve, a response holding markup."""
     run = make_run(root)
-    run.write_info(RunInfo(name="run2", base_model="random:tiny", prompt_style="alpaca", status="finished",
-                           training={"lr": 1e-4, "epochs": 2, "mask_prompt": False}))
+    run.write_info(
+        RunInfo(
+            name="run2",
+            base_model="random:tiny",
+            prompt_style="alpaca",
+            status="finished",
+            training={"lr": 1e-4, "epochs": 2, "mask_prompt": False},
+        )
+    )
     rows = copy.deepcopy(RUN_PREDICTIONS)
     for row, rouge, judge in zip(rows, (0.8, 0.55, 0.3, 0.9), (90, 60, 40, 95)):
         row["finetuned"].update(rouge_l=rouge, judge_score=judge, judge_raw=f"Score: {judge}")
     rows[1]["base"]["response"] = XSS
     atomic_write_jsonl(run.predictions, rows)
     summary = json.loads(run.summary.read_text())
-    summary["models"]["finetuned"].update(reference_loss=1.61, perplexity=5.0, rouge_l=0.6375, judge_mean=71.25,
-                                          exact_match=0.0, mean_length_tokens=4.25)
+    summary["models"]["finetuned"].update(
+        reference_loss=1.61, perplexity=5.0, rouge_l=0.6375, judge_mean=71.25, exact_match=0.0, mean_length_tokens=4.25
+    )
     atomic_write_json(run.summary, summary)
-    atomic_write_jsonl(run.metrics, [{"event": "eval", "step": s, "tokens_seen": 1000 * s,
-                                      "train_loss": 4.1 - 0.4 * s, "val_loss": 4.3 - 0.25 * s} for s in range(6)])
+    atomic_write_jsonl(
+        run.metrics,
+        [
+            {
+                "event": "eval",
+                "step": s,
+                "tokens_seen": 1000 * s,
+                "train_loss": 4.1 - 0.4 * s,
+                "val_loss": 4.3 - 0.25 * s,
+            }
+            for s in range(6)
+        ],
+    )
     return run
 
 
@@ -71,16 +97,39 @@ def server(tmp_path_factory, make_run):
     """URL of ``python app.py --run <tiny run>`` started in a subprocess (stopped afterwards)."""
     folder = tmp_path_factory.mktemp("browser")
     run = make_run(folder / "runs" / "run1")
-    run.write_info(RunInfo(name="run1", base_model="random:tiny", prompt_style="alpaca", status="finished",
-                           training={"lr": 5e-5, "epochs": 2, "mask_prompt": True}))
+    run.write_info(
+        RunInfo(
+            name="run1",
+            base_model="random:tiny",
+            prompt_style="alpaca",
+            status="finished",
+            training={"lr": 5e-5, "epochs": 2, "mask_prompt": True},
+        )
+    )
     second_run(make_run, folder / "runs" / "run2")
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     env.pop("SPACE_ID", None)
     log = open(folder / "app.log", "w+")
     # float32: the answers are compared with float32 greedy generation (``auto`` is bfloat16 on CPUs that have it).
-    proc = subprocess.Popen([sys.executable, "app.py", "--runs-dir", str(folder / "runs"), "--run", str(run.root),
-                             "--base", BASE, "--dtype", "float32"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "--runs-dir",
+            str(folder / "runs"),
+            "--run",
+            str(run.root),
+            "--base",
+            BASE,
+            "--dtype",
+            "float32",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
@@ -114,8 +163,9 @@ def output(page, elem_id: str) -> str:
 
 def wait_for_value(page, elem_id: str, value: str) -> None:
     """Wait until the textbox's value is ``value`` (example clicks fill inputs asynchronously)."""
-    page.wait_for_function("([id, v]) => document.querySelector(`#${id} textarea`)?.value === v", arg=[elem_id, value],
-                           timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "([id, v]) => document.querySelector(`#${id} textarea`)?.value === v", arg=[elem_id, value], timeout=TIMEOUT_MS
+    )
 
 
 def set_max_new_tokens(page, n: int) -> None:
@@ -131,8 +181,11 @@ def set_max_new_tokens(page, n: int) -> None:
         page.fill("#max-new-tokens input[type=number]", str(n))
         page.press("#max-new-tokens input[type=number]", "Tab")
         try:
-            page.wait_for_function("(v) => document.querySelector('#max-new-tokens input[type=range]')?.value === v",
-                                   arg=str(n), timeout=2000)
+            page.wait_for_function(
+                "(v) => document.querySelector('#max-new-tokens input[type=range]')?.value === v",
+                arg=str(n),
+                timeout=2000,
+            )
             return
         except PlaywrightTimeout:
             continue
@@ -142,7 +195,8 @@ def set_max_new_tokens(page, n: int) -> None:
 def wait_for_text(page, elem_id: str, fragment: str) -> None:
     """Wait until the element's visible text contains ``fragment``."""
     page.wait_for_function(
-        "([id, s]) => (document.getElementById(id)?.innerText || '').includes(s)", arg=[elem_id, fragment],
+        "([id, s]) => (document.getElementById(id)?.innerText || '').includes(s)",
+        arg=[elem_id, fragment],
         timeout=TIMEOUT_MS,
     )
 
@@ -166,8 +220,10 @@ def toasts(page) -> list[str]:
 @pytest.mark.slow
 def test_every_tab_in_chromium(server, greedy, tmp_path):
     if not CHROMIUM.is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-                    "(the browser test needs it; CI installs it)")
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+            "(the browser test needs it; CI installs it)"
+        )
     from playwright.sync_api import sync_playwright
 
     url, run = server
@@ -195,8 +251,10 @@ def test_every_tab_in_chromium(server, greedy, tmp_path):
             # Stop cancels a long generation: the text stops growing before the end.
             set_max_new_tokens(page, 200)
             page.click("#base-generate")
-            page.wait_for_function("() => document.querySelector('#base-output textarea').value.length > 0 && "
-                                   "document.getElementById('base-status').innerText.includes('Generating')")
+            page.wait_for_function(
+                "() => document.querySelector('#base-output textarea').value.length > 0 && "
+                "document.getElementById('base-status').innerText.includes('Generating')"
+            )
             page.click("#base-stop")
             wait_for_text(page, "base-status", "Stopped.")
             page.wait_for_timeout(500)  # a token already on its way may still land
@@ -254,8 +312,11 @@ def drag_across_point(page, elem_id: str, record_id: int) -> None:
 
 def diff_marks(page, elem_id: str) -> dict[str, str]:
     """The highlighted words of a HighlightedText and their background colors."""
-    return dict(page.eval_on_selector_all(
-        f"#{elem_id} .token.highlighted", "els => els.map(e => [e.innerText.trim(), e.style.backgroundColor])"))
+    return dict(
+        page.eval_on_selector_all(
+            f"#{elem_id} .token.highlighted", "els => els.map(e => [e.innerText.trim(), e.style.backgroundColor])"
+        )
+    )
 
 
 def choose_both_runs(page) -> None:

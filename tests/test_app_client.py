@@ -64,8 +64,9 @@ def test_generate_finetuned_and_side_by_side(served, greedy):
     prompt = get_prompt_style("alpaca").format("Name a primary color.")
     text, _ = client.predict("Name a primary color.", "", *SETTINGS.values(), api_name="/generate_finetuned")
     assert text == greedy(run.final, prompt, 16)
-    base, finetuned, status = client.predict("Name a primary color.", "", *SETTINGS.values(),
-                                             api_name="/generate_side_by_side")
+    base, finetuned, status = client.predict(
+        "Name a primary color.", "", *SETTINGS.values(), api_name="/generate_side_by_side"
+    )
     assert base == greedy("random:tiny", prompt, 16) and finetuned == text
     assert status.startswith("New tokens: base ")
 
@@ -76,8 +77,7 @@ def test_bad_input_over_http_keeps_the_server_up(served):
     assert (text, status) == ("", "⚠️ Type an instruction first.")
     # Values the UI's sliders could not send get the handlers' own messages.
     _, status = client.predict("Hi", 100_000, 0.0, 0, 1.0, 123, api_name="/generate_base")
-    assert status == ("⚠️ max new tokens must be a whole number from 1 to 255 (the context is 256 tokens), "
-                      "got 100000")
+    assert status == ("⚠️ max new tokens must be a whole number from 1 to 255 (the context is 256 tokens), got 100000")
     _, status = client.predict("Hi", 16, "warm", 0, 1.0, 123, api_name="/generate_base")
     assert status == "⚠️ temperature must be a number from 0 to 2, got 'warm'"
     _, _, status = client.predict("Hi", "", 16, 0.0, 0, 1.0, -5, api_name="/generate_side_by_side")
@@ -89,17 +89,20 @@ def test_bad_input_over_http_keeps_the_server_up(served):
 def test_filter_predictions_endpoint(served):
     client, _, _ = served
     # As older clients call it: five values, the single-run score name; the runs default to the run served.
-    table, count = client.predict("quiet", "finetuned.rouge_l", "", "", "score: high to low",
-                                  api_name="/filter_predictions")
+    table, count = client.predict(
+        "quiet", "finetuned.rouge_l", "", "", "score: high to low", api_name="/filter_predictions"
+    )
     assert count == "2 of 4 test records"
     assert [row[0] for row in table["data"]] == [41, 12]
     # With the runs named; a record without that score has an empty cell.
-    table, count = client.predict("", "run1 · base · judge_score", "", "", "score: low to high", ["run1"],
-                                  api_name="/filter_predictions")
+    table, count = client.predict(
+        "", "run1 · base · judge_score", "", "", "score: low to high", ["run1"], api_name="/filter_predictions"
+    )
     assert table["headers"] == ["id", "instruction", "run1 · base", "run1 · finetuned"]
     assert [row[0] for row in table["data"]] == [41, 7, 12, 30] and table["data"][3][2:] == [None, 70]
-    _, count = client.predict("", "run1 · base · judge_score", "200", "", "test-set order", ["run1"],
-                              api_name="/filter_predictions")
+    _, count = client.predict(
+        "", "run1 · base · judge_score", "200", "", "test-set order", ["run1"], api_name="/filter_predictions"
+    )
     assert count == "⚠️ min score must be a number from 0 to 100 for Judge score (0–100), got '200'"
     _, count = client.predict("", "", "", "", "test-set order", ["elsewhere"], api_name="/filter_predictions")
     assert count == "⚠️ unknown run 'elsewhere'; choose from: run1"
@@ -108,7 +111,8 @@ def test_filter_predictions_endpoint(served):
 def test_filter_predictions_parameters(served):
     client, _, _ = served
     params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/filter_predictions"][
-        "parameters"]
+        "parameters"
+    ]
     assert [p["parameter_name"] for p in params] == ["query", "score", "min_score", "max_score", "order", "runs"]
     assert params[-1]["parameter_has_default"] and params[-1]["parameter_default"] == ["run1"]
 
@@ -120,13 +124,23 @@ def _post_file(url: str, size: int) -> int | None:
     server does when it refuses a large body early: the client's send fails).
     """
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"\0" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        conn.request("POST", "/gradio_api/upload", body=body,
-                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        conn.request(
+            "POST",
+            "/gradio_api/upload",
+            body=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         return conn.getresponse().status
     except (ConnectionResetError, BrokenPipeError):
         return None
@@ -239,7 +253,13 @@ def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, 
     demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--concurrency", "3"])
     # Batching is on by default: a streaming generation holds a Gradio thread while it waits for a token.
     threads = GRADIO_THREADS + DEFAULT_MAX_ROWS + DEFAULT_MAX_WAITING
-    limits = {"share": False, "max_file_size": "1kb", "quiet": True, "prevent_thread_lock": True, "max_threads": threads}
+    limits = {
+        "share": False,
+        "max_file_size": "1kb",
+        "quiet": True,
+        "prevent_thread_lock": True,
+        "max_threads": threads,
+    }
     assert kw == {"server_name": "127.0.0.1", "server_port": None, **limits}
     assert demo._queue.default_concurrency_limit == 3
     assert demo._queue.max_size == QUEUE_SIZE
@@ -286,11 +306,14 @@ def test_app_offers_the_runs_of_several_hub_repos(app_module, tmp_path, monkeypa
     assert _runs_offered(demo) == ["me/a", "me/b"]
     assert "Run `a` · " in demo.config["components"][0]["props"]["value"]  # the first repo that loads is served
     err = capsys.readouterr().err
-    assert err == ("warning: Could not download the run from the Hub repo `me/gone` (ConnectionError). Check "
-                   "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`.\n")
+    assert err == (
+        "warning: Could not download the run from the Hub repo `me/gone` (ConnectionError). Check "
+        "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`.\n"
+    )
     texts = [c["props"].get("value") for c in demo.config["components"]]
-    assert any(isinstance(t, str) and t.startswith("⚠️ Could not download the run from the Hub repo `me/gone`")
-               for t in texts)  # said in the results tab too
+    assert any(
+        isinstance(t, str) and t.startswith("⚠️ Could not download the run from the Hub repo `me/gone`") for t in texts
+    )  # said in the results tab too
 
 
 def test_app_offers_every_finished_run_under_runs_dir(app_module, tmp_path, monkeypatch, make_run):
@@ -301,8 +324,9 @@ def test_app_offers_every_finished_run_under_runs_dir(app_module, tmp_path, monk
     demo, _ = _launch_kwargs(app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere")])
     assert _runs_offered(demo) == ["second", "first"]  # newest first; the newest is served
     assert "Run `second`" in demo.config["components"][0]["props"]["value"]
-    demo, _ = _launch_kwargs(app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere"), "--run",
-                                                       str(other.root)])
+    demo, _ = _launch_kwargs(
+        app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere"), "--run", str(other.root)]
+    )
     assert _runs_offered(demo) == ["other", "second", "first"]  # --run is offered too, first
 
 
@@ -337,14 +361,17 @@ def test_busy_port_is_one_line_naming_port(app_module, finished_run, monkeypatch
         with pytest.raises(SystemExit) as exit_info:
             app_module.main(["--run", str(finished_run.root), "--port", str(port)])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == (f"error: --port {port}: cannot listen on 127.0.0.1:{port} (the port is in use "
-                                       "or not allowed); pick another with --port N\n")
+    assert capsys.readouterr().err == (
+        f"error: --port {port}: cannot listen on 127.0.0.1:{port} (the port is in use "
+        "or not allowed); pick another with --port N\n"
+    )
 
 
 def test_port_problem_without_port(app_module):
     error = OSError("Cannot find empty port in range: 7860-7959. You can specify a different port by setting ...")
-    assert app_module.port_problem(error, "0.0.0.0", None) == ("no free port from 7860 to 7959 on 0.0.0.0; "
-                                                               "pick one with --port N")
+    assert app_module.port_problem(error, "0.0.0.0", None) == (
+        "no free port from 7860 to 7959 on 0.0.0.0; pick one with --port N"
+    )
     assert app_module.port_problem(OSError("disk full"), "0.0.0.0", None) is None
 
 

@@ -44,8 +44,15 @@ XSS = "<script>alert(1)</script>"
 
 def entry(response: str, rouge: float, judge: int | None, exact: int = 0) -> dict:
     raw = None if judge is None else f"Score: {judge}"
-    return {"response": response, "rouge_l": rouge, "exact_match": exact, "length_tokens": len(response.split()),
-            "judge_score": judge, "judge_raw": raw, "judge_error": False}
+    return {
+        "response": response,
+        "rouge_l": rouge,
+        "exact_match": exact,
+        "length_tokens": len(response.split()),
+        "judge_score": judge,
+        "judge_raw": raw,
+        "judge_error": False,
+    }
 
 
 def record(rid: int, reference: str, instruction: str = "", **models: dict) -> dict:
@@ -57,39 +64,94 @@ def record(rid: int, reference: str, instruction: str = "", **models: dict) -> d
 # Shared: 12 and 30 (41 conflicts; 7 and 50 are in one run only).
 PRED_A = [
     record(7, "Red.", "Name a primary color.", base=entry("The sky is", 0.0, 10), finetuned=entry("Red.", 1.0, 95, 1)),
-    record(12, "The cat is as quiet as a mouse.", "Rewrite using a simile.",
-           base=entry(XSS, 0.4, 20), finetuned=entry("The cat is as quiet as a whisper.", 0.75, None)),
-    record(30, "5 km is 5000 meters.", "Convert 5 km to meters.",
-           base=entry("Convert 6 km", 0.25, None), finetuned=entry("5 kilometers is 5000 meters.", 0.6, 70)),
+    record(
+        12,
+        "The cat is as quiet as a mouse.",
+        "Rewrite using a simile.",
+        base=entry(XSS, 0.4, 20),
+        finetuned=entry("The cat is as quiet as a whisper.", 0.75, None),
+    ),
+    record(
+        30,
+        "5 km is 5000 meters.",
+        "Convert 5 km to meters.",
+        base=entry("Convert 6 km", 0.25, None),
+        finetuned=entry("5 kilometers is 5000 meters.", 0.6, 70),
+    ),
     record(41, "Loud.", base=entry("", 0.0, 0), finetuned=entry("Loud.", 1.0, 100, 1)),
 ]
 PRED_B = [
-    record(12, "The cat is as quiet as a mouse.", "Rewrite using a simile.",
-           base=entry("A cat", 0.3, 30), finetuned=entry("The cat is quiet as a mouse.", 0.9, 90)),
-    record(30, "5 km is 5000 meters.", "Convert 5 km to meters.",
-           base=entry("meters", 0.2, 5), finetuned=entry("5000 meters.", 0.5, 60)),
+    record(
+        12,
+        "The cat is as quiet as a mouse.",
+        "Rewrite using a simile.",
+        base=entry("A cat", 0.3, 30),
+        finetuned=entry("The cat is quiet as a mouse.", 0.9, 90),
+    ),
+    record(
+        30,
+        "5 km is 5000 meters.",
+        "Convert 5 km to meters.",
+        base=entry("meters", 0.2, 5),
+        finetuned=entry("5000 meters.", 0.5, 60),
+    ),
     record(41, "Silent.", base=entry("", 0.0, 0), finetuned=entry("Silent.", 1.0, 100, 1)),
     record(50, "Blue.", base=entry("", 0.0, 0), finetuned=entry("Blue.", 1.0, 100, 1)),
 ]
-SUMMARY_A = {"num_records": 4, "models": {
-    "base": {"reference_loss": 2.5, "perplexity": 12.18, "rouge_l": 0.1625, "exact_match": 0.0, "judge_mean": 10.0,
-             "judge_unparsed": 1, "mean_length_tokens": 2.0, "empty_share": 0.25},
-    "finetuned": {"reference_loss": 1.25, "perplexity": 3.49, "rouge_l": 0.8375, "exact_match": 0.5,
-                  "judge_mean": 88.33, "judge_unparsed": 1, "mean_length_tokens": 3.5, "empty_share": 0.0},
-}}
+SUMMARY_A = {
+    "num_records": 4,
+    "models": {
+        "base": {
+            "reference_loss": 2.5,
+            "perplexity": 12.18,
+            "rouge_l": 0.1625,
+            "exact_match": 0.0,
+            "judge_mean": 10.0,
+            "judge_unparsed": 1,
+            "mean_length_tokens": 2.0,
+            "empty_share": 0.25,
+        },
+        "finetuned": {
+            "reference_loss": 1.25,
+            "perplexity": 3.49,
+            "rouge_l": 0.8375,
+            "exact_match": 0.5,
+            "judge_mean": 88.33,
+            "judge_unparsed": 1,
+            "mean_length_tokens": 3.5,
+            "empty_share": 0.0,
+        },
+    },
+}
 
 
 def info(name: str, **training) -> RunInfo:
-    base = {"name": name, "base": "gpt2", "dataset": "data.json", "out_dir": "runs", "epochs": 2, "lr": 5e-5,
-            "mask_prompt": False, "batch_size": 8, "resume": None}
-    return RunInfo(name=name, base_model="gpt2", prompt_style="alpaca", status="finished",
-                   dataset={"source": "data.json", "sha256": "abc", "split": {"test": 4}},
-                   training={**base, **training})
+    base = {
+        "name": name,
+        "base": "gpt2",
+        "dataset": "data.json",
+        "out_dir": "runs",
+        "epochs": 2,
+        "lr": 5e-5,
+        "mask_prompt": False,
+        "batch_size": 8,
+        "resume": None,
+    }
+    return RunInfo(
+        name=name,
+        base_model="gpt2",
+        prompt_style="alpaca",
+        status="finished",
+        dataset={"source": "data.json", "sha256": "abc", "split": {"test": 4}},
+        training={**base, **training},
+    )
 
 
 def metrics(scale: float) -> list[dict]:
-    rows = [{"event": "eval", "step": s, "tokens_seen": 100 * s, "train_loss": scale * (3 - s),
-             "val_loss": scale * (4 - s)} for s in range(3)]
+    rows = [
+        {"event": "eval", "step": s, "tokens_seen": 100 * s, "train_loss": scale * (3 - s), "val_loss": scale * (4 - s)}
+        for s in range(3)
+    ]
     return [{"event": "train", "step": 1, "tokens_seen": 50, "loss": 9.9}, *rows, "not a dict"]
 
 
@@ -97,10 +159,16 @@ def metrics(scale: float) -> list[dict]:
 def runs() -> list[RunResults]:
     return [
         RunResults("a", info("a"), SUMMARY_A, PRED_A, metrics(1.0)),
-        RunResults("b", info("b", lr=1e-4, mask_prompt=True),
-                   {"num_records": 4, "models": {"finetuned": {"rouge_l": 0.85}}}, PRED_B, metrics(2.0)),
-        RunResults("broken", info("broken"), None, [], metrics(3.0),
-                   problem="eval/predictions.jsonl: line 3 is not valid JSON"),
+        RunResults(
+            "b",
+            info("b", lr=1e-4, mask_prompt=True),
+            {"num_records": 4, "models": {"finetuned": {"rouge_l": 0.85}}},
+            PRED_B,
+            metrics(2.0),
+        ),
+        RunResults(
+            "broken", info("broken"), None, [], metrics(3.0), problem="eval/predictions.jsonl: line 3 is not valid JSON"
+        ),
     ]
 
 
@@ -156,12 +224,20 @@ def test_missing_model_and_none_judge_scores():
 def test_summary_frame_numbers_and_formatted(cmp):
     frame = summary_frame(cmp)
     assert frame[["run", "model"]].values.tolist() == [
-        ["a", "base"], ["a", "finetuned"], ["b", "finetuned"], ["broken", "—"]]
+        ["a", "base"],
+        ["a", "finetuned"],
+        ["b", "finetuned"],
+        ["broken", "—"],
+    ]
     assert frame.loc[1, "ROUGE-L F1"] == 0.8375 and frame.loc[1, "test records"] == 4
     assert math.isnan(frame.loc[2, "Perplexity"]) and math.isnan(frame.loc[3, "ROUGE-L F1"])
     shown = summary_frame(cmp, formatted=True)
     assert shown.loc[1, ["ROUGE-L F1", "Exact match", "Judge score (0–100)", "Perplexity"]].tolist() == [
-        "0.838", "50.0%", "88.3", "3.49"]
+        "0.838",
+        "50.0%",
+        "88.3",
+        "3.49",
+    ]
     assert shown.loc[0, "Judge replies not parsed"] == "1" and shown.loc[2, "Perplexity"] == "—"
     assert shown.loc[3, "note"] == "eval/predictions.jsonl: line 3 is not valid JSON"
     assert shown.loc[0, "note"] == ""
@@ -181,14 +257,23 @@ def test_option_differences(cmp):
     assert diff.frame.values.tolist() == [["lr", "5e-05", "0.0001", "5e-05"], ["mask_prompt", "False", "True", "False"]]
     # base_model, prompt_style, dataset.{source, sha256, split.test}, epochs, batch_size
     # (name, out_dir and resume are bookkeeping, not options)
-    assert sorted(diff.same) == ["base_model", "batch_size", "dataset.sha256", "dataset.source", "dataset.split.test",
-                                 "epochs", "prompt_style"]
+    assert sorted(diff.same) == [
+        "base_model",
+        "batch_size",
+        "dataset.sha256",
+        "dataset.source",
+        "dataset.split.test",
+        "epochs",
+        "prompt_style",
+    ]
     assert diff.message == "2 options differ; 7 are the same in every run."
     html = diff.styler().to_html()
     marked = html.split("</style>")[0]  # the Styler's CSS names the marked cells
     assert "#T_" in marked and "background-color: #fde68a" in marked
     assert sorted(c.split("_", 2)[-1] for c in marked.replace(",", " ").split() if c.startswith("#T_")) == [
-        "row0_col2", "row1_col2"]  # b's lr and b's mask_prompt differ from a's; broken's match a's
+        "row0_col2",
+        "row1_col2",
+    ]  # b's lr and b's mask_prompt differ from a's; broken's match a's
 
 
 def test_option_differences_missing_key_and_info():
@@ -206,8 +291,14 @@ def test_score_frame_leaves_out_missing_scores(cmp):
     frame = score_frame(cmp, ["judge_score"])
     assert frame.columns.tolist() == ["run", "model", "series", "metric", "value", "id"]
     got = {(r.series, r.id): r.value for r in frame.itertuples()}
-    assert got == {("a · base", 12): 20.0, ("a · finetuned", 30): 70.0, ("b · base", 12): 30.0,
-                   ("b · base", 30): 5.0, ("b · finetuned", 12): 90.0, ("b · finetuned", 30): 60.0}
+    assert got == {
+        ("a · base", 12): 20.0,
+        ("a · finetuned", 30): 70.0,
+        ("b · base", 12): 30.0,
+        ("b · base", 30): 5.0,
+        ("b · finetuned", 12): 90.0,
+        ("b · finetuned", 30): 60.0,
+    }
     with pytest.raises(ValueError, match="unknown score 'bleu'"):
         score_frame(cmp, ["bleu"])
 
@@ -230,11 +321,17 @@ def test_histogram_and_stats(cmp):
 def test_scatter_length_and_point_selection(cmp):
     scatter = scatter_frame(cmp, "rouge_l")
     assert scatter[["id", "run", "base", "finetuned"]].values.tolist() == [
-        [12, "a", 0.4, 0.75], [30, "a", 0.25, 0.6], [12, "b", 0.3, 0.9], [30, "b", 0.2, 0.5]]
+        [12, "a", 0.4, 0.75],
+        [30, "a", 0.25, 0.6],
+        [12, "b", 0.3, 0.9],
+        [30, "b", 0.2, 0.5],
+    ]
     assert scatter["instruction"].tolist()[0] == "Rewrite using a simile."
     length = length_frame(cmp, "judge_score")
     assert length[["id", "series", "reference_words", "score"]].values.tolist()[:2] == [
-        [12, "a · base", 8, 20.0], [30, "a · finetuned", 5, 70.0]]
+        [12, "a · base", 8, 20.0],
+        [30, "a · finetuned", 5, 70.0],
+    ]
     picked = points_in_range(scatter, "base", 0.29, 0.41)  # the brush's x range; nearest the middle (0.35) first
     assert picked["id"].tolist() == [12, 12] and picked["base"].tolist() == [0.3, 0.4]
     assert points_in_range(scatter, "base", 0.9, 0.8).empty
@@ -247,8 +344,10 @@ def test_filter_records_search_bounds_and_order(cmp):
     assert score_choices(cmp)[0] == ("a · base · ROUGE-L F1", "a · base · rouge_l")
     table = filter_records(cmp)
     assert table.columns.tolist() == ["id", "instruction", "a · base", "a · finetuned", "b · base", "b · finetuned"]
-    assert table.values.tolist() == [[12, "Rewrite using a simile.", 0.4, 0.75, 0.3, 0.9],
-                                     [30, "Convert 5 km to meters.", 0.25, 0.6, 0.2, 0.5]]
+    assert table.values.tolist() == [
+        [12, "Rewrite using a simile.", 0.4, 0.75, 0.3, 0.9],
+        [30, "Convert 5 km to meters.", 0.25, 0.6, 0.2, 0.5],
+    ]
     assert filter_records(cmp, "WHISPER")["id"].tolist() == [12]  # a response, any case
     assert filter_records(cmp, "kilometers")["id"].tolist() == [30]
     assert filter_records(cmp, "<script>")["id"].tolist() == [12]
@@ -265,14 +364,17 @@ def test_filter_records_search_bounds_and_order(cmp):
     assert filter_records(cmp, "", judge)["a · finetuned"].tolist()[1] == 70.0
 
 
-@pytest.mark.parametrize("args, message", [
-    (("", "b · finetuned · rouge_l", 0.9, 0.1), r"min score \(0.9\) is above max score \(0.1\)"),
-    (("", "b · finetuned · rouge_l", "abc"), "min score must be a number, got 'abc'"),
-    (("", "b · finetuned · rouge_l", None, float("inf")), "max score must be a finite number"),
-    (("", "nope"), "unknown score 'nope'; choose one of: a · base · rouge_l"),
-    (("", None, 0.5), "choose a score to filter or sort by"),
-    (("", "b · base · rouge_l", None, None, "random"), "unknown order 'random'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("", "b · finetuned · rouge_l", 0.9, 0.1), r"min score \(0.9\) is above max score \(0.1\)"),
+        (("", "b · finetuned · rouge_l", "abc"), "min score must be a number, got 'abc'"),
+        (("", "b · finetuned · rouge_l", None, float("inf")), "max score must be a finite number"),
+        (("", "nope"), "unknown score 'nope'; choose one of: a · base · rouge_l"),
+        (("", None, 0.5), "choose a score to filter or sort by"),
+        (("", "b · base · rouge_l", None, None, "random"), "unknown order 'random'"),
+    ],
+)
 def test_filter_records_bad_arguments(cmp, args, message):
     with pytest.raises(ValueError, match=message):
         filter_records(cmp, *args)
@@ -283,8 +385,11 @@ def test_filter_speed_on_synthetic_records():
     cmp = compare(runs)
     assert len(cmp.records) == 1100 and len(cmp.pairs) == 10
     score = "run-4 · finetuned · rouge_l"
-    expected = [i for i, row in enumerate(runs[4].predictions) if "zebra" in row["reference"]
-                and 0.2 <= row["finetuned"]["rouge_l"] <= 0.9]
+    expected = [
+        i
+        for i, row in enumerate(runs[4].predictions)
+        if "zebra" in row["reference"] and 0.2 <= row["finetuned"]["rouge_l"] <= 0.9
+    ]
     times = []
     for query in ["zebra", "fox", "Zebra", "quick brown", "zebra", "lazy dog", "zebra"]:
         t0 = time.perf_counter()
@@ -303,8 +408,18 @@ def test_filter_speed_on_synthetic_records():
 
 def test_word_diff_hand_computed():
     assert word_diff("the cat sat on the mat", "the dog sat on mat") == [
-        ("the", None), (" ", None), ("cat", "-"), (" ", None), ("dog", "+"), (" ", None), ("sat on", None),
-        (" ", None), ("the", "-"), (" ", None), ("mat", None)]
+        ("the", None),
+        (" ", None),
+        ("cat", "-"),
+        (" ", None),
+        ("dog", "+"),
+        (" ", None),
+        ("sat on", None),
+        (" ", None),
+        ("the", "-"),
+        (" ", None),
+        ("mat", None),
+    ]
     assert word_diff("Red.", "red") == [("red", None)]  # case and punctuation do not count
     assert word_diff("Loud.", "") == [("Loud.", "-")]
     assert word_diff("", "") == []
@@ -318,8 +433,15 @@ def test_record_view_tokens_judge_and_diff(cmp):
     assert [(r.run, r.model) for r in view.responses] == cmp.pairs
     tuned = view.responses[1]
     assert tuned.response == "5 kilometers is 5000 meters." and tuned.tokens == len(encode(tuned.response))
-    assert tuned.diff == [("5", None), (" ", None), ("km", "-"), (" ", None), ("kilometers", "+"), (" ", None),
-                          ("is 5000 meters.", None)]
+    assert tuned.diff == [
+        ("5", None),
+        (" ", None),
+        ("km", "-"),
+        (" ", None),
+        ("kilometers", "+"),
+        (" ", None),
+        ("is 5000 meters.", None),
+    ]
     assert tuned.judge_raw == "Score: 70" and tuned.scores["Judge score (0–100)"] == 70.0
     assert view.responses[0].judge_raw is None and view.responses[0].scores["Judge score (0–100)"] is None
     only = record_view(cmp, 12, [("b", "finetuned")])

@@ -31,9 +31,11 @@ from gpt2_scratch.tokenizer import EOS_ID, decode, encode
 E, I = EOS_ID, IGNORE_INDEX  # noqa: E741 - short names keep the golden batches readable
 
 ENTRIES = [
-    {"instruction": "Evaluate the following phrase by transforming it into the spelling given.",
-     "input": "freind --> friend",
-     "output": 'The spelling of the given phrase "freind" is incorrect, the correct spelling is "friend".'},
+    {
+        "instruction": "Evaluate the following phrase by transforming it into the spelling given.",
+        "input": "freind --> friend",
+        "output": 'The spelling of the given phrase "freind" is incorrect, the correct spelling is "friend".',
+    },
     {"instruction": "Say hi.", "input": "", "output": "Hi!"},
     {"instruction": "Name a color.", "output": "Blue."},  # no "input" field: means no input
 ]
@@ -76,18 +78,32 @@ def test_null_input_means_no_input(tmp_path):
     "content, message",
     [
         ("[]", "{path}: the dataset has no entries"),
-        ('{"instruction": "a", "output": "b"}', "{path}: expected a JSON list of records at the top level, got an object"),
-        ('[{"instruction": "a", "output": "b"},\n  {"instruction": "a" "output": "b"}]',
-         "{path}: invalid JSON at line 2, column 23 (Expecting ',' delimiter)"),
+        (
+            '{"instruction": "a", "output": "b"}',
+            "{path}: expected a JSON list of records at the top level, got an object",
+        ),
+        (
+            '[{"instruction": "a", "output": "b"},\n  {"instruction": "a" "output": "b"}]',
+            "{path}: invalid JSON at line 2, column 23 (Expecting ',' delimiter)",
+        ),
         ('[{"instruction": "a", "output": "b"}, "text"]', "{path}: entry 1 is a string, expected an object"),
         ('[{"instruction": "a", "output": "b"}, {"output": "b"}]', "{path}: entry 1: missing field 'instruction'"),
-        ('[{"instruction": "a", "output": "b"}, {"instruction": "a", "input": ""}]',
-         "{path}: entry 1: missing field 'output'"),
-        ('[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": 3}]',
-         "{path}: entry 1: field 'output' must be a string, got a number"),
-        ('[{"instruction": ["a"], "output": "b"}]', "{path}: entry 0: field 'instruction' must be a string, got a list"),
-        ('[{"instruction": "a", "input": false, "output": "b"}]',
-         "{path}: entry 0: field 'input' must be a string, got a boolean"),
+        (
+            '[{"instruction": "a", "output": "b"}, {"instruction": "a", "input": ""}]',
+            "{path}: entry 1: missing field 'output'",
+        ),
+        (
+            '[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": 3}]',
+            "{path}: entry 1: field 'output' must be a string, got a number",
+        ),
+        (
+            '[{"instruction": ["a"], "output": "b"}]',
+            "{path}: entry 0: field 'instruction' must be a string, got a list",
+        ),
+        (
+            '[{"instruction": "a", "input": false, "output": "b"}]',
+            "{path}: entry 0: field 'input' must be a string, got a boolean",
+        ),
         ('[{"instruction": "a", "output": null}]', "{path}: entry 0: field 'output' must be a string, got null"),
     ],
 )
@@ -177,13 +193,17 @@ def test_source_kind():
 
 def test_hub_dataset_goes_through_datasets(monkeypatch):
     import datasets  # a requirement of the project: a missing package fails this test rather than skipping it
+
     calls = []
 
     def fake_load_dataset(name, split):
         calls.append((name, split))
         # No "input" column at all: every record has an empty input. Extra columns are ignored.
         return datasets.Dataset.from_list(
-            [{"instruction": "Add 2 and 3.", "output": "5", "text": "x"}, {"instruction": "Say hi.", "output": "Hi!", "text": "y"}]
+            [
+                {"instruction": "Add 2 and 3.", "output": "5", "text": "x"},
+                {"instruction": "Say hi.", "output": "Hi!", "text": "y"},
+            ]
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -192,18 +212,23 @@ def test_hub_dataset_goes_through_datasets(monkeypatch):
     assert source_sha256("someone/tiny-alpaca") is None
     assert calls == [("someone/tiny-alpaca", "train")]  # no hash means no need to load it
 
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list([{"instruction": "a"}]))
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list([{"instruction": "a"}])
+    )
     with pytest.raises(ValueError) as e:
         load_records("someone/no-output")
     assert str(e.value) == "Hugging Face dataset someone/no-output: no 'output' column (columns: instruction)"
 
     monkeypatch.setattr(
-        datasets, "load_dataset",
+        datasets,
+        "load_dataset",
         lambda name, split: datasets.Dataset.from_list([{"instruction": "a", "input": 7, "output": "b"}]),
     )
     with pytest.raises(ValueError) as e:
         load_records("someone/bad-input")
-    assert str(e.value) == "Hugging Face dataset someone/bad-input: entry 0: field 'input' must be a string, got a number"
+    assert (
+        str(e.value) == "Hugging Face dataset someone/bad-input: entry 0: field 'input' must be a string, got a number"
+    )
 
     def not_found(name, split):
         raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub\nsecond line")
@@ -268,8 +293,10 @@ def test_bad_download_is_not_kept_in_the_cache(tmp_path, monkeypatch, http_serve
     (root / "broken.json").write_text("<html>not json</html>")
     with pytest.raises(ValueError) as e:
         load_records(f"{base}/broken.json")
-    assert str(e.value).endswith(f"broken.json: invalid JSON at line 1, column 1 (Expecting value) "
-                                 f"(downloaded from {base}/broken.json; removed from the cache)")
+    assert str(e.value).endswith(
+        f"broken.json: invalid JSON at line 1, column 1 (Expecting value) "
+        f"(downloaded from {base}/broken.json; removed from the cache)"
+    )
     assert list((tmp_path / "cache" / "datasets").iterdir()) == []
     write_json(root / "broken.json", ENTRIES)  # fixed upstream: the next call downloads again
     assert len(load_records(f"{base}/broken.json")) == 3
@@ -285,8 +312,10 @@ def test_download_failure_is_one_line_and_suggests_a_local_file(tmp_path, monkey
     assert message.startswith(f"cannot download {base}/missing.json (")
     assert message.endswith("pass the local file with --dataset PATH")
     assert "\n" not in message
-    assert message == f"cannot download {base}/missing.json (HTTP 404 File not found); " \
+    assert (
+        message == f"cannot download {base}/missing.json (HTTP 404 File not found); "
         "download it yourself and pass the local file with --dataset PATH"
+    )
     cache = tmp_path / "cache" / "datasets"
     assert not cache.exists() or not any(cache.iterdir())
 
@@ -300,13 +329,20 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 
 def test_write_read_records_round_trip(tmp_path):
-    records = [Record(7, "Translate: \u00e9t\u00e9", "line1\nline2", 'He said "hi" <|endoftext|>'), Record(3, "b", "", "c")]
+    records = [
+        Record(7, "Translate: \u00e9t\u00e9", "line1\nline2", 'He said "hi" <|endoftext|>'),
+        Record(3, "b", "", "c"),
+    ]
     path = tmp_path / "run" / "data" / "test.jsonl"
     write_records(path, records)
     assert read_records(path) == records
     first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    assert first == {"id": 7, "instruction": "Translate: \u00e9t\u00e9", "input": "line1\nline2",
-                     "output": 'He said "hi" <|endoftext|>'}
+    assert first == {
+        "id": 7,
+        "instruction": "Translate: \u00e9t\u00e9",
+        "input": "line1\nline2",
+        "output": 'He said "hi" <|endoftext|>',
+    }
     assert [p.name for p in path.parent.iterdir()] == ["test.jsonl"]  # no temporary file left behind
     assert Record.from_dict(records[0].to_dict()) == records[0]
 
@@ -354,7 +390,11 @@ def test_shuffled_split_is_seeded():
 
 def test_split_rounding_and_errors():
     assert split_records(synthetic_records(10)).sizes() == {"train": 8, "test": 1, "val": 1}
-    assert split_records(synthetic_records(10), train_frac=0.9, test_frac=0.1).sizes() == {"train": 9, "test": 1, "val": 0}
+    assert split_records(synthetic_records(10), train_frac=0.9, test_frac=0.1).sizes() == {
+        "train": 9,
+        "test": 1,
+        "val": 0,
+    }
     with pytest.raises(ValueError, match="5 records are too few to split: the test part would be empty"):
         split_records(synthetic_records(5))
     with pytest.raises(ValueError, match="invalid split fractions"):
@@ -380,8 +420,41 @@ def test_alpaca_prompt_text_with_and_without_input():
     assert decode(without_input.ids) == PREAMBLE + "\n\n### Instruction:\nSay hi.\n\n### Response:\nHi!"
     # The exact ids (GPT-2 BPE), with the prompt ending on "\n" (198) and "Hi!" = 17250, 0.
     assert without_input.ids == [
-        21106, 318, 281, 12064, 326, 8477, 257, 4876, 13, 19430, 257, 2882, 326, 20431, 32543, 262, 2581, 13,
-        198, 198, 21017, 46486, 25, 198, 25515, 23105, 13, 198, 198, 21017, 18261, 25, 198, 17250, 0,
+        21106,
+        318,
+        281,
+        12064,
+        326,
+        8477,
+        257,
+        4876,
+        13,
+        19430,
+        257,
+        2882,
+        326,
+        20431,
+        32543,
+        262,
+        2581,
+        13,
+        198,
+        198,
+        21017,
+        46486,
+        25,
+        198,
+        25515,
+        23105,
+        13,
+        198,
+        198,
+        21017,
+        18261,
+        25,
+        198,
+        17250,
+        0,
     ]
     assert without_input.prompt_len == 33
 

@@ -93,8 +93,11 @@ def test_sampling_settings_are_applied(app, greedy):
     first = list(app.generate_base("Every effort moves you", *sampled))[-1][0]
     second = list(app.generate_base("Every effort moves you", *sampled))[-1][0]
     model, _ = load_model("random:tiny")
-    ids = generate(model, [encode("Every effort moves you")],
-                   SamplingSettings(max_new_tokens=12, temperature=1.0, top_k=40, top_p=0.9, seed=7))[0]
+    ids = generate(
+        model,
+        [encode("Every effort moves you")],
+        SamplingSettings(max_new_tokens=12, temperature=1.0, top_k=40, top_p=0.9, seed=7),
+    )[0]
     assert first == second == decode(ids)
     assert first != greedy("random:tiny", "Every effort moves you", 12)
 
@@ -219,8 +222,9 @@ def test_no_run_says_how_to_create_one(tmp_path, greedy):
     assert text == "" and status == f"⚠️ {problem}"
     assert app.browser.offered() == []  # the results tab says how to create a run
     # The base model still answers, alone in the side-by-side tab too.
-    assert list(app.generate_base("Every effort moves you", *GREEDY))[-1][0] == greedy("random:tiny",
-                                                                                       "Every effort moves you")
+    assert list(app.generate_base("Every effort moves you", *GREEDY))[-1][0] == greedy(
+        "random:tiny", "Every effort moves you"
+    )
     base, finetuned, status = list(app.generate_side_by_side("Say hi.", "", *GREEDY))[-1]
     assert base and finetuned == f"[{problem}]" and "New tokens: base " in status
 
@@ -229,10 +233,14 @@ def test_run_without_eval_or_curve_says_which_command(tmp_path, monkeypatch, mak
     monkeypatch.chdir(tmp_path)
     run = make_run(tmp_path / "runs" / "r1", with_eval=False, with_metrics=False)
     app = DemoApp.from_run(run)
-    message = ("No evaluation results for this run yet (no `runs/r1/eval/predictions.jsonl`). "
-               "Create them with `python evaluate.py --run runs/r1`.")
-    assert app.browser.choose_runs(["r1"], None, None, None)[0] == f"r1: {message} No loss curve for r1 (no " \
-                                                                     "evaluations in `metrics.jsonl`)."
+    message = (
+        "No evaluation results for this run yet (no `runs/r1/eval/predictions.jsonl`). "
+        "Create them with `python evaluate.py --run runs/r1`."
+    )
+    assert (
+        app.browser.choose_runs(["r1"], None, None, None)[0] == f"r1: {message} No loss curve for r1 (no "
+        "evaluations in `metrics.jsonl`)."
+    )
     assert resolve_run(None, runs_dir="runs")[0].root.resolve() == run.root  # the newest run under runs/
 
 
@@ -270,8 +278,11 @@ def test_finished_runs_newest_first_exports_included(tmp_path, make_run):
     still.final.rename(still.best)
     (runs / "notes").mkdir()
     exported = export_run(old.root, runs / "published").folder
-    for age, path in ((300, old.final / "config.json"), (100, new.final / "config.json"),
-                      (200, exported / "config.json")):
+    for age, path in (
+        (300, old.final / "config.json"),
+        (100, new.final / "config.json"),
+        (200, exported / "config.json"),
+    ):
         os.utime(path, (time.time() - age, time.time() - age))
     assert [r.root.name for r in finished_runs(runs)] == ["new", "published", "old"]
     assert [s.label for s in find_runs(runs)] == ["new", "published", "old"]
@@ -292,16 +303,22 @@ def test_several_hub_repos_one_failing(tmp_path, monkeypatch, make_run):
     value = " me/broken, me/a,,me/b , me/a"
     assert hub_repos(value) == ["me/broken", "me/a", "me/b"]
     sources = find_runs(tmp_path / "runs", value)
-    assert [(s.label, s.run) for s in sources] == [("me/broken", None), ("me/a", snapshots["me/a"]),
-                                                  ("me/b", snapshots["me/b"])]
-    assert sources[0].problem == ("Could not download the run from the Hub repo `me/broken` (OSError). Check "
-                                  "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`.")
+    assert [(s.label, s.run) for s in sources] == [
+        ("me/broken", None),
+        ("me/a", snapshots["me/a"]),
+        ("me/b", snapshots["me/b"]),
+    ]
+    assert sources[0].problem == (
+        "Could not download the run from the Hub repo `me/broken` (OSError). Check "
+        "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`."
+    )
     run, problem = resolve_run(None, sources=sources)
     assert run == snapshots["me/a"] and problem is None  # the first repo that loads is served
     app = DemoApp.from_run(run, sources=sources)
     assert app.browser.offered() == ["me/a", "me/b"] and "`me/broken` (OSError)" in app.browser.sources_message()
     assert app.browser.choose_runs(["me/a", "me/b"], None, None, None)[0] == (
-        "All 2 runs were evaluated on the same 4 test records.")
+        "All 2 runs were evaluated on the same 4 test records."
+    )
     run, problem = resolve_run(None, sources=sources[:1])
     assert run is None and problem == sources[0].problem
 
@@ -320,8 +337,10 @@ def test_include_run_puts_the_served_run_first(tmp_path, make_run):
 def test_hub_downloads_the_files_of_both_layouts():
     """A run folder's final/, or an export's model at the repo root (issue 12's publish.py)."""
     assert set(APP_FILES) <= set(HUB_RUN_FILES) and "final/*" in HUB_RUN_FILES
-    assert not any(fnmatch.fnmatch("train_state/model.safetensors", p) or fnmatch.fnmatch("best/config.json", p)
-                   for p in HUB_RUN_FILES)
+    assert not any(
+        fnmatch.fnmatch("train_state/model.safetensors", p) or fnmatch.fnmatch("best/config.json", p)
+        for p in HUB_RUN_FILES
+    )
 
 
 def test_resolve_run_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -378,6 +397,7 @@ def test_run_still_training_serves_best_and_says_so(tmp_path, make_run):
     run.write_info(RunInfo(name="r", base_model="random:tiny", prompt_style="alpaca", status="running"))
     app = DemoApp.from_run(run)
     assert app.finetuned.source == str(run.best)
-    assert app.checkpoint_note == ("Serving `best/` (the lowest validation loss so far): the run has no `final/` "
-                                   "yet (still training?).")
+    assert app.checkpoint_note == (
+        "Serving `best/` (the lowest validation loss so far): the run has no `final/` yet (still training?)."
+    )
     assert DemoApp.from_run(make_run(tmp_path / "ok")).checkpoint_note is None  # final/ is used: nothing to say

@@ -39,8 +39,16 @@ def _predictions_b() -> list[dict]:
     rows[1]["base"]["response"] = XSS
     rows[1]["finetuned"] = {**rows[1]["finetuned"], "rouge_l": 0.9, "judge_score": 85, "judge_raw": "Score: 85"}
     rows[2]["finetuned"]["rouge_l"] = 0.2
-    rows.append({"id": 99, "instruction": "Only in b.", "input": "", "reference": "Yes.",
-                 "base": {"response": "No", "rouge_l": 0.0}, "finetuned": {"response": "Yes.", "rouge_l": 1.0}})
+    rows.append(
+        {
+            "id": 99,
+            "instruction": "Only in b.",
+            "input": "",
+            "reference": "Yes.",
+            "base": {"response": "No", "rouge_l": 0.0},
+            "finetuned": {"response": "Yes.", "rouge_l": 1.0},
+        }
+    )
     return rows
 
 
@@ -50,11 +58,19 @@ def runs_dir(make_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     a, b, broken = (make_run(root / "runs" / name) for name in ("a", "b", "broken"))
     for run, lr, mask in ((a, 5e-5, True), (b, 1e-4, False), (broken, 5e-5, True)):
-        run.write_info(RunInfo(name=run.root.name, base_model="random:tiny", prompt_style="alpaca", status="finished",
-                               training={"lr": lr, "mask_prompt": mask, "epochs": 2}))
+        run.write_info(
+            RunInfo(
+                name=run.root.name,
+                base_model="random:tiny",
+                prompt_style="alpaca",
+                status="finished",
+                training={"lr": lr, "mask_prompt": mask, "epochs": 2},
+            )
+        )
     atomic_write_jsonl(b.predictions, _predictions_b())
-    atomic_write_jsonl(b.metrics, [{"event": "eval", "step": 1, "tokens_seen": 500, "train_loss": 3.0,
-                                    "val_loss": 3.5}])
+    atomic_write_jsonl(
+        b.metrics, [{"event": "eval", "step": 1, "tokens_seen": 500, "train_loss": 3.0, "val_loss": 3.5}]
+    )
     lines = broken.predictions.read_text().splitlines()
     broken.predictions.write_text("\n".join([lines[0], "[1, 2]", *lines[1:]]) + "\n")
     return root
@@ -76,28 +92,43 @@ def _value(component) -> dict:
 def test_overview_of_runs_on_different_test_sets_and_a_broken_one(browser):
     assert sorted(browser.offered()) == ["a", "b", "broken"]
     message, summary, loss, options_message, options, metric, score, record = browser.choose_runs(
-        ["a", "b", "broken"], "judge_score", None, None)
-    problem = ("The evaluation results in `runs/broken/eval` are unreadable (runs/broken/eval/predictions.jsonl, "
-               "line 2: the record must be an object, got an array). Recreate them with "
-               "`python evaluate.py --run runs/broken`.")
+        ["a", "b", "broken"], "judge_score", None, None
+    )
+    problem = (
+        "The evaluation results in `runs/broken/eval` are unreadable (runs/broken/eval/predictions.jsonl, "
+        "line 2: the record must be an object, got an array). Recreate them with "
+        "`python evaluate.py --run runs/broken`."
+    )
     assert message == f"Compared on 3 shared records of a (4), b (4). broken: {problem}"
     # One row per run and model; the broken run's problem in its row, naming the file.
     assert summary[["run", "model", "ROUGE-L F1"]].values.tolist() == [
-        ["a", "base", "0.163"], ["a", "finetuned", "0.838"], ["b", "base", "0.163"], ["b", "finetuned", "0.838"],
-        ["broken", "—", "—"]]
+        ["a", "base", "0.163"],
+        ["a", "finetuned", "0.838"],
+        ["b", "base", "0.163"],
+        ["b", "finetuned", "0.838"],
+        ["broken", "—", "—"],
+    ]
     assert summary["note"].tolist() == ["", "", "", "", problem]
     # Loss curves of all three (a bad eval file leaves the curve): 6 + 1 + 6 evaluations, train and val each.
     data = pd.DataFrame(_value(loss)["data"], columns=_value(loss)["columns"])
     assert len(data) == 26 and data[data["series"] == "b · val"]["loss"].tolist() == [3.5]
     assert loss.color_map["b · train"] == "#ff7f0e" and loss.color_map["b · val"] == "#ffbb78"
     assert options_message == "2 options differ; 3 are the same in every run." and options.visible
-    assert metric.choices == [("ROUGE-L F1", "rouge_l"), ("Judge score (0–100)", "judge_score"),
-                              ("Response length (tokens)", "length_tokens")]
+    assert metric.choices == [
+        ("ROUGE-L F1", "rouge_l"),
+        ("Judge score (0–100)", "judge_score"),
+        ("Response length (tokens)", "length_tokens"),
+    ]
     assert metric.value == "judge_score"  # kept: the runs still have it
-    assert score.value == "a · base · rouge_l" and ("b · finetuned · Judge score (0–100)",
-                                                    "b · finetuned · judge_score") in score.choices
-    assert record.choices == [("7 · Name a primary color.", 7), ("12 · Rewrite the sentence using a simile.", 12),
-                              ("30 · Convert 5 km to meters.", 30)]
+    assert (
+        score.value == "a · base · rouge_l"
+        and ("b · finetuned · Judge score (0–100)", "b · finetuned · judge_score") in score.choices
+    )
+    assert record.choices == [
+        ("7 · Name a primary color.", 7),
+        ("12 · Rewrite the sentence using a simile.", 12),
+        ("30 · Convert 5 km to meters.", 30),
+    ]
     assert record.value == 7
     assert browser.choose_runs(["a", "b"], "judge_score", None, 30)[-1].value == 30  # a shared record stays open
     assert browser.choose_runs(["a", "b"], None, None, 41)[-1].value == 7  # 41 is not shared
@@ -112,11 +143,14 @@ def test_one_run_and_no_run(browser):
     assert message == "No runs chosen." and summary.empty
 
 
-@pytest.mark.parametrize("runs, message", [
-    (["a", "nope"], "unknown run 'nope'; choose from: "),
-    ("a,b", "unknown run 'a,b'"),
-    ([1], "the runs must be a list of run names, got [1]"),
-])
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        (["a", "nope"], "unknown run 'nope'; choose from: "),
+        ("a,b", "unknown run 'a,b'"),
+        ([1], "the runs must be a list of run names, got [1]"),
+    ],
+)
 def test_bad_run_choices_are_one_message(browser, runs, message):
     assert browser.choose_runs(runs, None, None, None)[0].startswith("⚠️ " + message)
 
@@ -147,7 +181,11 @@ def test_plots_of_a_score(browser):
     assert list(hist.color_map) == list(bars["bin"].unique()) and hist.color_map["0–10"] == "#dc2626"
     points = pd.DataFrame(_value(scatter)["data"], columns=_value(scatter)["columns"])
     assert points[["id", "run", "base", "finetuned"]].values.tolist() == [
-        [7, "a", 10, 95], [12, "a", 20, 80], [7, "b", 10, 95], [12, "b", 20, 85]]  # 30: no base judge score
+        [7, "a", 10, 95],
+        [12, "a", 20, 80],
+        [7, "b", 10, 95],
+        [12, "b", 20, 85],
+    ]  # 30: no base judge score
     assert scatter.x_lim == [-3.0, 103.0] and scatter.color_map == {"a": "#1f77b4", "b": "#ff7f0e"}
     by_length = pd.DataFrame(_value(length)["data"], columns=_value(length)["columns"])
     assert sorted(set(by_length["reference_words"])) == [1, 5, 8] and length.x_lim == [0, 1.05 * 8 + 1]
@@ -181,15 +219,18 @@ def test_filter_search_bounds_and_order(browser):
     assert table.columns.tolist()[2:] == ["a · base", "a · finetuned"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("", "a · finetuned · rouge_l", "high", ""), "min score must be a number from 0 to 1 for ROUGE-L F1, got 'hi"),
-    (("", "a · base · judge_score", "", "150"), "max score must be a number from 0 to 100 for Judge score (0–100)"),
-    (("", "a · base · length_tokens", "-1", ""), "min score must be a number of at least 0 for Response length"),
-    (("", "a · finetuned · rouge_l", "0.9", "0.1"), "min score (0.9) is above max score (0.1)"),
-    (("", "finetuned.secret", "", ""), "unknown score 'finetuned.secret'; choose one of: a · base · rouge_l"),
-    (("", "", "0.5", ""), "choose a score to filter or sort by"),
-    (("x" * 20_001, "", "", ""), "the search text is 20,001 characters long"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("", "a · finetuned · rouge_l", "high", ""), "min score must be a number from 0 to 1 for ROUGE-L F1, got 'hi"),
+        (("", "a · base · judge_score", "", "150"), "max score must be a number from 0 to 100 for Judge score (0–100)"),
+        (("", "a · base · length_tokens", "-1", ""), "min score must be a number of at least 0 for Response length"),
+        (("", "a · finetuned · rouge_l", "0.9", "0.1"), "min score (0.9) is above max score (0.1)"),
+        (("", "finetuned.secret", "", ""), "unknown score 'finetuned.secret'; choose one of: a · base · rouge_l"),
+        (("", "", "0.5", ""), "choose a score to filter or sort by"),
+        (("x" * 20_001, "", "", ""), "the search text is 20,001 characters long"),
+    ],
+)
 def test_bad_filters_give_a_message(browser, args, message):
     table, count = browser.filter_predictions(*args, "test-set order", ["a", "b"])
     assert table.empty and count.startswith("⚠️ " + message)
@@ -221,13 +262,17 @@ def test_filter_speed_at_the_handler(tmp_path):
     browser = ResultsBrowser(sources)
     runs = [s.label for s in sources]
     browser.comparison(runs)  # built once per selection: when the runs are chosen
-    expected = sorted(i for i, row in enumerate(synthetic_runs(1100, 5)[4].predictions)
-                      if "zebra" in row["reference"] and 0.2 <= row["finetuned"]["rouge_l"] <= 0.9)
+    expected = sorted(
+        i
+        for i, row in enumerate(synthetic_runs(1100, 5)[4].predictions)
+        if "zebra" in row["reference"] and 0.2 <= row["finetuned"]["rouge_l"] <= 0.9
+    )
     times = []
     for query in ["zebra", "fox", "Zebra", "quick brown", "zebra", "lazy dog", "zebra"]:
         t0 = time.perf_counter()
-        table, count = browser.filter_predictions(query, "run-4 · finetuned · rouge_l", "0.2", "0.9",
-                                                  "score: high to low", runs)
+        table, count = browser.filter_predictions(
+            query, "run-4 · finetuned · rouge_l", "0.2", "0.9", "score: high to low", runs
+        )
         gr.Dataframe().postprocess(table)  # what Gradio does with it before sending
         times.append(time.perf_counter() - t0)
         if query.casefold() == "zebra":
@@ -252,8 +297,12 @@ def test_record_shows_every_response_against_the_reference(browser):
     a_tuned, a_judge = slots[2], slots[3]  # row a: base (slot 0), finetuned (slot 1)
     assert a_tuned.label == "a · finetuned · 9 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · Exact match 0"
     assert [(t["token"], t["class_or_confidence"]) for t in a_tuned.value] == [
-        ("The cat is as quiet as a", None), (" ", None), ("mouse.", "missing from the response"), (" ", None),
-        ("whisper.", "not in the reference")]
+        ("The cat is as quiet as a", None),
+        (" ", None),
+        ("mouse.", "missing from the response"),
+        (" ", None),
+        ("whisper.", "not in the reference"),
+    ]
     assert a_judge.visible and a_judge.value == "80" and a_judge.label == "Judge's reply to a · finetuned"
     b_base = slots[4]
     added = " ".join(t["token"] for t in b_base.value if t["class_or_confidence"] == "not in the reference")
@@ -269,8 +318,9 @@ def test_record_not_shared_or_none(browser):
     title, *_ = browser.show_record(["a", "b"], None)
     assert title.startswith("Choose a record")
     empty = browser.show_record(["a"], 41)[4 + MAX_RUNS]  # a's base: an empty response
-    assert empty.label == ("a · base · 0 tokens · ROUGE-L F1 0 · Judge score (0–100) 0 · Exact match 0 · "
-                           "empty response")
+    assert empty.label == (
+        "a · base · 0 tokens · ROUGE-L F1 0 · Judge score (0–100) 0 · Exact match 0 · empty response"
+    )
 
 
 def test_selecting_a_table_row_opens_its_record(browser):
@@ -284,8 +334,9 @@ def test_dragging_across_points_opens_the_record_nearest_the_middle(browser):
     evt = gr.SelectData(None, {"index": [0.2, 0.35], "value": [0.2, 0.35], "selected": True})
     record, message, title, *_ = browser.select_scatter(["a", "b"], "rouge_l", evt)
     assert record.value == 30 and title.startswith("**Test record 30**")
-    assert message == ("1 record with a base ROUGE-L F1 from 0.2 to 0.35. Showing record 30, the nearest the middle "
-                       "of the range.")
+    assert message == (
+        "1 record with a base ROUGE-L F1 from 0.2 to 0.35. Showing record 30, the nearest the middle of the range."
+    )
     evt = gr.SelectData(None, {"index": [0.41, -0.01], "value": None})  # dragged right to left; middle 0.2
     record, message, *_ = browser.select_scatter(["a", "b"], "rouge_l", evt)
     assert record.value == 30 and message.endswith("The others: 7, 12.")  # 0.25, then 0.0 and 0.4 (0.2 away)
@@ -310,5 +361,6 @@ def test_a_hub_repo_that_failed_is_said_and_not_offered(runs_dir, monkeypatch):
     assert browser.offered() == ["me/a"] and browser.default_selection() == ["me/a"]
     assert browser.sources_message() == "⚠️ Could not download."
     assert browser.choose_runs(["me/gone"], None, None, None)[0].startswith("⚠️ unknown run 'me/gone'")
-    assert json.loads(json.dumps(browser.filter_predictions("", "", "", "", "test-set order")[1])) == \
-        "4 of 4 test records"
+    assert (
+        json.loads(json.dumps(browser.filter_predictions("", "", "", "", "test-set order")[1])) == "4 of 4 test records"
+    )

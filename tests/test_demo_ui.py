@@ -43,8 +43,17 @@ def test_the_three_generation_tabs_share_one_layout(app):
     ids = set(_components(demo))
     for prefix in ("base", "ft", "sbs"):
         assert {f"{prefix}-generate", f"{prefix}-stop", f"{prefix}-status", f"{prefix}-examples"} <= ids
-    assert {"base-prompt", "base-output", "ft-instruction", "ft-input", "ft-output", "sbs-instruction", "sbs-input",
-            "sbs-base-output", "sbs-ft-output"} <= ids
+    assert {
+        "base-prompt",
+        "base-output",
+        "ft-instruction",
+        "ft-input",
+        "ft-output",
+        "sbs-instruction",
+        "sbs-input",
+        "sbs-base-output",
+        "sbs-ft-output",
+    } <= ids
 
 
 def test_examples_file():
@@ -67,8 +76,10 @@ def test_score_bounds_are_checked_on_submit_or_blur_not_per_keystroke(app):
         assert {(box, "submit"), (box, "blur")} <= targets
     assert (components["results-search"]["id"], "change") in targets  # the search still filters as you type
     assert (components["results-score"]["id"], "input") in targets
-    inputs = [components[i]["id"] for i in ("results-search", "results-score", "results-min", "results-max",
-                                            "results-order", "results-runs")]
+    inputs = [
+        components[i]["id"]
+        for i in ("results-search", "results-score", "results-min", "results-max", "results-order", "results-runs")
+    ]
     assert dep["inputs"] == inputs  # the old five parameters first: older clients still work
 
 
@@ -80,12 +91,23 @@ def test_results_tab_wiring(app):
     deps = demo.config["dependencies"]
 
     def outputs_of(trigger_elem: str, event: str) -> list[list[str]]:
-        return [[by_id[o] for o in d["outputs"]] for d in deps
-                if (components[trigger_elem]["id"], event) in {(t[0], t[1]) for t in d["targets"]}]
+        return [
+            [by_id[o] for o in d["outputs"]]
+            for d in deps
+            if (components[trigger_elem]["id"], event) in {(t[0], t[1]) for t in d["targets"]}
+        ]
 
     [chosen] = outputs_of("results-runs", "change")
-    assert chosen == ["results-message", "results-summary", "results-loss", "results-options-message",
-                      "results-options", "results-metric", "results-score", "results-record"]
+    assert chosen == [
+        "results-message",
+        "results-summary",
+        "results-loss",
+        "results-options-message",
+        "results-options",
+        "results-metric",
+        "results-score",
+        "results-record",
+    ]
     load = [d for d in deps if any(t[1] == "load" for t in d["targets"])]
     assert [[by_id[o] for o in d["outputs"]] for d in load] == [chosen]  # the same handler when the page opens
     for trigger, event in (("results-table", "select"), ("results-scatter", "select"), ("results-length", "select")):
@@ -93,7 +115,8 @@ def test_results_tab_wiring(app):
         assert picked[:4] == ["results-record", "results-selection", "results-record-title", "results-instruction"]
         assert "results-diff-0" in picked and "results-judge-11" in picked
     assert components["results-runs"]["props"]["multiselect"] and components["results-runs"]["props"]["value"] == [
-        "run1"]
+        "run1"
+    ]
     assert components["results-runs"]["props"]["max_choices"] == MAX_RUNS
     # The diff: colors for the two kinds of words, and no category tag inside the text.
     diff = components["results-diff-0"]["props"]
@@ -109,7 +132,8 @@ def test_no_run_is_said_once_without_an_empty_browser(tmp_path, monkeypatch, mak
     assert _components(demo)["results-browser"]["props"]["visible"] is False
     # With a run, the browser is visible; without its eval files the tab says so once the runs are compared.
     assert _components(build_demo(DemoApp.from_run(make_run(tmp_path / "s", with_eval=False))))["results-browser"][
-        "props"]["visible"]
+        "props"
+    ]["visible"]
 
 
 def test_score_dropdown_has_room_for_its_longest_choice(app):
@@ -126,6 +150,9 @@ def test_header_and_finetuned_tabs_say_which_checkpoint(tmp_path, make_run):
     header = demo.config["components"][0]["props"]["value"]
     assert "finetuned checkpoint `r6/best` (prompt style `alpaca`)" in header
     assert "⚠️ Serving `best/`, not `final/`: `final/` is unusable (" in header
-    notes = [t for t in _texts(demo) if t.endswith("(Expecting value: line 1 column 1 (char 0)))."
-                                                     ) and "Serving `best/`" in t]
+    notes = [
+        t
+        for t in _texts(demo)
+        if t.endswith("(Expecting value: line 1 column 1 (char 0))).") and "Serving `best/`" in t
+    ]
     assert len(notes) == 3  # the header, the finetuned tab and the side-by-side tab

@@ -51,11 +51,17 @@ def test_score_bounds_fit_the_score():
     assert parse_score_bounds("length_tokens", "", "5000") == (None, 5000.0)
     with pytest.raises(UserError, match=r"^max score must be a number from 0 to 1 for ROUGE-L F1, got '50'$"):
         parse_score_bounds("rouge_l", "", "50")
-    with pytest.raises(UserError, match=r"^min score must be a number from 0 to 100 for Judge score \(0–100\), "
-                                        r"got '\.'$"):
+    with pytest.raises(
+        UserError,
+        match=r"^min score must be a number from 0 to 100 for Judge score \(0–100\), "
+        r"got '\.'$",
+    ):
         parse_score_bounds("judge_score", ".", None)
-    with pytest.raises(UserError, match=r"^min score must be a number of at least 0 for Response length \(tokens\), "
-                                        r"got '-3'$"):
+    with pytest.raises(
+        UserError,
+        match=r"^min score must be a number of at least 0 for Response length \(tokens\), "
+        r"got '-3'$",
+    ):
         parse_score_bounds("length_tokens", "-3", None)
     with pytest.raises(UserError, match=r"^unknown score 'bleu'; choose one of: rouge_l, judge_score"):
         parse_score_bounds("bleu", "", "")
@@ -82,8 +88,10 @@ def test_eval_results_unreadable_or_missing(tmp_path, monkeypatch, make_run):
     assert results.summary is None and "unreadable" in results.problem
     assert "python evaluate.py --run r" in results.problem
     run.summary.unlink()
-    assert EvalResults.load(run, "").problem == ("No evaluation results for this run yet (no `r/eval/summary.json`). "
-                                                 "Create them with `python evaluate.py --run r`.")
+    assert EvalResults.load(run, "").problem == (
+        "No evaluation results for this run yet (no `r/eval/summary.json`). "
+        "Create them with `python evaluate.py --run r`."
+    )
 
 
 # --------------------------------------------------------------------------- eval files of the wrong structure (9.7)
@@ -101,24 +109,40 @@ def _rewrite_summary(run, edit) -> None:
 @pytest.mark.parametrize(
     "predictions, summary, message",
     [
-        (lambda rows: [rows[0], [1, 2], *rows[1:]], None,
-         "eval/predictions.jsonl, line 2: the record must be an object, got an array"),
-        (lambda rows: [rows[0], rows[1], {**rows[2], "base": "oops"}], None,
-         'eval/predictions.jsonl, line 3: "base" must be an object, got a string'),
-        (lambda rows: [{**rows[0], "id": "7"}], None, 'eval/predictions.jsonl, line 1: "id" must be an integer, '
-                                                      "got a string"),
-        (lambda rows: [{**rows[0], "finetuned": {**rows[0]["finetuned"], "rouge_l": "high"}}], None,
-         'eval/predictions.jsonl, line 1: "finetuned"."rouge_l" must be a number or null, got a string'),
+        (
+            lambda rows: [rows[0], [1, 2], *rows[1:]],
+            None,
+            "eval/predictions.jsonl, line 2: the record must be an object, got an array",
+        ),
+        (
+            lambda rows: [rows[0], rows[1], {**rows[2], "base": "oops"}],
+            None,
+            'eval/predictions.jsonl, line 3: "base" must be an object, got a string',
+        ),
+        (
+            lambda rows: [{**rows[0], "id": "7"}],
+            None,
+            'eval/predictions.jsonl, line 1: "id" must be an integer, got a string',
+        ),
+        (
+            lambda rows: [{**rows[0], "finetuned": {**rows[0]["finetuned"], "rouge_l": "high"}}],
+            None,
+            'eval/predictions.jsonl, line 1: "finetuned"."rouge_l" must be a number or null, got a string',
+        ),
         (None, lambda s: [], "eval/summary.json: the file must be an object, got an array"),
-        (None, lambda s: {**s, "models": {"base": None}}, 'eval/summary.json: "models"."base" must be an object, '
-                                                          "got null"),
+        (
+            None,
+            lambda s: {**s, "models": {"base": None}},
+            'eval/summary.json: "models"."base" must be an object, got null',
+        ),
         (None, lambda s: {k: v for k, v in s.items() if k != "models"}, 'eval/summary.json: "models" is missing'),
         (None, lambda s: {**s, "judge": {"url": "x"}}, 'eval/summary.json: "judge"."model" is missing'),
         (None, lambda s: {**s, "generation": 3}, 'eval/summary.json: "generation" must be an object, got a number'),
     ],
 )
-def test_eval_files_of_the_wrong_structure_name_the_file_and_line(tmp_path, monkeypatch, make_run, predictions,
-                                                                  summary, message, greedy):
+def test_eval_files_of_the_wrong_structure_name_the_file_and_line(
+    tmp_path, monkeypatch, make_run, predictions, summary, message, greedy
+):
     """Issue 9.7: the app starts, the eval tab names the file and line, generation still works."""
     from gpt2_scratch.demo import build_demo
 
@@ -129,8 +153,10 @@ def test_eval_files_of_the_wrong_structure_name_the_file_and_line(tmp_path, monk
     if summary:
         _rewrite_summary(run, summary)
     app = DemoApp.from_run(run)  # used to raise AttributeError
-    problem = (f"The evaluation results in `r/eval` are unreadable (r/{message}). "
-               "Recreate them with `python evaluate.py --run r`.")
+    problem = (
+        f"The evaluation results in `r/eval` are unreadable (r/{message}). "
+        "Recreate them with `python evaluate.py --run r`."
+    )
     assert EvalResults.load(run, "").problem == problem
     build_demo(app)
     assert app.browser.choose_runs(["r"], None, None, None)[0] == f"r: {problem}"
@@ -182,31 +208,49 @@ def test_header_names_the_checkpoint_and_why():
 
 def test_load_run_results_of_a_source_without_a_run():
     loaded = load_run_results(RunSource("me/gone", None, "Could not download the run."))
-    assert (loaded.label, loaded.problem, loaded.predictions, loaded.info) == ("me/gone", "Could not download the run.",
-                                                                               [], None)
+    assert (loaded.label, loaded.problem, loaded.predictions, loaded.info) == (
+        "me/gone",
+        "Could not download the run.",
+        [],
+        None,
+    )
 
 
 def test_record_texts(finished_run):
     cmp = compare([load_run_results(RunSource("run1", finished_run))])
-    assert plot_metrics(cmp) == [("ROUGE-L F1", "rouge_l"), ("Judge score (0–100)", "judge_score"),
-                                 ("Response length (tokens)", "length_tokens")]
+    assert plot_metrics(cmp) == [
+        ("ROUGE-L F1", "rouge_l"),
+        ("Judge score (0–100)", "judge_score"),
+        ("Response length (tokens)", "length_tokens"),
+    ]
     assert record_choices(cmp)[1] == ("12 · Rewrite the sentence using a simile.", 12)
     view = record_view(cmp, 12)
     base, tuned = view.responses
-    assert response_label(tuned) == ("run1 · finetuned · 9 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · "
-                                     "Exact match 0")
-    assert diff_spans(tuned)[-3:] == [("mouse.", "missing from the response"), (" ", None),
-                                      ("whisper.", "not in the reference")]
+    assert response_label(tuned) == (
+        "run1 · finetuned · 9 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · Exact match 0"
+    )
+    assert diff_spans(tuned)[-3:] == [
+        ("mouse.", "missing from the response"),
+        (" ", None),
+        ("whisper.", "not in the reference"),
+    ]
     assert judge_label(base) == "Judge's reply to run1 · base"
     assert (response_slot(base, ["run1"]), response_slot(tuned, ["x", "run1"])) == (0, 3)
 
 
 def test_whitespace_and_judge_failure_labels():
-    row = {"id": 1, "instruction": "i", "input": "", "reference": "ref",
-           "finetuned": {"response": "\n\n", "rouge_l": 0.0, "judge_raw": "timeout", "judge_error": True}}
+    row = {
+        "id": 1,
+        "instruction": "i",
+        "input": "",
+        "reference": "ref",
+        "finetuned": {"response": "\n\n", "rouge_l": 0.0, "judge_raw": "timeout", "judge_error": True},
+    }
     [answer] = record_view(compare([RunResults("x", predictions=[row])]), 1).responses
-    assert response_label(answer) == ("x · finetuned · 1 token · ROUGE-L F1 0 · Judge score (0–100) — · "
-                                       "Exact match — · (only whitespace: 1 token, 2 newlines)")
+    assert response_label(answer) == (
+        "x · finetuned · 1 token · ROUGE-L F1 0 · Judge score (0–100) — · "
+        "Exact match — · (only whitespace: 1 token, 2 newlines)"
+    )
     assert judge_label(answer) == "Judge's reply to x · finetuned (the judge call failed)"
 
 

@@ -47,8 +47,9 @@ def make_run(root: Path) -> RunPaths:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     save_checkpoint(root / "final", model, prompt_style="alpaca", metadata={"base_model": "random:tiny", "step": 1})
-    (root / "run.json").write_text(json.dumps({"name": root.name, "base_model": "random:tiny", "prompt_style": "alpaca",
-                                               "status": "finished"}))
+    (root / "run.json").write_text(
+        json.dumps({"name": root.name, "base_model": "random:tiny", "prompt_style": "alpaca", "status": "finished"})
+    )
     write_records(root / "data" / "test.jsonl", RECORDS)
     return RunPaths(root)
 
@@ -84,10 +85,27 @@ def test_results_follow_the_schema(run):
     assert summary["run"] == str(run.root) and summary["num_records"] == 6
     assert summary["checkpoint"]["sha256"] == load_checkpoint(run.final)[1].sha256
     assert (summary["base_model"], summary["prompt_style"], summary["judge"]) == ("random:tiny", "alpaca", None)
-    assert summary["generation"] == {"max_new_tokens": 6, "temperature": 0.0, "top_k": None, "top_p": None,
-                                     "seed": None, "batch_size": 2, "refill": False}
-    keys = {"reference_loss", "perplexity", "rouge_l", "exact_match", "mean_length_tokens", "empty_share",
-            "judge_mean", "judge_unparsed", "generation_seconds", "tokens_per_second"}
+    assert summary["generation"] == {
+        "max_new_tokens": 6,
+        "temperature": 0.0,
+        "top_k": None,
+        "top_p": None,
+        "seed": None,
+        "batch_size": 2,
+        "refill": False,
+    }
+    keys = {
+        "reference_loss",
+        "perplexity",
+        "rouge_l",
+        "exact_match",
+        "mean_length_tokens",
+        "empty_share",
+        "judge_mean",
+        "judge_unparsed",
+        "generation_seconds",
+        "tokens_per_second",
+    }
     for name in ("base", "finetuned"):
         agg = summary["models"][name]
         assert keys <= set(agg)
@@ -173,7 +191,9 @@ def interrupt_after_first_batch(run, settings, monkeypatch):
 def test_changed_settings_do_not_mix(run, monkeypatch):
     interrupt_after_first_batch(run, EvalSettings(**{**FAST, "models": ("finetuned",)}), monkeypatch)
     with pytest.raises(SettingsMismatch, match=r"max_new_tokens=6 \(now 5\)"):
-        evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=5)}))
+        evaluate_run(
+            run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=5)})
+        )
     # Other weights under the same run: the checkpoint's sha256 differs.
     model, _ = load_checkpoint(run.final)
     with torch.no_grad():
@@ -189,8 +209,14 @@ def test_changed_settings_do_not_mix(run, monkeypatch):
 
 def test_judge_scores_are_recorded(run, judge_server):
     server = judge_server
-    server.queue += [(200, "80", 0.0), (200, "no idea", 0.0), (500, "boom", 0.0), (200, "40", 0.0),
-                     (200, "60", 0.0), (200, "100", 0.0)]
+    server.queue += [
+        (200, "80", 0.0),
+        (200, "no idea", 0.0),
+        (500, "boom", 0.0),
+        (200, "40", 0.0),
+        (200, "60", 0.0),
+        (200, "100", 0.0),
+    ]
     judge = JudgeConfig(url=server.url, model="judge-model", retries=0, backoff=0.0)
     summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "judge": judge}))
     rows = [json.loads(line)["finetuned"] for line in run.predictions.read_text().splitlines()]
@@ -209,8 +235,26 @@ def test_judge_scores_are_recorded(run, judge_server):
 
 
 def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
-    assert evaluate_cli.main(["--run", str(run.root), "--models", "finetuned", "--max-new-tokens", "4",
-                              "--batch-size", "3", "--limit", "4", "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--run",
+                str(run.root),
+                "--models",
+                "finetuned",
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "3",
+                "--limit",
+                "4",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "ROUGE-L F1" in out and "finetuned" in out
     assert len(run.predictions.read_text().splitlines()) == 4
@@ -233,11 +277,26 @@ def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
 def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
     help_ = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert help_.returncode == 0
-    for option in ("--run", "--models", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
-                   "--batch-size", "--limit", "--device", "--judge-url", "--judge-model", "--judge-api-key", "--restart"):
+    for option in (
+        "--run",
+        "--models",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+        "--batch-size",
+        "--limit",
+        "--device",
+        "--judge-url",
+        "--judge-model",
+        "--judge-api-key",
+        "--restart",
+    ):
         assert option in help_.stdout, option
-    bad = subprocess.run([sys.executable, "evaluate.py", "--run", str(tmp_path / "missing")], cwd=ROOT,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "evaluate.py", "--run", str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True
+    )
     assert bad.returncode == 2
     assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"
 
@@ -245,20 +304,29 @@ def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
 def test_a_finished_evaluation_does_not_block_new_settings(run, capsys):
     evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
     assert json.loads(run.predictions.read_text().splitlines()[0])["finetuned"]["length_tokens"] == 6
-    summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",),
-                                                "sampling": SamplingSettings(max_new_tokens=3)}))
+    summary = evaluate_run(
+        run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=3)})
+    )
     err = capsys.readouterr().err
     assert "max_new_tokens=6 (now 3)" in err and "that evaluation was finished, so it is replaced" in err
     assert summary["generation"]["max_new_tokens"] == 3
-    assert [json.loads(line)["finetuned"]["length_tokens"] for line in run.predictions.read_text().splitlines()] == [3] * 6
+    assert [json.loads(line)["finetuned"]["length_tokens"] for line in run.predictions.read_text().splitlines()] == [
+        3
+    ] * 6
 
 
-@pytest.mark.parametrize("line, problem", [
-    ('{"batch": 0}', '"indices" must be a list of integers'),
-    ('[1, 2]', "expected an object, got list"),
-    ('{"batch": 0, "indices": [0, 5], "outputs": [[1]], "seconds": 1}', '"outputs" must be one list of token ids per index'),
-    ('{"batch": "0", "indices": [], "outputs": [], "seconds": 1}', '"batch" must be an integer'),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"batch": 0}', '"indices" must be a list of integers'),
+        ("[1, 2]", "expected an object, got list"),
+        (
+            '{"batch": 0, "indices": [0, 5], "outputs": [[1]], "seconds": 1}',
+            '"outputs" must be one list of token ids per index',
+        ),
+        ('{"batch": "0", "indices": [], "outputs": [], "seconds": 1}', '"batch" must be an integer'),
+    ],
+)
 def test_a_progress_line_of_the_wrong_shape_is_one_line_error(run, monkeypatch, capsys, line, problem):
     interrupt_after_first_batch(run, EvalSettings(**FAST), monkeypatch)
     partial = run.eval_dir / "partial_base.jsonl"
@@ -266,8 +334,12 @@ def test_a_progress_line_of_the_wrong_shape_is_one_line_error(run, monkeypatch, 
         f.write(line + "\n")
     with pytest.raises(ValueError, match=f"{partial}: line 3 is not a progress entry \\({problem}\\)"):
         evaluate_run(run, EvalSettings(**FAST))
-    assert evaluate_cli.main(["--run", str(run.root), "--max-new-tokens", "6", "--batch-size", "2",
-                              "--no-progress", "--device", "cpu"]) == 2
+    assert (
+        evaluate_cli.main(
+            ["--run", str(run.root), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress", "--device", "cpu"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"error: {partial}: line 3 is not a progress entry") and err.count("\n") == 1
 
@@ -275,8 +347,24 @@ def test_a_progress_line_of_the_wrong_shape_is_one_line_error(run, monkeypatch, 
 def test_max_new_tokens_are_capped_to_the_context_with_a_note(run, capsys):
     # random:tiny has a 256-token context; the longest test prompt leaves less than that for the response.
     longest = len(encode(get_prompt_style("alpaca").format(RECORDS[0].instruction, RECORDS[0].input)))  # --limit 1
-    assert evaluate_cli.main(["--run", str(run.root), "--models", "finetuned", "--max-new-tokens", "256", "--limit", "1",
-                              "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--run",
+                str(run.root),
+                "--models",
+                "finetuned",
+                "--max-new-tokens",
+                "256",
+                "--limit",
+                "1",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"note: max new tokens 256 capped at {256 - longest}" in err
     assert json.loads(run.summary.read_text())["generation"]["max_new_tokens"] == 256 - longest
@@ -297,7 +385,8 @@ def test_dtype_is_used_and_recorded(run, monkeypatch):
     with pytest.raises(SettingsMismatch, match="dtype='bfloat16' \\(now 'float32'\\)"):
         interrupted = EvalSettings(**{**FAST, "models": ("finetuned",), "dtype": "auto"})
         (run.eval_dir / "partial_finetuned.jsonl").write_text(
-            (run.eval_dir / "partial_finetuned.jsonl").read_text().replace('{"done": true}\n', ""))
+            (run.eval_dir / "partial_finetuned.jsonl").read_text().replace('{"done": true}\n', "")
+        )
         evaluate_run(run, interrupted)
 
 

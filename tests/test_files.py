@@ -54,7 +54,13 @@ def test_remove_stray_temporaries(tmp_path):
     assert sorted(removed) == [".final.old", ".metrics.jsonl.q9.tmp", ".train_state.ab12cd.tmp"]
     assert (tmp_path / "best" / "config.json").read_text() == "{}"  # restored, not removed
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".hidden", ".notes.tmp", "best", "final", "final.old", "run.json", "x.tmp",
+        ".hidden",
+        ".notes.tmp",
+        "best",
+        "final",
+        "final.old",
+        "run.json",
+        "x.tmp",
     ]
     assert remove_stray_temporaries(tmp_path) == []
     assert remove_stray_temporaries(tmp_path / "missing") == []

@@ -22,7 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     return subprocess.run(
-        [sys.executable, str(REPO / "finetune.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+        [sys.executable, str(REPO / "finetune.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -30,8 +35,21 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_smoke_run_end_to_end(tmp_path, write_dataset):
     dataset = write_dataset(tmp_path / "data.json", 40)  # 34 train / 4 test / 2 validation
     proc = run_cli(
-        "--base", "random:tiny", "--dataset", str(dataset), "--epochs", "1", "--out-dir", str(tmp_path / "runs"),
-        "--name", "smoke", "--eval-batches", "2", "--sample-tokens", "8", cwd=tmp_path,
+        "--base",
+        "random:tiny",
+        "--dataset",
+        str(dataset),
+        "--epochs",
+        "1",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "smoke",
+        "--eval-batches",
+        "2",
+        "--sample-tokens",
+        "8",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "runs" / "smoke"
@@ -39,7 +57,12 @@ def test_smoke_run_end_to_end(tmp_path, write_dataset):
 
     run = json.loads((root / "run.json").read_text())
     assert set(run) == {"name", "created", "base_model", "prompt_style", "dataset", "training", "status"}
-    assert (run["name"], run["base_model"], run["prompt_style"], run["status"]) == ("smoke", "random:tiny", "alpaca", "finished")
+    assert (run["name"], run["base_model"], run["prompt_style"], run["status"]) == (
+        "smoke",
+        "random:tiny",
+        "alpaca",
+        "finished",
+    )
     assert run["dataset"]["source"] == str(dataset) and len(run["dataset"]["sha256"]) == 64
     assert run["dataset"]["num_records"] == 40
     assert run["dataset"]["split"] == {"train": 34, "test": 4, "val": 2, "shuffle": False, "seed": 123}
@@ -72,10 +95,32 @@ def test_help_lists_every_option(capsys):
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # the wrapping depends on the terminal width
     for option in (
-        "--base", "--dataset", "--out-dir", "--name", "--epochs", "--lr", "--weight-decay", "--batch-size",
-        "--grad-accum", "--max-length", "--schedule", "--warmup-steps", "--grad-clip", "--seed", "--eval-every",
-        "--precision", "--compile", "--no-compile", "--device", "--limit", "--mask-prompt", "--resume",
-        "--shuffle-split", "--prompt-style", "--save-every", "--no-group-by-length",
+        "--base",
+        "--dataset",
+        "--out-dir",
+        "--name",
+        "--epochs",
+        "--lr",
+        "--weight-decay",
+        "--batch-size",
+        "--grad-accum",
+        "--max-length",
+        "--schedule",
+        "--warmup-steps",
+        "--grad-clip",
+        "--seed",
+        "--eval-every",
+        "--precision",
+        "--compile",
+        "--no-compile",
+        "--device",
+        "--limit",
+        "--mask-prompt",
+        "--resume",
+        "--shuffle-split",
+        "--prompt-style",
+        "--save-every",
+        "--no-group-by-length",
     ):
         assert option in out, option
     assert "(default: 5e-05)" in out and "(default: gpt2)" in out  # defaults are shown
@@ -83,8 +128,17 @@ def test_help_lists_every_option(capsys):
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     out = tmp_path / "runs"
-    proc = run_cli("--base", "random:tiny", "--dataset", str(tmp_path / "nope.json"), "--out-dir", str(out),
-                   "--name", "failed", cwd=tmp_path)
+    proc = run_cli(
+        "--base",
+        "random:tiny",
+        "--dataset",
+        str(tmp_path / "nope.json"),
+        "--out-dir",
+        str(out),
+        "--name",
+        "failed",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: dataset file not found: {tmp_path / 'nope.json'}"]
     assert not (out / "failed").exists()  # a run that never started leaves no empty folder
@@ -98,7 +152,10 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
         (["--lr", "fast"], "error: argument --lr: invalid float value: 'fast'"),
         (["--precision", "bf16", "--device", "cpu"], "error: --precision bf16 needs a CUDA device"),
         (["--resume", "no/such/run"], "error: no/such/run is not a run folder: no run.json"),
-        (["--resume", "runs/x", "--epochs", "2", "--lr", "1e-3"], "error: --resume continues a run with the settings in its run.json; drop --epochs, --lr"),
+        (
+            ["--resume", "runs/x", "--epochs", "2", "--lr", "1e-3"],
+            "error: --resume continues a run with the settings in its run.json; drop --epochs, --lr",
+        ),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message, capsys):
@@ -120,7 +177,9 @@ def test_mask_prompt_is_the_default_and_the_help_says_so(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         finetune.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--no-mask-prompt also learns the prompts, as the LLMs-from-scratch reference run does (default: True)" in out
+    assert (
+        "--no-mask-prompt also learns the prompts, as the LLMs-from-scratch reference run does (default: True)" in out
+    )
     assert "--max-steps N stop after N optimizer steps" in out
 
 
@@ -134,8 +193,22 @@ def test_ctrl_c_prints_the_real_run_folder(tmp_path, monkeypatch, capsys, write_
         return original(self, batch, lr)
 
     monkeypatch.setattr(StepRunner, "train_step", train_step)
-    args = ["--base", "random:tiny", "--dataset", str(dataset), "--out-dir", str(tmp_path / "runs"), "--name", "stop",
-            "--eval-batches", "1", "--sample-tokens", "2", "--max-steps", "3"]
+    args = [
+        "--base",
+        "random:tiny",
+        "--dataset",
+        str(dataset),
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "stop",
+        "--eval-batches",
+        "1",
+        "--sample-tokens",
+        "2",
+        "--max-steps",
+        "3",
+    ]
     assert finetune.main([*args, "--save-every", "1"]) == 130
     root = tmp_path / "runs" / "stop"
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's lines

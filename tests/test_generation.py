@@ -15,7 +15,7 @@ def _greedy_without_cache(model, prompt, n):
         for _ in range(n):
             nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
-    return ids[0, len(prompt):].tolist()
+    return ids[0, len(prompt) :].tolist()
 
 
 def test_greedy_kv_cache_equals_no_cache_and_transformers(hf_tiny):
@@ -27,10 +27,14 @@ def test_greedy_kv_cache_equals_no_cache_and_transformers(hf_tiny):
     assert len(with_cache) == n
     assert with_cache == _greedy_without_cache(ours, prompt, n)
     out = hf.generate(
-        torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long), pad_token_id=EOS_ID,
+        torch.tensor([prompt]),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        pad_token_id=EOS_ID,
     )
-    assert out[0, len(prompt):].tolist() == with_cache
+    assert out[0, len(prompt) :].tolist() == with_cache
 
 
 def test_batched_left_padded_rows_equal_single_rows(hf_tiny):

@@ -18,6 +18,7 @@ def test_transformers_prefixed_layout_and_file_path(tmp_path):
     with torch.no_grad():
         assert (ours(idx) - hf(idx).logits).abs().max() <= 1e-4
 
+
 def test_save_pretrained_output_loads(tmp_path):
     hf = make_hf_model(**TINY)
     hf.save_pretrained(tmp_path)  # transformers' own writer
@@ -26,15 +27,18 @@ def test_save_pretrained_output_loads(tmp_path):
     with torch.no_grad():
         assert (ours(idx) - hf(idx).logits).abs().max() <= 1e-4
 
+
 def test_short_names_resolve_to_openai_community():
     assert resolve_hub_id("gpt2") == "openai-community/gpt2"
     assert resolve_hub_id("gpt2-xl") == "openai-community/gpt2-xl"
     assert resolve_hub_id("someone/my-gpt2") == "someone/my-gpt2"
 
+
 def _rewrite(folder, edit):
     state = load_file(str(folder / "model.safetensors"))
     edit(state)
     save_file(state, str(folder / "model.safetensors"))
+
 
 @pytest.fixture
 def hub_copy(tmp_path, hf_tiny):
@@ -43,25 +47,30 @@ def hub_copy(tmp_path, hf_tiny):
         (tmp_path / name).write_bytes((src / name).read_bytes())
     return tmp_path
 
+
 def test_wrong_shape_is_named(hub_copy):
     _rewrite(hub_copy, lambda s: s.__setitem__("h.1.mlp.c_fc.bias", torch.zeros(7)))
     with pytest.raises(ValueError, match=r"'transformer.h.1.mlp.c_fc.bias' has shape \(7,\), expected \(256,\)"):
         load_pretrained(str(hub_copy))
+
 
 def test_missing_key_is_named(hub_copy):
     _rewrite(hub_copy, lambda s: s.pop("ln_f.weight"))
     with pytest.raises(ValueError, match="missing tensor 'transformer.ln_f.weight'"):
         load_pretrained(str(hub_copy))
 
+
 def test_unexpected_key_is_named(hub_copy):
     _rewrite(hub_copy, lambda s: s.__setitem__("h.0.attn.extra", torch.zeros(3)))
     with pytest.raises(ValueError, match="unexpected tensor 'transformer.h.0.attn.extra'"):
         load_pretrained(str(hub_copy))
 
+
 def test_untied_head_is_refused(hub_copy):
     _rewrite(hub_copy, lambda s: s.__setitem__("lm_head.weight", torch.zeros_like(s["wte.weight"])))
     with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
         load_pretrained(str(hub_copy))
+
 
 def test_truncated_file_is_a_clear_error(hub_copy):
     path = hub_copy / "model.safetensors"
@@ -69,10 +78,12 @@ def test_truncated_file_is_a_clear_error(hub_copy):
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_pretrained(str(hub_copy))
 
+
 def test_foreign_file_is_a_clear_error(hub_copy):
     (hub_copy / "model.safetensors").write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_pretrained(str(hub_copy))
+
 
 def test_non_gpt2_config_is_refused(hub_copy):
     cfg = json.loads((hub_copy / "config.json").read_text())
@@ -81,11 +92,13 @@ def test_non_gpt2_config_is_refused(hub_copy):
     with pytest.raises(ValueError, match="describes a 'llama' model"):
         load_pretrained(str(hub_copy))
 
+
 def test_missing_local_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_pretrained(str(tmp_path / "nope.safetensors"))
     with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
         load_pretrained(str(tmp_path))
+
 
 def test_no_network_says_to_pass_a_local_path(monkeypatch, tmp_path):
     # conftest sets HF_HUB_OFFLINE=1, and an empty cache: the download cannot succeed.
@@ -110,7 +123,9 @@ def test_unreachable_hub_fails_fast_in_one_line(monkeypatch, tmp_path):
     assert time.monotonic() - start < 5
     message = str(e.value)
     assert "\n" not in message
-    assert message.startswith("cannot download 'openai-community/gpt2' from the Hugging Face Hub (cannot reach 127.0.0.1)")
+    assert message.startswith(
+        "cannot download 'openai-community/gpt2' from the Hugging Face Hub (cannot reach 127.0.0.1)"
+    )
     assert "pass a local path" in message and "random:tiny" in message
 
 
@@ -119,9 +134,13 @@ def test_read_safetensors_equals_the_safetensors_package(tmp_path):
     from safetensors.torch import load_file, save_file
 
     tensors = {
-        "f32": torch.randn(3, 5), "bf16": torch.randn(4, 2).to(torch.bfloat16), "f16": torch.randn(7).half(),
-        "i64": torch.arange(6).reshape(2, 3), "u8": torch.tensor([1, 2, 255], dtype=torch.uint8),
-        "empty": torch.zeros(0, 4), "scalar": torch.tensor(2.5),
+        "f32": torch.randn(3, 5),
+        "bf16": torch.randn(4, 2).to(torch.bfloat16),
+        "f16": torch.randn(7).half(),
+        "i64": torch.arange(6).reshape(2, 3),
+        "u8": torch.tensor([1, 2, 255], dtype=torch.uint8),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
     }
     save_file(tensors, str(tmp_path / "t.safetensors"), metadata={"format": "pt"})
     ours, reference = read_safetensors(tmp_path / "t.safetensors"), load_file(str(tmp_path / "t.safetensors"))
@@ -130,5 +149,7 @@ def test_read_safetensors_equals_the_safetensors_package(tmp_path):
         assert ours[k].dtype == reference[k].dtype and torch.equal(ours[k], reference[k]), k
     data = (tmp_path / "t.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[:-3])
-    with pytest.raises(ValueError, match=r"cut\.safetensors is not a readable safetensors file .*does not fit the file"):
+    with pytest.raises(
+        ValueError, match=r"cut\.safetensors is not a readable safetensors file .*does not fit the file"
+    ):
         read_safetensors(tmp_path / "cut.safetensors")

@@ -85,8 +85,19 @@ def test_unreachable_server_raises():
 
 @pytest.mark.parametrize(
     "reply, expected",
-    [("85", 85), (" 85.\n", 85), ("85/100", 85), ("0", 0), ("100", 100), ("101", None), ("-5", None),
-     ("8 5", None), ("Score: 85", None), ("85.5", None), ("", None)],
+    [
+        ("85", 85),
+        (" 85.\n", 85),
+        ("85/100", 85),
+        ("0", 0),
+        ("100", 100),
+        ("101", None),
+        ("-5", None),
+        ("8 5", None),
+        ("Score: 85", None),
+        ("85.5", None),
+        ("", None),
+    ],
 )
 def test_parse_score(reply, expected):
     assert parse_score(reply) == expected

@@ -22,9 +22,16 @@ def test_preset_sizes():
 
 def test_parameter_names_follow_gpt2():
     names = set(GPT(GPTConfig.from_preset("tiny")).state_dict())
-    for n in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.ln_1.weight",
-              "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
-              "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight", "transformer.ln_f.bias"]:
+    for n in [
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.1.ln_1.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_proj.bias",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_proj.weight",
+        "transformer.ln_f.bias",
+    ]:
         assert n in names
 
 

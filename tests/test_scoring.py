@@ -87,7 +87,12 @@ def tiny_and_examples():
     records = [
         Record(0, "Name a color.", "", "Blue."),
         Record(1, "Translate to French.", "Good morning", "Bonjour."),
-        Record(2, "Summarize the text in one sentence, please, and keep it short.", "Cats sleep a lot.", "Cats sleep often."),
+        Record(
+            2,
+            "Summarize the text in one sentence, please, and keep it short.",
+            "Cats sleep a lot.",
+            "Cats sleep often.",
+        ),
         Record(3, "What is 2 + 2?", "", "2 + 2 equals 4, which is an even number and a power of two."),
         Record(4, "Rewrite in passive voice.", "The dog chased the ball.", "The ball was chased by the dog."),
         Record(5, "Give an antonym of 'hot'.", "", "Cold."),

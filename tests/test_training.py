@@ -40,9 +40,20 @@ def small_config(tmp: Path, dataset: Path, **overrides) -> TrainConfig:
     # batch 4 over 13 training records: 3 steps per epoch (drop_last, as the reference).
     # The phi3 prompt style is ~25 tokens shorter than alpaca: the tests run twice as fast.
     # mask_prompt=False: the losses below were measured learning the prompts too, as the reference run does.
-    base = dict(prompt_style="phi3", mask_prompt=False,
-        base="random:tiny", dataset=str(dataset), out_dir=str(tmp / "runs"), batch_size=4, lr=3e-3,
-        epochs=2, eval_every=2, eval_batches=2, save_every=2, sample_tokens=4, seed=7,
+    base = dict(
+        prompt_style="phi3",
+        mask_prompt=False,
+        base="random:tiny",
+        dataset=str(dataset),
+        out_dir=str(tmp / "runs"),
+        batch_size=4,
+        lr=3e-3,
+        epochs=2,
+        eval_every=2,
+        eval_batches=2,
+        save_every=2,
+        sample_tokens=4,
+        seed=7,
     )
     return TrainConfig(**{**base, **overrides})
 
@@ -74,7 +85,9 @@ def reference_run(tmp_path_factory, fixture_json):
 @pytest.mark.slow
 def test_overfits_sixteen_examples(tmp_path, fixture_json):
     paths = train(
-        small_config(tmp_path, fixture_json, name="overfit", batch_size=2, epochs=3, lr=1e-2, eval_every=100, save_every=0)
+        small_config(
+            tmp_path, fixture_json, name="overfit", batch_size=2, epochs=3, lr=1e-2, eval_every=100, save_every=0
+        )
     )
     evals = events(paths.metrics, "eval")
     assert [e["step"] for e in evals] == [0, 18]  # 6 steps per epoch (13 records, batch 2)
@@ -143,7 +156,10 @@ def test_grad_accum_gives_the_same_steps(tmp_path, reference_run, fixture_json):
     got = losses(paths.metrics)
     assert [s for s, _ in got["train"]] == [1, 2, 3]
     torch.testing.assert_close(
-        torch.tensor([loss for _, loss in got["train"]]), torch.tensor([loss for _, loss in ref["train"][:3]]), rtol=1e-5, atol=1e-5
+        torch.tensor([loss for _, loss in got["train"]]),
+        torch.tensor([loss for _, loss in ref["train"][:3]]),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -152,10 +168,39 @@ def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
     """torchrun with 2 gloo processes (2 examples each) computes the same steps as one process with batch 4."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(REPO / "finetune.py"), "--base", "random:tiny", "--dataset", str(fixture_json), "--out-dir", str(tmp_path),
-        "--name", "ddp", "--batch-size", "4", "--lr", "3e-3", "--epochs", "1", "--eval-every", "2",
-        "--eval-batches", "2", "--save-every", "2", "--sample-tokens", "4", "--seed", "7", "--prompt-style", "phi3",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "finetune.py"),
+        "--base",
+        "random:tiny",
+        "--dataset",
+        str(fixture_json),
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--epochs",
+        "1",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "2",
+        "--save-every",
+        "2",
+        "--sample-tokens",
+        "4",
+        "--seed",
+        "7",
+        "--prompt-style",
+        "phi3",
         "--no-mask-prompt",
     ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -164,7 +209,10 @@ def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
     got, ref = losses(metrics), losses(reference_run.metrics)
     assert [s for s, _ in got["train"]] == [1, 2, 3]
     torch.testing.assert_close(
-        torch.tensor([loss for _, loss in got["train"]]), torch.tensor([loss for _, loss in ref["train"][:3]]), rtol=1e-5, atol=1e-5
+        torch.tensor([loss for _, loss in got["train"]]),
+        torch.tensor([loss for _, loss in ref["train"][:3]]),
+        rtol=1e-5,
+        atol=1e-5,
     )
     # Evaluation batches are shared among the ranks and reduced: same numbers too.
     assert [e[0] for e in got["eval"]] == [0, 2, 3]
@@ -198,7 +246,10 @@ def test_weight_decay_only_on_matrices_and_embeddings():
     assert "transformer.wte.weight" in decayed and "transformer.wpe.weight" in decayed
     assert "transformer.h.0.attn.c_attn.weight" in decayed
     assert all(p.dim() == 1 for p in no_decay["params"])
-    assert {names[id(p)] for p in no_decay["params"]} >= {"transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.bias"}
+    assert {names[id(p)] for p in no_decay["params"]} >= {
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.0.attn.c_attn.bias",
+    }
     # The tied head is the embedding: each parameter appears exactly once.
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
@@ -212,7 +263,12 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     folder = tmp_path / "train_state"
     rng_state = torch.get_rng_state()
     save_train_state(folder, model, opt, Progress(step=1, epoch=0), {"cpu.0": rng_state})
-    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+    ]
     assert not list(tmp_path.glob(".train_state*"))  # no temporary folder left behind
 
     model2 = GPT(GPTConfig.from_preset("tiny", n_layer=1))
@@ -302,7 +358,9 @@ def run_in_threads(configs: list[TrainConfig]) -> list:
 def test_two_runs_started_together_never_share_a_folder(tmp_path, fixture_json, monkeypatch):
     # Both runs get the same default name, as two runs started in the same second do.
     monkeypatch.setattr(run_writer, "time", SimpleNamespace(strftime=lambda fmt: "20250101-120000"))
-    configs = [small_config(tmp_path, fixture_json, epochs=1, save_every=0, eval_every=100, lr=lr) for lr in (1e-3, 2e-3)]
+    configs = [
+        small_config(tmp_path, fixture_json, epochs=1, save_every=0, eval_every=100, lr=lr) for lr in (1e-3, 2e-3)
+    ]
     results = run_in_threads(configs)
     assert sorted(r.root.name for r in results) == ["20250101-120000", "20250101-120000-2"]
     for config, paths in zip(configs, results):
@@ -313,8 +371,10 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path, fixture_json, 
         assert load_checkpoint(paths.final)[1].metadata["training"]["lr"] == config.lr
 
     # The same --name: one run gets the folder, the other stops with a one-line error.
-    configs = [small_config(tmp_path, fixture_json, name="same", epochs=1, save_every=0, eval_every=100, lr=lr)
-               for lr in (1e-3, 2e-3)]
+    configs = [
+        small_config(tmp_path, fixture_json, name="same", epochs=1, save_every=0, eval_every=100, lr=lr)
+        for lr in (1e-3, 2e-3)
+    ]
     results = run_in_threads(configs)
     errors = [r for r in results if isinstance(r, Exception)]
     (winner,) = [c for c, r in zip(configs, results) if not isinstance(r, Exception)]
@@ -324,7 +384,9 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path, fixture_json, 
 
 
 def dot_entries(paths) -> list[str]:
-    return sorted(p.name for folder in (paths.root, paths.root / "data") for p in folder.iterdir() if p.name.startswith("."))
+    return sorted(
+        p.name for folder in (paths.root, paths.root / "data") for p in folder.iterdir() if p.name.startswith(".")
+    )
 
 
 def test_leftovers_of_killed_saves_are_removed(tmp_path, fixture_json, monkeypatch, capsys):
@@ -346,7 +408,11 @@ def test_leftovers_of_killed_saves_are_removed(tmp_path, fixture_json, monkeypat
     capsys.readouterr()
     train(TrainConfig(resume=str(paths.root)))
     out = capsys.readouterr().out
-    assert "removed the leftovers of an interrupted save" in out and ".train_state.k1.tmp" in out and ".val.jsonl.k4.tmp" in out
+    assert (
+        "removed the leftovers of an interrupted save" in out
+        and ".train_state.k1.tmp" in out
+        and ".val.jsonl.k4.tmp" in out
+    )
     assert dot_entries(paths) == []
     assert json.loads(paths.run_json.read_text())["status"] == "finished"
     load_checkpoint(paths.best)
@@ -363,7 +429,10 @@ def test_best_is_a_hard_link_of_final_when_the_best_step_is_the_last(tmp_path, f
         assert os.stat(paths.best / name).st_ino == os.stat(paths.final / name).st_ino, name  # stored once
     # A best step before the last one is a checkpoint of its own.
     ref_best, ref_final = read_checkpoint_info(reference_run.best), read_checkpoint_info(reference_run.final)
-    linked = os.stat(reference_run.best / "model.safetensors").st_ino == os.stat(reference_run.final / "model.safetensors").st_ino
+    linked = (
+        os.stat(reference_run.best / "model.safetensors").st_ino
+        == os.stat(reference_run.final / "model.safetensors").st_ino
+    )
     assert linked == (ref_best.metadata["step"] == ref_final.metadata["step"])
 
 

@@ -45,8 +45,10 @@ from .views import elapsed, visible_response
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "gpt2"
-OFFLINE_HINT = ("If you are offline, pass a local copy of the weights: "
-                "`python app.py --base /path/to/model.safetensors` (or a folder holding it).")
+OFFLINE_HINT = (
+    "If you are offline, pass a local copy of the weights: "
+    "`python app.py --base /path/to/model.safetensors` (or a folder holding it)."
+)
 
 
 def _join(*parts: str) -> str:
@@ -80,8 +82,13 @@ class LazyModel:
                 except Exception as e:  # no network, missing or corrupt file: say so, keep serving
                     log.exception("could not load %s from %s", self.label, self.source)
                     raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
-                log.info("loaded %s from %s in %s in %.1f s", self.label, self.source, model_dtype(self._model),
-                         time.perf_counter() - started)
+                log.info(
+                    "loaded %s from %s in %s in %.1f s",
+                    self.label,
+                    self.source,
+                    model_dtype(self._model),
+                    time.perf_counter() - started,
+                )
             return self._model
 
 
@@ -108,8 +115,11 @@ def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None,
     try:
         info = read_checkpoint_info(run.best)
     except (FileNotFoundError, ValueError):
-        return None, (f"No usable finetuned checkpoint in `{where}` ({final_problem}). "
-                      "Create one with `python finetune.py`."), None
+        return (
+            None,
+            (f"No usable finetuned checkpoint in `{where}` ({final_problem}). Create one with `python finetune.py`."),
+            None,
+        )
     if run.final.exists():
         note = f"Serving `best/`, not `final/`: `final/` is unusable ({final_problem})."
     else:
@@ -146,8 +156,10 @@ class DemoApp:
         self.dtype = resolve_dtype(dtype, resolve_device("auto"))  # the format in use, for the header
         self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype)
         self.finetuned = LazyModel(
-            str(finetuned_source) if finetuned_source else None, label="finetuned model",
-            hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.", dtype=self.dtype,
+            str(finetuned_source) if finetuned_source else None,
+            label="finetuned model",
+            hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.",
+            dtype=self.dtype,
         )
         self.finetuned_problem = finetuned_problem
         self.checkpoint_name = checkpoint_name  # how the header names the finetuned checkpoint ("run/final")
@@ -158,8 +170,14 @@ class DemoApp:
 
     @classmethod
     def from_run(
-        cls, run: RunPaths | None, *, base: str | None = None, run_problem: str | None = None,
-        sources: list[RunSource] | None = None, backend: Backend | None = None, dtype: str = "float32",
+        cls,
+        run: RunPaths | None,
+        *,
+        base: str | None = None,
+        run_problem: str | None = None,
+        sources: list[RunSource] | None = None,
+        backend: Backend | None = None,
+        dtype: str = "float32",
     ) -> "DemoApp":
         """The app serving ``run`` (None: no run; ``run_problem`` says why); ``base`` overrides the run's base model.
 
@@ -178,11 +196,16 @@ class DemoApp:
                     log.warning("cannot read %s: %s", run.run_json, e)
             info, problem_text, note = choose_checkpoint(run)
         base_source = (
-            base or (run_info.base_model if run_info else None) or (info.metadata.get("base_model") if info else None)
+            base
+            or (run_info.base_model if run_info else None)
+            or (info.metadata.get("base_model") if info else None)
             or DEFAULT_BASE_MODEL
         )
-        style = get_prompt_style((info.prompt_style if info else None) or (run_info.prompt_style if run_info else None)
-                                 or DEFAULT_PROMPT_STYLE)
+        style = get_prompt_style(
+            (info.prompt_style if info else None)
+            or (run_info.prompt_style if run_info else None)
+            or DEFAULT_PROMPT_STYLE
+        )
         # A Hub snapshot's folder is a commit hash; run.json has the real name.
         run_name = run_info.name if run_info else (run.root.name if run else None)
         checkpoint_name = None
@@ -304,8 +327,9 @@ class DemoApp:
         """
         notices: list[str] = []
         prompt = self._instruction(instruction, input, notices)
-        streams, texts, problems = self._start_streams(prompt, (max_new_tokens, temperature, top_k, top_p, seed),
-                                                       notices)
+        streams, texts, problems = self._start_streams(
+            prompt, (max_new_tokens, temperature, top_k, top_p, seed), notices
+        )
         if problems and not streams:
             yield texts["base"], texts["finetuned"], problem(" ".join(dict.fromkeys(problems)))
             return

@@ -75,8 +75,9 @@ def parse_settings(
 ) -> SamplingSettings:
     """Generation settings from UI/API values: top-k 0 and top-p 1 mean off, a blank seed means random."""
     limit = min(MAX_NEW_TOKENS, block_size - 1)
-    n = parse_number("max new tokens", max_new_tokens, 1, limit, integer=True,
-                     hint=f" (the context is {block_size} tokens)")
+    n = parse_number(
+        "max new tokens", max_new_tokens, 1, limit, integer=True, hint=f" (the context is {block_size} tokens)"
+    )
     t = parse_number("temperature", temperature, 0.0, MAX_TEMPERATURE, integer=False)
     k = parse_number("top-k", top_k, 0, MAX_TOP_K, integer=True)
     p = parse_number("top-p", top_p, 0.0, 1.0, integer=False)
@@ -97,8 +98,12 @@ def parse_score_bounds(metric: str, min_score: Any, max_score: Any) -> tuple[flo
         raise UserError(f"unknown score {metric!r}; choose one of: {', '.join(known)}")
     lo_limit, hi_limit = known[metric].range or (0.0, math.inf)
     hint = f" for {known[metric].label}"
-    lo = None if blank(min_score) else parse_number("min score", min_score, lo_limit, hi_limit, integer=False, hint=hint)
-    hi = None if blank(max_score) else parse_number("max score", max_score, lo_limit, hi_limit, integer=False, hint=hint)
+    lo = (
+        None if blank(min_score) else parse_number("min score", min_score, lo_limit, hi_limit, integer=False, hint=hint)
+    )
+    hi = (
+        None if blank(max_score) else parse_number("max score", max_score, lo_limit, hi_limit, integer=False, hint=hint)
+    )
     if lo is not None and hi is not None and lo > hi:
         raise UserError(f"min score ({lo:g}) is above max score ({hi:g})")
     return lo, hi

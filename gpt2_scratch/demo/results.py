@@ -173,14 +173,30 @@ class ResultsBrowser:
         words = [0, 1.05 * float(length["reference_words"].max()) + 1] if len(length) else None
         colors = run_color_maps([r.label for r in cmp.runs])
         return (
-            gr.BarPlot(value=hist, sort=[f"{run} · {model}" for run, model in cmp.pairs],
-                       color_map=bin_colors(bins, m.key), color_title=m.label,
-                       title=f"{m.label}: share of the records in each score bin"),
-            gr.ScatterPlot(value=scatter_frame(cmp, m.key), x_lim=fixed, y_lim=fixed, color_map=colors["run"],
-                           x_title=f"base model: {m.label}", y_title=f"finetuned model: {m.label}",
-                           title=f"{m.label} per record, base against finetuned"),
-            gr.ScatterPlot(value=length, x_lim=words, y_lim=fixed, y_title=m.label, color_map=colors["model"],
-                           title=f"{m.label} against the reference's length"),
+            gr.BarPlot(
+                value=hist,
+                sort=[f"{run} · {model}" for run, model in cmp.pairs],
+                color_map=bin_colors(bins, m.key),
+                color_title=m.label,
+                title=f"{m.label}: share of the records in each score bin",
+            ),
+            gr.ScatterPlot(
+                value=scatter_frame(cmp, m.key),
+                x_lim=fixed,
+                y_lim=fixed,
+                color_map=colors["run"],
+                x_title=f"base model: {m.label}",
+                y_title=f"finetuned model: {m.label}",
+                title=f"{m.label} per record, base against finetuned",
+            ),
+            gr.ScatterPlot(
+                value=length,
+                x_lim=words,
+                y_lim=fixed,
+                y_title=m.label,
+                color_map=colors["model"],
+                title=f"{m.label} against the reference's length",
+            ),
         )
 
     @reports_errors(lambda self, status: (gr.skip(),) * 4, action="Plotting")
@@ -197,8 +213,12 @@ class ResultsBrowser:
         chosen = f"Runs: {', '.join(r.label for r in cmp.runs) or 'none'}"
         shared = f"{chosen} · {len(cmp.records)} shared records · {label}"
         drag = f"{shared} · drag across points to open the record nearest the middle"
-        return (gr.LinePlot(caption=chosen), gr.BarPlot(caption=shared), gr.ScatterPlot(caption=drag),
-                gr.ScatterPlot(caption=drag))
+        return (
+            gr.LinePlot(caption=chosen),
+            gr.BarPlot(caption=shared),
+            gr.ScatterPlot(caption=drag),
+            gr.ScatterPlot(caption=drag),
+        )
 
     # ---- the records table and its CSV
 
@@ -280,19 +300,23 @@ class ResultsBrowser:
             raise UserError(str(e)) from None
         chosen = list(dict.fromkeys(r.run for r in view.responses))
         rows = [gr.Row(visible=k < len(chosen)) for k in range(MAX_RUNS)]
-        slots = [[gr.HighlightedText(value=[], visible=False), gr.Textbox(value="", visible=False)]
-                 for _ in range(RECORD_SLOTS)]
+        slots = [
+            [gr.HighlightedText(value=[], visible=False), gr.Textbox(value="", visible=False)]
+            for _ in range(RECORD_SLOTS)
+        ]
         for response in view.responses:
             slots[response_slot(response, chosen)] = [
                 gr.HighlightedText(value=diff_spans(response), label=response_label(response), visible=True),
-                gr.Textbox(value=response.judge_raw or "", label=judge_label(response),
-                           visible=bool(response.judge_raw)),
+                gr.Textbox(
+                    value=response.judge_raw or "", label=judge_label(response), visible=bool(response.judge_raw)
+                ),
             ]
         reference = gr.Textbox(value=view.reference, label=f"Reference ({view.reference_tokens} tokens)")
         return (record_title(view), view.instruction, view.input, reference, *rows, *(c for s in slots for c in s))
 
-    @reports_errors(lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)),
-                    action="Opening")
+    @reports_errors(
+        lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)), action="Opening"
+    )
     def select_row(self, runs: Any, evt: gr.SelectData) -> tuple:
         """A row of the table was selected: (record picker, selection message, the record's outputs)."""
         row = evt.row_value or []
@@ -310,22 +334,30 @@ class ResultsBrowser:
         ids = list(dict.fromkeys(points_in_range(frame(cmp, key), x, lo, hi)["id"].tolist()))
         where = what.format(label=_METRICS[key].label, lo=f"{min(lo, hi):.3g}", hi=f"{max(lo, hi):.3g}")
         if not ids:
-            return (gr.skip(), f"No point has {where}: drag across a point.",
-                    *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS))
+            return (
+                gr.skip(),
+                f"No point has {where}: drag across a point.",
+                *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS),
+            )
         others = f" The others: {', '.join(map(str, ids[1:21]))}{'…' if len(ids) > 21 else ''}." if ids[1:] else ""
-        message = (f"{len(ids)} record{'s' if len(ids) != 1 else ''} with {where}. "
-                   f"Showing record {ids[0]}, the nearest the middle of the range.{others}")
+        message = (
+            f"{len(ids)} record{'s' if len(ids) != 1 else ''} with {where}. "
+            f"Showing record {ids[0]}, the nearest the middle of the range.{others}"
+        )
         return (gr.Dropdown(value=ids[0]), message, *self.show_record(runs, ids[0]))
 
-    @reports_errors(lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)),
-                    action="Selecting")
+    @reports_errors(
+        lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)), action="Selecting"
+    )
     def select_scatter(self, runs: Any, metric: Any, evt: gr.SelectData) -> tuple:
         """A drag across the base-vs-finetuned scatter: (record picker, message, the record's outputs)."""
         return self._select_points(runs, metric, evt, scatter_frame, "base", "a base {label} from {lo} to {hi}")
 
-    @reports_errors(lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)),
-                    action="Selecting")
+    @reports_errors(
+        lambda self, status: (gr.skip(), status, *[gr.skip()] * (4 + MAX_RUNS + 2 * RECORD_SLOTS)), action="Selecting"
+    )
     def select_length(self, runs: Any, metric: Any, evt: gr.SelectData) -> tuple:
         """A drag across the score-vs-reference-length scatter: (record picker, message, the record's outputs)."""
-        return self._select_points(runs, metric, evt, length_frame, "reference_words",
-                                   "a reference of {lo} to {hi} words")
+        return self._select_points(
+            runs, metric, evt, length_frame, "reference_words", "a reference of {lo} to {hi} words"
+        )

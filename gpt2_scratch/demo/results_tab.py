@@ -32,21 +32,45 @@ from .views import DIFF_COLORS
 # preprocess=False: the handlers check the raw values themselves (the API may send anything).
 BROWSE_EVENT = {"concurrency_limit": None, "show_progress": "hidden", "preprocess": False}
 PRIVATE = {**BROWSE_EVENT, "api_visibility": "private"}
-NO_RUNS = ("**No finished run to compare. Create one with `python finetune.py`, then evaluate it with "
-           "`python evaluate.py --run runs/<name>`.**")
+NO_RUNS = (
+    "**No finished run to compare. Create one with `python finetune.py`, then evaluate it with "
+    "`python evaluate.py --run runs/<name>`.**"
+)
 
 
 def _plots() -> list[gr.components.Component]:
     """[score distributions, base vs finetuned, score vs reference length]; their values come from ``plots``."""
     with gr.Row():
-        hist = gr.BarPlot(x="series", y="share", color="bin", y_lim=[0, 1], y_axis_format=".0%", x_title="run · model",
-                          y_title="share of records", tooltip=["count"], x_label_angle=-20, elem_id="results-hist",
-                          label="Score distributions")
-        scatter = gr.ScatterPlot(x="base", y="finetuned", color="run", tooltip=["id", "instruction"],
-                                 elem_id="results-scatter", label="Base against finetuned")
-    length = gr.ScatterPlot(x="reference_words", y="score", color="series", tooltip=["id"],
-                            x_title="reference length (words)", elem_id="results-length",
-                            label="Score against reference length")
+        hist = gr.BarPlot(
+            x="series",
+            y="share",
+            color="bin",
+            y_lim=[0, 1],
+            y_axis_format=".0%",
+            x_title="run · model",
+            y_title="share of records",
+            tooltip=["count"],
+            x_label_angle=-20,
+            elem_id="results-hist",
+            label="Score distributions",
+        )
+        scatter = gr.ScatterPlot(
+            x="base",
+            y="finetuned",
+            color="run",
+            tooltip=["id", "instruction"],
+            elem_id="results-scatter",
+            label="Base against finetuned",
+        )
+    length = gr.ScatterPlot(
+        x="reference_words",
+        y="score",
+        color="series",
+        tooltip=["id"],
+        x_title="reference length (words)",
+        elem_id="results-length",
+        label="Score against reference length",
+    )
     return [hist, scatter, length]
 
 
@@ -66,9 +90,16 @@ def _record_view() -> tuple[gr.Dropdown, list[gr.components.Component]]:
             for m in range(len(MODEL_NAMES)):
                 with gr.Column():
                     slot = k * len(MODEL_NAMES) + m
-                    slots.append(gr.HighlightedText(
-                        [], color_map=DIFF_COLORS, show_legend=True, show_inline_category=False, visible=False,
-                        elem_id=f"results-diff-{slot}"))
+                    slots.append(
+                        gr.HighlightedText(
+                            [],
+                            color_map=DIFF_COLORS,
+                            show_legend=True,
+                            show_inline_category=False,
+                            visible=False,
+                            elem_id=f"results-diff-{slot}",
+                        )
+                    )
                     slots.append(gr.Textbox(lines=2, interactive=False, visible=False, elem_id=f"results-judge-{slot}"))
     return record, [title, instruction, input_, reference, *rows, *slots]
 
@@ -84,25 +115,51 @@ def results_tab(demo: gr.Blocks, browser: ResultsBrowser) -> None:
 
 
 def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> None:
-    runs = gr.Dropdown(browser.offered(), value=browser.default_selection(), multiselect=True, max_choices=MAX_RUNS,
-                       label=f"Runs to compare (up to {MAX_RUNS})", elem_id="results-runs")
+    runs = gr.Dropdown(
+        browser.offered(),
+        value=browser.default_selection(),
+        multiselect=True,
+        max_choices=MAX_RUNS,
+        label=f"Runs to compare (up to {MAX_RUNS})",
+        elem_id="results-runs",
+    )
     message = gr.Markdown(elem_id="results-message")
-    summary = gr.Dataframe(interactive=False, wrap=True, label="Summary: one row per run and model",
-                           elem_id="results-summary")
+    summary = gr.Dataframe(
+        interactive=False, wrap=True, label="Summary: one row per run and model", elem_id="results-summary"
+    )
     with gr.Row():
-        loss = gr.LinePlot(x="tokens_seen", y="loss", color="series", x_title="tokens seen", scale=3,
-                           label="Training and validation loss", elem_id="results-loss")
+        loss = gr.LinePlot(
+            x="tokens_seen",
+            y="loss",
+            color="series",
+            x_title="tokens seen",
+            scale=3,
+            label="Training and validation loss",
+            elem_id="results-loss",
+        )
         with gr.Column(scale=2):
             options_message = gr.Markdown(elem_id="results-options-message")
-            options = gr.Dataframe(interactive=False, wrap=True, elem_id="results-options",
-                                   label="Training options that differ (highlighted: unlike the first run's)")
-    metric = gr.Dropdown([(m.label, m.key) for m in RECORD_METRICS], value=DEFAULT_METRIC, label="Score to plot",
-                         elem_id="results-metric")
+            options = gr.Dataframe(
+                interactive=False,
+                wrap=True,
+                elem_id="results-options",
+                label="Training options that differ (highlighted: unlike the first run's)",
+            )
+    metric = gr.Dropdown(
+        [(m.label, m.key) for m in RECORD_METRICS],
+        value=DEFAULT_METRIC,
+        label="Score to plot",
+        elem_id="results-metric",
+    )
     plots = _plots()
     selection = gr.Markdown(elem_id="results-selection")
     with gr.Row():
-        search = gr.Textbox(label="Search text", placeholder="word in instruction, input, reference or responses",
-                            elem_id="results-search", scale=3)
+        search = gr.Textbox(
+            label="Search text",
+            placeholder="word in instruction, input, reference or responses",
+            elem_id="results-search",
+            scale=3,
+        )
         # min_width: room for the longest choice beside the dropdown's arrow.
         score = gr.Dropdown([], value=None, label="Score", elem_id="results-score", min_width=260, scale=2)
         # Textboxes, not gr.Number: blank must mean "no bound", not 0.
@@ -110,11 +167,17 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> None:
         max_score = gr.Textbox(label="Max score", placeholder="blank = none", elem_id="results-max")
         order = gr.Dropdown(list(ORDERS), value=ORDERS[0], label="Sort", elem_id="results-order")
     count = gr.Markdown(elem_id="results-count")
-    table = gr.Dataframe(interactive=False, wrap=True, max_height=400, elem_id="results-table",
-                         label="Test records (select a row to read it)")
+    table = gr.Dataframe(
+        interactive=False,
+        wrap=True,
+        max_height=400,
+        elem_id="results-table",
+        label="Test records (select a row to read it)",
+    )
     with gr.Row():
-        export = gr.Button("Export the filtered table as CSV", size="sm", elem_id="results-export", scale=0,
-                           min_width=260)
+        export = gr.Button(
+            "Export the filtered table as CSV", size="sm", elem_id="results-export", scale=0, min_width=260
+        )
         csv_file = gr.File(visible=False, interactive=False, elem_id="results-csv")
     record, record_outputs = _record_view()
 
@@ -122,17 +185,25 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> None:
     # First, so that the endpoint gets this name (the same handler runs again below, unnamed).
     # Score bounds are checked when typed in full (Enter or leaving the box), not at every keystroke:
     # ".5" passes through "." on the way.
-    gr.on([search.change, score.input, min_score.submit, min_score.blur, max_score.submit, max_score.blur,
-           order.input], browser.filter_predictions, filters, [table, count], api_name="filter_predictions",
-          **BROWSE_EVENT)
+    gr.on(
+        [search.change, score.input, min_score.submit, min_score.blur, max_score.submit, max_score.blur, order.input],
+        browser.filter_predictions,
+        filters,
+        [table, count],
+        api_name="filter_predictions",
+        **BROWSE_EVENT,
+    )
     overview = [message, summary, loss, options_message, options, metric, score, record]
     chosen = gr.on([demo.load, runs.change], browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE)
-    (chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
-           .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
-           .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
-           .then(browser.show_record, [runs, record], record_outputs, **PRIVATE))
-    metric.input(browser.plots, [runs, metric], plots, **PRIVATE).then(browser.redraw, [runs, metric], [loss, *plots],
-                                                                       **PRIVATE)
+    (
+        chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
+        .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
+        .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
+        .then(browser.show_record, [runs, record], record_outputs, **PRIVATE)
+    )
+    metric.input(browser.plots, [runs, metric], plots, **PRIVATE).then(
+        browser.redraw, [runs, metric], [loss, *plots], **PRIVATE
+    )
     export.click(browser.export_csv, filters, [csv_file], **PRIVATE)
     record.input(browser.show_record, [runs, record], record_outputs, **PRIVATE)
     picked = [record, selection, *record_outputs]

@@ -64,15 +64,19 @@ def _stopped() -> str:
 
 
 def _header(app: DemoApp) -> str:
-    return header_markdown(app.run_name, app.base.source, app.checkpoint_name, app.prompt_style.name,
-                           app.checkpoint_note)
+    return header_markdown(
+        app.run_name, app.base.source, app.checkpoint_name, app.prompt_style.name, app.checkpoint_note
+    )
 
 
 def _serving_line(app: DemoApp) -> str:
     """The header's second line: the models' inference format, and whether visitors' requests are batched."""
     backend = app.backend
-    serving = (f"every request to a model joins one shared batch (up to {backend.max_rows} at once)"
-               if backend.batching else "each request generates on its own")
+    serving = (
+        f"every request to a model joins one shared batch (up to {backend.max_rows} at once)"
+        if backend.batching
+        else "each request generates on its own"
+    )
     return f"Inference in `{app.dtype}`; {serving}."
 
 
@@ -81,15 +85,23 @@ def _settings_accordion(app: DemoApp) -> list[gr.components.Component]:
     limit = min(MAX_NEW_TOKENS, (app.context or 1024) - 1)
     with gr.Accordion("Generation settings", open=False):
         with gr.Row():
-            max_new = gr.Slider(1, limit, value=min(DEFAULT_NEW_TOKENS, limit), step=1, label="Max new tokens",
-                                elem_id="max-new-tokens")
-            temperature = gr.Slider(0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)",
-                                    elem_id="temperature")
+            max_new = gr.Slider(
+                1, limit, value=min(DEFAULT_NEW_TOKENS, limit), step=1, label="Max new tokens", elem_id="max-new-tokens"
+            )
+            temperature = gr.Slider(
+                0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
+            )
             top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)", elem_id="top-k")
             top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)", elem_id="top-p")
             # A fixed default seed: sampled answers are reproducible until the user changes it.
-            seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, maximum=MAX_SEED,
-                             label="Seed (used when sampling)", elem_id="seed")
+            seed = gr.Number(
+                value=DEFAULT_SEED,
+                precision=0,
+                minimum=0,
+                maximum=MAX_SEED,
+                label="Seed (used when sampling)",
+                elem_id="seed",
+            )
     return [max_new, temperature, top_k, top_p, seed]
 
 
@@ -126,19 +138,29 @@ def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component],
     """
     with gr.Tab(tab.title, id=tab.tab_id):
         gr.Markdown(tab.intro)
-        inputs = [gr.Textbox(label=b.label, lines=b.lines, elem_id=f"{tab.prefix}-{b.name}", placeholder=b.placeholder)
-                  for b in tab.inputs]
+        inputs = [
+            gr.Textbox(label=b.label, lines=b.lines, elem_id=f"{tab.prefix}-{b.name}", placeholder=b.placeholder)
+            for b in tab.inputs
+        ]
         with gr.Row():
             go = gr.Button("Generate", variant="primary", elem_id=f"{tab.prefix}-generate")
             stop = gr.Button("Stop", variant="stop", elem_id=f"{tab.prefix}-stop")
         with gr.Row() if len(tab.outputs) > 1 else contextlib.nullcontext():
-            outputs = [gr.Textbox(label=b.label, lines=b.lines, interactive=False, elem_id=f"{tab.prefix}-{b.name}")
-                       for b in tab.outputs]
+            outputs = [
+                gr.Textbox(label=b.label, lines=b.lines, interactive=False, elem_id=f"{tab.prefix}-{b.name}")
+                for b in tab.outputs
+            ]
         status = gr.Markdown(elem_id=f"{tab.prefix}-status")
         if tab.examples:
             gr.Examples(tab.examples, inputs=inputs, label=tab.examples_label, elem_id=f"{tab.prefix}-examples")
-        event = go.click(_on_gpu(tab.handler), [*inputs, *settings], [*outputs, status], api_name=tab.api_name,
-                         concurrency_limit=limit, **GENERATE_EVENT)
+        event = go.click(
+            _on_gpu(tab.handler),
+            [*inputs, *settings],
+            [*outputs, status],
+            api_name=tab.api_name,
+            concurrency_limit=limit,
+            **GENERATE_EVENT,
+        )
         stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")
 
 
@@ -156,24 +178,42 @@ def _generation_tabs(app: DemoApp, examples: tuple[list[str], list[tuple[str, st
     instruction_examples = [list(e) for e in instructions]
     return [
         GenerationTab(
-            "Base model", "base", "base", f"Raw continuation of your text by the pretrained `{app.base.source}`.",
-            [Box("prompt", "Prompt", 3, "Every effort moves you")], [Box("output", "Continuation", 8)],
-            app.generate_base, "generate_base", [[p] for p in prompts], "Example prompts",
+            "Base model",
+            "base",
+            "base",
+            f"Raw continuation of your text by the pretrained `{app.base.source}`.",
+            [Box("prompt", "Prompt", 3, "Every effort moves you")],
+            [Box("output", "Continuation", 8)],
+            app.generate_base,
+            "generate_base",
+            [[p] for p in prompts],
+            "Example prompts",
         ),
         GenerationTab(
-            "Finetuned", "finetuned", "ft",
-            _finetuned_intro(app, f"The finetuned model answers an instruction, prompted in its checkpoint's "
-                                  f"`{style}` style."),
+            "Finetuned",
+            "finetuned",
+            "ft",
+            _finetuned_intro(
+                app, f"The finetuned model answers an instruction, prompted in its checkpoint's `{style}` style."
+            ),
             [Box("instruction", "Instruction", 2, "Rewrite the sentence using a simile."), input_box],
-            [Box("output", "Response", 8)], app.generate_finetuned, "generate_finetuned", instruction_examples,
+            [Box("output", "Response", 8)],
+            app.generate_finetuned,
+            "generate_finetuned",
+            instruction_examples,
             "Example instructions",
         ),
         GenerationTab(
-            "Side by side", "side", "sbs",
+            "Side by side",
+            "side",
+            "sbs",
             _finetuned_intro(app, f"One instruction, both models, prompted the same way (`{style}` style)."),
             [Box("instruction", "Instruction", 2), input_box],
             [Box("base-output", f"Base ({app.base.source})", 10), Box("ft-output", "Finetuned", 10)],
-            app.generate_side_by_side, "generate_side_by_side", instruction_examples, "Example instructions",
+            app.generate_side_by_side,
+            "generate_side_by_side",
+            instruction_examples,
+            "Example instructions",
         ),
     ]
 
@@ -194,7 +234,12 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
 
 
 def start(
-    demo: gr.Blocks, *, host: str, port: int | None, concurrency: int = 2, queue_size: int = QUEUE_SIZE,
+    demo: gr.Blocks,
+    *,
+    host: str,
+    port: int | None,
+    concurrency: int = 2,
+    queue_size: int = QUEUE_SIZE,
     max_threads: int = GRADIO_THREADS,
 ) -> str:
     """Queue and launch ``demo`` without blocking (``demo.block_thread()`` waits); returns its local URL.
@@ -206,6 +251,13 @@ def start(
     threads (``GRADIO_THREADS`` plus, with batching, the generations' concurrency limit).
     """
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
-                            quiet=True, prevent_thread_lock=True, max_threads=max_threads)
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=MAX_FILE_SIZE,
+        quiet=True,
+        prevent_thread_lock=True,
+        max_threads=max_threads,
+    )
     return url

@@ -32,11 +32,24 @@ _KINDS = {
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "null": lambda v: v is None,
 }
-_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-               float: "a number", type(None): "null"}
+_JSON_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
 # The fields a model's entry of a prediction row may hold, and their JSON kinds.
-_MODEL_FIELDS = {"response": "string", "rouge_l": "number or null", "exact_match": "number or null",
-                 "length_tokens": "number or null", "judge_score": "number or null", "judge_raw": "string or null"}
+_MODEL_FIELDS = {
+    "response": "string",
+    "rouge_l": "number or null",
+    "exact_match": "number or null",
+    "length_tokens": "number or null",
+    "judge_score": "number or null",
+    "judge_raw": "string or null",
+}
 
 
 def _require(value: Any, kinds: str, what: str) -> None:
@@ -104,8 +117,10 @@ class EvalResults:
         command = f"python evaluate.py --run {display_path(run.root)}"
         missing = [p for p in (run.predictions, run.summary) if not p.is_file()]
         if missing:
-            return cls(problem=f"No evaluation results for this run yet (no `{display_path(missing[0])}`). "
-                               f"Create them with `{command}`.")
+            return cls(
+                problem=f"No evaluation results for this run yet (no `{display_path(missing[0])}`). "
+                f"Create them with `{command}`."
+            )
         try:
             summary = json.loads(run.summary.read_text(encoding="utf-8"))
             check_summary(summary, f"{display_path(run.summary)}: ")
@@ -113,8 +128,10 @@ class EvalResults:
             for row, line in zip(predictions, _line_numbers(run.predictions)):
                 check_prediction(row, f"{display_path(run.predictions)}, line {line}: ")
         except (ValueError, OSError) as e:
-            return cls(problem=f"The evaluation results in `{display_path(run.eval_dir)}` are unreadable ({e}). "
-                       f"Recreate them with `{command}`.")
+            return cls(
+                problem=f"The evaluation results in `{display_path(run.eval_dir)}` are unreadable ({e}). "
+                f"Recreate them with `{command}`."
+            )
         return cls(summary=summary, predictions=predictions)
 
 
@@ -177,8 +194,16 @@ def record_choices(cmp: Comparison) -> list[tuple[str, int]]:
 # Each chosen run keeps one hue in every plot: dark for the finetuned model and the training loss, light for the
 # base model and the validation loss. Plots get these as color_map, which also makes Gradio redraw a plot whose
 # series changed (a new value alone keeps the old legend and leaves new series out).
-_RUN_HUES = (("#1f77b4", "#aec7e8"), ("#ff7f0e", "#ffbb78"), ("#2ca02c", "#98df8a"), ("#d62728", "#ff9896"),
-             ("#9467bd", "#c5b0d5"), ("#8c564b", "#c49c94"), ("#e377c2", "#f7b6d2"), ("#7f7f7f", "#c7c7c7"))
+_RUN_HUES = (
+    ("#1f77b4", "#aec7e8"),
+    ("#ff7f0e", "#ffbb78"),
+    ("#2ca02c", "#98df8a"),
+    ("#d62728", "#ff9896"),
+    ("#9467bd", "#c5b0d5"),
+    ("#8c564b", "#c49c94"),
+    ("#e377c2", "#f7b6d2"),
+    ("#7f7f7f", "#c7c7c7"),
+)
 
 
 def run_color_maps(runs: list[str]) -> dict[str, dict[str, str]]:
@@ -199,7 +224,7 @@ _LENGTH_RAMP = ("#bfdbfe", "#1e3a8a")
 def bin_colors(bins: list[str], metric: str) -> dict[str, str]:
     """A color per histogram bin (given in ascending order), for ``gr.BarPlot(color_map=...)``."""
     ramp = _LENGTH_RAMP if metric == "length_tokens" else _SCORE_RAMP
-    rgb = [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in ramp]
+    rgb = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in ramp]
     colors = {}
     for n, name in enumerate(bins):
         t = n / max(len(bins) - 1, 1) * (len(ramp) - 1)  # position along the ramp
@@ -220,10 +245,13 @@ def diff_spans(response: ResponseView) -> list[tuple[str, str | None]]:
 
 
 def response_label(response: ResponseView) -> str:
-    """"run · model · 8 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 70 · Exact match 0" (no score: —)."""
+    """ "run · model · 8 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 70 · Exact match 0" (no score: —)."""
     tokens = f"{response.tokens} token{'s' if response.tokens != 1 else ''}"
-    scores = [f"{label} {'—' if value is None else f'{value:g}'}" for label, value in response.scores.items()
-              if label != "Response length (tokens)"]  # the token count is already there
+    scores = [
+        f"{label} {'—' if value is None else f'{value:g}'}"
+        for label, value in response.scores.items()
+        if label != "Response length (tokens)"
+    ]  # the token count is already there
     if not response.response:
         note = "empty response"
     elif not response.response.strip():
@@ -268,5 +296,5 @@ def header_markdown(
 
 
 def elapsed(n_tokens: int, seconds: float) -> str:
-    """"N new tokens in S s (R tokens/s)": the status line of a finished generation."""
+    """ "N new tokens in S s (R tokens/s)": the status line of a finished generation."""
     return f"{n_tokens} new tokens in {seconds:.1f} s ({n_tokens / max(seconds, 1e-9):.1f} tokens/s)"
