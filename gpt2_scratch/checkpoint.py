@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_folder, atomic_write_json, recover_folder
+from gpt2_scratch.files import atomic_folder, atomic_write_json, json_kind, recover_folder
 from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.inference import low_peak_loading, prepare_for_inference, resolve_dtype
 from gpt2_scratch.model import GPT
@@ -132,18 +132,8 @@ def _parse_config(meta: Any, cfg_path: Path, folder: Path) -> CheckpointInfo:
 
 
 def _kind(value: Any) -> str:
-    """How an error message names an unexpected JSON value: 'missing', or its JSON type."""
-    if value is None:
-        return "missing or null"
-    names = {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-    }
-    return names.get(type(value), type(value).__name__)
+    """How an error message names an unexpected config value: 'missing or null', or its JSON type."""
+    return "missing or null" if value is None else json_kind(value)
 
 
 def load_checkpoint(

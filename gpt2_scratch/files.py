@@ -224,3 +224,18 @@ def remove_stray_temporaries(folder: str | os.PathLike) -> list[str]:
             entry.unlink(missing_ok=True)
         removed.append(name)
     return removed
+
+
+_JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_kind(value: Any) -> str:
+    """How an error message names the JSON type of a parsed value: "an object", "an array", ..., "null"."""
+    return "null" if value is None else _JSON_KINDS.get(type(value), "something else")

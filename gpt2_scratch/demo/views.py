@@ -19,7 +19,7 @@ import numpy as np
 
 from gpt2_scratch.browse import RecordView, ResponseView
 from gpt2_scratch.compare import RECORD_METRICS, Comparison, RunResults
-from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.files import json_kind, read_jsonl
 from gpt2_scratch.run_log import read_metrics
 from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, RunSource, display_path
 
@@ -31,15 +31,6 @@ _KINDS = {
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "null": lambda v: v is None,
-}
-_JSON_NAMES = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
 }
 # The fields a model's entry of a prediction row may hold, and their JSON kinds.
 _MODEL_FIELDS = {
@@ -56,7 +47,7 @@ def _require(value: Any, kinds: str, what: str) -> None:
     """A ValueError ``<what> must be <kinds>, got <JSON kind>`` unless ``value`` is one of ``kinds``."""
     if not any(_KINDS[k](value) for k in kinds.split(" or ")):
         article = "an" if kinds[0] in "aeiou" else "a"
-        raise ValueError(f"{what} must be {article} {kinds}, got {_JSON_NAMES.get(type(value), 'something else')}")
+        raise ValueError(f"{what} must be {article} {kinds}, got {json_kind(value)}")
 
 
 def _require_key(d: dict, key: str, kinds: str, where: str) -> None:
