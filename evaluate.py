@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from gpt2_scratch.checkpoint import resolve_device
-from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, EvalSettings, evaluate_run, format_table
+from gpt2_scratch.eval_summary import format_table
+from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, EvalSettings, evaluate_run
 from gpt2_scratch.generation import SamplingSettings
 from gpt2_scratch.inference import DTYPES
 from gpt2_scratch.judge import DEFAULT_JUDGE_SEED, JUDGE_API_KEY_ENV, JudgeConfig, JudgeUnreachable

@@ -47,7 +47,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -56,6 +55,7 @@ import torch
 from gpt2_scratch.batches import EncodedExample, encode_record
 from gpt2_scratch.checkpoint import load_model, read_checkpoint_info
 from gpt2_scratch.data import Record, read_records
+from gpt2_scratch.eval_summary import ModelResults, aggregate, build_summary, prediction_rows
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.inference import DTYPES, resolve_dtype
@@ -63,8 +63,8 @@ from gpt2_scratch.judge import JudgeClient, JudgeConfig
 from gpt2_scratch.model import GPT
 from gpt2_scratch.progress import ProgressFile, check_batch_entry, check_judge_entry
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
-from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, format_metric
-from gpt2_scratch.scoring import exact_match, perplexity, reference_loss, rouge_l_f1
+from gpt2_scratch.runs import MODEL_NAMES, RunPaths
+from gpt2_scratch.scoring import reference_loss
 from gpt2_scratch.serving import Engine
 from gpt2_scratch.tokenizer import decode, encode
 
@@ -179,20 +179,6 @@ def generate_refilled(
 
 
 # --- the evaluation -----------------------------------------------------------------------
-
-
-@dataclass
-class ModelResults:
-    """Everything measured for one model, in test-record order."""
-
-    responses: list[str]  # raw decoded responses
-    lengths: list[int]  # new tokens, <|endoftext|> excluded
-    generation_seconds: float
-    steps: int  # decoding steps: new tokens plus the <|endoftext|> of rows that stopped on it
-    loss: float
-    loss_tokens: int
-    judge: list[dict] | None  # per record {"score", "raw", "error"}
-    progress: list[ProgressFile]  # the files these results were resumed from, marked done once results are written
 
 
 def _prompts_sha256(prompts: Sequence[Sequence[int]], records: Sequence[Record]) -> str:
@@ -324,23 +310,17 @@ def _test_records(run: RunPaths, settings: EvalSettings) -> list[Record]:
     return records
 
 
-def _summary(run: RunPaths, info, records, style, generation, dtype, settings, models: dict) -> dict:
-    """``eval/summary.json``: what was evaluated, how, and each model's aggregates."""
-    judge = settings.judge
+def _generation_settings(settings: EvalSettings) -> dict:
+    """How the answers are generated, as progress headers and ``summary.json`` record it."""
+    s = settings.sampling
     return {
-        "run": str(run.root),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "num_records": len(records),
-        "checkpoint": {"path": str(run.final), "sha256": info.sha256},
-        "base_model": run.read_info().base_model,
-        "prompt_style": style.name,
-        "test_records": str(run.test_records),
-        "generation": generation,
-        "device": settings.device,
-        "dtype": dtype,
-        "judge": None if judge is None else {"url": judge.url, "model": judge.model, "seed": judge.seed},
-        "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},
-        "models": models,
+        "max_new_tokens": s.max_new_tokens,
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "seed": s.seed,
+        "batch_size": settings.batch_size,
+        "refill": settings.refill,
     }
 
 
@@ -369,15 +349,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
 
     dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
     s = settings.sampling
-    generation = {
-        "max_new_tokens": s.max_new_tokens,
-        "temperature": s.temperature,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "seed": s.seed,
-        "batch_size": settings.batch_size,
-        "refill": settings.refill,
-    }
+    generation = _generation_settings(settings)
     common = {
         "prompt_style": style.name,
         "prompts_sha256": _prompts_sha256(prompts, records),
@@ -391,11 +363,8 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         model, sha256 = _load(name, run, base_model, settings.device, dtype)
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
-        if model.config.block_size <= s.max_new_tokens:
-            raise ValueError(
-                f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's "
-                f"context length ({model.config.block_size})"
-            )
+        if model.config.block_size <= s.max_new_tokens:  # a --base of another shape than the run's
+            raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's context")
         results[name] = evaluate_model(
             name,
             model,
@@ -409,69 +378,12 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         )
         del model
 
-    rows = _prediction_rows(records, results)
-    models = {name: _aggregate(name, res, rows, settings) for name, res in results.items()}
-    summary = _summary(run, info, records, style, generation, dtype, settings, models)
+    rows = prediction_rows(records, results)
+    models = {name: aggregate(name, res, rows, judged=settings.judge is not None) for name, res in results.items()}
+    summary = build_summary(run, info, records, style, generation, dtype, settings, models)
     atomic_write_jsonl(run.predictions, rows)
     atomic_write_json(run.summary, summary)
     for res in results.values():  # the results are written: these files no longer block other settings
         for progress in res.progress:
             progress.mark_done()
     return summary
-
-
-def _prediction_rows(records: Sequence[Record], results: dict[str, ModelResults]) -> list[dict]:
-    rows = []
-    for i, r in enumerate(records):
-        row = {"id": r.id, "instruction": r.instruction, "input": r.input, "reference": r.output}
-        for name, res in results.items():
-            response = res.responses[i]
-            scored = response.strip()
-            j = res.judge[i] if res.judge is not None else None
-            row[name] = {
-                "response": response,
-                "rouge_l": rouge_l_f1(scored, r.output),
-                "exact_match": exact_match(scored, r.output),
-                "length_tokens": res.lengths[i],
-                "judge_score": j["score"] if j else None,
-                "judge_raw": j["raw"] if j else None,
-                "judge_error": j["error"] if j else False,
-            }
-        rows.append(row)
-    return rows
-
-
-def _aggregate(name: str, res: ModelResults, rows: list[dict], settings: EvalSettings) -> dict:
-    per = [row[name] for row in rows]
-    n = len(per)
-    scores = [p["judge_score"] for p in per if p["judge_score"] is not None]
-    judged = settings.judge is not None
-    return {
-        "reference_loss": res.loss,
-        "perplexity": perplexity(res.loss),
-        "reference_loss_tokens": res.loss_tokens,
-        "rouge_l": sum(p["rouge_l"] for p in per) / n,
-        "exact_match": sum(p["exact_match"] for p in per) / n,
-        "mean_length_tokens": sum(p["length_tokens"] for p in per) / n,
-        "empty_share": sum(1 for p in per if not p["response"].strip()) / n,
-        "judge_mean": sum(scores) / len(scores) if scores else None,
-        "judge_unparsed": sum(1 for p in per if p["judge_score"] is None) if judged else 0,
-        "judge_errors": sum(1 for p in per if p["judge_error"]) if judged else 0,
-        "generation_seconds": round(res.generation_seconds, 3),
-        "tokens_per_second": round(res.steps / res.generation_seconds, 2) if res.generation_seconds > 0 else 0.0,
-    }
-
-
-def format_table(summary: dict) -> str:
-    """The aggregates of ``summary`` side by side, one row per metric, one column per model."""
-    models = list(summary["models"])
-    table = [["metric", *models]]
-    for m in SUMMARY_METRICS:
-        table.append([m.label, *(format_metric(summary["models"][name].get(m.key), m.spec) for name in models)])
-    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
-        for row in table
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
