@@ -51,7 +51,10 @@ class ProgressFile:
             return pf
         saved = complete[0].get("header") if isinstance(complete[0], dict) else None
         done = complete[-1] == DONE
-        entries = complete[1:-1] if done else complete[1:]
+        numbered = [
+            (n, e) for n, e in enumerate(complete[1:], 2) if e != DONE
+        ]  # (line, entry); a done mark is no entry
+        entries = [e for _, e in numbered]
         if saved != header:
             if not done:
                 raise SettingsMismatch(_mismatch_message(path, saved, header))
@@ -61,14 +64,14 @@ class ProgressFile:
             )
             atomic_write_jsonl(path, [{"header": header}])
             return pf
-        for n, entry in enumerate(entries, 2):
+        for n, entry in numbered:
             problem = check(entry)
             if problem is not None:
                 raise ValueError(
                     f"{path}: line {n} is not a progress entry ({problem}); "
                     "delete the file (or pass --restart) to start over"
                 )
-        if not path.read_bytes().endswith(b"\n") or done:  # drop a torn last line (or the done mark) before appending
+        if not path.read_bytes().endswith(b"\n") or len(entries) < len(complete) - 1:  # a torn line, done marks
             atomic_write_jsonl(path, [complete[0], *entries])
         pf.entries = entries
         return pf

@@ -401,3 +401,14 @@ def test_refilled_rows_give_the_fixed_batches_results_and_resume(run, tmp_path, 
     assert run.predictions.read_bytes() == fixed.predictions.read_bytes()
     assert got["generation"]["refill"] is True and expected["generation"]["refill"] is False
     assert got["models"]["base"]["rouge_l"] == expected["models"]["base"]["rouge_l"]
+
+
+def test_a_bad_line_after_a_finished_evaluation_is_named_by_its_own_line(run):
+    evaluate_run(run, EvalSettings(**FAST))
+    partial = run.eval_dir / "partial_base.jsonl"
+    lines = partial.read_text().splitlines()
+    assert lines[-1] == '{"done": true}'  # header, 3 batches, the done mark
+    with open(partial, "a") as f:
+        f.write('{"batch": 0}\n')
+    with pytest.raises(ValueError, match=f"{partial}: line {len(lines) + 1} is not a progress entry"):
+        evaluate_run(run, EvalSettings(**FAST))
