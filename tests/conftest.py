@@ -329,3 +329,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- app.py, imported in-process
+
+
+@pytest.fixture
+def app_module():
+    """The ``app`` module (app.py at the repository root)."""
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    sys.path.insert(0, root)
+    try:
+        import app
+    finally:
+        sys.path.remove(root)
+    return app
+
+
+@pytest.fixture
+def launch_app(app_module, monkeypatch):
+    """``launch_app(argv) -> (Blocks, launch's keyword arguments)``: ``app.main(argv)`` with the server not started."""
+    import gradio as gr
+
+    def run(argv):
+        seen = {}
+
+        def launch(self, **kw):
+            seen.update(demo=self, **kw)
+            return None, "http://127.0.0.1:7860/", None
+
+        monkeypatch.setattr(gr.Blocks, "launch", launch)
+        monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
+        app_module.main(argv)
+        return seen.pop("demo"), seen
+
+    return run

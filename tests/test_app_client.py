@@ -201,16 +201,6 @@ def _wait_until(condition, timeout: float = 30.0) -> None:
 # --------------------------------------------------------------------------- app.py
 
 
-@pytest.fixture
-def app_module():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(ROOT))
-    return app
-
-
 def test_app_cli_errors_exit_2(app_module, tmp_path, capsys):
     app = app_module
     with pytest.raises(SystemExit) as exit_info:
@@ -232,25 +222,11 @@ def test_app_refuses_a_folder_without_run_json(app_module, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {tmp_path / 'notarun'} is not a run folder: no run.json\n"
 
 
-def _launch_kwargs(app_module, monkeypatch, argv):
-    """Run app.main(argv) with Blocks.launch replaced: (the Blocks, launch's keyword arguments)."""
-    seen = {}
-
-    def launch(self, **kw):
-        seen.update(demo=self, **kw)
-        return None, "http://127.0.0.1:7860/", None
-
-    monkeypatch.setattr(gr.Blocks, "launch", launch)
-    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
-    app_module.main(argv)
-    return seen.pop("demo"), seen
-
-
-def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, monkeypatch, make_run):
+def test_app_binds_localhost_or_all_interfaces_on_a_space(tmp_path, monkeypatch, make_run, launch_app):
     run = make_run(tmp_path / "run1", with_eval=False)
     for var in ("SPACE_ID", "GRADIO_SERVER_NAME", "GPT2_SCRATCH_HUB_REPO"):
         monkeypatch.delenv(var, raising=False)
-    demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--concurrency", "3"])
+    demo, kw = launch_app(["--run", str(run.root), "--concurrency", "3"])
     # Batching is on by default: a streaming generation holds a Gradio thread while it waits for a token.
     threads = GRADIO_THREADS + DEFAULT_MAX_ROWS + DEFAULT_MAX_WAITING
     limits = {
@@ -264,7 +240,7 @@ def test_app_binds_localhost_or_all_interfaces_on_a_space(app_module, tmp_path, 
     assert demo._queue.default_concurrency_limit == 3
     assert demo._queue.max_size == QUEUE_SIZE
     monkeypatch.setenv("SPACE_ID", "someone/gpt2-from-scratch")
-    demo, kw = _launch_kwargs(app_module, monkeypatch, ["--run", str(run.root), "--port", "7999", "--queue-size", "4"])
+    demo, kw = launch_app(["--run", str(run.root), "--port", "7999", "--queue-size", "4"])
     assert kw == {"server_name": "0.0.0.0", "server_port": 7999, **limits}
     assert demo._queue.max_size == 4
 
@@ -274,7 +250,7 @@ def _runs_offered(demo) -> list:
     return [choice[1] for choice in picker["props"]["choices"]]
 
 
-def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch, make_run):
+def test_app_takes_its_run_from_the_hub_repo(tmp_path, monkeypatch, make_run, launch_app):
     import gpt2_scratch.runs as runs_module
 
     run = make_run(tmp_path / "snapshot")
@@ -282,14 +258,14 @@ def test_app_takes_its_run_from_the_hub_repo(app_module, tmp_path, monkeypatch, 
     monkeypatch.setattr(runs_module, "download_run", lambda repo: asked.append(repo) or run)
     monkeypatch.setenv("GPT2_SCRATCH_HUB_REPO", "someone/gpt2-alpaca")
     monkeypatch.chdir(tmp_path)  # no runs/ here: the Hub repo is the only source
-    demo, _ = _launch_kwargs(app_module, monkeypatch, [])
+    demo, _ = launch_app([])
     assert asked == ["someone/gpt2-alpaca"]  # downloaded once
     header = demo.config["components"][0]["props"]["value"]
     assert "Run `snapshot` · base model `random:tiny` · finetuned checkpoint `snapshot/final`" in header
     assert _runs_offered(demo) == ["someone/gpt2-alpaca"]
 
 
-def test_app_offers_the_runs_of_several_hub_repos(app_module, tmp_path, monkeypatch, make_run, capsys):
+def test_app_offers_the_runs_of_several_hub_repos(tmp_path, monkeypatch, make_run, capsys, launch_app):
     import gpt2_scratch.runs as runs_module
 
     snapshots = {"me/a": make_run(tmp_path / "a"), "me/b": make_run(tmp_path / "b")}
@@ -302,7 +278,7 @@ def test_app_offers_the_runs_of_several_hub_repos(app_module, tmp_path, monkeypa
     monkeypatch.setattr(runs_module, "download_run", download)
     monkeypatch.setenv("GPT2_SCRATCH_HUB_REPO", "me/gone,me/a, me/b")
     monkeypatch.chdir(tmp_path)
-    demo, _ = _launch_kwargs(app_module, monkeypatch, [])
+    demo, _ = launch_app([])
     assert _runs_offered(demo) == ["me/a", "me/b"]
     assert "Run `a` · " in demo.config["components"][0]["props"]["value"]  # the first repo that loads is served
     err = capsys.readouterr().err
@@ -316,17 +292,15 @@ def test_app_offers_the_runs_of_several_hub_repos(app_module, tmp_path, monkeypa
     )  # said in the results tab too
 
 
-def test_app_offers_every_finished_run_under_runs_dir(app_module, tmp_path, monkeypatch, make_run):
+def test_app_offers_every_finished_run_under_runs_dir(tmp_path, monkeypatch, make_run, launch_app):
     monkeypatch.delenv("GPT2_SCRATCH_HUB_REPO", raising=False)
     for name in ("first", "second"):
         make_run(tmp_path / "elsewhere" / name, with_eval=False)
     other = make_run(tmp_path / "other", with_eval=False)
-    demo, _ = _launch_kwargs(app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere")])
+    demo, _ = launch_app(["--runs-dir", str(tmp_path / "elsewhere")])
     assert _runs_offered(demo) == ["second", "first"]  # newest first; the newest is served
     assert "Run `second`" in demo.config["components"][0]["props"]["value"]
-    demo, _ = _launch_kwargs(
-        app_module, monkeypatch, ["--runs-dir", str(tmp_path / "elsewhere"), "--run", str(other.root)]
-    )
+    demo, _ = launch_app(["--runs-dir", str(tmp_path / "elsewhere"), "--run", str(other.root)])
     assert _runs_offered(demo) == ["other", "second", "first"]  # --run is offered too, first
 
 

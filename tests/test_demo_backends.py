@@ -215,20 +215,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app_module():
-    import sys
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parent.parent)
-    sys.path.insert(0, root)
-    try:
-        import app
-    finally:
-        sys.path.remove(root)
-    return app
-
-
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_app_starts_and_generates_in_each_dtype(app_module, finished_run, monkeypatch, capsys, dtype):
     served = []
@@ -248,27 +234,13 @@ def test_app_starts_and_generates_in_each_dtype(app_module, finished_run, monkey
         served[0].close()
 
 
-def _launched(app_module, monkeypatch, argv):
-    """app.main(argv) with Blocks.launch replaced: (the Blocks, launch's keyword arguments)."""
-    seen = {}
-
-    def launch(self, **kw):
-        seen.update(demo=self, **kw)
-        return None, "http://127.0.0.1:7860/", None
-
-    monkeypatch.setattr(gr.Blocks, "launch", launch)
-    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
-    app_module.main(argv)
-    return seen.pop("demo"), seen
-
-
-def test_app_batching_options(app_module, finished_run, monkeypatch, capsys):
+def test_app_batching_options(app_module, finished_run, monkeypatch, capsys, launch_app):
     monkeypatch.delenv(ZERO_GPU_ENV, raising=False)
     run = ["--run", str(finished_run.root)]
-    demo, kw = _launched(app_module, monkeypatch, [*run, "--max-batch", "4", "--max-waiting", "6"])
+    demo, kw = launch_app([*run, "--max-batch", "4", "--max-waiting", "6"])
     assert kw["max_threads"] == GRADIO_THREADS + 10
     assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {10}
-    demo, kw = _launched(app_module, monkeypatch, [*run, "--no-batching", "--dtype", "float32"])
+    demo, kw = launch_app([*run, "--no-batching", "--dtype", "float32"])
     assert kw["max_threads"] == GRADIO_THREADS
     assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {"default"}
     texts = [c["props"].get("value") for c in demo.config["components"]]
@@ -280,13 +252,13 @@ def test_app_batching_options(app_module, finished_run, monkeypatch, capsys):
     assert capsys.readouterr().err == "error: --max-batch must be at least 1, got 0\n"
 
 
-def test_batching_is_off_on_zero_gpu(app_module, finished_run, monkeypatch, capsys):
+def test_batching_is_off_on_zero_gpu(finished_run, monkeypatch, capsys, launch_app):
     monkeypatch.setenv(ZERO_GPU_ENV, "true")
     backend, note = choose_backend(batching=True)
     assert isinstance(backend, PerRequest) and "ZeroGPU" in note
     backend, note = choose_backend(batching=False)
     assert isinstance(backend, PerRequest) and note is None
-    _launched(app_module, monkeypatch, ["--run", str(finished_run.root)])
+    launch_app(["--run", str(finished_run.root)])
     assert "warning: Batching is off on a ZeroGPU Space" in capsys.readouterr().err
     monkeypatch.setenv(ZERO_GPU_ENV, "false")
     assert isinstance(choose_backend(batching=True)[0], Batched)
