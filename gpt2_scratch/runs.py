@@ -181,15 +181,6 @@ class RunPaths:
         return self.eval_dir / "summary.json"
 
 
-def latest_run(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> RunPaths:
-    """The most recently modified run under ``runs_dir`` that has a final checkpoint."""
-    runs_dir = Path(runs_dir)
-    candidates = [p for p in runs_dir.glob("*") if (p / "final" / "config.json").is_file()] if runs_dir.is_dir() else []
-    if not candidates:
-        raise FileNotFoundError(f"no finished run under {runs_dir}/; create one with: python finetune.py")
-    return RunPaths(max(candidates, key=lambda p: (p / "final" / "config.json").stat().st_mtime))
-
-
 def _model_config(folder: Path) -> Path | None:
     """The config.json of a folder's finished model: ``final/`` of a run, or the root of an export; else None."""
     from gpt2_scratch.export import is_export  # export.py builds on this module
@@ -210,6 +201,14 @@ def finished_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunPat
     )
     found.sort(key=lambda pair: pair[0].stat().st_mtime, reverse=True)
     return [RunPaths(p) for _, p in found]
+
+
+def latest_run(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> RunPaths:
+    """The most recently finished run under ``runs_dir`` that has a final checkpoint (an export has none to evaluate)."""
+    for run in finished_runs(runs_dir):
+        if (run.final / "config.json").is_file():
+            return run
+    raise FileNotFoundError(f"no finished run under {Path(runs_dir)}/; create one with: python finetune.py")
 
 
 # --------------------------------------------------------------------------- finding the runs to show
@@ -235,9 +234,20 @@ def hub_repos(value: str | None) -> list[str]:
 
 
 def download_run(repo_id: str) -> RunPaths:
-    """Download a run (run.json, the model, eval/, loss curve) from a Hugging Face Hub model repo."""
+    """Download a run (run.json, the model, eval/, loss curve) from a Hugging Face Hub model repo.
+
+    When the Hub cannot be reached (``hub.require_hub``, seconds instead of
+    ``huggingface_hub``'s half minute of retries) a copy in the local cache is
+    used, else the error is raised.
+    """
     from huggingface_hub import snapshot_download
 
+    from gpt2_scratch.hub import require_hub
+
+    try:
+        require_hub(f"the run {repo_id!r}")
+    except RuntimeError:
+        return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES, local_files_only=True)))
     return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES)))
 
 

@@ -401,3 +401,18 @@ def test_run_still_training_serves_best_and_says_so(tmp_path, make_run):
         "Serving `best/` (the lowest validation loss so far): the run has no `final/` yet (still training?)."
     )
     assert DemoApp.from_run(make_run(tmp_path / "ok")).checkpoint_note is None  # final/ is used: nothing to say
+
+
+def test_an_unreachable_hub_repo_fails_fast_and_is_named(tmp_path, monkeypatch):
+    # Not "offline" by the env var: the endpoint does not answer (a closed local port), and nothing is cached.
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.monotonic()
+    run, problem = resolve_run(None, runs_dir=tmp_path, hub_repo="someone/gpt2-alpaca")
+    assert time.monotonic() - start < 5
+    assert run is None and problem.startswith("Could not download the run from the Hub repo `someone/gpt2-alpaca`")
