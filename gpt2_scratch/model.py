@@ -39,6 +39,17 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention ``(B, nh, T, hs)`` of queries ``(B, nh, T, hs)`` over keys/values ``(B, nh, S, hs)``.
+
+    Without ``mask`` (no padding) it is plain causal attention, and a single new
+    token attends to everything cached; ``mask`` ``(B, 1, T, S)`` also keeps padding out.
+    """
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.shape[2] > 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 class KVCache:
     """Preallocated keys and values of every layer, for incremental decoding.
 
@@ -58,6 +69,14 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
         self.key_valid: torch.Tensor | None = None
+
+    def attend(self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
+        """Write this step's keys and values ``(B, nh, T, hs)`` of ``layer`` after the cached ones, then
+        ``attention`` of ``q`` over all of them (``S = length + T`` keys); ``GPT.forward`` advances ``length``."""
+        start, end = self.length, self.length + q.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout_p)  # (B, nh, T, hs)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop every batch row not in ``rows`` (finished sequences stop costing compute)."""
@@ -90,18 +109,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.k[layer, :, :, start:end] = k
-            cache.v[layer, :, :, start:end] = v
-            k = cache.k[layer, :, :, :end]  # (B, nh, S, hs)
-            v = cache.v[layer, :, :, :end]  # (B, nh, S, hs)
         dropout_p = self.dropout if self.training else 0.0
-        if mask is None:
-            # No padding: plain causal attention. A single new token attends to everything cached.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+        if cache is not None:  # the cache appends k and v, then attends over everything it holds
+            y = cache.attend(layer, q, k, v, mask, dropout_p)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = attention(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 

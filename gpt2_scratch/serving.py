@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from gpt2_scratch.generation import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
 from gpt2_scratch.model import GPT, KVCache
@@ -388,45 +387,48 @@ class Engine:
         self._rows = running
 
 
+class _RaggedCache:
+    """The rows' own ``KVCache``s, seen by the model's layers as one cache for their concatenated tokens.
+
+    ``CausalSelfAttention`` hands it the queries, keys and values of the whole
+    sequence ``(1, nh, N, hs)``; each row's span goes to that row's cache and
+    its own attention call (``KVCache.attend``), exactly as when the row runs alone.
+    """
+
+    def __init__(self, rows: Sequence[_Row], spans: Sequence[tuple[int, int]]):
+        self.rows, self.spans = rows, spans  # spans: (offset in the sequence, number of new tokens)
+
+    def attend(self, layer: int, q, k, v, mask, dropout_p: float = 0.0) -> torch.Tensor:
+        ys = [
+            row.cache.attend(layer, q[:, :, o : o + T], k[:, :, o : o + T], v[:, :, o : o + T], None)
+            for row, (o, T) in zip(self.rows, self.spans)
+        ]
+        return torch.cat(ys, dim=2)  # (1, nh, N, hs)
+
+
 def _forward_rows(model: GPT, rows: Sequence[_Row]) -> torch.Tensor:
     """Logits ``(R, V)`` after each row's ``feed`` tokens: ``GPT.forward`` for a ragged batch.
 
     The same modules and the same arithmetic per row as ``model(feed, cache=...,
     last_only=True)`` with the row alone: the rows' tokens are concatenated into
-    one sequence ``(1, N, C)`` for everything that works row by row, and each row
-    attends over its own cache with its own ``scaled_dot_product_attention`` call
-    (see the module doc for why). Dropout is skipped (the model is in eval mode).
+    one sequence ``(1, N, C)`` for everything that works row by row (the blocks
+    themselves, through ``_RaggedCache``), and each row attends over its own
+    cache with its own ``scaled_dot_product_attention`` call (see the module doc
+    for why). Dropout is skipped (the model is in eval mode).
     """
     tr = model.transformer
-    C, nh = model.config.n_embd, model.config.n_head
-    hs = C // nh
     device = model.device
-    spans = []  # (offset in the sequence, number of new tokens, tokens already cached)
-    offset = 0
+    spans, offset = [], 0
     for row in rows:
-        spans.append((offset, len(row.feed), row.cache.length))
+        spans.append((offset, len(row.feed)))
         offset += len(row.feed)
     idx = torch.tensor([t for row in rows for t in row.feed], device=device).unsqueeze(0)  # (1, N)
-    pos = torch.tensor([p + j for _, T, p in spans for j in range(T)], device=device).unsqueeze(0)  # (1, N)
-
-    x = tr.wte(idx) + tr.wpe(pos)  # (1, N, C)
+    pos = [row.cache.length + j for row in rows for j in range(len(row.feed))]
+    x = tr.wte(idx) + tr.wpe(torch.tensor(pos, device=device).unsqueeze(0))  # (1, N, C)
+    cache = _RaggedCache(rows, spans)
     for layer, block in enumerate(tr.h):
-        attn = block.attn
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)  # 3 x (1, N, C)
-        ys = []
-        for row, (o, T, past) in zip(rows, spans):
-            cache, end = row.cache, past + T
-            cache.k[layer, :, :, past:end] = k[:, o : o + T].view(1, T, nh, hs).transpose(1, 2)
-            cache.v[layer, :, :, past:end] = v[:, o : o + T].view(1, T, nh, hs).transpose(1, 2)
-            qi = q[:, o : o + T].view(1, T, nh, hs).transpose(1, 2)  # (1, nh, T, hs)
-            # Exactly CausalSelfAttention's call for this row alone: its prompt (causal) or one new token.
-            y = F.scaled_dot_product_attention(
-                qi, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], is_causal=T > 1
-            )
-            ys.append(y.transpose(1, 2).contiguous().view(1, T, C))
-        x = x + attn.c_proj(torch.cat(ys, dim=1))
-        x = x + block.mlp(block.ln_2(x))
-    for row, (_, T, past) in zip(rows, spans):
-        row.cache.length = past + T
-    last = torch.tensor([o + T - 1 for o, T, _ in spans], device=device)
+        x = block(x, layer, cache)
+    for row, (_, T) in zip(rows, spans):
+        row.cache.length += T
+    last = torch.tensor([o + T - 1 for o, T in spans], device=device)
     return model.lm_head(tr.ln_f(x[:, last]))[0]  # (R, V)
