@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from gpt2_scratch.files import flatten_json
 from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunInfo, format_metric
 
 
@@ -275,17 +276,10 @@ class OptionsDiff:
         return self.frame.style.apply(mark, axis=1)
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _options(info: RunInfo) -> dict[str, Any]:
     options = {"base_model": info.base_model, "prompt_style": info.prompt_style}
-    options.update(_flat(info.dataset or {}, "dataset."))
-    options.update({k: v for k, v in _flat(info.training or {}).items() if k not in _NOT_OPTIONS})
+    options.update(flatten_json(info.dataset or {}, "dataset."))
+    options.update({k: v for k, v in flatten_json(info.training or {}).items() if k not in _NOT_OPTIONS})
     return options
 
 

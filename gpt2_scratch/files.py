@@ -239,3 +239,14 @@ _JSON_KINDS = {
 def json_kind(value: Any) -> str:
     """How an error message names the JSON type of a parsed value: "an object", "an array", ..., "null"."""
     return "null" if value is None else _JSON_KINDS.get(type(value), "something else")
+
+
+def flatten_json(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested JSON object as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_json(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from gpt2_scratch.files import append_jsonl, atomic_write_jsonl, read_jsonl
+from gpt2_scratch.files import append_jsonl, atomic_write_jsonl, flatten_json, read_jsonl
 
 DONE = {"done": True}
 
@@ -88,7 +88,7 @@ class ProgressFile:
 def _differences(path: Path, saved: dict | None, current: dict) -> str:
     if not isinstance(saved, dict):
         return f"{path} has no valid header"
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    flat_saved, flat_current = flatten_json(saved), flatten_json(current)
     diffs = [k for k in sorted(set(flat_saved) | set(flat_current)) if flat_saved.get(k) != flat_current.get(k)]
     shown = ", ".join(f"{k}={flat_saved.get(k)!r} (now {flat_current.get(k)!r})" for k in diffs[:3])
     return f"{path} holds results made with other settings: {shown}"
@@ -101,16 +101,6 @@ def _mismatch_message(path: Path, saved: dict | None, current: dict) -> str:
         f"{_differences(path, saved, current)}; "
         "rerun with the same settings to resume, or delete the file (or pass --restart) to start over"
     )
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _is_int(x: Any) -> bool:
