@@ -105,9 +105,9 @@ class BestWeights:
         """Write the kept weights (those of ``step``) to ``folder``, unless it holds them already."""
         if self.weights is None or self.written == step:
             return
-        with torch.device("meta"):  # a shell for save_checkpoint; the tensors are the kept weights
+        with torch.device("meta"):  # a shell for save_checkpoint; load_weights makes the kept tensors its own
             shell = GPT(self.config)
-        shell.load_state_dict({**self.weights, "lm_head.weight": self.weights["transformer.wte.weight"]}, assign=True)
+        shell.load_weights(self.weights, "the best weights")
         save_checkpoint(folder, shell, prompt_style=prompt_style, metadata=metadata)
         self.written = step
 
