@@ -261,7 +261,8 @@ def test_every_tab_in_chromium(server, greedy, tmp_path):
             stopped = output(page, "base-output")
             page.wait_for_timeout(1000)
             assert output(page, "base-output") == stopped
-            assert "new tokens in" not in page.inner_text("#base-status")  # it did not run to the end
+            status = page.inner_text("#base-status")
+            assert "Stopped." in status and "new tokens in" not in status  # it stayed stopped, before the end
             set_max_new_tokens(page, 24)
 
             # Side by side: both columns fill.

@@ -35,7 +35,19 @@ def test_build_demo_names_its_endpoints(app):
     # Each tab's Stop button cancels that tab's generation.
     by_name = {d["api_name"]: i for i, d in enumerate(deps)}
     cancelled = {i for d in deps for i in d.get("cancels", [])}
-    assert {by_name["generate_base"], by_name["generate_finetuned"], by_name["generate_side_by_side"]} <= cancelled
+    generations = {by_name["generate_base"], by_name["generate_finetuned"], by_name["generate_side_by_side"]}
+    assert generations <= cancelled
+    # "Stopped." is written once the cancellation is complete (a failure listener of the generation),
+    # not by the Stop click, whose listeners race the cancel request.
+    ids = {c["id"]: c["props"].get("elem_id") for c in demo.config["components"]}
+    stopped = {d["trigger_after"]: ids[d["outputs"][0]] for d in deps if d.get("trigger_only_on_failure")}
+    assert stopped == {
+        by_name["generate_base"]: "base-status",
+        by_name["generate_finetuned"]: "ft-status",
+        by_name["generate_side_by_side"]: "sbs-status",
+    }
+    stop_clicks = [d for d in deps if any(ids.get(t[0], "").endswith("-stop") for t in d["targets"])]
+    assert stop_clicks and all(not d["outputs"] for d in stop_clicks)
 
 
 def test_the_three_generation_tabs_share_one_layout(app):

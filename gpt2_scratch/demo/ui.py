@@ -161,7 +161,11 @@ def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component],
             concurrency_limit=limit,
             **GENERATE_EVENT,
         )
-        stop.click(_stopped, None, [status], cancels=[event], api_visibility="private")
+        stop.click(None, None, None, cancels=[event], api_visibility="private")
+        # The browser runs an event's failure listeners once its cancellation is complete, so "Stopped."
+        # set here cannot be overwritten by a token already on its way. (A listener of the Stop click
+        # itself races the cancel request: a late token could leave "Generating…" on screen.)
+        event.failure(_stopped, None, [status], api_visibility="private")
 
 
 def _finetuned_intro(app: DemoApp, intro: str) -> str:
