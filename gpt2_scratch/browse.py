@@ -139,10 +139,26 @@ def _full_table(cmp: Comparison) -> pd.DataFrame:
     return cmp.cache["_full"]
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, with a leading ``'`` (shown as text); else as is."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """``frame`` as UTF-8 CSV (no index column)."""
+    """``frame`` as UTF-8 CSV (no index column), its text cells and headers made inert for spreadsheets.
+
+    Responses, instructions and run names come from model output and from Hub
+    repos: a cell like ``=HYPERLINK(...)`` must open as text, not run.
+    """
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    safe = frame.assign(**{c: frame[c].map(_inert) for c in text})
+    safe.columns = [_inert(str(c)) for c in frame.columns]
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
+    safe.to_csv(buffer, index=False)
     return buffer.getvalue().encode("utf-8")
 
 

@@ -482,3 +482,15 @@ def test_csv_export(cmp, tmp_path):
     write_csv(path, table)
     assert path.read_bytes() == csv_bytes(table) and not list(path.parent.glob(".*.tmp"))
     assert np.array_equal(pd.read_csv(path)["id"], [12])
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_text():
+    # Model output and Hub-sourced run names must open as text, not as formulas.
+    answer = entry('=HYPERLINK("http://evil.example","click")', -0.5, 7)
+    evil = record(3, "@SUM(A1:A9)", "+1+1", base=answer, finetuned=entry("-2 degrees", 0.25, None))
+    table = filter_records(compare([RunResults("=run", predictions=[evil])]), "", full=True)
+    back = pd.read_csv(io.BytesIO(csv_bytes(table)), keep_default_na=False)
+    assert back.loc[0, "'=run · base · response"] == '\'=HYPERLINK("http://evil.example","click")'
+    assert back.loc[0, "'=run · finetuned · response"] == "'-2 degrees"
+    assert (back.loc[0, "instruction"], back.loc[0, "reference"]) == ("'+1+1", "'@SUM(A1:A9)")
+    assert back.loc[0, "'=run · base · rouge_l"] == -0.5 and back.loc[0, "id"] == 3  # numbers stay numbers
