@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--export-dir", type=Path, help="where to write the export (default: <run>/export)")
     p.add_argument("--license", default="mit", help="license in the model card (default: mit, GPT-2's license)")
+    p.add_argument(
+        "--weights-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="how model.safetensors is stored: bfloat16 halves what users and the Space download (default: float32)",
+    )
     return p.parse_args(argv)
 
 
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             private=args.private,
             export_dir=args.export_dir,
             license=args.license,
+            weights_dtype=args.weights_dtype,
         )
         if args.dry_run:
             print(describe(plan, endpoint=constants.ENDPOINT, token_from=token_source()))

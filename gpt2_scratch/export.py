@@ -1,7 +1,8 @@
 """Export a finished run as a model repo in the layout ``transformers`` reads.
 
     <export>/
-      model.safetensors       GPT2LMHeadModel's key names, Conv1D (in, out) weights, tied head left out
+      model.safetensors       GPT2LMHeadModel's key names, Conv1D (in, out) weights, tied head left out;
+                              float32, or bfloat16 (``weights_dtype``: half the download)
       config.json             GPT2Config's fields, plus "gpt2_scratch": our metadata (prompt style, run, weights hash)
       generation_config.json  bos/eos/pad 50256
       vocab.json, merges.txt  the official GPT-2 BPE files (encoder.json, vocab.bpe), byte for byte
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gpt2_scratch.checkpoint import CheckpointInfo, file_sha256, load_checkpoint, read_checkpoint_info
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text
@@ -45,6 +48,7 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 # What an app needs of an export on the Hub (snapshot_download allow_patterns): weights, config, the run's files.
 APP_FILES = [WEIGHTS_FILE, CONFIG_FILE, "run.json", "eval/*", "loss.png", "metrics.jsonl"]
+WEIGHTS_DTYPES = ("float32", "bfloat16")  # how model.safetensors may be stored
 
 
 @dataclass
@@ -169,12 +173,16 @@ def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
     return [*names, "tokenizer.json"]
 
 
-def _write_weights(folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_info: RunInfo) -> tuple[list[str], int]:
+def _write_weights(
+    folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_info: RunInfo, weights_dtype: str
+) -> tuple[list[str], int]:
     """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, parameters)."""
     from safetensors.torch import save_file
 
     model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
     state = to_hf_state_dict(model.state_dict_untied())
+    if weights_dtype != "float32":
+        state = {k: v.to(getattr(torch, weights_dtype)) for k, v in state.items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
     ours = {
@@ -198,15 +206,24 @@ def _write_weights(folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_
 
 
 def export_run(
-    run_dir: str | os.PathLike, out: str | os.PathLike, *, repo_id: str | None = None, license: str = "mit"
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    license: str = "mit",
+    weights_dtype: str = "float32",
 ) -> Export:
     """Write the export of the finished run ``run_dir`` to ``out`` (atomically: a complete folder or none).
 
     ``repo_id`` is the Hub repo the card's usage snippets name (default: the run's name).
     A run without evaluation results is exported with a note in the card instead of its scores.
+    ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
+    downloads); the loaders read them back into float32, and the card says so.
     """
     from gpt2_scratch.model_card import model_card
 
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
     run = RunPaths(Path(run_dir))
     run_info, checkpoint = check_finished(run)
     summary = None
@@ -219,7 +236,7 @@ def export_run(
             ) from None
     out = Path(out)
     with atomic_folder(out) as tmp:
-        weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info)
+        weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
         files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size)]
         for src in run_files(run):
             if src.is_file():
@@ -236,6 +253,7 @@ def export_run(
             num_params=num_params,
             has_loss_plot=run.loss_plot.is_file(),
             prompt_style=checkpoint.prompt_style or run_info.prompt_style,
+            weights_dtype=weights_dtype,
         )
         atomic_write_text(tmp / CARD_FILE, card)
     return Export(out, files, run_info, run.root, has_eval=summary is not None)

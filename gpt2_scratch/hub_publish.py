@@ -130,6 +130,7 @@ def prepare_publish(
     private: bool = False,
     export_dir: str | os.PathLike | None = None,
     license: str = "mit",
+    weights_dtype: str = "float32",
     app_root: Path = PROJECT_ROOT,
 ) -> PublishPlan:
     """Check the ids and the run, write the export (default ``<run>/export``), list what goes where."""
@@ -140,7 +141,11 @@ def prepare_publish(
     run = RunPaths(Path(run_dir))
     try:
         export = export_run(
-            run.root, Path(export_dir) if export_dir else run.root / "export", repo_id=repo_id, license=license
+            run.root,
+            Path(export_dir) if export_dir else run.root / "export",
+            repo_id=repo_id,
+            license=license,
+            weights_dtype=weights_dtype,
         )
     except (FileNotFoundError, ValueError) as e:
         raise PublishError(str(e)) from None

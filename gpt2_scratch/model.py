@@ -193,7 +193,10 @@ class GPT(nn.Module):
         """Load ``state`` (our parameter names, head excluded), checking every key and shape first.
 
         A missing, unexpected or wrong-shaped tensor is a one-line ``ValueError``
-        naming it and ``source``; nothing is loaded partially.
+        naming it and ``source``; nothing is loaded partially. Weights stored in
+        bfloat16 or float16 (a smaller download) become float32 parameters: the
+        model trains and computes in float32, and the inference formats are made
+        from float32 at load time (``inference.prepare_for_inference``).
         """
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items() if k != "lm_head.weight"}
         for key, tensor in state.items():
@@ -205,6 +208,7 @@ class GPT(nn.Module):
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise ValueError(f"{source}: missing tensor {missing[0]!r}{more}")
+        state = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
         # A model built on the meta device (no memory, no random init) takes the tensors
         # themselves: loading then needs no second copy of the weights.
         assign = self.transformer.wte.weight.is_meta

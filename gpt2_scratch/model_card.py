@@ -222,6 +222,17 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
     return lines
 
 
+def _weights_note(weights_dtype: str) -> list[str]:
+    """Nothing for float32 weights; for reduced ones, that they were rounded after the evaluation."""
+    if weights_dtype == "float32":
+        return []
+    return [
+        f"The weights are stored in {weights_dtype}, half the download of float32; the scores below were "
+        "measured with the run's float32 weights. Both loaders read them into float32.",
+        "",
+    ]
+
+
 def model_card(
     run: RunInfo,
     config: GPTConfig,
@@ -232,6 +243,7 @@ def model_card(
     num_params: int,
     has_loss_plot: bool,
     prompt_style: str,
+    weights_dtype: str = "float32",
 ) -> str:
     """The ``README.md`` of an export: YAML metadata, then the card's text."""
     lines = [
@@ -246,6 +258,7 @@ def model_card(
         "`transformers`' `GPT2LMHeadModel`; the run's own files (`run.json`, `metrics.jsonl`, `loss.png`, `eval/`) "
         "are here too.",
         "",
+        *_weights_note(weights_dtype),
         *_usage(repo_id, prompt_style),
         *_prompt_section(prompt_style),
         *_training_section(run, config, num_params, has_loss_plot),

@@ -275,6 +275,39 @@ def test_load_model_loads_the_export_with_its_prompt_style(run, export):
         assert torch.equal(model.state_dict()[name], p), name
 
 
+def test_bfloat16_export_is_half_the_size_and_every_loader_reads_it_into_float32(run, export, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import GPT2LMHeadModel
+
+    half = export_run(run.root, tmp_path / "bf16", repo_id="me/tiny-alpaca", weights_dtype="bfloat16").folder
+    state = load_file(str(half / "model.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    full_bytes = (export / "model.safetensors").stat().st_size
+    assert (half / "model.safetensors").stat().st_size < 0.51 * full_bytes
+    cfg = json.loads((half / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16" and cfg["gpt2_scratch"]["weights"]["sha256"] == file_sha256(
+        half / "model.safetensors"
+    )
+    assert "stored in bfloat16" in (half / "README.md").read_text()
+    assert "stored in" not in (export / "README.md").read_text()
+
+    # load_model: float32 parameters holding exactly the bfloat16-rounded weights of final/.
+    model, info = load_model(str(half))
+    ours, _ = load_checkpoint(run.final)
+    assert info.prompt_style == "alpaca"
+    for name, p in ours.state_dict().items():
+        got = model.state_dict()[name]
+        assert got.dtype == torch.float32 and torch.equal(got, p.bfloat16().float()), name
+    # transformers reads it too, and agrees with our model of the same weights.
+    hf = GPT2LMHeadModel.from_pretrained(str(half), dtype=torch.float32).eval()
+    x = torch.tensor([encode(get_prompt_style("alpaca").format("Name a color."))])
+    with torch.no_grad():
+        assert (hf(x).logits - model(x)).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="weights dtype 'int8' is not one of float32, bfloat16"):
+        export_run(run.root, tmp_path / "int8", weights_dtype="int8")
+    assert not (tmp_path / "int8").exists()
+
+
 def test_run_from_export_gives_the_app_run_files_checkpoint_and_info(export):
     exported = run_from_export(export)
     assert exported.run.read_info().name == "tiny-run"

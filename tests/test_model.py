@@ -113,3 +113,18 @@ def test_bfloat16_decoding_attends_in_float32_on_cpu():
     assert torch.equal(attention(one, k, v, mask), expected)
     causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert causal.dtype == torch.bfloat16 and torch.equal(attention(q, k, v, None), causal)
+
+
+def test_weights_stored_in_half_precision_load_as_float32():
+    # A Hub repo or an export may store bfloat16 or float16 weights: the model keeps float32 parameters.
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32)
+    source = GPT(config)
+    for dtype in (torch.bfloat16, torch.float16):
+        state = {k: v.to(dtype) for k, v in source.state_dict().items() if k != "lm_head.weight"}
+        with torch.device("meta"):
+            model = GPT(config)
+        model.load_weights(state, "half.safetensors")
+        for name, p in model.state_dict().items():
+            key = "transformer.wte.weight" if name == "lm_head.weight" else name
+            assert p.dtype == torch.float32 and torch.equal(p, state[key].float()), name
+        assert model.lm_head.weight is model.transformer.wte.weight

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
 import publish
 from gpt2_scratch.checkpoint import load_model, save_checkpoint
@@ -277,6 +278,20 @@ def test_dry_run_prints_what_goes_where_and_uploads_nothing(hub, run, tmp_path, 
     ):
         assert line in out, line
     assert "dry run: nothing was uploaded" in out and (tmp_path / "export" / "README.md").is_file()
+
+
+def test_weights_dtype_bfloat16_publishes_half_size_weights(hub, run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    args = ["--run", str(run.root), "--repo", "me/half", "--export-dir", str(tmp_path / "export")]
+    assert publish.main([*args, "--weights-dtype", "bfloat16"]) == 0
+    [commit] = hub.commits
+    assert "model.safetensors" in commit["files"]
+    state = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    with pytest.raises(SystemExit) as exit_info:
+        publish.main([*args, "--weights-dtype", "int8"])
+    assert exit_info.value.code == 2 and "--weights-dtype: invalid choice: 'int8'" in capsys.readouterr().err
 
 
 def test_space_files_are_the_apps_and_nothing_else():
