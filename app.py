@@ -139,7 +139,13 @@ def main(argv: list[str] | None = None) -> None:
             max_waiting=args.max_waiting or DEFAULT_MAX_WAITING,
         )
         app = DemoApp.from_run(
-            run, base=args.base, run_problem=problem, sources=sources, backend=backend, dtype=args.dtype
+            run,
+            base=args.base,
+            run_problem=problem,
+            sources=sources,
+            find_sources=lambda: find_runs(args.runs_dir, hub_repo),  # the results tab's refresh button
+            backend=backend,
+            dtype=args.dtype,
         )
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:

@@ -13,6 +13,7 @@ import copy
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -287,6 +288,7 @@ def test_every_tab_in_chromium(server, greedy, tmp_path):
             assert output(page, "ft-output") == expected_ft
 
             results_tab(page, dialogs)
+            refreshed_runs(page, run.root.parent)
             screenshot(browser.new_page(viewport={"width": 1280, "height": 900}), url, tmp_path)
         finally:
             browser.close()
@@ -384,6 +386,23 @@ def results_tab(page, dialogs: list[str]) -> None:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == ["7", "12", "30", "41"] and rows[1]["run2 · base · response"] == XSS
     assert download.value.suggested_filename == "predictions_run1_vs_run2.csv"
+
+
+def refreshed_runs(page, runs_dir: Path) -> None:
+    """A run that finishes while the app runs is offered after "Look for new runs"; the chosen runs stay."""
+    shutil.copytree(runs_dir / "run2", runs_dir / "run3")
+    found = 0
+    for _ in range(15):  # the app lists its runs again at most every 10 s
+        page.click("#results-refresh")
+        page.wait_for_timeout(1000)
+        page.click("#results-runs input")
+        found = page.get_by_role("option", name="run3").count()
+        page.keyboard.press("Escape")
+        if found:
+            break
+    assert found, "run3 was never offered after a refresh"
+    wait_for_text(page, "results-message", "All 2 runs were evaluated on the same 4 test records.")
+    wait_for_text(page, "results-count", "4 of 4 test records")
 
 
 def screenshot(page, url: str, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -153,6 +154,52 @@ def test_one_run_and_no_run(browser):
 )
 def test_bad_run_choices_are_one_message(browser, runs, message):
     assert browser.choose_runs(runs, None, None, None)[0].startswith("⚠️ " + message)
+
+
+def test_refresh_lists_new_and_removed_runs_and_reads_results_again(make_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path / "runs" / "a")
+    browser = ResultsBrowser(find_runs("runs"), find=lambda: find_runs("runs"))
+    assert browser.can_refresh and browser.offered() == ["a"]
+    rouge = browser.choose_runs(["a"], None, None, None)[1]["ROUGE-L F1"].tolist()
+    assert rouge == ["0.163", "0.838"]
+
+    # While the app runs: run c finishes, and a is evaluated again with other scores.
+    make_run(tmp_path / "runs" / "c")
+    run_a = RunPaths(tmp_path / "runs" / "a")
+    summary = json.loads(run_a.summary.read_text())
+    summary["models"]["finetuned"]["rouge_l"] = 0.5
+    atomic_write_json(run_a.summary, summary)
+
+    monkeypatch.setattr(results_module, "REFRESH_MIN_S", 3600.0)  # listed a moment ago: not again yet
+    none, note, column, runs = browser.refresh(["a"])
+    assert runs["choices"] == ["a"] and runs["value"] == ["a"]
+    monkeypatch.setattr(results_module, "REFRESH_MIN_S", 0.0)
+    none, note, column, runs = browser.refresh(["a", "junk", 3])
+    assert sorted(runs["choices"]) == ["a", "c"] and runs["value"] == ["a"]  # what is still offered stays chosen
+    assert not none["visible"] and column["visible"] and not note["visible"]
+    rouge = browser.choose_runs(["a"], None, None, None)[1]["ROUGE-L F1"].tolist()
+    assert rouge == ["0.163", "0.500"]  # read again, not the cached comparison
+
+    # Every run removed: the no-runs note shows and the browser hides.
+    for name in ("a", "c"):
+        shutil.rmtree(tmp_path / "runs" / name)
+    none, note, column, runs = browser.refresh(["c"])
+    assert none["visible"] and not column["visible"] and runs["choices"] == [] and runs["value"] == []
+
+
+def test_refresh_that_fails_is_a_message_and_without_a_finder_changes_nothing(browser, monkeypatch):
+    assert not browser.can_refresh and not browser.refresh_sources(force=True)
+    assert browser.refresh("not a list")[3]["value"] == browser.default_selection() == browser.offered()[:1]
+
+    def unreachable():
+        raise OSError("disk gone")
+
+    failing = ResultsBrowser(browser.sources, find=unreachable)
+    monkeypatch.setattr(results_module, "REFRESH_MIN_S", 0.0)
+    _, note, _, runs = failing.refresh(["a"])
+    assert note["value"] == "⚠️ Listing the runs failed (OSError: disk gone)." and note["visible"]
+    assert runs == gr.skip() and sorted(failing.offered()) == ["a", "b", "broken"]  # the runs listed before stay
 
 
 def test_comparisons_are_built_once_per_selection(browser, monkeypatch):

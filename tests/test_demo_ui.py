@@ -121,7 +121,10 @@ def test_results_tab_wiring(app):
         "results-record",
     ]
     load = [d for d in deps if any(t[1] == "load" for t in d["targets"])]
-    assert [[by_id[o] for o in d["outputs"]] for d in load] == [chosen]  # the same handler when the page opens
+    picker = ["results-none", "results-sources", "results-browser", "results-runs"]
+    # When the page opens: the runs offered now (a refresh may have changed them), and the same overview.
+    assert sorted([by_id[o] for o in d["outputs"]] for d in load) == sorted([picker, chosen])
+    assert not components["results-refresh"]["props"]["visible"]  # this app cannot list its runs again
     for trigger, event in (("results-table", "select"), ("results-scatter", "select"), ("results-length", "select")):
         [picked] = outputs_of(trigger, event)
         assert picked[:4] == ["results-record", "results-selection", "results-record-title", "results-instruction"]
@@ -168,3 +171,27 @@ def test_header_and_finetuned_tabs_say_which_checkpoint(tmp_path, make_run):
         if t.endswith("(Expecting value: line 1 column 1 (char 0))).") and "Serving `best/`" in t
     ]
     assert len(notes) == 3  # the header, the finetuned tab and the side-by-side tab
+
+
+def test_refresh_button_lists_the_runs_again_then_shows_the_chosen_ones(finished_run):
+    app = DemoApp.from_run(finished_run, find_sources=lambda: [])
+    demo = build_demo(app)
+    components = _components(demo)
+    by_id = {c["id"]: c["props"].get("elem_id") for c in demo.config["components"]}
+    deps = demo.config["dependencies"]
+    assert components["results-refresh"]["props"]["visible"]
+    [refresh] = [
+        i for i, d in enumerate(deps) if (components["results-refresh"]["id"], "click") in map(tuple, d["targets"])
+    ]
+    assert [by_id[o] for o in deps[refresh]["outputs"]] == [
+        "results-none",
+        "results-sources",
+        "results-browser",
+        "results-runs",
+    ]
+    # Then the chosen runs' overview, then their plots, and so on down the chain.
+    [overview] = [i for i, d in enumerate(deps) if d.get("trigger_after") == refresh]
+    assert [by_id[o] for o in deps[overview]["outputs"]][:2] == ["results-message", "results-summary"]
+    assert any(d.get("trigger_after") == overview for d in deps)
+    # The app's own run stays offered after a refresh that finds nothing else.
+    assert app.browser.refresh_sources(force=True) and app.browser.offered() == [finished_run.root.name]

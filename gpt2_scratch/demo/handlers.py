@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
@@ -176,12 +176,14 @@ class DemoApp:
         base: str | None = None,
         run_problem: str | None = None,
         sources: list[RunSource] | None = None,
+        find_sources: Callable[[], list[RunSource]] | None = None,
         backend: Backend | None = None,
         dtype: str = "float32",
     ) -> "DemoApp":
         """The app serving ``run`` (None: no run; ``run_problem`` says why); ``base`` overrides the run's base model.
 
-        The results tab offers ``sources`` (``runs.find_runs``), with ``run`` first among them.
+        The results tab offers ``sources`` (``runs.find_runs``), with ``run`` first among them;
+        ``find_sources`` lists them again for its refresh button (None: no button).
         ``backend`` and ``dtype``: as for ``DemoApp``.
         """
         run_info: RunInfo | None = None
@@ -217,7 +219,10 @@ class DemoApp:
             finetuned_source=info.path if info else None,
             prompt_style=style,
             finetuned_problem=problem_text,
-            browser=ResultsBrowser(include_run(sources or [], run)),
+            browser=ResultsBrowser(
+                include_run(sources or [], run),
+                find=(lambda: include_run(find_sources(), run)) if find_sources else None,
+            ),
             run=run,
             run_name=run_name,
             checkpoint_name=checkpoint_name,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +70,9 @@ MAX_CACHED = 8  # comparisons kept, most recently used first
 CSV_KEPT = 8  # CSV exports kept on disk (Gradio copies each into its own cache as it sends it)
 HISTOGRAM_BINS = 10
 DEFAULT_METRIC = "rouge_l"
+# A refresh lists the runs again at most this often: on a public Space every visitor shares the
+# listing, and listing Hub repos downloads them again.
+REFRESH_MIN_S = 10.0
 NO_RECORD = "Choose a record: select a row of the table, drag across points of a scatter plot, or pick its id."
 _METRICS = {m.key: m for m in RECORD_METRICS}
 
@@ -82,14 +86,64 @@ def _kept(value: Any, choices: list[tuple[str, Any]]) -> Any:
 class ResultsBrowser:
     """The runs offered, their comparisons (cached per selection), and the results tab's handlers."""
 
-    def __init__(self, sources: list[RunSource]):
+    def __init__(self, sources: list[RunSource], find: Callable[[], list[RunSource]] | None = None):
+        """``sources``: the runs offered; ``find``: lists them again (the refresh button), None: no refresh."""
         self.sources = list(sources)
+        self._find = find
+        self._found_at = time.monotonic()
         self._results: dict[str, RunResults] = {}
         self._comparisons: OrderedDict[tuple[str, ...], Comparison] = OrderedDict()
         self._lock = threading.Lock()
         self._csv_root: Path | None = None
 
     # ---- the runs offered
+
+    @property
+    def can_refresh(self) -> bool:
+        return self._find is not None
+
+    def refresh_sources(self, *, force: bool = False) -> bool:
+        """List the runs again: new runs appear, removed ones go, and every run is read afresh
+        (one evaluated again shows its new results). At most once every ``REFRESH_MIN_S`` seconds
+        unless ``force``; returns whether it listed them."""
+        if self._find is None:
+            return False
+        with self._lock:
+            if not force and time.monotonic() - self._found_at < REFRESH_MIN_S:
+                return False
+            self._found_at = time.monotonic()
+        sources = self._find()  # outside the lock: it may download Hub repos
+        with self._lock:
+            self.sources = list(sources)
+            self._results.clear()
+            self._comparisons.clear()
+        return True
+
+    def picker(self, runs: Any) -> tuple:
+        """For the runs offered now: (no-runs note, sources message, browser, run picker) updates.
+
+        The chosen runs that are still offered stay chosen; none left: the default selection.
+        Runs on page load (a page opened after a refresh gets the current list) and after a refresh.
+        """
+        offered = self.offered()
+        kept = [r for r in runs if isinstance(r, str) and r in offered] if isinstance(runs, list) else []
+        chosen = list(dict.fromkeys(kept))[:MAX_RUNS] or self.default_selection()
+        note = self.sources_message()
+        return (
+            gr.update(visible=not offered),
+            gr.update(value=note, visible=bool(note)),
+            gr.update(visible=bool(offered)),
+            gr.update(choices=offered, value=chosen),
+        )
+
+    @reports_errors(
+        lambda self, status: (gr.skip(), gr.update(value=status, visible=True), gr.skip(), gr.skip()),
+        action="Listing the runs",
+    )
+    def refresh(self, runs: Any) -> tuple:
+        """The refresh button: list the runs again (``refresh_sources``), then ``picker``'s updates."""
+        self.refresh_sources()
+        return self.picker(runs)
 
     def offered(self) -> list[str]:
         """The names of the runs the picker offers (a Hub repo that failed to download is not one)."""

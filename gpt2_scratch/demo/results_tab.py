@@ -19,6 +19,8 @@ named endpoint (search, score, min, max, order, runs).
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import gradio as gr
 
 from gpt2_scratch.browse import ORDERS
@@ -105,16 +107,34 @@ def _record_view() -> tuple[gr.Dropdown, list[gr.components.Component]]:
 
 
 def results_tab(demo: gr.Blocks, browser: ResultsBrowser) -> None:
-    """The "Test-set results" tab, its values loaded with the page (``demo.load``) and on every change of runs."""
+    """The "Test-set results" tab, its values loaded with the page (``demo.load``) and on every change of runs.
+
+    With ``browser.can_refresh``, a button lists the runs again (runs finished or
+    evaluated while the app runs); a page opened later gets the current list too.
+    """
     with gr.Tab("Test-set results", id="results"):
-        if not browser.offered():
-            gr.Markdown(NO_RUNS, elem_id="results-none")
-        gr.Markdown(browser.sources_message(), visible=bool(browser.sources_message()), elem_id="results-sources")
-        with gr.Column(visible=bool(browser.offered()), elem_id="results-browser"):
-            _browser(demo, browser)
+        none = gr.Markdown(NO_RUNS, visible=not browser.offered(), elem_id="results-none")
+        sources = gr.Markdown(
+            browser.sources_message(), visible=bool(browser.sources_message()), elem_id="results-sources"
+        )
+        refresh = gr.Button(
+            "Look for new runs and results",
+            size="sm",
+            visible=browser.can_refresh,
+            elem_id="results-refresh",
+            scale=0,
+            min_width=260,
+        )
+        with gr.Column(visible=bool(browser.offered()), elem_id="results-browser") as column:
+            runs, show_after = _browser(demo, browser)
+        picker = [none, sources, column, runs]
+        demo.load(browser.picker, [runs], picker, **PRIVATE)
+        show_after(refresh.click(browser.refresh, [runs], picker, **PRIVATE))
 
 
-def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> None:
+def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Callable]:
+    """The browser's components and events: (the run picker, a function that shows the chosen runs again
+    after a given event)."""
     runs = gr.Dropdown(
         browser.offered(),
         value=browser.default_selection(),
@@ -194,13 +214,21 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> None:
         **BROWSE_EVENT,
     )
     overview = [message, summary, loss, options_message, options, metric, score, record]
-    chosen = gr.on([demo.load, runs.change], browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE)
-    (
-        chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
-        .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
-        .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
-        .then(browser.show_record, [runs, record], record_outputs, **PRIVATE)
-    )
+
+    def show_runs(chosen: Any) -> None:
+        """After ``chosen`` (an event that ran ``choose_runs``): the chosen runs' plots, table and record."""
+        (
+            chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
+            .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
+            .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
+            .then(browser.show_record, [runs, record], record_outputs, **PRIVATE)
+        )
+
+    def show_after(event: Any) -> None:
+        """After ``event``: everything of the chosen runs, from their overview on."""
+        show_runs(event.then(browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE))
+
+    show_runs(gr.on([demo.load, runs.change], browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE))
     metric.input(browser.plots, [runs, metric], plots, **PRIVATE).then(
         browser.redraw, [runs, metric], [loss, *plots], **PRIVATE
     )
@@ -210,3 +238,4 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> None:
     table.select(browser.select_row, [runs], picked, **PRIVATE)
     plots[1].select(browser.select_scatter, [runs, metric], picked, **PRIVATE)
     plots[2].select(browser.select_length, [runs, metric], picked, **PRIVATE)
+    return runs, show_after
