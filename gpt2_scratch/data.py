@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, read_jsonl
+from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, json_kind, read_jsonl
 
 # The 1,100-entry instruction dataset of LLMs-from-scratch ch07.
 DEFAULT_DATASET_URL = (
@@ -212,7 +212,7 @@ def _read_json_entries(path: Path) -> list:
             f"{path}: JSON nested too deeply (over ~1000 levels of lists/objects); records are flat"
         ) from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records at the top level, got {_json_type(data)}")
+        raise ValueError(f"{path}: expected a JSON array of records at the top level, got {json_kind(data)}")
     return data
 
 
@@ -245,11 +245,6 @@ def _load_hub(dataset_id: str) -> list[Record]:
     return _validate(ds.to_list(), where)
 
 
-def _json_type(value) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
 def _record_from_entry(entry: dict, id: int) -> Record:
     fields = {}
     for key in ("instruction", "input", "output"):
@@ -259,7 +254,7 @@ def _record_from_entry(entry: dict, id: int) -> Record:
         elif key not in entry:
             raise ValueError(f"missing field '{key}'")
         elif not isinstance(value, str):
-            raise ValueError(f"field '{key}' must be a string, got {_json_type(value)}")
+            raise ValueError(f"field '{key}' must be a string, got {json_kind(value)}")
         fields[key] = value
     return Record(id=id, **fields)
 
@@ -270,7 +265,7 @@ def _validate(entries: list, where: str) -> list[Record]:
     records = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: entry {i} is {_json_type(entry)}, expected an object")
+            raise ValueError(f"{where}: entry {i} is {json_kind(entry)}, expected an object")
         try:
             records.append(_record_from_entry(entry, i))
         except ValueError as e:

@@ -80,7 +80,7 @@ def test_null_input_means_no_input(tmp_path):
         ("[]", "{path}: the dataset has no entries"),
         (
             '{"instruction": "a", "output": "b"}',
-            "{path}: expected a JSON list of records at the top level, got an object",
+            "{path}: expected a JSON array of records at the top level, got an object",
         ),
         (
             '[{"instruction": "a", "output": "b"},\n  {"instruction": "a" "output": "b"}]',
@@ -98,7 +98,7 @@ def test_null_input_means_no_input(tmp_path):
         ),
         (
             '[{"instruction": ["a"], "output": "b"}]',
-            "{path}: entry 0: field 'instruction' must be a string, got a list",
+            "{path}: entry 0: field 'instruction' must be a string, got an array",
         ),
         (
             '[{"instruction": "a", "input": false, "output": "b"}]',
@@ -124,7 +124,7 @@ def test_bad_jsonl_names_line_and_entry(tmp_path):
     path.write_text('{"instruction": "a", "output": "b"}\n\n[1, 2]\n')
     with pytest.raises(ValueError) as e:
         load_records(str(path))
-    assert str(e.value) == f"{path}: entry 1 is a list, expected an object"
+    assert str(e.value) == f"{path}: entry 1 is an array, expected an object"
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="has no entries"):
         load_records(str(path))
