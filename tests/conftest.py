@@ -207,8 +207,27 @@ RUN_MODEL_SUMMARY = {
 }
 
 
-def _make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True):
-    """A tiny finished run: base ``random:tiny``, a finetuned checkpoint that differs from it, eval results."""
+def write_tiny_run(
+    root: Path,
+    *,
+    status: str = "finished",
+    base_model: str = "random:tiny",
+    training: dict | None = None,
+    dataset: dict | None = None,
+    noise: float = 0.05,
+    metadata: dict | None = None,
+    with_eval: bool = True,
+    with_metrics: bool = True,
+):
+    """A tiny run folder as finetune.py and evaluate.py write it; the one builder every test uses.
+
+    ``final/``: ``random:tiny`` weights plus seeded noise of size ``noise`` ("finetuning":
+    answers differ from the base model's; 0 keeps them equal), prompt style alpaca,
+    metadata ``base_model`` and ``metadata``; ``run.json`` with ``status``,
+    ``training`` and ``dataset``; with ``with_metrics`` a ``metrics.jsonl`` of six
+    evaluations; with ``with_eval`` a handmade ``eval/`` (four records, both models,
+    ROUGE-L and judge scores).
+    """
     from gpt2_scratch.checkpoint import load_model, save_checkpoint
     from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
     from gpt2_scratch.runs import RunInfo, RunPaths
@@ -217,16 +236,18 @@ def _make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True):
     model, _ = load_model("random:tiny")
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        for p in model.parameters():  # "finetuning": answers must differ from the base model's
-            p.add_(torch.randn_like(p) * 0.05)
-    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "random:tiny"})
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": base_model, **(metadata or {})})
     run.write_info(
         RunInfo(
             name=root.name,
             created="2026-01-01T00:00:00+00:00",
-            base_model="random:tiny",
+            base_model=base_model,
             prompt_style="alpaca",
-            status="finished",
+            status=status,
+            training=training or {},
+            dataset=dataset or {},
         )
     )
     if with_metrics:
@@ -271,13 +292,13 @@ def _make_run(root: Path, *, with_eval: bool = True, with_metrics: bool = True):
 
 @pytest.fixture(scope="session")
 def make_run():
-    """``make_run(root, with_eval=True, with_metrics=True) -> RunPaths``: a tiny finished run written at ``root``.
+    """``make_run(root, **options) -> RunPaths``: ``write_tiny_run``, a tiny finished run written at ``root``.
 
     Base model ``random:tiny``; a "finetuned" checkpoint (prompt style alpaca) whose
     weights differ from it, so a swapped column would show; run.json; metrics.jsonl;
     and a handmade eval/ (four records, both models, ROUGE-L and judge scores).
     """
-    return _make_run
+    return write_tiny_run
 
 
 @pytest.fixture(scope="session")

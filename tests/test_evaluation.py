@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_run
 
 import evaluate as evaluate_cli
 from gpt2_scratch import evaluation
@@ -40,18 +41,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_run(root: Path) -> RunPaths:
-    """A run folder as finetune.py writes it: the finetuned weights are random:tiny, perturbed."""
-    model, _ = load_model("random:tiny")
-    with torch.no_grad():
-        torch.manual_seed(1)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    save_checkpoint(root / "final", model, prompt_style="alpaca", metadata={"base_model": "random:tiny", "step": 1})
-    (root / "run.json").write_text(
-        json.dumps({"name": root.name, "base_model": "random:tiny", "prompt_style": "alpaca", "status": "finished"})
-    )
+    """A run folder as finetune.py writes it (not evaluated yet), with its test split."""
+    run = write_tiny_run(root, noise=0.02, metadata={"step": 1}, with_eval=False, with_metrics=False)
     write_records(root / "data" / "test.jsonl", RECORDS)
-    return RunPaths(root)
+    return run
 
 
 @pytest.fixture

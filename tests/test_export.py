@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_tiny_run
 
-from gpt2_scratch.checkpoint import file_sha256, load_checkpoint, load_model, save_checkpoint
+from gpt2_scratch.checkpoint import file_sha256, load_checkpoint, load_model
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.export import (
     APP_FILES,
@@ -90,24 +91,18 @@ TRICKY = [
 
 
 def make_run(root: Path, *, status: str = "finished", with_eval: bool = True) -> RunPaths:
-    """A tiny run folder: final/ checkpoint, run.json, metrics, a loss plot and (optionally) eval/."""
-    run = RunPaths(root)
-    model, _ = load_model("random:tiny")
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        for p in model.parameters():  # biases and LayerNorms away from 0/1, so a mix-up shows in the logits
-            p.add_(torch.randn_like(p) * 0.05)
-    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "gpt2"})
-    run.write_info(
-        RunInfo(
-            name=root.name,
-            base_model="gpt2",
-            prompt_style="alpaca",
-            status=status,
-            created="2026-01-01T00:00:00+00:00",
-            training=TRAINING,
-            dataset={"source": DATASET_URL, "num_records": 40},
-        )
+    """A tiny run folder: final/ checkpoint, run.json, metrics, a loss plot and (optionally) eval/.
+
+    The weights carry noise, so biases and LayerNorms are away from 0/1 and a mix-up shows in the logits.
+    """
+    run = write_tiny_run(
+        root,
+        status=status,
+        base_model="gpt2",
+        training=TRAINING,
+        dataset={"source": DATASET_URL, "num_records": 40},
+        with_eval=False,
+        with_metrics=False,
     )
     atomic_write_jsonl(run.metrics, [{"event": "eval", "step": 5, "train_loss": 3.0, "val_loss": 3.25}])
     run.loss_plot.write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_run
 
 import publish
-from gpt2_scratch.checkpoint import load_model, save_checkpoint
 from gpt2_scratch.files import atomic_write_json
 from gpt2_scratch.hub_publish import PROJECT_ROOT, PublishError, prepare_publish, space_files, upload
-from gpt2_scratch.runs import HUB_REPO_ENV, RunInfo, RunPaths
+from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
 TOKEN = "hf_fake_write_token"
 
@@ -141,17 +141,8 @@ def hub(monkeypatch):
 
 def make_run(root: Path, *, status: str = "finished", with_eval: bool = True) -> RunPaths:
     """A tiny run: random:tiny weights as final/, run.json, and (optionally) an evaluation summary."""
-    run = RunPaths(root)
-    model, _ = load_model("random:tiny")
-    save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": "random:tiny"})
-    run.write_info(
-        RunInfo(
-            name=root.name,
-            base_model="random:tiny",
-            prompt_style="alpaca",
-            status=status,
-            training={"epochs": 1, "lr": 1e-4},
-        )
+    run = write_tiny_run(
+        root, status=status, training={"epochs": 1, "lr": 1e-4}, noise=0.0, with_eval=False, with_metrics=False
     )
     if with_eval:
         models = {
