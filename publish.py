@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gpt2_scratch.export import WEIGHTS_DTYPES
+
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
@@ -39,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--license", default="mit", help="license in the model card (default: mit, GPT-2's license)")
     p.add_argument(
         "--weights-dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
+        choices=WEIGHTS_DTYPES,
+        default=WEIGHTS_DTYPES[0],
         help="how model.safetensors is stored: bfloat16 halves what users and the Space download (default: float32)",
     )
     return p.parse_args(argv)
