@@ -37,6 +37,14 @@ def engines():
         assert not e._worker.is_alive()
 
 
+def held_steps(monkeypatch) -> threading.Event:
+    """Make every engine step wait until the returned event is set (up to ``T`` seconds)."""
+    gate = threading.Event()
+    forward = serving._forward_rows
+    monkeypatch.setattr(serving, "_forward_rows", lambda m, rows: gate.wait(T) and forward(m, rows))
+    return gate
+
+
 def _prompts(n, seed=0, max_len=40):
     g = random.Random(seed)
     return [[g.randrange(EOS_ID) for _ in range(g.randint(1, max_len))] for _ in range(n)]
@@ -163,9 +171,7 @@ def test_cancel_stops_only_that_row(model, engines):
 
 
 def test_cancelling_a_waiting_request_frees_its_place(model, engines, monkeypatch):
-    gate = threading.Event()
-    forward = serving._forward_rows
-    monkeypatch.setattr(serving, "_forward_rows", lambda m, rows: gate.wait(T) and forward(m, rows))
+    gate = held_steps(monkeypatch)
     engine = engines(model, max_rows=1, max_waiting=1)
     s = SamplingSettings(max_new_tokens=5)
     running = engine.submit([1, 2, 3], s)
@@ -180,9 +186,7 @@ def test_cancelling_a_waiting_request_frees_its_place(model, engines, monkeypatc
 
 
 def test_a_full_queue_says_busy_instead_of_hanging(model, engines, monkeypatch):
-    gate = threading.Event()
-    forward = serving._forward_rows
-    monkeypatch.setattr(serving, "_forward_rows", lambda m, rows: gate.wait(T) and forward(m, rows))
+    gate = held_steps(monkeypatch)
     engine = engines(model, max_rows=1, max_waiting=2)
     s = SamplingSettings(max_new_tokens=4)
     first = engine.submit([1], s)
@@ -225,9 +229,7 @@ def test_a_worker_error_reaches_every_request_and_the_engine_serves_on(model, en
 
 
 def test_a_bug_in_the_worker_loop_fails_every_request_and_closes_the_engine(model, engines, monkeypatch):
-    gate = threading.Event()
-    forward = serving._forward_rows
-    monkeypatch.setattr(serving, "_forward_rows", lambda m, rows: gate.wait(T) and forward(m, rows))
+    gate = held_steps(monkeypatch)
     monkeypatch.setattr(Request, "_put", lambda self, token: 1 / 0)  # outside the step's error handling
     engine = engines(model, max_rows=1)
     running = engine.submit([1, 2], SamplingSettings(max_new_tokens=5))
