@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_folder, atomic_write_json, json_kind, recover_folder
+from gpt2_scratch.files import atomic_folder, atomic_write_json, json_kind, read_json, recover_folder
 from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.inference import low_peak_loading, prepare_for_inference, resolve_dtype
 from gpt2_scratch.model import GPT
@@ -93,11 +93,7 @@ def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder: no {CONFIG_FILE}")
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
-    return _parse_config(meta, cfg_path, folder)
+    return _parse_config(read_json(cfg_path), cfg_path, folder)
 
 
 def _parse_config(meta: Any, cfg_path: Path, folder: Path) -> CheckpointInfo:

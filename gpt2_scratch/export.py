@@ -35,7 +35,7 @@ import torch
 
 from gpt2_scratch.checkpoint import CheckpointInfo, file_sha256, load_checkpoint, read_checkpoint_info
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text
+from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, read_json
 from gpt2_scratch.hub import to_hf_state_dict
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
@@ -229,11 +229,9 @@ def export_run(
     summary = None
     if run.summary.is_file():
         try:
-            summary = json.loads(run.summary.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(
-                f"{run.summary} is not valid JSON ({e}); rerun python evaluate.py --run {run.root}"
-            ) from None
+            summary = read_json(run.summary)
+        except ValueError as e:
+            raise ValueError(f"{e}; rerun python evaluate.py --run {run.root}") from None
     out = Path(out)
     with atomic_folder(out) as tmp:
         weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)

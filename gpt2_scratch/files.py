@@ -74,6 +74,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The value of a JSON file; one that is not UTF-8 JSON is a one-line ``ValueError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def read_jsonl(path: str | os.PathLike, *, torn_tail: bool = False, skip_bad: bool = False) -> list[Any]:
     """The values of a JSON-lines file, one per non-blank line: the one reader of every JSONL file.
 

@@ -16,14 +16,13 @@ runs/<name>/
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt2_scratch.files import atomic_write_json
+from gpt2_scratch.files import atomic_write_json, read_json
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -130,11 +129,7 @@ class RunPaths:
         """The run's ``run.json``; a missing or malformed file is a one-line error naming it."""
         if not self.run_json.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: no run.json")
-        try:
-            run = json.loads(self.run_json.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{self.run_json} is not valid JSON ({e})") from None
-        return RunInfo.from_dict(run, str(self.run_json))
+        return RunInfo.from_dict(read_json(self.run_json), str(self.run_json))
 
     def write_info(self, info: RunInfo) -> None:
         """Write ``run.json`` atomically."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpt2_scratch.files import atomic_folder, link_folder, read_jsonl, remove_stray_temporaries
+from gpt2_scratch.files import atomic_folder, link_folder, read_json, read_jsonl, remove_stray_temporaries
 
 
 def mode(path) -> int:
@@ -85,3 +85,15 @@ def test_read_jsonl_accepts_a_utf8_bom(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_bytes(codecs.BOM_UTF8 + b'{"a": 1}\n{"a": 2}\n')
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_read_json_names_the_file_it_cannot_read(tmp_path):
+    good, bad, binary = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "binary.json"
+    good.write_text('{"a": [1, "é"]}', encoding="utf-8")
+    bad.write_text('{"a": ', encoding="utf-8")
+    binary.write_bytes(b'{"a": "\xff"}')
+    assert read_json(good) == {"a": [1, "é"]}
+    with pytest.raises(ValueError, match=rf"^{bad} is not valid JSON \(Expecting value: line 1 column 7"):
+        read_json(bad)
+    with pytest.raises(ValueError, match=rf"^{binary} is not valid JSON \('utf-8' codec can't decode byte 0xff"):
+        read_json(binary)
