@@ -14,7 +14,6 @@ is JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_folder, atomic_write_json, json_kind, read_json, recover_folder
+from gpt2_scratch.files import atomic_folder, atomic_write_json, file_sha256, json_kind, read_json, recover_folder
 from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.inference import low_peak_loading, prepare_for_inference, resolve_dtype
 from gpt2_scratch.model import GPT
@@ -46,14 +45,6 @@ class CheckpointInfo:
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
     weights_bytes: int = 0  # size of model.safetensors recorded at save time
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, json_kind, read_jsonl
+from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, file_sha256, json_kind, read_jsonl
 
 # The 1,100-entry instruction dataset of LLMs-from-scratch ch07.
 DEFAULT_DATASET_URL = (
@@ -155,11 +155,7 @@ def source_sha256(source: str) -> str | None:
     path = _local_file(source)
     if path is None:
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:

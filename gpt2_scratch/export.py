@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from gpt2_scratch.checkpoint import CheckpointInfo, file_sha256, load_checkpoint, read_checkpoint_info
+from gpt2_scratch.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, read_json
+from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths

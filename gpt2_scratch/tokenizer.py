@@ -13,11 +13,12 @@ is refused rather than silently tokenizing differently:
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 
 import tiktoken
+
+from gpt2_scratch.files import file_sha256
 
 # The id of <|endoftext|>: GPT-2's only special token, used as end of text and as padding.
 EOS_ID = 50256
@@ -32,7 +33,7 @@ _PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++
 
 
 def _check_hash(path: Path, expected: str) -> None:
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    actual = file_sha256(path)
     if actual != expected:
         raise ValueError(f"{path} has sha256 {actual}, not the official GPT-2 file's {expected}")
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import write_tiny_run
 
-from gpt2_scratch.checkpoint import file_sha256, load_checkpoint, load_model
+from gpt2_scratch.checkpoint import load_checkpoint, load_model
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.export import (
     APP_FILES,
@@ -27,7 +27,7 @@ from gpt2_scratch.export import (
     read_export_info,
     run_from_export,
 )
-from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
+from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl, file_sha256
 from gpt2_scratch.generation import SamplingSettings, generate
 from gpt2_scratch.model_card import hub_base_model, hub_dataset
 from gpt2_scratch.prompts import get_prompt_style
