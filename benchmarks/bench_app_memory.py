@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import rss_mb  # noqa: E402
+
 from gpt2_scratch.checkpoint import load_model, save_checkpoint  # noqa: E402
 from gpt2_scratch.runs import RunInfo, RunPaths  # noqa: E402
 
@@ -36,12 +38,6 @@ def make_run(root: Path, preset: str) -> RunPaths:
     save_checkpoint(run.final, model, prompt_style="alpaca", metadata={"base_model": f"random:{preset}"})
     run.write_info(RunInfo(name=root.name, base_model=f"random:{preset}", prompt_style="alpaca", status="finished"))
     return run
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(peak RSS, current RSS) of ``pid`` in MB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
 
 
 def measure(run: RunPaths, dtype: str, threads: int) -> tuple[float, float]:

@@ -48,6 +48,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import rss_mb  # noqa: E402
+
 from gpt2_scratch.batches import EncodedExample, collate, encode_record  # noqa: E402
 from gpt2_scratch.checkpoint import load_model  # noqa: E402
 from gpt2_scratch.data import load_records, split_records  # noqa: E402
@@ -133,18 +135,9 @@ def greedy_outputs(model, examples: list[EncodedExample], n_tokens: int) -> list
 
 
 def memory_mb() -> dict[str, float]:
-    """This process's current and peak RSS in MB, from Linux's ``/proc/self/status``.
-
-    (``resource``'s ``ru_maxrss`` would not do: Linux keeps it across exec, so a
-    worker would report its parent's peak.)
-    """
-    fields = {"VmRSS": "rss_mb", "VmHWM": "peak_rss_mb"}
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name = line.split(":")[0]
-        if name in fields:
-            out[fields[name]] = int(line.split()[1]) / 1024  # kB
-    return out
+    """This process's current and peak RSS in MB."""
+    peak, current = rss_mb()
+    return {"rss_mb": current, "peak_rss_mb": peak}
 
 
 def speed_worker(args: argparse.Namespace) -> dict:

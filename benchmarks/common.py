@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: one set of random GPT-2 weights in both transformers and ours."""
+"""Shared by the benchmarks: one set of random GPT-2 weights in both transformers and ours, and RSS readings."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ def twin_models(seed: int = 0, **hf_config):
         hf.save_pretrained(d)
         ours, _ = load_model(d)
     return hf, ours
+
+
+def rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(peak RSS, current RSS) of process ``pid`` in MB, from Linux's ``/proc/<pid>/status``.
+
+    (``resource``'s ``ru_maxrss`` would not do: Linux keeps it across exec, so a
+    worker would report its parent's peak.)
+    """
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
