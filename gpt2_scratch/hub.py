@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from gpt2_scratch.config import PRESETS, GPTConfig
+from gpt2_scratch.files import read_json
 from gpt2_scratch.model import GPT
 
 HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -216,9 +217,10 @@ def load_pretrained(source: str = "gpt2", *, device: str | torch.device = "cpu",
     weights, config_path = _locate(source)
     state = read_safetensors(weights)
     if config_path is not None:
+        hf = read_json(config_path)  # not UTF-8 JSON: a one-line error naming the file
         try:
-            config = GPTConfig.from_hf_config(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, KeyError) as e:
+            config = GPTConfig.from_hf_config(hf)
+        except (KeyError, TypeError, AttributeError) as e:  # a field missing, or of the wrong JSON type
             raise ValueError(f"{config_path} is not a GPT-2 config.json ({type(e).__name__}: {e})") from None
     else:
         config = _infer_config({k.removeprefix("transformer."): v for k, v in state.items()}, weights)

@@ -93,6 +93,21 @@ def test_non_gpt2_config_is_refused(hub_copy):
         load_pretrained(str(hub_copy))
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"[1, 2]", r"config\.json is not a GPT-2 config\.json \(AttributeError: "),
+        (b'{"model_type": "gpt2"}', r"config\.json is not a GPT-2 config\.json \(KeyError: 'n_embd'\)"),
+        (b'{"n_embd": ', r"config\.json is not valid JSON \(Expecting value"),
+        (b'{"n_embd": "\xff"}', r"config\.json is not valid JSON \('utf-8' codec can't decode"),
+    ],
+)
+def test_malformed_config_from_a_hub_repo_is_one_line(hub_copy, text, message):
+    (hub_copy / "config.json").write_bytes(text)
+    with pytest.raises(ValueError, match=message):
+        load_pretrained(str(hub_copy))
+
+
 def test_missing_local_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_pretrained(str(tmp_path / "nope.safetensors"))
