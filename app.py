@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, start
     from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, choose_backend
-    from gpt2_scratch.runs import HUB_REPO_ENV, find_runs, resolve_run
+    from gpt2_scratch.demo.discovery import find_runs, resolve_run
+    from gpt2_scratch.runs import HUB_REPO_ENV
 
     try:
         hub_repo = os.environ.get(HUB_REPO_ENV)

@@ -6,7 +6,7 @@
 
 Writes runs/<name>/eval/predictions.jsonl and eval/summary.json and prints the
 aggregates side by side. An interrupted evaluation continues where it stopped
-when rerun with the same settings. All the work is in gpt2_scratch.evaluation.
+when rerun with the same settings. All the work is in gpt2_scratch.eval.evaluation.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-from gpt2_scratch.checkpoint import resolve_device
-from gpt2_scratch.eval_summary import format_table
-from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, EvalSettings, evaluate_run
-from gpt2_scratch.generation import SamplingSettings
-from gpt2_scratch.inference import DTYPES
-from gpt2_scratch.judge import DEFAULT_JUDGE_SEED, JUDGE_API_KEY_ENV, JudgeConfig, JudgeUnreachable
-from gpt2_scratch.runs import DEFAULT_RUNS_DIR, MODEL_NAMES, RunPaths, latest_run
+from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings, evaluate_run
+from gpt2_scratch.eval.judge import DEFAULT_JUDGE_SEED, JUDGE_API_KEY_ENV, JudgeConfig, JudgeUnreachable
+from gpt2_scratch.eval.summary import MODEL_NAMES, format_table
+from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.inference import DTYPES, resolve_device
+from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
 
 
 class ArgumentParser(argparse.ArgumentParser):

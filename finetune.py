@@ -6,8 +6,8 @@
     python finetune.py --resume runs/20250101-120000     # continue an interrupted run
     torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
 
-The training itself lives in gpt2_scratch/training.py; this script only turns
-the command line into a TrainConfig (gpt2_scratch/train_config.py).
+The training itself lives in gpt2_scratch/train/loop.py; this script only turns
+the command line into a TrainConfig (gpt2_scratch/train/config.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt2_scratch.distributed import PRECISIONS
 from gpt2_scratch.prompts import PROMPT_STYLES
-from gpt2_scratch.train_config import SCHEDULES, TrainConfig
-from gpt2_scratch.training import train
+from gpt2_scratch.train.config import SCHEDULES, TrainConfig
+from gpt2_scratch.train.distributed import PRECISIONS
+from gpt2_scratch.train.loop import train
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,7 +10,7 @@ commit to the model repo. With --space it also pushes the app to a Gradio Space
 and sets GPT2_SCRATCH_HUB_REPO there, so the Space shows this run.
 --dry-run writes the export, prints what would go where, and uploads nothing.
 The token comes from HF_TOKEN or the cached login (hf auth login).
-The work is in gpt2_scratch/export.py and gpt2_scratch/hub_publish.py.
+The work is in gpt2_scratch/publish/export.py and gpt2_scratch/publish/hub_upload.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpt2_scratch.export import WEIGHTS_DTYPES
+from gpt2_scratch.publish.export import WEIGHTS_DTYPES
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from huggingface_hub import constants
 
-    from gpt2_scratch.hub_publish import (
+    from gpt2_scratch.publish.hub_upload import (
         PublishError,
         describe,
         notes,

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import rss_mb  # noqa: E402
 
-from gpt2_scratch.checkpoint import load_model, save_checkpoint  # noqa: E402
+from gpt2_scratch.checkpoint import save_checkpoint
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.runs import RunInfo, RunPaths  # noqa: E402
 
 

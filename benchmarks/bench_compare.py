@@ -1,4 +1,4 @@
-"""Speed of the results browser's data layer (gpt2_scratch/compare.py, browse.py) on synthetic runs.
+"""Speed of the results browser's data layer (gpt2_scratch/demo/compare.py, browse.py) on synthetic runs.
 
 What is timed, on ``--runs`` runs of ``--records`` synthetic records each (base and
 finetuned responses of 20-250 words, ROUGE-L, judge scores with some missing):
@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2_scratch.browse import ORDERS, csv_bytes, filter_records  # noqa: E402
-from gpt2_scratch.compare import RunResults, compare  # noqa: E402
+from gpt2_scratch.demo.browse import ORDERS, csv_bytes, filter_records  # noqa: E402
+from gpt2_scratch.demo.compare import RunResults, compare  # noqa: E402
 
 WORDS = (
     "the a of to and in is it that for on with as was color blue red primary sky ocean planet water "

@@ -16,7 +16,7 @@ import time
 import torch
 from common import twin_models
 
-from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.tokenizer import EOS_ID
 
 

@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2_scratch.checkpoint import load_model  # noqa: E402
-from gpt2_scratch.evaluation import plan_batches  # noqa: E402
-from gpt2_scratch.generation import SamplingSettings, generate  # noqa: E402
-from gpt2_scratch.serving import Engine  # noqa: E402
+from gpt2_scratch.eval.evaluation import plan_batches  # noqa: E402
+from gpt2_scratch.generate.engine import Engine  # noqa: E402
+from gpt2_scratch.generate.sampling import SamplingSettings, generate  # noqa: E402
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
 
 

@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import twin_models  # noqa: E402
 
-from gpt2_scratch.data import load_records, split_records  # noqa: E402
-from gpt2_scratch.evaluation import DEFAULT_BATCH_SIZE, generate_batches, plan_batches  # noqa: E402
-from gpt2_scratch.generation import SamplingSettings, generate_steps  # noqa: E402
+from gpt2_scratch.data.records import load_records, split_records  # noqa: E402
+from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, generate_batches, plan_batches  # noqa: E402
+from gpt2_scratch.generate.sampling import SamplingSettings, generate_steps  # noqa: E402
 from gpt2_scratch.prompts import get_prompt_style  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID, encode  # noqa: E402
 

@@ -50,12 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import rss_mb  # noqa: E402
 
-from gpt2_scratch.batches import EncodedExample, collate, encode_record  # noqa: E402
-from gpt2_scratch.checkpoint import load_model  # noqa: E402
-from gpt2_scratch.data import load_records, split_records  # noqa: E402
-from gpt2_scratch.evaluation import plan_batches  # noqa: E402
-from gpt2_scratch.generation import SamplingSettings, generate  # noqa: E402
-from gpt2_scratch.inference import DTYPES, model_dtype  # noqa: E402
+from gpt2_scratch.data.records import load_records, split_records  # noqa: E402
+from gpt2_scratch.data.batches import EncodedExample, collate, encode_record  # noqa: E402
+from gpt2_scratch.eval.evaluation import plan_batches  # noqa: E402
+from gpt2_scratch.generate.sampling import SamplingSettings, generate  # noqa: E402
+from gpt2_scratch.inference import DTYPES, load_model, model_dtype  # noqa: E402
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE  # noqa: E402
 from gpt2_scratch.runs import RunPaths  # noqa: E402

@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import twin_models  # noqa: E402
 
-from gpt2_scratch.batches import LengthGroupedBatchSampler, collate, encode_record  # noqa: E402
-from gpt2_scratch.data import load_records, split_records  # noqa: E402
+from gpt2_scratch.data.records import load_records, split_records  # noqa: E402
+from gpt2_scratch.data.batches import LengthGroupedBatchSampler, collate, encode_record  # noqa: E402
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
 from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
-from gpt2_scratch.train_step import configure_optimizer  # noqa: E402
+from gpt2_scratch.train.step import configure_optimizer  # noqa: E402
 
 # The shared copy of the real dataset, beside the project checkout (../shared/data/).
 DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")

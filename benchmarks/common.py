@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt2_scratch.checkpoint import load_model  # noqa: E402
+from gpt2_scratch.inference import load_model
 
 
 def twin_models(seed: int = 0, **hf_config):

@@ -13,15 +13,13 @@ shape is checked; nothing is loaded partially.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
+from gpt2_scratch.checkpoint import read_safetensors
 from gpt2_scratch.config import PRESETS, GPTConfig
 from gpt2_scratch.files import read_json
 from gpt2_scratch.model import GPT
@@ -36,60 +34,6 @@ _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # not c_attn.bias!
 def resolve_hub_id(source: str) -> str:
     """``gpt2-medium`` -> ``openai-community/gpt2-medium``; other ids pass through."""
     return HUB_IDS.get(source, source)
-
-
-# safetensors' dtype names, as in its format description.
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a truncated or foreign file is a one-line error.
-
-    The format is an 8-byte little-endian header length, a JSON header naming
-    each tensor's dtype, shape and byte range, then the raw bytes. Each tensor
-    is read with a plain file read into memory of its own. Why not
-    ``safetensors.torch.load_file``: it maps the file and copies each tensor
-    out of the mapping, so while a model loads, its weights sit in memory twice
-    (the mapped pages count as the process's memory until the file is closed);
-    on a 2 vCPU / 16 GB Space that is the difference between one 124M model
-    loading at 0.5 GB and at 1 GB.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            n = int.from_bytes(f.read(8), "little")
-            if size < 8 or n > size - 8:
-                raise ValueError("its header length points past the end of the file")
-            header = json.loads(f.read(n))
-            header.pop("__metadata__", None)
-            out = {}
-            for name, entry in header.items():
-                dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-                start, end = entry["data_offsets"]
-                shape = [int(d) for d in entry["shape"]]
-                nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-                if end - start != nbytes or 8 + n + end > size:
-                    raise ValueError(f"tensor {name!r} does not fit the file")
-                raw = torch.empty(nbytes, dtype=torch.uint8)
-                f.seek(8 + n + start)
-                if f.readinto(memoryview(raw.numpy())) != nbytes:
-                    raise ValueError(f"tensor {name!r} is cut short")
-                out[name] = raw.view(dtype).reshape(shape)
-            return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        reason = f"{type(e).__name__}: {e}" if isinstance(e, (KeyError, TypeError, AttributeError)) else str(e)
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {reason}") from None
 
 
 OFFLINE_HINT = "pass a local path (a model.safetensors file or a folder holding it), or random:tiny for a smoke run"

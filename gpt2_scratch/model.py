@@ -45,11 +45,6 @@ def attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> tor
     Without ``mask`` (no padding) it is plain causal attention, and a single new
     token attends to everything cached; ``mask`` ``(B, 1, T, S)`` also keeps padding out.
     """
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[2] == 1:
-        # Decoding (one query a row) on CPU: torch's bfloat16 SDPA kernel is 2.6x (1 row) to 3.6x
-        # (8 rows) slower than its float32 one at these shapes, more than upcasting the cached keys
-        # and values costs. Prefill (many queries) stays in bfloat16, where that kernel is faster.
-        return attention(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.shape[2] > 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -75,13 +70,16 @@ class KVCache:
         self.max_len = max_len
         self.key_valid: torch.Tensor | None = None
 
-    def attend(self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
+    def attend(
+        self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0, attn=attention
+    ) -> torch.Tensor:
         """Write this step's keys and values ``(B, nh, T, hs)`` of ``layer`` after the cached ones, then
-        ``attention`` of ``q`` over all of them (``S = length + T`` keys); ``GPT.forward`` advances ``length``."""
+        ``attn`` (``attention`` unless the layer has another) of ``q`` over all of them (``S = length + T``
+        keys); ``GPT.forward`` advances ``length``."""
         start, end = self.length, self.length + q.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        return attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout_p)  # (B, nh, T, hs)
+        return attn(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout_p)  # (B, nh, T, hs)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop every batch row not in ``rows`` (finished sequences stop costing compute)."""
@@ -106,6 +104,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        # The attention function: inference.prepare_for_inference may swap in another for a reduced format.
+        self.attention = attention
 
     def forward(self, x, layer: int = 0, cache: KVCache | None = None, mask: torch.Tensor | None = None):
         B, T, C = x.shape
@@ -116,9 +116,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         dropout_p = self.dropout if self.training else 0.0
         if cache is not None:  # the cache appends k and v, then attends over everything it holds
-            y = cache.attend(layer, q, k, v, mask, dropout_p)
+            y = cache.attend(layer, q, k, v, mask, dropout_p, self.attention)
         else:
-            y = attention(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
+            y = self.attention(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 

@@ -22,49 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt2_scratch.checkpoint import CONFIG_FILE, EXPORT_KEY, WEIGHTS_FILE, CheckpointInfo, is_export, read_export_info
 from gpt2_scratch.files import atomic_write_json, read_json
 
 DEFAULT_RUNS_DIR = Path("runs")
-
-# The models an evaluation compares, in the order tables show them.
-MODEL_NAMES = ("base", "finetuned")
-
-
-@dataclass(frozen=True)
-class SummaryMetric:
-    """One aggregate of ``eval/summary.json``'s ``models.<name>``, and how tables show it."""
-
-    key: str
-    label: str
-    spec: str  # format spec of the value; "%" shows a share as a percentage
-
-
-# The summary metrics, in table order: evaluate.py's table and the app's both come from this list.
-SUMMARY_METRICS = (
-    SummaryMetric("reference_loss", "Reference loss (test set)", ".3f"),
-    SummaryMetric("perplexity", "Perplexity", ".2f"),
-    SummaryMetric("rouge_l", "ROUGE-L F1", ".3f"),
-    SummaryMetric("exact_match", "Exact match", "%"),
-    SummaryMetric("judge_mean", "Judge score (0–100)", ".1f"),
-    SummaryMetric("judge_unparsed", "Judge replies not parsed", "d"),
-    SummaryMetric("mean_length_tokens", "Mean response length (tokens)", ".1f"),
-    SummaryMetric("empty_share", "Empty responses", "%"),
-    SummaryMetric("generation_seconds", "Generation time (s)", ".1f"),
-    SummaryMetric("tokens_per_second", "Tokens per second", ".1f"),
-)
-
-
-def format_metric(value: Any, spec: str) -> str:
-    """``value`` formatted by a ``SummaryMetric.spec``; a missing value is an em dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if spec == "%":
-            return f"{value * 100:.1f}%"
-        if spec == "d":
-            return str(int(value))
-        return format(value, spec)
-    return str(value)
+# Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
+HUB_REPO_ENV = "GPT2_SCRATCH_HUB_REPO"
+# What an app needs of a published export (snapshot_download allow_patterns): weights, config, the run's files.
+APP_FILES = [WEIGHTS_FILE, CONFIG_FILE, "run.json", "eval/*", "loss.png", "metrics.jsonl"]
+# ... and of a run folder pushed to the Hub as it is, whose model sits in final/ (not train_state/, not best/).
+HUB_RUN_FILES = [*APP_FILES, "final/*"]
 
 
 @dataclass
@@ -178,8 +145,6 @@ class RunPaths:
 
 def _model_config(folder: Path) -> Path | None:
     """The config.json of a folder's finished model: ``final/`` of a run, or the root of an export; else None."""
-    from gpt2_scratch.export import is_export  # export.py builds on this module
-
     final = folder / "final" / "config.json"
     if final.is_file():
         return final
@@ -206,15 +171,6 @@ def latest_run(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> RunPaths:
     raise FileNotFoundError(f"no finished run under {Path(runs_dir)}/; create one with: python finetune.py")
 
 
-# --------------------------------------------------------------------------- finding the runs to show
-
-# Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
-HUB_REPO_ENV = "GPT2_SCRATCH_HUB_REPO"
-# Files of a run the app needs when it comes from the Hub (not train_state/, not best/): a run folder's
-# (final/), or a published export's, whose model sits at the root (export.APP_FILES; a test checks both agree).
-HUB_RUN_FILES = ["run.json", "final/*", "eval/*", "loss.png", "metrics.jsonl", "model.safetensors", "config.json"]
-
-
 def display_path(path: Path) -> str:
     """``path`` relative to the working directory when it is inside it (for commands shown to users)."""
     try:
@@ -223,114 +179,24 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def hub_repos(value: str | None) -> list[str]:
-    """The Hub repos named by ``value`` (``GPT2_SCRATCH_HUB_REPO``): comma-separated; blanks and repeats dropped."""
-    return list(dict.fromkeys(repo.strip() for repo in (value or "").split(",") if repo.strip()))
+@dataclass
+class ExportedRun:
+    """A run read back from an export folder (a local copy of a published repo): what the app needs.
 
-
-def download_run(repo_id: str) -> RunPaths:
-    """Download a run (run.json, the model, eval/, loss curve) from a Hugging Face Hub model repo.
-
-    When the Hub cannot be reached (``hub.require_hub``, seconds instead of
-    ``huggingface_hub``'s half minute of retries) a copy in the local cache is
-    used, else the error is raised.
+    ``run`` reads run.json, eval/, loss.png and metrics.jsonl as for a run folder;
+    ``checkpoint`` is what to pass to ``checkpoint.load_model``; ``info`` is its
+    config and prompt style without loading the weights.
     """
-    from huggingface_hub import snapshot_download
 
-    from gpt2_scratch.hub import require_hub
-
-    try:
-        require_hub(f"the run {repo_id!r}")
-    except RuntimeError:
-        return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES, local_files_only=True)))
-    return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES)))
+    run: RunPaths
+    checkpoint: Path
+    info: CheckpointInfo
 
 
-@dataclass(frozen=True)
-class RunSource:
-    """A run the app offers: ``label`` names it (the run folder's name, or the Hub repo);
-    ``run`` is None when it could not be had, and ``problem`` says why."""
-
-    label: str
-    run: RunPaths | None
-    problem: str | None = None
-
-
-def find_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, hub_repo: str | None = None) -> list[RunSource]:
-    """The runs the app offers: the Hub repos named in ``hub_repo`` (comma-separated) when there are any,
-    else every finished run under ``runs_dir``, newest first.
-
-    Each repo is downloaded; one that fails (offline, unknown or private) is a
-    source with a ``problem`` and the others still load.
-    """
-    repos = hub_repos(hub_repo)
-    if not repos:
-        return [RunSource(run.root.name, run) for run in finished_runs(runs_dir)]
-    sources = []
-    for repo in repos:
-        try:
-            sources.append(RunSource(repo, download_run(repo)))
-        except Exception as e:  # offline, unknown or private repo, ...
-            sources.append(
-                RunSource(
-                    repo,
-                    None,
-                    (
-                        f"Could not download the run from the Hub repo `{repo}` ({type(e).__name__}). "
-                        f"Check `{HUB_REPO_ENV}`, or run locally with `python app.py --run runs/<name>`."
-                    ),
-                )
-            )
-    return sources
-
-
-def include_run(sources: list[RunSource], run: RunPaths | None) -> list[RunSource]:
-    """``sources`` with ``run`` (the one the app serves) first; labelled by its path if its name is taken."""
-    if run is None:
-        return sources
-    same = [s for s in sources if s.run is not None and s.run.root.resolve() == run.root.resolve()]
-    if same:
-        return [*same, *(s for s in sources if s not in same)]
-    taken = {s.label for s in sources}
-    label = run.root.name if run.root.name not in taken else display_path(run.root)
-    return [RunSource(label, run), *sources]
-
-
-def resolve_run(
-    run: str | os.PathLike | None,
-    *,
-    runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
-    hub_repo: str | None = None,
-    sources: list[RunSource] | None = None,
-) -> tuple[RunPaths | None, str | None]:
-    """The run the app serves: ``run`` if given, else the first of ``sources`` (default: ``find_runs``)
-    whose run.json reads: the first Hub repo that downloads, or the newest run under ``runs_dir``.
-
-    Returns (run or None, why there is none). A run given as ``run`` must be a
-    run folder, as evaluate.py requires: a missing folder or ``run.json`` raises
-    FileNotFoundError, a malformed ``run.json`` ValueError (one-line messages).
-    """
-    if run is not None:
-        path = Path(run).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"--run {run}: no such folder")
-        found = RunPaths(path)
-        found.read_info()
-        return found, None
-    sources = find_runs(runs_dir, hub_repo) if sources is None else sources
-    problems = [s.problem for s in sources if s.problem]
-    for source in sources:
-        if source.run is None:
-            continue
-        try:
-            source.run.read_info()
-        except (FileNotFoundError, ValueError) as e:
-            problems.append(f"`{source.label}` is not usable: {e}.")
-            continue
-        return source.run, None
-    if problems:
-        return None, " ".join(problems)
-    return None, (
-        f"No finished run under `{display_path(Path(runs_dir))}/`. "
-        "Create one with `python finetune.py`, or pick one with `python app.py --run runs/<name>`."
-    )
+def run_from_export(folder: str | os.PathLike) -> ExportedRun:
+    """The run an export folder holds (e.g. ``snapshot_download(repo, allow_patterns=APP_FILES)``)."""
+    folder = Path(folder).expanduser()
+    info = read_export_info(folder)
+    if info is None:
+        raise ValueError(f'{folder} is not an export of a gpt2_scratch run (no "{EXPORT_KEY}" in its {CONFIG_FILE})')
+    return ExportedRun(RunPaths(folder), folder, info)

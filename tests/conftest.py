@@ -228,8 +228,9 @@ def write_tiny_run(
     evaluations; with ``with_eval`` a handmade ``eval/`` (four records, both models,
     ROUGE-L and judge scores).
     """
-    from gpt2_scratch.checkpoint import load_model, save_checkpoint
+    from gpt2_scratch.checkpoint import save_checkpoint
     from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
+    from gpt2_scratch.inference import load_model
     from gpt2_scratch.runs import RunInfo, RunPaths
 
     run = RunPaths(root)
@@ -310,8 +311,8 @@ def finished_run(make_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def greedy():
     """``greedy(model_source, prompt, n=24) -> str``: the greedy answer that ``generate()`` gives (a reference)."""
-    from gpt2_scratch.checkpoint import load_model
-    from gpt2_scratch.generation import SamplingSettings, generate
+    from gpt2_scratch.generate.sampling import SamplingSettings, generate
+    from gpt2_scratch.inference import load_model
     from gpt2_scratch.tokenizer import decode, encode
 
     def answer(model_source: str | Path, prompt: str, n: int = GREEDY_TOKENS) -> str:

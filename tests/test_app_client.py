@@ -251,7 +251,7 @@ def _runs_offered(demo) -> list:
 
 
 def test_app_takes_its_run_from_the_hub_repo(tmp_path, monkeypatch, make_run, launch_app):
-    import gpt2_scratch.runs as runs_module
+    import gpt2_scratch.demo.discovery as runs_module
 
     run = make_run(tmp_path / "snapshot")
     asked = []
@@ -266,7 +266,7 @@ def test_app_takes_its_run_from_the_hub_repo(tmp_path, monkeypatch, make_run, la
 
 
 def test_app_offers_the_runs_of_several_hub_repos(tmp_path, monkeypatch, make_run, capsys, launch_app):
-    import gpt2_scratch.runs as runs_module
+    import gpt2_scratch.demo.discovery as runs_module
 
     snapshots = {"me/a": make_run(tmp_path / "a"), "me/b": make_run(tmp_path / "b")}
 
@@ -352,7 +352,7 @@ def test_port_problem_without_port(app_module):
 def test_generation_runs_under_spaces_gpu_when_available(monkeypatch):
     import types
 
-    from gpt2_scratch.demo.ui import _on_gpu
+    from gpt2_scratch.demo.generate_tab import _on_gpu
 
     def fn():
         return "answer"

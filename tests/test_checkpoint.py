@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gpt2_scratch import GPT, GPTConfig
-from gpt2_scratch.checkpoint import load_checkpoint, load_model, read_checkpoint_info, save_checkpoint
+from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from gpt2_scratch.inference import load_model
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The results browser's data layer (gpt2_scratch/compare.py, browse.py): hand-made runs, hand-computed answers."""
+"""The results browser's data layer (gpt2_scratch/demo/compare.py, browse.py): hand-made runs, hand-computed answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.bench_compare import synthetic_runs
-from gpt2_scratch.browse import (
+from gpt2_scratch.demo.browse import (
     ORDERS,
     csv_bytes,
     csv_filename,
@@ -23,7 +23,7 @@ from gpt2_scratch.browse import (
     word_diff,
     write_csv,
 )
-from gpt2_scratch.compare import (
+from gpt2_scratch.demo.compare import (
     RunResults,
     compare,
     histogram_frame,

@@ -1,4 +1,4 @@
-"""Tests for gpt2_scratch.data: loading and validation, splitting, encoding, collate, the batch sampler."""
+"""Tests for gpt2_scratch.data.records: loading and validation, splitting, encoding, collate, the batch sampler."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import threading
 import pytest
 import torch
 
-from gpt2_scratch import data
-from gpt2_scratch.batches import EncodedExample, LengthGroupedBatchSampler, collate, encode_record
-from gpt2_scratch.data import (
+from gpt2_scratch.data import records as data
+from gpt2_scratch.data.batches import EncodedExample, LengthGroupedBatchSampler, collate, encode_record
+from gpt2_scratch.data.records import (
     Record,
     load_records,
     read_records,

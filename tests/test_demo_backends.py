@@ -21,12 +21,12 @@ import torch
 import torch.nn as nn
 from gradio_client import Client
 
-import gpt2_scratch.serving as serving
-from gpt2_scratch.checkpoint import load_model
+import gpt2_scratch.generate.engine as serving
 from gpt2_scratch.demo import GRADIO_THREADS, Batched, DemoApp, PerRequest, build_demo, choose_backend, start
 from gpt2_scratch.demo.backends import ZERO_GPU_ENV
-from gpt2_scratch.generation import SamplingSettings, generate
-from gpt2_scratch.inference import BF16Linear, PackedLinear
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.kernels import BF16Linear, PackedLinear
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import decode, encode
 

@@ -15,25 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from gpt2_scratch import runs as runs_module
-from gpt2_scratch.checkpoint import load_model
 from gpt2_scratch.demo import DemoApp, choose_checkpoint, clean_text
 from gpt2_scratch.demo import backends as backends_module
-from gpt2_scratch.demo import handlers as handlers_module
-from gpt2_scratch.export import APP_FILES, export_run
-from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.demo import discovery as runs_module
+from gpt2_scratch.demo import generate_handlers as handlers_module
+from gpt2_scratch.demo.discovery import RunSource, find_runs, hub_repos, include_run, resolve_run
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import (
-    HUB_RUN_FILES,
-    RunInfo,
-    RunPaths,
-    RunSource,
-    find_runs,
-    finished_runs,
-    hub_repos,
-    include_run,
-    resolve_run,
-)
+from gpt2_scratch.publish.export import export_run
+from gpt2_scratch.runs import APP_FILES, HUB_RUN_FILES, RunInfo, RunPaths, finished_runs
 from gpt2_scratch.tokenizer import decode, encode
 
 # Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.

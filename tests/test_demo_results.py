@@ -22,9 +22,10 @@ from conftest import RUN_PREDICTIONS
 
 from benchmarks.bench_compare import synthetic_runs
 from gpt2_scratch.demo import MAX_RUNS, ResultsBrowser
-from gpt2_scratch.demo import results as results_module
+from gpt2_scratch.demo import results_handlers as results_module
+from gpt2_scratch.demo.discovery import RunSource, find_runs, include_run
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
-from gpt2_scratch.runs import RunInfo, RunPaths, RunSource, find_runs, include_run
+from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import encode
 
 # Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.

@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-from gpt2_scratch.browse import record_view
-from gpt2_scratch.compare import RunResults, compare
 from gpt2_scratch.demo import (
     DemoApp,
     EvalResults,
@@ -19,6 +17,9 @@ from gpt2_scratch.demo import (
     parse_settings,
     visible_response,
 )
+from gpt2_scratch.demo.browse import record_view
+from gpt2_scratch.demo.compare import RunResults, compare
+from gpt2_scratch.demo.discovery import RunSource
 from gpt2_scratch.demo.views import (
     bin_colors,
     diff_spans,
@@ -30,8 +31,7 @@ from gpt2_scratch.demo.views import (
     run_color_maps,
 )
 from gpt2_scratch.files import read_jsonl
-from gpt2_scratch.generation import SamplingSettings
-from gpt2_scratch.runs import RunSource
+from gpt2_scratch.generate.sampling import SamplingSettings
 
 
 def test_parse_settings_maps_ui_values():

@@ -10,17 +10,18 @@ import torch
 from conftest import write_tiny_run
 
 import evaluate as evaluate_cli
-from gpt2_scratch import evaluation
-from gpt2_scratch.batches import encode_record
-from gpt2_scratch.checkpoint import load_checkpoint, load_model, save_checkpoint
-from gpt2_scratch.data import Record, write_records
-from gpt2_scratch.evaluation import EvalSettings, evaluate_run, plan_batches
-from gpt2_scratch.generation import SamplingSettings, generate
-from gpt2_scratch.judge import JudgeConfig
-from gpt2_scratch.progress import ProgressFile, SettingsMismatch
+from gpt2_scratch.checkpoint import load_checkpoint, save_checkpoint
+from gpt2_scratch.data.batches import encode_record
+from gpt2_scratch.data.records import Record, write_records
+from gpt2_scratch.eval import evaluation
+from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run, plan_batches
+from gpt2_scratch.eval.judge import JudgeConfig
+from gpt2_scratch.eval.progress import ProgressFile, SettingsMismatch
+from gpt2_scratch.eval.scoring import reference_loss
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunPaths
-from gpt2_scratch.scoring import reference_loss
 from gpt2_scratch.tokenizer import decode, encode
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,22 +16,15 @@ import torch
 import yaml
 from conftest import write_tiny_run
 
-from gpt2_scratch.checkpoint import load_checkpoint, load_model
+from gpt2_scratch.checkpoint import is_export, load_checkpoint, read_export_info
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.export import (
-    APP_FILES,
-    export_run,
-    hf_config,
-    is_export,
-    official_bpe_files,
-    read_export_info,
-    run_from_export,
-)
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl, file_sha256
-from gpt2_scratch.generation import SamplingSettings, generate
-from gpt2_scratch.model_card import hub_base_model, hub_dataset
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.publish.export import export_run, hf_config, official_bpe_files
+from gpt2_scratch.publish.model_card import hub_base_model, hub_dataset
+from gpt2_scratch.runs import APP_FILES, RunInfo, RunPaths, run_from_export
 from gpt2_scratch.tokenizer import EOS_ID, decode, encode
 
 DATASET_URL = "https://example.org/data/instruction-data.json"

@@ -12,9 +12,9 @@ import pytest
 
 import finetune
 from gpt2_scratch.checkpoint import load_checkpoint
-from gpt2_scratch.data import read_records
+from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import read_jsonl
-from gpt2_scratch.train_step import StepRunner
+from gpt2_scratch.train.step import StepRunner
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt2_scratch import GPT, GPTConfig
-from gpt2_scratch.generation import SamplingSettings, crop_prompt, generate, sample_next, stream
+from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, generate, sample_next, stream
 from gpt2_scratch.hub import load_pretrained
 from gpt2_scratch.tokenizer import EOS_ID, decode, encode
 
@@ -93,7 +93,7 @@ def test_streaming_yields_growing_text_and_matches_generate(hf_tiny):
 
 def test_streaming_never_splits_a_multibyte_character(monkeypatch):
     # " 🤖" is three tokens [12520, 97, 244]; the emoji's 4 bytes span them all.
-    import gpt2_scratch.generation as g
+    import gpt2_scratch.generate.sampling as g
 
     script = [12520, 97, 244, 0]
 

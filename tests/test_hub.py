@@ -7,7 +7,8 @@ import torch
 from conftest import TINY, make_hf_model, save_hub_layout
 from safetensors.torch import load_file, save_file
 
-from gpt2_scratch.hub import load_pretrained, read_safetensors, resolve_hub_id
+from gpt2_scratch.checkpoint import read_safetensors
+from gpt2_scratch.hub import load_pretrained, resolve_hub_id
 
 
 def test_transformers_prefixed_layout_and_file_path(tmp_path):

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from gpt2_scratch.judge import JudgeClient, JudgeConfig, JudgeUnreachable, judge_prompt, parse_score
+from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig, JudgeUnreachable, judge_prompt, parse_score
 
 
 @pytest.fixture

@@ -95,26 +95,6 @@ def test_config_rejects_bad_values():
         GPTConfig.from_dict({"n_layers": 2})
 
 
-def test_bfloat16_decoding_attends_in_float32_on_cpu():
-    # One query a row (decoding): computed in float32 from the bfloat16 cache, then rounded once;
-    # many queries (prefill) stay on the bfloat16 kernel.
-    from gpt2_scratch.model import attention
-
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 9, 8, generator=g).bfloat16() for _ in range(3))
-    one = q[:, :, -1:]
-    expected = torch.nn.functional.scaled_dot_product_attention(one.float(), k.float(), v.float()).bfloat16()
-    assert torch.equal(attention(one, k, v, None), expected)
-    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
-    mask[0, :, :, :4] = False  # padding keys of row 0
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        one.float(), k.float(), v.float(), attn_mask=mask
-    ).bfloat16()
-    assert torch.equal(attention(one, k, v, mask), expected)
-    causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert causal.dtype == torch.bfloat16 and torch.equal(attention(q, k, v, None), causal)
-
-
 def test_weights_stored_in_half_precision_load_as_float32():
     # A Hub repo or an export may store bfloat16 or float16 weights: the model keeps float32 parameters.
     config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import gpt2_scratch.inference as inference
-from gpt2_scratch.checkpoint import load_model
-from gpt2_scratch.generation import SamplingSettings, generate
-from gpt2_scratch.inference import BF16Head, BF16Linear, Int8Linear, model_dtype, resolve_dtype
+import gpt2_scratch.kernels as kernels
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model, model_dtype, resolve_dtype
+from gpt2_scratch.kernels import BF16Head, BF16Linear, Int8Linear
 from gpt2_scratch.model import GPT
 from gpt2_scratch.tokenizer import encode
 
@@ -129,7 +130,7 @@ def test_bfloat16_weights_are_bfloat16_and_packed_once(models):
     layers = [m for m in model.modules() if isinstance(m, BF16Linear)]
     assert len(layers) == 4 * model.config.n_layer + 1  # the blocks' four, and the head's
     assert all(m.weight.dtype == torch.bfloat16 for m in layers)
-    if inference._onednn_bf16_available():  # on CPUs with oneDNN's bfloat16: only the packed copy is kept
+    if kernels._onednn_bf16_available():  # on CPUs with oneDNN's bfloat16: only the packed copy is kept
         assert all(m.weight.is_mkldnn for m in layers)
     assert model.transformer.wte.weight.dtype == torch.bfloat16
     assert model_dtype(model) == "bfloat16" and model_dtype(models["float32"]) == "float32"
@@ -146,7 +147,7 @@ def test_int8_decode_kernel_and_prefill_path_agree():
     odd_layer = Int8Linear(weight[:, :60], bias)  # the kernel needs the inner size to be a multiple of 16
     assert layer.use_kernel and not odd_layer.use_kernel
     with torch.inference_mode():
-        few = layer(x[: inference.INT8_KERNEL_MAX_ROWS])  # the int8 kernel
+        few = layer(x[: kernels.INT8_KERNEL_MAX_ROWS])  # the int8 kernel
         many = layer(x)  # more rows: dequantized product
         odd = odd_layer(x[:2, :60])  # dequantized product
     exact = x.float() @ dequantized.T + bias
@@ -160,3 +161,23 @@ def test_reduced_models_refuse_training(models, dtype):
     with pytest.raises(RuntimeError, match="converted to bfloat16/int8 for inference; load it in float32"):
         models[dtype].train()
     models[dtype].eval()  # still fine
+
+
+def test_bfloat16_decoding_attends_in_float32_on_cpu():
+    # One query a row (decoding): computed in float32 from the bfloat16 cache, then rounded once;
+    # many queries (prefill) stay on the bfloat16 kernel.
+    from gpt2_scratch.kernels import decode_attention as attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g).bfloat16() for _ in range(3))
+    one = q[:, :, -1:]
+    expected = torch.nn.functional.scaled_dot_product_attention(one.float(), k.float(), v.float()).bfloat16()
+    assert torch.equal(attention(one, k, v, None), expected)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[0, :, :, :4] = False  # padding keys of row 0
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        one.float(), k.float(), v.float(), attn_mask=mask
+    ).bfloat16()
+    assert torch.equal(attention(one, k, v, mask), expected)
+    causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert causal.dtype == torch.bfloat16 and torch.equal(attention(q, k, v, None), causal)

@@ -23,7 +23,7 @@ from conftest import write_tiny_run
 
 import publish
 from gpt2_scratch.files import atomic_write_json
-from gpt2_scratch.hub_publish import PROJECT_ROOT, PublishError, prepare_publish, space_files, upload
+from gpt2_scratch.publish.hub_upload import PROJECT_ROOT, PublishError, prepare_publish, space_files, upload
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
 TOKEN = "hf_fake_write_token"
@@ -263,7 +263,7 @@ def test_dry_run_prints_what_goes_where_and_uploads_nothing(hub, run, tmp_path, 
         "  tokenizer.json",
         "  eval/summary.json",
         "  app.py",
-        "  gpt2_scratch/hub_publish.py",
+        "  gpt2_scratch/publish/hub_upload.py",
         f"Space variable: {HUB_REPO_ENV}=me/tiny-alpaca",
         "token: HF_TOKEN",
     ):
@@ -287,7 +287,13 @@ def test_weights_dtype_bfloat16_publishes_half_size_weights(hub, run, tmp_path, 
 
 def test_space_files_are_the_apps_and_nothing_else():
     files = {rel for _, rel in space_files(PROJECT_ROOT)}
-    assert {"app.py", "README.md", "requirements.txt", "gpt2_scratch/hub_publish.py", "gpt2_scratch/model.py"} <= files
+    assert {
+        "app.py",
+        "README.md",
+        "requirements.txt",
+        "gpt2_scratch/publish/hub_upload.py",
+        "gpt2_scratch/model.py",
+    } <= files
     assert not any(rel.startswith(("tests/", "runs/", "benchmarks/", ".")) or "__pycache__" in rel for rel in files)
 
 

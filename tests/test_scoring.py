@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 
-from gpt2_scratch.batches import collate, encode_record
-from gpt2_scratch.checkpoint import load_model
-from gpt2_scratch.data import Record
-from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
-from gpt2_scratch.scoring import (
+from gpt2_scratch.data.batches import collate, encode_record
+from gpt2_scratch.data.records import Record
+from gpt2_scratch.eval.scoring import (
     exact_match,
     lcs_length,
     normalize_answer,
@@ -18,6 +16,8 @@ from gpt2_scratch.scoring import (
     rouge_l_f1,
     words,
 )
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
 
 # Tiny models run fastest on one thread, and do not crawl when other processes share the CPU.
 pytestmark = pytest.mark.usefixtures("one_thread")

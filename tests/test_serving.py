@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-import gpt2_scratch.serving as serving
-from gpt2_scratch.checkpoint import load_model
-from gpt2_scratch.generation import SamplingSettings, generate
-from gpt2_scratch.serving import Engine, EngineBusy, EngineClosed, EngineError, Request
+import gpt2_scratch.generate.engine as serving
+from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, EngineError, Request
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.tokenizer import EOS_ID, decode
 
 T = 30  # seconds: the most any test waits for one token (the tiny model makes hundreds per second)

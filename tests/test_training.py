@@ -1,4 +1,4 @@
-"""Tests of gpt2_scratch.training: overfitting, exact resume, gradient accumulation, DDP, the pieces.
+"""Tests of gpt2_scratch.train.loop: overfitting, exact resume, gradient accumulation, DDP, the pieces.
 
 Every run uses ``random:tiny`` (2 layers, 64 dims) on a 16-record fixture written
 here, so nothing touches the network. One uninterrupted reference run (module
@@ -19,19 +19,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt2_scratch import run_writer, training
-from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info
+from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, read_safetensors
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.distributed import DistContext, autocast_dtype
 from gpt2_scratch.files import read_jsonl
-from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.model import GPT
-from gpt2_scratch.run_log import MetricsLog, read_metrics
-from gpt2_scratch.train_config import TrainConfig
-from gpt2_scratch.train_state import Progress, load_train_state, save_train_state
-from gpt2_scratch.train_step import StepRunner, configure_optimizer, lr_at
-from gpt2_scratch.training import Trainer, TrainingInterrupted, train
+from gpt2_scratch.train import loop as training
+from gpt2_scratch.train import run_writer
+from gpt2_scratch.train.config import TrainConfig
+from gpt2_scratch.train.distributed import DistContext, autocast_dtype
+from gpt2_scratch.train.log import MetricsLog, read_metrics
+from gpt2_scratch.train.loop import Trainer, TrainingInterrupted, train
+from gpt2_scratch.train.state import Progress, load_train_state, save_train_state
+from gpt2_scratch.train.step import StepRunner, configure_optimizer, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 

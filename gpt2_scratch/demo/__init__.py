@@ -20,10 +20,10 @@
 
 from .backends import Batched, PerRequest, choose_backend
 from .errors import reports_errors
-from .handlers import DemoApp, LazyModel, choose_checkpoint
+from .generate_handlers import DemoApp, LazyModel, choose_checkpoint
 from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse_settings
-from .results import MAX_RUNS, ResultsBrowser
-from .ui import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
+from .layout import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
+from .results_handlers import MAX_RUNS, ResultsBrowser
 from .views import EvalResults, header_markdown, load_run_results, visible_response
 
 __all__ = [

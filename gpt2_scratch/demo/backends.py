@@ -25,9 +25,9 @@ import os
 import threading
 from typing import Iterator, Protocol, Sequence
 
-from gpt2_scratch.generation import SamplingSettings, stream
+from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, Request
+from gpt2_scratch.generate.sampling import SamplingSettings, stream
 from gpt2_scratch.model import GPT
-from gpt2_scratch.serving import Engine, EngineBusy, EngineClosed, Request
 
 from .inputs import UserError
 

@@ -10,8 +10,8 @@ import math
 import unicodedata
 from typing import Any
 
-from gpt2_scratch.compare import RECORD_METRICS
-from gpt2_scratch.generation import SamplingSettings
+from gpt2_scratch.demo.compare import RECORD_METRICS
+from gpt2_scratch.generate.sampling import SamplingSettings
 
 # Bounds of the generation settings; max new tokens is also kept below the model's context.
 MAX_NEW_TOKENS = 512

@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from gpt2_scratch.browse import ORDERS
-from gpt2_scratch.compare import RECORD_METRICS
-from gpt2_scratch.runs import MODEL_NAMES
+from gpt2_scratch.demo.browse import ORDERS
+from gpt2_scratch.demo.compare import RECORD_METRICS
+from gpt2_scratch.eval.summary import MODEL_NAMES
 
-from .results import DEFAULT_METRIC, MAX_RUNS, NO_RECORD, ResultsBrowser
+from .results_handlers import DEFAULT_METRIC, MAX_RUNS, NO_RECORD, ResultsBrowser
 from .views import DIFF_COLORS
 
 # The browsing handlers are quick lookups: none waits for a generation slot, none shows a spinner.

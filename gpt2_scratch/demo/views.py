@@ -13,78 +13,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from gpt2_scratch.browse import RecordView, ResponseView
-from gpt2_scratch.compare import RECORD_METRICS, Comparison, RunResults
-from gpt2_scratch.files import json_kind, read_jsonl
-from gpt2_scratch.run_log import read_metrics
-from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunPaths, RunSource, display_path
-
-# --------------------------------------------------------------------------- reading and checking eval/
-
-_KINDS = {
-    "object": lambda v: isinstance(v, dict),
-    "string": lambda v: isinstance(v, str),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "null": lambda v: v is None,
-}
-# The fields a model's entry of a prediction row may hold, and their JSON kinds.
-_MODEL_FIELDS = {
-    "response": "string",
-    "rouge_l": "number or null",
-    "exact_match": "number or null",
-    "length_tokens": "number or null",
-    "judge_score": "number or null",
-    "judge_raw": "string or null",
-}
-
-
-def _require(value: Any, kinds: str, what: str) -> None:
-    """A ValueError ``<what> must be <kinds>, got <JSON kind>`` unless ``value`` is one of ``kinds``."""
-    if not any(_KINDS[k](value) for k in kinds.split(" or ")):
-        article = "an" if kinds[0] in "aeiou" else "a"
-        raise ValueError(f"{what} must be {article} {kinds}, got {json_kind(value)}")
-
-
-def _require_key(d: dict, key: str, kinds: str, where: str) -> None:
-    if key not in d:
-        raise ValueError(f'{where}"{key}" is missing')
-    _require(d[key], kinds, f'{where}"{key}"')
-
-
-def _check_fields(d: dict, kinds: dict[str, str], where: str) -> None:
-    for key, kind in kinds.items():
-        if key in d:
-            _require(d[key], kind, f'{where}"{key}"')
-
-
-def check_prediction(row: Any, where: str) -> None:
-    """Raise a one-line ValueError unless ``row`` has the structure of a predictions.jsonl line."""
-    _require(row, "object", f"{where}the record")
-    _require_key(row, "id", "integer", where)
-    _check_fields(row, {"instruction": "string", "input": "string", "reference": "string"}, where)
-    for name in MODEL_NAMES:
-        if name in row:  # a model that was not evaluated has no entry
-            _require(row[name], "object", f'{where}"{name}"')
-            _check_fields(row[name], _MODEL_FIELDS, f'{where}"{name}".')
-
-
-def check_summary(summary: Any, where: str) -> None:
-    """Raise a one-line ValueError unless ``summary`` has the structure of summary.json."""
-    _require(summary, "object", f"{where}the file")
-    _require_key(summary, "models", "object", where)
-    for name, aggregates in summary["models"].items():
-        _require(aggregates, "object", f'{where}"models"."{name}"')
-        _check_fields(aggregates, {m.key: "number or null" for m in SUMMARY_METRICS}, f'{where}"models"."{name}".')
-    _check_fields(summary, {"generation": "object", "judge": "object or null", "checkpoint": "object or null"}, where)
-    if summary.get("judge") is not None:
-        _require_key(summary["judge"], "model", "string", f'{where}"judge".')
-    if summary.get("checkpoint") is not None:
-        _check_fields(summary["checkpoint"], {"sha256": "string or null"}, f'{where}"checkpoint".')
+from gpt2_scratch.demo.browse import RecordView, ResponseView
+from gpt2_scratch.demo.compare import RECORD_METRICS, Comparison, RunResults
+from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.eval.summary import MODEL_NAMES, check_prediction, check_summary
+from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.runs import RunPaths, display_path
+from gpt2_scratch.train.log import read_metrics
 
 
 def _line_numbers(path: Path) -> list[int]:

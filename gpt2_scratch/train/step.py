@@ -24,11 +24,11 @@ from typing import Sequence
 
 import torch
 
-from gpt2_scratch.batches import EncodedExample, collate
-from gpt2_scratch.distributed import DistContext
+from gpt2_scratch.data.batches import EncodedExample, collate
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
 from gpt2_scratch.model import GPT
-from gpt2_scratch.train_config import TrainConfig
+from gpt2_scratch.train.config import TrainConfig
+from gpt2_scratch.train.distributed import DistContext
 
 COSINE_MIN_LR_RATIO = 0.1  # cosine decays to 10% of the peak learning rate (as in nanoGPT)
 

@@ -24,7 +24,6 @@ export exactly as of a run; only the weights sit at the root instead of in
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,21 +32,22 @@ from typing import Any
 
 import torch
 
-from gpt2_scratch.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info
+from gpt2_scratch.checkpoint import (
+    CONFIG_FILE,
+    EXPORT_KEY,
+    EXPORT_VERSION,
+    WEIGHTS_FILE,
+    CheckpointInfo,
+    load_checkpoint,
+    read_checkpoint_info,
+)
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
-from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
-EXPORT_KEY = "gpt2_scratch"  # our metadata's key in config.json
-EXPORT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
-# What an app needs of an export on the Hub (snapshot_download allow_patterns): weights, config, the run's files.
-APP_FILES = [WEIGHTS_FILE, CONFIG_FILE, "run.json", "eval/*", "loss.png", "metrics.jsonl"]
 WEIGHTS_DTYPES = ("float32", "bfloat16")  # how model.safetensors may be stored
 
 
@@ -60,20 +60,6 @@ class Export:
     run: RunInfo
     source: Path  # the run folder
     has_eval: bool
-
-
-@dataclass
-class ExportedRun:
-    """A run read back from an export folder (a local copy of a published repo): what the app needs.
-
-    ``run`` reads run.json, eval/, loss.png and metrics.jsonl as for a run folder;
-    ``checkpoint`` is what to pass to ``checkpoint.load_model``; ``info`` is its
-    config and prompt style without loading the weights.
-    """
-
-    run: RunPaths
-    checkpoint: Path
-    info: CheckpointInfo
 
 
 def run_files(run: RunPaths) -> list[Path]:
@@ -220,7 +206,7 @@ def export_run(
     ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
     downloads); the loaders read them back into float32, and the card says so.
     """
-    from gpt2_scratch.model_card import model_card
+    from gpt2_scratch.publish.model_card import model_card
 
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
@@ -255,59 +241,3 @@ def export_run(
         )
         atomic_write_text(tmp / CARD_FILE, card)
     return Export(out, files, run_info, run.root, has_eval=summary is not None)
-
-
-def _export_meta(folder: Path) -> tuple[dict, dict] | None:
-    """(config.json, its "gpt2_scratch" metadata) of an export folder; None when ``folder`` is not one."""
-    cfg_path = folder / CONFIG_FILE
-    if not cfg_path.is_file():
-        return None
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get(EXPORT_KEY), dict):
-        return None
-    return cfg, cfg[EXPORT_KEY]
-
-
-def is_export(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds an export (a config.json in transformers' layout with our metadata)."""
-    return _export_meta(Path(folder).expanduser()) is not None
-
-
-def read_export_info(folder: str | os.PathLike) -> CheckpointInfo | None:
-    """What an export folder's config.json says about its weights, as a ``CheckpointInfo``; None if not an export."""
-    folder = Path(folder).expanduser()
-    found = _export_meta(folder)
-    if found is None:
-        return None
-    cfg, ours = found
-    where = folder / CONFIG_FILE
-    if ours.get("format_version") != EXPORT_VERSION:
-        raise ValueError(
-            f'{where}: "{EXPORT_KEY}.format_version" is {ours.get("format_version")!r}; '
-            f"this code reads {EXPORT_VERSION}"
-        )
-    weights, metadata, style = ours.get("weights"), ours.get("metadata", {}), ours.get("prompt_style")
-    try:
-        config = GPTConfig.from_hf_config(cfg)
-        if style is not None:
-            get_prompt_style(style)
-        if not isinstance(weights, dict) or not isinstance(metadata, dict):
-            raise ValueError(f'"{EXPORT_KEY}.weights" and "{EXPORT_KEY}.metadata" must be objects')
-        sha, size = str(weights["sha256"]), int(weights["bytes"])
-    except KeyError as e:
-        raise ValueError(f"{where}: missing field {e}") from None
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {e}") from None
-    return CheckpointInfo(folder, config, style, sha, metadata, size)
-
-
-def run_from_export(folder: str | os.PathLike) -> ExportedRun:
-    """The run an export folder holds (e.g. ``snapshot_download(repo, allow_patterns=APP_FILES)``)."""
-    folder = Path(folder).expanduser()
-    info = read_export_info(folder)
-    if info is None:
-        raise ValueError(f'{folder} is not an export of a gpt2_scratch run (no "{EXPORT_KEY}" in its {CONFIG_FILE})')
-    return ExportedRun(RunPaths(folder), folder, info)

@@ -1,53 +1,22 @@
-"""The layout: ``build_demo`` lays out the four tabs and wires ``DemoApp``'s handlers to them.
-
-The three generation tabs are here; the results tab (runs compared, plots,
-records) is in ``results_tab.py``.
-
-``start`` queues and launches the Blocks with the app's limits (no uploads, a
-bounded queue) and returns at once; ``app.py`` prints its own line and blocks.
+"""The three generation tabs (base, finetuned, side by side) and their shared settings, wired to
+``DemoApp``'s handlers (``generate_handlers``). ``generation_tabs`` describes them, ``generation_tab``
+lays one out; ``layout.build_demo`` puts them beside the results tab.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
-from .handlers import DemoApp
+from .generate_handlers import DemoApp
 from .inputs import DEFAULT_NEW_TOKENS, DEFAULT_SEED, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
-from .results_tab import results_tab
-from .views import header_markdown
 
-log = logging.getLogger(__name__)
-
-# The app takes no uploads: anything larger than a form field is refused (HTTP 413).
-MAX_FILE_SIZE = "1kb"
-# Requests waiting for a generation slot; one more is told "busy" at once instead of waiting minutes.
-QUEUE_SIZE = 16
 # preprocess=False: the handlers get the raw values and check them themselves, so a non-numeric or
 # out-of-range setting sent through the API gets the same one-line message as in the UI.
 GENERATE_EVENT = {"concurrency_id": "generate", "show_progress": "hidden", "preprocess": False}
-# Gradio's default worker threads. A streaming generation holds one while it waits for its next token,
-# so with batching ``start`` needs as many more as generations may run at once.
-GRADIO_THREADS = 40
-
-
-def load_examples(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
-    """(base-model prompts, (instruction, input) pairs) from the examples file; a missing file gives none."""
-    path = Path(path)
-    if not path.is_file():
-        log.warning("no examples file at %s", path)
-        return [], []
-    data = json.loads(path.read_text(encoding="utf-8"))
-    prompts = [str(p) for p in data.get("prompts", [])]
-    instructions = [(str(e["instruction"]), str(e.get("input", ""))) for e in data.get("instructions", [])]
-    return prompts, instructions
 
 
 def _on_gpu(fn: Callable) -> Callable:
@@ -63,24 +32,7 @@ def _stopped() -> str:
     return "Stopped. The text above is what was generated until then."
 
 
-def _header(app: DemoApp) -> str:
-    return header_markdown(
-        app.run_name, app.base.source, app.checkpoint_name, app.prompt_style.name, app.checkpoint_note
-    )
-
-
-def _serving_line(app: DemoApp) -> str:
-    """The header's second line: the models' inference format, and whether visitors' requests are batched."""
-    backend = app.backend
-    serving = (
-        f"every request to a model joins one shared batch (up to {backend.max_rows} at once)"
-        if backend.batching
-        else "each request generates on its own"
-    )
-    return f"Inference in `{app.dtype}`; {serving}."
-
-
-def _settings_accordion(app: DemoApp) -> list[gr.components.Component]:
+def settings_accordion(app: DemoApp) -> list[gr.components.Component]:
     """The generation settings shared by the three generation tabs: [max new, temperature, top-k, top-p, seed]."""
     limit = min(MAX_NEW_TOKENS, (app.context or 1024) - 1)
     with gr.Accordion("Generation settings", open=False):
@@ -131,7 +83,7 @@ class GenerationTab:
     examples_label: str
 
 
-def _generation_tab(tab: GenerationTab, settings: list[gr.components.Component], limit: int | str) -> None:
+def generation_tab(tab: GenerationTab, settings: list[gr.components.Component], limit: int | str) -> None:
     """One generation tab: inputs, Generate/Stop, outputs, status line, examples, wired to ``tab.handler``.
 
     ``limit``: the generation events' concurrency limit ("default": the queue's).
@@ -175,7 +127,7 @@ def _finetuned_intro(app: DemoApp, intro: str) -> str:
     return intro + (f"\n\n⚠️ {app.checkpoint_note}" if app.checkpoint_note else "")
 
 
-def _generation_tabs(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]]) -> list[GenerationTab]:
+def generation_tabs(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]]) -> list[GenerationTab]:
     prompts, instructions = examples
     style = app.prompt_style.name
     input_box = Box("input", "Input (optional)", 2)
@@ -220,48 +172,3 @@ def _generation_tabs(app: DemoApp, examples: tuple[list[str], list[tuple[str, st
             "Example instructions",
         ),
     ]
-
-
-def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] = ([], [])) -> gr.Blocks:
-    """The four-tab Blocks app wired to ``app``'s handlers; ``start`` queues and launches it."""
-    with gr.Blocks(title="GPT-2 from scratch") as demo:
-        gr.Markdown(_header(app))
-        gr.Markdown(_serving_line(app), elem_id="serving")
-        settings = _settings_accordion(app)
-        # With batching, requests must reach the engines together instead of queueing for Gradio's 2 slots.
-        limit = app.backend.concurrency_limit or "default"
-        with gr.Tabs():
-            for tab in _generation_tabs(app, examples):
-                _generation_tab(tab, settings, limit)
-            results_tab(demo, app.browser)
-    return demo
-
-
-def start(
-    demo: gr.Blocks,
-    *,
-    host: str,
-    port: int | None,
-    concurrency: int = 2,
-    queue_size: int = QUEUE_SIZE,
-    max_threads: int = GRADIO_THREADS,
-) -> str:
-    """Queue and launch ``demo`` without blocking (``demo.block_thread()`` waits); returns its local URL.
-
-    No share link, no uploads (``MAX_FILE_SIZE``), at most ``queue_size``
-    requests waiting: one more gets Gradio's "busy, try again" at once. Gradio's
-    own startup lines are silenced; the caller says where the app is. Raises
-    OSError when it cannot listen on the port. ``max_threads``: Gradio's worker
-    threads (``GRADIO_THREADS`` plus, with batching, the generations' concurrency limit).
-    """
-    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    _, url, _ = demo.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        max_file_size=MAX_FILE_SIZE,
-        quiet=True,
-        prevent_thread_lock=True,
-        max_threads=max_threads,
-    )
-    return url

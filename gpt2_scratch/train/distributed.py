@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
-from gpt2_scratch.checkpoint import resolve_device
+from gpt2_scratch.inference import resolve_device
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

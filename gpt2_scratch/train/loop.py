@@ -1,7 +1,7 @@
 """Instruction finetuning: the training loop.
 
-    from gpt2_scratch.train_config import TrainConfig
-    from gpt2_scratch.training import train
+    from gpt2_scratch.train.config import TrainConfig
+    from gpt2_scratch.train.loop import train
     paths = train(TrainConfig(base="gpt2", epochs=2))   # writes runs/<name>/ (see runs.py)
 
 The defaults reproduce the LLMs-from-scratch reference run (ch07): AdamW with
@@ -47,15 +47,19 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from gpt2_scratch.batches import LengthGroupedBatchSampler, encode_record
-from gpt2_scratch.checkpoint import load_model, save_checkpoint
-from gpt2_scratch.data import Record, Split, load_records, source_sha256, split_records
-from gpt2_scratch.distributed import DistContext, autocast_dtype, init_distributed, rank_zero
-from gpt2_scratch.generation import SamplingSettings, generate
+from gpt2_scratch.checkpoint import save_checkpoint
+from gpt2_scratch.data.batches import LengthGroupedBatchSampler, encode_record
+from gpt2_scratch.data.records import Record, Split, load_records, source_sha256, split_records
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.run_log import MetricsLog, plot_losses
-from gpt2_scratch.run_writer import (
+from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.tokenizer import decode, encode
+from gpt2_scratch.train.config import TrainConfig
+from gpt2_scratch.train.distributed import DistContext, autocast_dtype, init_distributed, rank_zero
+from gpt2_scratch.train.log import MetricsLog, plot_losses
+from gpt2_scratch.train.run_writer import (
     BestWeights,
     clear_outputs,
     create_run_folder,
@@ -63,11 +67,8 @@ from gpt2_scratch.run_writer import (
     taken_message,
     write_run_files,
 )
-from gpt2_scratch.runs import RunInfo, RunPaths
-from gpt2_scratch.tokenizer import decode, encode
-from gpt2_scratch.train_config import TrainConfig
-from gpt2_scratch.train_state import Progress, load_train_state, restore_rng, rng_states, save_train_state
-from gpt2_scratch.train_step import StepRunner, chunks, configure_optimizer, lr_at
+from gpt2_scratch.train.state import Progress, load_train_state, restore_rng, rng_states, save_train_state
+from gpt2_scratch.train.step import StepRunner, chunks, configure_optimizer, lr_at
 
 NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before training
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpt2_scratch.config import from_known_fields
-from gpt2_scratch.data import DEFAULT_DATASET_URL
-from gpt2_scratch.distributed import PRECISIONS
+from gpt2_scratch.data.records import DEFAULT_DATASET_URL
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR
+from gpt2_scratch.train.distributed import PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from gpt2_scratch.distributed import DistContext
+from gpt2_scratch.checkpoint import read_safetensors
 from gpt2_scratch.files import atomic_folder, atomic_write, atomic_write_json, recover_folder
-from gpt2_scratch.hub import read_safetensors
 from gpt2_scratch.model import GPT
+from gpt2_scratch.train.distributed import DistContext
 
-STATE_FORMAT = "gpt2_scratch.train_state"
+STATE_FORMAT = "gpt2_scratch.train.state"
 STATE_VERSION = 1
 
 

@@ -27,19 +27,19 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from gpt2_scratch.checkpoint import CheckpointInfo, load_model, read_checkpoint_info, resolve_device
-from gpt2_scratch.export import read_export_info
-from gpt2_scratch.generation import SamplingSettings, crop_prompt
-from gpt2_scratch.inference import model_dtype, resolve_dtype
+from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info, read_export_info
+from gpt2_scratch.demo.discovery import RunSource, include_run
+from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt
+from gpt2_scratch.inference import load_model, model_dtype, resolve_device, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths, RunSource, display_path, include_run
+from gpt2_scratch.runs import RunInfo, RunPaths, display_path
 from gpt2_scratch.tokenizer import encode
 
 from .backends import Backend, PerRequest, TokenStream
 from .errors import failure, problem, reports_errors
 from .inputs import UserError, clean_text, parse_settings
-from .results import ResultsBrowser
+from .results_handlers import ResultsBrowser
 from .views import elapsed, visible_response
 
 log = logging.getLogger(__name__)

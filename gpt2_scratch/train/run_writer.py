@@ -24,7 +24,7 @@ import torch
 
 from gpt2_scratch.checkpoint import save_checkpoint
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.data import Split, write_records
+from gpt2_scratch.data.records import Split, write_records
 from gpt2_scratch.files import link_folder, remove_stray_temporaries
 from gpt2_scratch.model import GPT
 from gpt2_scratch.runs import RunInfo, RunPaths

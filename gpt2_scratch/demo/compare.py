@@ -31,8 +31,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
 from gpt2_scratch.files import flatten_json
-from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunInfo, format_metric
+from gpt2_scratch.runs import RunInfo
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
 from gpt2_scratch.hub import resolve_hub_id
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import MODEL_NAMES, SUMMARY_METRICS, RunInfo, format_metric
+from gpt2_scratch.runs import RunInfo
 
 PROJECT = "gpt2_scratch"
 TAGS = ["gpt2", "instruction-tuning", "gpt2-scratch"]
@@ -42,7 +43,7 @@ def hub_base_model(base: str) -> str | None:
 
 def hub_dataset(source: str | None) -> str | None:
     """The Hub dataset id of a run's dataset source, or None for a URL or a local file."""
-    from gpt2_scratch.data import source_kind
+    from gpt2_scratch.data.records import source_kind
 
     return source if source and source_kind(source) == "hub" else None
 
@@ -118,7 +119,7 @@ def _usage(repo_id: str, prompt_style: str) -> list[str]:
         "```python",
         "from huggingface_hub import snapshot_download",
         "from gpt2_scratch.checkpoint import load_model",
-        "from gpt2_scratch.generation import SamplingSettings, generate",
+        "from gpt2_scratch.generate.sampling import SamplingSettings, generate",
         "from gpt2_scratch.prompts import get_prompt_style",
         "from gpt2_scratch.tokenizer import decode, encode",
         "",

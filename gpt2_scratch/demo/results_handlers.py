@@ -33,8 +33,8 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from gpt2_scratch.browse import ORDERS, csv_filename, filter_records, record_view, score_choices, write_csv
-from gpt2_scratch.compare import (
+from gpt2_scratch.demo.browse import ORDERS, csv_filename, filter_records, record_view, score_choices, write_csv
+from gpt2_scratch.demo.compare import (
     RECORD_METRICS,
     Comparison,
     RunResults,
@@ -47,7 +47,8 @@ from gpt2_scratch.compare import (
     scatter_frame,
     summary_frame,
 )
-from gpt2_scratch.runs import MODEL_NAMES, RunSource
+from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.eval.summary import MODEL_NAMES
 
 from .errors import reports_errors
 from .inputs import UserError, blank, clean_text, parse_runs, parse_score_bounds

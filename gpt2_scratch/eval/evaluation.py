@@ -52,20 +52,20 @@ from typing import Callable, Sequence
 
 import torch
 
-from gpt2_scratch.batches import EncodedExample, encode_record
-from gpt2_scratch.checkpoint import load_model, read_checkpoint_info
-from gpt2_scratch.data import Record, read_records
-from gpt2_scratch.eval_summary import ModelResults, aggregate, build_summary, prediction_rows
+from gpt2_scratch.checkpoint import read_checkpoint_info
+from gpt2_scratch.data.batches import EncodedExample, encode_record
+from gpt2_scratch.data.records import Record, read_records
+from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
+from gpt2_scratch.eval.progress import ProgressFile, check_batch_entry, check_judge_entry
+from gpt2_scratch.eval.scoring import reference_loss
+from gpt2_scratch.eval.summary import MODEL_NAMES, ModelResults, aggregate, build_summary, prediction_rows
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
-from gpt2_scratch.generation import SamplingSettings, generate
-from gpt2_scratch.inference import DTYPES, resolve_dtype
-from gpt2_scratch.judge import JudgeClient, JudgeConfig
+from gpt2_scratch.generate.engine import Engine
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
-from gpt2_scratch.progress import ProgressFile, check_batch_entry, check_judge_entry
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
-from gpt2_scratch.runs import MODEL_NAMES, RunPaths
-from gpt2_scratch.scoring import reference_loss
-from gpt2_scratch.serving import Engine
+from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from gpt2_scratch.data import Record
+from gpt2_scratch.data.records import Record
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
 from gpt2_scratch.tokenizer import EOS_ID, encode

@@ -25,10 +25,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2_scratch.export import Export, export_run
+from gpt2_scratch.publish.export import Export, export_run
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The app's files a Space needs (README.md's front matter configures the Space); not runs/, tests/, benchmarks/.
 SPACE_FILES = ("app.py", "requirements.txt", "README.md", "gpt2_scratch/**/*.py", "assets/*")
 SPACE_SDK = "gradio"

@@ -50,8 +50,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from gpt2_scratch.generation import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
-from gpt2_scratch.model import GPT, KVCache
+from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
+from gpt2_scratch.model import GPT, KVCache, attention
 from gpt2_scratch.tokenizer import EOS_ID
 
 FINISH_REASONS = ("eos", "length", "cancelled", "error", "closed")
@@ -398,9 +398,9 @@ class _RaggedCache:
     def __init__(self, rows: Sequence[_Row], spans: Sequence[tuple[int, int]]):
         self.rows, self.spans = rows, spans  # spans: (offset in the sequence, number of new tokens)
 
-    def attend(self, layer: int, q, k, v, mask, dropout_p: float = 0.0) -> torch.Tensor:
+    def attend(self, layer: int, q, k, v, mask, dropout_p: float = 0.0, attn=attention) -> torch.Tensor:
         ys = [
-            row.cache.attend(layer, q[:, :, o : o + T], k[:, :, o : o + T], v[:, :, o : o + T], None)
+            row.cache.attend(layer, q[:, :, o : o + T], k[:, :, o : o + T], v[:, :, o : o + T], None, attn=attn)
             for row, (o, T) in zip(self.rows, self.spans)
         ]
         return torch.cat(ys, dim=2)  # (1, nh, N, hs)

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from gpt2_scratch.batches import EncodedExample, collate
+from gpt2_scratch.data.batches import EncodedExample, collate
 from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
 from gpt2_scratch.model import GPT
 

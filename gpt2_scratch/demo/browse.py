@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from gpt2_scratch.compare import RECORD_METRICS, Comparison
+from gpt2_scratch.demo.compare import RECORD_METRICS, Comparison
 from gpt2_scratch.files import atomic_write_bytes
 from gpt2_scratch.tokenizer import encode
 

@@ -1,0 +1,102 @@
+"""The app's page: ``build_demo`` lays out the header, the three generation tabs (``generate_tab``)
+and the results tab (``results_tab``); ``start`` queues and launches it with the app's limits
+(no uploads, a bounded queue) and returns at once; ``app.py`` prints its own line and blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from .generate_handlers import DemoApp
+from .generate_tab import generation_tab, generation_tabs, settings_accordion
+from .results_tab import results_tab
+from .views import header_markdown
+
+log = logging.getLogger(__name__)
+
+# The app takes no uploads: anything larger than a form field is refused (HTTP 413).
+MAX_FILE_SIZE = "1kb"
+# Requests waiting for a generation slot; one more is told "busy" at once instead of waiting minutes.
+QUEUE_SIZE = 16
+# Gradio's default worker threads. A streaming generation holds one while it waits for its next token,
+# so with batching ``start`` needs as many more as generations may run at once.
+GRADIO_THREADS = 40
+
+
+def load_examples(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """(base-model prompts, (instruction, input) pairs) from the examples file; a missing file gives none."""
+    path = Path(path)
+    if not path.is_file():
+        log.warning("no examples file at %s", path)
+        return [], []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    prompts = [str(p) for p in data.get("prompts", [])]
+    instructions = [(str(e["instruction"]), str(e.get("input", ""))) for e in data.get("instructions", [])]
+    return prompts, instructions
+
+
+def _header(app: DemoApp) -> str:
+    return header_markdown(
+        app.run_name, app.base.source, app.checkpoint_name, app.prompt_style.name, app.checkpoint_note
+    )
+
+
+def _serving_line(app: DemoApp) -> str:
+    """The header's second line: the models' inference format, and whether visitors' requests are batched."""
+    backend = app.backend
+    serving = (
+        f"every request to a model joins one shared batch (up to {backend.max_rows} at once)"
+        if backend.batching
+        else "each request generates on its own"
+    )
+    return f"Inference in `{app.dtype}`; {serving}."
+
+
+def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] = ([], [])) -> gr.Blocks:
+    """The four-tab Blocks app wired to ``app``'s handlers; ``start`` queues and launches it."""
+    with gr.Blocks(title="GPT-2 from scratch") as demo:
+        gr.Markdown(_header(app))
+        gr.Markdown(_serving_line(app), elem_id="serving")
+        settings = settings_accordion(app)
+        # With batching, requests must reach the engines together instead of queueing for Gradio's 2 slots.
+        limit = app.backend.concurrency_limit or "default"
+        with gr.Tabs():
+            for tab in generation_tabs(app, examples):
+                generation_tab(tab, settings, limit)
+            results_tab(demo, app.browser)
+    return demo
+
+
+def start(
+    demo: gr.Blocks,
+    *,
+    host: str,
+    port: int | None,
+    concurrency: int = 2,
+    queue_size: int = QUEUE_SIZE,
+    max_threads: int = GRADIO_THREADS,
+) -> str:
+    """Queue and launch ``demo`` without blocking (``demo.block_thread()`` waits); returns its local URL.
+
+    No share link, no uploads (``MAX_FILE_SIZE``), at most ``queue_size``
+    requests waiting: one more gets Gradio's "busy, try again" at once. Gradio's
+    own startup lines are silenced; the caller says where the app is. Raises
+    OSError when it cannot listen on the port. ``max_threads``: Gradio's worker
+    threads (``GRADIO_THREADS`` plus, with batching, the generations' concurrency limit).
+    """
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=MAX_FILE_SIZE,
+        quiet=True,
+        prevent_thread_lock=True,
+        max_threads=max_threads,
+    )
+    return url

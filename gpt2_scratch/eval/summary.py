@@ -1,0 +1,215 @@
+"""What an evaluation writes: per-record prediction rows, per-model aggregates, the summary and its table.
+
+``evaluation`` measures (``ModelResults``); this module is the one home of the two files' schema:
+it turns the measurements into ``eval/predictions.jsonl`` and ``eval/summary.json``, names their
+metrics (``SUMMARY_METRICS``, shared by ``evaluate.py``'s table and the app's) and checks files
+read back (``check_summary``, ``check_prediction``: one-line errors naming the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from gpt2_scratch.data.records import Record
+from gpt2_scratch.eval.progress import ProgressFile
+from gpt2_scratch.eval.scoring import exact_match, perplexity, rouge_l_f1
+from gpt2_scratch.files import json_kind
+from gpt2_scratch.runs import RunPaths
+
+# The models an evaluation compares, in the order tables show them.
+MODEL_NAMES = ("base", "finetuned")
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """One aggregate of ``eval/summary.json``'s ``models.<name>``, and how tables show it."""
+
+    key: str
+    label: str
+    spec: str  # format spec of the value; "%" shows a share as a percentage
+
+
+# The summary metrics, in table order: evaluate.py's table and the app's both come from this list.
+SUMMARY_METRICS = (
+    SummaryMetric("reference_loss", "Reference loss (test set)", ".3f"),
+    SummaryMetric("perplexity", "Perplexity", ".2f"),
+    SummaryMetric("rouge_l", "ROUGE-L F1", ".3f"),
+    SummaryMetric("exact_match", "Exact match", "%"),
+    SummaryMetric("judge_mean", "Judge score (0–100)", ".1f"),
+    SummaryMetric("judge_unparsed", "Judge replies not parsed", "d"),
+    SummaryMetric("mean_length_tokens", "Mean response length (tokens)", ".1f"),
+    SummaryMetric("empty_share", "Empty responses", "%"),
+    SummaryMetric("generation_seconds", "Generation time (s)", ".1f"),
+    SummaryMetric("tokens_per_second", "Tokens per second", ".1f"),
+)
+
+
+def format_metric(value: Any, spec: str) -> str:
+    """``value`` formatted by a ``SummaryMetric.spec``; a missing value is an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec == "%":
+            return f"{value * 100:.1f}%"
+        if spec == "d":
+            return str(int(value))
+        return format(value, spec)
+    return str(value)
+
+
+@dataclass
+class ModelResults:
+    """Everything measured for one model, in test-record order."""
+
+    responses: list[str]  # raw decoded responses
+    lengths: list[int]  # new tokens, <|endoftext|> excluded
+    generation_seconds: float
+    steps: int  # decoding steps: new tokens plus the <|endoftext|> of rows that stopped on it
+    loss: float
+    loss_tokens: int
+    judge: list[dict] | None  # per record {"score", "raw", "error"}
+    progress: list[ProgressFile]  # the files these results were resumed from, marked done once results are written
+
+
+def build_summary(run: RunPaths, info, records, style, generation, dtype, settings, models: dict) -> dict:
+    """``eval/summary.json``: what was evaluated, how, and each model's aggregates."""
+    judge = settings.judge
+    return {
+        "run": str(run.root),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_records": len(records),
+        "checkpoint": {"path": str(run.final), "sha256": info.sha256},
+        "base_model": run.read_info().base_model,
+        "prompt_style": style.name,
+        "test_records": str(run.test_records),
+        "generation": generation,
+        "device": settings.device,
+        "dtype": dtype,
+        "judge": None if judge is None else {"url": judge.url, "model": judge.model, "seed": judge.seed},
+        "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},
+        "models": models,
+    }
+
+
+def prediction_rows(records: Sequence[Record], results: dict[str, ModelResults]) -> list[dict]:
+    """``eval/predictions.jsonl``: one row per test record, each model's response and its scores."""
+    rows = []
+    for i, r in enumerate(records):
+        row = {"id": r.id, "instruction": r.instruction, "input": r.input, "reference": r.output}
+        for name, res in results.items():
+            response = res.responses[i]
+            scored = response.strip()
+            j = res.judge[i] if res.judge is not None else None
+            row[name] = {
+                "response": response,
+                "rouge_l": rouge_l_f1(scored, r.output),
+                "exact_match": exact_match(scored, r.output),
+                "length_tokens": res.lengths[i],
+                "judge_score": j["score"] if j else None,
+                "judge_raw": j["raw"] if j else None,
+                "judge_error": j["error"] if j else False,
+            }
+        rows.append(row)
+    return rows
+
+
+def aggregate(name: str, res: ModelResults, rows: list[dict], *, judged: bool) -> dict:
+    """``summary.json``'s ``models.<name>``: the aggregates of one model (runs.SUMMARY_METRICS and more)."""
+    per = [row[name] for row in rows]
+    n = len(per)
+    scores = [p["judge_score"] for p in per if p["judge_score"] is not None]
+    return {
+        "reference_loss": res.loss,
+        "perplexity": perplexity(res.loss),
+        "reference_loss_tokens": res.loss_tokens,
+        "rouge_l": sum(p["rouge_l"] for p in per) / n,
+        "exact_match": sum(p["exact_match"] for p in per) / n,
+        "mean_length_tokens": sum(p["length_tokens"] for p in per) / n,
+        "empty_share": sum(1 for p in per if not p["response"].strip()) / n,
+        "judge_mean": sum(scores) / len(scores) if scores else None,
+        "judge_unparsed": sum(1 for p in per if p["judge_score"] is None) if judged else 0,
+        "judge_errors": sum(1 for p in per if p["judge_error"]) if judged else 0,
+        "generation_seconds": round(res.generation_seconds, 3),
+        "tokens_per_second": round(res.steps / res.generation_seconds, 2) if res.generation_seconds > 0 else 0.0,
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The aggregates of ``summary`` side by side, one row per metric, one column per model."""
+    models = list(summary["models"])
+    table = [["metric", *models]]
+    for m in SUMMARY_METRICS:
+        table.append([m.label, *(format_metric(summary["models"][name].get(m.key), m.spec) for name in models)])
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+        for row in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- checking what was written (the app reads it)
+
+_KINDS = {
+    "object": lambda v: isinstance(v, dict),
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+# The fields a model's entry of a prediction row may hold, and their JSON kinds.
+_MODEL_FIELDS = {
+    "response": "string",
+    "rouge_l": "number or null",
+    "exact_match": "number or null",
+    "length_tokens": "number or null",
+    "judge_score": "number or null",
+    "judge_raw": "string or null",
+}
+
+
+def _require(value: Any, kinds: str, what: str) -> None:
+    """A ValueError ``<what> must be <kinds>, got <JSON kind>`` unless ``value`` is one of ``kinds``."""
+    if not any(_KINDS[k](value) for k in kinds.split(" or ")):
+        article = "an" if kinds[0] in "aeiou" else "a"
+        raise ValueError(f"{what} must be {article} {kinds}, got {json_kind(value)}")
+
+
+def _require_key(d: dict, key: str, kinds: str, where: str) -> None:
+    if key not in d:
+        raise ValueError(f'{where}"{key}" is missing')
+    _require(d[key], kinds, f'{where}"{key}"')
+
+
+def _check_fields(d: dict, kinds: dict[str, str], where: str) -> None:
+    for key, kind in kinds.items():
+        if key in d:
+            _require(d[key], kind, f'{where}"{key}"')
+
+
+def check_prediction(row: Any, where: str) -> None:
+    """Raise a one-line ValueError unless ``row`` has the structure of a predictions.jsonl line."""
+    _require(row, "object", f"{where}the record")
+    _require_key(row, "id", "integer", where)
+    _check_fields(row, {"instruction": "string", "input": "string", "reference": "string"}, where)
+    for name in MODEL_NAMES:
+        if name in row:  # a model that was not evaluated has no entry
+            _require(row[name], "object", f'{where}"{name}"')
+            _check_fields(row[name], _MODEL_FIELDS, f'{where}"{name}".')
+
+
+def check_summary(summary: Any, where: str) -> None:
+    """Raise a one-line ValueError unless ``summary`` has the structure of summary.json."""
+    _require(summary, "object", f"{where}the file")
+    _require_key(summary, "models", "object", where)
+    for name, aggregates in summary["models"].items():
+        _require(aggregates, "object", f'{where}"models"."{name}"')
+        _check_fields(aggregates, {m.key: "number or null" for m in SUMMARY_METRICS}, f'{where}"models"."{name}".')
+    _check_fields(summary, {"generation": "object", "judge": "object or null", "checkpoint": "object or null"}, where)
+    if summary.get("judge") is not None:
+        _require_key(summary["judge"], "model", "string", f'{where}"judge".')
+    if summary.get("checkpoint") is not None:
+        _check_fields(summary["checkpoint"], {"sha256": "string or null"}, f'{where}"checkpoint".')
