@@ -6,8 +6,8 @@ to a temporary run folder); one greedy request to each model loads both, then
 the process's peak RSS (``VmHWM``) and current RSS (``VmRSS``) are read from
 ``/proc/<pid>/status`` (Linux). Ratios are against float32, measured in the same run.
 
-    python benchmarks/bench_app_memory.py                      # float32, bfloat16, int8
-    python benchmarks/bench_app_memory.py --preset tiny        # smoke
+    python -m benchmarks.bench_app_memory                      # float32, bfloat16, int8
+    python -m benchmarks.bench_app_memory --preset tiny        # smoke
 """
 
 from __future__ import annotations
@@ -22,14 +22,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from common import rss_mb  # noqa: E402
-
+from benchmarks.common import ROOT, rss_mb
 from gpt2_scratch.checkpoint import save_checkpoint
 from gpt2_scratch.inference import load_model
-from gpt2_scratch.runs import RunInfo, RunPaths  # noqa: E402
+from gpt2_scratch.runs import RunInfo, RunPaths
 
 
 def make_run(root: Path, preset: str) -> RunPaths:

@@ -10,24 +10,20 @@ finetuned responses of 20-250 words, ROUGE-L, judge scores with some missing):
 
 Each is run ``--repeats`` times; the median and the best are printed.
 
-    python benchmarks/bench_compare.py                      # 1,100 records x 5 runs
-    python benchmarks/bench_compare.py --records 50 --runs 2 --repeats 2   # smoke test
+    python -m benchmarks.bench_compare                      # 1,100 records x 5 runs
+    python -m benchmarks.bench_compare --records 50 --runs 2 --repeats 2   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpt2_scratch.demo.browse import ORDERS, csv_bytes, filter_records  # noqa: E402
-from gpt2_scratch.demo.compare import RunResults, compare  # noqa: E402
+from gpt2_scratch.demo.browse import ORDERS, csv_bytes, filter_records
+from gpt2_scratch.demo.compare import RunResults, compare
 
 WORDS = (
     "the a of to and in is it that for on with as was color blue red primary sky ocean planet water "

@@ -5,7 +5,7 @@ prompt, 100 new tokens (no early stop), batch 1 and batch 8. Prints tokens/s,
 the ratio to transformers, and at batch 1 the fraction of the memory-bandwidth
 ceiling (every new token reads all fp32 weights once).
 
-    python benchmarks/bench_decode.py [--threads 2] [--repeats 3]
+    python -m benchmarks.bench_decode [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-from common import twin_models
 
+from benchmarks.common import twin_models
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.tokenizer import EOS_ID
 

@@ -18,27 +18,23 @@ tokens with the same number of forward passes per row. With
 ``--min-new-tokens`` equal to ``--max-new-tokens`` every row runs the full
 length, which times the engine's per-step cost alone (no refill gain).
 
-    python benchmarks/bench_engine.py                                   # 124M shape, 64 prompts
-    python benchmarks/bench_engine.py --model random:tiny --prompts 8 --max-new-tokens 16 --repeats 1   # smoke
+    python -m benchmarks.bench_engine                                   # 124M shape, 64 prompts
+    python -m benchmarks.bench_engine --model random:tiny --prompts 8 --max-new-tokens 16 --repeats 1   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpt2_scratch.eval.evaluation import plan_batches  # noqa: E402
-from gpt2_scratch.generate.engine import Engine  # noqa: E402
-from gpt2_scratch.generate.sampling import SamplingSettings, generate  # noqa: E402
+from gpt2_scratch.eval.evaluation import plan_batches
+from gpt2_scratch.generate.engine import Engine
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
-from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
+from gpt2_scratch.tokenizer import EOS_ID
 
 
 class StopAfter(torch.nn.Module):

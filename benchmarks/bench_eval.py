@@ -23,9 +23,9 @@ implementations' outputs are compared token by token.
 evaluate.py was chosen); then ours and transformers alternate ``--repeats``
 times at ``--batch-size`` and the best time of each is reported.
 
-    python benchmarks/bench_eval.py                                  # 32 prompts, 64 new tokens
-    python benchmarks/bench_eval.py --num-prompts 110 --max-new-tokens 256 --repeats 1
-    python benchmarks/bench_eval.py --sweep 8 16 32 64 --no-hf
+    python -m benchmarks.bench_eval                                  # 32 prompts, 64 new tokens
+    python -m benchmarks.bench_eval --num-prompts 110 --max-new-tokens 256 --repeats 1
+    python -m benchmarks.bench_eval --sweep 8 16 32 64 --no-hf
 """
 
 from __future__ import annotations
@@ -33,24 +33,18 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import INSTRUCTION_DATA, twin_models
+from gpt2_scratch.data.records import load_records, split_records
+from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, generate_batches, plan_batches
+from gpt2_scratch.generate.sampling import SamplingSettings, generate_steps
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.tokenizer import EOS_ID, encode
 
-from common import twin_models  # noqa: E402
-
-from gpt2_scratch.data.records import load_records, split_records  # noqa: E402
-from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, generate_batches, plan_batches  # noqa: E402
-from gpt2_scratch.generate.sampling import SamplingSettings, generate_steps  # noqa: E402
-from gpt2_scratch.prompts import get_prompt_style  # noqa: E402
-from gpt2_scratch.tokenizer import EOS_ID, encode  # noqa: E402
-
-# The shared copy of the real dataset, beside the project checkout (../shared/data/).
-DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
+DATASET = str(INSTRUCTION_DATA)
 print = functools.partial(print, flush=True)  # progress shows up even when piped
 
 

@@ -28,9 +28,9 @@ understate what real weights show. ``--model`` takes a run folder (its
 ``final/`` checkpoint), a checkpoint folder or a Hub id / local weights, so
 users with real weights get the real figures.
 
-    python benchmarks/bench_precision.py                                   # everything, 124M random
-    python benchmarks/bench_precision.py --model runs/<name>               # a finetuned run
-    python benchmarks/bench_precision.py --model random:tiny --num-prompts 4 --decode-tokens 8   # smoke
+    python -m benchmarks.bench_precision                                   # everything, 124M random
+    python -m benchmarks.bench_precision --model runs/<name>               # a finetuned run
+    python -m benchmarks.bench_precision --model random:tiny --num-prompts 4 --decode-tokens 8   # smoke
 """
 
 from __future__ import annotations
@@ -46,22 +46,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import INSTRUCTION_DATA, rss_mb
+from gpt2_scratch.data.batches import EncodedExample, collate, encode_record
+from gpt2_scratch.data.records import load_records, split_records
+from gpt2_scratch.eval.evaluation import plan_batches
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import DTYPES, load_model, model_dtype
+from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
+from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE
+from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.tokenizer import EOS_ID
 
-from common import rss_mb  # noqa: E402
-
-from gpt2_scratch.data.records import load_records, split_records  # noqa: E402
-from gpt2_scratch.data.batches import EncodedExample, collate, encode_record  # noqa: E402
-from gpt2_scratch.eval.evaluation import plan_batches  # noqa: E402
-from gpt2_scratch.generate.sampling import SamplingSettings, generate  # noqa: E402
-from gpt2_scratch.inference import DTYPES, load_model, model_dtype  # noqa: E402
-from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
-from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE  # noqa: E402
-from gpt2_scratch.runs import RunPaths  # noqa: E402
-from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
-
-# The shared copy of the real dataset, beside the project checkout (../shared/data/).
-DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
+DATASET = str(INSTRUCTION_DATA)
 print = functools.partial(print, flush=True)  # progress shows up even when piped
 
 
@@ -165,7 +161,8 @@ def run_worker(args: argparse.Namespace, dtype: str) -> dict:
     """``speed_worker`` for ``dtype`` in a fresh Python process; its JSON result."""
     cmd = [
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.bench_precision",
         "--worker",
         dtype,
         "--model",

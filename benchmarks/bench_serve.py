@@ -19,8 +19,8 @@ aggregate without batching, p95 time to first token <= 1.5 s; one user at
 least 0.95x as fast as without batching. The clients run in this process and
 share the CPU with the app.
 
-    python benchmarks/bench_serve.py                                        # 124M shape: the real figures
-    python benchmarks/bench_serve.py --model random:tiny --users 1,2 --new-tokens 8   # smoke test
+    python -m benchmarks.bench_serve                                        # 124M shape: the real figures
+    python -m benchmarks.bench_serve --model random:tiny --users 1,2 --new-tokens 8   # smoke test
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from gradio_client import Client  # noqa: E402
+from gradio_client import Client
 
-from gpt2_scratch.files import atomic_write_json  # noqa: E402
-from gpt2_scratch.inference import DTYPES  # noqa: E402
+from gpt2_scratch.files import atomic_write_json
+from gpt2_scratch.inference import DTYPES
 
 MODES = {"batching": [], "no batching": ["--no-batching"]}
 TOKENS_DONE = re.compile(r"(\d+) new tokens in ")

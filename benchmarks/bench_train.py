@@ -23,7 +23,7 @@ padding its batch adds.
 The four take turns step by step (after ``--warmup`` untimed steps each), so a
 busy machine slows all of them alike; each runs ``--steps`` timed steps.
 
-    python benchmarks/bench_train.py [--threads 2] [--steps 6] [--batch-size 8]
+    python -m benchmarks.bench_train [--threads 2] [--steps 6] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -31,22 +31,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import INSTRUCTION_DATA, twin_models
+from gpt2_scratch.data.batches import LengthGroupedBatchSampler, collate, encode_record
+from gpt2_scratch.data.records import load_records, split_records
+from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
+from gpt2_scratch.tokenizer import EOS_ID
+from gpt2_scratch.train.step import configure_optimizer
 
-from common import twin_models  # noqa: E402
-
-from gpt2_scratch.data.records import load_records, split_records  # noqa: E402
-from gpt2_scratch.data.batches import LengthGroupedBatchSampler, collate, encode_record  # noqa: E402
-from gpt2_scratch.loss import IGNORE_INDEX, lm_loss  # noqa: E402
-from gpt2_scratch.tokenizer import EOS_ID  # noqa: E402
-from gpt2_scratch.train.step import configure_optimizer  # noqa: E402
-
-# The shared copy of the real dataset, beside the project checkout (../shared/data/).
-DATASET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction-data.json")
+DATASET = str(INSTRUCTION_DATA)
 
 
 def hf_collate(batch):

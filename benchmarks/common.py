@@ -1,16 +1,21 @@
-"""Shared by the benchmarks: one set of random GPT-2 weights in both transformers and ours, and RSS readings."""
+"""Shared by the benchmarks: the shared data's path, one set of random GPT-2 weights in both transformers
+and ours, and RSS readings. Run every benchmark from the repository root as a module:
+``python -m benchmarks.bench_decode`` (so ``gpt2_scratch`` imports without path hacks)."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from gpt2_scratch.inference import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# The real data, beside the project checkout (../shared/data/): see its README.md.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+INSTRUCTION_DATA = SHARED_DATA / "instruction-data.json"
+PREFERENCE_DATA = SHARED_DATA / "instruction-data-with-preference.json"
 
 
 def twin_models(seed: int = 0, **hf_config):
