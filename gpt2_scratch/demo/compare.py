@@ -1,26 +1,12 @@
 """Comparing evaluated runs: the data behind the app's results browser, as pandas frames (no Gradio here).
 
-The app loads each chosen run (run.json, metrics.jsonl, eval/summary.json,
-eval/predictions.jsonl) into a ``RunResults``, calls ``compare`` once per
-selection, and feeds the frames below to ``gr.Dataframe``, ``gr.LinePlot``,
-``gr.BarPlot`` and ``gr.ScatterPlot`` (the records table and the one-record
-view, built on the same ``Comparison``, are in browse.py):
-
     cmp = compare([RunResults("a", info_a, summary_a, predictions_a, metrics_a), ...])
-    summary_frame(cmp)                 # one row per run and model
-    loss_frame(cmp)                    # LinePlot(x="tokens_seen", y="loss", color="series")
-    option_differences(cmp)            # the training options that differ
-    histogram_frame(cmp, "rouge_l")    # BarPlot(x="bin", y="count", color="series")
-    scatter_frame(cmp, "rouge_l")      # ScatterPlot(x="base", y="finetuned", color="run")
+    summary_frame(cmp), loss_frame(cmp), option_differences(cmp)    # tables, the LinePlot
+    histogram_frame(cmp, "rouge_l"), scatter_frame(cmp, "rouge_l")  # BarPlot, ScatterPlot
 
-Records are matched across runs by their ``id`` (the record's position in the
-source dataset, see data.Record). Two runs trained on different datasets can
-use the same id for different records, so an id counts as shared only when
-its instruction, input and reference are identical in every run; everything
-per record (plots, table, record view) covers the shared records only.
-A run whose ``problem`` is set (its eval files were missing or bad) has no
-records or summary here; its message is shown in their place, and its
-run.json and loss curve are still used when present.
+Invariant: records are matched across runs by ``id`` (``data.records.Record``) and count as shared
+only when instruction, input and reference are identical in every run; everything per record
+covers the shared ones. The records table and one-record view are in ``browse``. Design: docs/design.md.
 """
 
 from __future__ import annotations
