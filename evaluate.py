@@ -6,7 +6,8 @@
 
 Writes runs/<name>/eval/predictions.jsonl and eval/summary.json and prints the
 aggregates side by side. An interrupted evaluation continues where it stopped
-when rerun with the same settings. All the work is in gpt2_scratch.eval.evaluation.
+when rerun with the same settings; a finished one is replaced by one with other
+settings only with --replace. All the work is in gpt2_scratch.eval.evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings, evaluate_run
 from gpt2_scratch.eval.judge import DEFAULT_JUDGE_SEED, JUDGE_API_KEY_ENV, JudgeConfig, JudgeUnreachable
+from gpt2_scratch.eval.progress import interrupted_message
 from gpt2_scratch.eval.summary import MODEL_NAMES, format_table
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.inference import DTYPES, resolve_device
@@ -75,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--restart",
         action="store_true",
         help="delete saved partial results in eval/ and start over (needed after changing settings)",
+    )
+    g.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a finished evaluation in eval/ made with other settings (without it, that is refused)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     j = p.add_argument_group("LLM judge (off unless --judge-url is given)")
@@ -144,6 +151,7 @@ def build(args: argparse.Namespace) -> tuple[RunPaths, EvalSettings]:
         refill=args.refill,
         judge=judge,
         restart=args.restart,
+        replace=args.replace,
         progress=not args.no_progress,
     )
     return run, settings
@@ -151,9 +159,13 @@ def build(args: argparse.Namespace) -> tuple[RunPaths, EvalSettings]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    run = None
     try:
         run, settings = build(args)
         summary = evaluate_run(run, settings)
+    except KeyboardInterrupt:  # one line, like finetune.py: what was kept and how to go on
+        print(f"\n{interrupted_message(run.eval_dir if run is not None else None)}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, JudgeUnreachable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

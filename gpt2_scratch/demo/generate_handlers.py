@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt
 from gpt2_scratch.inference import load_model, model_dtype, resolve_device, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths, display_path
+from gpt2_scratch.runs import RunInfo, RunPaths, display_path, unfinished_problem
 from gpt2_scratch.tokenizer import encode
 
 from .backends import Backend, PerRequest, TokenStream
@@ -112,19 +113,28 @@ def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None,
         return read_checkpoint_info(run.final), None, None
     except (FileNotFoundError, ValueError) as e:
         final_problem = e
+    unfinished = _unfinished(run)
     try:
         info = read_checkpoint_info(run.best)
     except (FileNotFoundError, ValueError):
-        return (
-            None,
-            (f"No usable finetuned checkpoint in `{where}` ({final_problem}). Create one with `python finetune.py`."),
-            None,
-        )
+        fix = f"{unfinished}." if unfinished else "Create one with `python finetune.py`."
+        return None, f"No usable finetuned checkpoint in `{where}` ({final_problem}). {fix}", None
     if run.final.exists():
         note = f"Serving `best/`, not `final/`: `final/` is unusable ({final_problem})."
+    elif unfinished and run.read_info().status == "interrupted":
+        note = f"Serving `best/` (the lowest validation loss so far): {unfinished}."
     else:
         note = "Serving `best/` (the lowest validation loss so far): the run has no `final/` yet (still training?)."
     return info, None, note
+
+
+def _unfinished(run: RunPaths) -> str | None:
+    """``runs.unfinished_problem`` with its command in backticks (Markdown); None when finished or unknown."""
+    try:
+        problem = unfinished_problem(run)
+    except (FileNotFoundError, ValueError):  # no run.json, or a bad one: nothing to say about its status
+        return None
+    return problem and re.sub(r"(python finetune\.py --resume \S+)$", r"`\1`", problem)
 
 
 class DemoApp:

@@ -44,7 +44,7 @@ from gpt2_scratch.checkpoint import (
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
-from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
 CARD_FILE = "README.md"
@@ -68,21 +68,10 @@ def run_files(run: RunPaths) -> list[Path]:
 
 
 def check_finished(run: RunPaths) -> tuple[RunInfo, CheckpointInfo]:
-    """(run.json, final checkpoint info) of a finished run; an unfinished run is a one-line error."""
-    info = run.read_info()
-    if info.status != "finished":
-        raise ValueError(
-            f"{run.root} is not finished (run.json status is {info.status!r}); "
-            f"finish it first: python finetune.py --resume {run.root}"
-        )
-    try:
-        checkpoint = read_checkpoint_info(run.final)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{run.root} has no final checkpoint ({run.final} is missing); "
-            f"finish the run first: python finetune.py --resume {run.root}"
-        ) from None
-    return info, checkpoint
+    """(run.json, final checkpoint info) of a finished run; an unfinished run is a one-line error
+    (``runs.require_finished``: the message every command gives)."""
+    info = require_finished(run)
+    return info, read_checkpoint_info(run.final)
 
 
 def hf_config(config: GPTConfig, *, dtype: str = "float32") -> dict[str, Any]:

@@ -7,6 +7,8 @@
 - ``best/``: the weights of the lowest validation loss, kept in memory and
   written when the loop asks (``BestWeights``); when they are the final weights,
   ``best/`` holds hard links to ``final/``'s files instead of a second copy;
+- ``run.json``'s ``interrupted`` status after a Ctrl-C (``mark_interrupted``) and the
+  message that says how to go on (``TrainingInterrupted``);
 - cleanup: leftovers of saves killed midway (``remove_leftovers``), and what a
   first attempt wrote when a run with no saved state starts over (``clear_outputs``).
 
@@ -15,6 +17,7 @@ The folder's layout itself is ``runs.RunPaths``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -54,6 +57,48 @@ def create_run_folder(out_dir: str | os.PathLike, name: str | None) -> Path:
         except FileExistsError:
             continue
     raise ValueError(taken_message(out_dir / names[-1]))
+
+
+def mark_interrupted(paths: RunPaths | None, info: RunInfo | None) -> RunInfo | None:
+    """After a Ctrl-C: run.json's status becomes ``interrupted`` (atomically; it keeps ``saved_step``).
+
+    A run whose run.json is not written yet, or that is finished, is left as it is. Returns the info now on disk.
+    """
+    if paths is None or info is None or info.status == "finished" or not paths.run_json.is_file():
+        return info
+    info = dataclasses.replace(info, status="interrupted")
+    paths.write_info(info)
+    return info
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``train``; its message says how to go on (``run_folder`` None: nothing to resume).
+
+    ``info`` (the run.json written at the interrupt) and ``step`` (the step reached) let it
+    say which step the saved state is from, so how many steps a resume redoes.
+    """
+
+    def __init__(self, run_folder: Path | None, info: RunInfo | None = None, step: int | None = None):
+        self.run_folder = run_folder
+        if run_folder is None:
+            message = "interrupted before the run folder was created; there is nothing to resume"
+        elif info is not None and step is not None and info.total_steps is not None:
+            at = f"interrupted at step {step} of {info.total_steps}"
+            if info.saved_step is None:
+                message = f"{at}, before the first saved state; --resume {run_folder} starts the run over"
+            elif step == info.saved_step:
+                message = f"{at}, its state saved at that step: continue with --resume {run_folder}"
+            else:
+                redo = step - info.saved_step
+                message = (
+                    f"{at}; the last saved state is from step {info.saved_step} ({redo} step{'s' * (redo != 1)} "
+                    f"will be redone): continue with --resume {run_folder}"
+                )
+        elif (RunPaths(run_folder).train_state / "state.json").is_file():
+            message = f"interrupted; continue from the last saved state with --resume {run_folder}"
+        else:
+            message = f"interrupted before the first saved state; --resume {run_folder} starts the run over"
+        super().__init__(message)
 
 
 def write_run_files(paths: RunPaths, run_info: RunInfo, split: Split) -> None:
