@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--runs-dir",
-        default="runs",
+        default=None,  # None: runs, which may be missing (a fresh clone); a folder given must exist
         help="folder of runs: each finished one is offered in the results tab (default: runs)",
     )
     p.add_argument("--base", help="base model: Hub id, short name or local path (default: the run's base_model)")
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--queue-size",
         type=int,
-        help="requests that may wait for a generation; more are told the app is busy (default: 16)",
+        help="with --no-batching: requests that may wait in Gradio's queue for a generation; more are told "
+        "the app is busy (default: 16; with batching, --max-waiting is the queue)",
     )
     p.add_argument(
         "--dtype",
@@ -87,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-waiting",
         type=int,
-        help="with batching: requests that may wait for a place in a model's batch; more are told "
-        "the app is busy (default: 64)",
+        help="with batching: requests that may wait for a place in a model's batch, each shown its place; "
+        "more are told how long to wait (default: 64)",
     )
     return p.parse_args(argv)
 
@@ -124,16 +125,20 @@ def main(argv: list[str] | None = None) -> None:
     for option, value in (("--max-batch", args.max_batch), ("--max-waiting", args.max_waiting)):
         if value is not None and value < 1:
             fail(f"{option} must be at least 1, got {value}")
+    if args.runs_dir is not None and not Path(args.runs_dir).expanduser().is_dir():
+        fail(f"--runs-dir {args.runs_dir}: no such folder")  # as --run: a folder that is not there is an error
+    runs_dir = args.runs_dir or "runs"
 
     from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, start
     from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, choose_backend
     from gpt2_scratch.demo.discovery import find_runs, resolve_run
+    from gpt2_scratch.demo.errors import plain
     from gpt2_scratch.runs import HUB_REPO_ENV
 
     try:
         hub_repo = os.environ.get(HUB_REPO_ENV)
-        sources = find_runs(args.runs_dir, hub_repo)
-        run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=hub_repo, sources=sources)
+        sources = find_runs(runs_dir, hub_repo)
+        run, problem = resolve_run(args.run, runs_dir=runs_dir, hub_repo=hub_repo, sources=sources)
         backend, backend_note = choose_backend(
             batching=not args.no_batching,
             max_rows=args.max_batch or DEFAULT_MAX_ROWS,
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             base=args.base,
             run_problem=problem,
             sources=sources,
-            find_sources=lambda: find_runs(args.runs_dir, hub_repo),  # the results tab's refresh button
+            find_sources=lambda: find_runs(runs_dir, hub_repo),  # the results tab's refresh button
             backend=backend,
             dtype=args.dtype,
         )
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     failed = [s.problem for s in sources if s.problem]
     for warning in [*failed, None if problem == " ".join(failed) else problem, app.checkpoint_note, backend_note]:
         if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {plain(warning)}", file=sys.stderr)  # a terminal shows no Markdown
 
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
     demo = build_demo(app, examples)
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             host=host,
             port=args.port,
             concurrency=args.concurrency,
-            queue_size=args.queue_size or QUEUE_SIZE,
+            # Batching: no Gradio queue limit, so a burst is never turned away by Gradio; the engines queue it.
+            queue_size=None if backend.batching else args.queue_size or QUEUE_SIZE,
             max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0),
         )
     except OSError as e:

@@ -235,6 +235,11 @@ def header_markdown(
     )
 
 
+ENDED_AT_ONCE = "ended its answer at once (its first token was `<|endoftext|>`)"
+
+
 def elapsed(n_tokens: int, seconds: float) -> str:
-    """ "N new tokens in S s (R tokens/s)": the status line of a finished generation."""
+    """ "N new tokens in S s (R tokens/s)": the status line of a finished generation (none: why there is no text)."""
+    if n_tokens == 0:
+        return f"The model {ENDED_AT_ONCE}: no new tokens."
     return f"{n_tokens} new tokens in {seconds:.1f} s ({n_tokens / max(seconds, 1e-9):.1f} tokens/s)"

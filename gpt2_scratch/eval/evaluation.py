@@ -70,7 +70,7 @@ from gpt2_scratch.eval.summary import (
 )
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generate.engine import Engine
-from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.generate.sampling import SamplingSettings, generate, new_token_cap
 from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
@@ -299,7 +299,7 @@ def _fit_context(settings: EvalSettings, block_size: int, longest_prompt: int) -
     the context goes to the response and long prompts are cropped from the left.
     """
     asked = settings.sampling.max_new_tokens
-    cap = block_size - longest_prompt if longest_prompt < block_size // 2 else block_size // 2
+    cap = new_token_cap(block_size, longest_prompt)
     if asked <= cap:
         return settings
     print(

@@ -52,6 +52,16 @@ def shown_metrics(*, judged: bool) -> list[SummaryMetric]:
     return [m for m in SUMMARY_METRICS if judged or not m.key.startswith("judge_")]
 
 
+def used_judge(summary: Any) -> bool:
+    """Whether the evaluation of ``summary`` used a judge (it names one, or a model has a judge score)."""
+    if not isinstance(summary, dict):
+        return False
+    models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
+    return bool(summary.get("judge")) or any(
+        isinstance(v, dict) and v.get("judge_mean") is not None for v in models.values()
+    )
+
+
 def format_metric(value: Any, spec: str) -> str:
     """``value`` formatted by a ``SummaryMetric.spec``; a missing value is an em dash."""
     if value is None:
@@ -198,7 +208,7 @@ def format_table(summary: dict) -> str:
     """The aggregates of ``summary`` side by side, one row per metric, one column per model (no judge: no judge rows)."""
     models = list(summary["models"])
     table = [["metric", *models]]
-    for m in shown_metrics(judged=bool(summary.get("judge"))):
+    for m in shown_metrics(judged=used_judge(summary)):
         table.append([m.label, *(format_metric(summary["models"][name].get(m.key), m.spec) for name in models)])
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
     lines = [
