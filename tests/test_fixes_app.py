@@ -14,13 +14,14 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
 from gradio_client import Client
 
 import gpt2_scratch.generate.engine as serving
-from gpt2_scratch.demo import DemoApp, build_demo
+from gpt2_scratch.demo import DemoApp, build_demo, start
 from gpt2_scratch.demo import backends as backends_module
 from gpt2_scratch.demo.browse import ORDERS, record_view
 from gpt2_scratch.demo.compare import RunResults, compare, summary_frame
@@ -271,3 +272,63 @@ def test_beyond_the_cap_the_app_says_how_long_to_wait(finished_run, serve, monke
     finally:
         gate.set()
     assert "8 new tokens in" in running.result(timeout=60)[1] and "8 new tokens in" in waiting.result(timeout=60)[1]
+
+
+# --------------------------------------------------------------------------- item 17: words stay whole (a browser)
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Every word of the elements' text whose letters lie on more than one line (a line may end after a hyphen or
+# an en dash, as in "ROUGE-" / "L": the breaks of the issue were within letters, "Perplexit" / "y").
+SPLIT_WORDS = """selectors => {
+    const broken = [];
+    for (const el of document.querySelectorAll(selectors.join(','))) {
+        const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+        while (walker.nextNode()) {
+            const node = walker.currentNode, re = /[^\\s\\-\u2013]+[\\-\u2013]?/g;  // a line may end after a dash
+            let m;
+            while ((m = re.exec(node.textContent))) {
+                const range = document.createRange();
+                range.setStart(node, m.index);
+                range.setEnd(node, m.index + m[0].length);
+                const tops = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+                if (tops.size > 1) broken.push(m[0]);
+            }
+        }
+    }
+    return broken;
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_words_stay_whole_in_the_table_headers_and_the_diff(finished_run):
+    if not CHROMIUM.is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`")
+    from playwright.sync_api import sync_playwright
+
+    demo = build_demo(DemoApp.from_run(finished_run))
+    url = start(demo, host="127.0.0.1", port=None)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+            try:
+                page = browser.new_page(
+                    viewport={"width": 640, "height": 4000}
+                )  # narrow: headers wrap; tall: all on screen
+                page.set_default_timeout(30_000)
+                page.goto(url)
+                page.get_by_role("tab", name="Test-set results").click()
+                page.wait_for_function("() => document.querySelectorAll('#results-summary th').length > 8")
+                page.click("#results-record input")  # the record picker: record 12
+                page.get_by_role("option", name="12 · Rewrite the sentence using a simile.").click()
+                page.wait_for_function(
+                    "() => (document.querySelector('#results-diff-1')?.innerText || '').includes('whisper')"
+                )
+                headers = page.inner_text("#results-summary thead")
+                assert "Perplexity" in headers and "Generation time (s)" in headers
+                broken = page.evaluate(SPLIT_WORDS, ["#results-summary th", "#results-diff-1 .textfield"])
+                assert broken == []
+            finally:
+                browser.close()
+    finally:
+        demo.close()
