@@ -19,13 +19,14 @@ import evaluate as evaluate_cli
 import publish as publish_cli
 from gpt2_scratch.data.records import Record, write_records
 from gpt2_scratch.demo import DemoApp
+from gpt2_scratch.demo.compare import RunResults, compare, option_differences
 from gpt2_scratch.demo.views import EvalResults
 from gpt2_scratch.eval import evaluation
 from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run
 from gpt2_scratch.eval.progress import interrupted_message
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.publish.export import export_run
-from gpt2_scratch.runs import RunNotFinished, RunPaths
+from gpt2_scratch.runs import RunInfo, RunNotFinished, RunPaths
 from gpt2_scratch.train.config import TrainConfig
 from gpt2_scratch.train.loop import TrainingInterrupted, train
 from gpt2_scratch.train.step import StepRunner
@@ -175,3 +176,13 @@ def test_ctrl_c_in_evaluate_is_one_line_saying_what_was_kept(tmp_path, monkeypat
 def test_ctrl_c_before_anything_was_saved(tmp_path):
     assert interrupted_message(None) == "interrupted before any answer was saved; rerun the same command to start again"
     assert interrupted_message(Path(tmp_path)) == interrupted_message(None)
+
+
+def test_the_app_shows_a_readable_dataset_source():
+    """Item 5: run.json's absolute dataset path is shown by its file name in the app's options table."""
+    runs = [
+        RunResults(label, RunInfo(name=label, base_model="gpt2", prompt_style="alpaca", dataset={"source": source}))
+        for label, source in (("a", "/home/me/data/instruction-data.json"), ("b", "https://example.org/d/other.json"))
+    ]
+    frame = option_differences(compare(runs)).frame.set_index("option")
+    assert frame.loc["dataset.source"].tolist() == ["instruction-data.json", "https://example.org/d/other.json"]

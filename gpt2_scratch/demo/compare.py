@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from gpt2_scratch.data.records import source_label
 from gpt2_scratch.eval.summary import MODEL_NAMES, format_metric, shown_metrics, used_judge
 from gpt2_scratch.files import flatten_json
 from gpt2_scratch.runs import RunInfo
@@ -282,6 +283,8 @@ class OptionsDiff:
 def _options(info: RunInfo) -> dict[str, Any]:
     options = {"base_model": info.base_model, "prompt_style": info.prompt_style}
     options.update(flatten_json(info.dataset or {}, "dataset."))
+    if isinstance(options.get("dataset.source"), str):  # a file name or URL, not the training machine's path
+        options["dataset.source"] = source_label(options["dataset.source"])
     options.update({k: v for k, v in flatten_json(info.training or {}).items() if k not in _NOT_OPTIONS})
     return options
 
