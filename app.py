@@ -100,6 +100,13 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def runs_folder(value: str | None) -> str:
+    """``--runs-dir``: a folder given must exist, as for ``--run``; not given: ``runs``, which a fresh clone lacks."""
+    if value is not None and not Path(value).expanduser().is_dir():
+        fail(f"--runs-dir {value}: no such folder")
+    return value or "runs"
+
+
 def port_problem(error: OSError, host: str, port: int | None) -> str | None:
     """The one-line message for Gradio's "no free port" error (None for any other OSError)."""
     found = re.search(r"Cannot find empty port in range: (\d+)-(\d+)", str(error))
@@ -125,14 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     for option, value in (("--max-batch", args.max_batch), ("--max-waiting", args.max_waiting)):
         if value is not None and value < 1:
             fail(f"{option} must be at least 1, got {value}")
-    if args.runs_dir is not None and not Path(args.runs_dir).expanduser().is_dir():
-        fail(f"--runs-dir {args.runs_dir}: no such folder")  # as --run: a folder that is not there is an error
-    runs_dir = args.runs_dir or "runs"
+    runs_dir = runs_folder(args.runs_dir)
 
-    from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, start
+    from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, plain, start
     from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, choose_backend
     from gpt2_scratch.demo.discovery import find_runs, resolve_run
-    from gpt2_scratch.demo.errors import plain
     from gpt2_scratch.runs import HUB_REPO_ENV
 
     try:
@@ -170,8 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             host=host,
             port=args.port,
             concurrency=args.concurrency,
-            # Batching: no Gradio queue limit, so a burst is never turned away by Gradio; the engines queue it.
-            queue_size=None if backend.batching else args.queue_size or QUEUE_SIZE,
+            queue_size=None if backend.batching else args.queue_size or QUEUE_SIZE,  # batching: the engines queue
             max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0),
         )
     except OSError as e:

@@ -56,7 +56,10 @@ def test_smoke_run_end_to_end(tmp_path, write_dataset):
     assert f"run folder: {root}" in proc.stdout
 
     run = json.loads((root / "run.json").read_text())
-    assert set(run) == {"name", "created", "base_model", "prompt_style", "dataset", "training", "status"}
+    assert set(run) == {
+        *("name", "created", "base_model", "prompt_style", "dataset", "training", "status"),
+        *("saved_step", "total_steps"),  # issue 19 item 4
+    }
     assert (run["name"], run["base_model"], run["prompt_style"], run["status"]) == (
         "smoke",
         "random:tiny",

@@ -96,18 +96,23 @@ class LazyModel:
             return self._model
 
 
-def check_base(source: str) -> None:
-    """A one-line ValueError now for a base model that can be checked offline and is wrong: an unknown
-    ``random:<preset>``, a missing local file or folder. A Hub id is checked when first used."""
-    if source.startswith(RANDOM_PREFIX):
-        GPTConfig.from_preset(source[len(RANDOM_PREFIX) :])
+def check_base(source: str | None, option: str = "the base model") -> None:
+    """A one-line ValueError (naming ``option``) now for a base model that can be checked offline and is wrong:
+    an unknown ``random:<preset>``, a missing local file or folder. A Hub id is checked when first used; None
+    (no base given) passes."""
+    if source is None:
         return
     path = Path(source).expanduser()
-    if source.startswith(("/", ".", "~")) or source.endswith(".safetensors") or path.exists():
-        if not path.exists():
-            raise ValueError(f"no such file or folder: {source}")
-        if path.is_dir() and not (path / WEIGHTS_FILE).is_file():
-            raise ValueError(f"{source} holds no {WEIGHTS_FILE}")
+    try:
+        if source.startswith(RANDOM_PREFIX):
+            GPTConfig.from_preset(source[len(RANDOM_PREFIX) :])
+        elif source.startswith(("/", ".", "~")) or source.endswith(".safetensors") or path.exists():
+            if not path.exists():
+                raise ValueError(f"no such file or folder: {source}")
+            if path.is_dir() and not (path / WEIGHTS_FILE).is_file():
+                raise ValueError(f"{source} holds no {WEIGHTS_FILE}")
+    except ValueError as e:
+        raise ValueError(f"{option} {source}: {e}") from None
 
 
 def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None, str | None]:
@@ -213,11 +218,7 @@ class DemoApp:
         ``find_sources`` lists them again for its refresh button (None: no button).
         ``backend`` and ``dtype``: as for ``DemoApp``.
         """
-        if base is not None:
-            try:
-                check_base(base)  # now, in one line, not a traceback at every request
-            except ValueError as e:
-                raise ValueError(f"--base {base}: {e}") from None
+        check_base(base, option="--base")  # now, in one line, not a traceback at every request
         run_info: RunInfo | None = None
         info: CheckpointInfo | None = None
         problem_text = run_problem or "No finetuned checkpoint. Create one with `python finetune.py`."
