@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--runs-dir",
-        default="runs",
-        help="folder of runs: each finished one is offered in the results tab",
+        default=None,  # None: runs, which may be missing (a fresh clone); a folder given must exist
+        help="folder of runs: each finished one is offered in the results tab (default: runs)",
     )
     p.add_argument(
         "--base",
@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--queue-size",
         type=int,
-        help="requests that may wait for a generation; more are told the app is busy (default: 16)",
+        help="with --no-batching: requests that may wait in Gradio's queue for a generation; more are told "
+        "the app is busy (default: 16; with batching, --max-waiting is the queue)",
     )
     p.add_argument(
         "--dtype",
@@ -81,8 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-waiting",
         type=int,
-        help="with batching: requests that may wait for a place in a model's batch; more are told "
-        "the app is busy (default: 64)",
+        help="with batching: requests that may wait for a place in a model's batch, each shown its place; "
+        "more are told how long to wait (default: 64)",
     )
     return p.parse_args(argv)
 
@@ -91,6 +92,13 @@ def fail(message: str) -> NoReturn:
     """A one-line error on stderr and exit status 2, as for a bad argument."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def runs_folder(value: str | None) -> str:
+    """``--runs-dir``: a folder given must exist, as for ``--run``; not given: ``runs``, which a fresh clone lacks."""
+    if value is not None and not Path(value).expanduser().is_dir():
+        fail(f"--runs-dir {value}: no such folder")
+    return value or "runs"
 
 
 def port_problem(error: OSError, host: str, port: int | None) -> str | None:
@@ -118,16 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     for option, value in (("--max-batch", args.max_batch), ("--max-waiting", args.max_waiting)):
         if value is not None and value < 1:
             fail(f"{option} must be at least 1, got {value}")
+    runs_dir = runs_folder(args.runs_dir)
 
-    from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, start
+    from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, plain, start
     from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, choose_backend
     from gpt2_scratch.demo.discovery import find_runs, resolve_run
     from gpt2_scratch.runs import HUB_REPO_ENV
 
     try:
         hub_repo = os.environ.get(HUB_REPO_ENV)
-        sources = find_runs(args.runs_dir, hub_repo)
-        run, problem = resolve_run(args.run, runs_dir=args.runs_dir, hub_repo=hub_repo, sources=sources)
+        sources = find_runs(runs_dir, hub_repo)
+        run, problem = resolve_run(args.run, runs_dir=runs_dir, hub_repo=hub_repo, sources=sources)
         backend, backend_note = choose_backend(
             batching=not args.no_batching,
             max_rows=args.max_batch or DEFAULT_MAX_ROWS,
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             base=args.base,
             run_problem=problem,
             sources=sources,
-            find_sources=lambda: find_runs(args.runs_dir, hub_repo),  # the results tab's refresh button
+            find_sources=lambda: find_runs(runs_dir, hub_repo),  # the results tab's refresh button
             backend=backend,
             dtype=args.dtype,
         )
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     failed = [s.problem for s in sources if s.problem]
     for warning in [*failed, None if problem == " ".join(failed) else problem, app.checkpoint_note, backend_note]:
         if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {plain(warning)}", file=sys.stderr)  # a terminal shows no Markdown
 
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
     demo = build_demo(app, examples)
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             host=host,
             port=args.port,
             concurrency=args.concurrency,
-            queue_size=args.queue_size or QUEUE_SIZE,
+            queue_size=None if backend.batching else args.queue_size or QUEUE_SIZE,  # batching: the engines queue
             max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0),
         )
     except OSError as e:

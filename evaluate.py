@@ -6,8 +6,9 @@
 
 Writes runs/<name>/eval/predictions.jsonl and eval/summary.json and prints the
 aggregates side by side. An interrupted evaluation continues where it stopped
-when rerun with the same settings. The options are gpt2_scratch.eval.config.EvalConfig's
-fields; all the work is in gpt2_scratch.eval.evaluation.
+when rerun with the same settings; a finished one is replaced by one with other settings only
+with --replace. The options are gpt2_scratch.eval.config.EvalConfig's fields; all the work is in
+gpt2_scratch.eval.evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from gpt2_scratch.eval.config import EvalConfig
 from gpt2_scratch.eval.evaluation import evaluate_run
 from gpt2_scratch.eval.judge import JudgeUnreachable
+from gpt2_scratch.eval.progress import interrupted_message
 from gpt2_scratch.eval.summary import format_table
 from gpt2_scratch.options import ArgumentParser, add_dataclass_options
 
@@ -31,9 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     config = EvalConfig(**vars(build_parser().parse_args(argv)))
+    run = None
     try:
         run, settings = config.resolve()
         summary = evaluate_run(run, settings)
+    except KeyboardInterrupt:  # one line, like finetune.py: what was kept and how to go on
+        print(f"\n{interrupted_message(run.eval_dir if run is not None else None)}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, JudgeUnreachable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

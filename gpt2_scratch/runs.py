@@ -36,7 +36,9 @@ class RunInfo:
 
     ``training`` is the run's ``TrainConfig`` as a dict (kept as a dict here so that
     this module does not depend on ``train``); ``status`` is ``running`` until the
-    final checkpoint is written, then ``finished``.
+    final checkpoint is written, then ``finished``; ``interrupted`` after a Ctrl-C.
+    ``saved_step`` is the step of the resume state in ``train_state/`` (None: none
+    yet), ``total_steps`` the steps the run makes in all (None: older runs).
     """
 
     name: str
@@ -46,8 +48,10 @@ class RunInfo:
     training: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    saved_step: int | None = None
+    total_steps: int | None = None
 
-    STATUSES = ("running", "finished")
+    STATUSES = ("running", "interrupted", "finished")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,6 +76,10 @@ class RunInfo:
             if not isinstance(d.get(key), typ):
                 got = "missing" if key not in d else f"a {type(d[key]).__name__}"
                 raise ValueError(f'{source}: "{key}" must be a {typ.__name__}, got {got}')
+        for key in ("saved_step", "total_steps"):  # optional: older runs have neither
+            value = d.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f'{source}: "{key}" must be a non-negative integer or null, got {value!r}')
         if d["status"] not in cls.STATUSES:
             raise ValueError(f'{source}: "status" must be one of {", ".join(cls.STATUSES)}, got {d["status"]!r}')
         known = {f.name for f in dataclasses.fields(cls)}
@@ -165,6 +173,50 @@ def latest_run(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> RunPaths:
         if (run.final / "config.json").is_file():
             return run
     raise FileNotFoundError(f"no finished run under {Path(runs_dir)}/; create one with: python finetune.py")
+
+
+class RunNotFinished(ValueError):
+    """A command that needs a finished run was given one that is not (the message says how to finish it)."""
+
+
+def _steps(info: RunInfo) -> str:
+    """``, last saved state: step 60 of 69`` (or ``, no saved state yet``): what a resume starts from.
+
+    Empty for a run.json older than these fields (it does not know).
+    """
+    if info.saved_step is None:
+        return "" if info.total_steps is None else ", no saved state yet: a resume starts it over"
+    of = f" of {info.total_steps}" if info.total_steps is not None else ""
+    return f", last saved state: step {info.saved_step}{of}"
+
+
+def unfinished_problem(run: RunPaths) -> str | None:
+    """Why ``run`` is not finished (its run.json status), with the command that finishes it; None when finished.
+
+    The one place that decides: evaluate.py, publish.py and the app's tabs all say this.
+    A missing or malformed run.json is a one-line error as in ``RunPaths.read_info``.
+    """
+    info = run.read_info()
+    if info.status == "finished":
+        return None
+    return (
+        f"{run.root} is not finished (run.json status is {info.status!r}{_steps(info)}); "
+        f"finish it first: python finetune.py --resume {run.root}"
+    )
+
+
+def require_finished(run: RunPaths) -> RunInfo:
+    """``run``'s run.json when the run is finished and has its final checkpoint; else a one-line error that
+    says how to finish it: ``RunNotFinished`` (a ValueError) for its status, ``FileNotFoundError`` for no ``final/``."""
+    problem = unfinished_problem(run)
+    if problem is not None:
+        raise RunNotFinished(problem)
+    if not (run.final / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run.root} has no final checkpoint ({run.final} is missing); "
+            f"finish the run first: python finetune.py --resume {run.root}"
+        )
+    return run.read_info()
 
 
 def display_path(path: Path) -> str:

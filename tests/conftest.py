@@ -8,6 +8,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the network fails fast
 
 import pytest
+import torch
 
 from tests.fixtures.hub import SMALL, TINY, make_hf_model, save_hub_layout
 
@@ -26,3 +27,12 @@ def hf_124m(tmp_path_factory):
     model = make_hf_model(**SMALL)
     folder = save_hub_layout(model, tmp_path_factory.mktemp("hf_124m"))
     return model, folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -83,6 +83,20 @@ def source_kind(source: str) -> str:
     return "hub"
 
 
+def resolve_source(source: str) -> str:
+    """``source`` as run.json stores it: a local file as its absolute path (it resolves from any working
+    folder, e.g. for ``--resume``); a URL or Hub id as it is."""
+    return str(Path(source).expanduser().resolve()) if source_kind(source) == "file" else source
+
+
+def source_label(source: str | None) -> str:
+    """A readable name of a dataset source for cards and the app: a local file's name (its folder is of
+    the machine that trained), a URL or Hub id as it is."""
+    if not source:
+        return "unknown dataset"
+    return Path(source).name if source_kind(source) == "file" else source
+
+
 def cache_dir() -> Path:
     """Where downloaded datasets are cached: ``$GPT2_SCRATCH_CACHE/datasets`` or ``~/.cache/gpt2_scratch/datasets``."""
     root = os.environ.get(CACHE_ENV)

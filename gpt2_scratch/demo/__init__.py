@@ -11,7 +11,7 @@ Modules: ``layout``, ``generate_tab``, ``results_tab`` (the page); ``generate_ha
 """
 
 from .backends import Batched, PerRequest, choose_backend
-from .errors import reports_errors
+from .errors import plain, reports_errors
 from .generate_handlers import DemoApp, LazyModel, choose_checkpoint
 from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse_settings
 from .layout import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
@@ -23,6 +23,7 @@ __all__ = [
     "LazyModel",
     "choose_checkpoint",
     "reports_errors",
+    "plain",
     "UserError",
     "clean_text",
     "parse_runs",

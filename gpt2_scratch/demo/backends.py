@@ -3,7 +3,8 @@
 Entry point: ``choose_backend(batching=, max_rows=, max_waiting=)`` -> ``PerRequest`` (each request
 runs ``sampling.stream`` in its Gradio worker thread: ``app.py --no-batching``, and ZeroGPU Spaces,
 where a background worker cannot hold the GPU) or ``Batched`` (one ``engine.Engine`` per model,
-made on first use; a full waiting queue answers "busy" at once).
+made on first use; the engine is the queue: a burst waits and sees its place, and beyond
+``max_waiting`` a visitor is told at once how long to wait; the cap is sized in docs/queue.md).
 Invariant: either way ``stream(model, prompt ids, settings)`` yields (new token ids so far, their
 text so far), and its ``close()`` (Gradio's Stop) ends that request only. Design: docs/design.md.
 """
@@ -11,9 +12,11 @@ text so far), and its ``close()`` (Gradio's Stop) ends that request only. Design
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
-from typing import Iterator, Protocol, Sequence
+import time
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, Request
 from gpt2_scratch.generate.sampling import SamplingSettings, stream
@@ -23,8 +26,14 @@ from .inputs import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ROWS = 16  # rows decoded together per model
-DEFAULT_MAX_WAITING = 64  # requests that may wait for a row; one more is told "busy"
+# The queue cap, sized from measurements (docs/queue.md, benchmarks/bench_queue.py; 124M on 2 CPU cores).
+DEFAULT_MAX_ROWS = 16  # rows decoded together per model: 16 KV caches of at most 72 MB (float32, 1024 tokens)
+DEFAULT_MAX_WAITING = 64  # requests that may wait for a row; one more is told how long to wait
+# Seconds one 128-token answer takes in a full batch of the 124M model on 2 CPU cores (docs/queue.md): the
+# wait estimate until the app has measured its own answers.
+DEFAULT_ANSWER_SECONDS = 12.0
+WAIT_POLL_S = 0.5  # how often a waiting visitor's place in the queue is shown again (and when it changes)
+WAIT_CHECK_S = 0.02  # how often it is looked up: a request that gets its row goes on within this
 ZERO_GPU_ENV = "SPACES_ZERO_GPU"  # set to "true" on ZeroGPU Spaces (as the spaces package reads it)
 
 
@@ -42,28 +51,51 @@ class PerRequest:
     """Each request generates on its own (``sampling.stream``), in the thread that serves it."""
 
     batching = False
-    concurrency_limit: int | None = None  # Gradio's default limit (app.py --concurrency) applies
+    concurrency_limit: int | None = None  # no generation beyond Gradio's own (app.py --concurrency)
+    gradio_limit = "default"  # the generation events' Gradio limit: the queue's default (app.py --concurrency)
 
     def stream(self, model: GPT, ids: Sequence[int], settings: SamplingSettings) -> TokenStream:
         """The generation as an iterator; nothing runs until it is first read."""
         return stream(model, ids, settings)
+
+    def waiting(self, streams: Iterable[TokenStream]) -> Iterator[str]:
+        """Nothing: requests wait in Gradio's queue, which shows the place itself."""
+        return iter(())
 
     def close(self) -> None:
         """Nothing to stop: each generation ends with its request."""
 
 
 class RequestStream:
-    """A request submitted to an engine, read as text; ``close()`` cancels it, read or not."""
+    """A request submitted to an engine, read as text; ``close()`` cancels it, read or not.
 
-    def __init__(self, request: Request):
+    ``on_answer(seconds)`` is told how long a finished answer took from its first token.
+    """
+
+    def __init__(self, request: Request, engine: Engine, on_answer: Callable[[float], None] | None = None):
         self.request = request
+        self.engine = engine
         self._texts = request.stream()
+        self._first: float | None = None
+        self._on_answer = on_answer
+
+    def place(self) -> int | None:
+        """Requests waiting ahead of this one; None once it decodes (or has ended)."""
+        return self.engine.place(self.request)
 
     def __iter__(self) -> "RequestStream":
         return self
 
     def __next__(self) -> tuple[list[int], str]:
-        return next(self._texts)
+        try:
+            item = next(self._texts)
+        except StopIteration:
+            if self._first is not None and self._on_answer and self.request.finish_reason in ("eos", "length"):
+                self._on_answer(time.perf_counter() - self._first)
+            raise
+        if self._first is None:
+            self._first = time.perf_counter()
+        return item
 
     def close(self) -> None:
         """Cancel the request (its row leaves the batch at the next step) unless it has finished."""
@@ -75,6 +107,7 @@ class Batched:
     """Every request to a model joins one running batch: one ``engine.Engine`` per model, made on first use."""
 
     batching = True
+    gradio_limit = None  # every request reaches its engine at once: the engine queues, and refuses beyond its cap
 
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, max_waiting: int = DEFAULT_MAX_WAITING):
         for name, value in (("max rows per batch", max_rows), ("max waiting requests", max_waiting)):
@@ -85,17 +118,43 @@ class Batched:
         self._engines: dict[int, tuple[GPT, Engine]] = {}  # by id(model); the model is held so the id stays its own
         self._lock = threading.Lock()
         self._closed = False
+        self.answer_seconds = DEFAULT_ANSWER_SECONDS  # a moving average of the answers measured here
 
     @property
     def concurrency_limit(self) -> int:
-        """Generation events Gradio may run at once: one for every row and waiting place of an engine.
-
-        The three tabs' events share this limit, and each submits at most one
-        request per engine, so through the app an engine is full only for the
-        moment a stopped request takes to leave; events beyond the limit wait in
-        Gradio's own bounded queue (``app.py --queue-size``), which says "busy" beyond.
-        """
+        """Generations the engines hold at once (a row or a waiting place each): each holds a Gradio
+        worker thread while it waits for its next token, so ``app.py`` adds this many threads."""
         return self.max_rows + self.max_waiting
+
+    def _answered(self, seconds: float) -> None:
+        with self._lock:
+            self.answer_seconds = 0.8 * self.answer_seconds + 0.2 * seconds
+
+    def expected_wait(self, ahead: int) -> int:
+        """Seconds, rounded up to 5, until a request with ``ahead`` requests before it has answered:
+        every ``max_rows`` of them take about one answer's time, and so does its own."""
+        return 5 * math.ceil((ahead // self.max_rows + 1) * self.answer_seconds / 5)
+
+    def busy_message(self) -> str:
+        """What a request beyond the cap is told at once: how busy the demo is, and how long to wait."""
+        return (
+            f"The demo is busy ({self.max_rows} being answered, {self.max_waiting} waiting: its limit). "
+            f"Try again in about {self.expected_wait(self.max_waiting)} s."
+        )
+
+    def waiting(self, streams: Iterable[RequestStream]) -> Iterator[str]:
+        """While any of ``streams`` waits for a row: a status line with its place in the queue, again when the
+        place changes or every ``WAIT_POLL_S``. Returns at once for a request that has its row."""
+        streams, shown, last = list(streams), None, 0.0
+        while places := [p for s in streams if (p := s.place()) is not None]:
+            ahead = max(places)
+            if ahead != shown or time.monotonic() - last >= WAIT_POLL_S:
+                shown, last = ahead, time.monotonic()
+                yield (
+                    f"Waiting for a place in the batch: {ahead} request{'s' * (ahead != 1)} ahead of yours "
+                    f"(about {self.expected_wait(ahead)} s)."
+                )
+            time.sleep(WAIT_CHECK_S)
 
     def engine(self, model: GPT) -> Engine:
         """``model``'s engine, started with its first request (again if its worker stopped on a bug)."""
@@ -114,13 +173,13 @@ class Batched:
     def stream(self, model: GPT, ids: Sequence[int], settings: SamplingSettings) -> RequestStream:
         """Submit the request now (so two models' requests run together) and return its stream.
 
-        A full waiting queue is a ``UserError`` with the engine's "busy, try
-        again in a moment" message, at once.
+        A full waiting queue is a ``UserError`` saying how long to wait, at once.
         """
+        engine = self.engine(model)
         try:
-            return RequestStream(self.engine(model).submit(ids, settings))
-        except EngineBusy as e:
-            raise UserError(str(e)) from None
+            return RequestStream(engine.submit(ids, settings), engine, self._answered)
+        except EngineBusy:
+            raise UserError(self.busy_message()) from None
         except EngineClosed:
             raise UserError("The app is shutting down; try again in a moment.") from None
 

@@ -207,7 +207,7 @@ class ResponseView:
     run: str
     model: str
     response: str
-    tokens: int  # GPT-2 tokens of the response text (tokenizer.encode)
+    tokens: int  # new tokens generated (predictions.jsonl's length_tokens; re-encoded text only when missing)
     scores: dict[str, float | None]  # RECORD_METRICS label -> value
     diff: list[tuple[str, str | None]]
     judge_raw: str | None
@@ -242,12 +242,14 @@ def record_view(cmp: Comparison, record_id: Any, pairs: Sequence[tuple[str, str]
         scores = {
             m.label: float(v) if not np.isnan(v := cmp.scores[run, model, m.key][row]) else None for m in RECORD_METRICS
         }
+        stored = cmp.scores[run, model, "length_tokens"][row]  # what generation counted (predictions.jsonl)
+        tokens = int(stored) if not np.isnan(stored) else len(encode(text, special=False))
         responses.append(
             ResponseView(
                 run,
                 model,
                 text,
-                len(encode(text, special=False)),
+                tokens,
                 scores,
                 word_diff(rec["reference"], text),
                 answer["judge_raw"],

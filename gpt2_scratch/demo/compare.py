@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
+from gpt2_scratch.data.records import source_label
+from gpt2_scratch.eval.summary import MODEL_NAMES, format_metric, shown_metrics, used_judge
 from gpt2_scratch.files import flatten_json
 from gpt2_scratch.runs import RunInfo
 
@@ -206,19 +207,21 @@ def summary_frame(cmp: Comparison, *, formatted: bool = False) -> pd.DataFrame:
     evaluate.py prints them and a ``note`` column that holds the problem of
     a run whose eval files were unusable (that run gets one row, model "—").
     """
-    columns = ["run", "model", "test records", *(m.label for m in SUMMARY_METRICS)]
+    judged = any(used_judge(r.summary) for r in cmp.runs if r.problem is None)
+    metrics = shown_metrics(judged=judged)  # no judge: no judge columns
+    columns = ["run", "model", "test records", *(m.label for m in metrics)]
     data = []
     for run in cmp.runs:
         models = run.summary.get("models") if run.problem is None and isinstance(run.summary, dict) else None
         if not isinstance(models, dict) or not models:
             problem = run.problem or "summary.json holds no models"
-            data.append([run.label, "—", None, *([None] * len(SUMMARY_METRICS)), problem])
+            data.append([run.label, "—", None, *([None] * len(metrics)), problem])
             continue
         n = run.summary.get("num_records")
         for model in [m for m in MODEL_NAMES if m in models] + [m for m in models if m not in MODEL_NAMES]:
             values = models[model] if isinstance(models[model], dict) else {}
-            data.append([run.label, model, n, *(values.get(m.key) for m in SUMMARY_METRICS), ""])
-    specs = ["d", *(m.spec for m in SUMMARY_METRICS)]
+            data.append([run.label, model, n, *(values.get(m.key) for m in metrics), ""])
+    specs = ["d", *(m.spec for m in metrics)]
     if formatted:
         cells = [
             [*row[:2], *(format_metric(_optional(v), spec) for v, spec in zip(row[2:-1], specs)), row[-1]]
@@ -266,6 +269,8 @@ class OptionsDiff:
 def _options(info: RunInfo) -> dict[str, Any]:
     options = {"base_model": info.base_model, "prompt_style": info.prompt_style}
     options.update(flatten_json(info.dataset or {}, "dataset."))
+    if isinstance(options.get("dataset.source"), str):  # a file name or URL, not the training machine's path
+        options["dataset.source"] = source_label(options["dataset.source"])
     options.update({k: v for k, v in flatten_json(info.training or {}).items() if k not in _NOT_OPTIONS})
     return options
 

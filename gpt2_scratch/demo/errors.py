@@ -19,9 +19,14 @@ from .inputs import UserError
 log = logging.getLogger(__name__)
 
 
+def plain(markdown: str) -> str:
+    """``markdown`` as plain text, for a toast or a terminal (which show Markdown's backticks and stars as they are)."""
+    return markdown.replace("`", "").replace("**", "")
+
+
 def problem(message: str) -> str:
-    """``message`` as a toast and as the status line's text."""
-    gr.Warning(message)
+    """``message`` (Markdown) as a toast, in plain text, and as the status line's text."""
+    gr.Warning(plain(message))
     return f"⚠️ {message}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,20 +20,23 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info, read_export_info
+from gpt2_scratch.checkpoint import WEIGHTS_FILE, CheckpointInfo, read_checkpoint_info, read_export_info
+from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
-from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt
-from gpt2_scratch.inference import load_model, model_dtype, resolve_device, resolve_dtype
+from gpt2_scratch.files import read_json
+from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.inference import RANDOM_PREFIX, load_model, model_dtype, resolve_device, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
-from gpt2_scratch.runs import RunInfo, RunPaths, display_path
+from gpt2_scratch.runs import RunInfo, RunPaths, display_path, unfinished_problem
 from gpt2_scratch.tokenizer import encode
 
 from .backends import Backend, PerRequest, TokenStream
-from .errors import failure, problem, reports_errors
+from .errors import failure, plain, problem, reports_errors
 from .inputs import UserError, clean_text, parse_settings
+from .prompt_fit import fit_prompt
 from .results_handlers import ResultsBrowser
-from .views import elapsed, visible_response
+from .views import ENDED_AT_ONCE, elapsed, visible_response
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,8 @@ class LazyModel:
                 try:
                     # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
                     self._model, _ = load_model(self.source, device=str(resolve_device("auto")), dtype=self.dtype)
-                except Exception as e:  # no network, missing or corrupt file: say so, keep serving
-                    log.exception("could not load %s from %s", self.label, self.source)
+                except Exception as e:  # no network, missing or corrupt file: say so (one line), keep serving
+                    log.warning("could not load the %s %s: %s", self.label, self.source, str(e).splitlines()[0])
                     raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
                 log.info(
                     "loaded %s from %s in %s in %.1f s",
@@ -82,6 +86,25 @@ class LazyModel:
                     time.perf_counter() - started,
                 )
             return self._model
+
+
+def check_base(source: str | None, option: str = "the base model") -> None:
+    """A one-line ValueError (naming ``option``) now for a base model that can be checked offline and is wrong:
+    an unknown ``random:<preset>``, a missing local file or folder. A Hub id is checked when first used; None
+    (no base given) passes."""
+    if source is None:
+        return
+    path = Path(source).expanduser()
+    try:
+        if source.startswith(RANDOM_PREFIX):
+            GPTConfig.from_preset(source[len(RANDOM_PREFIX) :])
+        elif source.startswith(("/", ".", "~")) or source.endswith(".safetensors") or path.exists():
+            if not path.exists():
+                raise ValueError(f"no such file or folder: {source}")
+            if path.is_dir() and not (path / WEIGHTS_FILE).is_file():
+                raise ValueError(f"{source} holds no {WEIGHTS_FILE}")
+    except ValueError as e:
+        raise ValueError(f"{option} {source}: {e}") from None
 
 
 def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None, str | None]:
@@ -104,19 +127,28 @@ def choose_checkpoint(run: RunPaths) -> tuple[CheckpointInfo | None, str | None,
         return read_checkpoint_info(run.final), None, None
     except (FileNotFoundError, ValueError) as e:
         final_problem = e
+    unfinished = _unfinished(run)
     try:
         info = read_checkpoint_info(run.best)
     except (FileNotFoundError, ValueError):
-        return (
-            None,
-            (f"No usable finetuned checkpoint in `{where}` ({final_problem}). Create one with `python finetune.py`."),
-            None,
-        )
+        fix = f"{unfinished}." if unfinished else "Create one with `python finetune.py`."
+        return None, f"No usable finetuned checkpoint in `{where}` ({final_problem}). {fix}", None
     if run.final.exists():
         note = f"Serving `best/`, not `final/`: `final/` is unusable ({final_problem})."
+    elif unfinished and run.read_info().status == "interrupted":
+        note = f"Serving `best/` (the lowest validation loss so far): {unfinished}."
     else:
         note = "Serving `best/` (the lowest validation loss so far): the run has no `final/` yet (still training?)."
     return info, None, note
+
+
+def _unfinished(run: RunPaths) -> str | None:
+    """``runs.unfinished_problem`` with its command in backticks (Markdown); None when finished or unknown."""
+    try:
+        problem = unfinished_problem(run)
+    except (FileNotFoundError, ValueError):  # no run.json, or a bad one: nothing to say about its status
+        return None
+    return problem and re.sub(r"(python finetune\.py --resume \S+)$", r"`\1`", problem)
 
 
 class DemoApp:
@@ -178,6 +210,7 @@ class DemoApp:
         ``find_sources`` lists them again for its refresh button (None: no button).
         ``backend`` and ``dtype``: as for ``DemoApp``.
         """
+        check_base(base, option="--base")  # now, in one line, not a traceback at every request
         run_info: RunInfo | None = None
         info: CheckpointInfo | None = None
         problem_text = run_problem or "No finetuned checkpoint. Create one with `python finetune.py`."
@@ -224,6 +257,13 @@ class DemoApp:
             dtype=dtype,
         )
 
+    def eval_dtype(self) -> str | None:
+        """The inference format the served run's test-set results were generated in (None: not evaluated)."""
+        try:
+            return read_json(self.run.summary).get("dtype") if self.run and self.run.summary.is_file() else None
+        except (ValueError, OSError, AttributeError):  # unreadable or not an object: the results tab says so
+            return None
+
     def close(self) -> None:
         """Stop the generation backend (the engines' workers); requests still running end."""
         self.backend.close()
@@ -233,14 +273,12 @@ class DemoApp:
     def _settings(self, model: GPT, values: tuple) -> SamplingSettings:
         return parse_settings(*values, block_size=model.config.block_size)
 
-    def _prompt(self, model: GPT, text: str, settings: SamplingSettings, notices: list[str]) -> list[int]:
-        ids, n_cropped = crop_prompt(encode(text, special=False), model.config.block_size, settings.max_new_tokens)
-        if n_cropped:
-            notices.append(
-                f"The prompt is {len(ids) + n_cropped} tokens; its first {n_cropped} were dropped so that it and "
-                f"{settings.max_new_tokens} new tokens fit the {model.config.block_size}-token context."
-            )
-        return ids
+    def _prompt(self, model: GPT, text: str, settings: SamplingSettings, notices: list[str]):
+        """(prompt ids, settings) that fit the model's context: new tokens capped first (``prompt_fit``)."""
+        ids, settings, notice = fit_prompt(encode(text, special=False), model.config.block_size, settings)
+        if notice:
+            notices.append(notice)
+        return ids, settings
 
     def _instruction(self, instruction: Any, input: Any, notices: list[str]) -> str:
         instruction, n1 = clean_text(instruction, "the instruction")
@@ -264,7 +302,7 @@ class DemoApp:
             raise UserError("Type a prompt first.")
         model = self.base.get()
         sampling = self._settings(model, (max_new_tokens, temperature, top_k, top_p, seed))
-        ids = self._prompt(model, text, sampling, notices)
+        ids, sampling = self._prompt(model, text, sampling, notices)
         yield from self._stream_one(model, ids, sampling, notices)
 
     @reports_errors(lambda app, status: ("", status))
@@ -276,18 +314,20 @@ class DemoApp:
         text = self._instruction(instruction, input, notices)
         model = self.finetuned.get()
         sampling = self._settings(model, (max_new_tokens, temperature, top_k, top_p, seed))
-        ids = self._prompt(model, text, sampling, notices)
+        ids, sampling = self._prompt(model, text, sampling, notices)
         yield from self._stream_one(model, ids, sampling, notices)
 
     def _stream_one(self, model: GPT, ids: list[int], settings: SamplingSettings, notices: list[str]):
         notice = "\n\n".join(notices)
         if notice:
-            gr.Info(notice)
+            gr.Info(plain(notice))
         started = time.perf_counter()
         text, n = "", 0
         # Closed when the visitor presses Stop (Gradio closes this generator): only this request ends.
         with contextlib.closing(self.backend.stream(model, ids, settings)) as tokens:
             yield "", _join("Generating…", notice)
+            for waiting in self.backend.waiting([tokens]):  # a burst: its place in the queue, until it has a row
+                yield "", _join(waiting, notice)
             for new_ids, text in tokens:
                 n = len(new_ids)
                 yield text, _join(f"Generating… {n} tokens", notice)
@@ -302,7 +342,7 @@ class DemoApp:
             try:
                 model = lazy.get()
                 sampling = self._settings(model, settings)
-                ids = self._prompt(model, prompt, sampling, notices if not streams else [])
+                ids, sampling = self._prompt(model, prompt, sampling, notices if not streams else [])
                 streams[name] = self.backend.stream(model, ids, sampling)  # with batching, both run from now on
             except Exception as e:
                 if not isinstance(e, UserError):
@@ -332,11 +372,14 @@ class DemoApp:
             return
         notice = "\n\n".join(notices + problems)
         if problems:
-            gr.Warning(" ".join(problems))
+            gr.Warning(plain(" ".join(problems)))
         started = time.perf_counter()
         counts = {name: 0 for name in streams}
+        failed: set[str] = set()
         try:
             yield texts["base"], texts["finetuned"], _join("Generating…", notice)
+            for waiting in self.backend.waiting(streams.values()):
+                yield texts["base"], texts["finetuned"], _join(waiting, notice)
             while streams:
                 for name in list(streams):
                     try:
@@ -348,6 +391,7 @@ class DemoApp:
                         log.exception("generate_side_by_side failed for %s", name)
                         del streams[name]
                         texts[name] += f"\n[{failure(e)}]"
+                        failed.add(name)
                 done = ", ".join(f"{name} {n}" for name, n in counts.items())
                 yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)
         finally:  # Stop (Gradio closes this generator): this visitor's requests end, and only they
@@ -356,4 +400,6 @@ class DemoApp:
         seconds = time.perf_counter() - started
         done = ", ".join(f"{name} {n}" for name, n in counts.items())
         shown = {name: visible_response(texts[name], counts.get(name)) for name in texts}
-        yield shown["base"], shown["finetuned"], _join(f"New tokens: {done} in {seconds:.1f} s", notice)
+        silent = [f"{name} {ENDED_AT_ONCE}" for name, n in counts.items() if n == 0 and name not in failed]
+        status = f"New tokens: {done} in {seconds:.1f} s" + "".join(f"; {s}" for s in silent)
+        yield shown["base"], shown["finetuned"], _join(status, notice)

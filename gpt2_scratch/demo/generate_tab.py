@@ -12,7 +12,7 @@ from typing import Callable
 import gradio as gr
 
 from .generate_handlers import DemoApp
-from .inputs import DEFAULT_NEW_TOKENS, DEFAULT_SEED, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
+from .inputs import DEFAULT_NEW_TOKENS, DEFAULT_SEED, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K
 
 # preprocess=False: the handlers get the raw values and check them themselves, so a non-numeric or
 # out-of-range setting sent through the API gets the same one-line message as in the UI.
@@ -43,7 +43,8 @@ def settings_accordion(app: DemoApp) -> list[gr.components.Component]:
             temperature = gr.Slider(
                 0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
             )
-            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)", elem_id="top-k")
+            # One limit with the API's (inputs.MAX_TOP_K, the vocabulary); the slider's box takes a typed number.
+            top_k = gr.Slider(0, MAX_TOP_K, value=0, step=1, label="Top-k (0 = off)", elem_id="top-k")
             top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)", elem_id="top-p")
             # A fixed default seed: sampled answers are reproducible until the user changes it.
             seed = gr.Number(

@@ -21,11 +21,20 @@ log = logging.getLogger(__name__)
 
 # The app takes no uploads: anything larger than a form field is refused (HTTP 413).
 MAX_FILE_SIZE = "1kb"
-# Requests waiting for a generation slot; one more is told "busy" at once instead of waiting minutes.
+# With --no-batching: requests waiting in Gradio's queue for a generation slot; one more gets Gradio's
+# "busy". With batching there is no Gradio queue limit: the engines queue (backends.Batched).
 QUEUE_SIZE = 16
 # Gradio's default worker threads. A streaming generation holds one while it waits for its next token,
 # so with batching ``start`` needs as many more as generations may run at once.
 GRADIO_THREADS = 40
+
+
+# Gradio breaks words anywhere to fit a narrow table header ("Perplexit y") or a highlighted text ("Generati on"):
+# words stay whole here (a table scrolls sideways instead; only a word longer than a line still breaks).
+APP_CSS = """
+#results-browser th, #results-browser th * { word-break: normal; overflow-wrap: normal; hyphens: none; }
+#results-browser .textfield { word-break: normal; overflow-wrap: break-word; }
+"""
 
 
 def load_examples(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
@@ -47,14 +56,22 @@ def _header(app: DemoApp) -> str:
 
 
 def _serving_line(app: DemoApp) -> str:
-    """The header's second line: the models' inference format, and whether visitors' requests are batched."""
+    """The header's second line: the models' inference format (and the evaluation's, when it differs),
+    and whether visitors' requests are batched."""
     backend = app.backend
     serving = (
         f"every request to a model joins one shared batch (up to {backend.max_rows} at once)"
         if backend.batching
         else "each request generates on its own"
     )
-    return f"Inference in `{app.dtype}`; {serving}."
+    line = f"Inference in `{app.dtype}`; {serving}."
+    evaluated = app.eval_dtype()
+    if evaluated and evaluated != app.dtype:
+        line += (
+            f" The test-set results were generated in `{evaluated}`, so answers here can differ from those "
+            f"(`python app.py --dtype {evaluated}` gives the evaluated ones)."
+        )
+    return line
 
 
 def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] = ([], [])) -> gr.Blocks:
@@ -63,8 +80,8 @@ def build_demo(app: DemoApp, examples: tuple[list[str], list[tuple[str, str]]] =
         gr.Markdown(_header(app))
         gr.Markdown(_serving_line(app), elem_id="serving")
         settings = settings_accordion(app)
-        # With batching, requests must reach the engines together instead of queueing for Gradio's 2 slots.
-        limit = app.backend.concurrency_limit or "default"
+        # With batching, requests reach the engines at once (the engines queue them) instead of Gradio's 2 slots.
+        limit = app.backend.gradio_limit
         with gr.Tabs():
             for tab in generation_tabs(app, examples):
                 generation_tab(tab, settings, limit)
@@ -78,13 +95,14 @@ def start(
     host: str,
     port: int | None,
     concurrency: int = 2,
-    queue_size: int = QUEUE_SIZE,
+    queue_size: int | None = QUEUE_SIZE,
     max_threads: int = GRADIO_THREADS,
 ) -> str:
     """Queue and launch ``demo`` without blocking (``demo.block_thread()`` waits); returns its local URL.
 
     No share link, no uploads (``MAX_FILE_SIZE``), at most ``queue_size``
-    requests waiting: one more gets Gradio's "busy, try again" at once. Gradio's
+    requests waiting in Gradio's queue (None: no limit, as with batching, where the
+    engines queue and refuse): one more gets Gradio's "busy, try again" at once. Gradio's
     own startup lines are silenced; the caller says where the app is. Raises
     OSError when it cannot listen on the port. ``max_threads``: Gradio's worker
     threads (``GRADIO_THREADS`` plus, with batching, the generations' concurrency limit).
@@ -98,5 +116,6 @@ def start(
         quiet=True,
         prevent_thread_lock=True,
         max_threads=max_threads,
+        css=APP_CSS,
     )
     return url

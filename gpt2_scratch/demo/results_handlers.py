@@ -22,7 +22,15 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from gpt2_scratch.demo.browse import ORDERS, csv_filename, filter_records, record_view, score_choices, write_csv
+from gpt2_scratch.demo.browse import (
+    ORDERS,
+    csv_filename,
+    filter_records,
+    record_view,
+    score_choices,
+    select_rows,
+    write_csv,
+)
 from gpt2_scratch.demo.compare import (
     RECORD_METRICS,
     Comparison,
@@ -56,6 +64,7 @@ from .views import (
 
 MAX_RUNS = 6  # runs compared at once; the record view has a row for each, base and finetuned side by side
 RECORD_SLOTS = MAX_RUNS * len(MODEL_NAMES)
+RECORD_OUTPUTS = 4 + MAX_RUNS + 2 * RECORD_SLOTS  # title, instruction, input, reference, a row per run, the slots
 MAX_CACHED = 8  # comparisons kept, most recently used first
 CSV_KEPT = 8  # CSV exports kept on disk (Gradio copies each into its own cache as it sends it)
 HISTOGRAM_BINS = 10
@@ -64,6 +73,7 @@ DEFAULT_METRIC = "rouge_l"
 # listing, and listing Hub repos downloads them again.
 REFRESH_MIN_S = 10.0
 NO_RECORD = "Choose a record: select a row of the table, drag across points of a scatter plot, or pick its id."
+NO_MATCH = "No record matches the search and filters: change them to see records here."
 _METRICS = {m.key: m for m in RECORD_METRICS}
 
 
@@ -302,6 +312,23 @@ class ResultsBrowser:
         cmp = self.comparison(self.default_selection() if runs is None else runs)
         table = filter_records(cmp, *self._filters(cmp, query, score, min_score, max_score, order))
         return table, f"{len(table)} of {len(cmp.records)} test records"
+
+    def clear_hidden_record(
+        self, query: Any, score: Any, min_score: Any, max_score: Any, order: Any, runs: Any, record: Any
+    ) -> tuple:
+        """After a search or filter: (record picker, the record's outputs), cleared when the record shown is not
+        among those the table now lists (a search without hits shows no old record); else all left as they are.
+        Bad filters are ``filter_predictions``' to report: nothing changes here then."""
+        keep = (gr.skip(),) * (1 + RECORD_OUTPUTS)
+        try:
+            cmp = self.comparison(self.default_selection() if runs is None else runs)
+            rows = select_rows(cmp, *self._filters(cmp, query, score, min_score, max_score, order))
+        except (UserError, ValueError):
+            return keep
+        listed = set(cmp.records["id"].to_numpy()[rows].tolist())
+        if blank(record) and len(rows) or str(record).strip() in {str(i) for i in listed}:
+            return keep
+        return (gr.Dropdown(value=None), *self._empty_record(NO_MATCH if not len(rows) else NO_RECORD))
 
     @reports_errors(lambda self, status: gr.File(value=None, visible=False), action="Exporting")
     def export_csv(self, query: Any, score: Any, min_score: Any, max_score: Any, order: Any, runs: Any) -> gr.File:

@@ -214,7 +214,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         [table, count],
         api_name="filter_predictions",
         **BROWSE_EVENT,
-    )
+    ).then(browser.clear_hidden_record, [*filters, record], [record, *record_outputs], **PRIVATE)
     overview = [message, summary, loss, options_message, options, metric, score, record]
 
     def show_runs(chosen: Any) -> None:

@@ -21,7 +21,7 @@ from gpt2_scratch.demo.compare import RECORD_METRICS, Comparison, RunResults
 from gpt2_scratch.demo.discovery import RunSource
 from gpt2_scratch.eval.summary import MODEL_NAMES, check_prediction, check_summary
 from gpt2_scratch.files import read_jsonl
-from gpt2_scratch.runs import RunPaths, display_path
+from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
 from gpt2_scratch.train.log import read_metrics
 
 
@@ -45,6 +45,9 @@ class EvalResults:
             return cls(problem=missing)
         command = f"python evaluate.py --run {display_path(run.root)}"
         missing = [p for p in (run.predictions, run.summary) if not p.is_file()]
+        unfinished = _unfinished(run) if missing else None
+        if unfinished:  # evaluate.py would refuse it: say how to finish it first
+            return cls(problem=f"No evaluation results: {unfinished}.")
         if missing:
             return cls(
                 problem=f"No evaluation results for this run yet (no `{display_path(missing[0])}`). "
@@ -62,6 +65,14 @@ class EvalResults:
                 f"Recreate them with `{command}`."
             )
         return cls(summary=summary, predictions=predictions)
+
+
+def _unfinished(run: RunPaths) -> str | None:
+    """``runs.unfinished_problem`` (None when finished, or when run.json is missing or unreadable)."""
+    try:
+        return unfinished_problem(run)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- a response as text
@@ -224,6 +235,11 @@ def header_markdown(
     )
 
 
+ENDED_AT_ONCE = "ended its answer at once (its first token was `<|endoftext|>`)"
+
+
 def elapsed(n_tokens: int, seconds: float) -> str:
-    """ "N new tokens in S s (R tokens/s)": the status line of a finished generation."""
+    """ "N new tokens in S s (R tokens/s)": the status line of a finished generation (none: why there is no text)."""
+    if n_tokens == 0:
+        return f"The model {ENDED_AT_ONCE}: no new tokens."
     return f"{n_tokens} new tokens in {seconds:.1f} s ({n_tokens / max(seconds, 1e-9):.1f} tokens/s)"

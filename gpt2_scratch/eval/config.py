@@ -128,6 +128,13 @@ class EvalConfig:
             "group": GENERATION,
         },
     )
+    replace: bool = field(
+        default=False,
+        metadata={
+            "help": "replace a finished evaluation in eval/ made with other settings (without it, that is refused)",
+            "group": GENERATION,
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars", "group": GENERATION})
     judge_url: str | None = field(
         default=None,
@@ -198,6 +205,7 @@ class EvalConfig:
             refill=self.refill,
             judge=self.judge(),
             restart=self.restart,
+            replace=self.replace,
             progress=self.progress,
         )
         return run, settings

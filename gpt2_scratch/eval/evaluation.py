@@ -6,11 +6,13 @@ generates a response to every test record (``sampling.generate`` in length-sorte
 scores each response (ROUGE-L, exact match, length, optional ``judge.JudgeClient``) and writes
 ``eval/predictions.jsonl`` and ``eval/summary.json`` atomically (schema: ``eval.summary``).
 Invariant: an interrupted evaluation resumes from its progress files (``eval.progress``) to the
-same results, and results of different settings are never mixed. Design: docs/design.md.
+same results; results of different settings are never mixed, and a finished evaluation is never
+replaced by one with other settings unless asked (``replace``). Design: docs/design.md.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -27,14 +29,21 @@ from gpt2_scratch.data.records import Record, read_records
 from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
 from gpt2_scratch.eval.progress import ProgressFile, check_batch_entry, check_judge_entry
 from gpt2_scratch.eval.scoring import reference_loss
-from gpt2_scratch.eval.summary import MODEL_NAMES, ModelResults, aggregate, build_summary, prediction_rows
+from gpt2_scratch.eval.summary import (
+    MODEL_NAMES,
+    ModelResults,
+    aggregate,
+    build_summary,
+    keep_finished,
+    prediction_rows,
+)
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generate.engine import Engine
-from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.generate.sampling import SamplingSettings, generate, new_token_cap
 from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
-from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.runs import RunPaths, require_finished
 from gpt2_scratch.tokenizer import decode, encode
 
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
@@ -61,6 +70,7 @@ class EvalSettings:
     dtype: str = "float32"  # inference format (inference.DTYPES); float32 reproduces earlier results exactly
     judge: JudgeConfig | None = None
     restart: bool = False  # delete saved progress first
+    replace: bool = False  # replace a finished evaluation made with other settings
     progress: bool = True  # show tqdm progress bars
 
     def __post_init__(self) -> None:
@@ -184,7 +194,8 @@ def evaluate_model(
 ) -> ModelResults:
     """Generate (resuming from ``eval_dir/partial_<name>.jsonl``), compute the reference loss, judge."""
     batches = plan_batches([len(p) for p in prompts], settings.batch_size)
-    progress = ProgressFile.open(eval_dir / f"partial_{name}.jsonl", header, check_batch_entry)
+    replace = settings.replace or settings.restart
+    progress = ProgressFile.open(eval_dir / f"partial_{name}.jsonl", header, check_batch_entry, replace=replace)
     outputs: list[list[int] | None] = [None] * len(records)
     seconds, steps = 0.0, 0
     max_new = settings.sampling.max_new_tokens
@@ -232,7 +243,8 @@ def _judge(name, records, responses, style, gen_header, eval_dir, settings) -> t
     """Judge every response (resuming from ``eval_dir/judge_<name>.jsonl``)."""
     client = JudgeClient(settings.judge)
     header = {"judge": settings.judge.fingerprint(), "generation": gen_header}
-    progress = ProgressFile.open(eval_dir / f"judge_{name}.jsonl", header, check_judge_entry)
+    replace = settings.replace or settings.restart
+    progress = ProgressFile.open(eval_dir / f"judge_{name}.jsonl", header, check_judge_entry, replace=replace)
     by_id = {e["id"]: e for e in progress.entries}
     todo = [i for i, r in enumerate(records) if r.id not in by_id]
     bar = _progress_bar(len(records), len(records) - len(todo), f"judge {name}", settings.progress and bool(todo))
@@ -256,7 +268,7 @@ def _fit_context(settings: EvalSettings, block_size: int, longest_prompt: int) -
     the context goes to the response and long prompts are cropped from the left.
     """
     asked = settings.sampling.max_new_tokens
-    cap = block_size - longest_prompt if longest_prompt < block_size // 2 else block_size // 2
+    cap = new_token_cap(block_size, longest_prompt)
     if asked <= cap:
         return settings
     print(
@@ -267,16 +279,18 @@ def _fit_context(settings: EvalSettings, block_size: int, longest_prompt: int) -
     return replace(settings, sampling=replace(settings.sampling, max_new_tokens=cap))
 
 
-def _test_records(run: RunPaths, settings: EvalSettings) -> list[Record]:
-    """The run's test records (the first ``settings.limit``); a missing or empty file is a one-line error."""
+def _test_records(run: RunPaths, settings: EvalSettings) -> tuple[list[Record], int]:
+    """(the run's test records, the first ``settings.limit``; how many there are in all); a missing or
+    empty file is a one-line error."""
     if not run.test_records.is_file():
         raise FileNotFoundError(f"{run.root} has no test records ({run.test_records})")
     records = read_records(run.test_records)
+    total = len(records)
     if settings.limit is not None:
         records = records[: settings.limit]
     if not records:
         raise ValueError(f"{run.test_records} holds no records")
-    return records
+    return records, total
 
 
 def _generation_settings(settings: EvalSettings) -> dict:
@@ -293,63 +307,72 @@ def _generation_settings(settings: EvalSettings) -> dict:
     }
 
 
-def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
-    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
-    if not run.root.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run.root}")
-    base_model = run.read_info().base_model
-    info = read_checkpoint_info(run.final)
-    if info.prompt_style is None:
-        raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
-    style = get_prompt_style(info.prompt_style)
-    records = _test_records(run, settings)
-    # Generation gets the prompt as the app sends it: encode(prompt text). The loss uses
-    # encode_record, the tokenization of training.
-    prompts = [encode(style.format(r.instruction, r.input)) for r in records]
-    examples = [encode_record(r, style) for r in records]
-    settings = _fit_context(settings, info.config.block_size, max(len(p) for p in prompts))
-
-    eval_dir = run.eval_dir
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    if settings.restart:
-        for pattern in ("partial_*.jsonl", "judge_*.jsonl"):
-            for p in eval_dir.glob(pattern):
-                p.unlink()
-
-    dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
-    s = settings.sampling
-    generation = _generation_settings(settings)
-    common = {
-        "prompt_style": style.name,
-        "prompts_sha256": _prompts_sha256(prompts, records),
-        "num_records": len(records),
-        "generation": generation,
-        "device": torch.device(settings.device).type,
-        "dtype": dtype,
-    }
+def _evaluate_models(run: RunPaths, base_model: str, common: dict, dtype: str, settings: EvalSettings, **data):
+    """``evaluate_model`` for each model of ``settings.models``, loaded one at a time; {name: results}."""
+    max_new = settings.sampling.max_new_tokens
     results: dict[str, ModelResults] = {}
     for name in (m for m in MODEL_NAMES if m in settings.models):
         model, sha256 = _load(name, run, base_model, settings.device, dtype)
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
-        if model.config.block_size <= s.max_new_tokens:  # a --base of another shape than the run's
-            raise ValueError(f"max new tokens ({s.max_new_tokens}) must be smaller than the {name} model's context")
-        results[name] = evaluate_model(
-            name,
-            model,
-            records=records,
-            prompts=prompts,
-            examples=examples,
-            style=style,
-            header=header,
-            eval_dir=eval_dir,
-            settings=settings,
-        )
+        if model.config.block_size <= max_new:  # a --base of another shape than the run's
+            raise ValueError(f"max new tokens ({max_new}) must be smaller than the {name} model's context")
+        results[name] = evaluate_model(name, model, header=header, eval_dir=run.eval_dir, settings=settings, **data)
         del model
+    return results
 
+
+def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
+    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run.root}")
+    base_model = require_finished(run).base_model  # an unfinished run: how to finish it, in one line
+    info = read_checkpoint_info(run.final)
+    if info.prompt_style is None:
+        raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
+    style = get_prompt_style(info.prompt_style)
+    records, total = _test_records(run, settings)
+    # Generation gets the prompt as the app sends it: encode(prompt text). The loss uses
+    # encode_record, the tokenization of training.
+    prompts = [encode(style.format(r.instruction, r.input)) for r in records]
+    examples = [encode_record(r, style) for r in records]
+    settings = _fit_context(settings, info.config.block_size, max(len(p) for p in prompts))
+    dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
+    generation = _generation_settings(settings)
+    prompts_sha256 = _prompts_sha256(prompts, records)
+    summary_of = functools.partial(  # (models) -> summary.json
+        build_summary,
+        run,
+        info,
+        records,
+        style,
+        generation,
+        dtype,
+        settings,
+        prompts_sha256=prompts_sha256,
+        total=total,
+    )
+    keep_finished(run, summary_of({m: {} for m in settings.models}), replace=settings.replace or settings.restart)
+
+    run.eval_dir.mkdir(parents=True, exist_ok=True)
+    if settings.restart:
+        for pattern in ("partial_*.jsonl", "judge_*.jsonl"):
+            for p in run.eval_dir.glob(pattern):
+                p.unlink()
+    common = {
+        "prompt_style": style.name,
+        "prompts_sha256": prompts_sha256,
+        "num_records": len(records),
+        "generation": generation,
+        "device": torch.device(settings.device).type,
+        "dtype": dtype,
+    }
+    results = _evaluate_models(
+        run, base_model, common, dtype, settings, records=records, prompts=prompts, examples=examples, style=style
+    )
     rows = prediction_rows(records, results)
     models = {name: aggregate(name, res, rows, judged=settings.judge is not None) for name, res in results.items()}
-    summary = build_summary(run, info, records, style, generation, dtype, settings, models)
+    summary = summary_of(models)
     atomic_write_jsonl(run.predictions, rows)
     atomic_write_json(run.summary, summary)
     for res in results.values():  # the results are written: these files no longer block other settings

@@ -4,13 +4,13 @@ A progress file is a header line (the settings the work is done with), then one
 line per finished unit of work (a generated batch, a judged record), then, once
 the results it fed are written, a ``{"done": true}`` line. Resuming with other
 settings than the header's is refused while the work is unfinished (mixing
-would be silent corruption), and allowed, with a note, once it is done: a
-finished evaluation never blocks a new one.
+would be silent corruption), and once it is done unless ``replace`` is asked for
+(a finished evaluation is not lost silently). ``describe_differences`` says in
+words which settings differ (for these headers and for summary.json's settings).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,8 +42,11 @@ class ProgressFile:
         self.entries: list[dict] = []
 
     @classmethod
-    def open(cls, path: Path, header: dict, check: EntryCheck) -> "ProgressFile":
-        """Read ``path`` if it exists (checking its header against ``header``), else start it."""
+    def open(cls, path: Path, header: dict, check: EntryCheck, *, replace: bool = False) -> "ProgressFile":
+        """Read ``path`` if it exists (checking its header against ``header``), else start it.
+
+        A finished file (done mark) with another header is started afresh only with ``replace``.
+        """
         pf = cls(path, header)
         complete = read_jsonl(path, torn_tail=True) if path.exists() else []
         if not complete:  # nothing usable (also: killed while writing the header)
@@ -56,12 +59,8 @@ class ProgressFile:
         ]  # (line, entry); a done mark is no entry
         entries = [e for _, e in numbered]
         if saved != header:
-            if not done:
-                raise SettingsMismatch(_mismatch_message(path, saved, header))
-            print(
-                f"note: {_differences(path, saved, header)}; that evaluation was finished, so it is replaced",
-                file=sys.stderr,
-            )
+            if not done or not replace:
+                raise SettingsMismatch(_mismatch_message(path, saved, header, done))
             atomic_write_jsonl(path, [{"header": header}])
             return pf
         for n, entry in numbered:
@@ -85,21 +84,75 @@ class ProgressFile:
         append_jsonl(self.path, DONE, fsync=True)
 
 
-def _differences(path: Path, saved: dict | None, current: dict) -> str:
+# Settings as messages name them, by the last part of their key (progress headers, summary.json).
+_WORDS = {
+    "num_records": "test records",
+    "prompts_sha256": "the test records",
+    "prompt_style": "prompt style",
+    "max_new_tokens": "max new tokens",
+    "top_k": "top-k",
+    "top_p": "top-p",
+    "batch_size": "batch size",
+    "refill": "refilled rows",
+    "sha256": "the model's weights",
+    "checkpoint_sha256": "the finetuned weights",
+    "source": "model",
+    "base_model": "base model",
+    "url": "URL",
+}
+
+
+def _word(key: str) -> str:
+    parts = key.split(".")
+    word = _WORDS.get(parts[-1], parts[-1].replace("_", " "))
+    return f"judge {word}" if parts[0] == "judge" and len(parts) > 1 else word
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def describe_differences(saved: dict | None, current: dict) -> str:
+    """The settings that differ between ``saved`` and ``current``, in words: "max new tokens 256 (now 8), ..."
+
+    Hashes are not shown, only that what they identify differs ("the test records differ").
+    """
     if not isinstance(saved, dict):
-        return f"{path} has no valid header"
-    flat_saved, flat_current = flatten_json(saved), flatten_json(current)
-    diffs = [k for k in sorted(set(flat_saved) | set(flat_current)) if flat_saved.get(k) != flat_current.get(k)]
-    shown = ", ".join(f"{k}={flat_saved.get(k)!r} (now {flat_current.get(k)!r})" for k in diffs[:3])
-    return f"{path} holds results made with other settings: {shown}"
+        return "no settings were recorded"
+    old, new = flatten_json(saved), flatten_json(current)
+    parts = []
+    for key in dict.fromkeys([*old, *new]):
+        if old.get(key) == new.get(key):
+            continue
+        word = _word(key)
+        parts.append(
+            f"{word} differ"
+            if key.endswith("sha256")
+            else f"{word} {_shown(old.get(key))} (now {_shown(new.get(key))})"
+        )
+    return ", ".join(dict.fromkeys(parts))
 
 
-def _mismatch_message(path: Path, saved: dict | None, current: dict) -> str:
+_FILE_KINDS = {"partial": "answers", "judge": "judgements"}
+
+
+def _mismatch_message(path: Path, saved: dict | None, current: dict, done: bool) -> str:
+    kind, _, model = path.stem.partition("_")  # partial_<model>.jsonl, judge_<model>.jsonl
+    what = f"{_FILE_KINDS.get(kind, 'results')} of the {model} model"
     if not isinstance(saved, dict):
         return f"{path} has no valid header; delete it (or pass --restart) to start over"
+    if done:
+        return (
+            f"{path.parent}/ holds a finished evaluation ({what}) made with other settings: "
+            f"{describe_differences(saved, current)}; rerun with those settings, or pass --replace to replace it"
+        )
     return (
-        f"{_differences(path, saved, current)}; "
-        "rerun with the same settings to resume, or delete the file (or pass --restart) to start over"
+        f"{path.parent}/ holds unfinished {what} made with other settings: {describe_differences(saved, current)}; "
+        "rerun with the same settings to resume, or pass --restart to start over"
     )
 
 
@@ -140,3 +193,23 @@ def check_judge_entry(entry: Any) -> str | None:
     if not isinstance(entry.get("error"), bool):
         return '"error" must be true or false'
     return None
+
+
+def interrupted_message(eval_dir: Path | None) -> str:
+    """The one line evaluate.py prints after a Ctrl-C: what the progress files in ``eval_dir`` kept, how to go on."""
+    kept = []
+    for kind, what in (("partial", "answers"), ("judge", "judgements")):
+        for path in sorted(eval_dir.glob(f"{kind}_*.jsonl")) if eval_dir is not None else []:
+            try:
+                entries = [e for e in read_jsonl(path, torn_tail=True)[1:] if isinstance(e, dict) and "done" not in e]
+            except (ValueError, OSError):
+                continue
+            n = sum(len(e.get("indices") or []) for e in entries) if kind == "partial" else len(entries)
+            if n:
+                kept.append(f"{n} {what} of the {path.stem.split('_', 1)[1]} model")
+    if not kept:
+        return "interrupted before any answer was saved; rerun the same command to start again"
+    return (
+        f"interrupted; kept {', '.join(kept)} in {eval_dir}/: "
+        "rerun the same command (same settings) to continue where it stopped"
+    )

@@ -8,14 +8,15 @@ read back (``check_summary``, ``check_prediction``: one-line errors naming the f
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from gpt2_scratch.data.records import Record
-from gpt2_scratch.eval.progress import ProgressFile
+from gpt2_scratch.eval.progress import ProgressFile, SettingsMismatch, describe_differences
 from gpt2_scratch.eval.scoring import exact_match, perplexity, rouge_l_f1
-from gpt2_scratch.files import json_kind
+from gpt2_scratch.files import json_kind, read_json
 from gpt2_scratch.runs import RunPaths
 
 # The models an evaluation compares, in the order tables show them.
@@ -46,6 +47,21 @@ SUMMARY_METRICS = (
 )
 
 
+def shown_metrics(*, judged: bool) -> list[SummaryMetric]:
+    """The metrics a table shows: all of them, less the judge's rows when no judge was used."""
+    return [m for m in SUMMARY_METRICS if judged or not m.key.startswith("judge_")]
+
+
+def used_judge(summary: Any) -> bool:
+    """Whether the evaluation of ``summary`` used a judge (it names one, or a model has a judge score)."""
+    if not isinstance(summary, dict):
+        return False
+    models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
+    return bool(summary.get("judge")) or any(
+        isinstance(v, dict) and v.get("judge_mean") is not None for v in models.values()
+    )
+
+
 def format_metric(value: Any, spec: str) -> str:
     """``value`` formatted by a ``SummaryMetric.spec``; a missing value is an em dash."""
     if value is None:
@@ -73,13 +89,18 @@ class ModelResults:
     progress: list[ProgressFile]  # the files these results were resumed from, marked done once results are written
 
 
-def build_summary(run: RunPaths, info, records, style, generation, dtype, settings, models: dict) -> dict:
-    """``eval/summary.json``: what was evaluated, how, and each model's aggregates."""
+def build_summary(
+    run: RunPaths, info, records, style, generation, dtype, settings, models: dict, *, prompts_sha256, total
+) -> dict:
+    """``eval/summary.json``: what was evaluated (``num_records`` of the run's ``test_records_total``), how,
+    and each model's aggregates."""
     judge = settings.judge
     return {
         "run": str(run.root),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "num_records": len(records),
+        "test_records_total": total,
+        "prompts_sha256": prompts_sha256,
         "checkpoint": {"path": str(run.final), "sha256": info.sha256},
         "base_model": run.read_info().base_model,
         "prompt_style": style.name,
@@ -91,6 +112,50 @@ def build_summary(run: RunPaths, info, records, style, generation, dtype, settin
         "reference_loss": {"reduction": "token-weighted mean", "mask_prompt": True},
         "models": models,
     }
+
+
+def evaluation_settings(summary: dict) -> dict:
+    """What a summary's results depend on, for comparing two evaluations (``progress.describe_differences``)."""
+    device = summary.get("device")
+    judge = summary.get("judge")
+    return {
+        "models": [m for m in MODEL_NAMES if m in (summary.get("models") or {})],
+        "num_records": summary.get("num_records"),
+        "prompts_sha256": summary.get("prompts_sha256"),
+        "prompt_style": summary.get("prompt_style"),
+        "generation": summary.get("generation") or {},
+        "device": str(device).split(":")[0] if device is not None else None,
+        "dtype": summary.get("dtype"),
+        "checkpoint_sha256": (summary.get("checkpoint") or {}).get("sha256"),
+        "judge": f"{judge.get('model')} at {judge.get('url')} (seed {judge.get('seed')})" if judge else None,
+    }
+
+
+def keep_finished(run: RunPaths, planned: dict, *, replace: bool) -> None:
+    """Refuse to replace a finished evaluation with one of other settings unless ``replace`` (``--replace``, ``--restart``).
+
+    ``planned`` is the summary this evaluation will write, less its scores. Adding a
+    judge to an evaluation without one only adds scores: that is not refused.
+    """
+    if not run.summary.is_file():
+        return
+    try:
+        saved = evaluation_settings(read_json(run.summary))
+    except ValueError:
+        return  # unreadable: there is nothing to keep (the app says so too)
+    planned = evaluation_settings(planned)
+    if saved["judge"] is None:
+        planned["judge"] = None
+    differences = describe_differences(saved, planned)
+    if not differences:
+        return
+    if replace:
+        print(f"note: replacing the finished evaluation in {run.eval_dir}/ ({differences})", file=sys.stderr)
+        return
+    raise SettingsMismatch(
+        f"{run.eval_dir}/ holds a finished evaluation made with other settings: {differences}; "
+        "rerun with its settings to reuse it, or pass --replace to replace it"
+    )
 
 
 def prediction_rows(records: Sequence[Record], results: dict[str, ModelResults]) -> list[dict]:
@@ -132,15 +197,18 @@ def aggregate(name: str, res: ModelResults, rows: list[dict], *, judged: bool) -
         "judge_unparsed": sum(1 for p in per if p["judge_score"] is None) if judged else 0,
         "judge_errors": sum(1 for p in per if p["judge_error"]) if judged else 0,
         "generation_seconds": round(res.generation_seconds, 3),
-        "tokens_per_second": round(res.steps / res.generation_seconds, 2) if res.generation_seconds > 0 else 0.0,
+        # No rate without tokens: a model that ended every answer at once generated nothing to time.
+        "tokens_per_second": (
+            round(res.steps / res.generation_seconds, 2) if res.generation_seconds > 0 and any(res.lengths) else None
+        ),
     }
 
 
 def format_table(summary: dict) -> str:
-    """The aggregates of ``summary`` side by side, one row per metric, one column per model."""
+    """The aggregates of ``summary`` side by side, one row per metric, one column per model (no judge: no judge rows)."""
     models = list(summary["models"])
     table = [["metric", *models]]
-    for m in SUMMARY_METRICS:
+    for m in shown_metrics(judged=used_judge(summary)):
         table.append([m.label, *(format_metric(summary["models"][name].get(m.key), m.spec) for name in models)])
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
     lines = [

@@ -195,6 +195,14 @@ class Engine:
         """Requests waiting for a row now."""
         return len(self._waiting)
 
+    def place(self, request: Request) -> int | None:
+        """How many requests wait ahead of ``request`` (0: it is next); None once it has a row or has ended."""
+        with self._cond:
+            try:
+                return self._waiting.index(request)
+            except ValueError:
+                return None
+
     def submit(self, prompt: Sequence[int], settings: SamplingSettings, *, wait: bool = False) -> Request:
         """Queue ``prompt`` (token ids) for generation with ``settings``; returns its ``Request`` at once.
 

@@ -42,6 +42,15 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
 
+def new_token_cap(block_size: int, prompt_len: int) -> int:
+    """The most new tokens to generate after a prompt of ``prompt_len`` tokens (evaluate.py's and the app's rule).
+
+    The rest of the context while the prompt takes less than half of it (the prompt
+    fits whole); else half the context, and the prompt is cropped to the other half.
+    """
+    return block_size - prompt_len if prompt_len < block_size // 2 else block_size // 2
+
+
 def crop_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tuple[list[int], int]:
     """Keep the last tokens of ``ids`` so that prompt + ``max_new_tokens`` fit the context.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from gpt2_scratch.checkpoint import (
     CONFIG_FILE,
@@ -29,9 +30,10 @@ from gpt2_scratch.checkpoint import (
     read_checkpoint_info,
 )
 from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
-from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
 CARD_FILE = "README.md"
@@ -47,6 +49,7 @@ class Export:
     run: RunInfo
     source: Path  # the run folder
     has_eval: bool
+    subset: tuple[int, int] | None = None  # (records scored, test records) when the scores are of a part only
 
 
 def run_files(run: RunPaths) -> list[Path]:
@@ -55,21 +58,10 @@ def run_files(run: RunPaths) -> list[Path]:
 
 
 def check_finished(run: RunPaths) -> tuple[RunInfo, CheckpointInfo]:
-    """(run.json, final checkpoint info) of a finished run; an unfinished run is a one-line error."""
-    info = run.read_info()
-    if info.status != "finished":
-        raise ValueError(
-            f"{run.root} is not finished (run.json status is {info.status!r}); "
-            f"finish it first: python finetune.py --resume {run.root}"
-        )
-    try:
-        checkpoint = read_checkpoint_info(run.final)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{run.root} has no final checkpoint ({run.final} is missing); "
-            f"finish the run first: python finetune.py --resume {run.root}"
-        ) from None
-    return info, checkpoint
+    """(run.json, final checkpoint info) of a finished run; an unfinished run is a one-line error
+    (``runs.require_finished``: the message every command gives)."""
+    info = require_finished(run)
+    return info, read_checkpoint_info(run.final)
 
 
 def hf_config(config: GPTConfig, *, dtype: str = "float32") -> dict[str, Any]:
@@ -133,10 +125,7 @@ def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
         },
     )
     names = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
-    try:
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    except ImportError:
-        return names  # transformers builds tokenizer.json from vocab.json + merges.txt itself
+    # tokenizer.json always: fast tokenizers and the Hub's inference servers expect it (tokenizers is a requirement).
     tok = Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's regex split, bytes as characters
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -193,7 +182,7 @@ def export_run(
     ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
     downloads); the loaders read them back into float32, and the card says so.
     """
-    from gpt2_scratch.publish.model_card import model_card
+    from gpt2_scratch.publish.model_card import model_card, scored_subset
 
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
@@ -205,6 +194,8 @@ def export_run(
             summary = read_json(run.summary)
         except ValueError as e:
             raise ValueError(f"{e}; rerun python evaluate.py --run {run.root}") from None
+        if "test_records_total" not in summary and run.test_records.is_file():  # an older summary.json
+            summary = {**summary, "test_records_total": len(read_records(run.test_records))}
     out = Path(out)
     with atomic_folder(out) as tmp:
         weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
@@ -227,4 +218,4 @@ def export_run(
             weights_dtype=weights_dtype,
         )
         atomic_write_text(tmp / CARD_FILE, card)
-    return Export(out, files, run_info, run.root, has_eval=summary is not None)
+    return Export(out, files, run_info, run.root, has_eval=summary is not None, subset=scored_subset(summary))

@@ -170,6 +170,12 @@ def notes(plan: PublishPlan) -> list[str]:
             f"note: the run has no evaluation results; the card says so "
             f"(python evaluate.py --run {plan.export.source}, then publish again)"
         )
+    if plan.export.subset:
+        n, total = plan.export.subset
+        out.append(
+            f"warning: the scores are of {n} of the {total} test records only; the card says so and its "
+            f"model-index leaves them out (python evaluate.py --run {plan.export.source} --replace, then publish again)"
+        )
     if plan.private and plan.space is not None:
         out.append(
             f"note: the Space reads the private repo {plan.model.repo_id} only with a secret HF_TOKEN "

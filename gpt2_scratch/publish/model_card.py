@@ -3,9 +3,10 @@
 The metadata block (license, base_model, datasets, tags, pipeline_tag and a
 ``model-index`` built from ``eval/summary.json``) is written by
 ``huggingface_hub.ModelCardData``, so it is the YAML the Hub validates. The
-text says how the model was trained (every option in run.json), how it scores
-against its base model, shows the loss curve and the prompt template, and gives
-usage snippets for ``transformers`` and for this project.
+text says how the model was trained (the options in run.json, once each, less the
+local ones), how it scores against its base model and on what (records, max new
+tokens, dtype; a subset of the test set is flagged and kept out of the model-index),
+its limitations, the loss curve, the prompt template, and usage snippets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.data.records import source_kind, source_label
 from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
 from gpt2_scratch.hub import resolve_hub_id
 from gpt2_scratch.prompts import get_prompt_style
@@ -43,15 +45,26 @@ def hub_base_model(base: str) -> str | None:
 
 def hub_dataset(source: str | None) -> str | None:
     """The Hub dataset id of a run's dataset source, or None for a URL or a local file."""
-    from gpt2_scratch.data.records import source_kind
-
     return source if source and source_kind(source) == "hub" else None
 
 
 def _dataset_name(source: str | None) -> str:
+    """A short name: the Hub id, or the file name of a URL or a local file."""
     if not source:
         return "unknown dataset"
     return hub_dataset(source) or source.rstrip("/").rsplit("/", 1)[-1]
+
+
+# run.json "training" keys the card leaves out: shown above the options already, or of the machine that trained.
+_NOT_PUBLISHED = {"base", "prompt_style", "dataset", "name", "out_dir", "device", "resume"}
+
+
+def scored_subset(summary: dict | None) -> tuple[int, int] | None:
+    """(records scored, test records in all) when the scores are of a part of the test set only; else None."""
+    n, total = (summary or {}).get("num_records"), (summary or {}).get("test_records_total")
+    if isinstance(n, int) and isinstance(total, int) and n < total:
+        return n, total
+    return None
 
 
 def _cell(value: Any) -> str:
@@ -65,7 +78,8 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
 
     source = run.dataset.get("source")
     results = []
-    finetuned = ((summary or {}).get("models") or {}).get("finetuned") or {}
+    # Scores of a subset of the test set are no scores of the model: they stay out of the model-index.
+    finetuned = {} if scored_subset(summary) else ((summary or {}).get("models") or {}).get("finetuned") or {}
     for key, metric_type in INDEX_METRICS.items():
         value = finetuned.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -114,11 +128,13 @@ def _usage(repo_id: str, prompt_style: str) -> list[str]:
         "```",
         "",
         f"With `{PROJECT}` (the GPT-2 written from scratch in PyTorch that trained it), which reads the prompt "
-        "style from `config.json`:",
+        f"style from `config.json`. It is not on PyPI: in a checkout of its source (the project's repository, "
+        f"or the files of its demo Space), `pip install torch` then `pip install -r requirements.txt` and "
+        f"`pip install .` (or run from that folder):",
         "",
         "```python",
         "from huggingface_hub import snapshot_download",
-        "from gpt2_scratch.checkpoint import load_model",
+        "from gpt2_scratch.inference import load_model",
         "from gpt2_scratch.generate.sampling import SamplingSettings, generate",
         "from gpt2_scratch.prompts import get_prompt_style",
         "from gpt2_scratch.tokenizer import decode, encode",
@@ -167,11 +183,14 @@ def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss
         "|---|---|",
         f"| base model | {_cell(run.base_model)} |",
         f"| prompt style | {_cell(run.prompt_style)} |",
+        f"| dataset | {_cell(source_label(run.dataset.get('source')))} |",
     ]
     for key, value in run.dataset.items():
-        lines.append(f"| dataset {key} | {_cell(value)} |")
+        if key != "source":
+            lines.append(f"| dataset {key} | {_cell(value)} |")
     for key, value in run.training.items():
-        lines.append(f"| {key} | {_cell(value)} |")
+        if key not in _NOT_PUBLISHED:
+            lines.append(f"| {key} | {_cell(value)} |")
     lines += [
         "",
         f"Run `{run.name}`, started {run.created}; these are the options of `finetune.py` "
@@ -200,10 +219,22 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
             "",
         ]
     gen = summary.get("generation") or {}
+    n, total = summary.get("num_records", "?"), summary.get("test_records_total")
+    of = f" of the run's {total}" if isinstance(total, int) else " of the run's"
     lines += [
-        f"On the run's {summary.get('num_records', '?')} held-out test instructions "
-        f"(`max_new_tokens` {gen.get('max_new_tokens', '?')}, temperature {gen.get('temperature', '?')}):",
+        f"Measured on {n}{of} held-out test instructions, answers of at most {gen.get('max_new_tokens', '?')} new "
+        f"tokens (temperature {gen.get('temperature', '?')}), inference in {summary.get('dtype') or 'float32'}:",
         "",
+    ]
+    subset = scored_subset(summary)
+    if subset:
+        lines += [
+            f"> ⚠️ **These scores are of {subset[0]} of the {subset[1]} test records only**, not the model's "
+            "scores on its test set, so they are left out of the metadata. Evaluate the whole test set "
+            f"(`python evaluate.py --run runs/{run.name} --replace`) and publish again.",
+            "",
+        ]
+    lines += [
         "| metric | " + " | ".join(models) + " |",
         "|---|" + "---:|" * len(models),
     ]
@@ -221,6 +252,28 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def _limitations_section(run: RunInfo, config: GPTConfig, num_params: int) -> list[str]:
+    """What the model cannot do, from the run's own numbers (size, training examples, test split)."""
+    split = run.dataset.get("split") or {}
+    size = f"{num_params / 1e6:.0f}M" if num_params >= 1e6 else f"{num_params:,}"
+    data = f"`{_dataset_name(run.dataset.get('source'))}`"
+    trained = f"{split['train']:,} examples of {data}" if isinstance(split.get("train"), int) else data
+    tested = f"{split['test']} records" if isinstance(split.get("test"), int) else "records"
+    return [
+        "## Limitations",
+        "",
+        f"- A small model: {size} parameters, finetuned on {trained}. It follows simple instructions in the style "
+        "it was trained on, and often answers wrongly or makes things up: do not rely on what it states.",
+        "- English only: GPT-2 was pretrained on English web text (WebText, up to 2019) and knows nothing later.",
+        "- No safety training: like GPT-2 itself, it can write biased, offensive or false text.",
+        f"- A {config.block_size}-token context holds the prompt and the answer together.",
+        f"- The test set is {tested} of the same dataset, split off before training: the scores measure "
+        "instructions like the training ones, not general ability. ROUGE-L and exact match compare words with "
+        "one reference answer, so a correct answer in other words scores low.",
+        "",
+    ]
 
 
 def _weights_note(weights_dtype: str) -> list[str]:
@@ -264,5 +317,6 @@ def model_card(
         *_prompt_section(prompt_style),
         *_training_section(run, config, num_params, has_loss_plot),
         *_evaluation_section(run, summary),
+        *_limitations_section(run, config, num_params),
     ]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from gpt2_scratch.checkpoint import save_checkpoint
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler, encode_record
-from gpt2_scratch.data.records import Record, Split, load_records, source_sha256, split_records
+from gpt2_scratch.data.records import Record, Split, load_records, resolve_source, source_sha256, split_records
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.model import GPT
@@ -37,8 +37,10 @@ from gpt2_scratch.train.distributed import DistContext, autocast_dtype, init_dis
 from gpt2_scratch.train.log import MetricsLog, plot_losses
 from gpt2_scratch.train.run_writer import (
     BestWeights,
+    TrainingInterrupted,
     clear_outputs,
     create_run_folder,
+    mark_interrupted,
     remove_leftovers,
     taken_message,
     write_run_files,
@@ -59,20 +61,6 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
     stored = TrainConfig.from_dict(run_info.training)
     overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
     return dataclasses.replace(stored, **overrides), run_info
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during ``train``; its message says how to go on (``run_folder`` None: nothing to resume)."""
-
-    def __init__(self, run_folder: Path | None):
-        self.run_folder = run_folder
-        if run_folder is None:
-            message = "interrupted before the run folder was created; there is nothing to resume"
-        elif (RunPaths(run_folder).train_state / "state.json").is_file():
-            message = f"interrupted; continue from the last saved state with --resume {run_folder}"
-        else:
-            message = f"interrupted before the first saved state; --resume {run_folder} starts the run over"
-        super().__init__(message)
 
 
 class Trainer:
@@ -96,8 +84,10 @@ class Trainer:
                 if self.is_main:
                     self._remove_leftovers()
             self.restoring = (self.paths.train_state / "state.json").is_file()
-        elif config.name is not None and (Path(config.out_dir) / config.name).exists():
-            raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model
+        else:  # run.json stores the dataset so that it resolves from anywhere (the sha256 is checked on resume)
+            config = dataclasses.replace(config, dataset=resolve_source(config.dataset))
+            if config.name is not None and (Path(config.out_dir) / config.name).exists():
+                raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model
         self.config = config
         amp_dtype = autocast_dtype(config.precision, device)  # a bad --precision fails before any loading
         torch.manual_seed(config.seed)
@@ -193,11 +183,15 @@ class Trainer:
                 prompt_style=self.config.prompt_style,
                 dataset=self.dataset_info,
                 training=self.config.to_dict(),
+                total_steps=self.total_steps,
             )
         else:  # --resume of a run stopped before its first saved state
             self._say(f"note: {self.paths.root} has no saved state yet; starting it over from step 0")
             if self.is_main:
                 clear_outputs(self.paths)
+            self.run_info = dataclasses.replace(
+                self.run_info, status="running", saved_step=None, total_steps=self.total_steps
+            )
         if self.is_main:
             write_run_files(self.paths, self.run_info, self.split)
             self._baseline()
@@ -222,6 +216,11 @@ class Trainer:
             self.log.truncate_after(self.progress.step)
         self._log("resume", epoch=self.progress.epoch)
         p = self.progress
+        self.run_info = dataclasses.replace(
+            self.run_info, status="running", saved_step=p.step, total_steps=self.total_steps
+        )
+        if self.is_main:
+            self.paths.write_info(self.run_info)
         self._say(f"resuming {self.paths.root} at step {p.step} (epoch {p.epoch + 1}, batch {p.position})")
 
     # -- rank 0's output ---------------------------------------------------------------------
@@ -299,9 +298,17 @@ class Trainer:
 
     def _save_state(self) -> None:
         rng = rng_states(self.dist_ctx, self.device)  # collective: every rank takes part
+        # After the state is on disk: run.json then names the step a resume starts from.
+        self.run_info = dataclasses.replace(self.run_info, saved_step=self.progress.step)
         if self.is_main:
             self._write_best()  # first, so the state never refers to a best/ that is not on disk
             save_train_state(self.paths.train_state, self.model, self.optimizer, self.progress, rng)
+            self.paths.write_info(self.run_info)
+
+    def mark_interrupted(self) -> None:
+        """Ctrl-C: run.json says ``interrupted`` (``run_writer.mark_interrupted``), written by rank 0."""
+        if self.is_main:
+            self.run_info = mark_interrupted(self.paths, self.run_info)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -383,7 +390,8 @@ class Trainer:
         self._write_best()
         plot_losses(self.paths.metrics, self.paths.loss_plot)
         self._log("done", val_loss=p.last_val_loss, best_val_loss=p.best_val_loss)
-        self.paths.write_info(dataclasses.replace(self.run_info, status="finished"))
+        self.run_info = dataclasses.replace(self.run_info, status="finished", saved_step=None)
+        self.paths.write_info(self.run_info)
         # The resume state (weights + 2x optimizer moments) has served its purpose.
         shutil.rmtree(self.paths.train_state, ignore_errors=True)
         self._remove_leftovers()
@@ -407,7 +415,10 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunPaths:
         paths = trainer.paths if trainer is not None else None  # None: the folder does not exist yet
         if paths is None and config.resume is not None:
             paths = RunPaths(Path(config.resume))
-        raise TrainingInterrupted(paths.root if paths is not None else None) from None
+        if trainer is None or trainer.paths is None:
+            raise TrainingInterrupted(paths.root if paths is not None else None) from None
+        trainer.mark_interrupted()
+        raise TrainingInterrupted(paths.root, trainer.run_info, trainer.progress.step) from None
     finally:
         if created:
             dist.destroy_process_group()

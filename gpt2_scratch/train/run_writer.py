@@ -3,12 +3,14 @@
 Entry points: ``create_run_folder`` (exclusive: a taken name is an error, a taken default name
 becomes ``<time>-2``, ...), ``write_run_files`` (run.json, the run's test and validation records),
 ``BestWeights`` (``best/``: kept in memory, written when the loop asks; hard links to ``final/``
-when they are the final weights) and the cleanup (``remove_leftovers``, ``clear_outputs``).
+when they are the final weights), ``mark_interrupted`` (run.json after a Ctrl-C, and the message
+that says how to go on) and the cleanup (``remove_leftovers``, ``clear_outputs``).
 The folder's layout itself is ``runs.RunPaths``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -48,6 +50,48 @@ def create_run_folder(out_dir: str | os.PathLike, name: str | None) -> Path:
         except FileExistsError:
             continue
     raise ValueError(taken_message(out_dir / names[-1]))
+
+
+def mark_interrupted(paths: RunPaths | None, info: RunInfo | None) -> RunInfo | None:
+    """After a Ctrl-C: run.json's status becomes ``interrupted`` (atomically; it keeps ``saved_step``).
+
+    A run whose run.json is not written yet, or that is finished, is left as it is. Returns the info now on disk.
+    """
+    if paths is None or info is None or info.status == "finished" or not paths.run_json.is_file():
+        return info
+    info = dataclasses.replace(info, status="interrupted")
+    paths.write_info(info)
+    return info
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``train``; its message says how to go on (``run_folder`` None: nothing to resume).
+
+    ``info`` (the run.json written at the interrupt) and ``step`` (the step reached) let it
+    say which step the saved state is from, so how many steps a resume redoes.
+    """
+
+    def __init__(self, run_folder: Path | None, info: RunInfo | None = None, step: int | None = None):
+        self.run_folder = run_folder
+        if run_folder is None:
+            message = "interrupted before the run folder was created; there is nothing to resume"
+        elif info is not None and step is not None and info.total_steps is not None:
+            at = f"interrupted at step {step} of {info.total_steps}"
+            if info.saved_step is None:
+                message = f"{at}, before the first saved state; --resume {run_folder} starts the run over"
+            elif step == info.saved_step:
+                message = f"{at}, its state saved at that step: continue with --resume {run_folder}"
+            else:
+                redo = step - info.saved_step
+                message = (
+                    f"{at}; the last saved state is from step {info.saved_step} ({redo} step{'s' * (redo != 1)} "
+                    f"will be redone): continue with --resume {run_folder}"
+                )
+        elif (RunPaths(run_folder).train_state / "state.json").is_file():
+            message = f"interrupted; continue from the last saved state with --resume {run_folder}"
+        else:
+            message = f"interrupted before the first saved state; --resume {run_folder} starts the run over"
+        super().__init__(message)
 
 
 def write_run_files(paths: RunPaths, run_info: RunInfo, split: Split) -> None:

@@ -355,7 +355,7 @@ def results_tab(page, dialogs: list[str]) -> None:
     # Word-level differences against "The cat is as quiet as a mouse.", token counts in the labels.
     marks = diff_marks(page, "results-diff-1")  # run1 · finetuned: "The cat is as quiet as a whisper."
     assert marks == {"mouse.": "rgba(254, 202, 202, 0.5)", "whisper.": "rgba(187, 247, 208, 0.5)"}
-    assert "run1 · finetuned · 9 tokens · ROUGE-L F1 0.75" in page.inner_text("#results-diff-1")
+    assert "run1 · finetuned · 8 tokens · ROUGE-L F1 0.75" in page.inner_text("#results-diff-1")  # stored count
     assert page.input_value("#results-judge-1 textarea") == "80"
     # run2's base answer holds <script> and <img onerror>: shown as text, nothing ran.
     shown = page.inner_text("#results-diff-2")

@@ -12,8 +12,9 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, Batched, PerRequest, choose_backend
+from gpt2_scratch.demo import GRADIO_THREADS, Batched, PerRequest, choose_backend
 from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, ZERO_GPU_ENV
+from gpt2_scratch.demo.layout import APP_CSS
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.tokenizer import decode, encode
@@ -61,13 +62,14 @@ def test_app_binds_localhost_or_all_interfaces_on_a_space(tmp_path, monkeypatch,
         "quiet": True,
         "prevent_thread_lock": True,
         "max_threads": threads,
+        "css": APP_CSS,
     }
     assert kw == {"server_name": "127.0.0.1", "server_port": None, **limits}
     assert demo._queue.default_concurrency_limit == 3
-    assert demo._queue.max_size == QUEUE_SIZE
+    assert demo._queue.max_size is None  # batching: the engines queue a burst, not Gradio (issue 19 item 18)
     monkeypatch.setenv("SPACE_ID", "someone/gpt2-from-scratch")
-    demo, kw = launch_app(["--run", str(run.root), "--port", "7999", "--queue-size", "4"])
-    assert kw == {"server_name": "0.0.0.0", "server_port": 7999, **limits}
+    demo, kw = launch_app(["--run", str(run.root), "--port", "7999", "--queue-size", "4", "--no-batching"])
+    assert kw == {"server_name": "0.0.0.0", "server_port": 7999, **limits, "max_threads": GRADIO_THREADS}
     assert demo._queue.max_size == 4
 
 
@@ -109,8 +111,8 @@ def test_app_offers_the_runs_of_several_hub_repos(tmp_path, monkeypatch, make_ru
     assert "Run `a` · " in demo.config["components"][0]["props"]["value"]  # the first repo that loads is served
     err = capsys.readouterr().err
     assert err == (
-        "warning: Could not download the run from the Hub repo `me/gone` (ConnectionError). Check "
-        "`GPT2_SCRATCH_HUB_REPO`, or run locally with `python app.py --run runs/<name>`.\n"
+        "warning: Could not download the run from the Hub repo me/gone (ConnectionError). Check "  # plain text
+        "GPT2_SCRATCH_HUB_REPO, or run locally with python app.py --run runs/<name>.\n"
     )
     texts = [c["props"].get("value") for c in demo.config["components"]]
     assert any(
@@ -199,7 +201,8 @@ def test_app_batching_options(app_module, finished_run, monkeypatch, capsys, lau
     run = ["--run", str(finished_run.root)]
     demo, kw = launch_app([*run, "--max-batch", "4", "--max-waiting", "6"])
     assert kw["max_threads"] == GRADIO_THREADS + 10
-    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {10}
+    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {None}
+    assert demo._queue.max_size is None  # no Gradio queue limit with batching: the engines queue
     demo, kw = launch_app([*run, "--no-batching", "--dtype", "float32"])
     assert kw["max_threads"] == GRADIO_THREADS
     assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {"default"}

@@ -121,7 +121,8 @@ def test_record_view_tokens_judge_and_diff(cmp):
     assert view.reference_tokens == len(encode("5 km is 5000 meters.")) == 6  # 5| km| is| 5000| meters|.
     assert [(r.run, r.model) for r in view.responses] == cmp.pairs
     tuned = view.responses[1]
-    assert tuned.response == "5 kilometers is 5000 meters." and tuned.tokens == len(encode(tuned.response))
+    # The stored length_tokens (the fixture's word count), not the text re-encoded (issue 19 item 7).
+    assert tuned.response == "5 kilometers is 5000 meters." and tuned.tokens == 5
     assert tuned.diff == [
         ("5", None),
         (" ", None),

@@ -105,7 +105,10 @@ def test_long_prompt_is_cropped_from_the_left_with_a_notice(app):
     ids = encode(prompt)
     *_, (text, status) = app.generate_base(prompt, 56, 0.0, 0, 1.0, None)
     n_cropped = len(ids) - (256 - 56)
-    assert f"The prompt is {len(ids)} tokens; its first {n_cropped} were dropped" in status
+    assert (
+        f"The prompt is {len(ids)} tokens, half the 256-token context or more: max new tokens is 56, "
+        f"and the prompt's first {n_cropped} tokens were dropped"
+    ) in status
     model, _ = load_model("random:tiny")
     assert text == decode(generate(model, [ids[n_cropped:]], SamplingSettings(max_new_tokens=56))[0])
 
@@ -242,6 +245,9 @@ def test_run_without_checkpoint_says_so(tmp_path, monkeypatch):
 
 
 def test_unloadable_base_model_says_to_pass_a_local_path(run, tmp_path):
+    # A file that is there but does not load (a missing one is refused at start-up, issue 19 item 12).
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "missing" / "model.safetensors").write_bytes(b"not safetensors")
     app = DemoApp.from_run(run, base=str(tmp_path / "missing" / "model.safetensors"))
     [(text, status)] = list(app.generate_base("Hello", *GREEDY))
     assert text == "" and status.startswith("⚠️ Could not load the base model")

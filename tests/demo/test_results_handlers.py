@@ -344,7 +344,8 @@ def test_record_shows_every_response_against_the_reference(browser):
     assert reference.label == f"Reference ({len(encode('The cat is as quiet as a mouse.'))} tokens)"
     assert [r.visible for r in rows] == [True, True] + [False] * (MAX_RUNS - 2)
     a_tuned, a_judge = slots[2], slots[3]  # row a: base (slot 0), finetuned (slot 1)
-    assert a_tuned.label == "a · finetuned · 9 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · Exact match 0"
+    # The stored length_tokens of predictions.jsonl (the fixture's: its word count), not the text re-encoded.
+    assert a_tuned.label == "a · finetuned · 8 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · Exact match 0"
     assert [(t["token"], t["class_or_confidence"]) for t in a_tuned.value] == [
         ("The cat is as quiet as a", None),
         (" ", None),
@@ -356,7 +357,7 @@ def test_record_shows_every_response_against_the_reference(browser):
     b_base = slots[4]
     added = " ".join(t["token"] for t in b_base.value if t["class_or_confidence"] == "not in the reference")
     assert added == "<script>alert('xss')</script> <img src=x onerror=alert(2)>"  # as text: HighlightedText escapes
-    assert b_base.label.startswith("b · base · ") and f"{len(encode(XSS))} tokens" in b_base.label
+    assert b_base.label.startswith("b · base · 4 tokens")  # the fixture keeps the replaced response's count
     assert [s.visible for s in slots[8:]] == [False] * (len(slots) - 8)
     assert len((title, instruction, input_, reference, *rest)) == RECORD_OUTPUTS
 

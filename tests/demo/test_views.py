@@ -170,7 +170,7 @@ def test_record_texts(finished_run):
     view = record_view(cmp, 12)
     base, tuned = view.responses
     assert response_label(tuned) == (
-        "run1 · finetuned · 9 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · Exact match 0"
+        "run1 · finetuned · 8 tokens · ROUGE-L F1 0.75 · Judge score (0–100) 80 · Exact match 0"  # stored count
     )
     assert diff_spans(tuned)[-3:] == [
         ("mouse.", "missing from the response"),

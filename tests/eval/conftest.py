@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.fixtures.evaluation import make_run
 from tests.fixtures.judge import FakeChatServer
@@ -15,15 +14,6 @@ def judge_server():
     s = FakeChatServer()
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -139,7 +139,7 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
 
 def test_changed_settings_do_not_mix(run, monkeypatch):
     interrupt_after_first_batch(run, EvalSettings(**{**FAST, "models": ("finetuned",)}), monkeypatch)
-    with pytest.raises(SettingsMismatch, match=r"max_new_tokens=6 \(now 5\)"):
+    with pytest.raises(SettingsMismatch, match=r"max new tokens 6 \(now 5\)"):
         evaluate_run(
             run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=5)})
         )
@@ -148,7 +148,7 @@ def test_changed_settings_do_not_mix(run, monkeypatch):
     with torch.no_grad():
         model.transformer.wte.weight[0, 0] += 1.0
     save_checkpoint(run.final, model, prompt_style="alpaca")
-    with pytest.raises(SettingsMismatch, match="sha256"):
+    with pytest.raises(SettingsMismatch, match="the model's weights differ"):
         evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
     summary = evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",), "restart": True}))
     assert list(summary["models"]) == ["finetuned"]
@@ -187,10 +187,13 @@ def test_a_finished_evaluation_does_not_block_new_settings(run, capsys):
     evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
     assert json.loads(run.predictions.read_text().splitlines()[0])["finetuned"]["length_tokens"] == 6
     summary = evaluate_run(
-        run, EvalSettings(**{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=3)})
+        run,
+        EvalSettings(
+            **{**FAST, "models": ("finetuned",), "sampling": SamplingSettings(max_new_tokens=3), "replace": True}
+        ),
     )
     err = capsys.readouterr().err
-    assert "max_new_tokens=6 (now 3)" in err and "that evaluation was finished, so it is replaced" in err
+    assert "note: replacing the finished evaluation" in err and "max new tokens 6 (now 3)" in err
     assert summary["generation"]["max_new_tokens"] == 3
     assert [json.loads(line)["finetuned"]["length_tokens"] for line in run.predictions.read_text().splitlines()] == [
         3
@@ -235,7 +238,7 @@ def test_dtype_is_used_and_recorded(run, monkeypatch):
     assert bf16_loss != f32_loss and bf16_loss == pytest.approx(f32_loss, rel=0.01)
     # "auto" is recorded as what it chose, and results made in another format are not mixed in.
     monkeypatch.setattr(inference, "native_bfloat16", lambda device: False)
-    with pytest.raises(SettingsMismatch, match="dtype='bfloat16' \\(now 'float32'\\)"):
+    with pytest.raises(SettingsMismatch, match="dtype bfloat16 \\(now float32\\)"):
         interrupted = EvalSettings(**{**FAST, "models": ("finetuned",), "dtype": "auto"})
         (run.eval_dir / "partial_finetuned.jsonl").write_text(
             (run.eval_dir / "partial_finetuned.jsonl").read_text().replace('{"done": true}\n', "")

@@ -56,7 +56,10 @@ def test_smoke_run_end_to_end(tmp_path, write_dataset):
     assert f"run folder: {root}" in proc.stdout
 
     run = json.loads((root / "run.json").read_text())
-    assert set(run) == {"name", "created", "base_model", "prompt_style", "dataset", "training", "status"}
+    assert set(run) == {
+        *("name", "created", "base_model", "prompt_style", "dataset", "training", "status"),
+        *("saved_step", "total_steps"),  # issue 19 item 4
+    }
     assert (run["name"], run["base_model"], run["prompt_style"], run["status"]) == (
         "smoke",
         "random:tiny",
@@ -212,9 +215,9 @@ def test_ctrl_c_prints_the_real_run_folder(tmp_path, monkeypatch, capsys, write_
     assert finetune.main([*args, "--save-every", "1"]) == 130
     root = tmp_path / "runs" / "stop"
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's lines
-    assert last_line == f"interrupted; continue from the last saved state with --resume {root}"
+    assert last_line == f"interrupted at step 1 of 3, its state saved at that step: continue with --resume {root}"
 
     assert finetune.main([*args, "--name", "stop2", "--save-every", "5"]) == 130
     root = tmp_path / "runs" / "stop2"
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last_line == f"interrupted before the first saved state; --resume {root} starts the run over"
+    assert last_line == f"interrupted at step 1 of 3, before the first saved state; --resume {root} starts the run over"

@@ -198,8 +198,12 @@ def test_ctrl_c_before_the_first_state_names_the_folder_and_resume_starts_over(
         train(small_config(tmp_path, fixture_json, name="stopped"))
     root = tmp_path / "runs" / "stopped"
     assert e.value.run_folder == root
-    assert str(e.value) == f"interrupted before the first saved state; --resume {root} starts the run over"
-    assert json.loads((root / "run.json").read_text())["status"] == "running" and not (root / "train_state").exists()
+    assert (
+        str(e.value) == f"interrupted at step 1 of 6, before the first saved state; --resume {root} starts the run over"
+    )
+    assert (
+        json.loads((root / "run.json").read_text())["status"] == "interrupted" and not (root / "train_state").exists()
+    )
 
     monkeypatch.undo()
     paths = train(TrainConfig(resume=str(root)))
@@ -216,7 +220,7 @@ def test_ctrl_c_after_a_saved_state_says_continue(tmp_path, fixture_json, monkey
     with pytest.raises(TrainingInterrupted) as e:
         train(small_config(tmp_path, fixture_json, name="saved"))
     root = tmp_path / "runs" / "saved"
-    assert str(e.value) == f"interrupted; continue from the last saved state with --resume {root}"
+    assert str(e.value) == f"interrupted at step 2 of 6, its state saved at that step: continue with --resume {root}"
 
 
 def test_max_steps_stops_early_and_finishes_the_run(tmp_path, fixture_json):

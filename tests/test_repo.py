@@ -1,0 +1,47 @@
+"""Issue 19, items 22 and 23: CI keeps the user's environment; the README's step count comes from the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gpt2_scratch.data.batches import LengthGroupedBatchSampler
+from gpt2_scratch.data.records import Record, split_records
+from gpt2_scratch.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_RECORDS = 1100  # the default dataset, LLMs-from-scratch's instruction-data.json
+
+
+def test_ci_has_its_own_environment_and_never_touches_dot_venv():
+    """Item 22: `bash .ci/run` after the README's main job left no .venv: CI now uses .ci-venv."""
+    script = (ROOT / ".ci" / "run").read_text()
+    commands = [line.strip() for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert not [c for c in commands if re.search(r"(^|[\s/])\.venv\b", c)], "the CI script names the user's .venv"
+    assert "rm -rf .ci-venv" in commands and "python3 -m venv .ci-venv" in commands
+    assert ". .ci-venv/bin/activate" in commands
+    assert ".ci-venv/" in (ROOT / ".gitignore").read_text().splitlines()
+    [exclude] = re.findall(r"^extend-exclude = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert '".ci-venv"' in exclude.split(", ")  # ruff (run by .ci/run) does not lint CI's environment
+    readme = (ROOT / "README.md").read_text()
+    assert "**`.ci-venv`**" in readme and "your `.venv` from the main job is never touched" in readme
+
+
+def test_the_readme_step_count_is_the_codes():
+    """Item 23: the default run's optimizer steps, as the trainer counts them (full batches only, every epoch)."""
+    records = [Record(i, f"instruction {i}", "", f"output {i}") for i in range(REFERENCE_RECORDS)]
+    config = TrainConfig()
+    train = split_records(records, shuffle=config.shuffle_split, seed=config.seed).train
+    sampler = LengthGroupedBatchSampler(
+        [1] * len(train), config.batch_size, shuffle=True, seed=config.seed, drop_last=True
+    )
+    steps = config.epochs * len(sampler)
+    assert (len(train), len(sampler), steps) == (935, 116, 232)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"the default run is {steps} steps ({config.epochs} epochs of {len(sampler)} full batches" in readme
+
+
+def test_the_readme_says_how_to_get_gpt2_for_offline_use():
+    readme = (ROOT / "README.md").read_text()
+    assert "hf download openai-community/gpt2 model.safetensors config.json --local-dir gpt2-124M" in readme
+    assert "python finetune.py --base ./gpt2-124M" in readme
