@@ -3,6 +3,7 @@
     python finetune.py                                   # gpt2 (124M) on the reference dataset
     python finetune.py --base gpt2-medium --epochs 1
     python finetune.py --base random:tiny --limit 100    # offline smoke run, tiny random model
+    python finetune.py --lora-rank 8                     # LoRA: adapters on a frozen base (final/ = adapter)
     python finetune.py --resume runs/20250101-120000     # continue an interrupted run
     torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from gpt2_scratch import lora
 from gpt2_scratch.prompts import PROMPT_STYLES
 from gpt2_scratch.train.config import SCHEDULES, TrainConfig
 from gpt2_scratch.train.distributed import PRECISIONS
@@ -157,6 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=d.compile, help="torch.compile the model"
     )
+
+    # LoRA options (TrainConfig's fields with group "LoRA"; here until the parser is generated from their metadata)
+    ad = p.add_argument_group("LoRA")
+    ad.add_argument(
+        "--lora-rank",
+        type=int,
+        default=d.lora_rank,
+        metavar="R",
+        help="train LoRA adapters of rank R on a frozen base instead of every weight (0: full finetuning); "
+        "final/ and best/ then hold the adapter only",
+    )
+    ad.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=d.lora_alpha,
+        help="the adapters' update is scaled by alpha / R; default: 2 x R",
+    )
+    ad.add_argument(
+        "--lora-dropout", type=float, default=d.lora_dropout, help="dropout on the adapters' input (training only)"
+    )
+    ad.add_argument(
+        "--lora-targets",
+        nargs="+",
+        choices=lora.TARGETS,
+        default=list(d.lora_targets),
+        metavar="LAYER",
+        help=f"the linear layers of every block that get an adapter, any of: {' '.join(lora.TARGETS)}",
+    )
     return p
 
 
@@ -172,6 +203,17 @@ def _explicit_options(argv: list[str] | None) -> list[str]:
     return list(vars(parser.parse_args(argv)))
 
 
+def _stored_rank(run_folder: str) -> str:
+    """How run.json's LoRA rank reads in an error message ("8", "0, full finetuning", or why it is unknown)."""
+    from gpt2_scratch.runs import RunPaths
+
+    try:
+        rank = RunPaths(Path(run_folder)).read_info().training.get("lora_rank", 0)
+    except (OSError, ValueError) as e:
+        return f"unknown, {e}"
+    return f"{rank}" if rank else "0, full finetuning"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -179,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         given = [k for k in _explicit_options(argv) if k not in RESUME_OVERRIDES]
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k in given)
+            if "lora_rank" in given:
+                names += f" (a run keeps its LoRA rank: {_stored_rank(args.resume)})"
             parser.error(f"--resume continues a run with the settings in its run.json; drop {names}")
     try:
         config = TrainConfig(**vars(args))

@@ -4,7 +4,8 @@ The defaults are those of the LLMs-from-scratch reference run (ch07), except
 ``mask_prompt`` (the reference learns the prompts too; ``--no-mask-prompt``).
 A run saves its config in run.json's "training" (``to_dict``); ``--resume``
 reads it back (``from_dict``). Every bad value is a one-line ``ValueError``
-that names the command-line option.
+that names the command-line option. ``lora_rank`` > 0 trains LoRA adapters
+(``lora.py``) instead of every weight.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from gpt2_scratch import lora
 from gpt2_scratch.config import from_known_fields
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
@@ -22,6 +24,8 @@ from gpt2_scratch.runs import DEFAULT_RUNS_DIR
 from gpt2_scratch.train.distributed import PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
+# What --resume may change: how the run is executed, not what it computes (finetune.py and train/loop.py).
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
 
 
 @dataclass
@@ -56,6 +60,32 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     resume: str | None = None  # run folder to continue; its run.json supplies the other settings
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "train LoRA adapters of this rank on a frozen base instead of every weight "
+            "(0: full finetuning); final/ then holds the adapter only",
+            "group": "LoRA",
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA alpha: the adapter's update is scaled by alpha / rank; default 2 x rank",
+            "group": "LoRA",
+        },
+    )
+    lora_dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the adapters' input (training only)", "group": "LoRA"}
+    )
+    lora_targets: tuple[str, ...] = field(
+        default=lora.TARGETS,
+        metadata={
+            "help": "the linear layers of every block that get an adapter (any of them)",
+            "group": "LoRA",
+            "choices": lora.TARGETS,
+        },
+    )
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "eval_batches", "sample_tokens")
@@ -92,6 +122,28 @@ class TrainConfig:
             not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name
         ):
             raise ValueError(f"--name must be a plain folder name, got {self.name!r}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        """--lora-rank 0 (full finetuning) takes no other LoRA option; a positive rank validates them all."""
+        if isinstance(self.lora_targets, (list, tuple)):
+            self.lora_targets = tuple(self.lora_targets)  # run.json gives a list back
+        rank = self.lora_rank
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise ValueError(f"--lora-rank must be a positive integer (0: full finetuning), got {rank!r}")
+        if rank == 0:
+            defaults = {"lora_alpha": None, "lora_dropout": 0.05, "lora_targets": lora.TARGETS}
+            for name, default in defaults.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"{_option(name)} needs --lora-rank (a positive rank); without it nothing uses it")
+            return
+        self.lora_config()  # one-line errors naming the option
+
+    def lora_config(self) -> lora.LoRAConfig | None:
+        """The adapters' config, or None for a full finetune."""
+        if not self.lora_rank:
+            return None
+        return lora.LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
