@@ -149,14 +149,16 @@ class LoRAInference(nn.Module):
 
 
 class _BaseOnly(nn.Module):
-    """A ``LoRALinear`` seen without its adapter (``base_view``): same weight, same packed copy."""
+    """A ``LoRALinear`` seen without its adapter (``base_view``): its weight and bias under their own
+    names, the base product computed by the layer itself (so its packed copy is shared too)."""
 
     def __init__(self, layer: LoRALinear):
         super().__init__()
-        self.layer = layer
+        self.weight, self.bias = layer.weight, layer.bias
+        self.__dict__["_layer"] = layer  # not a submodule: the view's state dict is the base's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer.base_forward(x)
+        return self._layer.base_forward(x)
 
 
 def _targets(model: GPT, targets: tuple[str, ...]) -> Iterator[tuple[nn.Module, str, str]]:
