@@ -38,6 +38,11 @@ them, with a note, instead of being blocked by a finished evaluation.
 
 Max new tokens are capped, with a note, so that the longest prompt and the
 response fit the model's context (as ``finetune.py`` caps its max length).
+
+A LoRA run (its ``final/`` holds an adapter) is loaded once, before anything is
+written: the finetuned model is its base with the adapter kept apart, and the
+base model is the same weights with the adapter off (``lora.base_view``), so
+both are compared on exactly one copy of the base.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from gpt2_scratch.checkpoint import read_checkpoint_info
+from gpt2_scratch import lora
+from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
 from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
@@ -188,11 +194,28 @@ def _prompts_sha256(prompts: Sequence[Sequence[int]], records: Sequence[Record])
     return h.hexdigest()
 
 
-def _load(name: str, run: RunPaths, base_model: str, device: str, dtype: str) -> tuple[GPT, str | None]:
-    """(model ready for inference in ``dtype``, sha256 of its weights when it is one of our checkpoints)."""
-    source = str(run.final) if name == "finetuned" else base_model
-    model, info = load_model(source, device=device, dtype=dtype)
-    return model, info.sha256 if info is not None else None
+class _Models:
+    """The models to evaluate, each loaded when asked (one at a time in memory), in ``dtype``.
+
+    A LoRA run's are loaded here, at once: the adapter kept apart on its base (``finetuned``),
+    and that base with the adapter off (``base``, ``lora.base_view``): one copy of the weights.
+    """
+
+    def __init__(self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str):
+        self.run, self.base_model, self.info, self.device, self.dtype = run, base_model, info, device, dtype
+        self.adapted = None
+        if info.adapter is not None:
+            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False)
+
+    def get(self, name: str) -> tuple[GPT, str | None]:
+        """(model ready for inference, sha256 of its weights when known: ours, or the LoRA base's)."""
+        if self.adapted is not None:
+            if name == "base":
+                return lora.base_view(self.adapted), self.info.adapter.base_sha256
+            return self.adapted, self.info.sha256
+        source = str(self.run.final) if name == "finetuned" else self.base_model
+        model, info = load_model(source, device=self.device, dtype=self.dtype)
+        return model, info.sha256 if info is not None else None
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
@@ -340,6 +363,8 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     examples = [encode_record(r, style) for r in records]
     settings = _fit_context(settings, info.config.block_size, max(len(p) for p in prompts))
 
+    dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
+    models = _Models(run, base_model, info, settings.device, dtype)  # a LoRA run loads here: nothing written yet
     eval_dir = run.eval_dir
     eval_dir.mkdir(parents=True, exist_ok=True)
     if settings.restart:
@@ -347,7 +372,6 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
             for p in eval_dir.glob(pattern):
                 p.unlink()
 
-    dtype = resolve_dtype(settings.dtype, settings.device)  # "auto" is recorded as what it chose
     s = settings.sampling
     generation = _generation_settings(settings)
     common = {
@@ -360,7 +384,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     }
     results: dict[str, ModelResults] = {}
     for name in (m for m in MODEL_NAMES if m in settings.models):
-        model, sha256 = _load(name, run, base_model, settings.device, dtype)
+        model, sha256 = models.get(name)
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
         if model.config.block_size <= s.max_new_tokens:  # a --base of another shape than the run's
