@@ -9,6 +9,8 @@
       tokenizer.json          the same tokenizer for the ``tokenizers`` package (when it is installed)
       tokenizer_config.json, special_tokens_map.json
       README.md               the model card (``model_card.py``)
+      adapter/                a LoRA run only: its adapter in PEFT's layout (``peft_adapter.py``);
+                              model.safetensors is then the base with the adapter merged
       run.json, metrics.jsonl, loss.png, eval/summary.json, eval/predictions.jsonl   the run's own files
 
 ``transformers.pipeline("text-generation", model=<export>)`` loads it as it
@@ -39,11 +41,15 @@ from gpt2_scratch.checkpoint import (
     WEIGHTS_FILE,
     CheckpointInfo,
     load_checkpoint,
+    read_adapter,
     read_checkpoint_info,
 )
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.publish.model_card import hub_base_model, model_card
+from gpt2_scratch.publish.peft_adapter import write_peft_adapter
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
@@ -165,7 +171,10 @@ def _write_weights(
     """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, parameters)."""
     from safetensors.torch import save_file
 
-    model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
+    if checkpoint.adapter is None:
+        model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
+    else:  # a LoRA run: its base (hash checked) with the adapter merged, a plain GPT2LMHeadModel
+        model, _ = load_model(str(run.final))
     state = to_hf_state_dict(model.state_dict_untied())
     if weights_dtype != "float32":
         state = {k: v.to(getattr(torch, weights_dtype)) for k, v in state.items()}
@@ -183,6 +192,7 @@ def _write_weights(
         },
         "checkpoint_sha256": checkpoint.sha256,  # of final/, which eval/summary.json refers to
         "metadata": checkpoint.metadata,
+        **({"adapter": checkpoint.adapter.to_dict()} if checkpoint.adapter is not None else {}),
     }
     atomic_write_json(folder / CONFIG_FILE, {**hf_config(checkpoint.config, dtype=dtype), EXPORT_KEY: ours})
     atomic_write_json(
@@ -206,8 +216,6 @@ def export_run(
     ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
     downloads); the loaders read them back into float32, and the card says so.
     """
-    from gpt2_scratch.publish.model_card import model_card
-
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
     run = RunPaths(Path(run_dir))
@@ -222,6 +230,12 @@ def export_run(
     with atomic_folder(out) as tmp:
         weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
         files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size)]
+        trainable = None
+        if checkpoint.adapter is not None:
+            tensors = read_adapter(run.final)[1]
+            base_id = hub_base_model(run_info.base_model) or run_info.base_model
+            files += write_peft_adapter(tmp, checkpoint.adapter, tensors, base_id)
+            trainable = sum(t.numel() for t in tensors.values())
         for src in run_files(run):
             if src.is_file():
                 rel = src.relative_to(run.root)
@@ -238,6 +252,8 @@ def export_run(
             has_loss_plot=run.loss_plot.is_file(),
             prompt_style=checkpoint.prompt_style or run_info.prompt_style,
             weights_dtype=weights_dtype,
+            adapter=checkpoint.adapter,
+            trainable_params=trainable,
         )
         atomic_write_text(tmp / CARD_FILE, card)
     return Export(out, files, run_info, run.root, has_eval=summary is not None)
