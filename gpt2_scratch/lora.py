@@ -71,9 +71,16 @@ class LoRAConfig:
         return from_known_fields(cls, {**d, "targets": tuple(d.get("targets", TARGETS))}, "LoRA option(s)")
 
 
-def _low_rank(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """The adapter's update ``scaling * x A^T B^T``: ``(..., in) -> (..., r) -> (..., out)``, as PEFT orders it."""
-    return F.linear(F.linear(x, lora_A), lora_B) * scaling
+def _add_low_rank(y: torch.Tensor, x: torch.Tensor, lora_A, lora_B, scaling: float) -> torch.Tensor:
+    """``y + scaling * x A^T B^T``: ``(..., in) -> (..., r) -> (..., out)``, as PEFT orders the products.
+
+    The scaling multiplies the r-wide product, not the out-wide one, and the last product is
+    added to ``y`` inside the matmul (``addmm``): no pass over the layer's output but that one,
+    forward or backward.
+    """
+    h = F.linear(x, lora_A) * scaling  # (..., r)
+    out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t())
+    return out.view(y.shape)
 
 
 class LoRALinear(PackedLinear):
@@ -107,7 +114,7 @@ class LoRALinear(PackedLinear):
         y = self.base_forward(x)
         if self.merged or not self.enabled:
             return y
-        return y + _low_rank(self.lora_dropout(x), self.lora_A, self.lora_B, self.scaling)
+        return _add_low_rank(y, self.lora_dropout(x), self.lora_A, self.lora_B, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a weight ``(out, in)``: ``scaling * B A``."""
@@ -140,7 +147,7 @@ class LoRAInference(nn.Module):
         y = self.base(x)
         if not self.enabled:
             return y
-        return y + _low_rank(x.float(), self.lora_A, self.lora_B, self.scaling).to(y.dtype)
+        return _add_low_rank(y.float(), x.float(), self.lora_A, self.lora_B, self.scaling).to(y.dtype)
 
     def train(self, mode: bool = True) -> "LoRAInference":
         if mode:
