@@ -105,10 +105,11 @@ class LoRALinear(PackedLinear):
         self.scaling = config.scaling
         self.merged = False
         self.enabled = True
+        self.packed = True  # oneDNN's packed copy in inference (False while training: see ``inject``)
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base layer's output ``x W^T + b`` (with the adapter merged, it includes the update)."""
-        return super().forward(x) if USE_ONEDNN else F.linear(x, self.weight, self.bias)
+        return super().forward(x) if USE_ONEDNN and self.packed else F.linear(x, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_forward(x)
@@ -176,10 +177,12 @@ def _targets(model: GPT, targets: tuple[str, ...]) -> Iterator[tuple[nn.Module, 
             yield block.get_submodule(parent_name), name, f"transformer.h.{i}.{target}"
 
 
-def inject(model: GPT, config: LoRAConfig, generator: torch.Generator | None = None) -> GPT:
+def inject(model: GPT, config: LoRAConfig, generator: torch.Generator | None = None, *, packed: bool = True) -> GPT:
     """Put an adapter on every targeted layer of ``model`` (in place) and train only the adapters.
 
-    ``generator`` seeds A's initialisation (default: torch's global generator).
+    ``generator`` seeds A's initialisation (default: torch's global generator). ``packed=False``
+    computes the base product with ``F.linear`` in inference too: for training, whose evaluations
+    would otherwise keep a packed copy of the frozen base (as large as the base) while they run.
     """
     if any(isinstance(m, (LoRALinear, LoRAInference)) for m in model.modules()):
         raise ValueError("the model has adapters already")
@@ -187,7 +190,9 @@ def inject(model: GPT, config: LoRAConfig, generator: torch.Generator | None = N
         linear = getattr(parent, name)
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"{full} is a {type(linear).__name__}, not a float32 nn.Linear: load the model in float32")
-        setattr(parent, name, LoRALinear(linear, config, generator))
+        layer = LoRALinear(linear, config, generator)
+        layer.packed = packed
+        setattr(parent, name, layer)
     mark_only_adapters_trainable(model)
     return model
 
