@@ -3,6 +3,7 @@
     python finetune.py                                   # gpt2 (124M) on the reference dataset
     python finetune.py --base gpt2-medium --epochs 1
     python finetune.py --base random:tiny --limit 100    # offline smoke run, tiny random model
+    python finetune.py --lora-rank 8                     # LoRA: adapters on a frozen base (final/ = adapter)
     python finetune.py --resume runs/20250101-120000     # continue an interrupted run
     torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gpt2_scratch.options import ArgumentParser, add_dataclass_options, option_name
 from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
@@ -38,6 +40,17 @@ def _explicit_options(argv: list[str] | None) -> list[str]:
     return list(vars(parser.parse_args(argv)))
 
 
+def _stored_rank(run_folder: str) -> str:
+    """How run.json's LoRA rank reads in an error message ("8", "0, full finetuning", or why it is unknown)."""
+    from gpt2_scratch.runs import RunPaths
+
+    try:
+        rank = RunPaths(Path(run_folder)).read_info().training.get("lora_rank", 0)
+    except (OSError, ValueError) as e:
+        return f"unknown, {e}"
+    return f"{rank}" if rank else "0, full finetuning"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         given = [k for k in _explicit_options(argv) if k not in RESUME_OVERRIDES]
         if given:
             names = ", ".join(option_name(k) for k in given)
+            if "lora_rank" in given:
+                names += f" (a run keeps its LoRA rank: {_stored_rank(args.resume)})"
             parser.error(f"--resume continues a run with the settings in its run.json; drop {names}")
     try:
         config = TrainConfig(**vars(args))

@@ -4,7 +4,9 @@ Entry points: ``save_checkpoint``, ``load_checkpoint``, ``read_checkpoint_info``
 ``is_export`` / ``read_export_info``; ``WEIGHTS_FILE``, ``CONFIG_FILE``. ``config.json`` carries the
 model config, the prompt style and free-form metadata (base model, training config, data), plus
 the weights' size and sha256. Invariant: weights that do not match their config are refused,
-never half-loaded; saves are atomic folder swaps; no pickle. Why: docs/design.md.
+never half-loaded; saves are atomic folder swaps; no pickle. A LoRA run's checkpoint holds its
+adapter only (``adapter.safetensors``; config.json adds "adapter": rank, alpha, targets, the base
+and its sha256), and ``inference.load_model`` loads the base, checks it, and merges. Why: docs/design.md.
 """
 
 from __future__ import annotations
@@ -20,15 +22,29 @@ import torch
 
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import atomic_folder, atomic_write_json, file_sha256, json_kind, read_json, recover_folder
+from gpt2_scratch.lora import LoRAConfig
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 
 FORMAT = "gpt2_scratch"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+ADAPTER_FILE = "adapter.safetensors"  # a LoRA run's final/ and best/: the adapter tensors only
 CONFIG_FILE = "config.json"
 EXPORT_KEY = "gpt2_scratch"  # our metadata's key in an export's (transformers') config.json
 EXPORT_VERSION = 1
+
+
+@dataclass
+class AdapterInfo:
+    """What a LoRA checkpoint says about its adapter and the base model it was trained on."""
+
+    lora: LoRAConfig
+    base_model: str  # the model string the run loaded (Hub id, local path, random:<preset>)
+    base_sha256: str  # lora.base_sha256 of those weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "lora", **self.lora.to_dict(), "base_model": self.base_model, "base_sha256": self.base_sha256}
 
 
 @dataclass
@@ -40,7 +56,12 @@ class CheckpointInfo:
     prompt_style: str | None
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    weights_bytes: int = 0  # size of model.safetensors recorded at save time
+    weights_bytes: int = 0  # size of the weights file recorded at save time
+    adapter: AdapterInfo | None = None  # a LoRA checkpoint: the weights file is the adapter alone
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / (ADAPTER_FILE if self.adapter is not None else WEIGHTS_FILE)
 
 
 def save_checkpoint(
@@ -51,26 +72,45 @@ def save_checkpoint(
     metadata: dict[str, Any] | None = None,
 ) -> CheckpointInfo:
     """Write ``model`` (its config, weights, prompt style and ``metadata``) to ``folder`` atomically."""
+    return _write(folder, model.state_dict_untied(), model.config, prompt_style, metadata, None)
+
+
+def save_adapter_checkpoint(
+    folder: str | os.PathLike,
+    adapter: dict[str, torch.Tensor],
+    config: GPTConfig,
+    info: AdapterInfo,
+    *,
+    prompt_style: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> CheckpointInfo:
+    """Write a LoRA adapter (``lora.adapter_state_dict``) with its base's config and identity, atomically."""
+    return _write(folder, adapter, config, prompt_style, metadata, info)
+
+
+def _write(folder, tensors, config: GPTConfig, prompt_style, metadata, adapter: AdapterInfo | None) -> CheckpointInfo:
     from safetensors.torch import save_file
 
     if prompt_style is not None:
         get_prompt_style(prompt_style)  # refuse an unknown name now, not at load time
     folder = Path(folder)
+    name = ADAPTER_FILE if adapter is not None else WEIGHTS_FILE
     with atomic_folder(folder) as tmp:
-        save_file(model.state_dict_untied(), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        with open(tmp / WEIGHTS_FILE, "rb+") as f:
+        save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+        with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
-        digest = file_sha256(tmp / WEIGHTS_FILE)
+        digest = file_sha256(tmp / name)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "model": model.config.to_dict(),
+            "model": config.to_dict(),
             "prompt_style": prompt_style,
-            "weights": {"file": WEIGHTS_FILE, "bytes": (tmp / WEIGHTS_FILE).stat().st_size, "sha256": digest},
+            "weights": {"file": name, "bytes": (tmp / name).stat().st_size, "sha256": digest},
+            **({"adapter": adapter.to_dict()} if adapter is not None else {}),
             "metadata": metadata or {},
         }
         atomic_write_json(tmp / CONFIG_FILE, meta)
-    return CheckpointInfo(folder, model.config, prompt_style, digest, metadata or {}, meta["weights"]["bytes"])
+    return CheckpointInfo(folder, config, prompt_style, digest, metadata or {}, meta["weights"]["bytes"], adapter)
 
 
 def read_checkpoint_info(folder: str | os.PathLike) -> CheckpointInfo:
@@ -109,9 +149,23 @@ def _parse_config(meta: Any, cfg_path: Path, folder: Path) -> CheckpointInfo:
         config = GPTConfig.from_dict(model)
         if style is not None:
             get_prompt_style(style)
+        adapter = _parse_adapter(meta["adapter"]) if "adapter" in meta else None
     except (ValueError, TypeError) as e:
         raise ValueError(f"{cfg_path}: {e}") from None
-    return CheckpointInfo(folder, config, style, sha, metadata, size)
+    return CheckpointInfo(folder, config, style, sha, metadata, size, adapter)
+
+
+def _parse_adapter(d: Any) -> AdapterInfo:
+    """config.json's "adapter" object; a wrong shape is a ``ValueError`` (the caller names the file)."""
+    if not isinstance(d, dict) or d.get("method") != "lora":
+        raise ValueError('"adapter" must be an object with "method": "lora"')
+    base, sha = d.get("base_model"), d.get("base_sha256")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f'"adapter.base_model" must be a model string, got {_kind(base)}')
+    if not (isinstance(sha, str) and len(sha) == 64):
+        raise ValueError(f'"adapter.base_sha256" must be a 64-character hex string, got {_kind(sha)}')
+    lora = {k: v for k, v in d.items() if k not in ("method", "base_model", "base_sha256")}
+    return AdapterInfo(LoRAConfig.from_dict(lora), base, sha)
 
 
 def _kind(value: Any) -> str:
@@ -127,9 +181,31 @@ def load_checkpoint(
     ``verify`` checks the weights' sha256 against ``config.json`` (about a second per 500 MB).
     """
     info = read_checkpoint_info(folder)
-    weights = info.path / WEIGHTS_FILE
+    if info.adapter is not None:
+        raise ValueError(
+            f"{info.path} holds a LoRA adapter, not a whole model: load it with inference.load_model, "
+            f"which loads its base {info.adapter.base_model!r}"
+        )
+    state = _read_weights(info, verify)
+    with torch.device("meta"):  # load_weights takes the read tensors as they are
+        model = GPT(info.config)
+    model.load_weights(state, str(info.weights_file))
+    return model.to(device).eval(), info
+
+
+def read_adapter(folder: str | os.PathLike, *, verify: bool = True) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
+    """(info, adapter tensors) of a LoRA checkpoint folder (``save_adapter_checkpoint``), checked as weights are."""
+    info = read_checkpoint_info(folder)
+    if info.adapter is None:
+        raise ValueError(f"{info.path} is a whole model, not a LoRA adapter")
+    return info, _read_weights(info, verify)
+
+
+def _read_weights(info: CheckpointInfo, verify: bool) -> dict[str, torch.Tensor]:
+    """The tensors of ``info``'s weights file, after checking its size and (``verify``) its sha256."""
+    weights = info.weights_file
     if not weights.is_file():
-        raise FileNotFoundError(f"{info.path} is missing {WEIGHTS_FILE}")
+        raise FileNotFoundError(f"{info.path} is missing {weights.name}")
     expected_bytes = info.weights_bytes
     actual_bytes = weights.stat().st_size
     if actual_bytes != expected_bytes:
@@ -138,11 +214,7 @@ def load_checkpoint(
         )
     if verify and file_sha256(weights) != info.sha256:
         raise ValueError(f"{weights} does not match the sha256 recorded in config.json (corrupt or replaced?)")
-    state = read_safetensors(weights)
-    with torch.device("meta"):  # load_weights takes the read tensors as they are
-        model = GPT(info.config)
-    model.load_weights(state, str(weights))
-    return model.to(device).eval(), info
+    return read_safetensors(weights)
 
 
 # safetensors' dtype names, as in its format description.

@@ -1,7 +1,7 @@
 """A model ready for inference: ``load_model`` for any model string, its device and number format.
 
 Entry point: ``load_model(source, device=, dtype=)`` (a checkpoint or export folder, a Hub id or
-local weights, ``random:<preset>``). Checkpoints on disk stay float32; ``prepare_for_inference``
+local weights, ``random:<preset>``; a LoRA checkpoint loads its base and merges). Checkpoints on disk stay float32; ``prepare_for_inference``
 converts at load time: float32 keeps ``nn.Linear``'s parameters (the model can still be
 trained), bfloat16 and int8 are inference only. ``auto`` is bfloat16 where the device computes
 it natively. The layers themselves are in ``kernels``; measurements in docs/performance.md.
@@ -18,7 +18,16 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from gpt2_scratch.checkpoint import CONFIG_FILE, FORMAT, CheckpointInfo, load_checkpoint, read_export_info
+from gpt2_scratch import lora
+from gpt2_scratch.checkpoint import (
+    CONFIG_FILE,
+    FORMAT,
+    CheckpointInfo,
+    load_checkpoint,
+    read_adapter,
+    read_checkpoint_info,
+    read_export_info,
+)
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.hub import load_pretrained
 from gpt2_scratch.kernels import USE_ONEDNN, BF16Head, BF16Linear, Int8Linear, PackedLinear, decode_attention
@@ -69,7 +78,9 @@ def _convert_reduced(model: GPT, dtype: str) -> None:
         for parent in (block.attn, block.mlp):
             for name in ("c_attn", "c_fc", "c_proj"):
                 linear = getattr(parent, name, None)
-                if isinstance(linear, nn.Linear):
+                if isinstance(linear, lora.LoRALinear):  # an adapter kept apart: the base converted, the adapter kept
+                    setattr(parent, name, lora.LoRAInference(layer(linear.weight, linear.bias), linear))
+                elif isinstance(linear, nn.Linear):
                     setattr(parent, name, layer(linear.weight, linear.bias))
     model.lm_head = BF16Head(head)
     for block in model.transformer.h:
@@ -169,7 +180,12 @@ RANDOM_PREFIX = "random:"
 
 
 def load_model(
-    source: str, *, device: str | torch.device = "cpu", dtype: str = "float32"
+    source: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    merge: bool = True,
+    base: str | None = None,
 ) -> tuple[GPT, CheckpointInfo | None]:
     """The one entry point for "give me a model from this string".
 
@@ -186,14 +202,41 @@ def load_model(
     inference only ``bfloat16``, ``int8`` (weight-only) or ``auto`` (bfloat16 where the
     device computes it natively, else float32; ``inference.resolve_dtype``). The weights
     are read in float32 and converted here.
+
+    A LoRA checkpoint (a LoRA run's ``final/``): its base model (``base``, default the one it
+    records) is loaded and must be the same weights (``lora.base_sha256``), else a one-line
+    ``ValueError`` naming it; the adapter is merged into it (``merge=False`` keeps the adapter
+    apart, so that ``lora.base_view`` can serve the base from the same weights).
     """
     dtype = resolve_dtype(dtype, device)  # a bad name fails before any loading
     with low_peak_loading(dtype):
-        model, info = _load_float32(source, device)
+        model, info = _load_float32(source, device, merge=merge, base=base)
         return prepare_for_inference(model, dtype), info
 
 
-def _load_float32(source: str, device: str | torch.device) -> tuple[GPT, CheckpointInfo | None]:
+def _load_adapter(folder: Path, device, *, merge: bool, base: str | None) -> tuple[GPT, CheckpointInfo]:
+    """The base a LoRA checkpoint records (or ``base``), checked by hash, with the adapter on it (merged or not)."""
+    info, tensors = read_adapter(folder)
+    source = base or info.adapter.base_model
+    try:
+        model, _ = _load_float32(source, device)
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{folder}: cannot load its base model {source!r} ({reason})") from None
+    if lora.base_sha256(model) != info.adapter.base_sha256:
+        raise ValueError(
+            f"{folder}: the base model {source!r} is not the one this adapter was trained on (its weights' sha256 "
+            f"differs from {info.adapter.base_sha256[:12]}...)"
+        )
+    lora.inject(model, info.adapter.lora)
+    lora.load_adapter_state_dict(model, tensors, str(info.weights_file))
+    model.eval()
+    return (lora.merged_model(model) if merge else model), info
+
+
+def _load_float32(
+    source: str, device: str | torch.device, *, merge: bool = True, base: str | None = None
+) -> tuple[GPT, CheckpointInfo | None]:
     """``load_model``'s dispatch on the source, before conversion to the inference format."""
     if source.startswith(RANDOM_PREFIX):
         config = GPTConfig.from_preset(source[len(RANDOM_PREFIX) :])
@@ -202,6 +245,8 @@ def _load_float32(source: str, device: str | torch.device) -> tuple[GPT, Checkpo
             return GPT(config).to(device).eval(), None
     path = Path(source).expanduser()
     if (path / CONFIG_FILE).is_file() and _is_our_config(path / CONFIG_FILE):
+        if read_checkpoint_info(path).adapter is not None:
+            return _load_adapter(path, device, merge=merge, base=base)
         return load_checkpoint(path, device=device)
     return load_pretrained(source, device=device), read_export_info(source)
 

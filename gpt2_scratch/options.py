@@ -7,7 +7,7 @@
 Each field declares its option in its metadata: "help" and "group" (required),
 "choices", "metavar" and "default_text" (what "(default: ...)" says instead of
 the value, e.g. for None). The type comes from the annotation: int, float, str,
-``X | None``, ``list[X]`` (nargs="+"), bool (``--flag/--no-flag``). Validation
+``X | None``, ``list[X]`` or ``tuple[X, ...]`` (nargs="+"), bool (``--flag/--no-flag``). Validation
 stays in the dataclass's ``__post_init__``.
 """
 
@@ -112,7 +112,7 @@ def _argument_kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     base = _strip_none(hint)
     if base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
-    elif typing.get_origin(base) is list and typing.get_args(base)[0] in _SCALARS:
+    elif typing.get_origin(base) in (list, tuple) and typing.get_args(base)[0] in _SCALARS:  # list[X], tuple[X, ...]
         kwargs.update(nargs="+", type=typing.get_args(base)[0])
     elif base in _SCALARS:
         kwargs["type"] = base

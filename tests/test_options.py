@@ -120,7 +120,8 @@ def test_choices_are_enforced(cls, build, capsys):
     assert len(with_choices) >= 2  # prompt_style, schedule, precision / models, dtype
     for a, choices in with_choices:
         assert tuple(a.choices) == tuple(choices)
-        assert getattr(parser.parse_args([a.option_strings[0], choices[-1]]), a.dest) == choices[-1]
+        expected = [choices[-1]] if a.nargs == "+" else choices[-1]  # a list option (--lora-targets) gives a list
+        assert getattr(parser.parse_args([a.option_strings[0], choices[-1]]), a.dest) == expected
         err = error_of(parser.parse_args, [a.option_strings[0], "nonsense"], capsys)
         assert err.startswith(f"error: argument {a.option_strings[0]}: invalid choice: 'nonsense'"), err
 

@@ -272,6 +272,10 @@ def _options(info: RunInfo) -> dict[str, Any]:
     if isinstance(options.get("dataset.source"), str):  # a file name or URL, not the training machine's path
         options["dataset.source"] = source_label(options["dataset.source"])
     options.update({k: v for k, v in flatten_json(info.training or {}).items() if k not in _NOT_OPTIONS})
+    if "lora_rank" in (info.training or {}):  # the method, in words (its settings are the lora_* options)
+        t = info.training
+        lora = f"LoRA rank {t['lora_rank']}, alpha {t.get('lora_alpha') or 2 * t['lora_rank']}"
+        options["finetuning"] = lora if t["lora_rank"] else "full (every weight)"
     return options
 
 

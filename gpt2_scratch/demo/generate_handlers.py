@@ -5,7 +5,9 @@ results browser of ``results_handlers``); its methods are the generation tabs' e
 plain methods and generators that tests call without a browser or a server.
 Invariants: nothing the user types is ever a path; bad input is a one-line message and a toast,
 never a traceback (``reports_errors``); something missing is said in its tab with the command
-that creates it, and the rest of the app keeps working. Design: docs/design.md.
+that creates it, and the rest of the app keeps working. A LoRA run of the served base keeps one
+copy of the base weights: the base model is the finetuned one with its adapter off (``lora.base_view``).
+Design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import WEIGHTS_FILE, CheckpointInfo, read_checkpoint_info, read_export_info
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
@@ -54,16 +57,34 @@ def _join(*parts: str) -> str:
 class LazyModel:
     """A model loaded on first use and then shared by every user (one load, behind a lock).
 
-    ``dtype``: its inference format (``load_model``'s ``dtype``).
+    ``dtype``: its inference format (``load_model``'s ``dtype``). ``load``: how to make it, when
+    not ``load_model(source)`` (a LoRA run's base: a view of the finetuned model's weights);
+    ``merge``: ``load_model``'s (False keeps a LoRA adapter apart, so that the base can be shared).
     """
 
-    def __init__(self, source: str | None, *, label: str, hint: str, dtype: str = "float32"):
+    def __init__(
+        self,
+        source: str | None,
+        *,
+        label: str,
+        hint: str,
+        dtype: str = "float32",
+        load: Callable[[], GPT] | None = None,
+        merge: bool = True,
+    ):
         self.source = source
         self.label = label
         self.hint = hint  # what to do when it cannot be loaded
         self.dtype = dtype
+        self.merge = merge
+        self._load = load or self._load_model
         self._model: GPT | None = None
         self._lock = threading.Lock()
+
+    def _load_model(self) -> GPT:
+        # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
+        device = str(resolve_device("auto"))
+        return load_model(self.source, device=device, dtype=self.dtype, merge=self.merge)[0]
 
     def get(self) -> GPT:
         """The model; a UserError naming the fix when it is missing or cannot be loaded."""
@@ -73,8 +94,9 @@ class LazyModel:
             if self._model is None:
                 started = time.perf_counter()
                 try:
-                    # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
-                    self._model, _ = load_model(self.source, device=str(resolve_device("auto")), dtype=self.dtype)
+                    self._model = self._load()
+                except UserError:  # the model it views could not be loaded: that one's message says why
+                    raise
                 except Exception as e:  # no network, missing or corrupt file: say so (one line), keep serving
                     log.warning("could not load the %s %s: %s", self.label, self.source, str(e).splitlines()[0])
                     raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
@@ -151,11 +173,24 @@ def _unfinished(run: RunPaths) -> str | None:
     return problem and re.sub(r"(python finetune\.py --resume \S+)$", r"`\1`", problem)
 
 
+def _checkpoint_label(run: RunPaths | None, run_name: str | None, info: CheckpointInfo | None) -> str | None:
+    """How the header names the served checkpoint: ``<run>/final``, an exported model, a LoRA adapter."""
+    if info is None:
+        return None
+    exported = run is not None and info.path.resolve() == run.root.resolve()
+    label = f"{run_name} (exported model)" if exported else f"{run_name}/{info.path.name}"
+    if info.adapter is not None:
+        label += f" (LoRA adapter, rank {info.adapter.lora.rank})"
+    return label
+
+
 class DemoApp:
     """State shared by all users (models, prompt style, the results browser) and the generation tabs' handlers.
 
     ``backend`` runs the generations (``backends.PerRequest`` when None); both
     models load in ``dtype`` (``load_model``'s; ``auto`` is resolved here, once).
+    ``shared_base``: the finetuned checkpoint is a LoRA adapter on ``base_source``; it is loaded
+    with the adapter apart and the base model is a view of its weights (``lora.base_view``).
     """
 
     def __init__(
@@ -173,18 +208,23 @@ class DemoApp:
         checkpoint_note: str | None = None,
         backend: Backend | None = None,
         dtype: str = "float32",
+        shared_base: bool = False,
     ):
         self.run = run
         self.run_name = run_name or (run.root.name if run else None)
         self.backend = backend or PerRequest()
         self.dtype = resolve_dtype(dtype, resolve_device("auto"))  # the format in use, for the header
-        self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype)
         self.finetuned = LazyModel(
             str(finetuned_source) if finetuned_source else None,
             label="finetuned model",
             hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.",
             dtype=self.dtype,
+            merge=not shared_base,
         )
+        # A LoRA run of this base: the base tab is the finetuned model's weights without the adapter.
+        view = (lambda: lora.base_view(self.finetuned.get())) if shared_base else None
+        self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype, load=view)
+        self.shared_base = shared_base
         self.finetuned_problem = finetuned_problem
         self.checkpoint_name = checkpoint_name  # how the header names the finetuned checkpoint ("run/final")
         self.checkpoint_note = checkpoint_note  # which checkpoint is served when it is not final/, and why
@@ -235,10 +275,6 @@ class DemoApp:
         )
         # A Hub snapshot's folder is a commit hash; run.json has the real name.
         run_name = run_info.name if run_info else (run.root.name if run else None)
-        checkpoint_name = None
-        if info is not None:
-            exported = run is not None and info.path.resolve() == run.root.resolve()
-            checkpoint_name = f"{run_name} (exported model)" if exported else f"{run_name}/{info.path.name}"
         return cls(
             base_source=str(base_source),
             finetuned_source=info.path if info else None,
@@ -250,11 +286,13 @@ class DemoApp:
             ),
             run=run,
             run_name=run_name,
-            checkpoint_name=checkpoint_name,
+            checkpoint_name=_checkpoint_label(run, run_name, info),
             context=info.config.block_size if info else None,
             checkpoint_note=note,
             backend=backend,
             dtype=dtype,
+            # A LoRA run on the base served here: one copy of the base weights for both models.
+            shared_base=info is not None and info.adapter is not None and info.adapter.base_model == str(base_source),
         )
 
     def eval_dtype(self) -> str | None:

@@ -7,7 +7,8 @@ scores each response (ROUGE-L, exact match, length, optional ``judge.JudgeClient
 ``eval/predictions.jsonl`` and ``eval/summary.json`` atomically (schema: ``eval.summary``).
 Invariant: an interrupted evaluation resumes from its progress files (``eval.progress``) to the
 same results; results of different settings are never mixed, and a finished evaluation is never
-replaced by one with other settings unless asked (``replace``). Design: docs/design.md.
+replaced by one with other settings unless asked (``replace``). A LoRA run is loaded once: the
+base of the comparison is the same weights with the adapter off (``lora.base_view``). Design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from gpt2_scratch.checkpoint import read_checkpoint_info
+from gpt2_scratch import lora
+from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
 from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
@@ -167,11 +169,28 @@ def _prompts_sha256(prompts: Sequence[Sequence[int]], records: Sequence[Record])
     return h.hexdigest()
 
 
-def _load(name: str, run: RunPaths, base_model: str, device: str, dtype: str) -> tuple[GPT, str | None]:
-    """(model ready for inference in ``dtype``, sha256 of its weights when it is one of our checkpoints)."""
-    source = str(run.final) if name == "finetuned" else base_model
-    model, info = load_model(source, device=device, dtype=dtype)
-    return model, info.sha256 if info is not None else None
+class _Models:
+    """The models to evaluate, each loaded when asked (one at a time in memory), in ``dtype``.
+
+    A LoRA run's are loaded here, at once: the adapter kept apart on its base (``finetuned``),
+    and that base with the adapter off (``base``, ``lora.base_view``): one copy of the weights.
+    """
+
+    def __init__(self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str):
+        self.run, self.base_model, self.info, self.device, self.dtype = run, base_model, info, device, dtype
+        self.adapted = None
+        if info.adapter is not None:
+            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False)
+
+    def get(self, name: str) -> tuple[GPT, str | None]:
+        """(model ready for inference, sha256 of its weights when known: ours, or the LoRA base's)."""
+        if self.adapted is not None:
+            if name == "base":
+                return lora.base_view(self.adapted), self.info.adapter.base_sha256
+            return self.adapted, self.info.sha256
+        source = str(self.run.final) if name == "finetuned" else self.base_model
+        model, info = load_model(source, device=self.device, dtype=self.dtype)
+        return model, info.sha256 if info is not None else None
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
@@ -307,12 +326,12 @@ def _generation_settings(settings: EvalSettings) -> dict:
     }
 
 
-def _evaluate_models(run: RunPaths, base_model: str, common: dict, dtype: str, settings: EvalSettings, **data):
+def _evaluate_models(run: RunPaths, models: "_Models", base_model: str, common: dict, settings: EvalSettings, **data):
     """``evaluate_model`` for each model of ``settings.models``, loaded one at a time; {name: results}."""
     max_new = settings.sampling.max_new_tokens
     results: dict[str, ModelResults] = {}
     for name in (m for m in MODEL_NAMES if m in settings.models):
-        model, sha256 = _load(name, run, base_model, settings.device, dtype)
+        model, sha256 = models.get(name)
         source = "final/" if name == "finetuned" else base_model  # the sha256 identifies the weights
         header = {"model": name, "source": source, "sha256": sha256, **common}
         if model.config.block_size <= max_new:  # a --base of another shape than the run's
@@ -354,6 +373,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     )
     keep_finished(run, summary_of({m: {} for m in settings.models}), replace=settings.replace or settings.restart)
 
+    models = _Models(run, base_model, info, settings.device, dtype)  # a LoRA run loads here: nothing written yet
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     if settings.restart:
         for pattern in ("partial_*.jsonl", "judge_*.jsonl"):
@@ -368,7 +388,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         "dtype": dtype,
     }
     results = _evaluate_models(
-        run, base_model, common, dtype, settings, records=records, prompts=prompts, examples=examples, style=style
+        run, models, base_model, common, settings, records=records, prompts=prompts, examples=examples, style=style
     )
     rows = prediction_rows(records, results)
     models = {name: aggregate(name, res, rows, judged=settings.judge is not None) for name, res in results.items()}

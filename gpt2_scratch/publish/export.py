@@ -6,7 +6,8 @@ generation_config.json, the tokenizer files, the model card (``model_card``) and
 files at their run-relative paths, atomically. Invariant: ``transformers.pipeline(
 "text-generation", model=<export>)`` loads it, and ``RunPaths(<export>)`` and
 ``inference.load_model(<export>)`` read it as a run. The read side is ``checkpoint.is_export`` /
-``read_export_info``; the layout drawn: docs/design.md.
+``read_export_info``. A LoRA run's export has the merged weights at the root and its adapter in
+PEFT's layout in ``adapter/`` (``peft_adapter``). The layout drawn: docs/design.md.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from gpt2_scratch.checkpoint import (
     WEIGHTS_FILE,
     CheckpointInfo,
     load_checkpoint,
+    read_adapter,
     read_checkpoint_info,
 )
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.publish.model_card import hub_base_model, model_card, scored_subset
+from gpt2_scratch.publish.peft_adapter import write_peft_adapter
 from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
@@ -141,7 +146,10 @@ def _write_weights(
     """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, parameters)."""
     from safetensors.torch import save_file
 
-    model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
+    if checkpoint.adapter is None:
+        model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
+    else:  # a LoRA run: its base (hash checked) with the adapter merged, a plain GPT2LMHeadModel
+        model, _ = load_model(str(run.final))
     state = to_hf_state_dict(model.state_dict_untied())
     if weights_dtype != "float32":
         state = {k: v.to(getattr(torch, weights_dtype)) for k, v in state.items()}
@@ -159,6 +167,7 @@ def _write_weights(
         },
         "checkpoint_sha256": checkpoint.sha256,  # of final/, which eval/summary.json refers to
         "metadata": checkpoint.metadata,
+        **({"adapter": checkpoint.adapter.to_dict()} if checkpoint.adapter is not None else {}),
     }
     atomic_write_json(folder / CONFIG_FILE, {**hf_config(checkpoint.config, dtype=dtype), EXPORT_KEY: ours})
     atomic_write_json(
@@ -182,8 +191,6 @@ def export_run(
     ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
     downloads); the loaders read them back into float32, and the card says so.
     """
-    from gpt2_scratch.publish.model_card import model_card, scored_subset
-
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
     run = RunPaths(Path(run_dir))
@@ -200,6 +207,12 @@ def export_run(
     with atomic_folder(out) as tmp:
         weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
         files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size)]
+        trainable = None
+        if checkpoint.adapter is not None:
+            tensors = read_adapter(run.final)[1]
+            base_id = hub_base_model(run_info.base_model) or run_info.base_model
+            files += write_peft_adapter(tmp, checkpoint.adapter, tensors, base_id)
+            trainable = sum(t.numel() for t in tensors.values())
         for src in run_files(run):
             if src.is_file():
                 rel = src.relative_to(run.root)
@@ -216,6 +229,8 @@ def export_run(
             has_loss_plot=run.loss_plot.is_file(),
             prompt_style=checkpoint.prompt_style or run_info.prompt_style,
             weights_dtype=weights_dtype,
+            adapter=checkpoint.adapter,
+            trainable_params=trainable,
         )
         atomic_write_text(tmp / CARD_FILE, card)
     return Export(out, files, run_info, run.root, has_eval=summary is not None, subset=scored_subset(summary))

@@ -6,7 +6,8 @@ The metadata block (license, base_model, datasets, tags, pipeline_tag and a
 text says how the model was trained (the options in run.json, once each, less the
 local ones), how it scores against its base model and on what (records, max new
 tokens, dtype; a subset of the test set is flagged and kept out of the model-index),
-its limitations, the loss curve, the prompt template, and usage snippets.
+its limitations, the loss curve, the prompt template, and usage snippets; a LoRA run's card
+also describes its adapter and how to load it with ``peft``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gpt2_scratch.checkpoint import AdapterInfo
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import source_kind, source_label
 from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
@@ -209,6 +211,34 @@ def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss
     return lines
 
 
+def _lora_section(adapter: AdapterInfo | None, run: RunInfo, trainable: int | None, total: int, repo_id: str):
+    """A LoRA run's method and settings, and how to load its adapter (``adapter/``) with ``peft``."""
+    if adapter is None:
+        return []
+    c = adapter.lora
+    share = f" ({100 * trainable / total:.2f}% of {total:,})" if trainable and total else ""
+    base = hub_base_model(run.base_model) or run.base_model
+    return [
+        "## LoRA adapter",
+        "",
+        f"Finetuned with LoRA: low-rank adapters on the frozen base `{run.base_model}`. Rank {c.rank}, "
+        f"alpha {c.alpha:g} (the update is scaled by alpha / rank = {c.scaling:g}), dropout {c.dropout:g}, on "
+        f"{', '.join(f'`{t}`' for t in c.targets)} of every block; {trainable or 0:,} trainable parameters{share}.",
+        "",
+        "`model.safetensors` holds the base with the adapter merged (loaded as above). The adapter alone is in "
+        "`adapter/`, in PEFT's layout:",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+        f'model = PeftModel.from_pretrained(base, "{repo_id}", subfolder="adapter")',
+        "```",
+        "",
+    ]
+
+
 def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
     lines = ["## Evaluation", ""]
     models = [m for m in MODEL_NAMES if m in ((summary or {}).get("models") or {})]
@@ -298,6 +328,8 @@ def model_card(
     has_loss_plot: bool,
     prompt_style: str,
     weights_dtype: str = "float32",
+    adapter: AdapterInfo | None = None,
+    trainable_params: int | None = None,
 ) -> str:
     """The ``README.md`` of an export: YAML metadata, then the card's text."""
     lines = [
@@ -316,6 +348,7 @@ def model_card(
         *_usage(repo_id, prompt_style),
         *_prompt_section(prompt_style),
         *_training_section(run, config, num_params, has_loss_plot),
+        *_lora_section(adapter, run, trainable_params, num_params, repo_id),
         *_evaluation_section(run, summary),
         *_limitations_section(run, config, num_params),
     ]

@@ -8,7 +8,8 @@ The defaults are those of the LLMs-from-scratch reference run (ch07), except
 ``mask_prompt`` (the reference learns the prompts too; ``--no-mask-prompt``).
 A run saves its config in run.json's "training" (``to_dict``); ``--resume``
 reads it back (``from_dict``). Every bad value is a one-line ``ValueError``
-that names the command-line option.
+that names the command-line option. ``lora_rank`` > 0 trains LoRA adapters
+(``lora.py``) instead of every weight.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpt2_scratch import lora
 from gpt2_scratch.config import from_known_fields
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
 from gpt2_scratch.options import option_name
@@ -215,6 +217,37 @@ class TrainConfig:
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model", "group": "hardware"})
 
+    # --- LoRA
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "train LoRA adapters of rank R on a frozen base instead of every weight "
+            "(0: full finetuning); final/ and best/ then hold the adapter only",
+            "group": "LoRA",
+            "metavar": "R",
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA alpha: the adapter's update is scaled by alpha / rank",
+            "group": "LoRA",
+            "default_text": "2 x rank",
+        },
+    )
+    lora_dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the adapters' input (training only)", "group": "LoRA"}
+    )
+    lora_targets: tuple[str, ...] = field(
+        default=lora.TARGETS,
+        metadata={
+            "help": "the linear layers of every block that get an adapter (any of them)",
+            "group": "LoRA",
+            "metavar": "LAYER",
+            "choices": lora.TARGETS,
+        },
+    )
+
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "eval_batches", "sample_tokens")
         for name in positive:
@@ -248,6 +281,30 @@ class TrainConfig:
             not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name
         ):
             raise ValueError(f"--name must be a plain folder name, got {self.name!r}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        """--lora-rank 0 (full finetuning) takes no other LoRA option; a positive rank validates them all."""
+        if isinstance(self.lora_targets, (list, tuple)):
+            self.lora_targets = tuple(self.lora_targets)  # run.json gives a list back
+        rank = self.lora_rank
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise ValueError(f"--lora-rank must be a positive integer (0: full finetuning), got {rank!r}")
+        if rank == 0:
+            defaults = {"lora_alpha": None, "lora_dropout": 0.05, "lora_targets": lora.TARGETS}
+            for name, default in defaults.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{option_name(name)} needs --lora-rank (a positive rank); without it nothing uses it"
+                    )
+            return
+        self.lora_config()  # one-line errors naming the option
+
+    def lora_config(self) -> lora.LoRAConfig | None:
+        """The adapters' config, or None for a full finetune."""
+        if not self.lora_rank:
+            return None
+        return lora.LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,8 @@
 Its helpers live beside it: ``config`` (the options), ``step`` (AdamW, schedule, one step),
 ``state`` (resume state), ``log`` (metrics.jsonl, loss.png), ``run_writer`` (the run folder),
 ``distributed``. Invariant: a resumed run (``resume=<run folder>``) ends with the weights of an
-uninterrupted one (on CPU). Defaults, resume and several GPUs: docs/design.md.
+uninterrupted one (on CPU). ``lora_rank`` > 0 trains LoRA adapters on a frozen base (only they are
+optimized, reduced across processes and saved). Defaults, resume and several GPUs: docs/design.md.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from gpt2_scratch.checkpoint import save_checkpoint
+from gpt2_scratch import lora
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler, encode_record
 from gpt2_scratch.data.records import Record, Split, load_records, resolve_source, source_sha256, split_records
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
@@ -42,11 +43,12 @@ from gpt2_scratch.train.run_writer import (
     create_run_folder,
     mark_interrupted,
     remove_leftovers,
+    save_model,
     taken_message,
     write_run_files,
 )
 from gpt2_scratch.train.state import Progress, load_train_state, restore_rng, rng_states, save_train_state
-from gpt2_scratch.train.step import StepRunner, chunks, configure_optimizer, lr_at
+from gpt2_scratch.train.step import StepRunner, attach_adapters, chunks, configure_optimizer, lr_at
 
 NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before training
 
@@ -117,7 +119,7 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
         self.progress = Progress()
-        self.best = BestWeights()  # rank 0 keeps progress.best_step's weights for best/
+        self.best = BestWeights(adapter=self.adapter)  # rank 0 keeps progress.best_step's weights for best/
 
     @property
     def log(self) -> MetricsLog:
@@ -151,6 +153,10 @@ class Trainer:
         cfg = self.config
         with self.dist_ctx.main_first():  # a Hub download happens once, by rank 0
             model, _ = load_model(cfg.base, device=self.device)
+        self.adapter = attach_adapters(model, cfg)  # a LoRA run's adapters, recorded by final/ and best/
+        if self.adapter is not None:
+            n, total = lora.trainable_parameters(model), sum(p.numel() for p in model.parameters())
+            self._say(f"LoRA rank {cfg.lora_rank}: {n:,} trainable parameters of {total:,} ({100 * n / total:.2f}%)")
         max_length = min(cfg.max_length, model.config.block_size)
         if max_length < cfg.max_length:
             self._say(f"note: max length {cfg.max_length} capped at the model's context length {max_length}")
@@ -209,8 +215,10 @@ class Trainer:
             self._say(f"note: removed the leftovers of an interrupted save: {', '.join(removed)}")
 
     def _restore(self) -> None:
-        self.progress, rng = load_train_state(self.paths.train_state, self.model, self.optimizer)
-        self.best = BestWeights(written=self.progress.best_step)  # best/ is written before the state
+        self.progress, rng = load_train_state(
+            self.paths.train_state, self.model, self.optimizer, base_sha256=self._base_sha256
+        )
+        self.best = BestWeights(self.progress.best_step, self.adapter)  # best/ is written before the state
         restore_rng(rng, self.dist_ctx, self.device)
         if self.is_main:
             self.log.truncate_after(self.progress.step)
@@ -276,6 +284,10 @@ class Trainer:
         )
         self._say(f"sample after epoch {self.progress.epoch + 1}: {response!r}")
 
+    @property
+    def _base_sha256(self) -> str | None:
+        return self.adapter.base_sha256 if self.adapter is not None else None
+
     def _checkpoint_metadata(self, step: int, val_loss: float) -> dict[str, Any]:
         return {
             "base_model": self.config.base,
@@ -302,7 +314,8 @@ class Trainer:
         self.run_info = dataclasses.replace(self.run_info, saved_step=self.progress.step)
         if self.is_main:
             self._write_best()  # first, so the state never refers to a best/ that is not on disk
-            save_train_state(self.paths.train_state, self.model, self.optimizer, self.progress, rng)
+            state = (self.model, self.optimizer, self.progress, rng)
+            save_train_state(self.paths.train_state, *state, base_sha256=self._base_sha256)
             self.paths.write_info(self.run_info)
 
     def mark_interrupted(self) -> None:
@@ -379,9 +392,10 @@ class Trainer:
     def _write_outputs(self) -> None:
         """final/, best/, the loss plot, run.json "finished"; the resume state and any leftovers go."""
         p = self.progress
-        save_checkpoint(
+        save_model(
             self.paths.final,
             self.model,
+            adapter=self.adapter,
             prompt_style=self.config.prompt_style,
             metadata=self._checkpoint_metadata(p.step, p.last_val_loss),
         )

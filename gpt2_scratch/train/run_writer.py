@@ -3,7 +3,7 @@
 Entry points: ``create_run_folder`` (exclusive: a taken name is an error, a taken default name
 becomes ``<time>-2``, ...), ``write_run_files`` (run.json, the run's test and validation records),
 ``BestWeights`` (``best/``: kept in memory, written when the loop asks; hard links to ``final/``
-when they are the final weights), ``mark_interrupted`` (run.json after a Ctrl-C, and the message
+when they are the final weights; ``save_model``: a LoRA run's hold its adapter only), ``mark_interrupted`` (run.json after a Ctrl-C, and the message
 that says how to go on) and the cleanup (``remove_leftovers``, ``clear_outputs``).
 The folder's layout itself is ``runs.RunPaths``.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from gpt2_scratch.checkpoint import save_checkpoint
+from gpt2_scratch import lora
+from gpt2_scratch.checkpoint import AdapterInfo, save_adapter_checkpoint, save_checkpoint
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import Split, write_records
 from gpt2_scratch.files import link_folder, remove_stray_temporaries
@@ -120,6 +121,15 @@ def remove_leftovers(paths: RunPaths) -> list[str]:
     return removed
 
 
+def save_model(folder: Path, model: GPT, *, adapter: AdapterInfo | None, prompt_style: str, metadata: dict) -> None:
+    """A run's checkpoint of ``model``: the whole model, or (``adapter``: a LoRA run) its adapter alone."""
+    if adapter is None:
+        save_checkpoint(folder, model, prompt_style=prompt_style, metadata=metadata)
+    else:
+        state = lora.adapter_state_dict(model)
+        save_adapter_checkpoint(folder, state, model.config, adapter, prompt_style=prompt_style, metadata=metadata)
+
+
 class BestWeights:
     """The weights of the lowest validation loss so far: kept in memory, written to best/ when asked.
 
@@ -128,20 +138,27 @@ class BestWeights:
     every few steps); the loop writes at saves, epoch ends and the end.
     """
 
-    def __init__(self, written: int = -1):
+    def __init__(self, written: int = -1, adapter: AdapterInfo | None = None):
         self.weights: dict[str, torch.Tensor] | None = None  # a CPU copy, head excluded (it is wte)
         self.config: GPTConfig | None = None
         self.written = written  # the step whose weights best/ holds (-1: none)
+        self.adapter = adapter  # a LoRA run: only the adapters change, and only they are kept
 
     def keep(self, model: GPT) -> None:
-        self.weights = {
-            k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k != "lm_head.weight"
-        }
+        state = model.state_dict().items()
+        keep = lora.is_adapter_key if self.adapter is not None else (lambda k: k != "lm_head.weight")
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in state if keep(k)}
         self.config = model.config
 
     def write(self, folder: Path, step: int, *, prompt_style: str, metadata: dict) -> None:
         """Write the kept weights (those of ``step``) to ``folder``, unless it holds them already."""
         if self.weights is None or self.written == step:
+            return
+        if self.adapter is not None:
+            save_adapter_checkpoint(
+                folder, self.weights, self.config, self.adapter, prompt_style=prompt_style, metadata=metadata
+            )
+            self.written = step
             return
         with torch.device("meta"):  # a shell for save_checkpoint; load_weights makes the kept tensors its own
             shell = GPT(self.config)

@@ -5,7 +5,8 @@
 ``Progress``, AdamW's param groups) as a new folder swapped in (``files.atomic_folder``), so a kill
 at any moment leaves the previous state intact; ``load_train_state`` restores it.
 Invariant: with the same progress, optimizer and RNG streams, a resumed run replays the rest of
-the run exactly (identical final weights on CPU). Key names: docs/design.md.
+the run exactly (identical final weights on CPU). A LoRA run saves its adapters only, with its
+base's ``lora.base_sha256``: a resume on other base weights is refused. Key names: docs/design.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import read_safetensors
 from gpt2_scratch.files import atomic_folder, atomic_write, atomic_write_json, recover_folder
 from gpt2_scratch.model import GPT
@@ -60,15 +62,18 @@ def save_train_state(
     optimizer: torch.optim.Optimizer,
     progress: Progress,
     rng: dict[str, torch.Tensor],
+    *,
+    base_sha256: str | None = None,
 ) -> None:
     """Write the training state to ``folder`` atomically (new folder, then swapped in).
 
     ``rng`` holds the random-number-generator states as uint8 tensors (``rng_states``).
+    A model with adapters saves them alone, with ``base_sha256`` (its frozen base's).
     """
     from safetensors.torch import save_file
 
     with atomic_folder(folder) as tmp:
-        weights = model.state_dict_untied()
+        weights = lora.adapter_state_dict(model) if lora.has_adapters(model) else model.state_dict_untied()
         opt = optimizer.state_dict()
         # AdamW's state is per parameter index: tensors (exp_avg, exp_avg_sq, step) go to
         # safetensors as "<index>.<name>", anything else (none for AdamW today) to JSON.
@@ -86,14 +91,18 @@ def save_train_state(
             "version": STATE_VERSION,
             **progress.to_dict(),
             "optimizer": {"param_groups": opt["param_groups"], "scalars": opt_scalars},
+            **({"base_sha256": base_sha256} if base_sha256 is not None else {}),
         }
         atomic_write_json(tmp / "state.json", meta)
 
 
 def load_train_state(
-    folder: str | os.PathLike, model: GPT, optimizer: torch.optim.Optimizer
+    folder: str | os.PathLike, model: GPT, optimizer: torch.optim.Optimizer, *, base_sha256: str | None = None
 ) -> tuple[Progress, dict[str, torch.Tensor]]:
-    """Restore model and optimizer from ``folder``; returns (the run's progress, RNG states)."""
+    """Restore model and optimizer from ``folder``; returns (the run's progress, RNG states).
+
+    A model with adapters gets them back; ``base_sha256`` (its base's) must be the one the state recorded.
+    """
     folder = Path(folder)
     recover_folder(folder)  # a save killed between its two renames
     meta_path = folder / "state.json"
@@ -102,7 +111,15 @@ def load_train_state(
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
         raise ValueError(f"{meta_path} is not a {STATE_FORMAT} version {STATE_VERSION} file")
-    model.load_weights(read_safetensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    if meta.get("base_sha256") != base_sha256:
+        raise ValueError(
+            f"{meta_path}: the base model's weights are not those the run started from (sha256 differs); cannot resume"
+        )
+    weights, source = read_safetensors(folder / "model.safetensors"), str(folder / "model.safetensors")
+    if lora.has_adapters(model):
+        lora.load_adapter_state_dict(model, weights, source)
+    else:
+        model.load_weights(weights, source)
     state: dict[int, dict[str, Any]] = {}
     for key, value in read_safetensors(folder / "optimizer.safetensors").items():
         index, name = key.split(".", 1)

@@ -1,0 +1,335 @@
+"""LoRA: low-rank adapters on GPT-2's linear layers (Hu et al. 2021; as litgpt's ``lora.py`` and PEFT).
+
+Entry point: ``inject(model, LoRAConfig(rank=8))`` turns the targeted ``nn.Linear`` layers of every
+block into ``LoRALinear`` and freezes everything else. Names stay GPT-2's: the base weight is still
+``transformer.h.0.attn.c_attn.weight``, the adapter is ``...c_attn.lora_A`` ``(r, in)`` and
+``...c_attn.lora_B`` ``(out, r)``. Invariant: B starts at zero, so a fresh adapter computes exactly the
+base model. ``merge`` folds the adapter into the weights (no per-token cost); ``adapters_disabled`` (one
+thread: DPO's reference pass) and ``base_view`` (a second model sharing every base tensor: the app's base
+tab, an evaluation's base) give the base model without a second copy of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2_scratch.config import from_known_fields
+from gpt2_scratch.kernels import USE_ONEDNN, PackedLinear
+from gpt2_scratch.model import GPT
+
+# The four linear layers of a block, as named inside it (GPT-2's names; PEFT's target_modules suffixes).
+TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+ADAPTER_PARAMS = ("lora_A", "lora_B")
+
+
+@dataclass
+class LoRAConfig:
+    """An adapter's shape: ``rank`` r, ``alpha`` (the update is scaled by alpha / r; None: 2r), dropout, targets."""
+
+    rank: int = 8
+    alpha: float | None = None
+    dropout: float = 0.05
+    targets: tuple[str, ...] = TARGETS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ValueError(f"--lora-rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is None:
+            self.alpha = 2 * self.rank
+        a = self.alpha
+        if not (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0):
+            raise ValueError(f"--lora-alpha must be a positive number, got {a!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, str) or not self.targets:
+            raise ValueError(f"--lora-targets must name at least one of {', '.join(TARGETS)}, got {self.targets!r}")
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"--lora-targets: unknown target {unknown[0]!r}; choose among {', '.join(TARGETS)}")
+        self.targets = tuple(t for t in TARGETS if t in self.targets)  # one canonical order, no repeats
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
+        """Build from a dict (an adapter checkpoint's config), rejecting unknown keys."""
+        return from_known_fields(cls, {**d, "targets": tuple(d.get("targets", TARGETS))}, "LoRA option(s)")
+
+
+def _add_low_rank(y: torch.Tensor, x: torch.Tensor, lora_A, lora_B, scaling: float) -> torch.Tensor:
+    """``y + scaling * x A^T B^T``: ``(..., in) -> (..., r) -> (..., out)``, as PEFT orders the products.
+
+    The scaling multiplies the r-wide product, not the out-wide one, and the last product is
+    added to ``y`` inside the matmul (``addmm``): no pass over the layer's output but that one,
+    forward or backward.
+    """
+    h = F.linear(x, lora_A) * scaling  # (..., r)
+    out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t())
+    return out.view(y.shape)
+
+
+class LoRALinear(PackedLinear):
+    """``y = x W^T + b + (alpha / r) * dropout(x) A^T B^T``: the base ``W``, ``b`` frozen, A and B trained.
+
+    Made by ``inject`` from a model's ``nn.Linear`` (it takes over its Parameters: no copy).
+    ``merged``: the update is folded into ``weight`` (``merge``); ``enabled`` False computes the
+    base layer alone (``adapters_disabled``). In float32 inference on CPU the base product is
+    oneDNN's packed one, as for every ``PackedLinear``.
+    """
+
+    def __init__(self, linear: nn.Linear, config: LoRAConfig, generator: torch.Generator | None = None):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        w = linear.weight
+        self.lora_A = nn.Parameter(torch.empty(config.rank, self.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.rank, device=w.device, dtype=w.dtype))
+        # As PEFT and litgpt: A as nn.Linear's default init (Kaiming uniform, a = sqrt(5)), B zero.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.scaling = config.scaling
+        self.merged = False
+        self.enabled = True
+        self.packed = True  # oneDNN's packed copy in inference (False while training: see ``inject``)
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer's output ``x W^T + b`` (with the adapter merged, it includes the update)."""
+        return super().forward(x) if USE_ONEDNN and self.packed else F.linear(x, self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_forward(x)
+        if self.merged or not self.enabled:
+            return y
+        return _add_low_rank(y, self.lora_dropout(x), self.lora_A, self.lora_B, self.scaling)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as a weight ``(out, in)``: ``scaling * B A``."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
+
+
+class LoRAInference(nn.Module):
+    """A base layer converted for inference (``kernels``' bfloat16 / int8 layers) plus an unmerged adapter.
+
+    Made by ``inference.prepare_for_inference`` from a ``LoRALinear`` when the adapter is kept
+    apart: ``base`` is the converted layer, which ``base_view`` shares. The adapter stays float32
+    (rank r: negligible work) and its update is rounded once, when added.
+    """
+
+    def __init__(self, base: nn.Module, layer: LoRALinear):
+        super().__init__()
+        self.base = base
+        self.register_buffer("lora_A", layer.lora_A.detach().float())
+        self.register_buffer("lora_B", layer.lora_B.detach().float())
+        self.scaling = layer.scaling
+        self.enabled = True
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        return _add_low_rank(y.float(), x.float(), self.lora_A, self.lora_B, self.scaling).to(y.dtype)
+
+    def train(self, mode: bool = True) -> "LoRAInference":
+        if mode:
+            raise RuntimeError("this adapter was converted for inference; load the model in float32 to train")
+        return super().train(False)
+
+
+class _BaseOnly(nn.Module):
+    """A ``LoRALinear`` seen without its adapter (``base_view``): its weight and bias under their own
+    names, the base product computed by the layer itself (so its packed copy is shared too)."""
+
+    def __init__(self, layer: LoRALinear):
+        super().__init__()
+        self.weight, self.bias = layer.weight, layer.bias
+        self.__dict__["_layer"] = layer  # not a submodule: the view's state dict is the base's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._layer.base_forward(x)
+
+
+def _targets(model: GPT, targets: tuple[str, ...]) -> Iterator[tuple[nn.Module, str, str]]:
+    """(parent module, attribute name, full name) of each targeted layer, block by block."""
+    for i, block in enumerate(model.transformer.h):
+        for target in targets:
+            parent_name, _, name = target.rpartition(".")
+            yield block.get_submodule(parent_name), name, f"transformer.h.{i}.{target}"
+
+
+def inject(model: GPT, config: LoRAConfig, generator: torch.Generator | None = None, *, packed: bool = True) -> GPT:
+    """Put an adapter on every targeted layer of ``model`` (in place) and train only the adapters.
+
+    ``generator`` seeds A's initialisation (default: torch's global generator). ``packed=False``
+    computes the base product with ``F.linear`` in inference too: for training, whose evaluations
+    would otherwise keep a packed copy of the frozen base (as large as the base) while they run.
+    """
+    if any(isinstance(m, (LoRALinear, LoRAInference)) for m in model.modules()):
+        raise ValueError("the model has adapters already")
+    for parent, name, full in _targets(model, config.targets):
+        linear = getattr(parent, name)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{full} is a {type(linear).__name__}, not a float32 nn.Linear: load the model in float32")
+        layer = LoRALinear(linear, config, generator)
+        layer.packed = packed
+        setattr(parent, name, layer)
+    mark_only_adapters_trainable(model)
+    return model
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear | LoRAInference]]:
+    """(name, layer) of every adapter layer of ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAInference))]
+
+
+def has_adapters(model: nn.Module) -> bool:
+    return bool(lora_layers(model))
+
+
+def is_adapter_key(key: str) -> bool:
+    return key.rpartition(".")[2] in ADAPTER_PARAMS
+
+
+def mark_only_adapters_trainable(model: nn.Module) -> None:
+    """``requires_grad`` on the adapter parameters only: the base (the tied head too) stays frozen."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter_key(name))
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors only, under our names (``transformer.h.0.attn.c_attn.lora_A``), on CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if is_adapter_key(k)}
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+    """Copy ``state`` into ``model``'s adapters, checking every key and shape first (one-line ``ValueError``)."""
+    expected = {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
+    for key, tensor in state.items():
+        if key not in expected:
+            raise ValueError(f"{source}: unexpected tensor {key!r} (not an adapter of this model)")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)} "
+                "(another rank?)"
+            )
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ValueError(f"{source}: missing tensor {missing[0]!r} (adapter on other layers?)")
+    with torch.no_grad():
+        for key, tensor in state.items():
+            expected[key].copy_(tensor)
+
+
+def base_sha256(model: nn.Module) -> str:
+    """sha256 of the base weights (every tensor but the adapters; the tied head once), by name, dtype, shape, bytes.
+
+    It identifies a base however it was stored or named (Hub, local file, ``random:<preset>``):
+    an adapter checkpoint records it, and loading refuses another base.
+    """
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(k for k in state if k != "lm_head.weight" and not is_adapter_key(k)):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
+        h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> None:
+    """Fold every adapter into its weight (``W += (alpha / r) B A``): the same function, no per-token cost."""
+    for _, layer in lora_layers(model):
+        if isinstance(layer, LoRALinear) and not layer.merged:
+            layer.weight += layer.delta_weight()
+            layer.merged = True
+
+
+@torch.no_grad()
+def unmerge(model: nn.Module) -> None:
+    """Undo ``merge`` (``W -= (alpha / r) B A``; equal up to float rounding)."""
+    for _, layer in lora_layers(model):
+        if isinstance(layer, LoRALinear) and layer.merged:
+            layer.weight -= layer.delta_weight()
+            layer.merged = False
+
+
+def merged_model(model: GPT) -> GPT:
+    """``model`` with every adapter merged and each ``LoRALinear`` replaced by a plain ``nn.Linear`` (in place)."""
+    merge(model)
+    for name, layer in lora_layers(model):
+        if not isinstance(layer, LoRALinear):
+            raise ValueError(f"{name} was converted for inference; merge before converting")
+        parent_name, _, child = name.rpartition(".")
+        with torch.device("meta"):
+            plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        plain.weight, plain.bias = layer.weight, layer.bias
+        setattr(model.get_submodule(parent_name), child, plain)
+    model.requires_grad_(True)  # a plain model again, as every loaded model: trainable as a whole
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model`` computes its base model: every unmerged adapter is switched off.
+
+    For one thread at a time (training; DPO's reference model is the policy with its adapter off).
+    Serving two users at once needs ``base_view`` instead: switching is global to the model.
+    """
+    layers = [layer for _, layer in lora_layers(model)]
+    if any(getattr(layer, "merged", False) for layer in layers):
+        raise ValueError("the adapters are merged into the weights; unmerge them first")
+    before = [layer.enabled for layer in layers]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield model
+    finally:
+        for layer, enabled in zip(layers, before):
+            layer.enabled = enabled
+
+
+def base_view(model: GPT) -> GPT:
+    """A second ``GPT`` that is ``model``'s base: every module and tensor shared, the adapters left out.
+
+    No weight is copied (the packed or converted layers included), so two users can be served
+    at once, the base and the finetuned model, with one copy of the base in memory.
+    """
+    if any(getattr(layer, "merged", False) for _, layer in lora_layers(model)):
+        raise ValueError("the adapters are merged into the weights; there is no base left to view")
+
+    def without(module: nn.Module) -> nn.Module:
+        if isinstance(module, LoRAInference):
+            return module.base
+        if isinstance(module, LoRALinear):
+            return _BaseOnly(module)
+        if not any(isinstance(m, (LoRALinear, LoRAInference)) for m in module.modules()):
+            return module
+        clone = copy.copy(module)  # shares _parameters and _buffers; only the children differ
+        clone._modules = {name: without(child) for name, child in module._modules.items()}
+        return clone
+
+    return without(model)

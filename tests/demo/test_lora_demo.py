@@ -1,0 +1,95 @@
+"""The app on a LoRA run: one copy of the base weights serves the base, finetuned and side-by-side tabs;
+the results browser compares the LoRA settings among the training options.
+
+The run is ``fixtures.lora.write_lora_run`` (base ``random:tiny``, an adapter with noise).
+"""
+
+from __future__ import annotations
+
+import pytest
+from fixtures.lora import write_lora_run
+
+from gpt2_scratch import lora
+from gpt2_scratch.demo import DemoApp
+from gpt2_scratch.demo.backends import Batched
+from gpt2_scratch.demo.compare import RunResults, compare, option_differences
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.runs import RunInfo
+from gpt2_scratch.tokenizer import decode, encode
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
+GREEDY = (12, 0.0, 0, 1.0, None)  # max new tokens, temperature, top-k, top-p, seed as the UI sends them
+INSTRUCTION = "Name a primary color."
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return write_lora_run(tmp_path_factory.mktemp("lora-demo") / "lora-run")
+
+
+def greedy(model, text: str, n: int = 12) -> str:
+    return decode(generate(model, [encode(text)], SamplingSettings(max_new_tokens=n))[0])
+
+
+def data_ptrs(model) -> set[int]:
+    return {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_copy_of_the_base_serves_both_models(run, dtype):
+    app = DemoApp.from_run(run, dtype=dtype)
+    assert app.shared_base and "(LoRA adapter, rank 4)" in app.checkpoint_name
+    base, finetuned = app.base.get(), app.finetuned.get()
+    assert base is not finetuned and lora.has_adapters(finetuned) and not lora.has_adapters(base)
+    assert data_ptrs(base) <= data_ptrs(finetuned)  # every base tensor is the finetuned model's own
+    prompt = get_prompt_style("alpaca").format(INSTRUCTION)
+    alone_base, _ = load_model("random:tiny", dtype=dtype)
+    assert list(app.generate_base(prompt, *GREEDY))[-1][0] == greedy(alone_base, prompt)
+    answer = list(app.generate_finetuned(INSTRUCTION, "", *GREEDY))[-1][0]
+    assert answer == greedy(load_model(str(run.final), dtype=dtype, merge=False)[0], prompt)
+    if dtype == "float32":  # the merged checkpoint answers the same
+        assert answer == greedy(load_model(str(run.final))[0], prompt)
+    assert answer != greedy(alone_base, prompt)
+
+
+def test_side_by_side_with_batching_gives_each_models_answer(run):
+    app = DemoApp.from_run(run, backend=Batched(max_rows=4, max_waiting=4))
+    try:
+        base_text, finetuned_text, status = list(app.generate_side_by_side(INSTRUCTION, "", *GREEDY))[-1]
+    finally:
+        app.close()
+    prompt = get_prompt_style("alpaca").format(INSTRUCTION)
+    assert base_text == greedy(load_model("random:tiny")[0], prompt)
+    assert finetuned_text == greedy(load_model(str(run.final), merge=False)[0], prompt)
+    assert base_text != finetuned_text and status.startswith("New tokens: base 12, finetuned 12")
+
+
+def test_another_base_is_not_shared(run):
+    app = DemoApp.from_run(run, base="gpt2")  # --base overrides the run's base: two models, nothing loaded yet
+    assert not app.shared_base and app.finetuned.merge and app.base.source == "gpt2"
+
+
+def test_an_unreachable_base_says_so_in_both_tabs(tmp_path):
+    import json
+
+    gone = write_lora_run(tmp_path / "gone")
+    meta = json.loads((gone.final / "config.json").read_text())
+    meta["adapter"]["base_model"] = "random:tiny"  # the run says random:tiny; the adapter names another base
+    meta["adapter"]["base_sha256"] = "0" * 64
+    (gone.final / "config.json").write_text(json.dumps(meta))
+    app = DemoApp.from_run(gone)
+    for outputs in (list(app.generate_base("Hello", *GREEDY)), list(app.generate_finetuned("Hi", "", *GREEDY))):
+        text, status = outputs[-1]
+        assert text == "" and "is not the one this adapter was trained on" in status
+
+
+def test_the_results_browser_compares_the_lora_settings():
+    full = RunInfo(name="full", base_model="gpt2", prompt_style="alpaca", training={"lr": 5e-5, "lora_rank": 0})
+    training = {"lr": 2e-4, "lora_rank": 8, "lora_alpha": None, "lora_targets": ["attn.c_attn"]}
+    low = RunInfo(name="lora", base_model="gpt2", prompt_style="alpaca", training=training)
+    diff = option_differences(compare([RunResults("full", full), RunResults("lora", low)]))
+    rows = {row[0]: row[1:] for row in diff.frame.values.tolist()}
+    assert rows["finetuning"] == ["full (every weight)", "LoRA rank 8, alpha 16"]
+    assert rows["lora_rank"] == ["0", "8"] and rows["lora_targets"] == ["—", "['attn.c_attn']"]
