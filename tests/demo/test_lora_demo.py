@@ -7,7 +7,6 @@ The run is ``fixtures.lora.write_lora_run`` (base ``random:tiny``, an adapter wi
 from __future__ import annotations
 
 import pytest
-from fixtures.lora import write_lora_run
 
 from gpt2_scratch import lora
 from gpt2_scratch.demo import DemoApp
@@ -18,6 +17,7 @@ from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo
 from gpt2_scratch.tokenizer import decode, encode
+from tests.fixtures.lora import write_lora_run
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 GREEDY = (12, 0.0, 0, 1.0, None)  # max new tokens, temperature, top-k, top-p, seed as the UI sends them

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from fixtures.lora import RECORDS, write_lora_run
 
 import evaluate as evaluate_cli
 from gpt2_scratch import lora
@@ -20,6 +19,7 @@ from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import decode, encode
+from tests.fixtures.lora import RECORDS, write_lora_run
 
 FAST = dict(sampling=SamplingSettings(max_new_tokens=6), batch_size=2, progress=False, device="cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-from fixtures.lora import write_lora_run
 
 from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import read_adapter
@@ -20,6 +19,7 @@ from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.export import export_run
 from gpt2_scratch.tokenizer import decode, encode
+from tests.fixtures.lora import write_lora_run
 
 CONFIG = lora.LoRAConfig(rank=4, alpha=6, dropout=0.1, targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc"))
 TEXTS = [get_prompt_style("alpaca").format("Name a color."), "Hello, world! 日本語 <|endoftext|> more"]
