@@ -11,6 +11,7 @@ rows join and leave a running batch. Design: docs/design.md.
 from __future__ import annotations
 
 import codecs
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -67,22 +68,15 @@ def crop_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tup
 
 
 def sample_next(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token ids ``(B,)`` from last-position logits ``(B, V)``."""
+    """Next token ids ``(B,)`` from last-position logits ``(B, V)``, every row with ``settings`` and ``generator``.
+
+    The rows draw from ``generator`` one after the other, as ``torch.multinomial``
+    of the whole batch does (see ``sample_rows``).
+    """
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / settings.temperature
-    if settings.top_k is not None and settings.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if settings.top_p is not None and settings.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
-        drop = probs.cumsum(dim=-1) - probs >= settings.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    B = logits.shape[0]
+    return sample_rows(logits, [settings] * B, [generator] * B)
 
 
 def make_generator(settings: SamplingSettings, device: torch.device | str) -> torch.Generator | None:
@@ -92,20 +86,142 @@ def make_generator(settings: SamplingSettings, device: torch.device | str) -> to
     return torch.Generator(device=device).manual_seed(settings.seed)
 
 
+# Candidates first taken for a top-p row without top-k; multiplied by 8 until its nucleus fits.
+TOP_P_CANDIDATES = 256
+_MANTISSA = (1 << 53) - 1  # the bits of a random 64-bit integer that make a double in [0, 1)
+
+
 def sample_rows(
     logits: torch.Tensor, settings: Sequence[SamplingSettings], generators: Sequence[torch.Generator | None]
 ) -> torch.Tensor:
     """Next token ids ``(B,)`` from logits ``(B, V)``, each row with its own settings and generator.
 
-    Row i draws exactly what ``sample_next(logits[i:i+1], settings[i], generators[i])``
-    draws, which is what that row draws in a batch of its own: a seeded row gives
-    the same tokens whatever shares its batch.
+    Each sampled row draws the token that temperature, top-k (ties with the k-th
+    kept), top-p, softmax and ``torch.multinomial`` over all ``V`` logits draw
+    from the same generator, but only the top-k survivors are sorted and
+    normalised: ``multinomial`` picks ``argmax(p / E)`` with one ``E ~ Exp(1)``
+    per token, and here the same random numbers are drawn (``_random_bits``) and
+    turned into ``E`` for the survivors only. The settings are per-row tensors,
+    so one call does every row; only the random draws go row by row (each row
+    has its own generator). A row's result depends on its logits and its
+    generator alone, bit for bit: a seeded row gets its solo tokens in any batch.
     """
-    tokens = logits.argmax(dim=-1)  # greedy rows need nothing more (one argmax for all of them)
-    for i, (s, g) in enumerate(zip(settings, generators)):
-        if s.temperature != 0:
-            tokens[i] = sample_next(logits[i : i + 1], s, g)[0]
+    B = logits.shape[0]
+    sampled = [i for i, s in enumerate(settings) if s.temperature != 0]
+    if not sampled:
+        return logits.argmax(dim=-1)
+    bits = _random_bits(len(sampled), logits.shape[-1], [generators[i] for i in sampled], logits.device)
+    picked = _draw(_rows(logits, sampled, B).float(), [settings[i] for i in sampled], bits)
+    if len(sampled) == B:
+        return picked
+    tokens = logits.argmax(dim=-1)  # the greedy rows' tokens
+    tokens[sampled] = picked
     return tokens
+
+
+def _rows(t: torch.Tensor, rows: list[int], n: int) -> torch.Tensor:
+    """``t[rows]``, without a copy when ``rows`` is all ``n`` rows in order."""
+    return t if len(rows) == n else t[rows]
+
+
+def _random_bits(
+    n: int, vocab: int, generators: Sequence[torch.Generator | None], device: torch.device
+) -> torch.Tensor:
+    """``(n, vocab)`` random 64-bit integers, row i from ``generators[i]`` (None: torch's global generator).
+
+    ``torch.multinomial`` makes its ``E ~ Exp(1)`` from one random 64-bit number
+    per token of a row; drawing the same numbers leaves each generator where
+    ``multinomial`` would. Consecutive rows with the same generator draw in one
+    call (the same numbers as row by row).
+    """
+    bits = torch.empty(n, vocab, dtype=torch.int64, device=device)
+    start = 0
+    for _, group in itertools.groupby(generators, key=id):
+        size = len(list(group))
+        bits[start : start + size].random_(generator=generators[start])
+        start += size
+    return bits
+
+
+def _exponentials(bits: torch.Tensor) -> torch.Tensor:
+    """``E ~ Exp(1)`` in float32 from random 64-bit integers, as torch's ``exponential_`` makes them."""
+    uniform = (bits & _MANTISSA).double() * 2.0**-53
+    return (-torch.log1p(-uniform)).float()
+
+
+def _draw(logits: torch.Tensor, settings: Sequence[SamplingSettings], bits: torch.Tensor) -> torch.Tensor:
+    """Token ids ``(n,)`` from float32 logits ``(n, V)``, each row with its temperature and filters."""
+    n, V = logits.shape
+    temperature = torch.tensor([[s.temperature] for s in settings], device=logits.device)  # (n, 1)
+    top_k = [s.top_k if s.top_k is not None and s.top_k < V else None for s in settings]
+    top_p = [s.top_p if s.top_p is not None and s.top_p < 1.0 else None for s in settings]
+    cut = [i for i in range(n) if top_k[i] is not None or top_p[i] is not None]
+    whole = [i for i in range(n) if top_k[i] is None and top_p[i] is None]
+    tokens = torch.empty(n, dtype=torch.long, device=logits.device)
+    if whole:  # no filter: every token is a candidate, as in multinomial itself
+        probs = torch.softmax(_rows(logits, whole, n) / _rows(temperature, whole, n), dim=-1)
+        tokens[whole] = (probs / _exponentials(_rows(bits, whole, n))).argmax(dim=-1)
+    if cut:
+        probs, ids = _filtered(
+            _rows(logits, cut, n), _rows(temperature, cut, n), [top_k[i] for i in cut], [top_p[i] for i in cut]
+        )
+        e = _exponentials(_rows(bits, cut, n).gather(-1, ids))
+        tokens[cut] = ids.gather(-1, (probs / e).argmax(dim=-1, keepdim=True)).squeeze(1)
+    return tokens
+
+
+def _top(logits: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``c`` largest values of each row and their token ids, largest first and ties by token id.
+
+    The fixed order of ties makes a row's first candidates the same whatever ``c``
+    is (and so whatever the other rows need).
+    """
+    values, ids = torch.topk(logits, c, dim=-1)
+    ids, order = ids.sort(dim=-1)
+    values, order = values.gather(-1, order).sort(dim=-1, descending=True, stable=True)
+    return values, ids.gather(-1, order)
+
+
+def _filtered(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: Sequence[int | None], top_p: Sequence[float | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities ``(n, c)``, token ids ``(n, c)``) of each row's candidates after top-k then top-p.
+
+    Top-k keeps the tokens at least as large as the k-th (ties included); top-p
+    then drops a token when the ones ranked above it already reach ``top_p``
+    (the first always stays), with probabilities over the top-k survivors, or
+    over all tokens in a row without top-k. Rows without top-k start from
+    ``TOP_P_CANDIDATES`` candidates, more until the nucleus fits.
+    """
+    n, V = logits.shape
+    device = logits.device
+    has_k = torch.tensor([k is not None for k in top_k], device=device)
+    p_limit = torch.tensor([[p if p is not None else float("inf")] for p in top_p], device=device)
+    c = min(V, max(k + 1 if k is not None else TOP_P_CANDIDATES for k in top_k))  # one past the k-th: ties
+    values, ids = _top(logits, c)
+    kth = values.gather(-1, torch.tensor([[(k or 1) - 1] for k in top_k], device=device))  # (n, 1)
+    n_keep = torch.where(has_k, (values >= kth).sum(dim=-1), V)
+    if c < V and bool((has_k & (n_keep == c)).any()):  # ties with the k-th may go on past the candidates
+        n_keep = torch.where(has_k, (logits >= kth).sum(dim=-1), V)
+    everything = None  # softmax over all tokens, for the rows without top-k
+    while True:
+        c = max([c] + [int(n) for n in n_keep[has_k]])
+        if c > values.shape[-1]:
+            values, ids = _top(logits, c)
+        scaled = values / temperature  # as scaling every logit first: the same values in the same order
+        kept = torch.arange(c, device=device) < n_keep[:, None]  # (n, c)
+        e = torch.exp(scaled - scaled[:, :1]) * kept
+        probs = e / e.cumsum(dim=-1)[:, -1:]  # cumsum: one sequential sum per row, whatever the batch
+        if not bool(has_k.all()):
+            if everything is None:
+                everything = torch.softmax(logits / temperature, dim=-1)
+            probs = torch.where(has_k[:, None], probs, everything.gather(-1, ids))
+        drop = probs.cumsum(dim=-1) - probs >= p_limit
+        if bool((has_k | drop[:, -1]).all()) or c == V:  # a top-p-only row is complete once its last is dropped
+            break
+        c = min(c * 8, V)
+    e = e.masked_fill(drop, 0.0)
+    return e / e.cumsum(dim=-1)[:, -1:], ids
 
 
 @torch.inference_mode()
