@@ -4,6 +4,7 @@
     python finetune.py --base gpt2-medium --epochs 1
     python finetune.py --base random:tiny --limit 100    # offline smoke run, tiny random model
     python finetune.py --resume runs/20250101-120000     # continue an interrupted run
+    python finetune.py --method dpo --base runs/my-sft   # DPO on the book's preference data
     torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
 
 The training itself lives in gpt2_scratch/train/loop.py; this script only turns
@@ -16,7 +17,7 @@ import argparse
 import sys
 
 from gpt2_scratch.prompts import PROMPT_STYLES
-from gpt2_scratch.train.config import SCHEDULES, TrainConfig
+from gpt2_scratch.train.config import DPO_LOGPS, METHODS, SCHEDULES, TrainConfig
 from gpt2_scratch.train.distributed import PRECISIONS
 from gpt2_scratch.train.loop import train
 
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "local weights, a run's checkpoint folder, or random:<preset> (e.g. random:tiny, offline)",
     )
     model.add_argument(
-        "--dataset", default=d.dataset, help="dataset: URL, local .json/.jsonl file or Hugging Face dataset id"
+        "--dataset",
+        default=None,
+        help="dataset: URL, local .json/.jsonl file or Hugging Face dataset id; default: the book's instruction "
+        "data (sft) or its preference data with chosen/rejected answers (dpo)",
     )
     model.add_argument(
         "--limit",
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
+    opt.add_argument(
+        "--epochs", type=int, default=None, help="passes over the training split; default: 2 (sft), 1 (dpo)"
+    )
     opt.add_argument(
         "--max-steps",
         type=int,
@@ -103,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after N optimizer steps, and finish the run as usual (final checkpoint, ...); default: no limit",
     )
-    opt.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    opt.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (AdamW); default: 5e-5 (sft), 5e-6 (dpo)"
+    )
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices and embeddings only")
     opt.add_argument(
         "--batch-size",
@@ -157,6 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=d.compile, help="torch.compile the model"
     )
+
+    # DPO options -- a block of its own until the parser is generated from TrainConfig's field metadata.
+    dpo = p.add_argument_group(
+        "DPO",
+        "--method dpo tunes --base (the SFT model: a run folder, a checkpoint or any model string) on preference "
+        "pairs with the sigmoid DPO loss. The base is also the frozen reference; its log-probabilities are "
+        "computed once before training and saved in the run folder. Log-probabilities are summed over each "
+        "response (as the DPO paper and TRL; --dpo-logps mean averages them, as the book). Logged rewards are "
+        "beta * (log pi - log pi_ref), beta included. Defaults follow the book's DPO run: lr 5e-6, 1 epoch, batch 8",
+    )
+    dpo.add_argument("--method", choices=METHODS, default=d.method, help="sft: instruction finetuning; dpo: DPO")
+    dpo.add_argument(
+        "--beta", type=float, default=d.beta, help="DPO's beta: how far the policy may stray from the reference"
+    )
+    dpo.add_argument(
+        "--dpo-logps",
+        choices=DPO_LOGPS,
+        default=d.dpo_logps,
+        help="a response's log-probability: sum over its tokens (paper, TRL) or mean (the book)",
+    )
+    # end of DPO options
     return p
 
 

@@ -9,6 +9,7 @@ runs/<name>/
   metrics.jsonl         one JSON object per logged event
   loss.png              train/validation loss against tokens seen
   train_state/          periodic resume state (model, optimizer, RNG, position)
+  reference_logps.safetensors  DPO runs: the reference model's log-probabilities, computed once (train/dpo.py)
   eval/predictions.jsonl  one line per test record (evaluate.py)
   eval/summary.json       aggregates per model (evaluate.py)
 """
@@ -131,6 +132,10 @@ class RunPaths:
         return self.root / "train_state"
 
     @property
+    def reference_logps(self) -> Path:
+        return self.root / "reference_logps.safetensors"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 
@@ -149,6 +154,19 @@ def _model_config(folder: Path) -> Path | None:
     if final.is_file():
         return final
     return folder / "config.json" if is_export(folder) else None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A training run's folder (run.json, the model in final/), not an export (whose model is at its root)."""
+    return (folder / "run.json").is_file() and not (folder / CONFIG_FILE).is_file()
+
+
+def final_checkpoint(folder: Path) -> Path:
+    """The ``final/`` checkpoint of a run folder; a run without one (unfinished) is a one-line error."""
+    final = folder / "final"
+    if not (final / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} is a run folder without a final checkpoint (not finished yet?)")
+    return final
 
 
 def finished_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunPaths]:
