@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from gpt2_scratch.prompts import PROMPT_STYLES
-from gpt2_scratch.train.config import DPO_LOGPS, METHODS, SCHEDULES, TrainConfig
+from gpt2_scratch.train.config import DPO_LOGPS, METHODS, RESUME_OVERRIDES, SCHEDULES, TrainConfig
 from gpt2_scratch.train.distributed import PRECISIONS
 from gpt2_scratch.train.loop import train
 
@@ -187,10 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # end of DPO options
     return p
-
-
-# What --resume may change: how the run is executed, not what it computes.
-RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
 
 
 def _explicit_options(argv: list[str] | None) -> list[str]:

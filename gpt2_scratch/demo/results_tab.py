@@ -132,17 +132,8 @@ def results_tab(demo: gr.Blocks, browser: ResultsBrowser) -> None:
         show_after(refresh.click(browser.refresh, [runs], picker, **PRIVATE))
 
 
-def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Callable]:
-    """The browser's components and events: (the run picker, a function that shows the chosen runs again
-    after a given event)."""
-    runs = gr.Dropdown(
-        browser.offered(),
-        value=browser.default_selection(),
-        multiselect=True,
-        max_choices=MAX_RUNS,
-        label=f"Runs to compare (up to {MAX_RUNS})",
-        elem_id="results-runs",
-    )
+def _overview() -> tuple[gr.components.Component, ...]:
+    """The chosen runs' overview: a message, the summary table, the loss curves and the options that differ."""
     message = gr.Markdown(elem_id="results-message")
     summary = gr.Dataframe(
         interactive=False, wrap=True, label="Summary: one row per run and model", elem_id="results-summary"
@@ -165,14 +156,11 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
                 elem_id="results-options",
                 label="Training options that differ (highlighted: unlike the first run's)",
             )
-    metric = gr.Dropdown(
-        [(m.label, m.key) for m in RECORD_METRICS],
-        value=DEFAULT_METRIC,
-        label="Score to plot",
-        elem_id="results-metric",
-    )
-    plots = _plots()
-    selection = gr.Markdown(elem_id="results-selection")
+    return message, summary, loss, options_message, options
+
+
+def _records_table() -> tuple[gr.components.Component, ...]:
+    """The filters over the test records, the filtered table and its CSV export."""
     with gr.Row():
         search = gr.Textbox(
             label="Search text",
@@ -199,6 +187,30 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
             "Export the filtered table as CSV", size="sm", elem_id="results-export", scale=0, min_width=260
         )
         csv_file = gr.File(visible=False, interactive=False, elem_id="results-csv")
+    return search, score, min_score, max_score, order, count, table, export, csv_file
+
+
+def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Callable]:
+    """The browser's components and events: (the run picker, a function that shows the chosen runs again
+    after a given event)."""
+    runs = gr.Dropdown(
+        browser.offered(),
+        value=browser.default_selection(),
+        multiselect=True,
+        max_choices=MAX_RUNS,
+        label=f"Runs to compare (up to {MAX_RUNS})",
+        elem_id="results-runs",
+    )
+    message, summary, loss, options_message, options = _overview()
+    metric = gr.Dropdown(
+        [(m.label, m.key) for m in RECORD_METRICS],
+        value=DEFAULT_METRIC,
+        label="Score to plot",
+        elem_id="results-metric",
+    )
+    plots = _plots()
+    selection = gr.Markdown(elem_id="results-selection")
+    search, score, min_score, max_score, order, count, table, export, csv_file = _records_table()
     record, record_outputs = _record_view()
 
     filters = [search, score, min_score, max_score, order, runs]

@@ -25,6 +25,8 @@ from gpt2_scratch.runs import DEFAULT_RUNS_DIR
 from gpt2_scratch.train.distributed import PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
+# What --resume may change: how the run is executed, not what it computes.
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
 METHODS = ("sft", "dpo")
 DPO_LOGPS = ("sum", "mean")
 # The defaults that depend on --method: the LLMs-from-scratch runs (ch07 SFT; ch07/04 DPO: lr 5e-6, 1 epoch).

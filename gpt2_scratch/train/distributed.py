@@ -10,16 +10,15 @@ below is a no-op, so the training loop reads the same either way.
         records = load_records(url)
 
 Files (metrics, checkpoints, the resume state) are written by rank 0 alone:
-methods doing that are decorated with ``@rank_zero``.
+the loop checks ``if self.is_main:`` where it writes them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -91,23 +90,6 @@ class DistContext:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-T = TypeVar("T")
-
-
-def rank_zero(method: Callable[..., T]) -> Callable[..., T | None]:
-    """Run the decorated method on rank 0 only (it returns None elsewhere); its object has a ``dist_ctx``.
-
-    For the jobs one process does for all: logging, printing, writing files.
-    A method decorated so must not call collectives (the other ranks skip it).
-    """
-
-    @functools.wraps(method)
-    def on_rank_zero(self, *args, **kwargs):
-        return method(self, *args, **kwargs) if self.dist_ctx.is_main else None
-
-    return on_rank_zero
 
 
 def init_distributed(device_name: str) -> tuple[DistContext, torch.device, bool]:

@@ -31,7 +31,7 @@ Resume
 Several GPUs
     ``torchrun --nproc_per_node N finetune.py ...`` runs DistributedDataParallel
     (nccl on CUDA, gloo on CPU). Evaluation batches are shared among the
-    processes; logging, sampling and saving happen on rank 0 only (``@rank_zero``).
+    processes; logging, sampling and saving happen on rank 0 only (``if self.is_main:``).
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
-from gpt2_scratch.train.config import TrainConfig
+from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
 from gpt2_scratch.train.datasets import load_train_data
-from gpt2_scratch.train.distributed import DistContext, autocast_dtype, init_distributed, rank_zero
+from gpt2_scratch.train.distributed import DistContext, autocast_dtype, init_distributed
 from gpt2_scratch.train.dpo import DPOStepRunner
 from gpt2_scratch.train.log import MetricsLog, plot_losses
 from gpt2_scratch.train.run_writer import (
@@ -76,19 +76,14 @@ NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before 
 
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
-    """The run's own config from run.json, keeping only how-to-run options (device, precision, compile) from ``config``."""
+    """The run's own config from run.json, keeping only the how-to-run options (RESUME_OVERRIDES) from ``config``."""
     run_info = RunPaths(Path(config.resume)).read_info()
     if not run_info.training:
         raise ValueError(f'{config.resume}/run.json has no "training" settings to resume with')
     if run_info.status == "finished":
         raise ValueError(f"{config.resume} has already finished; there is nothing to resume")
     stored = TrainConfig.from_dict(run_info.training)
-    overrides = {
-        "device": config.device,
-        "precision": config.precision,
-        "compile": config.compile,
-        "resume": config.resume,
-    }
+    overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
     return dataclasses.replace(stored, **overrides), run_info
 
 
@@ -116,6 +111,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, dist_ctx: DistContext, device: torch.device):
         self.dist_ctx, self.device = dist_ctx, device
+        self.is_main = dist_ctx.is_main  # rank 0 logs, samples and writes the files
         self.run_info: RunInfo | None = None  # run.json
         self.paths: RunPaths | None = None  # a new run's folder is created by run_training
         self.restoring = False  # resuming from a saved state (else the run starts at step 0)
@@ -123,7 +119,8 @@ class Trainer:
             config, self.run_info = _resume_config(config)
             self.paths = RunPaths(Path(config.resume))
             with dist_ctx.main_first():
-                self._remove_leftovers()
+                if self.is_main:
+                    self._remove_leftovers()
             self.restoring = (self.paths.train_state / "state.json").is_file()
         elif config.name is not None and (Path(config.out_dir) / config.name).exists():
             raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model
@@ -187,7 +184,7 @@ class Trainer:
     def _start(self) -> None:
         """Step 0: create the run folder (or clear one that starts over), write its first files, the baseline."""
         if self.paths is None:
-            folder, error = self.dist_ctx.broadcast(self._create_folder())
+            folder, error = self.dist_ctx.broadcast(self._create_folder() if self.is_main else None)
             if error:
                 raise ValueError(error)
             self.config = dataclasses.replace(self.config, name=folder.name)
@@ -202,13 +199,14 @@ class Trainer:
             )
         else:  # --resume of a run stopped before its first saved state
             self._say(f"note: {self.paths.root} has no saved state yet; starting it over from step 0")
-            self._on_main(clear_outputs, self.paths)
-        self._on_main(write_run_files, self.paths, self.run_info, self.split)
-        if self.data.note:
-            self._say(self.data.note)
-        self._baseline()
+            if self.is_main:
+                clear_outputs(self.paths)
+        if self.is_main:
+            write_run_files(self.paths, self.run_info, self.split)
+            if self.data.note:
+                self._say(self.data.note)
+            self._baseline()
 
-    @rank_zero
     def _create_folder(self) -> tuple[Path | None, str | None]:
         """(the new run folder, None), or (None, why it cannot be created): every rank raises the same."""
         try:
@@ -216,7 +214,6 @@ class Trainer:
         except (ValueError, OSError) as e:
             return None, str(e)
 
-    @rank_zero
     def _remove_leftovers(self) -> None:
         removed = remove_leftovers(self.paths)
         if removed:
@@ -226,25 +223,23 @@ class Trainer:
         self.progress, rng = load_train_state(self.paths.train_state, self.model, self.optimizer)
         self.best = BestWeights(written=self.progress.best_step)  # best/ is written before the state
         restore_rng(rng, self.dist_ctx, self.device)
-        self._on_main(self.log.truncate_after, self.progress.step)
+        if self.is_main:
+            self.log.truncate_after(self.progress.step)
         self._log("resume", epoch=self.progress.epoch)
         p = self.progress
         self._say(f"resuming {self.paths.root} at step {p.step} (epoch {p.epoch + 1}, batch {p.position})")
 
     # -- rank 0's output ---------------------------------------------------------------------
 
-    @rank_zero
-    def _on_main(self, fn, *args) -> None:
-        """``fn(*args)`` on rank 0 only: for the module functions that write files."""
-        fn(*args)
-
-    @rank_zero
     def _say(self, text: str) -> None:
-        tqdm.write(text)  # above the progress bar, if one is shown
+        """Print ``text`` on rank 0 (above the progress bar, if one is shown)."""
+        if self.is_main:
+            tqdm.write(text)
 
-    @rank_zero
     def _log(self, event: str, **fields: Any) -> None:
-        self.log.log(event, self.progress.step, self.progress.tokens_seen, **fields)
+        """One ``metrics.jsonl`` line, written by rank 0."""
+        if self.is_main:
+            self.log.log(event, self.progress.step, self.progress.tokens_seen, **fields)
 
     def _respond(self, records: Sequence[Record]) -> list[str]:
         """Greedy responses of the current model to ``records`` (one batch, fp32)."""
@@ -259,7 +254,6 @@ class Trainer:
             self.model.train(was_training)
         return [decode(ids).strip() for ids in outputs]
 
-    @rank_zero
     def _baseline(self) -> None:
         """The base model's answers to the first test instructions, before any training."""
         records = self.split.test[:NUM_BASELINE_RECORDS]
@@ -275,7 +269,6 @@ class Trainer:
             )
             self._say(f"  {record.instruction!r}\n    -> {response!r}")
 
-    @rank_zero
     def _sample(self) -> None:
         record = self.split.val[0]
         (response,) = self._respond([record])
@@ -298,13 +291,11 @@ class Trainer:
             "val_loss": val_loss,
         }
 
-    @rank_zero
     def _write_best(self) -> None:
         p = self.progress
         metadata = self._checkpoint_metadata(p.best_step, p.best_val_loss)
         self.best.write(self.paths.best, p.best_step, prompt_style=self.config.prompt_style, metadata=metadata)
 
-    @rank_zero
     def _end_epoch(self) -> None:
         self._sample()
         if self.progress.step < self.total_steps:
@@ -313,8 +304,9 @@ class Trainer:
 
     def _save_state(self) -> None:
         rng = rng_states(self.dist_ctx, self.device)  # collective: every rank takes part
-        self._write_best()  # first, so the state never refers to a best/ that is not on disk
-        self._on_main(save_train_state, self.paths.train_state, self.model, self.optimizer, self.progress, rng)
+        if self.is_main:
+            self._write_best()  # first, so the state never refers to a best/ that is not on disk
+            save_train_state(self.paths.train_state, self.model, self.optimizer, self.progress, rng)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -325,7 +317,8 @@ class Trainer:
         improved = val_loss < p.best_val_loss
         if improved:
             p.best_val_loss, p.best_step = val_loss, p.step
-            self._on_main(self.best.keep, self.model)
+            if self.is_main:
+                self.best.keep(self.model)
         self._log("eval", epoch=p.epoch, **metrics, best=improved)
         more = "".join(f"  val {label} {metrics[f'val_{k}']:.3f}" for k, label in self.steps.shown.items())
         self._say(
@@ -345,14 +338,15 @@ class Trainer:
             total=self.total_steps,
             initial=self.progress.step,
             unit="step",
-            disable=not self.dist_ctx.is_main,
+            disable=not self.is_main,
             dynamic_ncols=True,
         ) as bar:
             if self.progress.step == 0:
                 self._evaluate()  # the starting point of the loss curves
             finished = self._loop(bar, stop_after)
         if finished:
-            self._write_outputs()
+            if self.is_main:
+                self._write_outputs()
             self.dist_ctx.barrier()  # no rank exits while rank 0 is still writing
         return self.paths
 
@@ -377,7 +371,8 @@ class Trainer:
             if p.step % cfg.eval_every == 0 or p.step == self.total_steps:
                 self._evaluate()
             if p.position == self.steps_per_epoch:
-                self._end_epoch()
+                if self.is_main:
+                    self._end_epoch()
                 p.epoch, p.position, batches = p.epoch + 1, 0, None
             if cfg.save_every and p.step % cfg.save_every == 0 and p.step < self.total_steps:
                 self._save_state()
@@ -385,7 +380,6 @@ class Trainer:
                 return False  # as if killed here: nothing more is written
         return True
 
-    @rank_zero
     def _write_outputs(self) -> None:
         """final/, best/, the loss plot, run.json "finished"; the resume state and any leftovers go."""
         p = self.progress
