@@ -9,6 +9,7 @@ view, built on the same ``Comparison``, are in browse.py):
     cmp = compare([RunResults("a", info_a, summary_a, predictions_a, metrics_a), ...])
     summary_frame(cmp)                 # one row per run and model
     loss_frame(cmp)                    # LinePlot(x="tokens_seen", y="loss", color="series")
+    reward_frame(cmp)                  # DPO runs: LinePlot(x="tokens_seen", y="value", color="series")
     option_differences(cmp)            # the training options that differ
     histogram_frame(cmp, "rouge_l")    # BarPlot(x="bin", y="count", color="series")
     scatter_frame(cmp, "rouge_l")      # ScatterPlot(x="base", y="finetuned", color="run")
@@ -242,21 +243,37 @@ def summary_frame(cmp: Comparison, *, formatted: bool = False) -> pd.DataFrame:
     return pd.DataFrame([[*row[:2], *map(_number, row[2:-1])] for row in data], columns=columns)
 
 
-def loss_frame(cmp: Comparison) -> pd.DataFrame:
-    """The loss curves of every run, long format: ``run``, ``split`` (train/val), ``series``, ``tokens_seen``, ``loss``.
-
-    From metrics.jsonl's ``eval`` events; for ``gr.LinePlot(x="tokens_seen", y="loss", color="series")``.
-    """
+def _eval_curves(cmp: Comparison, curves: Sequence[tuple[str, str]]) -> list[tuple]:
+    """(run, curve, "run · curve", tokens_seen, value) of metrics.jsonl's ``eval`` events, per (key, curve)."""
     data = []
     for run in cmp.runs:
         for row in run.metrics:
             if not isinstance(row, dict) or row.get("event") != "eval":
                 continue
-            for split, key in (("train", "train_loss"), ("val", "val_loss")):
-                tokens, loss = _number(row.get("tokens_seen")), _number(row.get(key))
-                if np.isfinite(tokens) and np.isfinite(loss):
-                    data.append((run.label, split, f"{run.label} · {split}", tokens, loss))
+            for key, curve in curves:
+                tokens, value = _number(row.get("tokens_seen")), _number(row.get(key))
+                if np.isfinite(tokens) and np.isfinite(value):
+                    data.append((run.label, curve, f"{run.label} · {curve}", tokens, value))
+    return data
+
+
+def loss_frame(cmp: Comparison) -> pd.DataFrame:
+    """The loss curves of every run, long format: ``run``, ``split`` (train/val), ``series``, ``tokens_seen``, ``loss``.
+
+    From metrics.jsonl's ``eval`` events; for ``gr.LinePlot(x="tokens_seen", y="loss", color="series")``.
+    """
+    data = _eval_curves(cmp, (("train_loss", "train"), ("val_loss", "val")))
     return pd.DataFrame(data, columns=["run", "split", "series", "tokens_seen", "loss"])
+
+
+# The curves of a DPO run besides its loss: (eval event key, curve); its rewards include beta (train/dpo.py).
+REWARD_CURVES = (("val_reward_margin", "val reward margin"), ("val_reward_accuracy", "val reward accuracy"))
+
+
+def reward_frame(cmp: Comparison) -> pd.DataFrame:
+    """The DPO runs' validation reward margin and accuracy, long format: ``run``, ``curve``, ``series``,
+    ``tokens_seen``, ``value`` (``gr.LinePlot(x="tokens_seen", y="value", color="series")``); empty without one."""
+    return pd.DataFrame(_eval_curves(cmp, REWARD_CURVES), columns=["run", "curve", "series", "tokens_seen", "value"])
 
 
 @dataclass

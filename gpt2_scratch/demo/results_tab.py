@@ -3,6 +3,7 @@
     Runs to compare  [run-a ×] [run-b ×]                      (multi-select; Hub repos that failed: said above)
     what is compared (shared records), summary table (one row per run and model)
     loss curves, overlaid (LinePlot)          | training options that differ (highlighted)
+    DPO runs only: validation reward margin and accuracy (LinePlot)
     Score to plot  [ROUGE-L F1 ▾]
     distributions (BarPlot, one bar per run · model) | base vs finetuned per record (ScatterPlot)
     score against the reference's length (ScatterPlot)
@@ -156,7 +157,16 @@ def _overview() -> tuple[gr.components.Component, ...]:
                 elem_id="results-options",
                 label="Training options that differ (highlighted: unlike the first run's)",
             )
-    return message, summary, loss, options_message, options
+    rewards = gr.LinePlot(
+        x="tokens_seen",
+        y="value",
+        color="series",
+        x_title="tokens seen",
+        visible=False,  # shown when a chosen run is a DPO run
+        label="DPO: validation reward margin and reward accuracy",
+        elem_id="results-rewards",
+    )
+    return message, summary, loss, rewards, options_message, options
 
 
 def _records_table() -> tuple[gr.components.Component, ...]:
@@ -201,7 +211,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         label=f"Runs to compare (up to {MAX_RUNS})",
         elem_id="results-runs",
     )
-    message, summary, loss, options_message, options = _overview()
+    message, summary, loss, rewards, options_message, options = _overview()
     metric = gr.Dropdown(
         [(m.label, m.key) for m in RECORD_METRICS],
         value=DEFAULT_METRIC,
@@ -231,7 +241,9 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         """After ``chosen`` (an event that ran ``choose_runs``): the chosen runs' plots, table and record."""
         (
             chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
+            .then(browser.reward_curves, [runs], rewards, **PRIVATE)
             .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
+            .then(browser.reward_caption, [runs], rewards, **PRIVATE)
             .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
             .then(browser.show_record, [runs, record], record_outputs, **PRIVATE)
         )

@@ -76,12 +76,14 @@ class ModelResults:
 def build_summary(run: RunPaths, info, records, style, generation, dtype, settings, models: dict) -> dict:
     """``eval/summary.json``: what was evaluated, how, and each model's aggregates."""
     judge = settings.judge
+    info_run = run.read_info()
     return {
         "run": str(run.root),
+        "method": info_run.training.get("method", "sft"),  # dpo: "base" is the SFT model it started from
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "num_records": len(records),
         "checkpoint": {"path": str(run.final), "sha256": info.sha256},
-        "base_model": run.read_info().base_model,
+        "base_model": info_run.base_model,
         "prompt_style": style.name,
         "test_records": str(run.test_records),
         "generation": generation,

@@ -22,6 +22,7 @@ from gpt2_scratch.runs import RunInfo
 
 PROJECT = "gpt2_scratch"
 TAGS = ["gpt2", "instruction-tuning", "gpt2-scratch"]
+DPO_TAGS = ["dpo", "preference-tuning"]  # added for runs of finetune.py --method dpo
 # Summary metrics that go into the model-index, with the Hub's metric type for each.
 INDEX_METRICS = {
     "rouge_l": "rougeL",
@@ -52,6 +53,23 @@ def _dataset_name(source: str | None) -> str:
     if not source:
         return "unknown dataset"
     return hub_dataset(source) or source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _is_dpo(run: RunInfo) -> bool:
+    return run.training.get("method") == "dpo"
+
+
+def _what(run: RunInfo) -> str:
+    """How the model was made, for the card's first line: instruction finetuning, or DPO of which SFT model."""
+    data = _dataset_name(run.dataset.get("source"))
+    if not _is_dpo(run):
+        return f"GPT-2 instruction-finetuned from `{run.base_model}` on `{data}`"
+    t = run.training
+    logps = "summed" if t.get("dpo_logps", "sum") == "sum" else "averaged"
+    return (
+        f"GPT-2 preference-tuned with DPO (beta {t.get('beta')}, log-probabilities {logps} over each response) "
+        f"from the SFT model `{run.base_model}`, also its frozen reference, on the preference pairs of `{data}`"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -88,7 +106,7 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
         license=license,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=TAGS,
+        tags=TAGS + (DPO_TAGS if _is_dpo(run) else []),
         base_model=base,
         datasets=[dataset] if dataset else None,
         model_name=repo_id if results else None,
@@ -160,7 +178,7 @@ def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss
     lines = [
         "## Training",
         "",
-        f"Finetuned from `{run.base_model}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
+        f"{'Preference-tuned (DPO)' if _is_dpo(run) else 'Finetuned'} from `{run.base_model}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
         f"{config.n_embd}-dimensional embeddings, {config.block_size}-token context).",
         "",
         "| option | value |",
@@ -200,6 +218,11 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
             "",
         ]
     gen = summary.get("generation") or {}
+    if _is_dpo(run):
+        lines += [
+            f"`base` is the SFT model `{run.base_model}` this DPO run started from; `finetuned` is this model.",
+            "",
+        ]
     lines += [
         f"On the run's {summary.get('num_records', '?')} held-out test instructions "
         f"(`max_new_tokens` {gen.get('max_new_tokens', '?')}, temperature {gen.get('temperature', '?')}):",
@@ -254,9 +277,8 @@ def model_card(
         "",
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"GPT-2 instruction-finetuned from `{run.base_model}` on `{_dataset_name(run.dataset.get('source'))}` with "
-        f"{PROJECT}, a from-scratch PyTorch GPT-2. The weights, config and tokenizer are in the layout of "
-        "`transformers`' `GPT2LMHeadModel`; the run's own files (`run.json`, `metrics.jsonl`, `loss.png`, `eval/`) "
+        f"{_what(run)} with {PROJECT}, a from-scratch PyTorch GPT-2. The weights, config and tokenizer are in "
+        "the layout of `transformers`' `GPT2LMHeadModel`; the run's own files (`run.json`, `metrics.jsonl`, `loss.png`, `eval/`) "
         "are here too.",
         "",
         *_weights_note(weights_dtype),

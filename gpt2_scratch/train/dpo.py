@@ -30,10 +30,11 @@ from gpt2_scratch.files import atomic_write
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.model import GPT
+from gpt2_scratch.train.log import DPO_METRICS
 from gpt2_scratch.train.step import StepRunner, chunks, input_tokens
 
 # The per-pair quantities a step and an evaluation report, in log order ("loss" first).
-METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
+METRICS = ("loss", *DPO_METRICS)
 REFERENCE_FORMAT = "gpt2_scratch.train.dpo.reference/1"
 
 
