@@ -1,4 +1,4 @@
-"""Instruction finetuning: the training loop.
+"""Instruction finetuning (and DPO after it): the training loop.
 
     from gpt2_scratch.train.config import TrainConfig
     from gpt2_scratch.train.loop import train
@@ -17,7 +17,9 @@ The loop's helpers live beside it, one job each: ``train_config`` (the
 options), ``train_step`` (AdamW, the schedule, what one step computes),
 ``train_state`` (the resume state), ``run_log`` (``metrics.jsonl``,
 ``loss.png``), ``run_writer`` (the run folder, ``best/``, cleanup) and
-``distributed`` (processes, devices, autocast).
+``distributed`` (processes, devices, autocast). ``method="dpo"`` is a switch,
+not a second loop: ``datasets`` gives it preference pairs instead of records,
+``dpo.DPOStepRunner`` its step, evaluation and reference log-probabilities.
 
 Resume
     Every ``save_every`` steps the complete training state goes to
