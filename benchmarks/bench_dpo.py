@@ -92,25 +92,31 @@ def step_part(args) -> None:
     work = batches(args.warmup + args.steps)
     pairs = [p for b in work for p in b]
     runners, precompute_s = make_sides(pairs)
-    times = {side: [] for side in SIDES}
+    times = {side: [] for side in (*SIDES, "reference forward")}
+    live = runners["live"]
     for i, b in enumerate(work):
-        order = SIDES if i % 2 == 0 else SIDES[::-1]  # A B, B A, ...
+        order = (*SIDES, "reference forward") if i % 2 == 0 else ("reference forward", *SIDES[::-1])  # A B C, C B A
         for side in order:
             t = time.perf_counter()
-            runners[side].step(b, 5e-6)
+            if side == "reference forward":  # what the live side adds: the reference on the batch's rows
+                live.reference.lookup(b, *live._tensors(b))
+            else:
+                runners[side].step(b, 5e-6)
             if i >= args.warmup:
                 times[side].append(time.perf_counter() - t)
         print(f"round {i + 1}/{len(work)} done", file=sys.stderr, flush=True)
     ratios = [live / pre for pre, live in zip(times["precomputed"], times["live"])]
     tokens = sum(len(p.chosen.ids) + len(p.rejected.ids) for p in pairs)
     print(f"DPO step, GPT-2 124M shape, {cpu_name()}, {args.threads} threads, batch 8 pairs, fp32")
-    for side in SIDES:
-        t = times[side]
-        print(f"  {side:12s} median {statistics.median(t):.2f} s/step (min {min(t):.2f}, max {max(t):.2f})")
+    for side, t in times.items():
+        print(f"  {side:17s} median {statistics.median(t):.2f} s (min {min(t):.2f}, max {max(t):.2f})")
     print(
         f"  speed-up of precomputing: median {statistics.median(ratios):.2f}x "
-        f"(min {min(ratios):.2f}, max {max(ratios):.2f}) over {len(ratios)} identical batches"
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f}) over {len(ratios)} identical batches; "
+        f"best times {min(times['live']) / min(times['precomputed']):.2f}x"
     )
+    shares = [f / p for f, p in zip(times["reference forward"], times["precomputed"])]
+    print(f"  the reference forward is a median {statistics.median(shares):.0%} of the precomputed step")
     print(f"  the precompute: {len(pairs)} pairs ({tokens} tokens) in {precompute_s:.1f} s")
     for side in SIDES:
         cmd = [sys.executable, "-m", "benchmarks.bench_dpo", "--worker", side, "--steps", "2"]

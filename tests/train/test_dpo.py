@@ -175,6 +175,7 @@ def test_kill_and_resume_give_identical_weights(tmp_path, dpo_run, capsys):
     assert [r["loss"] for r in events(paths, "train")] == [r["loss"] for r in events(dpo_run, "train")]
 
 
+@pytest.mark.slow
 def test_a_resume_without_the_saved_reference_computes_it_from_the_base_again(tmp_path):
     paths = train(dpo_config(tmp_path, name="lost", max_steps=4, save_every=2, eval_every=2), stop_after=3)
     saved = read_safetensors(paths.reference_logps)
@@ -212,6 +213,7 @@ def test_bad_dpo_options(overrides, message):
         TrainConfig(**overrides)
 
 
+@pytest.mark.slow
 def test_an_sft_run_folder_is_the_base_and_its_prompt_style_must_match(tmp_path):
     sft = train(
         TrainConfig(
