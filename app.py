@@ -1,24 +1,14 @@
-"""Launch the Gradio demo of a finetuned run: ``python app.py [--run runs/<name>] [--runs-dir runs] [--base gpt2]``.
+"""Launch the Gradio demo of a finetuned run.
 
-Which runs it offers in its results tab: when ``GPT2_SCRATCH_HUB_REPO`` names
-Hugging Face Hub model repos (comma-separated, as on a Space), the runs
-downloaded from them (a repo that fails is named in the tab, the others still
-load); else every finished run under ``--runs-dir``. Which run it serves in the
-generation tabs: ``--run`` if given (also offered), else the first of those (the
-first Hub repo, or the newest run). The UI and its handlers live in the package
-``gpt2_scratch/demo/``.
+    python app.py                                  # the newest finished run under runs/
+    python app.py --run runs/<name> [--runs-dir runs] [--base gpt2] [--dtype auto] [--no-batching]
 
-It binds 127.0.0.1 (0.0.0.0 on a Hugging Face Space, where ``SPACE_ID`` is set);
-``GRADIO_SERVER_PORT`` / ``--port`` pick the port. It never creates a share link
-and takes no uploads; at most ``--queue-size`` requests wait, more are told the
-app is busy.
-
-Every visitor's request to a model joins that model's running batch (one
-decoding loop per model, ``serving.Engine``; at most ``--max-batch`` rows, and
-``--max-waiting`` requests waiting, beyond which a visitor is told to try again
-in a moment). ``--no-batching`` generates each request on its own instead,
-``--concurrency`` at a time, as on ZeroGPU Spaces, where batching is always off.
-``--dtype`` is both models' inference format (``auto`` by default).
+Offers every finished run under --runs-dir (or the runs of the Hub repos named by
+GPT2_SCRATCH_HUB_REPO, comma-separated, as on a Space) and serves --run, else the first of those
+(the first Hub repo, or the newest run). Binds 127.0.0.1 (0.0.0.0 on a Space, where SPACE_ID is
+set); no share link, no uploads, at most --queue-size waiting. Every request to a model joins that
+model's running batch (generate/engine.py) unless --no-batching or on ZeroGPU. The app is
+gpt2_scratch/demo/; design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -38,12 +28,13 @@ except ImportError:
     pass
 
 from gpt2_scratch.inference import DTYPES  # noqa: E402  (after spaces)
+from gpt2_scratch.options import ArgumentParser  # noqa: E402
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(prog="app.py", description="\n\n".join(__doc__.split("\n\n")[:2]))
     p.add_argument(
         "--run",
         help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, else the newest under --runs-dir)",
@@ -51,9 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--runs-dir",
         default="runs",
-        help="folder of runs: each finished one is offered in the results tab (default: runs)",
+        help="folder of runs: each finished one is offered in the results tab",
     )
-    p.add_argument("--base", help="base model: Hub id, short name or local path (default: the run's base_model)")
+    p.add_argument(
+        "--base",
+        help="base model: Hub id, short name, local path or random:<preset> (default: the run's base_model)",
+    )
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
     p.add_argument(
@@ -61,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2,
         help="generations running at once with --no-batching (with batching: --max-batch + --max-waiting "
-        "reach the engines at once), other events always (default: 2)",
+        "reach the engines at once), other events always",
     )
     # The default lives in gpt2_scratch.demo.QUEUE_SIZE (not imported here: --help stays fast, without gradio).
     p.add_argument(
@@ -73,8 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="inference format of both models: auto (default: bfloat16 on CUDA and on CPUs with native "
-        "bfloat16, else float32), float32, bfloat16 or int8 (weight-only)",
+        help="inference format of both models: auto (bfloat16 on CUDA and on CPUs with native bfloat16, "
+        "else float32), float32, bfloat16 or int8 (weight-only)",
     )
     # Defaults in gpt2_scratch.demo.backends (DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING).
     p.add_argument(

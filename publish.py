@@ -2,14 +2,11 @@
 
     python publish.py --run runs/<name> --repo <user>/<name> [--space <user>/<space>] [--private] [--dry-run]
 
-Writes the run's export to <run>/export: model.safetensors, config.json and the
-tokenizer files in the layout transformers reads (pipeline("text-generation",
-model="<user>/<name>") loads it), the run's own files (run.json, eval/,
-loss.png, metrics.jsonl) and a model card (README.md). Then uploads it as one
-commit to the model repo. With --space it also pushes the app to a Gradio Space
-and sets GPT2_SCRATCH_HUB_REPO there, so the Space shows this run.
---dry-run writes the export, prints what would go where, and uploads nothing.
-The token comes from HF_TOKEN or the cached login (hf auth login).
+Writes the run's export to <run>/export (the layout transformers reads: pipeline("text-generation",
+model="<user>/<name>") loads it; the run's own files; a model card) and uploads it as one commit to
+the model repo. With --space it also pushes the app to a Gradio Space and sets GPT2_SCRATCH_HUB_REPO
+there, so the Space shows this run. --dry-run writes the export, prints what would go where, and
+uploads nothing. The token comes from HF_TOKEN or the cached login (hf auth login).
 The work is in gpt2_scratch/publish/export.py and gpt2_scratch/publish/hub_upload.py.
 """
 
@@ -19,17 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from gpt2_scratch.options import ArgumentParser
 from gpt2_scratch.publish.export import WEIGHTS_DTYPES
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        # One line, no usage block: the project's convention for bad input.
-        self.exit(2, f"error: {message}\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="publish.py", description=__doc__)
     p.add_argument("--run", type=Path, required=True, help="the finished run folder to publish, e.g. runs/<name>")
     p.add_argument("--repo", required=True, help="Hub model repo to publish to, <user>/<name> (created if missing)")
     p.add_argument("--space", help="also push the demo to this Gradio Space, <user>/<space> (created if missing)")
@@ -43,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--weights-dtype",
         choices=WEIGHTS_DTYPES,
         default=WEIGHTS_DTYPES[0],
-        help="how model.safetensors is stored: bfloat16 halves what users and the Space download (default: float32)",
+        help="how model.safetensors is stored: bfloat16 halves what users and the Space download",
     )
     return p.parse_args(argv)
 

@@ -1,14 +1,9 @@
 """Speed of the results browser's data layer (gpt2_scratch/demo/compare.py, browse.py) on synthetic runs.
 
-What is timed, on ``--runs`` runs of ``--records`` synthetic records each (base and
-finetuned responses of 20-250 words, ROUGE-L, judge scores with some missing):
-
-- ``compare``: building the index once per selection of runs;
-- ``filter_records``: a text search, a score bound and a sort by score, the
-  app's per-keystroke work (the issue asks for < 200 ms at 1,100 records x 5 runs);
-- the same with ``full=True`` (the CSV download's table) and ``csv_bytes``.
-
-Each is run ``--repeats`` times; the median and the best are printed.
+Times ``compare`` (the index, once per selection), ``filter_records`` (search, score bound, sort:
+the per-keystroke work; the goal is < 200 ms at 1,100 records x 5 runs) and its ``full=True``
+table with ``csv_bytes``, on ``--runs`` runs of ``--records`` synthetic records, ``--repeats``
+times (median and best printed). Figures: docs/performance.md.
 
     python -m benchmarks.bench_compare                      # 1,100 records x 5 runs
     python -m benchmarks.bench_compare --records 50 --runs 2 --repeats 2   # smoke test

@@ -1,22 +1,10 @@
 """Batch generation speed: the continuous-batching engine vs fixed batches (evaluate.py's way).
 
-Both generate for the same prompts, greedy, with the same weights, on CPU with
-``--threads`` threads (or CUDA with ``--device cuda``):
-
-- fixed batches: ``evaluation.plan_batches`` (length-sorted batches of
-  ``--batch-size``) and ``generation.generate`` per batch, finished rows
-  dropped, but a batch's free rows are not refilled until its longest row ends;
-- engine: ``serving.Engine.generate_all`` with ``--batch-size`` rows, refilled
-  as soon as a row finishes.
-
-Each prompt gets its own response length, drawn between ``--min-new-tokens``
-and ``--max-new-tokens`` (a finetuned model's answers vary like this). Random
-weights almost never emit ``<|endoftext|>``, so the fixed batches get it forced
-on each row after its length (a wrapper on the model's logits), and the engine
-gets each length as the request's ``max_new_tokens``: both make the same
-tokens with the same number of forward passes per row. With
-``--min-new-tokens`` equal to ``--max-new-tokens`` every row runs the full
-length, which times the engine's per-step cost alone (no refill gain).
+The same prompts, greedy, same weights, each with its own response length between
+``--min-new-tokens`` and ``--max-new-tokens``: fixed batches (``evaluation.plan_batches`` and
+``sampling.generate``, EOS forced after each row's length) against ``engine.Engine.generate_all``,
+whose rows refill as soon as one finishes. Equal min and max time the engine's per-step cost alone.
+CPU with ``--threads`` threads, or ``--device cuda``. Method and figures: docs/performance.md.
 
     python -m benchmarks.bench_engine                                   # 124M shape, 64 prompts
     python -m benchmarks.bench_engine --model random:tiny --prompts 8 --max-new-tokens 16 --repeats 1   # smoke
@@ -38,7 +26,7 @@ from gpt2_scratch.tokenizer import EOS_ID
 
 
 class StopAfter(torch.nn.Module):
-    """``model`` for ``generation.generate``, with row i's sampled token number ``lengths[i] + 1`` forced to EOS.
+    """``model`` for ``sampling.generate``, with row i's sampled token number ``lengths[i] + 1`` forced to EOS.
 
     Mirrors ``generate_steps``: the first call holds every row; a row that got
     EOS is gone from the next call. EOS is forbidden to the other rows, so the

@@ -1,27 +1,11 @@
 """Evaluation generation speed: ours (the evaluate.py code path) vs transformers, side by side.
 
-What is timed: generating responses for test instructions of the real dataset
-(split with ``data.split_records``: the 110 test records of the 1,100), greedy,
-prompts in the Alpaca style, GPT-2 124M shape with random weights (identical in
-both models: a seeded ``GPT2LMHeadModel`` saved with ``save_pretrained`` and
-loaded into ours with ``load_model``), on CPU with ``--threads`` threads.
-
-- ours: ``evaluation.plan_batches`` (length-sorted batches) +
-  ``evaluation.generate_batches`` -> ``generation.generate`` (KV cache, left
-  padding, finished rows dropped);
-- transformers: ``GPT2LMHeadModel.generate`` on the same batches, left padded,
-  with an attention mask, ``pad_token_id=50256``, ``do_sample=False``, its cache.
-
-Random weights almost never emit ``<|endoftext|>``, so every row runs to
-``--max-new-tokens`` in both; a finetuned model stops earlier (ours then drops
-finished rows from the batch, transformers keeps computing them until the
-batch's longest row is done). (Scaling the EOS embedding does not make a random
-model stop at varied lengths: its outputs fall into loops.) Both
-implementations' outputs are compared token by token.
-
-``--sweep`` first times ours alone at several batch sizes (how the default of
-evaluate.py was chosen); then ours and transformers alternate ``--repeats``
-times at ``--batch-size`` and the best time of each is reported.
+Greedy responses to the real test instructions (Alpaca prompts), GPT-2 124M shape with the same
+random weights in both, on CPU with ``--threads`` threads: ours through ``evaluation.plan_batches``
+and ``evaluation.generate_batches`` (``sampling.generate``), transformers through
+``GPT2LMHeadModel.generate`` on the same left-padded batches; outputs compared token by token.
+``--sweep`` first times ours alone at several batch sizes (how evaluate.py's default was chosen);
+then the two alternate ``--repeats`` times. Method and figures: docs/performance.md.
 
     python -m benchmarks.bench_eval                                  # 32 prompts, 64 new tokens
     python -m benchmarks.bench_eval --num-prompts 110 --max-new-tokens 256 --repeats 1

@@ -1,32 +1,11 @@
 """Reduced-precision inference: quality against float32, decode speed and memory, per dtype.
 
-Quality, on the real test prompts (``--dataset``, split like finetune.py does with
-``data.split_records``: the 110 test records of the 1,100), each dtype against
-the float32 model, in one process:
-
-- KL: mean KL(float32 || dtype) of the next-token distributions, teacher-forced
-  over prompt + reference response + ``<|endoftext|>``, token-weighted;
-- loss: the teacher-forced reference loss (response and its EOS, as
-  ``scoring.reference_loss``) and its change relative to float32;
-- greedy: the share of prompts whose first ``--greedy-tokens`` greedy tokens
-  (batches of 8, as the evaluation generates) equal float32's.
-
-Speed and memory, each dtype in a fresh process of its own (so that one dtype's
-memory or caches do not count for another): decode tokens/s at each
-``--batch-sizes`` (random ``--prompt-len``-token prompts, ``--decode-tokens`` new
-tokens, no early stop, best of ``--repeats``), and the process's RSS after
-decoding and its peak RSS (during loading, the float32 weights are read first).
-The workers run ``--rounds`` times, the dtypes in turn, and each dtype keeps its
-best speed and its highest memory: on a shared 2-core machine one run's speeds
-vary by up to 40% from run to run, and interleaving exposes every dtype to the
-same spells.
-
-The model is random 124M weights by default (``random:gpt2``): the speed and
-memory figures are those of the real model, but random weights give flat
-next-token distributions with small logits, so their KL and loss changes
-understate what real weights show. ``--model`` takes a run folder (its
-``final/`` checkpoint), a checkpoint folder or a Hub id / local weights, so
-users with real weights get the real figures.
+Quality on the 110 real test prompts, each dtype against float32 in one process: mean KL of the
+next-token distributions, the teacher-forced reference loss, greedy agreement. Speed (decode
+tokens/s per ``--batch-sizes``) and memory (RSS after decoding, peak RSS), each dtype in a fresh
+process, ``--rounds`` times with the dtypes in turn (best speed, highest memory kept). Random 124M
+weights by default (``random:gpt2``: real speed and memory, understated quality changes);
+``--model`` takes a run folder, a checkpoint folder or a Hub id. Method, figures: docs/performance.md.
 
     python -m benchmarks.bench_precision                                   # everything, 124M random
     python -m benchmarks.bench_precision --model runs/<name>               # a finetuned run

@@ -1,23 +1,11 @@
 """Serving throughput as visitors see it: the app with and without batching, under 1 to N concurrent users.
 
-Starts two ``app.py`` processes on free ports, one batched (the default) and
-one with ``--no-batching`` (each request generates on its own, ``--concurrency``
-2 at a time, as before the engine), both serving ``--model`` (default: GPT-2
-124M's shape with random weights) as the base model and no finetuned run.
-Then, for each count in ``--users``, that many ``gradio_client`` users at once
-ask ``/generate_base`` for ``--new-tokens`` greedy tokens (each its own prompt),
-against the batched app and then the other. For each it prints:
-
-- aggregate tokens/s: all users' tokens over the wall time from the first
-  request to the last answer;
-- tokens/s per user: each user's tokens over its own wait, averaged;
-- time to first token, p50 and p95: from a user's request to the first
-  streamed output that holds a token (polled every 5 ms).
-
-and the issue's goals: at 8 users, aggregate >= 4x one user's and >= 3x the
-aggregate without batching, p95 time to first token <= 1.5 s; one user at
-least 0.95x as fast as without batching. The clients run in this process and
-share the CPU with the app.
+Starts two ``app.py`` processes (batched, and ``--no-batching``) serving ``--model`` (default: the
+124M shape, random weights); for each count in ``--users`` that many ``gradio_client`` users ask
+``/generate_base`` for ``--new-tokens`` greedy tokens at once. Prints aggregate and per-user
+tokens/s and the time to first token (p50, p95), and checks the goals (at 8 users: aggregate >= 4x
+one user's and >= 3x without batching, p95 first token <= 1.5 s; one user >= 0.95x without
+batching). Method and figures: docs/performance.md.
 
     python -m benchmarks.bench_serve                                        # 124M shape: the real figures
     python -m benchmarks.bench_serve --model random:tiny --users 1,2 --new-tokens 8   # smoke test

@@ -1,27 +1,11 @@
 """Training speed: ours (the finetune.py step) vs transformers trained the usual way, side by side.
 
-What is timed: optimizer steps (forward, loss, backward, AdamW) of GPT-2 124M
-(random weights, identical in both models) on the training split of the real
-dataset (Alpaca prompts), on CPU with ``--threads`` threads. The number is
-non-padding tokens per second: every example counts its own tokens whatever
-padding its batch adds.
-
-- ours, end to end: ``LengthGroupedBatchSampler`` batches (seed 123, epoch 0)
-  collated with ``data.collate`` (dynamic padding), our model, ``loss.lm_loss``,
-  ``train_step.configure_optimizer`` (AdamW) -- the calls ``training.Trainer`` makes,
-  except that the loss covers every token as transformers' labels do (finetune.py
-  masks the prompt by default: that changes which targets count, not the work);
-- transformers, the usual way: ``GPT2LMHeadModel`` (attn_implementation="sdpa"),
-  a shuffled ``DataLoader`` that pads each batch to its longest example,
-  ``model(input_ids, labels=labels)``, ``torch.optim.AdamW``;
-- ours on identical batches: exactly transformers' batches, shifted the way
-  its loss shifts them (inputs = ids[:-1], targets = labels[1:]), so the same
-  tokens go through both models and only the implementation differs;
-- transformers with our optimizer (fused AdamW) on the same batches: separates
-  the model's share of the difference from the optimizer's.
-
-The four take turns step by step (after ``--warmup`` untimed steps each), so a
-busy machine slows all of them alike; each runs ``--steps`` timed steps.
+Optimizer steps (forward, loss, backward, AdamW) of GPT-2 124M (the same random weights) on the
+real training split, on CPU with ``--threads`` threads, in non-padding tokens/s. Four sides take
+turns step by step: ours end to end (length-grouped batches, ``data.batches.collate``, fused AdamW,
+the calls ``train.loop.Trainer`` makes), transformers the usual way (a padding ``DataLoader``,
+``labels=``, ``torch.optim.AdamW``), ours on transformers' identical batches, and transformers
+with our optimizer. Method and figures: docs/performance.md.
 
     python -m benchmarks.bench_train [--threads 2] [--steps 6] [--batch-size 8]
 """
@@ -72,7 +56,7 @@ def main() -> None:
     train_examples = [encode_record(r, "alpaca") for r in split_records(load_records(args.dataset)).train]
     n = args.warmup + args.steps
 
-    # Ours: length-grouped batches, as training.Trainer builds them.
+    # Ours: length-grouped batches, as train.loop.Trainer builds them.
     sampler = LengthGroupedBatchSampler([len(e.ids) for e in train_examples], args.batch_size, seed=123, drop_last=True)
     grouped = [[train_examples[i] for i in b] for b in list(sampler)[:n]]
     # transformers: a shuffled DataLoader padding each batch to its longest example.

@@ -1,15 +1,10 @@
-"""Our own checkpoint folders: ``model.safetensors`` plus ``config.json``.
+"""Our checkpoint folders (``model.safetensors`` + ``config.json``) and the export format, read side.
 
-``config.json`` carries everything needed to use the weights without retyping
-anything: the model config, the prompt style the model was trained with, and
-free-form metadata (base model, training config, data source and split).
-It also records the size and sha256 of the weights, so a weights file that does
-not belong to its config (or was cut short) is refused, never half-loaded.
-
-Saving is atomic at the folder level: the new folder is written beside the
-target and swapped in with renames, so an interrupted save leaves the previous
-checkpoint intact. No pickle anywhere: tensors go through safetensors, the rest
-is JSON.
+Entry points: ``save_checkpoint``, ``load_checkpoint``, ``read_checkpoint_info``, ``read_safetensors``,
+``is_export`` / ``read_export_info``; ``WEIGHTS_FILE``, ``CONFIG_FILE``. ``config.json`` carries the
+model config, the prompt style and free-form metadata (base model, training config, data), plus
+the weights' size and sha256. Invariant: weights that do not match their config are refused,
+never half-loaded; saves are atomic folder swaps; no pickle. Why: docs/design.md.
 """
 
 from __future__ import annotations

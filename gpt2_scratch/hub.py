@@ -1,14 +1,11 @@
 """Loading OpenAI's pretrained GPT-2 weights into the scratch model.
 
-``load_pretrained`` takes a Hugging Face Hub id (``openai-community/gpt2``, or a
-short name such as ``gpt2-medium``) or a local ``model.safetensors`` file or
-folder. Ids are downloaded with ``huggingface_hub`` into its usual cache.
-
-The Hub files are in the layout of ``transformers.GPT2LMHeadModel``: keys may carry
-a ``transformer.`` prefix, the causal-mask buffers ``attn.bias``/``attn.masked_bias``
-may be present, and the four projection weights are ``Conv1D`` ``(in, out)``
-matrices, which we transpose to ``nn.Linear``'s ``(out, in)``. Every key and
-shape is checked; nothing is loaded partially.
+``load_pretrained`` takes a Hugging Face Hub id (``openai-community/gpt2``, or a short name such
+as ``gpt2-medium``, downloaded into ``huggingface_hub``'s cache) or a local ``model.safetensors``
+file or folder. ``convert_hf_state_dict`` maps ``transformers.GPT2LMHeadModel``'s layout (keys with
+a ``transformer.`` prefix, ``attn.bias``/``attn.masked_bias`` buffers, ``Conv1D`` ``(in, out)``
+weights) to ours (``nn.Linear``'s ``(out, in)``); ``to_hf_state_dict`` maps back.
+Invariant: every key and shape is checked; nothing is loaded partially.
 """
 
 from __future__ import annotations

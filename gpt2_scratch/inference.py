@@ -181,7 +181,7 @@ def load_model(
       a run folder (``runs/<name>``): its ``final/`` checkpoint;
     - anything else: OpenAI-format weights through ``hub.load_pretrained``
       (Hub id, short name, or local safetensors file/folder); a folder written by
-      ``export.export_run`` also returns its info (prompt style, metadata).
+      ``publish.export.export_run`` also returns its info (prompt style, metadata).
 
     The model comes in eval mode, ready for inference (``inference.prepare_for_inference``)
     in ``dtype``: ``float32`` (the default; the model can still be trained), or for

@@ -87,8 +87,8 @@ _ONE_ROW_DIFFERS: dict[tuple[int, int, torch.dtype, int], bool] = {}
 def one_row_differs(packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, dtype: torch.dtype) -> bool:
     """Whether oneDNN gives a row other bits alone than among other rows: another kernel for one row.
 
-    A request must get the same tokens decoding alone (``generation.generate``,
-    one row per product) as batched with others (``serving.Engine``). At GPT-2
+    A request must get the same tokens decoding alone (``sampling.generate``,
+    one row per product) as batched with others (``engine.Engine``). At GPT-2
     124M's shapes here, oneDNN multiplies one row with 3072 inputs (the MLP's
     ``c_proj``) with another kernel than two rows or more, whose sums round
     differently; every other layer, and every count from two rows up, gives each

@@ -1,17 +1,13 @@
-"""The layout of a run folder, shared by finetune.py, evaluate.py and app.py.
+"""The run folder's schema, shared by finetune.py, evaluate.py, app.py and publish.py.
 
-runs/<name>/
-  run.json              training config, base model, dataset source and split
-  final/                checkpoint after the last step (checkpoint.save_checkpoint)
-  best/                 checkpoint with the lowest validation loss
-  data/test.jsonl       held-out test records, each with a stable "id"
-  data/val.jsonl        validation records
-  metrics.jsonl         one JSON object per logged event
-  loss.png              train/validation loss against tokens seen
-  train_state/          periodic resume state (model, optimizer, RNG, position)
-  reference_logps.safetensors  DPO runs: the reference model's log-probabilities, computed once (train/dpo.py)
-  eval/predictions.jsonl  one line per test record (evaluate.py)
-  eval/summary.json       aggregates per model (evaluate.py)
+``RunPaths(root)`` names every file of ``runs/<name>/``: run.json (``RunInfo``: base model, dataset
+and split, training options, status), final/ and best/ (checkpoints), data/test.jsonl and
+data/val.jsonl (the run's own records, each with a stable "id"), metrics.jsonl, loss.png,
+train_state/ (while training), reference_logps.safetensors (DPO runs: the reference's log-probabilities,
+computed once: train/dpo.py), eval/predictions.jsonl and eval/summary.json (evaluate.py).
+Also: the finished runs (``finished_runs``, ``latest_run``), what an app downloads of a published
+run (``APP_FILES``, ``HUB_RUN_FILES``) and an export read as a run (``run_from_export``).
+The folder drawn: docs/design.md.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ class RunInfo:
     """``run.json``: what a run is (written by training, read by evaluation and the app).
 
     ``training`` is the run's ``TrainConfig`` as a dict (kept as a dict here so that
-    this module does not depend on training); ``status`` is ``running`` until the
+    this module does not depend on ``train``); ``status`` is ``running`` until the
     final checkpoint is written, then ``finished``.
     """
 
@@ -202,7 +198,7 @@ class ExportedRun:
     """A run read back from an export folder (a local copy of a published repo): what the app needs.
 
     ``run`` reads run.json, eval/, loss.png and metrics.jsonl as for a run folder;
-    ``checkpoint`` is what to pass to ``checkpoint.load_model``; ``info`` is its
+    ``checkpoint`` is what to pass to ``inference.load_model``; ``info`` is its
     config and prompt style without loading the weights.
     """
 

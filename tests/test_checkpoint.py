@@ -1,4 +1,4 @@
-"""Checkpoint folders: round trip, atomic saves, and clear errors for bad folders."""
+"""Checkpoint folders: round trip, atomic saves, clear errors for bad folders; the safetensors reader."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpt2_scratch import GPT, GPTConfig
-from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, read_safetensors, save_checkpoint
 from gpt2_scratch.inference import load_model
 
 
@@ -108,19 +108,6 @@ def test_unknown_prompt_style_is_refused_at_save(tmp_path, model):
     assert not (tmp_path / "ck").exists()
 
 
-def test_load_model_dispatches_on_the_source(tmp_path, hf_tiny, model):
-    a, info = load_model("random:tiny")
-    b, _ = load_model("random:tiny")
-    assert info is None and torch.equal(a.transformer.h[0].attn.c_attn.weight, b.transformer.h[0].attn.c_attn.weight)
-    save_checkpoint(tmp_path / "ck", model, prompt_style="alpaca")
-    loaded, info = load_model(str(tmp_path / "ck"))
-    assert info.prompt_style == "alpaca"
-    hf_model, _ = load_model(str(hf_tiny[1]))
-    assert hf_model.config.n_head == 4
-    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
-        load_model("random:huge")
-
-
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -146,3 +133,29 @@ def test_config_with_the_wrong_structure_is_one_line_error(tmp_path, model, chan
         with pytest.raises(ValueError, match=message) as e:
             load(tmp_path / "ck")
         assert str(cfg) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_read_safetensors_equals_the_safetensors_package(tmp_path):
+    # Our plain-read loader against the reference implementation, on every dtype a checkpoint may hold.
+    from safetensors.torch import load_file, save_file
+
+    tensors = {
+        "f32": torch.randn(3, 5),
+        "bf16": torch.randn(4, 2).to(torch.bfloat16),
+        "f16": torch.randn(7).half(),
+        "i64": torch.arange(6).reshape(2, 3),
+        "u8": torch.tensor([1, 2, 255], dtype=torch.uint8),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+    }
+    save_file(tensors, str(tmp_path / "t.safetensors"), metadata={"format": "pt"})
+    ours, reference = read_safetensors(tmp_path / "t.safetensors"), load_file(str(tmp_path / "t.safetensors"))
+    assert ours.keys() == reference.keys()
+    for k in reference:
+        assert ours[k].dtype == reference[k].dtype and torch.equal(ours[k], reference[k]), k
+    data = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-3])
+    with pytest.raises(
+        ValueError, match=r"cut\.safetensors is not a readable safetensors file .*does not fit the file"
+    ):
+        read_safetensors(tmp_path / "cut.safetensors")

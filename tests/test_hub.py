@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, make_hf_model, save_hub_layout
 from safetensors.torch import load_file, save_file
 
-from gpt2_scratch.checkpoint import read_safetensors
 from gpt2_scratch.hub import load_pretrained, resolve_hub_id
+from tests.fixtures.hub import TINY, make_hf_model, save_hub_layout
 
 
 def test_transformers_prefixed_layout_and_file_path(tmp_path):
@@ -143,29 +142,3 @@ def test_unreachable_hub_fails_fast_in_one_line(monkeypatch, tmp_path):
         "cannot download 'openai-community/gpt2' from the Hugging Face Hub (cannot reach 127.0.0.1)"
     )
     assert "pass a local path" in message and "random:tiny" in message
-
-
-def test_read_safetensors_equals_the_safetensors_package(tmp_path):
-    # Our plain-read loader against the reference implementation, on every dtype a checkpoint may hold.
-    from safetensors.torch import load_file, save_file
-
-    tensors = {
-        "f32": torch.randn(3, 5),
-        "bf16": torch.randn(4, 2).to(torch.bfloat16),
-        "f16": torch.randn(7).half(),
-        "i64": torch.arange(6).reshape(2, 3),
-        "u8": torch.tensor([1, 2, 255], dtype=torch.uint8),
-        "empty": torch.zeros(0, 4),
-        "scalar": torch.tensor(2.5),
-    }
-    save_file(tensors, str(tmp_path / "t.safetensors"), metadata={"format": "pt"})
-    ours, reference = read_safetensors(tmp_path / "t.safetensors"), load_file(str(tmp_path / "t.safetensors"))
-    assert ours.keys() == reference.keys()
-    for k in reference:
-        assert ours[k].dtype == reference[k].dtype and torch.equal(ours[k], reference[k]), k
-    data = (tmp_path / "t.safetensors").read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(data[:-3])
-    with pytest.raises(
-        ValueError, match=r"cut\.safetensors is not a readable safetensors file .*does not fit the file"
-    ):
-        read_safetensors(tmp_path / "cut.safetensors")

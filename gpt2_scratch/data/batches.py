@@ -1,6 +1,6 @@
 """From records to batches: tokenization with the prompt masked, collate, length-grouped batches.
 
-examples = [encode_record(r, style) for r in split.train]     # data.split_records
+examples = [encode_record(r, style) for r in split.train]     # records.split_records
 sampler = LengthGroupedBatchSampler([len(e.ids) for e in examples], batch_size=8)
 for indices in sampler:
     inputs, targets = collate([examples[i] for i in indices])
@@ -121,7 +121,7 @@ class LengthGroupedBatchSampler:
 
     Only the last batch of an epoch can be smaller than ``batch_size`` (``drop_last``
     drops it). Several processes (DDP) each build the same sequence of global
-    batches and take their share of every batch (see ``training``).
+    batches and take their share of every batch (see ``train.step``).
 
     Deterministic for a given ``(seed, epoch)``: call ``set_epoch`` before each epoch.
     """

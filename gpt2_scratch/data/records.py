@@ -1,27 +1,12 @@
-"""Instruction data: loading, validation, splitting.
-
-The records of a dataset, as in the LLMs-from-scratch reference (ch07), plus
-validation (``batches`` turns them into training batches):
+"""Instruction data: loading, validation, splitting (as in the LLMs-from-scratch reference, ch07).
 
     records = load_records(DEFAULT_DATASET_URL)       # list[Record], validated
     split = split_records(records)                     # 85% train / 10% test / 5% val
 
-A dataset source is one of (decided by ``source_kind``):
-
-- an ``http(s)://`` URL of a ``.json``/``.jsonl`` file: downloaded once and
-  cached under ``$GPT2_SCRATCH_CACHE/datasets/`` (default
-  ``~/.cache/gpt2_scratch/datasets/``);
-- a local ``.json`` file (a list of objects) or ``.jsonl`` file (one object a line);
-- otherwise a Hugging Face Hub dataset id such as ``yahma/alpaca-cleaned``,
-  loaded with ``datasets.load_dataset(id, split="train")``.
-
-Every entry needs string ``instruction`` and ``output`` fields; ``input`` may be
-missing (or null), meaning no input. Other fields are ignored. Anything else is
-refused with a one-line ``ValueError`` naming the file (or Hub dataset) and the
-entry's index, because a model trained on silently broken data looks like it
-trained fine. ``source_sha256`` gives the hash of the raw file for run.json.
-Errors raised for bad sources are ``ValueError`` or ``OSError``
-(``FileNotFoundError``, ``ConnectionError``), each with a one-line message.
+A source (``source_kind``) is an http(s) URL of a .json/.jsonl file (cached under
+``$GPT2_SCRATCH_CACHE/datasets/``), a local .json/.jsonl file, or a Hub dataset id.
+Invariant: every record has string ``instruction`` and ``output`` (``input`` optional); anything
+else is a one-line ``ValueError`` naming the file and the entry's index. More: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
-"""The Gradio demo: pretrained GPT-2, the finetuned model, both side by side, and the runs' test-set results.
+"""The Gradio demo behind ``app.py``: pretrained GPT-2, the finetuned model, both side by side, the test-set results.
 
-``app.py`` only parses arguments and calls into this package:
-
-    sources = find_runs("runs", hub_repo=os.environ.get(HUB_REPO_ENV))            # runs.py
-    run, problem = resolve_run(args.run, runs_dir="runs", sources=sources)
+    sources = find_runs("runs", hub_repo)                                                # discovery
+    run, problem = resolve_run(args.run, runs_dir="runs", hub_repo=hub_repo, sources=sources)
     app = DemoApp.from_run(run, base=args.base, run_problem=problem, sources=sources)
-    demo = build_demo(app, load_examples("assets/examples.json"))
-    url = start(demo, host="127.0.0.1", port=None)
+    url = start(build_demo(app, load_examples("assets/examples.json")), host="127.0.0.1", port=None)
 
-- ``inputs``: checks of what users type or send (one-line ``UserError``s);
-- ``errors``: ``reports_errors``, how a handler's error becomes a message;
-- ``views``: a run's files as texts and values for the UI, without Gradio;
-- ``handlers``: ``DemoApp``, the shared state and the generation handlers;
-- ``backends``: how a generation runs: on its own, or batched with every other
-  request to its model (``choose_backend``);
-- ``results``: ``ResultsBrowser``, the results tab's state and handlers;
-- ``ui`` and ``results_tab``: the layout (``build_demo``) and ``start``.
+Modules: ``layout``, ``generate_tab``, ``results_tab`` (the page); ``generate_handlers`` (``DemoApp``),
+``results_handlers`` (``ResultsBrowser``), ``backends``, ``discovery``; ``views``, ``compare``,
+``browse`` (no Gradio); ``inputs``, ``errors``. Their jobs and rules: docs/design.md.
 """
 
 from .backends import Batched, PerRequest, choose_backend

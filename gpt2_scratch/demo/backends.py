@@ -1,21 +1,11 @@
 """How the app runs a generation: each request on its own, or every request to a model in one batch.
 
-- ``PerRequest``: each request runs ``generation.stream`` in the Gradio worker
-  thread that serves it; Gradio's concurrency limit (``app.py --concurrency``)
-  says how many run at once, and the others wait in Gradio's queue. This is
-  the path of ``app.py --no-batching`` and of ZeroGPU Spaces.
-- ``Batched``: each model gets one ``serving.Engine`` with its first request,
-  and every visitor's request joins that engine's running batch: one forward
-  pass per step for all of them. Gradio then lets up to ``max_rows +
-  max_waiting`` requests reach the engines at once (``concurrency_limit``),
-  and an engine whose waiting queue is full answers "busy" at once.
-
-Either way ``stream(model, prompt ids, settings)`` returns an iterator of
-(new token ids so far, their text so far), like ``generation.stream``, whose
-``close()`` (what Gradio does on Stop) ends that request only.
-
-On a ZeroGPU Space the GPU exists only inside each ``spaces.GPU`` call, so no
-background worker can hold it: ``choose_backend`` keeps the per-request path there.
+Entry point: ``choose_backend(batching=, max_rows=, max_waiting=)`` -> ``PerRequest`` (each request
+runs ``sampling.stream`` in its Gradio worker thread: ``app.py --no-batching``, and ZeroGPU Spaces,
+where a background worker cannot hold the GPU) or ``Batched`` (one ``engine.Engine`` per model,
+made on first use; a full waiting queue answers "busy" at once).
+Invariant: either way ``stream(model, prompt ids, settings)`` yields (new token ids so far, their
+text so far), and its ``close()`` (Gradio's Stop) ends that request only. Design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -49,7 +39,7 @@ class TokenStream(Protocol):
 
 
 class PerRequest:
-    """Each request generates on its own (``generation.stream``), in the thread that serves it."""
+    """Each request generates on its own (``sampling.stream``), in the thread that serves it."""
 
     batching = False
     concurrency_limit: int | None = None  # Gradio's default limit (app.py --concurrency) applies
@@ -82,7 +72,7 @@ class RequestStream:
 
 
 class Batched:
-    """Every request to a model joins one running batch: one ``serving.Engine`` per model, made on first use."""
+    """Every request to a model joins one running batch: one ``engine.Engine`` per model, made on first use."""
 
     batching = True
 

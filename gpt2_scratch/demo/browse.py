@@ -1,18 +1,12 @@
 """Browsing compared runs record by record: the filtered records table, its CSV, and one record's answers.
 
-Everything here works on a ``compare.Comparison`` (built once per selection of
-runs), so each call only filters what is already indexed: a text search, a
-score range and a sort over 1,100 records x 5 runs take a few milliseconds
-(tests/test_compare.py, benchmarks/bench_compare.py).
-
     filter_records(cmp, "color", "run-a · finetuned · rouge_l", 0.5, None, ORDERS[1])  # gr.Dataframe
     csv_bytes(filter_records(cmp, ..., full=True)), csv_filename(cmp)                   # the download
-    view = record_view(cmp, record_id)     # every run's and model's response next to the reference
-    view.responses[0].diff                 # (text, "+" / "-" / None) spans for gr.HighlightedText
-    record_html(view)                      # the same as escaped HTML
+    view = record_view(cmp, record_id)  # every response beside the reference; .responses[0].diff: spans
 
-Scores are named "<run> · <model> · <metric key>" (``score_choices``); the
-metric keys are compare.RECORD_METRICS'.
+Everything works on a ``compare.Comparison`` built once per selection, so a call only filters what
+is already indexed (timings: docs/performance.md). Scores are named "<run> · <model> · <metric key>"
+(``score_choices``; the keys of ``compare.RECORD_METRICS``); ``record_html`` gives a view as escaped HTML.
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
 """Comparing evaluated runs: the data behind the app's results browser, as pandas frames (no Gradio here).
 
-The app loads each chosen run (run.json, metrics.jsonl, eval/summary.json,
-eval/predictions.jsonl) into a ``RunResults``, calls ``compare`` once per
-selection, and feeds the frames below to ``gr.Dataframe``, ``gr.LinePlot``,
-``gr.BarPlot`` and ``gr.ScatterPlot`` (the records table and the one-record
-view, built on the same ``Comparison``, are in browse.py):
-
     cmp = compare([RunResults("a", info_a, summary_a, predictions_a, metrics_a), ...])
-    summary_frame(cmp)                 # one row per run and model
-    loss_frame(cmp)                    # LinePlot(x="tokens_seen", y="loss", color="series")
-    reward_frame(cmp)                  # DPO runs: LinePlot(x="tokens_seen", y="value", color="series")
-    option_differences(cmp)            # the training options that differ
-    histogram_frame(cmp, "rouge_l")    # BarPlot(x="bin", y="count", color="series")
-    scatter_frame(cmp, "rouge_l")      # ScatterPlot(x="base", y="finetuned", color="run")
+    summary_frame(cmp), loss_frame(cmp), option_differences(cmp)    # tables, the LinePlot
+    reward_frame(cmp)                                               # DPO runs: their reward curves
+    histogram_frame(cmp, "rouge_l"), scatter_frame(cmp, "rouge_l")  # BarPlot, ScatterPlot
 
-Records are matched across runs by their ``id`` (the record's position in the
-source dataset, see data.Record). Two runs trained on different datasets can
-use the same id for different records, so an id counts as shared only when
-its instruction, input and reference are identical in every run; everything
-per record (plots, table, record view) covers the shared records only.
-A run whose ``problem`` is set (its eval files were missing or bad) has no
-records or summary here; its message is shown in their place, and its
-run.json and loss curve are still used when present.
+Invariant: records are matched across runs by ``id`` (``data.records.Record``) and count as shared
+only when instruction, input and reference are identical in every run; everything per record
+covers the shared ones. The records table and one-record view are in ``browse``. Design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -258,21 +244,17 @@ def _eval_curves(cmp: Comparison, curves: Sequence[tuple[str, str]]) -> list[tup
 
 
 def loss_frame(cmp: Comparison) -> pd.DataFrame:
-    """The loss curves of every run, long format: ``run``, ``split`` (train/val), ``series``, ``tokens_seen``, ``loss``.
-
-    From metrics.jsonl's ``eval`` events; for ``gr.LinePlot(x="tokens_seen", y="loss", color="series")``.
-    """
+    """Every run's loss curves (``eval`` events), long format: run, split, series, tokens_seen, loss (a LinePlot)."""
     data = _eval_curves(cmp, (("train_loss", "train"), ("val_loss", "val")))
     return pd.DataFrame(data, columns=["run", "split", "series", "tokens_seen", "loss"])
 
 
-# The curves of a DPO run besides its loss: (eval event key, curve); its rewards include beta (train/dpo.py).
+# A DPO run's curves besides its loss: (eval event key, curve); its rewards include beta (train/dpo.py).
 REWARD_CURVES = (("val_reward_margin", "val reward margin"), ("val_reward_accuracy", "val reward accuracy"))
 
 
 def reward_frame(cmp: Comparison) -> pd.DataFrame:
-    """The DPO runs' validation reward margin and accuracy, long format: ``run``, ``curve``, ``series``,
-    ``tokens_seen``, ``value`` (``gr.LinePlot(x="tokens_seen", y="value", color="series")``); empty without one."""
+    """The DPO runs' validation reward curves, long format: run, curve, series, tokens_seen, value (empty: none)."""
     return pd.DataFrame(_eval_curves(cmp, REWARD_CURVES), columns=["run", "curve", "series", "tokens_seen", "value"])
 
 

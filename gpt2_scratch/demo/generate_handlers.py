@@ -1,19 +1,11 @@
-"""The app's state and event handlers: ``DemoApp``.
+"""The app's shared state and generation handlers: ``DemoApp``.
 
-``DemoApp`` holds what every user shares (the two lazily loaded models, the
-prompt style, the results browser of ``results.py``); its methods are the
-generation tabs' event handlers. They are plain methods and generators, so
-tests call them directly, without a browser or a server.
-
-Rules the handlers follow:
-
-- Nothing the user types is ever a path: only the runs found at startup are read.
-- Bad input (empty instruction, settings out of range or not numbers, control
-  characters) gives a one-line message in the tab's status line and a toast,
-  never a traceback; the server stays up (``reports_errors``).
-- Something missing (no finetuned checkpoint, no evaluation results, base
-  weights that cannot be downloaded) is said in the affected tab with the exact
-  command that creates it; the rest of the app keeps working.
+``DemoApp`` holds what every user shares (the two lazily loaded models, the prompt style, the
+results browser of ``results_handlers``); its methods are the generation tabs' event handlers,
+plain methods and generators that tests call without a browser or a server.
+Invariants: nothing the user types is ever a path; bad input is a one-line message and a toast,
+never a traceback (``reports_errors``); something missing is said in its tab with the command
+that creates it, and the rest of the app keeps working. Design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -182,7 +174,7 @@ class DemoApp:
     ) -> "DemoApp":
         """The app serving ``run`` (None: no run; ``run_problem`` says why); ``base`` overrides the run's base model.
 
-        The results tab offers ``sources`` (``runs.find_runs``), with ``run`` first among them;
+        The results tab offers ``sources`` (``discovery.find_runs``), with ``run`` first among them;
         ``find_sources`` lists them again for its refresh button (None: no button).
         ``backend`` and ``dtype``: as for ``DemoApp``.
         """

@@ -1,23 +1,12 @@
 """The results browser's state and handlers: the chosen runs compared, plotted, filtered and read record by record.
 
-``ResultsBrowser`` holds the runs the app offers (``runs.RunSource``: every
-finished run under runs/, or the Hub repos of ``GPT2_SCRATCH_HUB_REPO``). Each
-run is read once (``views.load_run_results``), and the ``compare.Comparison``
-of a selection of runs is built once and kept for the next ``MAX_CACHED``
-selections, so that filtering, sorting and opening a record only look up what
-is already indexed (1,100 records x 5 runs: milliseconds, see
-tests/test_demo_results.py).
-
-Its methods are the results tab's event handlers (``results_tab.py`` wires
-them). They take raw values, as the API may send anything, check them
-(``inputs``), and report bad input as a one-line message and a toast
-(``errors.reports_errors``). Every handler takes the chosen runs as an input,
-so each browser tab keeps its own selection.
-
-Selecting a point: Gradio's native plots report a drag across the plot, not a
-click on a point (``SelectData.index == [x_lo, x_hi]``, in x-axis units). The
-record opened is the one whose point lies nearest the middle of that range
-(``compare.points_in_range``); the others in the range are listed.
+Entry point: ``ResultsBrowser(sources, find)``, whose methods are the results tab's event handlers
+(``results_tab`` wires them); ``sources`` are ``discovery.RunSource``s. Each run is read once
+(``views.load_run_results``) and each selection's ``compare.Comparison`` is cached (``MAX_CACHED``),
+so filtering, sorting and opening a record are look-ups. Handlers take raw values, check them
+(``inputs``) and report bad input as a one-line message and a toast (``errors.reports_errors``).
+A plot's dragged range opens the record nearest its middle (``compare.points_in_range``): Gradio's
+plots report a drag, not a click. Design: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """The results tab's layout: the run picker, the chosen runs' overview and plots, the records table, one record.
 
-    Runs to compare  [run-a ×] [run-b ×]                      (multi-select; Hub repos that failed: said above)
-    what is compared (shared records), summary table (one row per run and model)
-    loss curves, overlaid (LinePlot)          | training options that differ (highlighted)
-    DPO runs only: validation reward margin and accuracy (LinePlot)
-    Score to plot  [ROUGE-L F1 ▾]
-    distributions (BarPlot, one bar per run · model) | base vs finetuned per record (ScatterPlot)
-    score against the reference's length (ScatterPlot)
-    search, score, min, max, sort; "N of M test records"; the table; CSV export
-    Record [12 · Rewrite… ▾]; instruction, input, reference (tokens);
-    per chosen run a row: base | finetuned response, words not in the reference and reference words
-    missing highlighted (HighlightedText), token count and scores in its label, the judge's raw reply
-
-Everything the data or a model wrote is shown as text (Textbox, HighlightedText,
-Dataframe, plot tooltips): markup in a response is never rendered. The
-handlers are ``ResultsBrowser``'s (results.py); ``filter_predictions`` is the
-named endpoint (search, score, min, max, order, runs).
+Entry point: ``results_tab(demo, browser)``, wired to ``ResultsBrowser``'s handlers
+(``results_handlers``; DPO runs add a reward plot); ``filter_predictions`` is the named endpoint (search, score, min, max,
+order, runs). Invariant: everything the data or a model wrote is shown as text (Textbox,
+HighlightedText, Dataframe, plot tooltips): markup in a response is never rendered.
+The layout drawn: docs/design.md.
 """
 
 from __future__ import annotations

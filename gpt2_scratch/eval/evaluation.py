@@ -1,43 +1,12 @@
 """Evaluate a finetuned run against its base model on the run's own test records.
 
-For each model (``base``: the model the run started from, ``finetuned``: the
-run's ``final/`` checkpoint) this
-
-1. generates a response to every test record, in batches with the KV cache
-   (``generation.generate``); prompts are sorted by length into batches so a
-   batch carries little padding, and results are put back in record order;
-2. computes the reference loss / perplexity of the reference responses
-   (``scoring.reference_loss``, teacher-forced, no generation);
-3. scores each response against its reference: ROUGE-L F1, normalized exact
-   match, length in tokens, empty or not, and optionally an LLM judge's 0-100
-   score (``judge.JudgeClient``);
-
-then writes ``eval/predictions.jsonl`` and ``eval/summary.json`` (schema in
-the project notes) atomically.
-
-Resuming. Generation is the slow part, so every finished batch is appended to
-``eval/partial_<model>.jsonl`` (and every judgement to ``eval/judge_<model>.jsonl``)
-and flushed to disk. A rerun reads these files, skips what is done and
-continues; a line cut short by a kill is trimmed. The batches are planned from
-all records before anything runs, so a resumed evaluation runs exactly the
-batches an uninterrupted one would, and its result files are identical except
-for the timing fields (``created``, ``generation_seconds``, ``tokens_per_second``).
-
-Each progress file starts with a header holding everything its results depend
-on: model source and weights sha256, prompt style, a hash of the prompts (test
-records, ``--limit``), sampling settings, batch size and device type (the judge
-file adds the judge's url, model and seed). When a rerun's settings differ from
-an unfinished file's header, the evaluation stops with an error naming the
-setting: results made with different settings are never mixed, and unfinished
-work is not deleted without being asked (``restart=True`` / ``--restart``
-deletes it; deleting one ``judge_<model>.jsonl`` re-judges without generating
-again). Once the results are written the files are marked done
-(``progress.ProgressFile``): a rerun with the same settings reuses them (adding
-a judge later reuses the generations), and a rerun with other settings replaces
-them, with a note, instead of being blocked by a finished evaluation.
-
-Max new tokens are capped, with a note, so that the longest prompt and the
-response fit the model's context (as ``finetune.py`` caps its max length).
+Entry point: ``evaluate_run(run, EvalSettings(...))``. For each model (``base``, ``finetuned``) it
+generates a response to every test record (``sampling.generate`` in length-sorted batches, or one
+``engine.Engine`` with ``refill``), computes the reference loss (``scoring.reference_loss``),
+scores each response (ROUGE-L, exact match, length, optional ``judge.JudgeClient``) and writes
+``eval/predictions.jsonl`` and ``eval/summary.json`` atomically (schema: ``eval.summary``).
+Invariant: an interrupted evaluation resumes from its progress files (``eval.progress``) to the
+same results, and results of different settings are never mixed. Design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -69,10 +38,10 @@ from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
-# (benchmarks/bench_eval.py); larger batches help more on a GPU.
+# (python -m benchmarks.bench_eval --sweep; docs/performance.md); larger batches help more on a GPU.
 DEFAULT_BATCH_SIZE = 32
 # The reference loss materializes (B, T, vocab) float32 logits: 8 rows of 300 tokens are ~0.5 GB.
-# Its value does not depend on the batching (metrics.reference_loss is token-weighted).
+# Its value does not depend on the batching (scoring.reference_loss is token-weighted).
 LOSS_BATCH_SIZE = 8
 
 
@@ -83,8 +52,8 @@ class EvalSettings:
     models: tuple[str, ...] = MODEL_NAMES
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     batch_size: int = DEFAULT_BATCH_SIZE  # rows decoded together
-    # Rows refill as others finish (serving.Engine) instead of fixed batches (generation.generate). Measured
-    # (benchmarks/bench_engine.py, 124M, 64 prompts, batch 32): 1.19x when answers are 8-128 tokens long,
+    # Rows refill as others finish (engine.Engine) instead of fixed batches (sampling.generate). Measured
+    # (python -m benchmarks.bench_engine, 124M, 64 prompts, batch 32): 1.19x when answers are 8-128 tokens long,
     # 0.75x when every answer runs to the limit, as a base model's and random weights' do: hence opt-in.
     refill: bool = False
     limit: int | None = None  # evaluate only the first ``limit`` test records
@@ -149,7 +118,7 @@ def generate_refilled(
     on_batch: Callable[[int, list[int], list[list[int]], float], None],
     skip: set[int] = frozenset(),
 ) -> None:
-    """Like ``generate_batches``, but every prompt goes through one ``serving.Engine`` whose rows refill.
+    """Like ``generate_batches``, but every prompt goes through one ``engine.Engine`` whose rows refill.
 
     The engine decodes up to one batch's worth of rows at once; a row that
     stops early (``<|endoftext|>``) is replaced by the next prompt at the next

@@ -1,22 +1,11 @@
-"""An LLM judge over any OpenAI-compatible chat-completions endpoint.
+"""An LLM judge over any OpenAI-compatible chat-completions endpoint (Ollama, vLLM, llama.cpp, OpenAI).
 
-Ollama (``http://localhost:11434/v1``), vLLM, llama.cpp's server and the OpenAI
-API all speak the same protocol: ``POST {url}/chat/completions`` with a JSON
-body ``{"model", "messages", "temperature", "seed"}``; the reply text is at
-``choices[0].message.content``. We use the standard library's ``urllib`` so the
-judge adds no dependency.
-
-The judge scores a model's response from 0 to 100 against the reference
-output, with the prompt of the LLMs-from-scratch reference pipeline. It is
-asked at temperature 0 with a fixed seed, so a rerun asks exactly the same
-question and (on servers that honour the seed) gets the same answer.
-
-Nothing is dropped: a reply that is not an integer in [0, 100] gives
-``score=None`` with the raw reply kept, and a request that still fails after
-the retries gives ``score=None`` with the error text kept (``error=True``).
-Only an endpoint that cannot be reached at all raises ``JudgeUnreachable``:
-scoring every response against a dead address would just record the same
-failure hundreds of times.
+Entry point: ``JudgeClient(JudgeConfig(url, model))``: ``POST {url}/chat/completions`` through the
+standard library's ``urllib`` (no dependency), scoring a response 0-100 against the reference with
+the LLMs-from-scratch prompt, at temperature 0 with a fixed seed (a rerun asks the same question).
+Invariant: nothing is dropped: a reply that is not an integer in [0, 100], or a request that still
+fails after the retries, gives ``score=None`` with the reply or the error kept; only an endpoint
+that cannot be reached at all raises ``JudgeUnreachable``. Design: docs/design.md.
 """
 
 from __future__ import annotations

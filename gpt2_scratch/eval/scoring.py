@@ -1,25 +1,11 @@
 """Evaluation metrics: ROUGE-L F1, normalized exact match, reference loss and perplexity.
 
-Text metrics compare a generated response with the reference output:
-
-- ``rouge_l_f1``: F1 of the longest common subsequence (LCS) of word tokens.
-  Tokenization (``words``): lowercase, then every maximal run of Unicode word
-  characters (letters, digits, underscore; regex ``\\w+``) is one token, so
-  punctuation and whitespace only separate tokens ("Hello, world!" ->
-  ``["hello", "world"]``). This is the ``rouge-score`` package's tokenizer
-  without stemming, extended from ASCII to Unicode letters. When either side
-  has no tokens the score is 0.0 (as in ``rouge-score``).
-- ``exact_match``: 1 when both texts are equal after SQuAD's normalization
-  (``normalize_answer``: lowercase, drop punctuation, drop the articles
-  a/an/the, collapse whitespace), else 0.
-
-``reference_loss`` is the language-modelling loss of the reference responses
-under a model, teacher-forced: no generation. It builds batches with
-``data.collate`` and scores them with ``loss.lm_loss``, the same two functions
-training uses, so it is the same quantity as the training loss on these
-records. It is the token-weighted mean over every non-ignored target of all
-records (sum of per-token losses / number of targets), so it does not depend
-on how records are grouped into batches; perplexity is ``exp`` of it.
+Entry points: ``rouge_l_f1`` (LCS F1 over lowercased ``\\w+`` word tokens: ``rouge-score``'s
+tokenizer without stemming, extended to Unicode), ``exact_match`` (after SQuAD's
+``normalize_answer``), ``reference_loss`` (teacher-forced: batches from ``data.batches.collate``
+scored with ``loss.lm_loss``, as in training) and ``perplexity`` (its ``exp``).
+Invariant: ``reference_loss`` is the token-weighted mean over every target of all records, so it
+does not depend on the batching. The definitions in full: docs/design.md.
 """
 
 from __future__ import annotations
@@ -93,7 +79,7 @@ def reference_loss(
 ) -> tuple[float, int]:
     """(token-weighted mean loss, number of target tokens) of ``examples`` under ``model``.
 
-    Batches come from ``data.collate`` (``max_length`` defaults to the model's
+    Batches come from ``data.batches.collate`` (``max_length`` defaults to the model's
     context length) and are scored with ``lm_loss(reduction="sum")``; the sum
     over all batches is divided by the number of targets that are not
     ``IGNORE_INDEX``. With ``mask_prompt`` (the default) only the response and

@@ -118,7 +118,7 @@ def prediction_rows(records: Sequence[Record], results: dict[str, ModelResults])
 
 
 def aggregate(name: str, res: ModelResults, rows: list[dict], *, judged: bool) -> dict:
-    """``summary.json``'s ``models.<name>``: the aggregates of one model (runs.SUMMARY_METRICS and more)."""
+    """``summary.json``'s ``models.<name>``: the aggregates of one model (``SUMMARY_METRICS`` and more)."""
     per = [row[name] for row in rows]
     n = len(per)
     scores = [p["judge_score"] for p in per if p["judge_score"] is not None]

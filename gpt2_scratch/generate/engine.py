@@ -1,42 +1,12 @@
 """Continuous batching: every request to one model shares one decoding loop.
 
-An ``Engine`` owns a model and one background worker thread. ``submit`` puts a
-prompt in a waiting queue and returns a ``Request`` at once; the worker runs
-one forward pass per step for all running rows, and between two steps
-
-- cancelled rows leave, and waiting requests join (up to ``max_rows`` rows);
-- a newcomer's whole prompt is fed in the same forward pass as the one token
-  of every running row (its prefill), so joining costs the others one step;
-- a row that emits ``<|endoftext|>``, reaches its ``max_new_tokens`` or is
-  cancelled leaves at once, and its KV cache is freed.
-
-Each request's tokens go to its own thread-safe queue, which ``Request.tokens``
-and ``Request.stream`` (text, like ``generation.stream``) read as they come.
-
-Why the batch is "ragged" rather than left-padded like ``generation.generate_steps``:
-a request must give exactly the tokens it gives alone (``generation.generate``
-on its prompt), whoever else is in the batch. With left padding and one masked
-attention call for all rows, a row's attention sums run over a different
-number of keys than alone, and float32 rounds them differently in the last
-bits. So here every row keeps its own KV cache (``(n_layer, 1, nh, len, hs)``,
-sized for its prompt plus its new tokens, never more than the context) and
-gets its own attention call, with exactly the shapes it has alone. Everything
-else (embeddings, LayerNorm, GELU, every linear layer and the head) works on
-one row at a time or is a matrix product whose rows are computed independently,
-so all rows' tokens are concatenated and go through those in one batched call.
-Each row samples with its own settings and its own ``torch.Generator``
-(``generation.sample_rows``), seeded like a run of its own.
-
-Exactness therefore rests on the linear layers giving each row the same bits
-whatever the number of rows. oneDNN gives every row the same bits from 2 rows
-up; for the few layer shapes where its one-row kernel differs (at the 124M
-shape, the MLP's ``c_proj`` with 3072 inputs), ``inference`` computes a lone
-row as two, so a request decoding alone (``generation.generate``) and in
-company gets identical logits in float32 and bfloat16. MKL's GEMM
-(``GPT2_SCRATCH_ONEDNN=0``) changes kernels below 8 rows, int8
-(``inference.Int8Linear``) dequantizes above 8 rows in a step, and cuBLAS
-promises nothing: there a batched request can differ from a solo one in the
-last bits, which changes a greedy token only at a near-tie.
+Entry point: ``Engine(model, max_rows=, max_waiting=)``. ``submit`` queues a prompt and returns a
+``Request`` at once (``Request.tokens`` / ``Request.stream`` read its tokens as they come);
+``generate_all`` runs a list of prompts. One worker thread does one forward pass per step for all
+rows; newcomers join, and finished or cancelled rows leave, between two steps.
+Invariant: a greedy or seeded request gets exactly the tokens it gets alone (``sampling.generate``):
+each row keeps its own KV cache and attention call (a "ragged" batch, not left padding), and only
+row-independent work is batched. Why, and where exactness stops: docs/design.md.
 """
 
 from __future__ import annotations
@@ -131,7 +101,7 @@ class Request:
                 self.cancel()
 
     def stream(self, timeout: float | None = None) -> Iterator[tuple[list[int], str]]:
-        """Yield (new token ids so far, their text so far) after every token, like ``generation.stream``.
+        """Yield (new token ids so far, their text so far) after every token, like ``sampling.stream``.
 
         Closing it early (a Stop button, a closed connection) cancels the request.
         """
@@ -228,7 +198,7 @@ class Engine:
     def submit(self, prompt: Sequence[int], settings: SamplingSettings, *, wait: bool = False) -> Request:
         """Queue ``prompt`` (token ids) for generation with ``settings``; returns its ``Request`` at once.
 
-        The prompt is cropped from the left like ``generation.generate`` does when
+        The prompt is cropped from the left like ``sampling.generate`` does when
         it and ``settings.max_new_tokens`` exceed the context. When ``max_waiting``
         requests already wait, raises ``EngineBusy`` (or, with ``wait=True``,
         blocks until one joins the batch). Raises ``EngineClosed`` after ``close``.
@@ -266,10 +236,10 @@ class Engine:
     def generate_all(
         self, prompts: Sequence[Sequence[int]], settings: SamplingSettings | Sequence[SamplingSettings]
     ) -> list[list[int]]:
-        """New token ids for each prompt, like ``generation.generate``, with rows refilled as others finish.
+        """New token ids for each prompt, like ``sampling.generate``, with rows refilled as others finish.
 
         ``settings`` is one for all prompts or one per prompt. Each prompt gets
-        exactly what it gets alone, seed included (``generation.generate`` with
+        exactly what it gets alone, seed included (``sampling.generate`` with
         a seed instead shares one generator across its batch).
         """
         per_prompt = [settings] * len(prompts) if isinstance(settings, SamplingSettings) else list(settings)

@@ -1,17 +1,11 @@
 """Text generation with a KV cache: greedy or sampled, batched, streaming.
 
-One decoding loop (``generate_steps``) serves everything: ``generate`` collects its
-tokens for a batch of prompts, ``stream`` turns them into text as they come.
-
-Batches of prompts of different lengths are left-padded: every row's last
-prompt token sits in the same column, so one forward pass per step serves all
-rows. Padding is masked out of attention and each row's positions start at 0
-at its first real token, so a row gets exactly what it would get alone. A row
-that emits ``<|endoftext|>`` is dropped from the batch (and from the cache), so
-finished rows cost nothing while the others continue.
-
-The per-row pieces (``make_generator``, ``sample_rows``, ``stream_text``) are
-shared with ``serving.Engine``, whose rows join and leave a running batch.
+Entry points: ``generate`` (new token ids for a batch of prompts) and ``stream`` (text as it
+comes), both over one decoding loop, ``generate_steps``. Prompts of different lengths are
+left-padded, the padding masked out and positions counted from each row's first real token; a row
+that emits ``<|endoftext|>`` leaves the batch and the cache. The per-row pieces
+(``make_generator``, ``sample_rows``, ``stream_text``) are shared with ``engine.Engine``, whose
+rows join and leave a running batch. Design: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,12 @@
 """Export a finished run as a model repo in the layout ``transformers`` reads.
 
-    <export>/
-      model.safetensors       GPT2LMHeadModel's key names, Conv1D (in, out) weights, tied head left out;
-                              float32, or bfloat16 (``weights_dtype``: half the download)
-      config.json             GPT2Config's fields, plus "gpt2_scratch": our metadata (prompt style, run, weights hash)
-      generation_config.json  bos/eos/pad 50256
-      vocab.json, merges.txt  the official GPT-2 BPE files (encoder.json, vocab.bpe), byte for byte
-      tokenizer.json          the same tokenizer for the ``tokenizers`` package (when it is installed)
-      tokenizer_config.json, special_tokens_map.json
-      README.md               the model card (``model_card.py``)
-      run.json, metrics.jsonl, loss.png, eval/summary.json, eval/predictions.jsonl   the run's own files
-
-``transformers.pipeline("text-generation", model=<export>)`` loads it as it
-loads ``openai-community/gpt2``; ``transformers`` keeps the extra
-``"gpt2_scratch"`` key of config.json as a config attribute and ignores it.
-
-The run's own files keep their paths relative to the run folder, so
-``RunPaths(<export>)`` reads run.json, metrics, the loss curve and eval/ of an
-export exactly as of a run; only the weights sit at the root instead of in
-``final/``. ``run_from_export`` gives the app all three pieces, and
-``checkpoint.load_model(<export>)`` returns the prompt style with the model.
+Entry point: ``export_run(run_dir, out)`` writes model.safetensors (GPT2LMHeadModel's keys,
+float32 or bfloat16), config.json (GPT2Config's fields plus our "gpt2_scratch" metadata),
+generation_config.json, the tokenizer files, the model card (``model_card``) and the run's own
+files at their run-relative paths, atomically. Invariant: ``transformers.pipeline(
+"text-generation", model=<export>)`` loads it, and ``RunPaths(<export>)`` and
+``inference.load_model(<export>)`` read it as a run. The read side is ``checkpoint.is_export`` /
+``read_export_info``; the layout drawn: docs/design.md.
 """
 
 from __future__ import annotations

@@ -4,18 +4,10 @@
     print(describe(plan, endpoint=..., token_from=token_source()))                  # what --dry-run prints
     result = upload(plan, token=resolve_token())                                    # one commit per repo
 
-The order makes a half-published run unlikely:
-
-1. everything local comes first: repo ids, a finished run, the token, the
-   export folder, the Space's files;
-2. both repos are created (``exist_ok``) and every file is sent to the Hub's
-   preupload endpoint, which is not a commit yet: a repo the token cannot write
-   to (someone else's: 403) fails here, before anything is committed anywhere;
-3. one commit with all files to the model repo, one to the Space, then the
-   Space variable. Should the Space fail after the model's commit, the error
-   says so; rerunning is safe (files that did not change are skipped).
-
-Every failure is a ``PublishError`` with a one-line message naming the step and the repo.
+Invariant: nothing is committed until both repos have accepted every file (local checks first,
+then the Hub's preupload, then one commit per repo and the Space variable), so a half-published
+run is unlikely. Every failure is a ``PublishError`` naming the step and the repo. The order and
+its reasons: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The options of a finetuning run: ``TrainConfig``, one field per option of ``finetune.py``.
 
+Each field's metadata (help, group, choices) is its option: finetune.py's
+parser is generated from it (``gpt2_scratch.options``). ``RESUME_OVERRIDES``
+are the options ``--resume`` may change.
+
 The defaults are those of the LLMs-from-scratch reference run (ch07), except
 ``mask_prompt`` (the reference learns the prompts too; ``--no-mask-prompt``);
 ``dataset``, ``epochs`` and ``lr`` default to None, meaning ``METHOD_DEFAULTS``
@@ -20,13 +24,12 @@ from typing import Any
 from gpt2_scratch.config import from_known_fields
 from gpt2_scratch.data.preferences import DEFAULT_PREFERENCE_URL
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
+from gpt2_scratch.options import option_name
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR
 from gpt2_scratch.train.distributed import PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
-# What --resume may change: how the run is executed, not what it computes.
-RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
 METHODS = ("sft", "dpo")
 DPO_LOGPS = ("sum", "mean")
 # The defaults that depend on --method: the LLMs-from-scratch runs (ch07 SFT; ch07/04 DPO: lr 5e-6, 1 epoch).
@@ -34,60 +37,216 @@ METHOD_DEFAULTS = {
     "sft": {"dataset": DEFAULT_DATASET_URL, "epochs": 2, "lr": 5e-5},
     "dpo": {"dataset": DEFAULT_PREFERENCE_URL, "epochs": 1, "lr": 5e-6},
 }
+# What --resume may change: how the run is executed, not what it computes (finetune.py and train/loop.py).
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
+_MAY_CHANGE = [option_name(n) for n in RESUME_OVERRIDES if n != "resume"]
+_RESUME_HELP = (
+    "continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state "
+    f"(or from the start if it has none); only {', '.join(_MAY_CHANGE[:-1])} and {_MAY_CHANGE[-1]} "
+    "may be given with it"
+)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a finetuning run: the options of ``finetune.py``, one to one."""
+    """Everything that defines a finetuning run: the options of ``finetune.py``, one to one.
 
-    base: str = "gpt2"  # model string for checkpoint.load_model: Hub id, short name, folder, random:<preset>
-    # URL, local .json/.jsonl file or Hub dataset id; None: the method's default (METHOD_DEFAULTS)
-    dataset: str | None = field(
-        default=None,
+    Each field's metadata is its command-line option (``gpt2_scratch.options``):
+    its help, its group in ``--help``, and its choices, metavar and default text.
+    """
+
+    # --- model and data
+    base: str = field(
+        default="gpt2",
         metadata={
-            "help": "dataset: URL, local .json/.jsonl file or Hugging Face dataset id; default: the book's "
-            "instruction data (sft) or its preference data (dpo, records with chosen/rejected)",
+            "help": "base model: Hub id, short name (gpt2, gpt2-medium, ...), local weights, "
+            "a run's checkpoint folder, or random:<preset> (e.g. random:tiny, offline)",
             "group": "model and data",
         },
     )
-    out_dir: str = str(DEFAULT_RUNS_DIR)
-    name: str | None = None  # run folder name; default: the start time, e.g. 20250101-120000 (-2, -3, ... if taken)
-    prompt_style: str = DEFAULT_PROMPT_STYLE
-    limit: int | None = None  # use only the first N records (before splitting), for quick runs
-    shuffle_split: bool = False  # the reference splits in file order
+    dataset: str | None = field(
+        default=None,  # METHOD_DEFAULTS
+        metadata={
+            "help": "dataset: URL, local .json/.jsonl file or Hugging Face dataset id",
+            "group": "model and data",
+            "default_text": "the book's instruction data (sft) or its preference data with chosen/rejected (dpo)",
+        },
+    )
+    limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "use only the first N records of the dataset, before the split (for quick runs)",
+            "group": "model and data",
+            "metavar": "N",
+            "default_text": "all",
+        },
+    )
+    shuffle_split: bool = field(
+        default=False,  # the reference splits in file order
+        metadata={
+            "help": "shuffle the records before the 85/10/5 train/test/validation split",
+            "group": "model and data",
+        },
+    )
+    prompt_style: str = field(
+        default=DEFAULT_PROMPT_STYLE,
+        metadata={"help": "prompt template", "group": "model and data", "choices": tuple(PROMPT_STYLES)},
+    )
+    max_length: int = field(
+        default=1024,
+        metadata={
+            "help": "tokens per example; longer ones are cut (capped at the model's context)",
+            "group": "model and data",
+            "metavar": "TOKENS",
+        },
+    )
+    mask_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the loss on the responses only; --no-mask-prompt also learns the prompts, "
+            "as the LLMs-from-scratch reference run does",
+            "group": "model and data",
+        },
+    )
+
+    # --- output
+    out_dir: str = field(
+        default=str(DEFAULT_RUNS_DIR),
+        metadata={"help": "folder holding the run folders", "group": "output", "metavar": "DIR"},
+    )
+    name: str | None = field(
+        default=None,
+        metadata={
+            "help": "run folder name",
+            "group": "output",
+            "default_text": "the start time, e.g. 20250101-120000; -2, -3, ... if taken",
+        },
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={"help": _RESUME_HELP, "group": "output", "metavar": "RUN_FOLDER", "default_text": "a new run"},
+    )
+    save_every: int = field(
+        default=100,
+        metadata={
+            "help": "steps between resume states in <run>/train_state/ (0: never)",
+            "group": "output",
+            "metavar": "STEPS",
+        },
+    )
+
+    # --- optimization
     epochs: int | None = field(
-        default=None,
-        metadata={"help": "passes over the training split; default: 2 (sft), 1 (dpo)", "group": "optimization"},
+        default=None,  # METHOD_DEFAULTS
+        metadata={
+            "help": "passes over the training split",
+            "group": "optimization",
+            "default_text": "2 (sft), 1 (dpo)",
+        },
     )
-    max_steps: int | None = None  # stop after this many optimizer steps (and finish the run normally)
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after N optimizer steps, and finish the run as usual (final checkpoint, ...)",
+            "group": "optimization",
+            "metavar": "N",
+            "default_text": "no limit",
+        },
+    )
     lr: float | None = field(
-        default=None,
-        metadata={"help": "peak learning rate (AdamW); default: 5e-5 (sft), 5e-6 (dpo)", "group": "optimization"},
+        default=None,  # METHOD_DEFAULTS
+        metadata={
+            "help": "peak learning rate (AdamW)",
+            "group": "optimization",
+            "default_text": "5e-5 (sft), 5e-6 (dpo)",
+        },
     )
-    weight_decay: float = 0.1  # applied to matrices and embeddings only, not to biases and LayerNorms
-    batch_size: int = 8  # examples per optimizer step, over all processes and accumulation micro-steps
-    grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum examples each): saves memory
-    max_length: int = 1024  # tokens per example, longer ones are cut (capped at the model's context)
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping (the reference does not clip)
-    mask_prompt: bool = True  # learn only the responses (False: prompts too, as the reference run)
-    group_by_length: bool = True
-    seed: int = 123
-    eval_every: int = 5  # steps between train/validation loss evaluations
-    eval_batches: int = 5  # batches of each split per evaluation (the reference's eval_iter)
-    sample_tokens: int = 50  # max new tokens of the baseline and per-epoch sample responses (greedy)
-    save_every: int = 100  # steps between resume states; 0 = never
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    compile: bool = False
-    device: str = "auto"
-    resume: str | None = None  # run folder to continue; its run.json supplies the other settings
-    # DPO options (gpt2_scratch/train/dpo.py)
+    weight_decay: float = field(
+        default=0.1,
+        metadata={"help": "AdamW weight decay, on matrices and embeddings only", "group": "optimization"},
+    )
+    batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "examples per optimizer step, over all processes and accumulation steps",
+            "group": "optimization",
+        },
+    )
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "help": "split each batch into this many micro-batches (less memory, same result)",
+            "group": "optimization",
+            "metavar": "N",
+        },
+    )
+    schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "learning rate after warmup: constant, or cosine decay to 10% of --lr",
+            "group": "optimization",
+            "choices": SCHEDULES,
+        },
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "linear warmup steps", "group": "optimization", "metavar": "STEPS"}
+    )
+    grad_clip: float = field(
+        default=0.0,  # the reference does not clip
+        metadata={"help": "max gradient norm (0: no clipping)", "group": "optimization", "metavar": "NORM"},
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "batch examples of similar length together (less padding)", "group": "optimization"},
+    )
+    seed: int = field(
+        default=123,
+        metadata={"help": "seed of the batch order, the shuffled split and dropout", "group": "optimization"},
+    )
+
+    # --- evaluation during training
+    eval_every: int = field(
+        default=5,
+        metadata={
+            "help": "steps between train/validation loss evaluations",
+            "group": "evaluation during training",
+            "metavar": "STEPS",
+        },
+    )
+    eval_batches: int = field(
+        default=5,  # the reference's eval_iter
+        metadata={
+            "help": "batches of each split per evaluation",
+            "group": "evaluation during training",
+            "metavar": "N",
+        },
+    )
+    sample_tokens: int = field(
+        default=50,
+        metadata={
+            "help": "max new tokens of the baseline and per-epoch sample responses (greedy)",
+            "group": "evaluation during training",
+            "metavar": "TOKENS",
+        },
+    )
+
+    # --- hardware
+    device: str = field(
+        default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda, cuda:N", "group": "hardware"}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto: bf16 autocast on CUDA, fp32 on CPU", "group": "hardware", "choices": PRECISIONS},
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model", "group": "hardware"})
+
+    # --- DPO (gpt2_scratch/train/dpo.py)
     method: str = field(
         default="sft",
         metadata={
-            "help": "sft: instruction finetuning; dpo: preference tuning of --base (the SFT model, also the "
-            "frozen reference, whose log-probabilities are computed once before training)",
+            "help": "sft: instruction finetuning; dpo: preference tuning of --base (the SFT model: a run folder, "
+            "a checkpoint or any model string), which is also the frozen reference: its log-probabilities are "
+            "computed once before training and saved in the run folder",
             "group": "DPO",
             "choices": METHODS,
         },
@@ -100,7 +259,7 @@ class TrainConfig:
         default="sum",
         metadata={
             "help": "a response's log-probability: the sum over its tokens (as the DPO paper and TRL), or their "
-            "mean (as the LLMs-from-scratch book). Logged rewards are beta * (log pi - log pi_ref), beta included",
+            "mean (as the LLMs-from-scratch book). Logged rewards are beta * (log pi - log pi_ref): beta included",
             "group": "DPO",
             "choices": DPO_LOGPS,
         },
@@ -117,32 +276,30 @@ class TrainConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{_option(name)} must be a positive integer, got {value!r}")
+                raise ValueError(f"{option_name(name)} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "save_every", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{_option(name)} must be a non-negative integer, got {value!r}")
+                raise ValueError(f"{option_name(name)} must be a non-negative integer, got {value!r}")
         for name in ("limit", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{_option(name)} must be a positive integer, got {value!r}")
+                raise ValueError(f"{option_name(name)} must be a positive integer, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{_option(name)} must be a non-negative number, got {value!r}")
+                raise ValueError(f"{option_name(name)} must be a non-negative number, got {value!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
         if self.max_length < 2:
             raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
-        for name, choices in (
-            ("schedule", SCHEDULES),
-            ("precision", PRECISIONS),
-            ("prompt_style", tuple(PROMPT_STYLES)),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{_option(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):  # the choices of the options (--schedule, --precision, ...)
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if choices is not None and v is not None and v not in choices:
+                    raise ValueError(f"{option_name(f.name)} must be one of {', '.join(choices)}, got {v!r}")
         if self.name is not None and (
             not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name
         ):
@@ -151,8 +308,6 @@ class TrainConfig:
     def _check_dpo(self) -> None:
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"--beta must be a positive number, got {self.beta!r}")
-        if self.dpo_logps not in DPO_LOGPS:
-            raise ValueError(f"--dpo-logps must be one of {', '.join(DPO_LOGPS)}, got {self.dpo_logps!r}")
         if self.method == "dpo" and not self.mask_prompt:
             raise ValueError("--no-mask-prompt is for --method sft: DPO scores the responses only")
 
@@ -163,7 +318,3 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict (e.g. run.json's "training"), rejecting unknown keys."""
         return from_known_fields(cls, d, "training option(s)")
-
-
-def _option(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")

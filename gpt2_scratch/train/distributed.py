@@ -1,16 +1,10 @@
 """Processes and devices of a training run: the process group, rank 0's jobs, autocast.
 
-A run is one process, or one of the processes ``torchrun`` starts (it describes
-them in the environment: ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``). Each process
-gets a ``DistContext``, its place among them; with one process every collective
-below is a no-op, so the training loop reads the same either way.
-
-    dist_ctx, device, created = init_distributed("auto")
-    with dist_ctx.main_first():       # rank 0 downloads, the others then read its cache
-        records = load_records(url)
-
-Files (metrics, checkpoints, the resume state) are written by rank 0 alone:
-the loop checks ``if self.is_main:`` where it writes them.
+Entry point: ``init_distributed("auto") -> (dist_ctx, device, created)``. A run is one process, or
+one of those ``torchrun`` starts (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); each gets a
+``DistContext``. With one process every collective is a no-op, so the loop reads the same either
+way. Files are written by rank 0 alone (``@rank_zero``); ``dist_ctx.main_first()`` lets rank 0
+download first while the others then read its cache.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """A run's log: ``metrics.jsonl`` (one JSON object per event) and its loss figure ``loss.png``.
 
-Each line has ``event``, ``step``, ``tokens_seen`` and ``time``, plus the event's
-own fields:
-
-    baseline   the base model's answer to a test instruction, before training
-    train      loss, lr, tokens_per_second of one optimizer step (DPO: also the step's DPO_METRICS)
-    eval       train_loss and val_loss on the fixed evaluation batches; best: a new best val_loss
-               (DPO: the DPO loss, and val_<m> and train_<m> for each m of DPO_METRICS)
-    sample     the model's answer to the first validation instruction, after each epoch
-    resume     a resume from the state saved at ``step``
-    done       the end of the run: val_loss, best_val_loss
-
-Written by training (rank 0), read by the app for the loss curve.
+Each line has ``event``, ``step``, ``tokens_seen`` and ``time``, plus the event's own fields:
+``baseline`` (the base model's answer to a test instruction, before training), ``train`` (loss,
+lr, tokens_per_second of one step), ``eval`` (train_loss, val_loss; ``best``: a new best val_loss;
+a DPO run: the DPO loss, each step's ``DPO_METRICS``, and ``val_<m>``/``train_<m>`` in ``eval``),
+``sample`` (the answer to the first validation instruction, after each epoch), ``resume`` (from
+the state saved at ``step``), ``done`` (val_loss, best_val_loss).
+Written by training (rank 0, ``MetricsLog``), read by the app for the loss curve.
 """
 
 from __future__ import annotations

@@ -1,39 +1,15 @@
-"""Instruction finetuning (and DPO after it): the training loop.
+"""Instruction finetuning (and DPO after it): the training loop behind ``finetune.py``.
 
     from gpt2_scratch.train.config import TrainConfig
     from gpt2_scratch.train.loop import train
     paths = train(TrainConfig(base="gpt2", epochs=2))   # writes runs/<name>/ (see runs.py)
 
-The defaults reproduce the LLMs-from-scratch reference run (ch07): AdamW with
-lr 5e-5 and weight decay 0.1, batch size 8, 2 epochs, constant learning rate,
-no clipping, train/validation loss every 5 steps on 5 fixed batches of each;
-except that the loss covers the responses only (``mask_prompt``; the reference
-learns the prompts too: ``mask_prompt=False``, ``--no-mask-prompt``). On top
-of it: length-grouped batches with dynamic padding, optional warmup and cosine
-schedule, gradient clipping and accumulation, a step limit, bf16 autocast on
-CUDA, fused AdamW, ``torch.compile``, resumable state and several GPUs.
-
-The loop's helpers live beside it, one job each: ``train_config`` (the
-options), ``train_step`` (AdamW, the schedule, what one step computes),
-``train_state`` (the resume state), ``run_log`` (``metrics.jsonl``,
-``loss.png``), ``run_writer`` (the run folder, ``best/``, cleanup) and
-``distributed`` (processes, devices, autocast). ``method="dpo"`` is a switch,
-not a second loop: ``datasets`` gives it preference pairs instead of records,
-``dpo.DPOStepRunner`` its step, evaluation and reference log-probabilities.
-
-Resume
-    Every ``save_every`` steps the complete training state goes to
-    ``train_state/``. ``resume=<run folder>`` restores it and replays the rest
-    of the run: on CPU the final weights are identical to those of an
-    uninterrupted run. Metrics logged after the saved step are removed from
-    ``metrics.jsonl`` first, so no line is duplicated, and leftovers of a save
-    killed midway are removed. A run stopped before its first saved state
-    starts over.
-
-Several GPUs
-    ``torchrun --nproc_per_node N finetune.py ...`` runs DistributedDataParallel
-    (nccl on CUDA, gloo on CPU). Evaluation batches are shared among the
-    processes; logging, sampling and saving happen on rank 0 only (``if self.is_main:``).
+Its helpers live beside it: ``config`` (the options), ``step`` (AdamW, schedule, one step),
+``state`` (resume state), ``log`` (metrics.jsonl, loss.png), ``run_writer`` (the run folder),
+``distributed``; ``--method dpo`` is a switch, not a second loop: ``datasets`` gives it
+preference pairs, ``dpo.DPOStepRunner`` its step, evaluation and reference. Invariant: a
+resumed run (``resume=<run folder>``) ends with the weights of an uninterrupted one (on CPU).
+Defaults, resume and several GPUs: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """What training writes into its run folder besides the log and the resume state (rank 0 only).
 
-- the folder itself, created exclusively (``create_run_folder``), so two runs
-  never share one: a taken name is an error, a taken default name (the start
-  time) becomes ``<time>-2``, ``<time>-3``, ...;
-- ``run.json`` and the run's own test and validation records (``write_run_files``);
-- ``best/``: the weights of the lowest validation loss, kept in memory and
-  written when the loop asks (``BestWeights``); when they are the final weights,
-  ``best/`` holds hard links to ``final/``'s files instead of a second copy;
-- cleanup: leftovers of saves killed midway (``remove_leftovers``), and what a
-  first attempt wrote when a run with no saved state starts over (``clear_outputs``).
-
+Entry points: ``create_run_folder`` (exclusive: a taken name is an error, a taken default name
+becomes ``<time>-2``, ...), ``write_run_files`` (run.json, the run's test and validation records),
+``BestWeights`` (``best/``: kept in memory, written when the loop asks; hard links to ``final/``
+when they are the final weights) and the cleanup (``remove_leftovers``, ``clear_outputs``).
 The folder's layout itself is ``runs.RunPaths``.
 """
 

@@ -1,15 +1,11 @@
 """The resume state of a training run: ``<run>/train_state/``, no pickle.
 
-    train_state/
-      model.safetensors       the weights (tied head stored once)
-      optimizer.safetensors   AdamW's tensors, "<parameter index>.<name>" (exp_avg, exp_avg_sq, step)
-      rng.safetensors         every process's RNG states, "cpu.<rank>" / "cuda.<rank>"
-      state.json              format, version, the run's ``Progress`` and AdamW's param groups
-
-The folder is written as a new folder swapped in with renames
-(``files.atomic_folder``), so a kill at any moment leaves the previous state
-intact. With the same progress, optimizer and RNG streams, a resumed run
-replays the rest of the run exactly (identical final weights on CPU).
+``save_train_state`` writes model.safetensors (the weights, tied head once), optimizer.safetensors
+(AdamW's tensors), rng.safetensors (every process's RNG states) and state.json (format, version,
+``Progress``, AdamW's param groups) as a new folder swapped in (``files.atomic_folder``), so a kill
+at any moment leaves the previous state intact; ``load_train_state`` restores it.
+Invariant: with the same progress, optimizer and RNG streams, a resumed run replays the rest of
+the run exactly (identical final weights on CPU). Key names: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """The math of training: AdamW, the learning-rate schedule, one optimizer step, the evaluation loss.
 
-What one step is
-    ``batch_size`` is the number of examples per optimizer step, whatever the
-    gradient accumulation and the number of processes. The sampler builds the
-    same global batches everywhere; each of the ``world_size`` processes takes
-    a contiguous share and cuts it into ``grad_accum`` micro-batches. The loss
-    is summed over the target tokens of the whole global batch and divided by
-    their total count, so the gradient is that of one big batch: 2 processes,
-    or 1 process with ``grad_accum=2``, compute the same step as 1 process
-    alone (up to float rounding). With one process and ``grad_accum=1`` this is
-    the reference's mean cross-entropy over the batch.
-
-Tokens
-    ``tokens_seen`` and tokens/s count real (non-padding) input tokens, so
-    numbers stay comparable whether batches are length-grouped or not.
+Entry points: ``configure_optimizer``, ``lr_at`` and ``StepRunner`` (``train_step``, the losses).
+Invariant: ``batch_size`` is the number of examples per optimizer step whatever ``grad_accum`` and
+the number of processes: the loss is summed over the global batch's target tokens and divided by
+their count, so 2 processes, or ``grad_accum=2``, compute the step of 1 process alone (up to
+rounding). ``tokens_seen`` and tokens/s count non-padding input tokens. Details: docs/design.md.
 """
 
 from __future__ import annotations

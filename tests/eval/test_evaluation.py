@@ -1,56 +1,28 @@
-"""Evaluation end to end on a tiny run: result schema, model identity, resume, settings checks, CLI."""
+"""Evaluation end to end on a tiny run: result schema, model identity, resume, settings checks, the judge, dtypes."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tiny_run
 
 import evaluate as evaluate_cli
 from gpt2_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt2_scratch.data.batches import encode_record
-from gpt2_scratch.data.records import Record, write_records
 from gpt2_scratch.eval import evaluation
 from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run, plan_batches
 from gpt2_scratch.eval.judge import JudgeConfig
-from gpt2_scratch.eval.progress import ProgressFile, SettingsMismatch
+from gpt2_scratch.eval.progress import SettingsMismatch
 from gpt2_scratch.eval.scoring import reference_loss
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.tokenizer import decode, encode
+from tests.fixtures.evaluation import FAST, RECORDS, interrupt_after_first_batch, make_run
 
-ROOT = Path(__file__).resolve().parent.parent
-RECORDS = [
-    Record(3, "Name a color.", "", "Blue."),
-    Record(8, "Translate to French.", "Good morning", "Bonjour."),
-    Record(11, "Summarize the text in one sentence, please, and keep it short.", "Cats sleep a lot.", "Cats sleep."),
-    Record(20, "What is 2 + 2?", "", "4"),
-    Record(21, "Rewrite in passive voice.", "The dog chased the ball.", "The ball was chased by the dog."),
-    Record(40, "Give an antonym of 'hot'.", "", "Cold."),
-]
-FAST = dict(sampling=SamplingSettings(max_new_tokens=6), batch_size=2, progress=False, device="cpu")
 TIMING = ("generation_seconds", "tokens_per_second")
-
 
 # Tiny models run fastest on one thread, and do not crawl when other processes share the CPU.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_run(root: Path) -> RunPaths:
-    """A run folder as finetune.py writes it (not evaluated yet), with its test split."""
-    run = write_tiny_run(root, noise=0.02, metadata={"step": 1}, with_eval=False, with_metrics=False)
-    write_records(root / "data" / "test.jsonl", RECORDS)
-    return run
-
-
-@pytest.fixture
-def run(tmp_path):
-    return make_run(tmp_path / "run")
 
 
 def without_timing(summary: dict) -> dict:
@@ -165,23 +137,6 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
     assert resumed == [] and run.predictions.read_bytes() == reference.predictions.read_bytes()
 
 
-def interrupt_after_first_batch(run, settings, monkeypatch):
-    """Start an evaluation and stop it (like a Ctrl-C) once its first generated batch is saved."""
-    saved = []
-    original = ProgressFile.append
-
-    def append(self, entry):
-        if saved:
-            raise KeyboardInterrupt
-        saved.append(entry)
-        original(self, entry)
-
-    with monkeypatch.context() as m:
-        m.setattr(ProgressFile, "append", append)
-        with pytest.raises(KeyboardInterrupt):
-            evaluate_run(run, settings)
-
-
 def test_changed_settings_do_not_mix(run, monkeypatch):
     interrupt_after_first_batch(run, EvalSettings(**{**FAST, "models": ("finetuned",)}), monkeypatch)
     with pytest.raises(SettingsMismatch, match=r"max_new_tokens=6 \(now 5\)"):
@@ -228,73 +183,6 @@ def test_judge_scores_are_recorded(run, judge_server):
     assert f"`{rows[0]['response'].strip()}`" in first
 
 
-def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
-    assert (
-        evaluate_cli.main(
-            [
-                "--run",
-                str(run.root),
-                "--models",
-                "finetuned",
-                "--max-new-tokens",
-                "4",
-                "--batch-size",
-                "3",
-                "--limit",
-                "4",
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "ROUGE-L F1" in out and "finetuned" in out
-    assert len(run.predictions.read_text().splitlines()) == 4
-
-    for argv, message in [
-        (["--run", str(tmp_path / "nope")], "no such run folder"),
-        (["--run", str(run.root), "--limit", "0"], "limit"),
-        (["--run", str(run.root), "--temperature", "-1"], "temperature"),
-        (["--run", str(run.root), "--judge-url", "http://localhost:1/v1"], "--judge-model"),
-    ]:
-        assert evaluate_cli.main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
-    with pytest.raises(SystemExit) as e:
-        evaluate_cli.main(["--models", "nonsense"])
-    assert e.value.code == 2
-    assert capsys.readouterr().err.startswith("error: argument --models")
-
-
-def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
-    help_ = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert help_.returncode == 0
-    for option in (
-        "--run",
-        "--models",
-        "--max-new-tokens",
-        "--temperature",
-        "--top-k",
-        "--top-p",
-        "--seed",
-        "--batch-size",
-        "--limit",
-        "--device",
-        "--judge-url",
-        "--judge-model",
-        "--judge-api-key",
-        "--restart",
-    ):
-        assert option in help_.stdout, option
-    bad = subprocess.run(
-        [sys.executable, "evaluate.py", "--run", str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True
-    )
-    assert bad.returncode == 2
-    assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"
-
-
 def test_a_finished_evaluation_does_not_block_new_settings(run, capsys):
     evaluate_run(run, EvalSettings(**{**FAST, "models": ("finetuned",)}))
     assert json.loads(run.predictions.read_text().splitlines()[0])["finetuned"]["length_tokens"] == 6
@@ -307,35 +195,6 @@ def test_a_finished_evaluation_does_not_block_new_settings(run, capsys):
     assert [json.loads(line)["finetuned"]["length_tokens"] for line in run.predictions.read_text().splitlines()] == [
         3
     ] * 6
-
-
-@pytest.mark.parametrize(
-    "line, problem",
-    [
-        ('{"batch": 0}', '"indices" must be a list of integers'),
-        ("[1, 2]", "expected an object, got list"),
-        (
-            '{"batch": 0, "indices": [0, 5], "outputs": [[1]], "seconds": 1}',
-            '"outputs" must be one list of token ids per index',
-        ),
-        ('{"batch": "0", "indices": [], "outputs": [], "seconds": 1}', '"batch" must be an integer'),
-    ],
-)
-def test_a_progress_line_of_the_wrong_shape_is_one_line_error(run, monkeypatch, capsys, line, problem):
-    interrupt_after_first_batch(run, EvalSettings(**FAST), monkeypatch)
-    partial = run.eval_dir / "partial_base.jsonl"
-    with open(partial, "a") as f:
-        f.write(line + "\n")
-    with pytest.raises(ValueError, match=f"{partial}: line 3 is not a progress entry \\({problem}\\)"):
-        evaluate_run(run, EvalSettings(**FAST))
-    assert (
-        evaluate_cli.main(
-            ["--run", str(run.root), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress", "--device", "cpu"]
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {partial}: line 3 is not a progress entry") and err.count("\n") == 1
 
 
 def test_max_new_tokens_are_capped_to_the_context_with_a_note(run, capsys):
@@ -395,14 +254,3 @@ def test_refilled_rows_give_the_fixed_batches_results_and_resume(run, tmp_path, 
     assert run.predictions.read_bytes() == fixed.predictions.read_bytes()
     assert got["generation"]["refill"] is True and expected["generation"]["refill"] is False
     assert got["models"]["base"]["rouge_l"] == expected["models"]["base"]["rouge_l"]
-
-
-def test_a_bad_line_after_a_finished_evaluation_is_named_by_its_own_line(run):
-    evaluate_run(run, EvalSettings(**FAST))
-    partial = run.eval_dir / "partial_base.jsonl"
-    lines = partial.read_text().splitlines()
-    assert lines[-1] == '{"done": true}'  # header, 3 batches, the done mark
-    with open(partial, "a") as f:
-        f.write('{"batch": 0}\n')
-    with pytest.raises(ValueError, match=f"{partial}: line {len(lines) + 1} is not a progress entry"):
-        evaluate_run(run, EvalSettings(**FAST))

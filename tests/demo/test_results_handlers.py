@@ -1,6 +1,6 @@
 """The results browser's handlers (``ResultsBrowser``), called directly on tiny runs: no server, no browser.
 
-Three runs under ``runs/``: ``a`` is conftest's run (records 7, 12, 30, 41);
+Three runs under ``runs/``: ``a`` is the demo conftest's run (records 7, 12, 30, 41);
 ``b`` was evaluated on another test set (7, 12, 30 and 99) with other training
 options and a response holding markup; ``broken`` has a malformed
 predictions.jsonl. Expected values are worked out by hand from those files.
@@ -18,7 +18,6 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
-from conftest import RUN_PREDICTIONS
 
 from benchmarks.bench_compare import synthetic_runs
 from gpt2_scratch.demo import MAX_RUNS, ResultsBrowser
@@ -27,11 +26,13 @@ from gpt2_scratch.demo.discovery import RunSource, find_runs, include_run
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import encode
+from tests.fixtures.runs import RUN_PREDICTIONS
 
 # Handlers show problems as gr.Warning toasts; outside a request Gradio turns them into UserWarnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 XSS = "<script>alert('xss')</script> <img src=x onerror=alert(2)> The cat"
+
 RECORD_OUTPUTS = 4 + MAX_RUNS + 2 * MAX_RUNS * 2  # title, instruction, input, reference, rows, (diff, judge) slots
 
 

@@ -13,57 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import write_tiny_run
 
 from gpt2_scratch.checkpoint import is_export, load_checkpoint, read_export_info
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl, file_sha256
+from gpt2_scratch.files import file_sha256
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.export import export_run, hf_config, official_bpe_files
-from gpt2_scratch.publish.model_card import hub_base_model, hub_dataset
 from gpt2_scratch.runs import APP_FILES, RunInfo, RunPaths, run_from_export
 from gpt2_scratch.tokenizer import EOS_ID, decode, encode
+from tests.fixtures.export import SUMMARY, make_run
 
-DATASET_URL = "https://example.org/data/instruction-data.json"
-TRAINING = {
-    "base": "gpt2",
-    "epochs": 2,
-    "lr": 5e-05,
-    "batch_size": 8,
-    "mask_prompt": False,
-    "limit": None,
-    "schedule": "constant",
-}
-SUMMARY = {
-    "num_records": 4,
-    "generation": {"max_new_tokens": 64, "temperature": 0.0},
-    "judge": None,
-    "models": {
-        "base": {
-            "reference_loss": 3.5,
-            "perplexity": 33.12,
-            "rouge_l": 0.1625,
-            "exact_match": 0.0,
-            "judge_mean": None,
-            "judge_unparsed": 0,
-            "mean_length_tokens": 2.75,
-            "empty_share": 0.25,
-        },
-        "finetuned": {
-            "reference_loss": 1.25,
-            "perplexity": 3.49,
-            "rouge_l": 0.8375,
-            "exact_match": 0.5,
-            "judge_mean": None,
-            "judge_unparsed": 0,
-            "mean_length_tokens": 3.5,
-            "empty_share": 0.0,
-        },
-    },
-}
 TRICKY = [
     "Hello world",
     "  two  spaces  ",
@@ -83,28 +44,6 @@ TRICKY = [
 ]
 
 
-def make_run(root: Path, *, status: str = "finished", with_eval: bool = True) -> RunPaths:
-    """A tiny run folder: final/ checkpoint, run.json, metrics, a loss plot and (optionally) eval/.
-
-    The weights carry noise, so biases and LayerNorms are away from 0/1 and a mix-up shows in the logits.
-    """
-    run = write_tiny_run(
-        root,
-        status=status,
-        base_model="gpt2",
-        training=TRAINING,
-        dataset={"source": DATASET_URL, "num_records": 40},
-        with_eval=False,
-        with_metrics=False,
-    )
-    atomic_write_jsonl(run.metrics, [{"event": "eval", "step": 5, "train_loss": 3.0, "val_loss": 3.25}])
-    run.loss_plot.write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
-    if with_eval:
-        atomic_write_jsonl(run.predictions, [{"id": 1, "instruction": "Say hi.", "reference": "Hi."}])
-        atomic_write_json(run.summary, SUMMARY)
-    return run
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunPaths:
     return make_run(tmp_path_factory.mktemp("export") / "tiny-run")
@@ -113,11 +52,6 @@ def run(tmp_path_factory) -> RunPaths:
 @pytest.fixture(scope="module")
 def export(run, tmp_path_factory) -> Path:
     return export_run(run.root, tmp_path_factory.mktemp("out") / "export", repo_id="me/tiny-alpaca").folder
-
-
-def front_matter(card: str) -> dict:
-    assert card.startswith("---\n")
-    return yaml.safe_load(card.split("---\n")[1])
 
 
 # --------------------------------------------------------------------------- layout
@@ -321,48 +255,6 @@ def test_a_plain_transformers_folder_is_not_an_export(hf_tiny, tmp_path, export)
     assert str(bad / "config.json") in str(e.value) and "\n" not in str(e.value)
 
 
-# --------------------------------------------------------------------------- the model card
-
-
-def test_model_card_metadata_and_model_index_come_from_the_run(export):
-    from huggingface_hub import ModelCard
-
-    card = (export / "README.md").read_text()
-    meta = front_matter(card)
-    assert meta["license"] == "mit" and meta["pipeline_tag"] == "text-generation"
-    assert meta["base_model"] == "openai-community/gpt2" and "gpt2" in meta["tags"]
-    assert "datasets" not in meta  # a URL is no Hub dataset id
-    [index] = meta["model-index"]
-    assert index["name"] == "me/tiny-alpaca"
-    metrics = {m["type"]: m["value"] for m in index["results"][0]["metrics"]}
-    assert metrics == {"rougeL": 0.8375, "exact_match": 0.5, "perplexity": 3.49, "loss": 1.25}
-    assert index["results"][0]["dataset"]["split"] == "test"
-    parsed = ModelCard(card).data  # huggingface_hub reads it back
-    assert {r.metric_type for r in parsed.eval_results} == set(metrics)
-
-
-def test_model_card_text_covers_training_evaluation_curve_prompt_and_usage(export):
-    card = (export / "README.md").read_text()
-    for key, value in TRAINING.items():  # every training option, with its value
-        assert f"| {key} | {json.dumps(value) if not isinstance(value, str) else value} |" in card, key
-    assert f"| dataset source | {DATASET_URL} |" in card
-    assert "| ROUGE-L F1 | 0.163 | 0.838 |" in card and "| Exact match | 0.0% | 50.0% |" in card
-    assert "| Perplexity | 33.12 | 3.49 |" in card and "Judge" not in card  # no judge ran: no judge rows
-    assert "![Training and validation loss against tokens seen](loss.png)" in card
-    assert get_prompt_style("alpaca").format("{instruction}", "{input}") in card
-    assert 'pipeline("text-generation", model="me/tiny-alpaca")' in card
-    assert 'snapshot_download("me/tiny-alpaca"' in card and "load_model(" in card
-
-
-def test_run_without_evaluation_exports_with_a_note_in_the_card(tmp_path):
-    run = make_run(tmp_path / "no-eval", with_eval=False)
-    result = export_run(run.root, tmp_path / "export", repo_id="me/no-eval")
-    assert not result.has_eval and not (tmp_path / "export" / "eval").exists()
-    card = (tmp_path / "export" / "README.md").read_text()
-    assert "model-index" not in front_matter(card)
-    assert "has not been evaluated yet" in card and "python evaluate.py --run runs/no-eval" in card
-
-
 def test_unfinished_run_is_refused_and_nothing_is_written(tmp_path):
     run = make_run(tmp_path / "running", status="running", with_eval=False)
     with pytest.raises(ValueError, match="is not finished \\(run.json status is 'running'\\)") as e:
@@ -373,12 +265,3 @@ def test_unfinished_run_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no final checkpoint"):
         export_run(run.root, tmp_path / "export")
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export*"))
-
-
-def test_base_model_and_dataset_ids_for_the_metadata():
-    assert hub_base_model("gpt2-medium") == "openai-community/gpt2-medium"
-    assert hub_base_model("someone/gpt2-finetune") == "someone/gpt2-finetune"
-    assert hub_base_model("random:tiny") is None and hub_base_model("/models/gpt2") is None
-    assert hub_base_model("weights.safetensors") is None
-    assert hub_dataset("yahma/alpaca-cleaned") == "yahma/alpaca-cleaned"
-    assert hub_dataset(DATASET_URL) is None and hub_dataset("data/train.json") is None

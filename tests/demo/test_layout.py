@@ -1,16 +1,36 @@
-"""The demo's Blocks (``build_demo``), inspected through its config: endpoints, events, what each tab shows."""
+"""The demo's Blocks (``build_demo``) and ``start``: the config's endpoints, events and tabs; then over HTTP.
+
+Inspected through ``demo.config`` first; then the demo served in this process on
+a free port, its named endpoints called with gradio_client, with app.py's limits
+(no uploads, a bounded queue).
+"""
 
 from __future__ import annotations
 
+import http.client
+import os
 import shutil
+import threading
+import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
 import pytest
+from gradio_client import Client
+from gradio_client.utils import QueueError
 
-from gpt2_scratch.demo import MAX_RUNS, DemoApp, build_demo, load_examples
+from gpt2_scratch.demo import MAX_FILE_SIZE, MAX_RUNS, DemoApp, build_demo, load_examples, start
 from gpt2_scratch.demo.results_tab import NO_RUNS
+from gpt2_scratch.prompts import get_prompt_style
 
-ROOT = Path(__file__).resolve().parent.parent
+# Gradio's own queue code trips pandas deprecation warnings; they are not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword")
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = dict(max_new_tokens=16, temperature=0.0, top_k=0, top_p=1.0, seed=123)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +215,171 @@ def test_refresh_button_lists_the_runs_again_then_shows_the_chosen_ones(finished
     assert any(d.get("trigger_after") == overview for d in deps)
     # The app's own run stays offered after a refresh that finds nothing else.
     assert app.browser.refresh_sources(force=True) and app.browser.offered() == [finished_run.root.name]
+
+
+@pytest.fixture(scope="module")
+def served(finished_run):
+    """(client, run, url) for the demo served in this process on a free port, with app.py's limits."""
+    demo = build_demo(DemoApp.from_run(finished_run))
+    url = start(demo, host="127.0.0.1", port=None)
+    try:
+        yield Client(url, verbose=False, analytics_enabled=False, download_files=False), finished_run, url
+    finally:
+        demo.close()
+
+
+def test_endpoints_are_named(served):
+    client, _, _ = served
+    api = client.view_api(print_info=False, return_format="dict")
+    named = api["named_endpoints"]
+    assert {"/generate_base", "/generate_finetuned", "/generate_side_by_side", "/filter_predictions"} <= set(named)
+    params = [p["parameter_name"] for p in named["/generate_finetuned"]["parameters"]]
+    assert params == ["instruction", "input", "max_new_tokens", "temperature", "top_k", "top_p", "seed"]
+
+
+def test_generate_base_streams_over_http(served, greedy):
+    client, _, _ = served
+    job = client.submit(prompt="Every effort moves you", **SETTINGS, api_name="/generate_base")
+    text, status = job.result(timeout=60)
+    assert text == greedy("random:tiny", "Every effort moves you", 16)
+    assert "new tokens in" in status
+    assert len(job.outputs()) >= 10  # one message per token, not only the final answer
+
+
+def test_generate_finetuned_and_side_by_side(served, greedy):
+    client, run, _ = served
+    prompt = get_prompt_style("alpaca").format("Name a primary color.")
+    text, _ = client.predict("Name a primary color.", "", *SETTINGS.values(), api_name="/generate_finetuned")
+    assert text == greedy(run.final, prompt, 16)
+    base, finetuned, status = client.predict(
+        "Name a primary color.", "", *SETTINGS.values(), api_name="/generate_side_by_side"
+    )
+    assert base == greedy("random:tiny", prompt, 16) and finetuned == text
+    assert status.startswith("New tokens: base ")
+
+
+def test_bad_input_over_http_keeps_the_server_up(served):
+    client, _, _ = served
+    text, status = client.predict("", "", *SETTINGS.values(), api_name="/generate_finetuned")
+    assert (text, status) == ("", "⚠️ Type an instruction first.")
+    # Values the UI's sliders could not send get the handlers' own messages.
+    _, status = client.predict("Hi", 100_000, 0.0, 0, 1.0, 123, api_name="/generate_base")
+    assert status == ("⚠️ max new tokens must be a whole number from 1 to 255 (the context is 256 tokens), got 100000")
+    _, status = client.predict("Hi", 16, "warm", 0, 1.0, 123, api_name="/generate_base")
+    assert status == "⚠️ temperature must be a number from 0 to 2, got 'warm'"
+    _, _, status = client.predict("Hi", "", 16, 0.0, 0, 1.0, -5, api_name="/generate_side_by_side")
+    assert status == "⚠️ seed must be a whole number from 0 to 4294967295, got -5"
+    text, _ = client.predict("Every effort moves you", *SETTINGS.values(), api_name="/generate_base")
+    assert text  # still serving
+
+
+def test_filter_predictions_endpoint(served):
+    client, _, _ = served
+    # As older clients call it: five values, the single-run score name; the runs default to the run served.
+    table, count = client.predict(
+        "quiet", "finetuned.rouge_l", "", "", "score: high to low", api_name="/filter_predictions"
+    )
+    assert count == "2 of 4 test records"
+    assert [row[0] for row in table["data"]] == [41, 12]
+    # With the runs named; a record without that score has an empty cell.
+    table, count = client.predict(
+        "", "run1 · base · judge_score", "", "", "score: low to high", ["run1"], api_name="/filter_predictions"
+    )
+    assert table["headers"] == ["id", "instruction", "run1 · base", "run1 · finetuned"]
+    assert [row[0] for row in table["data"]] == [41, 7, 12, 30] and table["data"][3][2:] == [None, 70]
+    _, count = client.predict(
+        "", "run1 · base · judge_score", "200", "", "test-set order", ["run1"], api_name="/filter_predictions"
+    )
+    assert count == "⚠️ min score must be a number from 0 to 100 for Judge score (0–100), got '200'"
+    _, count = client.predict("", "", "", "", "test-set order", ["elsewhere"], api_name="/filter_predictions")
+    assert count == "⚠️ unknown run 'elsewhere'; choose from: run1"
+
+
+def test_filter_predictions_parameters(served):
+    client, _, _ = served
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/filter_predictions"][
+        "parameters"
+    ]
+    assert [p["parameter_name"] for p in params] == ["query", "score", "min_score", "max_score", "order", "runs"]
+    assert params[-1]["parameter_has_default"] and params[-1]["parameter_default"] == ["run1"]
+
+
+def _post_file(url: str, size: int) -> int | None:
+    """HTTP status of a multipart POST of ``size`` bytes to Gradio's upload route.
+
+    None: the server closed the connection before taking the whole body (what a
+    server does when it refuses a large body early: the client's send fails).
+    """
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"\0" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            "/gradio_api/upload",
+            body=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        return conn.getresponse().status
+    except (ConnectionResetError, BrokenPipeError):
+        return None
+    finally:
+        conn.close()
+
+
+def test_uploads_are_refused(served, tmp_path):
+    """Issue 9.19: the app takes no uploads; an anonymous 20 MB POST used to be stored (HTTP 200)."""
+    _, _, url = served
+    assert MAX_FILE_SIZE == "1kb"
+    assert _post_file(url, 2000) == 413
+    assert _post_file(url, 20 * 1024 * 1024) in (413, None)
+    assert _post_file(url, 100) == 200  # a form-field-sized body still passes: the limit is what refused
+    with urllib.request.urlopen(url, timeout=10) as response:  # and the server is still up
+        assert response.status == 200
+
+
+def test_a_full_queue_says_busy_at_once(finished_run):
+    """Issue 9.19: with one generation running and ``queue_size`` waiting, the next request is refused at once."""
+    app = DemoApp.from_run(finished_run)
+    release = threading.Event()
+    real_get = app.base.get
+
+    def slow_get():
+        release.wait(60)
+        return real_get()
+
+    app.base.get = slow_get
+    demo = build_demo(app)
+    url = start(demo, host="127.0.0.1", port=None, concurrency=1, queue_size=1)
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+    try:
+        running = client.submit("Hi", *SETTINGS.values(), api_name="/generate_base")
+        _wait_until(lambda: running.status().code.name == "PROCESSING")
+        waiting = client.submit("Hi", *SETTINGS.values(), api_name="/generate_base")
+        _wait_until(lambda: waiting.status().code.name == "IN_QUEUE")
+        refused = client.submit("Hi", *SETTINGS.values(), api_name="/generate_base")
+        with pytest.raises(QueueError, match="Queue is full! Please try again."):  # the browser: "busy, try again"
+            refused.result(timeout=30)
+        release.set()
+        assert running.result(timeout=60)[0] and waiting.result(timeout=60)[0]  # the others are served
+    finally:
+        release.set()
+        demo.close()
+
+
+def _wait_until(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)

@@ -16,7 +16,7 @@ from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.train.step import StepRunner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

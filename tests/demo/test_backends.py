@@ -1,6 +1,6 @@
-"""The app's generations through the batching engines: many visitors at once, joins, Stop, "busy", dtypes, ZeroGPU.
+"""The app's generations through the batching engines: many visitors at once, joins, Stop, "busy".
 
-The run is conftest's ``finished_run`` (base ``random:tiny``, a finetuned
+The run is the demo conftest's ``finished_run`` (base ``random:tiny``, a finetuned
 checkpoint). Where requests must overlap, each engine step is slowed down a
 little (``serving._forward_rows`` wrapped), since the tiny model answers in
 milliseconds.
@@ -9,38 +9,24 @@ milliseconds.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import gradio as gr
 import pytest
-import torch
-import torch.nn as nn
 from gradio_client import Client
 
 import gpt2_scratch.generate.engine as serving
-from gpt2_scratch.demo import GRADIO_THREADS, Batched, DemoApp, PerRequest, build_demo, choose_backend, start
-from gpt2_scratch.demo.backends import ZERO_GPU_ENV
-from gpt2_scratch.generate.sampling import SamplingSettings, generate
-from gpt2_scratch.inference import load_model
-from gpt2_scratch.kernels import BF16Linear, PackedLinear
+from gpt2_scratch.demo import GRADIO_THREADS, Batched, DemoApp, PerRequest, build_demo, start
 from gpt2_scratch.prompts import get_prompt_style
-from gpt2_scratch.tokenizer import decode, encode
+from tests.fixtures.demo import PROMPTS, greedy_args
 
 # Gradio's own queue code trips pandas deprecation warnings; handlers' toasts are UserWarnings outside a request.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*no_silent_downcasting", "ignore:The copy keyword", "ignore::UserWarning"
 )
 
-PROMPTS = ["Every effort moves you", "The cat sat on", "Once upon a time", "In the beginning"]
 T = 60  # seconds: the most a test waits for an answer
-
-
-def greedy_args(n: int) -> tuple:
-    return (n, 0.0, 0, 1.0, None)  # max new tokens, temperature, top-k, top-p, seed as the UI sends them
 
 
 @pytest.fixture
@@ -204,85 +190,6 @@ def test_per_request_path_runs_generation_stream(finished_run, greedy):
     *_, (text, _) = app.generate_base(PROMPTS[0], *greedy_args(24))
     assert text == greedy("random:tiny", PROMPTS[0])
     assert [t for t in threading.enumerate() if t.name == "gpt2-engine"] == engines  # no engine started
-
-
-# --------------------------------------------------------------------------- app.py: options, dtypes, ZeroGPU
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
-def test_app_starts_and_generates_in_each_dtype(app_module, finished_run, monkeypatch, capsys, dtype):
-    served = []
-    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: served.append(self))
-    port = _free_port()
-    app_module.main(["--run", str(finished_run.root), "--port", str(port), "--dtype", dtype])
-    try:
-        assert capsys.readouterr().out.startswith("Serving run `run1`")
-        texts = [c["props"].get("value") for c in served[0].config["components"]]
-        assert f"Inference in `{dtype}`; every request to a model joins one shared batch (up to 16 at once)." in texts
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False, download_files=False)
-        text, status = client.predict(PROMPTS[0], *greedy_args(16), api_name="/generate_base")
-        model, _ = load_model("random:tiny", dtype=dtype)
-        assert text == decode(generate(model, [encode(PROMPTS[0])], SamplingSettings(max_new_tokens=16))[0])
-        assert "16 new tokens in" in status
-    finally:
-        served[0].close()
-
-
-def test_app_batching_options(app_module, finished_run, monkeypatch, capsys, launch_app):
-    monkeypatch.delenv(ZERO_GPU_ENV, raising=False)
-    run = ["--run", str(finished_run.root)]
-    demo, kw = launch_app([*run, "--max-batch", "4", "--max-waiting", "6"])
-    assert kw["max_threads"] == GRADIO_THREADS + 10
-    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {10}
-    demo, kw = launch_app([*run, "--no-batching", "--dtype", "float32"])
-    assert kw["max_threads"] == GRADIO_THREADS
-    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {"default"}
-    texts = [c["props"].get("value") for c in demo.config["components"]]
-    assert "Inference in `float32`; each request generates on its own." in texts
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        app_module.main([*run, "--max-batch", "0"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: --max-batch must be at least 1, got 0\n"
-
-
-def test_batching_is_off_on_zero_gpu(finished_run, monkeypatch, capsys, launch_app):
-    monkeypatch.setenv(ZERO_GPU_ENV, "true")
-    backend, note = choose_backend(batching=True)
-    assert isinstance(backend, PerRequest) and "ZeroGPU" in note
-    backend, note = choose_backend(batching=False)
-    assert isinstance(backend, PerRequest) and note is None
-    launch_app(["--run", str(finished_run.root)])
-    assert "warning: Batching is off on a ZeroGPU Space" in capsys.readouterr().err
-    monkeypatch.setenv(ZERO_GPU_ENV, "false")
-    assert isinstance(choose_backend(batching=True)[0], Batched)
-
-
-# --------------------------------------------------------------------------- numerics
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_row_gets_the_same_bits_alone_as_among_others(dtype):
-    """Here oneDNN multiplies one row with 3072 inputs with another kernel than several rows, whose sums round
-    differently: such a layer computes a lone row as two, so a request decodes the same alone and batched."""
-    torch.manual_seed(0)
-    linear = nn.Linear(3072, 768)
-    x = torch.randn(16, 3072) * torch.exp(2 * torch.randn(16, 3072))  # many magnitudes: rounding shows
-    if dtype == "float32":
-        linear.__class__ = PackedLinear  # as prepare_for_inference does
-        layer = linear
-    else:
-        layer, x = BF16Linear(linear.weight, linear.bias), x.to(torch.bfloat16)
-    with torch.inference_mode():
-        together = layer(x)
-        for i in range(len(x)):
-            assert torch.equal(layer(x[i : i + 1])[0], together[i]), f"row {i}"
 
 
 def test_a_cancelled_http_request_frees_its_row(served, greedy, slow_steps):

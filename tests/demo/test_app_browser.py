@@ -22,19 +22,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import RUN_PREDICTIONS
 
 from gpt2_scratch.files import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo
+from tests.fixtures.runs import RUN_PREDICTIONS
 
 # The base model is GPT-2 124M's shape (random weights): slow enough on CPU that
 # the Stop button reliably lands mid-generation (the tiny model finishes 200
 # tokens in a fraction of a second).
 BASE = "random:gpt2"
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+
 CHROMIUM = Path("/usr/bin/chromium")
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -44,7 +46,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
 TIMEOUT_MS = 20_000
+
 # A response holding markup: it must show as text, and nothing in it may run.
 XSS = "<script>alert('xss')</script> <img src=x onerror=alert(2)> The cat"
 

@@ -1,8 +1,8 @@
-"""Tests of gpt2_scratch.train.loop: overfitting, exact resume, gradient accumulation, DDP, the pieces.
+"""Tests of gpt2_scratch.train.loop: overfitting, exact resume, gradient accumulation, run folders, Ctrl-C.
 
-Every run uses ``random:tiny`` (2 layers, 64 dims) on a 16-record fixture written
-here, so nothing touches the network. One uninterrupted reference run (module
-fixture) serves the resume, accumulation and DDP tests.
+Every run uses ``random:tiny`` (2 layers, 64 dims) on the 16-record fixture
+(tests/train/conftest.py), so nothing touches the network. One uninterrupted
+reference run (a package fixture) serves the resume, accumulation and DDP tests.
 """
 
 from __future__ import annotations
@@ -10,76 +10,20 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, read_safetensors
-from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.loss import IGNORE_INDEX
-from gpt2_scratch.model import GPT
 from gpt2_scratch.train import loop as training
-from gpt2_scratch.train import run_writer
 from gpt2_scratch.train.config import TrainConfig
-from gpt2_scratch.train.distributed import DistContext, autocast_dtype
-from gpt2_scratch.train.log import MetricsLog, read_metrics
+from gpt2_scratch.train.distributed import DistContext
 from gpt2_scratch.train.loop import Trainer, TrainingInterrupted, train
-from gpt2_scratch.train.state import Progress, load_train_state, save_train_state
-from gpt2_scratch.train.step import StepRunner, configure_optimizer, lr_at
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def small_config(tmp: Path, dataset: Path, **overrides) -> TrainConfig:
-    # batch 4 over 13 training records: 3 steps per epoch (drop_last, as the reference).
-    # The phi3 prompt style is ~25 tokens shorter than alpaca: the tests run twice as fast.
-    # mask_prompt=False: the losses below were measured learning the prompts too, as the reference run does.
-    base = dict(
-        prompt_style="phi3",
-        mask_prompt=False,
-        base="random:tiny",
-        dataset=str(dataset),
-        out_dir=str(tmp / "runs"),
-        batch_size=4,
-        lr=3e-3,
-        epochs=2,
-        eval_every=2,
-        eval_batches=2,
-        save_every=2,
-        sample_tokens=4,
-        seed=7,
-    )
-    return TrainConfig(**{**base, **overrides})
-
-
-def events(metrics: Path, kind: str) -> list[dict]:
-    return [r for r in read_jsonl(metrics) if r["event"] == kind]
-
-
-def losses(metrics: Path) -> dict[str, list]:
-    return {
-        "train": [(r["step"], r["loss"]) for r in events(metrics, "train")],
-        "eval": [(r["step"], r["train_loss"], r["val_loss"]) for r in events(metrics, "eval")],
-    }
-
-
-@pytest.fixture(scope="module")
-def fixture_json(tmp_path_factory, write_dataset) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "fixture.json")
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, fixture_json):
-    """An uninterrupted 6-step run (2 epochs x 3 steps)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    torch.set_num_threads(2)
-    return train(small_config(tmp, fixture_json, name="ref"))
+from gpt2_scratch.train.step import StepRunner
+from tests.fixtures.training import events, losses, small_config
 
 
 @pytest.mark.slow
@@ -163,224 +107,12 @@ def test_grad_accum_gives_the_same_steps(tmp_path, reference_run, fixture_json):
     )
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
-    """torchrun with 2 gloo processes (2 examples each) computes the same steps as one process with batch 4."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(REPO / "finetune.py"),
-        "--base",
-        "random:tiny",
-        "--dataset",
-        str(fixture_json),
-        "--out-dir",
-        str(tmp_path),
-        "--name",
-        "ddp",
-        "--batch-size",
-        "4",
-        "--lr",
-        "3e-3",
-        "--epochs",
-        "1",
-        "--eval-every",
-        "2",
-        "--eval-batches",
-        "2",
-        "--save-every",
-        "2",
-        "--sample-tokens",
-        "4",
-        "--seed",
-        "7",
-        "--prompt-style",
-        "phi3",
-        "--no-mask-prompt",
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = tmp_path / "ddp" / "metrics.jsonl"
-    got, ref = losses(metrics), losses(reference_run.metrics)
-    assert [s for s, _ in got["train"]] == [1, 2, 3]
-    torch.testing.assert_close(
-        torch.tensor([loss for _, loss in got["train"]]),
-        torch.tensor([loss for _, loss in ref["train"][:3]]),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-    # Evaluation batches are shared among the ranks and reduced: same numbers too.
-    assert [e[0] for e in got["eval"]] == [0, 2, 3]
-    torch.testing.assert_close(torch.tensor(got["eval"][:2]), torch.tensor(ref["eval"][:2]), rtol=1e-5, atol=1e-5)
-    # Rank 0 alone logs: one line per step.
-    assert len(events(metrics, "train")) == 3 and len(events(metrics, "baseline")) == 1
-    load_checkpoint(tmp_path / "ddp" / "final")
-
-
-# ---------------------------------------------------------------------------------------------
-# The pieces
-
-
-def test_lr_schedule():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=4, schedule="cosine")
-    assert [lr_at(s, 104, cfg) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
-    assert lr_at(4, 104, cfg) == pytest.approx(1e-3)
-    assert lr_at(54, 104, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way: midpoint of peak and 10% floor
-    assert lr_at(104, 104, cfg) == pytest.approx(1e-4)
-    const = TrainConfig(lr=5e-5)
-    assert {lr_at(s, 232, const) for s in (0, 100, 231)} == {5e-5}
-
-
-def test_weight_decay_only_on_matrices_and_embeddings():
-    model = GPT(GPTConfig.from_preset("tiny"))
-    opt = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
-    decay, no_decay = opt.param_groups
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    decayed = {names[id(p)] for p in decay["params"]}
-    assert "transformer.wte.weight" in decayed and "transformer.wpe.weight" in decayed
-    assert "transformer.h.0.attn.c_attn.weight" in decayed
-    assert all(p.dim() == 1 for p in no_decay["params"])
-    assert {names[id(p)] for p in no_decay["params"]} >= {
-        "transformer.h.0.ln_1.weight",
-        "transformer.h.0.attn.c_attn.bias",
-    }
-    # The tied head is the embedding: each parameter appears exactly once.
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-
-
-def test_train_state_round_trip_without_pickle(tmp_path):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("tiny", n_layer=1))
-    opt = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
-    model(torch.randint(0, 100, (2, 5))).sum().backward()
-    opt.step()
-    folder = tmp_path / "train_state"
-    rng_state = torch.get_rng_state()
-    save_train_state(folder, model, opt, Progress(step=1, epoch=0), {"cpu.0": rng_state})
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "rng.safetensors",
-        "state.json",
-    ]
-    assert not list(tmp_path.glob(".train_state*"))  # no temporary folder left behind
-
-    model2 = GPT(GPTConfig.from_preset("tiny", n_layer=1))
-    opt2 = configure_optimizer(model2, 1e-3, 0.1, torch.device("cpu"))
-    progress, rng = load_train_state(folder, model2, opt2)
-    assert progress == Progress(step=1, epoch=0)
-    assert torch.equal(rng["cpu.0"], rng_state)
-    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
-        assert torch.equal(a, b)
-    s1, s2 = opt.state_dict(), opt2.state_dict()
-    assert s1["param_groups"] == s2["param_groups"]
-    for i in s1["state"]:
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(s1["state"][i][key], s2["state"][i][key])
-
-    # A save killed between its two renames leaves only the previous state as ".train_state.old": still loadable.
-    os.replace(folder, tmp_path / ".train_state.old")
-    assert load_train_state(folder, model2, opt2)[0].step == 1
-
-
-def test_metrics_truncate_and_torn_line(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    log = MetricsLog(path)
-    for step in range(4):
-        log.log("train", step, step * 10, loss=1.0)
-    with open(path, "a") as f:
-        f.write('{"event": "train", "st')  # a torn last line
-    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2, 3]
-    log.truncate_after(1)
-    assert [r["step"] for r in read_jsonl(path)] == [0, 1]
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(batch_size=0), "--batch-size must be a positive integer"),
-        (dict(batch_size=6, grad_accum=4), "must be divisible by --grad-accum"),
-        (dict(schedule="linear"), "--schedule must be one of constant, cosine"),
-        (dict(lr=-1.0), "--lr must be a positive number"),
-        (dict(name="a/b"), "--name must be a plain folder name"),
-        (dict(prompt_style="chatml"), "--prompt-style must be one of"),
-    ],
-)
-def test_config_validation(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**overrides)
-
-
-def test_bf16_needs_cuda():
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        autocast_dtype("bf16", torch.device("cpu"))
-
-
 def test_refuses_to_overwrite_a_run(tmp_path, reference_run):
     cfg = TrainConfig(base="random:tiny", out_dir=str(reference_run.root.parent), name="ref")
     with pytest.raises(ValueError, match="already exists"):
         train(cfg)
     with pytest.raises(ValueError, match="already finished"):
         train(TrainConfig(resume=str(reference_run.root)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Defects of issue 9: run folders, leftovers, best/ and final/, file modes, Ctrl-C, --max-steps, masking
-
-
-def run_in_threads(configs: list[TrainConfig]) -> list:
-    """Start a training run per config at the same moment; each result is its RunPaths or the exception it raised."""
-    results: list = [None] * len(configs)
-    start = threading.Barrier(len(configs))
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = train(configs[i])
-        except Exception as e:  # noqa: BLE001 - the test inspects it
-            results[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(configs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def test_two_runs_started_together_never_share_a_folder(tmp_path, fixture_json, monkeypatch):
-    # Both runs get the same default name, as two runs started in the same second do.
-    monkeypatch.setattr(run_writer, "time", SimpleNamespace(strftime=lambda fmt: "20250101-120000"))
-    configs = [
-        small_config(tmp_path, fixture_json, epochs=1, save_every=0, eval_every=100, lr=lr) for lr in (1e-3, 2e-3)
-    ]
-    results = run_in_threads(configs)
-    assert sorted(r.root.name for r in results) == ["20250101-120000", "20250101-120000-2"]
-    for config, paths in zip(configs, results):
-        run = json.loads(paths.run_json.read_text())
-        assert run["training"]["lr"] == config.lr and run["name"] == run["training"]["name"] == paths.root.name
-        assert [r["step"] for r in events(paths.metrics, "train")] == [1, 2, 3]  # its own lines only
-        assert {r["lr"] for r in events(paths.metrics, "train")} == {config.lr}
-        assert load_checkpoint(paths.final)[1].metadata["training"]["lr"] == config.lr
-
-    # The same --name: one run gets the folder, the other stops with a one-line error.
-    configs = [
-        small_config(tmp_path, fixture_json, name="same", epochs=1, save_every=0, eval_every=100, lr=lr)
-        for lr in (1e-3, 2e-3)
-    ]
-    results = run_in_threads(configs)
-    errors = [r for r in results if isinstance(r, Exception)]
-    (winner,) = [c for c, r in zip(configs, results) if not isinstance(r, Exception)]
-    assert len(errors) == 1 and isinstance(errors[0], ValueError) and "already exists" in str(errors[0])
-    assert json.loads((tmp_path / "runs" / "same" / "run.json").read_text())["training"]["lr"] == winner.lr
-    assert {r["lr"] for r in events(tmp_path / "runs" / "same" / "metrics.jsonl", "train")} == {winner.lr}
 
 
 def dot_entries(paths) -> list[str]:

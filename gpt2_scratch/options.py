@@ -1,0 +1,140 @@
+"""Command-line options generated from a dataclass, and the parser and help formatter of every script.
+
+    parser = ArgumentParser(prog="finetune.py", description="...")
+    add_dataclass_options(parser, TrainConfig)      # one --field-name per field
+    config = TrainConfig(**vars(parser.parse_args()))
+
+Each field declares its option in its metadata: "help" and "group" (required),
+"choices", "metavar" and "default_text" (what "(default: ...)" says instead of
+the value, e.g. for None). The type comes from the annotation: int, float, str,
+``X | None``, ``list[X]`` (nargs="+"), bool (``--flag/--no-flag``). Validation
+stays in the dataclass's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, NoReturn, Sequence
+
+HELP, GROUP, CHOICES, METAVAR, DEFAULT_TEXT = "help", "group", "choices", "metavar", "default_text"
+_SCALARS = (int, float, str)
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a dataclass field: ``max_steps`` -> ``--max-steps``."""
+    return "--" + field_name.replace("_", "-")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wrapped option help ending in "(default: X)", the same way in every script.
+
+    The description keeps its own line breaks (the scripts' docstrings show
+    commands). A help that already says "(default: ...)" is left as it is; an
+    option whose default is None or a plain on/off flag (``store_true``) shows none.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        if "(default:" in help_ or action.default is argparse.SUPPRESS:
+            return help_
+        text = getattr(action, DEFAULT_TEXT, None)
+        if text is None:
+            if action.default is None or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                return help_
+            text = "%(default)s"
+        return f"{help_} (default: {text})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The scripts' parser: one-line errors, no abbreviations, and a suggestion for an unknown option.
+
+    ``--max-step 3`` is an error (``allow_abbrev=False``): an abbreviation would
+    silently change meaning the day an option with a longer name is added.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the project's convention for bad input (exit status 2).
+        self.exit(2, f"error: {message}\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized_message(extras))
+        return namespace
+
+    def unrecognized_message(self, extras: Sequence[str]) -> str:
+        """ "unrecognized argument --maxsteps; did you mean --max-steps? (see --help)".
+
+        Names the unknown options (their values would only add noise), or the
+        stray words when no option is unknown.
+        """
+        unknown = [e.split("=", 1)[0] for e in extras if e.startswith("-")] or list(extras)
+        message = f"unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}"
+        known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6) if unknown[0][:1] == "-" else []
+        if close:
+            message += f"; did you mean {close[0]}?"
+        return message + " (see --help)"
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per field of the dataclass ``cls``, in field order, under each field's group."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        if HELP not in f.metadata or GROUP not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} needs 'help' and 'group' in its field metadata")
+        group = f.metadata[GROUP]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        action = groups[group].add_argument(option_name(f.name), **_argument_kwargs(f, hints[f.name]))
+        setattr(action, DEFAULT_TEXT, _default_text(f, action.default))
+
+
+def _argument_kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
+    """add_argument's keywords for the field ``f`` annotated ``hint``."""
+    meta = f.metadata
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    kwargs: dict[str, Any] = {"default": default, "help": meta[HELP].replace("%", "%%")}
+    if METAVAR in meta:
+        kwargs["metavar"] = meta[METAVAR]
+    if CHOICES in meta:
+        kwargs["choices"] = tuple(meta[CHOICES])
+    base = _strip_none(hint)
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(base) is list and typing.get_args(base)[0] in _SCALARS:
+        kwargs.update(nargs="+", type=typing.get_args(base)[0])
+    elif base in _SCALARS:
+        kwargs["type"] = base
+    else:
+        raise TypeError(f"{f.name}: no command-line option for the type {hint!r}")
+    return kwargs
+
+
+def _strip_none(hint: Any) -> Any:
+    """``X | None`` (or ``Optional[X]``) -> ``X``; any other annotation as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _default_text(f: dataclasses.Field, default: Any) -> str | None:
+    """What "(default: ...)" says: the field's "default_text", else its default (a list space-separated)."""
+    text = f.metadata.get(DEFAULT_TEXT)
+    if text is None and isinstance(default, (list, tuple)):
+        text = " ".join(map(str, default))
+    elif text is None and default is not None:
+        text = str(default)
+    return None if text is None else text.replace("%", "%%")

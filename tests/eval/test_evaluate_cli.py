@@ -1,0 +1,81 @@
+"""evaluate.py, the command line: an end-to-end run, --help, errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluate as evaluate_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Tiny models run fastest on one thread, and do not crawl when other processes share the CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
+    assert (
+        evaluate_cli.main(
+            [
+                "--run",
+                str(run.root),
+                "--models",
+                "finetuned",
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "3",
+                "--limit",
+                "4",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "ROUGE-L F1" in out and "finetuned" in out
+    assert len(run.predictions.read_text().splitlines()) == 4
+
+    for argv, message in [
+        (["--run", str(tmp_path / "nope")], "no such run folder"),
+        (["--run", str(run.root), "--limit", "0"], "limit"),
+        (["--run", str(run.root), "--temperature", "-1"], "temperature"),
+        (["--run", str(run.root), "--judge-url", "http://localhost:1/v1"], "--judge-model"),
+    ]:
+        assert evaluate_cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as e:
+        evaluate_cli.main(["--models", "nonsense"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --models")
+
+
+def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
+    help_ = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert help_.returncode == 0
+    for option in (
+        "--run",
+        "--models",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+        "--batch-size",
+        "--limit",
+        "--device",
+        "--judge-url",
+        "--judge-model",
+        "--judge-api-key",
+        "--restart",
+    ):
+        assert option in help_.stdout, option
+    bad = subprocess.run(
+        [sys.executable, "evaluate.py", "--run", str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"

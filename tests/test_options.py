@@ -1,0 +1,257 @@
+"""The command-line options generated from dataclasses (gpt2_scratch/options.py): finetune.py's parser is
+TrainConfig's fields and evaluate.py's is EvalConfig's, one to one, with their defaults, help, groups and
+choices; every script refuses abbreviations and suggests the closest option for an unknown one."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+import pytest
+
+import app
+import evaluate
+import finetune
+import publish
+from gpt2_scratch.eval.config import EvalConfig
+from gpt2_scratch.eval.evaluation import EvalSettings
+from gpt2_scratch.eval.judge import JudgeConfig
+from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.options import ArgumentParser, HelpFormatter, add_dataclass_options, option_name
+from gpt2_scratch.runs import RunInfo, RunPaths
+from gpt2_scratch.train import config as train_config
+from gpt2_scratch.train import loop
+from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
+
+GROUPS = ["model and data", "output", "optimization", "evaluation during training", "hardware"]
+CONFIGS = [(TrainConfig, finetune.build_parser), (EvalConfig, evaluate.build_parser)]
+PARSERS = {
+    "finetune.py": lambda argv: finetune.build_parser().parse_args(argv),
+    "evaluate.py": lambda argv: evaluate.build_parser().parse_args(argv),
+    "app.py": app.parse_args,
+    "publish.py": publish.parse_args,
+}
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.dest != "help"]
+
+
+def help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """The help line of ``action`` as --help prints it (before wrapping)."""
+    return parser._get_formatter()._expand_help(action)
+
+
+def error_of(parse, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no usage block
+    return err.strip()
+
+
+@pytest.mark.parametrize("cls, build", CONFIGS)
+def test_each_option_is_one_field_and_back(cls, build):
+    names = [f.name for f in dataclasses.fields(cls)]
+    acts = options(build())
+    assert [a.dest for a in acts] == names
+    for a in acts:
+        assert a.option_strings[0] == option_name(a.dest)
+    assert vars(build().parse_args([])) == dataclasses.asdict(cls())  # the defaults are the dataclass's
+
+
+def test_train_options_have_help_and_the_groups_of_the_help():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"].strip() and f.metadata["group"].strip(), f.name
+    groups = [g.title for g in finetune.build_parser()._action_groups if g._group_actions][1:]  # after "options"
+    assert groups[: len(GROUPS)] == GROUPS
+    # Each field sits under its own group, and each group's options are in field order.
+    parser = finetune.build_parser()
+    for g in parser._action_groups[2:]:
+        assert all(TrainConfig.__dataclass_fields__[a.dest].metadata["group"] == g.title for a in g._group_actions)
+
+
+@pytest.mark.parametrize("cls, build", CONFIGS)
+def test_every_option_states_its_default_the_same_way(cls, build):
+    parser = build()
+    for a in options(parser):
+        text = help_text(parser, a)
+        assert text.count("(default: ") == 1 and text.endswith(")"), text
+    if cls is TrainConfig:
+        lr = next(a for a in options(parser) if a.dest == "lr")
+        assert help_text(parser, lr) == "peak learning rate (AdamW) (default: 5e-05)"
+
+
+def test_limit_says_what_it_counts():
+    train = {a.dest: a for a in options(finetune.build_parser())}["limit"]
+    ev = {a.dest: a for a in options(evaluate.build_parser())}
+    assert "records of the dataset, before the split" in train.help and "(default: all)" in help_text(
+        finetune.build_parser(), train
+    )
+    assert "test records" in ev["limit"].help
+    assert help_text(evaluate.build_parser(), ev["top_k"]).endswith("(default: off)")
+    assert help_text(evaluate.build_parser(), ev["top_p"]).endswith("(default: off)")
+
+
+@pytest.mark.parametrize("cls, build", CONFIGS)
+def test_booleans_have_no_forms(cls, build):
+    parser = build()
+    flags = [f.name for f in dataclasses.fields(cls) if f.type in (bool, "bool")]
+    assert flags  # mask_prompt, compile, ...; refill, progress, ...
+    for name in flags:
+        assert getattr(parser.parse_args([option_name(name)]), name) is True
+        assert getattr(parser.parse_args(["--no-" + option_name(name)[2:]]), name) is False
+
+
+def test_evaluate_keeps_its_old_flags():
+    parser = evaluate.build_parser()
+    args = parser.parse_args(["--refill", "--restart", "--no-progress"])
+    assert (args.refill, args.restart, args.progress) == (True, True, False)
+    assert parser.parse_args([]).progress is True
+
+
+@pytest.mark.parametrize("cls, build", CONFIGS)
+def test_choices_are_enforced(cls, build, capsys):
+    parser = build()
+    with_choices = [(a, cls.__dataclass_fields__[a.dest].metadata["choices"]) for a in options(parser) if a.choices]
+    assert {a.dest for a, _ in with_choices} == {f.name for f in dataclasses.fields(cls) if "choices" in f.metadata}
+    assert len(with_choices) >= 2  # prompt_style, schedule, precision / models, dtype
+    for a, choices in with_choices:
+        assert tuple(a.choices) == tuple(choices)
+        assert getattr(parser.parse_args([a.option_strings[0], choices[-1]]), a.dest) == choices[-1]
+        err = error_of(parser.parse_args, [a.option_strings[0], "nonsense"], capsys)
+        assert err.startswith(f"error: argument {a.option_strings[0]}: invalid choice: 'nonsense'"), err
+
+
+def test_config_rejects_a_choice_naming_the_option():
+    with pytest.raises(ValueError, match=r"^--schedule must be one of constant, cosine, got 'linear'$"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match=r"^--precision must be one of auto, fp32, bf16, got 'fp16'$"):
+        TrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize(
+    "script, argv, closest",
+    [
+        ("finetune.py", ["--max-step", "3"], "--max-steps"),
+        ("evaluate.py", ["--max-new", "3"], "--max-new-tokens"),
+        ("app.py", ["--max-bat", "3"], "--max-batch"),
+        ("publish.py", ["--run", "r", "--repo", "u/m", "--dry"], "--dry-run"),
+    ],
+)
+def test_abbreviations_are_refused(script, argv, closest, capsys):
+    unknown = next(a for a in argv if a.startswith("--") and a not in ("--run", "--repo"))
+    err = error_of(PARSERS[script], argv, capsys)
+    assert err == f"error: unrecognized argument {unknown}; did you mean {closest}? (see --help)"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--maxsteps", "3"], "error: unrecognized argument --maxsteps; did you mean --max-steps? (see --help)"),
+        (["--lr=1e-3", "--bach-size=4"], "error: unrecognized argument --bach-size; did you mean --batch-size?"),
+        (["--no-compil"], "error: unrecognized argument --no-compil; did you mean --no-compile? (see --help)"),
+        (["--xyzzy", "--plugh"], "error: unrecognized arguments --xyzzy --plugh (see --help)"),
+        (["stray"], "error: unrecognized argument stray (see --help)"),
+    ],
+)
+def test_an_unknown_option_suggests_the_closest(argv, message, capsys):
+    err = error_of(finetune.build_parser().parse_args, argv, capsys)
+    assert err.startswith(message), err
+
+
+def test_resume_overrides_are_one_list(tmp_path, capsys):
+    assert RESUME_OVERRIDES == ("resume", "device", "precision", "compile")
+    assert finetune.RESUME_OVERRIDES is train_config.RESUME_OVERRIDES is loop.RESUME_OVERRIDES
+    resume = next(a for a in options(finetune.build_parser()) if a.dest == "resume")
+    assert "only --device, --precision and --compile may be given with it" in resume.help
+    # The loop keeps exactly these from the command line, and the run's own values of the rest.
+    stored = TrainConfig(epochs=7, lr=1e-3, device="cpu", compile=False)
+    RunPaths(tmp_path).write_info(
+        RunInfo(name="r", base_model="gpt2", prompt_style="alpaca", training=stored.to_dict())
+    )
+    given = TrainConfig(resume=str(tmp_path), epochs=1, device="cuda:3", precision="fp32", compile=True)
+    config, _ = loop._resume_config(given)
+    assert config == dataclasses.replace(stored, resume=str(tmp_path), device="cuda:3", precision="fp32", compile=True)
+
+
+def test_the_script_refuses_other_options_with_resume(tmp_path, capsys):
+    err = error_of(finetune.main, ["--resume", str(tmp_path), "--epochs", "1", "--device", "cpu", "--lr", "1"], capsys)
+    assert err == "error: --resume continues a run with the settings in its run.json; drop --epochs, --lr"
+
+
+def test_eval_defaults_are_those_of_the_settings_they_fill():
+    c, s, j = EvalConfig(), SamplingSettings(), JudgeConfig(url="http://x", model="m")
+    assert (c.max_new_tokens, c.temperature, c.top_k, c.top_p, c.seed) == (
+        s.max_new_tokens,
+        s.temperature,
+        s.top_k,
+        s.top_p,
+        s.seed,
+    )
+    assert (c.judge_seed, c.judge_timeout, c.judge_retries) == (j.seed, j.timeout, j.retries)
+    e = EvalSettings()
+    assert (c.batch_size, c.limit, c.dtype, c.refill, c.restart, c.progress) == (
+        e.batch_size,
+        e.limit,
+        e.dtype,
+        e.refill,
+        e.restart,
+        e.progress,
+    )
+
+
+# --- the generator on the field types the LoRA and DPO options will need -------------------------
+
+
+@dataclass
+class _Future:
+    method: str = field(default="sft", metadata={"help": "objective", "group": "g", "choices": ("sft", "dpo")})
+    beta: float = field(default=0.1, metadata={"help": "DPO beta", "group": "g"})
+    lora_rank: int | None = field(default=None, metadata={"help": "rank", "group": "lora", "default_text": "no LoRA"})
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["c_attn"],
+        metadata={"help": "layers", "group": "lora", "choices": ("c_attn", "c_proj", "c_fc")},
+    )
+
+
+def _future_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="x")
+    add_dataclass_options(parser, _Future)
+    return parser
+
+
+def test_generator_handles_list_choice_and_optional_fields(capsys):
+    parser = _future_parser()
+    assert vars(parser.parse_args([])) == dataclasses.asdict(_Future())
+    args = parser.parse_args(
+        ["--method", "dpo", "--beta", "0.5", "--lora-rank", "8", "--lora-targets", "c_attn", "c_fc"]
+    )
+    assert vars(args) == {"method": "dpo", "beta": 0.5, "lora_rank": 8, "lora_targets": ["c_attn", "c_fc"]}
+    err = error_of(parser.parse_args, ["--lora-targets", "c_attn", "wte"], capsys)
+    assert err.startswith("error: argument --lora-targets: invalid choice: 'wte'"), err
+    err = error_of(parser.parse_args, ["--method", "ppo"], capsys)
+    assert err.startswith("error: argument --method: invalid choice: 'ppo'"), err
+    err = error_of(parser.parse_args, ["--lora-rank", "big"], capsys)
+    assert err.startswith("error: argument --lora-rank: invalid int value: 'big'"), err
+    helps = {a.dest: help_text(parser, a) for a in options(parser)}
+    assert helps["lora_targets"] == "layers (default: c_attn)"
+    assert helps["lora_rank"] == "rank (default: no LoRA)"
+    assert helps["method"] == "objective (default: sft)"
+
+
+def test_a_field_without_help_or_group_is_refused():
+    @dataclass
+    class Bad:
+        x: int = field(default=1, metadata={"group": "g"})
+
+    with pytest.raises(TypeError, match=r"Bad\.x needs 'help' and 'group'"):
+        add_dataclass_options(ArgumentParser(), Bad)
+
+
+def test_percent_signs_in_help_are_literal():
+    schedule = next(a for a in options(finetune.build_parser()) if a.dest == "schedule")
+    assert "cosine decay to 10% of --lr (default: constant)" in help_text(finetune.build_parser(), schedule)
+    assert finetune.build_parser().formatter_class is HelpFormatter
