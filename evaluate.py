@@ -1,4 +1,5 @@
-"""Evaluate a finetuned run against its base model on the run's held-out test records.
+"""Evaluate a finetuned run against its base model on the run's held-out test records
+(for a DPO run, the base is the SFT model it started from).
 
     python evaluate.py                      # the newest run under runs/, both models
     python evaluate.py --run runs/my-run --models finetuned --limit 20
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # e.g. the base model cannot be downloaded
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    if summary.get("method") == "dpo":  # its base is the SFT model the preference tuning started from
+        print(f"DPO run: base = {summary['base_model']} (the SFT model), finetuned = the DPO model")
     print(format_table(summary))
     print(f"\nwrote {run.predictions} and {run.summary}")
     return 0

@@ -5,6 +5,7 @@
     python finetune.py --base random:tiny --limit 100    # offline smoke run, tiny random model
     python finetune.py --lora-rank 8                     # LoRA: adapters on a frozen base (final/ = adapter)
     python finetune.py --resume runs/20250101-120000     # continue an interrupted run
+    python finetune.py --method dpo --base runs/my-sft   # DPO of an SFT run on the book's preference data
     torchrun --nproc_per_node 4 finetune.py ...          # DistributedDataParallel
 
 The training itself lives in gpt2_scratch/train/loop.py; this script only turns

@@ -32,6 +32,7 @@ from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.hub import load_pretrained
 from gpt2_scratch.kernels import USE_ONEDNN, BF16Head, BF16Linear, Int8Linear, PackedLinear, decode_attention
 from gpt2_scratch.model import GPT, LayerNorm
+from gpt2_scratch.runs import final_checkpoint, is_run_folder
 
 DTYPES = ("auto", "float32", "bfloat16", "int8")
 
@@ -193,6 +194,7 @@ def load_model(
       initialised weights from a fixed seed, so the same string always gives the
       same model (offline smoke runs and tests);
     - a folder written by ``save_checkpoint``: that checkpoint (its info is returned);
+      a run folder (``runs/<name>``): its ``final/`` checkpoint;
     - anything else: OpenAI-format weights through ``hub.load_pretrained``
       (Hub id, short name, or local safetensors file/folder); a folder written by
       ``publish.export.export_run`` also returns its info (prompt style, metadata).
@@ -244,6 +246,8 @@ def _load_float32(
             torch.manual_seed(0)
             return GPT(config).to(device).eval(), None
     path = Path(source).expanduser()
+    if is_run_folder(path):  # runs/<name>: its final checkpoint
+        path = final_checkpoint(path)
     if (path / CONFIG_FILE).is_file() and _is_our_config(path / CONFIG_FILE):
         if read_checkpoint_info(path).adapter is not None:
             return _load_adapter(path, device, merge=merge, base=base)

@@ -234,6 +234,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``(B, T, V)`` for token ids ``idx`` ``(B, T)``.
 
@@ -245,6 +246,8 @@ class GPT(nn.Module):
             cached and new tokens (S = cache.length + T).
         last_only: compute logits for the last position only, ``(B, 1, V)``: the
             head is the largest matmul and generation needs only the last row.
+        logits_at: ``(B, T)`` bool: logits at these positions only, ``(N, V)`` in
+            row-major order (DPO scores response tokens, not prompts or padding).
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -265,6 +268,8 @@ class GPT(nn.Module):
             cache.length = past + T
         if last_only:
             x = x[:, -1:, :]
+        elif logits_at is not None:
+            x = x[logits_at]  # (N, C)
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
 

@@ -3,7 +3,8 @@
 ``RunPaths(root)`` names every file of ``runs/<name>/``: run.json (``RunInfo``: base model, dataset
 and split, training options, status), final/ and best/ (checkpoints), data/test.jsonl and
 data/val.jsonl (the run's own records, each with a stable "id"), metrics.jsonl, loss.png,
-train_state/ (while training), eval/predictions.jsonl and eval/summary.json (evaluate.py).
+train_state/ (while training), reference_logps.safetensors (DPO runs: the reference's log-probabilities,
+computed once: train/dpo.py), eval/predictions.jsonl and eval/summary.json (evaluate.py).
 Also: the finished runs (``finished_runs``, ``latest_run``), what an app downloads of a published
 run (``APP_FILES``, ``HUB_RUN_FILES``) and an export read as a run (``run_from_export``).
 The folder drawn: docs/design.md.
@@ -135,6 +136,10 @@ class RunPaths:
         return self.root / "train_state"
 
     @property
+    def reference_logps(self) -> Path:
+        return self.root / "reference_logps.safetensors"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 
@@ -153,6 +158,19 @@ def _model_config(folder: Path) -> Path | None:
     if final.is_file():
         return final
     return folder / "config.json" if is_export(folder) else None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A training run's folder (run.json, the model in final/), not an export (whose model is at its root)."""
+    return (folder / "run.json").is_file() and not (folder / CONFIG_FILE).is_file()
+
+
+def final_checkpoint(folder: Path) -> Path:
+    """The ``final/`` checkpoint of a run folder; a run without one (unfinished) is a one-line error."""
+    final = folder / "final"
+    if not (final / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} is a run folder without a final checkpoint (not finished yet?)")
+    return final
 
 
 def finished_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[RunPaths]:

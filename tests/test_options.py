@@ -59,7 +59,8 @@ def test_each_option_is_one_field_and_back(cls, build):
     assert [a.dest for a in acts] == names
     for a in acts:
         assert a.option_strings[0] == option_name(a.dest)
-    assert vars(build().parse_args([])) == dataclasses.asdict(cls())  # the defaults are the dataclass's
+    # The defaults are the dataclass's fields' (None where __post_init__ fills in a --method's default).
+    assert vars(build().parse_args([])) == {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 def test_train_options_have_help_and_the_groups_of_the_help():
@@ -80,8 +81,10 @@ def test_every_option_states_its_default_the_same_way(cls, build):
         text = help_text(parser, a)
         assert text.count("(default: ") == 1 and text.endswith(")"), text
     if cls is TrainConfig:
-        lr = next(a for a in options(parser) if a.dest == "lr")
-        assert help_text(parser, lr) == "peak learning rate (AdamW) (default: 5e-05)"
+        lr = next(a for a in options(parser) if a.dest == "lr")  # a default per --method: its default_text
+        assert help_text(parser, lr) == "peak learning rate (AdamW) (default: 5e-5 (sft), 5e-6 (dpo))"
+        decay = next(a for a in options(parser) if a.dest == "weight_decay")
+        assert help_text(parser, decay).endswith(" (default: 0.1)")
 
 
 def test_limit_says_what_it_counts():

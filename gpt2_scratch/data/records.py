@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, file_sha256, json_kind, read_jsonl
 
@@ -32,6 +32,7 @@ DEFAULT_DATASET_URL = (
 )
 CACHE_ENV = "GPT2_SCRATCH_CACHE"
 DOWNLOAD_TIMEOUT_S = 60
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -160,17 +161,26 @@ def source_sha256(source: str) -> str | None:
 def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
     """The validated records of a URL, a local ``.json``/``.jsonl`` file, or a Hub dataset id.
 
-    Record ids are the entries' positions in the source (0-based). A downloaded
-    file that fails validation is removed from the cache, so the next call
-    downloads it again instead of failing on the same bad copy forever.
+    Record ids are the entries' positions in the source (0-based).
+    """
+    return load_entries(source, _validate, ("instruction", "output"))
+
+
+def load_entries(source: str, validate: Callable[[list, str], T], columns: Sequence[str]) -> T:
+    """``validate(entries, where)`` of the raw entries of ``source`` (URL, local file, Hub dataset).
+
+    ``where`` names the file (or Hub dataset) for error messages; a Hub dataset
+    must have ``columns``. A downloaded file that fails validation is removed
+    from the cache, so the next call downloads it again instead of failing on
+    the same bad copy forever. (Instruction records and preference pairs share it.)
     """
     path = _local_file(source)
     if path is None:
-        return _load_hub(source)
+        return _load_hub(source, validate, columns)
     try:
         # .jsonl is JSON lines; anything else must be one JSON list. (A URL's cached copy keeps its suffix.)
         entries = _read_jsonl_entries(path) if path.suffix.lower() == ".jsonl" else _read_json_entries(path)
-        return _validate(entries, str(path))
+        return validate(entries, str(path))
     except ValueError as e:
         if source_kind(source) != "url":
             raise
@@ -218,7 +228,7 @@ def _read_jsonl_entries(path: Path) -> list:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-def _load_hub(dataset_id: str) -> list[Record]:
+def _load_hub(dataset_id: str, validate: Callable[[list, str], T], columns: Sequence[str]) -> T:
     try:
         import datasets  # imported lazily: it is slow to import and only needed here
     except ImportError:
@@ -234,10 +244,10 @@ def _load_hub(dataset_id: str) -> list[Record]:
             "pass a local .json/.jsonl file or a URL with --dataset"
         ) from None
     where = f"Hugging Face dataset {dataset_id}"
-    missing = [c for c in ("instruction", "output") if c not in ds.column_names]
+    missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise ValueError(f"{where}: no {', '.join(map(repr, missing))} column (columns: {', '.join(ds.column_names)})")
-    return _validate(ds.to_list(), where)
+    return validate(ds.to_list(), where)
 
 
 def _record_from_entry(entry: dict, id: int) -> Record:

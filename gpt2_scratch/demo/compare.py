@@ -2,6 +2,7 @@
 
     cmp = compare([RunResults("a", info_a, summary_a, predictions_a, metrics_a), ...])
     summary_frame(cmp), loss_frame(cmp), option_differences(cmp)    # tables, the LinePlot
+    reward_frame(cmp)                                               # DPO runs: their reward curves
     histogram_frame(cmp, "rouge_l"), scatter_frame(cmp, "rouge_l")  # BarPlot, ScatterPlot
 
 Invariant: records are matched across runs by ``id`` (``data.records.Record``) and count as shared
@@ -231,21 +232,33 @@ def summary_frame(cmp: Comparison, *, formatted: bool = False) -> pd.DataFrame:
     return pd.DataFrame([[*row[:2], *map(_number, row[2:-1])] for row in data], columns=columns)
 
 
-def loss_frame(cmp: Comparison) -> pd.DataFrame:
-    """The loss curves of every run, long format: ``run``, ``split`` (train/val), ``series``, ``tokens_seen``, ``loss``.
-
-    From metrics.jsonl's ``eval`` events; for ``gr.LinePlot(x="tokens_seen", y="loss", color="series")``.
-    """
+def _eval_curves(cmp: Comparison, curves: Sequence[tuple[str, str]]) -> list[tuple]:
+    """(run, curve, "run · curve", tokens_seen, value) of metrics.jsonl's ``eval`` events, per (key, curve)."""
     data = []
     for run in cmp.runs:
         for row in run.metrics:
             if not isinstance(row, dict) or row.get("event") != "eval":
                 continue
-            for split, key in (("train", "train_loss"), ("val", "val_loss")):
-                tokens, loss = _number(row.get("tokens_seen")), _number(row.get(key))
-                if np.isfinite(tokens) and np.isfinite(loss):
-                    data.append((run.label, split, f"{run.label} · {split}", tokens, loss))
+            for key, curve in curves:
+                tokens, value = _number(row.get("tokens_seen")), _number(row.get(key))
+                if np.isfinite(tokens) and np.isfinite(value):
+                    data.append((run.label, curve, f"{run.label} · {curve}", tokens, value))
+    return data
+
+
+def loss_frame(cmp: Comparison) -> pd.DataFrame:
+    """Every run's loss curves (``eval`` events), long format: run, split, series, tokens_seen, loss (a LinePlot)."""
+    data = _eval_curves(cmp, (("train_loss", "train"), ("val_loss", "val")))
     return pd.DataFrame(data, columns=["run", "split", "series", "tokens_seen", "loss"])
+
+
+# A DPO run's curves besides its loss: (eval event key, curve); its rewards include beta (train/dpo.py).
+REWARD_CURVES = (("val_reward_margin", "val reward margin"), ("val_reward_accuracy", "val reward accuracy"))
+
+
+def reward_frame(cmp: Comparison) -> pd.DataFrame:
+    """The DPO runs' validation reward curves, long format: run, curve, series, tokens_seen, value (empty: none)."""
+    return pd.DataFrame(_eval_curves(cmp, REWARD_CURVES), columns=["run", "curve", "series", "tokens_seen", "value"])
 
 
 @dataclass

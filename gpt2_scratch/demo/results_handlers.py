@@ -41,11 +41,13 @@ from gpt2_scratch.demo.compare import (
     loss_frame,
     option_differences,
     points_in_range,
+    reward_frame,
     scatter_frame,
     summary_frame,
 )
 from gpt2_scratch.demo.discovery import RunSource
 from gpt2_scratch.eval.summary import MODEL_NAMES
+from gpt2_scratch.train.log import is_dpo_log
 
 from .errors import reports_errors
 from .inputs import UserError, blank, clean_text, parse_runs, parse_score_bounds
@@ -206,6 +208,20 @@ class ResultsBrowser:
             gr.Dropdown(choices=scores, value=_kept(score, scores)),
             gr.Dropdown(choices=records, value=_kept(record, records)),
         )
+
+    @reports_errors(lambda self, status: gr.skip(), action="Plotting")
+    def reward_curves(self, runs: Any) -> gr.LinePlot:
+        """The DPO runs' validation reward margin and accuracy; hidden when no chosen run is a DPO run."""
+        cmp = self.comparison(runs)
+        frame = reward_frame(cmp)
+        colors = run_color_maps([r.label for r in cmp.runs])["rewards"]
+        return gr.LinePlot(value=frame, color_map=colors, visible=not frame.empty)
+
+    @reports_errors(lambda self, status: gr.skip(), action="Plotting")
+    def reward_caption(self, runs: Any) -> gr.LinePlot:
+        """The reward plot's caption, sent after its value so that it redraws (see ``redraw``)."""
+        dpo = [r.label for r in self.comparison(runs).runs if is_dpo_log(r.metrics)]
+        return gr.LinePlot(caption=f"DPO runs: {', '.join(dpo) or 'none'} · rewards include beta")
 
     def _metric(self, metric: Any) -> str:
         if blank(metric):

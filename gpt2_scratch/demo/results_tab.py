@@ -1,7 +1,7 @@
 """The results tab's layout: the run picker, the chosen runs' overview and plots, the records table, one record.
 
 Entry point: ``results_tab(demo, browser)``, wired to ``ResultsBrowser``'s handlers
-(``results_handlers``); ``filter_predictions`` is the named endpoint (search, score, min, max,
+(``results_handlers``; DPO runs add a reward plot); ``filter_predictions`` is the named endpoint (search, score, min, max,
 order, runs). Invariant: everything the data or a model wrote is shown as text (Textbox,
 HighlightedText, Dataframe, plot tooltips): markup in a response is never rendered.
 The layout drawn: docs/design.md.
@@ -146,7 +146,16 @@ def _overview() -> tuple[gr.components.Component, ...]:
                 elem_id="results-options",
                 label="Training options that differ (highlighted: unlike the first run's)",
             )
-    return message, summary, loss, options_message, options
+    rewards = gr.LinePlot(
+        x="tokens_seen",
+        y="value",
+        color="series",
+        x_title="tokens seen",
+        visible=False,  # shown when a chosen run is a DPO run
+        label="DPO: validation reward margin and reward accuracy",
+        elem_id="results-rewards",
+    )
+    return message, summary, loss, rewards, options_message, options
 
 
 def _records_table() -> tuple[gr.components.Component, ...]:
@@ -191,7 +200,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         label=f"Runs to compare (up to {MAX_RUNS})",
         elem_id="results-runs",
     )
-    message, summary, loss, options_message, options = _overview()
+    message, summary, loss, rewards, options_message, options = _overview()
     metric = gr.Dropdown(
         [(m.label, m.key) for m in RECORD_METRICS],
         value=DEFAULT_METRIC,
@@ -221,7 +230,9 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         """After ``chosen`` (an event that ran ``choose_runs``): the chosen runs' plots, table and record."""
         (
             chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
+            .then(browser.reward_curves, [runs], rewards, **PRIVATE)
             .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
+            .then(browser.reward_caption, [runs], rewards, **PRIVATE)
             .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
             .then(browser.show_record, [runs, record], record_outputs, **PRIVATE)
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2_scratch.demo.browse import RecordView, ResponseView
-from gpt2_scratch.demo.compare import RECORD_METRICS, Comparison, RunResults
+from gpt2_scratch.demo.compare import RECORD_METRICS, REWARD_CURVES, Comparison, RunResults
 from gpt2_scratch.demo.discovery import RunSource
 from gpt2_scratch.eval.summary import MODEL_NAMES, check_prediction, check_summary
 from gpt2_scratch.files import read_jsonl
@@ -153,6 +153,10 @@ def run_color_maps(runs: list[str]) -> dict[str, dict[str, str]]:
         "run": {run: dark for run, (dark, _) in hues.items()},
         "model": {f"{run} · {model}": hue[model == "base"] for run, hue in hues.items() for model in MODEL_NAMES},
         "loss": {f"{run} · {split}": hue[split == "val"] for run, hue in hues.items() for split in ("train", "val")},
+        # DPO runs: the reward margin dark, the reward accuracy light (compare.REWARD_CURVES)
+        "rewards": {
+            f"{run} · {curve}": hue[k] for run, hue in hues.items() for k, (_, curve) in enumerate(REWARD_CURVES)
+        },
     }
 
 

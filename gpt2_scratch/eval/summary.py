@@ -95,14 +95,16 @@ def build_summary(
     """``eval/summary.json``: what was evaluated (``num_records`` of the run's ``test_records_total``), how,
     and each model's aggregates."""
     judge = settings.judge
+    info_run = run.read_info()
     return {
         "run": str(run.root),
+        "method": info_run.training.get("method", "sft"),  # dpo: "base" is the SFT model it started from
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "num_records": len(records),
         "test_records_total": total,
         "prompts_sha256": prompts_sha256,
         "checkpoint": {"path": str(run.final), "sha256": info.sha256},
-        "base_model": run.read_info().base_model,
+        "base_model": info_run.base_model,
         "prompt_style": style.name,
         "test_records": str(run.test_records),
         "generation": generation,

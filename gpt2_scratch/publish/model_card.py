@@ -26,6 +26,7 @@ from gpt2_scratch.runs import RunInfo
 
 PROJECT = "gpt2_scratch"
 TAGS = ["gpt2", "instruction-tuning", "gpt2-scratch"]
+DPO_TAGS = ["dpo", "preference-tuning"]  # added for runs of finetune.py --method dpo
 # Summary metrics that go into the model-index, with the Hub's metric type for each.
 INDEX_METRICS = {
     "rouge_l": "rougeL",
@@ -69,6 +70,23 @@ def scored_subset(summary: dict | None) -> tuple[int, int] | None:
     return None
 
 
+def _is_dpo(run: RunInfo) -> bool:
+    return run.training.get("method") == "dpo"
+
+
+def _what(run: RunInfo) -> str:
+    """How the model was made, for the card's first line: instruction finetuning, or DPO of which SFT model."""
+    data = _dataset_name(run.dataset.get("source"))
+    if not _is_dpo(run):
+        return f"GPT-2 instruction-finetuned from `{run.base_model}` on `{data}`"
+    t = run.training
+    logps = "summed" if t.get("dpo_logps", "sum") == "sum" else "averaged"
+    return (
+        f"GPT-2 preference-tuned with DPO (beta {t.get('beta')}, log-probabilities {logps} over each response) "
+        f"from the SFT model `{run.base_model}`, also its frozen reference, on the preference pairs of `{data}`"
+    )
+
+
 def _cell(value: Any) -> str:
     """A value as a Markdown table cell (JSON for non-strings, pipes escaped)."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -104,7 +122,7 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
         license=license,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=TAGS,
+        tags=TAGS + (DPO_TAGS if _is_dpo(run) else []),
         base_model=base,
         datasets=[dataset] if dataset else None,
         model_name=repo_id if results else None,
@@ -178,7 +196,7 @@ def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss
     lines = [
         "## Training",
         "",
-        f"Finetuned from `{run.base_model}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
+        f"{'Preference-tuned (DPO)' if _is_dpo(run) else 'Finetuned'} from `{run.base_model}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
         f"{config.n_embd}-dimensional embeddings, {config.block_size}-token context).",
         "",
         "| option | value |",
@@ -251,6 +269,11 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
     gen = summary.get("generation") or {}
     n, total = summary.get("num_records", "?"), summary.get("test_records_total")
     of = f" of the run's {total}" if isinstance(total, int) else " of the run's"
+    if _is_dpo(run):
+        lines += [
+            f"`base` is the SFT model `{run.base_model}` this DPO run started from; `finetuned` is this model.",
+            "",
+        ]
     lines += [
         f"Measured on {n}{of} held-out test instructions, answers of at most {gen.get('max_new_tokens', '?')} new "
         f"tokens (temperature {gen.get('temperature', '?')}), inference in {summary.get('dtype') or 'float32'}:",
@@ -339,9 +362,8 @@ def model_card(
         "",
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"GPT-2 instruction-finetuned from `{run.base_model}` on `{_dataset_name(run.dataset.get('source'))}` with "
-        f"{PROJECT}, a from-scratch PyTorch GPT-2. The weights, config and tokenizer are in the layout of "
-        "`transformers`' `GPT2LMHeadModel`; the run's own files (`run.json`, `metrics.jsonl`, `loss.png`, `eval/`) "
+        f"{_what(run)} with {PROJECT}, a from-scratch PyTorch GPT-2. The weights, config and tokenizer are in "
+        "the layout of `transformers`' `GPT2LMHeadModel`; the run's own files (`run.json`, `metrics.jsonl`, `loss.png`, `eval/`) "
         "are here too.",
         "",
         *_weights_note(weights_dtype),

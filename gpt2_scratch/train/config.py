@@ -5,7 +5,9 @@ parser is generated from it (``gpt2_scratch.options``). ``RESUME_OVERRIDES``
 are the options ``--resume`` may change.
 
 The defaults are those of the LLMs-from-scratch reference run (ch07), except
-``mask_prompt`` (the reference learns the prompts too; ``--no-mask-prompt``).
+``mask_prompt`` (the reference learns the prompts too; ``--no-mask-prompt``);
+``dataset``, ``epochs`` and ``lr`` default to None, meaning ``METHOD_DEFAULTS``
+of ``method`` (``--method dpo`` follows the book's DPO run), filled in at creation.
 A run saves its config in run.json's "training" (``to_dict``); ``--resume``
 reads it back (``from_dict``). Every bad value is a one-line ``ValueError``
 that names the command-line option. ``lora_rank`` > 0 trains LoRA adapters
@@ -22,6 +24,7 @@ from typing import Any
 
 from gpt2_scratch import lora
 from gpt2_scratch.config import from_known_fields
+from gpt2_scratch.data.preferences import DEFAULT_PREFERENCE_URL
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
 from gpt2_scratch.options import option_name
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
@@ -29,6 +32,13 @@ from gpt2_scratch.runs import DEFAULT_RUNS_DIR
 from gpt2_scratch.train.distributed import PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
+METHODS = ("sft", "dpo")
+DPO_LOGPS = ("sum", "mean")
+# The defaults that depend on --method: the LLMs-from-scratch runs (ch07 SFT; ch07/04 DPO: lr 5e-6, 1 epoch).
+METHOD_DEFAULTS = {
+    "sft": {"dataset": DEFAULT_DATASET_URL, "epochs": 2, "lr": 5e-5},
+    "dpo": {"dataset": DEFAULT_PREFERENCE_URL, "epochs": 1, "lr": 5e-6},
+}
 # What --resume may change: how the run is executed, not what it computes (finetune.py and train/loop.py).
 RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
 _MAY_CHANGE = [option_name(n) for n in RESUME_OVERRIDES if n != "resume"]
@@ -56,11 +66,12 @@ class TrainConfig:
             "group": "model and data",
         },
     )
-    dataset: str = field(
-        default=DEFAULT_DATASET_URL,
+    dataset: str | None = field(
+        default=None,  # METHOD_DEFAULTS
         metadata={
             "help": "dataset: URL, local .json/.jsonl file or Hugging Face dataset id",
             "group": "model and data",
+            "default_text": "the book's instruction data (sft) or its preference data with chosen/rejected (dpo)",
         },
     )
     limit: int | None = field(
@@ -127,7 +138,14 @@ class TrainConfig:
     )
 
     # --- optimization
-    epochs: int = field(default=2, metadata={"help": "passes over the training split", "group": "optimization"})
+    epochs: int | None = field(
+        default=None,  # METHOD_DEFAULTS
+        metadata={
+            "help": "passes over the training split",
+            "group": "optimization",
+            "default_text": "2 (sft), 1 (dpo)",
+        },
+    )
     max_steps: int | None = field(
         default=None,
         metadata={
@@ -137,7 +155,14 @@ class TrainConfig:
             "default_text": "no limit",
         },
     )
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "group": "optimization"})
+    lr: float | None = field(
+        default=None,  # METHOD_DEFAULTS
+        metadata={
+            "help": "peak learning rate (AdamW)",
+            "group": "optimization",
+            "default_text": "5e-5 (sft), 5e-6 (dpo)",
+        },
+    )
     weight_decay: float = field(
         default=0.1,
         metadata={"help": "AdamW weight decay, on matrices and embeddings only", "group": "optimization"},
@@ -230,9 +255,9 @@ class TrainConfig:
     lora_alpha: float | None = field(
         default=None,
         metadata={
-            "help": "LoRA alpha: the adapter's update is scaled by alpha / rank",
+            "help": "LoRA alpha: the adapter's update is scaled by alpha / R",
             "group": "LoRA",
-            "default_text": "2 x rank",
+            "default_text": "2 x R",
         },
     )
     lora_dropout: float = field(
@@ -248,7 +273,38 @@ class TrainConfig:
         },
     )
 
+    # --- DPO (gpt2_scratch/train/dpo.py)
+    method: str = field(
+        default="sft",
+        metadata={
+            "help": "sft: instruction finetuning; dpo: preference tuning of --base (the SFT model: a run folder, "
+            "a checkpoint or any model string), which is also the frozen reference: its log-probabilities are "
+            "computed once before training and saved in the run folder",
+            "group": "DPO",
+            "choices": METHODS,
+        },
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "DPO's beta: how far the policy may move from the reference (dpo only)", "group": "DPO"},
+    )
+    dpo_logps: str = field(
+        default="sum",
+        metadata={
+            "help": "a response's log-probability: the sum over its tokens (as the DPO paper and TRL), or their "
+            "mean (as the LLMs-from-scratch book). Logged rewards are beta * (log pi - log pi_ref): beta included",
+            "group": "DPO",
+            "choices": DPO_LOGPS,
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self._check_dpo()
         positive = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "eval_batches", "sample_tokens")
         for name in positive:
             value = getattr(self, name)
@@ -305,6 +361,12 @@ class TrainConfig:
         if not self.lora_rank:
             return None
         return lora.LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
+
+    def _check_dpo(self) -> None:
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"--beta must be a positive number, got {self.beta!r}")
+        if self.method == "dpo" and not self.mask_prompt:
+            raise ValueError("--no-mask-prompt is for --method sft: DPO scores the responses only")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

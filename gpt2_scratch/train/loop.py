@@ -1,4 +1,4 @@
-"""Instruction finetuning: the training loop behind ``finetune.py``.
+"""Instruction finetuning (and DPO after it): the training loop behind ``finetune.py``.
 
     from gpt2_scratch.train.config import TrainConfig
     from gpt2_scratch.train.loop import train
@@ -6,9 +6,11 @@
 
 Its helpers live beside it: ``config`` (the options), ``step`` (AdamW, schedule, one step),
 ``state`` (resume state), ``log`` (metrics.jsonl, loss.png), ``run_writer`` (the run folder),
-``distributed``. Invariant: a resumed run (``resume=<run folder>``) ends with the weights of an
-uninterrupted one (on CPU). ``lora_rank`` > 0 trains LoRA adapters on a frozen base (only they are
-optimized, reduced across processes and saved). Defaults, resume and several GPUs: docs/design.md.
+``distributed``; ``--method dpo`` is a switch, not a second loop: ``datasets`` gives it
+preference pairs, ``dpo.DPOStepRunner`` its step, evaluation and reference. Invariant: a
+resumed run (``resume=<run folder>``) ends with the weights of an uninterrupted one (on CPU).
+``lora_rank`` > 0 trains LoRA adapters on a frozen base (only they are optimized, reduced across
+processes and saved). Defaults, resume and several GPUs: docs/design.md.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from gpt2_scratch import lora
-from gpt2_scratch.data.batches import LengthGroupedBatchSampler, encode_record
-from gpt2_scratch.data.records import Record, Split, load_records, resolve_source, source_sha256, split_records
+from gpt2_scratch.data.batches import LengthGroupedBatchSampler
+from gpt2_scratch.data.records import Record, resolve_source
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.model import GPT
@@ -34,7 +36,9 @@ from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
+from gpt2_scratch.train.datasets import load_train_data
 from gpt2_scratch.train.distributed import DistContext, autocast_dtype, init_distributed
+from gpt2_scratch.train.dpo import DPOStepRunner
 from gpt2_scratch.train.log import MetricsLog, plot_losses
 from gpt2_scratch.train.run_writer import (
     BestWeights,
@@ -48,7 +52,7 @@ from gpt2_scratch.train.run_writer import (
     write_run_files,
 )
 from gpt2_scratch.train.state import Progress, load_train_state, restore_rng, rng_states, save_train_state
-from gpt2_scratch.train.step import StepRunner, attach_adapters, chunks, configure_optimizer, lr_at
+from gpt2_scratch.train.step import StepRunner, attach_adapters, configure_optimizer, lr_at
 
 NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before training
 
@@ -93,23 +97,18 @@ class Trainer:
         self.config = config
         amp_dtype = autocast_dtype(config.precision, device)  # a bad --precision fails before any loading
         torch.manual_seed(config.seed)
-        self.split, self.dataset_info = self._load_data()
-        style = get_prompt_style(config.prompt_style)
-        self.train_examples = [encode_record(r, style) for r in self.split.train]
-        # Fixed evaluation subsets: the first eval_batches batches of each split, in file order.
-        n = config.eval_batches * config.batch_size
-        self.eval_batches = {
-            "train": chunks(self.train_examples[:n], config.batch_size),
-            "val": chunks([encode_record(r, style) for r in self.split.val[:n]], config.batch_size),
-        }
+        self.data = load_train_data(config, dist_ctx, self.run_info)  # sft: records; dpo: preference pairs
+        self.split, self.dataset_info, self.train_examples = self.data.split, self.data.info, self.data.examples
+        self.eval_batches = self.data.eval_batches
         self.model, max_length = self._load_model()
         self.optimizer = configure_optimizer(self.model, config.lr, config.weight_decay, device)
-        self.steps = StepRunner(
+        runner = DPOStepRunner if config.method == "dpo" else StepRunner  # the method switch
+        self.steps = runner(
             self.model, self.optimizer, config, dist_ctx, device, max_length=max_length, amp_dtype=amp_dtype
         )
         self._check_batch_size()
         self.sampler = LengthGroupedBatchSampler(
-            [len(e.ids) for e in self.train_examples],
+            self.data.lengths,
             config.batch_size,
             shuffle=True,
             seed=config.seed,
@@ -127,32 +126,14 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------------
 
-    def _load_data(self) -> tuple[Split, dict[str, Any]]:
-        """The split records, and run.json's "dataset" (source, sha256, sizes)."""
-        cfg = self.config
-        with self.dist_ctx.main_first():  # a URL is downloaded once, by rank 0
-            records = load_records(cfg.dataset)
-            sha256 = source_sha256(cfg.dataset)
-        if cfg.limit is not None:
-            records = records[: cfg.limit]
-        split = split_records(records, shuffle=cfg.shuffle_split, seed=cfg.seed)
-        if self.run_info is not None and self.run_info.dataset.get("sha256") != sha256:
-            raise ValueError(
-                f"the dataset {cfg.dataset} has changed since the run started (sha256 differs); cannot resume"
-            )
-        info = {
-            "source": cfg.dataset,
-            "sha256": sha256,
-            "num_records": len(records),
-            "split": {**split.sizes(), "shuffle": cfg.shuffle_split, "seed": cfg.seed},
-        }
-        return split, info
-
     def _load_model(self) -> tuple[GPT, int]:
         """The base model in training mode, and the example length it allows."""
         cfg = self.config
         with self.dist_ctx.main_first():  # a Hub download happens once, by rank 0
-            model, _ = load_model(cfg.base, device=self.device)
+            model, info = load_model(cfg.base, device=self.device)
+        style = info.prompt_style if info is not None else None
+        if cfg.method == "dpo" and style not in (None, cfg.prompt_style):
+            raise ValueError(f"--base {cfg.base} was finetuned with --prompt-style {style}; pass the same for DPO")
         self.adapter = attach_adapters(model, cfg)  # a LoRA run's adapters, recorded by final/ and best/
         if self.adapter is not None:
             n, total = lora.trainable_parameters(model), sum(p.numel() for p in model.parameters())
@@ -200,6 +181,8 @@ class Trainer:
             )
         if self.is_main:
             write_run_files(self.paths, self.run_info, self.split)
+            if self.data.note:
+                self._say(self.data.note)
             self._baseline()
 
     def _create_folder(self) -> tuple[Path | None, str | None]:
@@ -327,15 +310,19 @@ class Trainer:
 
     def _evaluate(self) -> None:
         p = self.progress
-        train_loss = self.steps.eval_loss(self.eval_batches["train"])
-        p.last_val_loss = val_loss = self.steps.eval_loss(self.eval_batches["val"])
+        metrics = self.steps.eval_metrics(self.eval_batches)  # train_loss, val_loss (dpo: and the rewards)
+        p.last_val_loss = val_loss = metrics["val_loss"]
         improved = val_loss < p.best_val_loss
         if improved:
             p.best_val_loss, p.best_step = val_loss, p.step
             if self.is_main:
                 self.best.keep(self.model)
-        self._log("eval", epoch=p.epoch, train_loss=train_loss, val_loss=val_loss, best=improved)
-        self._say(f"step {p.step:>5}  epoch {p.epoch + 1}  train loss {train_loss:.3f}  val loss {val_loss:.3f}")
+        self._log("eval", epoch=p.epoch, **metrics, best=improved)
+        more = "".join(f"  val {label} {metrics[f'val_{k}']:.3f}" for k, label in self.steps.shown.items())
+        self._say(
+            f"step {p.step:>5}  epoch {p.epoch + 1}  train loss {metrics['train_loss']:.3f}  val loss {val_loss:.3f}"
+            + more
+        )
 
     def run_training(self, stop_after: int | None = None) -> RunPaths:
         """Create (or restore) the run folder and train; ``stop_after``: see ``train``."""
@@ -343,6 +330,7 @@ class Trainer:
             self._restore()
         else:
             self._start()
+        self.steps.prepare(self.paths, self.data, self.progress, self._say)  # dpo: the reference log-probs
         self.steps.wrap()
         with tqdm(
             total=self.total_steps,
@@ -371,12 +359,13 @@ class Trainer:
                 bar.set_description(f"epoch {p.epoch + 1}/{cfg.epochs}")
             start = time.perf_counter()
             lr = lr_at(p.step, self.total_steps, cfg)
-            loss, n_tokens = self.steps.train_step([self.train_examples[i] for i in batches[p.position]], lr)
+            loss, n_tokens, more = self.steps.step([self.train_examples[i] for i in batches[p.position]], lr)
             elapsed = time.perf_counter() - start
             p.step, p.position, p.tokens_seen = p.step + 1, p.position + 1, p.tokens_seen + n_tokens
-            self._log("train", epoch=p.epoch, loss=loss, lr=lr, tokens_per_second=round(n_tokens / elapsed, 1))
+            self._log("train", epoch=p.epoch, loss=loss, **more, lr=lr, tokens_per_second=round(n_tokens / elapsed, 1))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tokens / elapsed:,.0f}", refresh=False)
+            shown = {label: f"{more[k]:.3f}" for k, label in self.steps.shown.items()}
+            bar.set_postfix(loss=f"{loss:.3f}", **shown, tok_s=f"{n_tokens / elapsed:,.0f}", refresh=False)
             if p.step % cfg.eval_every == 0 or p.step == self.total_steps:
                 self._evaluate()
             if p.position == self.steps_per_epoch:

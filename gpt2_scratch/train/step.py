@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -120,12 +120,56 @@ class StepRunner:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batch: Sequence[EncodedExample], lr: float) -> tuple[float, int]:
-        """One optimizer step on the global ``batch``; returns (its mean loss, its input tokens)."""
-        cfg, ctx = self.config, self.dist_ctx
+    # What the loop sees (the same for every method): one optimizer step with its metrics, the evaluation.
+    shown: dict[str, str] = {}  # eval fields printed after the losses, by label (DPO: rewards)
+
+    def prepare(self, paths, data, progress, say) -> None:
+        """Before the first step of this process (started or resumed): SFT needs nothing (DPO: the reference)."""
+
+    def step(self, batch: Sequence, lr: float) -> tuple[float, int, dict[str, float]]:
+        """One optimizer step: (its loss, its input tokens, more metrics for the log: none for SFT)."""
+        loss, n_tokens = self.train_step(batch, lr)
+        return loss, n_tokens, {}
+
+    def eval_metrics(self, batches: dict[str, list[list]]) -> dict[str, float]:
+        """The eval event's fields: ``train_loss`` and ``val_loss`` on the fixed evaluation batches."""
+        return {"train_loss": self.eval_loss(batches["train"]), "val_loss": self.eval_loss(batches["val"])}
+
+    def my_micro_batches(self, batch: Sequence) -> list[Sequence]:
+        """This process's contiguous share of the global ``batch``, cut into ``grad_accum`` micro-batches."""
+        ctx = self.dist_ctx
         share = len(batch) // ctx.world_size
         mine = batch[ctx.rank * share : (ctx.rank + 1) * share]
-        micro = chunks(mine, share // cfg.grad_accum)
+        return chunks(mine, share // self.config.grad_accum)
+
+    def accumulate(self, micro: Sequence, lr: float, loss_of: Callable) -> torch.Tensor:
+        """Back-propagate ``loss_of(m)`` of every micro-batch (DDP syncs on the last), then one AdamW step.
+
+        ``loss_of`` returns (the loss to back-propagate, detached sums to report); the summed
+        sums are returned. Each micro-batch's graph is freed by its backward, before the next forward.
+        """
+        ctx = self.dist_ctx
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = None
+        for j, m in enumerate(micro):
+            last = j == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not ctx.distributed else self.train_model.no_sync()
+            with sync:
+                loss, sums = loss_of(m)
+                loss.backward()
+            total = sums if total is None else total + sums
+            del loss
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def train_step(self, batch: Sequence[EncodedExample], lr: float) -> tuple[float, int]:
+        """One optimizer step on the global ``batch``; returns (its mean loss, its input tokens)."""
+        ctx = self.dist_ctx
+        micro = self.my_micro_batches(batch)
         batches = [self.collate(m) for m in micro]
         # The loss is normalised by the target tokens of the whole global batch, so the
         # step does not depend on how the batch is split over processes and micro-batches.
@@ -139,25 +183,15 @@ class StepRunner:
         n_targets, n_tokens = (int(c) for c in ctx.all_reduce(counts))
         # DDP averages gradients over processes: multiplying by world_size turns that into a sum.
         scale = ctx.world_size / max(n_targets, 1)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        for j, (x, y) in enumerate(batches):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = j == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not ctx.distributed else self.train_model.no_sync()
-            with sync:
-                with self._autocast():
-                    logits = self.train_model(x)
-                loss = lm_loss(logits, y, reduction="sum")
-                (loss * scale).backward()
-            loss_sum += loss.detach()
-            del logits, loss  # free this micro-batch's logits before the next forward
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = float(ctx.all_reduce(loss_sum))
+
+        def loss_of(xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = (t.to(self.device, non_blocking=True) for t in xy)
+            with self._autocast():
+                logits = self.train_model(x)
+            loss = lm_loss(logits, y, reduction="sum")
+            return loss * scale, loss.detach()
+
+        total = float(ctx.all_reduce(self.accumulate(batches, lr, loss_of)))
         return (total / n_targets if n_targets else float("nan")), n_tokens
 
     @torch.inference_mode()

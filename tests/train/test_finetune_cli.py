@@ -126,7 +126,8 @@ def test_help_lists_every_option(capsys):
         "--no-group-by-length",
     ):
         assert option in out, option
-    assert "(default: 5e-05)" in out and "(default: gpt2)" in out  # defaults are shown
+    assert "(default: 0.1)" in out and "(default: gpt2)" in out  # defaults are shown
+    assert "default: 5e-5 (sft), 5e-6 (dpo)" in out  # those that depend on --method, per method
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
