@@ -172,8 +172,11 @@ def bench_xl(args) -> None:
         size = (Path(d) / "xl" / "final" / "adapter.safetensors").stat().st_size
     print(f"gpt2-xl LoRA r={args.rank}: {' '.join(command[1:])}")
     print(f"  completed in {wall:.0f} s, peak RSS {peak / 1024:.1f} GB, adapter {size / 1e6:.1f} MB")
+    prev = 0
     for r in steps:
-        print(f"  step {r['step']}: {r['tokens_per_second']:.0f} tokens/s, loss {r['loss']:.3f}")
+        secs = (r["tokens_seen"] - prev) / r["tokens_per_second"]
+        print(f"  step {r['step']}: {r['tokens_per_second']:.1f} tokens/s ({secs:.0f} s), loss {r['loss']:.3f}")
+        prev = r["tokens_seen"]
     n = 1_557_611_200  # gpt2-xl's parameters (GPT.num_params, tied head once)
     print(
         f"  the full finetune needs {n * 16 / 1e9:.1f} GB before any activation "
