@@ -6,7 +6,8 @@ block into ``LoRALinear`` and freezes everything else. Names stay GPT-2's: the b
 ``...c_attn.lora_B`` ``(out, r)``. Invariant: B starts at zero, so a fresh adapter computes exactly the
 base model. ``merge`` folds the adapter into the weights (no per-token cost); ``adapters_disabled`` (one
 thread: DPO's reference pass) and ``base_view`` (a second model sharing every base tensor: the app's base
-tab, an evaluation's base) give the base model without a second copy of it.
+tab, an evaluation's base) give the base model without a second copy of it; ``adapter_tokens`` switches
+the adapter per token, so one batch mixes rows with and without it (the serving engine).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -71,14 +73,40 @@ class LoRAConfig:
         return from_known_fields(cls, {**d, "targets": tuple(d.get("targets", TARGETS))}, "LoRA option(s)")
 
 
+# Which tokens of this thread's forward pass get the adapter (``adapter_tokens``): None all of them.
+_tokens = threading.local()
+
+
+@contextlib.contextmanager
+def adapter_tokens(keep: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, this thread's forward passes apply the adapters to some tokens only.
+
+    ``keep``: a float tensor of 1s and 0s broadcastable to a layer's input without its last
+    dimension plus a trailing 1, e.g. ``(1, N, 1)`` for an input ``(1, N, C)``; a 0 token gets
+    exactly the base layer's output. None: every token (the default). The serving engine sets it,
+    so rows with and without the adapter decode in one step: the base product is shared, the
+    r-wide product is zeroed per token (cost: r / out of the layer's work). Thread-local, so other
+    threads using the same model are not affected.
+    """
+    before = getattr(_tokens, "keep", None)
+    _tokens.keep = keep
+    try:
+        yield
+    finally:
+        _tokens.keep = before
+
+
 def _add_low_rank(y: torch.Tensor, x: torch.Tensor, lora_A, lora_B, scaling: float) -> torch.Tensor:
     """``y + scaling * x A^T B^T``: ``(..., in) -> (..., r) -> (..., out)``, as PEFT orders the products.
 
     The scaling multiplies the r-wide product, not the out-wide one, and the last product is
     added to ``y`` inside the matmul (``addmm``): no pass over the layer's output but that one,
-    forward or backward.
+    forward or backward. Tokens that ``adapter_tokens`` leaves out add an exact zero.
     """
     h = F.linear(x, lora_A) * scaling  # (..., r)
+    keep = getattr(_tokens, "keep", None)
+    if keep is not None:
+        h = h * keep.to(h.dtype)
     out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t())
     return out.view(y.shape)
 
@@ -320,6 +348,8 @@ def base_view(model: GPT) -> GPT:
     """
     if any(getattr(layer, "merged", False) for _, layer in lora_layers(model)):
         raise ValueError("the adapters are merged into the weights; there is no base left to view")
+    if not has_adapters(model):
+        raise ValueError("the model has no adapters: it is its own base")
 
     def without(module: nn.Module) -> nn.Module:
         if isinstance(module, LoRAInference):
@@ -332,4 +362,17 @@ def base_view(model: GPT) -> GPT:
         clone._modules = {name: without(child) for name, child in module._modules.items()}
         return clone
 
-    return without(model)
+    view = without(model)
+    view.__dict__[_VIEWED] = model  # not a submodule: ``view_of`` finds the model with the adapters
+    return view
+
+
+_VIEWED = "_lora_viewed"
+
+
+def view_of(model: nn.Module) -> GPT | None:
+    """The model with adapters that ``model`` is the ``base_view`` of; None when it is no view.
+
+    A batching server uses it to decode a view's requests in the viewed model's batch, adapter off.
+    """
+    return model.__dict__.get(_VIEWED)

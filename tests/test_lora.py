@@ -160,6 +160,18 @@ def test_adapters_off_is_exactly_the_base(hf_tiny):
         pass
 
 
+def test_adapter_tokens_switch_the_adapter_per_row_exactly(hf_tiny):
+    model = adapted(str(hf_tiny[1])).eval()
+    base, with_adapter = logits(lora.base_view(model)), logits(model)
+    assert lora.view_of(lora.base_view(model)) is model and lora.view_of(model) is None
+    with lora.adapter_tokens(torch.tensor([1.0, 0.0]).view(2, 1, 1)):  # row 0 adapted, row 1 the base
+        mixed = logits(model)
+    assert torch.equal(mixed[0], with_adapter[0]) and torch.equal(mixed[1], base[1])
+    assert torch.equal(logits(model), with_adapter)  # off again after the block
+    with pytest.raises(ValueError, match="no adapters"):
+        lora.base_view(load_model(str(hf_tiny[1]))[0])
+
+
 def test_gradients_flow_to_the_adapters_only(hf_tiny):
     model = adapted(str(hf_tiny[1])).train()
     model(TOKENS).logsumexp(-1).mean().backward()

@@ -5,6 +5,8 @@ runs ``sampling.stream`` in its Gradio worker thread: ``app.py --no-batching``, 
 where a background worker cannot hold the GPU) or ``Batched`` (one ``engine.Engine`` per model,
 made on first use; the engine is the queue: a burst waits and sees its place, and beyond
 ``max_waiting`` a visitor is told at once how long to wait; the cap is sized in docs/queue.md).
+A LoRA model's base (``lora.base_view``) has no engine of its own: its requests join the finetuned
+model's batch with the adapter off (``Engine.submit(adapter=False)``), so side by side is one batch.
 Invariant: either way ``stream(model, prompt ids, settings)`` yields (new token ids so far, their
 text so far), and its ``close()`` (Gradio's Stop) ends that request only. Design: docs/design.md.
 """
@@ -18,6 +20,7 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+from gpt2_scratch import lora
 from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, Request
 from gpt2_scratch.generate.sampling import SamplingSettings, stream
 from gpt2_scratch.model import GPT
@@ -173,11 +176,14 @@ class Batched:
     def stream(self, model: GPT, ids: Sequence[int], settings: SamplingSettings) -> RequestStream:
         """Submit the request now (so two models' requests run together) and return its stream.
 
+        ``model`` a ``lora.base_view``: the request runs in the viewed model's engine, adapter off.
         A full waiting queue is a ``UserError`` saying how long to wait, at once.
         """
-        engine = self.engine(model)
+        viewed = lora.view_of(model)
+        engine = self.engine(viewed if viewed is not None else model)
         try:
-            return RequestStream(engine.submit(ids, settings), engine, self._answered)
+            request = engine.submit(ids, settings, adapter=viewed is None)
+            return RequestStream(request, engine, self._answered)
         except EngineBusy:
             raise UserError(self.busy_message()) from None
         except EngineClosed:

@@ -6,7 +6,8 @@ plain methods and generators that tests call without a browser or a server.
 Invariants: nothing the user types is ever a path; bad input is a one-line message and a toast,
 never a traceback (``reports_errors``); something missing is said in its tab with the command
 that creates it, and the rest of the app keeps working. A LoRA run of the served base keeps one
-copy of the base weights: the base model is the finetuned one with its adapter off (``lora.base_view``).
+copy of the base weights: the base model is the finetuned one with its adapter off (``lora.base_view``);
+with batching both models' rows then decode in one engine's batch (``backends.Batched``).
 Design: docs/design.md.
 """
 
@@ -396,7 +397,7 @@ class DemoApp:
         """Both models answer the same instruction at once: yields (base text, finetuned text, status).
 
         Both requests start at once (with batching, each joins its model's
-        engine); their streams advance one token each in turn, so both columns
+        engine; a LoRA run on the served base has one engine, and both rows share its steps); their streams advance one token each in turn, so both columns
         grow together; a model that cannot be loaded leaves its message
         in its column and the other still answers.
         """

@@ -7,6 +7,8 @@ rows; newcomers join, and finished or cancelled rows leave, between two steps.
 Invariant: a greedy or seeded request gets exactly the tokens it gets alone (``sampling.generate``):
 each row keeps its own KV cache and attention call (a "ragged" batch, not left padding), and only
 row-independent work is batched. Why, and where exactness stops: docs/design.md.
+On a model with unmerged LoRA adapters, ``submit(..., adapter=False)`` decodes a row of the base model in
+the same steps (``lora.adapter_tokens``): base and finetuned answers share one batch and one copy of the base.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from gpt2_scratch import lora
 from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
 from gpt2_scratch.model import GPT, KVCache, attention
 from gpt2_scratch.tokenizer import EOS_ID
@@ -49,13 +52,15 @@ class Request:
     ``settings.max_new_tokens`` exceeded the context; ``cropped`` says by how
     many tokens). ``finish_reason`` is None while it runs, then one of
     ``FINISH_REASONS``. ``step_joined`` / ``step_finished`` are the engine step
-    numbers of its prefill and of its last token.
+    numbers of its prefill and of its last token. ``adapter``: whether the model's LoRA
+    adapters apply to it (False: the base model's answer).
     """
 
-    def __init__(self, prompt: list[int], settings: SamplingSettings, cropped: int):
+    def __init__(self, prompt: list[int], settings: SamplingSettings, cropped: int, adapter: bool = True):
         self.prompt = prompt
         self.settings = settings
         self.cropped = cropped
+        self.adapter = adapter
         self.finish_reason: str | None = None
         self.step_joined: int | None = None
         self.step_finished: int | None = None
@@ -168,6 +173,7 @@ class Engine:
         if model.training:
             raise ValueError("the engine needs the model in eval mode (call model.eval())")
         self.model = model
+        self.has_adapters = lora.has_adapters(model)  # rows may then run with the adapter off
         self.max_rows, self.max_waiting, self.max_prefill_tokens = max_rows, max_waiting, max_prefill_tokens
         self.eos_id = eos_id
         self.steps = 0  # forward passes so far
@@ -203,9 +209,13 @@ class Engine:
             except ValueError:
                 return None
 
-    def submit(self, prompt: Sequence[int], settings: SamplingSettings, *, wait: bool = False) -> Request:
+    def submit(
+        self, prompt: Sequence[int], settings: SamplingSettings, *, wait: bool = False, adapter: bool = True
+    ) -> Request:
         """Queue ``prompt`` (token ids) for generation with ``settings``; returns its ``Request`` at once.
 
+        ``adapter=False``: on a model with unmerged LoRA adapters, this row gets the base model's
+        answer (exactly what ``lora.base_view(model)`` gives), decoded in the same batch.
         The prompt is cropped from the left like ``sampling.generate`` does when
         it and ``settings.max_new_tokens`` exceed the context. When ``max_waiting``
         requests already wait, raises ``EngineBusy`` (or, with ``wait=True``,
@@ -222,7 +232,7 @@ class Engine:
             valid = False
         if not valid:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        request = Request(ids, settings, cropped)
+        request = Request(ids, settings, cropped, adapter=adapter or not self.has_adapters)
         with self._cond:
             while True:
                 if self._closing:
@@ -404,9 +414,18 @@ def _forward_rows(model: GPT, rows: Sequence[_Row]) -> torch.Tensor:
     pos = [row.cache.length + j for row in rows for j in range(len(row.feed))]
     x = tr.wte(idx) + tr.wpe(torch.tensor(pos, device=device).unsqueeze(0))  # (1, N, C)
     cache = _RaggedCache(rows, spans)
-    for layer, block in enumerate(tr.h):
-        x = block(x, layer, cache)
+    with lora.adapter_tokens(_adapter_mask(rows, device)):
+        for layer, block in enumerate(tr.h):
+            x = block(x, layer, cache)
     for row, (_, T) in zip(rows, spans):
         row.cache.length += T
     last = torch.tensor([o + T - 1 for o, T in spans], device=device)
     return model.lm_head(tr.ln_f(x[:, last]))[0]  # (R, V)
+
+
+def _adapter_mask(rows: Sequence[_Row], device) -> torch.Tensor | None:
+    """``(1, N, 1)``: 1 for the tokens of rows with the adapter on, 0 for base rows; None when all are on."""
+    if all(row.request.adapter for row in rows):
+        return None
+    keep = [float(row.request.adapter) for row in rows for _ in row.feed]
+    return torch.tensor(keep, device=device).view(1, -1, 1)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import read_safetensors
 from gpt2_scratch.data.batches import collate
 from gpt2_scratch.data.preferences import EncodedPair
@@ -210,10 +211,13 @@ class DPOStepRunner(StepRunner):
     def reference_model(self, trained: bool) -> Iterator[GPT]:
         """The model whose log-probabilities are the reference: the policy as it was before its first step.
 
-        ==== LoRA hook ==== With an adapter (gpt2_scratch/lora.py, branch ``lora``) the reference is these
-        same weights with the adapter off: yield ``self.model`` inside lora's adapter-off switch here,
-        trained or not; nothing else in DPO changes (and no second model is ever loaded).
+        With LoRA adapters that is the policy itself with its adapters off, trained or not: no second
+        model is ever loaded. A full finetune that has trained loads its base again.
         """
+        if lora.has_adapters(self.model):
+            with lora.adapters_disabled(self.model):
+                yield self.model
+            return
         if not trained:  # full weights before step 1: the policy is the base model itself
             yield self.model
             return

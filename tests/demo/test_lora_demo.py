@@ -54,15 +54,26 @@ def test_one_copy_of_the_base_serves_both_models(run, dtype):
     assert answer != greedy(alone_base, prompt)
 
 
-def test_side_by_side_with_batching_gives_each_models_answer(run):
-    app = DemoApp.from_run(run, backend=Batched(max_rows=4, max_waiting=4))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_side_by_side_with_batching_is_one_batch_of_both_models(run, dtype, monkeypatch):
+    import gpt2_scratch.generate.engine as serving
+
+    batches = []
+    forward = serving._forward_rows
+    monkeypatch.setattr(serving, "_forward_rows", lambda m, rows: batches.append(len(rows)) or forward(m, rows))
+    backend = Batched(max_rows=4, max_waiting=4)
+    app = DemoApp.from_run(run, backend=backend, dtype=dtype)
     try:
         base_text, finetuned_text, status = list(app.generate_side_by_side(INSTRUCTION, "", *GREEDY))[-1]
+        engines = [engine for _, engine in backend._engines.values()]
     finally:
         app.close()
+    # One engine, the finetuned model's: the base rows ran in its batch with the adapter off.
+    assert len(engines) == 1 and engines[0].model is app.finetuned.get()
+    assert batches.count(2) >= 11  # both rows in (almost) every step: at most the first prefill apart
     prompt = get_prompt_style("alpaca").format(INSTRUCTION)
-    assert base_text == greedy(load_model("random:tiny")[0], prompt)
-    assert finetuned_text == greedy(load_model(str(run.final), merge=False)[0], prompt)
+    assert base_text == greedy(load_model("random:tiny", dtype=dtype)[0], prompt)
+    assert finetuned_text == greedy(load_model(str(run.final), merge=False, dtype=dtype)[0], prompt)
     assert base_text != finetuned_text and status.startswith("New tokens: base 12, finetuned 12")
 
 

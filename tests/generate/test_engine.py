@@ -295,3 +295,55 @@ def test_bad_input_is_a_clear_error(model, engines):
         engine.submit([], SamplingSettings(max_new_tokens=5))
     with pytest.raises(TypeError, match="settings must be a SamplingSettings"):
         engine.submit([1], {"max_new_tokens": 5})
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def adapted(request):
+    """``random:tiny`` with rank-4 LoRA adapters (seeded noise on B, so they change the answers), kept apart
+    and converted to the format of the parameter: the engine's model; its ``lora.base_view`` is the base."""
+    from gpt2_scratch import lora
+    from gpt2_scratch.inference import prepare_for_inference
+
+    model = load_model("random:tiny")[0]
+    lora.inject(model, lora.LoRAConfig(rank=4), torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(model):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.2)
+    model.eval()
+    if request.param != "float32":
+        model = prepare_for_inference(model, request.param)
+    return model, lora.base_view(model)
+
+
+def test_rows_with_and_without_the_adapter_share_steps_and_match_each_model_alone(adapted, engines, monkeypatch):
+    model, base = adapted
+    prompts = _prompts(6, seed=7)
+    settings = [SamplingSettings(max_new_tokens=8, temperature=0.0 if i % 2 else 0.9, seed=i) for i in range(6)]
+    adapter = [i % 3 != 0 for i in range(6)]  # rows 0 and 3: the base model
+    expected = [_solo(model if a else base, p, s) for p, s, a in zip(prompts, settings, adapter)]
+    # The adapter changes the greedy answers, both ways.
+    assert expected[1] != _solo(base, prompts[1], settings[1]) and expected[3] != _solo(model, prompts[3], settings[3])
+    engine = engines(model, max_rows=6)
+    gate = threading.Event()
+    forward = serving._forward_rows
+    serving_steps = []
+
+    def held(m, rows):
+        gate.wait(T)
+        serving_steps.append(sorted(r.request.adapter for r in rows))
+        return forward(m, rows)
+
+    monkeypatch.setattr(serving, "_forward_rows", held)
+    requests = [engine.submit(p, s, adapter=a) for p, s, a in zip(prompts, settings, adapter)]
+    gate.set()  # all six are waiting: they join at the first step
+    got = [r.result(timeout=T) for r in requests]
+    assert got == expected
+    assert [r.adapter for r in requests] == adapter
+    assert serving_steps[0] == sorted(adapter)  # the first step decoded both kinds of rows together
+
+
+def test_a_model_without_adapters_ignores_adapter_false(model, engines):
+    prompt, settings = _prompts(1, seed=8)[0], SamplingSettings(max_new_tokens=5)
+    request = engines(model).submit(prompt, settings, adapter=False)
+    assert request.result(timeout=T) == _solo(model, prompt, settings) and request.adapter

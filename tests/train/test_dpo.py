@@ -185,6 +185,22 @@ def test_a_resume_without_the_saved_reference_computes_it_from_the_base_again(tm
     assert torch.equal(saved["ids"], again["ids"]) and torch.equal(saved["logps"], again["logps"])
 
 
+@pytest.mark.slow
+def test_with_lora_the_reference_is_the_policy_with_its_adapters_off(tmp_path, monkeypatch):
+    cfg = dpo_config(tmp_path, name="lora", max_steps=4, save_every=2, eval_every=2, lora_rank=4)
+    paths = train(cfg, stop_after=3)
+    saved = read_safetensors(paths.reference_logps)
+    paths.reference_logps.unlink()
+
+    def no_second_model(*args, **kwargs):
+        raise AssertionError("a LoRA run must not load its base again for the reference")
+
+    monkeypatch.setattr("gpt2_scratch.train.dpo.load_model", no_second_model)
+    train(TrainConfig(resume=str(paths.root)))  # adapters trained 2 steps: the reference is them switched off
+    again = read_safetensors(paths.reference_logps)
+    assert torch.equal(saved["ids"], again["ids"]) and torch.equal(saved["logps"], again["logps"])
+
+
 # --------------------------------------------------------------------------- options and the base model
 
 
