@@ -6,7 +6,8 @@ model config, the prompt style and free-form metadata (base model, training conf
 the weights' size and sha256. Invariant: weights that do not match their config are refused,
 never half-loaded; saves are atomic folder swaps; no pickle. A LoRA run's checkpoint holds its
 adapter only (``adapter.safetensors``; config.json adds "adapter": rank, alpha, targets, the base
-and its sha256), and ``inference.load_model`` loads the base, checks it, and merges. Why: docs/design.md.
+and its sha256), and ``inference.load_model`` loads the base, checks it, and merges. A LoRA run's
+export adds its adapter in PEFT's layout (``adapter/``; ``read_adapter`` reads it too). Why: docs/design.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ ADAPTER_FILE = "adapter.safetensors"  # a LoRA run's final/ and best/: the adapt
 CONFIG_FILE = "config.json"
 EXPORT_KEY = "gpt2_scratch"  # our metadata's key in an export's (transformers') config.json
 EXPORT_VERSION = 1
+# A LoRA run's export: its adapter in PEFT's layout, beside the merged weights (publish.peft_adapter writes it).
+PEFT_DIR = "adapter"
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # PEFT's name of transformer.h.0.attn.c_attn.lora_A: PEFT_PREFIX + it + ".weight"
 
 
 @dataclass
@@ -58,10 +64,18 @@ class CheckpointInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     weights_bytes: int = 0  # size of the weights file recorded at save time
     adapter: AdapterInfo | None = None  # a LoRA checkpoint: the weights file is the adapter alone
+    exported: bool = False  # an export (publish.export): merged weights at the root, the adapter in adapter/
 
     @property
     def weights_file(self) -> Path:
+        if self.exported:
+            return self.path / WEIGHTS_FILE
         return self.path / (ADAPTER_FILE if self.adapter is not None else WEIGHTS_FILE)
+
+    @property
+    def adapter_file(self) -> Path:
+        """Where the adapter tensors are (a LoRA checkpoint or export)."""
+        return self.path / PEFT_DIR / PEFT_WEIGHTS_FILE if self.exported else self.path / ADAPTER_FILE
 
 
 def save_checkpoint(
@@ -194,11 +208,22 @@ def load_checkpoint(
 
 
 def read_adapter(folder: str | os.PathLike, *, verify: bool = True) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
-    """(info, adapter tensors) of a LoRA checkpoint folder (``save_adapter_checkpoint``), checked as weights are."""
-    info = read_checkpoint_info(folder)
+    """(info, adapter tensors under our names) of a LoRA checkpoint folder (``save_adapter_checkpoint``),
+    checked as weights are, or of a LoRA run's export (its ``adapter/``, in PEFT's layout)."""
+    info = read_export_info(folder) or read_checkpoint_info(folder)
     if info.adapter is None:
         raise ValueError(f"{info.path} is a whole model, not a LoRA adapter")
-    return info, _read_weights(info, verify)
+    if not info.exported:
+        return info, _read_weights(info, verify)
+    if not info.adapter_file.is_file():
+        raise FileNotFoundError(f"{info.path} is missing {PEFT_DIR}/{PEFT_WEIGHTS_FILE}")
+    tensors = {}
+    for key, tensor in read_safetensors(info.adapter_file).items():
+        ours = key.removeprefix(PEFT_PREFIX).removesuffix(".weight")
+        if not (key.startswith(PEFT_PREFIX) and key.endswith((".lora_A.weight", ".lora_B.weight"))):
+            raise ValueError(f"{info.adapter_file}: unexpected tensor {key!r} (not a LoRA tensor of PEFT's layout)")
+        tensors[ours] = tensor
+    return info, tensors
 
 
 def _read_weights(info: CheckpointInfo, verify: bool) -> dict[str, torch.Tensor]:
@@ -314,8 +339,9 @@ def read_export_info(folder: str | os.PathLike) -> CheckpointInfo | None:
         if not isinstance(weights, dict) or not isinstance(metadata, dict):
             raise ValueError(f'"{EXPORT_KEY}.weights" and "{EXPORT_KEY}.metadata" must be objects')
         sha, size = str(weights["sha256"]), int(weights["bytes"])
+        adapter = _parse_adapter(ours["adapter"]) if "adapter" in ours else None  # a LoRA run's export
     except KeyError as e:
         raise ValueError(f"{where}: missing field {e}") from None
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: {e}") from None
-    return CheckpointInfo(folder, config, style, sha, metadata, size)
+    return CheckpointInfo(folder, config, style, sha, metadata, size, adapter, exported=True)

@@ -208,7 +208,8 @@ def load_model(
     A LoRA checkpoint (a LoRA run's ``final/``): its base model (``base``, default the one it
     records) is loaded and must be the same weights (``lora.base_sha256``), else a one-line
     ``ValueError`` naming it; the adapter is merged into it (``merge=False`` keeps the adapter
-    apart, so that ``lora.base_view`` can serve the base from the same weights).
+    apart, so that ``lora.base_view`` can serve the base from the same weights). A LoRA run's
+    export loads its merged weights; with ``merge=False`` (or without them) its base and ``adapter/``.
     """
     dtype = resolve_dtype(dtype, device)  # a bad name fails before any loading
     with low_peak_loading(dtype):
@@ -231,7 +232,7 @@ def _load_adapter(folder: Path, device, *, merge: bool, base: str | None) -> tup
             f"differs from {info.adapter.base_sha256[:12]}...)"
         )
     lora.inject(model, info.adapter.lora)
-    lora.load_adapter_state_dict(model, tensors, str(info.weights_file))
+    lora.load_adapter_state_dict(model, tensors, str(info.adapter_file))
     model.eval()
     return (lora.merged_model(model) if merge else model), info
 
@@ -252,7 +253,11 @@ def _load_float32(
         if read_checkpoint_info(path).adapter is not None:
             return _load_adapter(path, device, merge=merge, base=base)
         return load_checkpoint(path, device=device)
-    return load_pretrained(source, device=device), read_export_info(source)
+    info = read_export_info(source)
+    # A LoRA run's export: the merged weights at its root, or (kept apart, or without them) base + adapter/.
+    if info is not None and info.adapter is not None and (not merge or not info.weights_file.is_file()):
+        return _load_adapter(path, device, merge=merge, base=base)
+    return load_pretrained(source, device=device), info
 
 
 def _is_our_config(path: Path) -> bool:

@@ -13,22 +13,43 @@ The folder drawn: docs/design.md.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt2_scratch.checkpoint import CONFIG_FILE, EXPORT_KEY, WEIGHTS_FILE, CheckpointInfo, is_export, read_export_info
+from gpt2_scratch.checkpoint import (
+    CONFIG_FILE,
+    EXPORT_KEY,
+    PEFT_DIR,
+    WEIGHTS_FILE,
+    CheckpointInfo,
+    is_export,
+    read_export_info,
+)
 from gpt2_scratch.files import atomic_write_json, read_json
 
 DEFAULT_RUNS_DIR = Path("runs")
 # Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
 HUB_REPO_ENV = "GPT2_SCRATCH_HUB_REPO"
-# What an app needs of a published export (snapshot_download allow_patterns): weights, config, the run's files.
-APP_FILES = [WEIGHTS_FILE, CONFIG_FILE, "run.json", "eval/*", "loss.png", "metrics.jsonl"]
+# What an app needs of a published export (snapshot_download allow_patterns): weights, config, the run's
+# files, and a LoRA run's adapter (PEFT's layout).
+APP_FILES = [WEIGHTS_FILE, CONFIG_FILE, "run.json", "eval/*", "loss.png", "metrics.jsonl", f"{PEFT_DIR}/*"]
 # ... and of a run folder pushed to the Hub as it is, whose model sits in final/ (not train_state/, not best/).
 HUB_RUN_FILES = [*APP_FILES, "final/*"]
+
+
+def hub_run_files(config_json: Path) -> list[str]:
+    """``HUB_RUN_FILES`` for the repo whose root ``config.json`` is ``config_json`` (downloaded first): a LoRA
+    run's export without its merged weights, which the app does not load (it serves base + adapter/)."""
+    try:
+        meta = json.loads(config_json.read_text(encoding="utf-8")).get(EXPORT_KEY)
+    except (OSError, ValueError, AttributeError):  # none (a run folder pushed as it is), or not ours
+        return HUB_RUN_FILES
+    lora_export = isinstance(meta, dict) and isinstance(meta.get("adapter"), dict)
+    return [p for p in HUB_RUN_FILES if p != WEIGHTS_FILE] if lora_export else HUB_RUN_FILES
 
 
 @dataclass

@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt2_scratch.checkpoint import CONFIG_FILE
 from gpt2_scratch.hub import require_hub
-from gpt2_scratch.runs import DEFAULT_RUNS_DIR, HUB_REPO_ENV, HUB_RUN_FILES, RunPaths, display_path, finished_runs
+from gpt2_scratch.runs import DEFAULT_RUNS_DIR, HUB_REPO_ENV, RunPaths, display_path, finished_runs, hub_run_files
 
 
 def hub_repos(value: str | None) -> list[str]:
@@ -23,17 +24,21 @@ def hub_repos(value: str | None) -> list[str]:
 def download_run(repo_id: str) -> RunPaths:
     """Download a run (run.json, the model, eval/, loss curve) from a Hugging Face Hub model repo.
 
-    When the Hub cannot be reached (``hub.require_hub``, seconds instead of
-    ``huggingface_hub``'s half minute of retries) a copy in the local cache is
-    used, else the error is raised.
+    The root config.json comes first: a LoRA run's export is then downloaded without its merged
+    weights (``runs.hub_run_files``; the app serves its base and adapter). When the Hub cannot be
+    reached (``hub.require_hub``, seconds instead of ``huggingface_hub``'s half minute of retries)
+    a copy in the local cache is used, else the error is raised.
     """
     from huggingface_hub import snapshot_download  # imported when needed: it is slow to import
 
     try:
         require_hub(f"the run {repo_id!r}")
+        offline = False
     except RuntimeError:
-        return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES, local_files_only=True)))
-    return RunPaths(Path(snapshot_download(repo_id, allow_patterns=HUB_RUN_FILES)))
+        offline = True
+    first = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE], local_files_only=offline))
+    files = hub_run_files(first / CONFIG_FILE)
+    return RunPaths(Path(snapshot_download(repo_id, allow_patterns=files, local_files_only=offline)))
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,8 @@ from pathlib import Path
 
 import torch
 
-from gpt2_scratch.checkpoint import AdapterInfo
+from gpt2_scratch.checkpoint import PEFT_CONFIG_FILE, PEFT_DIR, PEFT_PREFIX, PEFT_WEIGHTS_FILE, AdapterInfo
 from gpt2_scratch.files import atomic_write_json
-
-PEFT_DIR = "adapter"
-PEFT_CONFIG_FILE = "adapter_config.json"
-PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
 
 
 def peft_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

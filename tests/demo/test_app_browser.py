@@ -47,7 +47,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-TIMEOUT_MS = 20_000
+# Generous: on a loaded 2-core machine a Vega plot's first render has taken over 20 s (CI, 2026-12-02).
+TIMEOUT_MS = 60_000
 
 # A response holding markup: it must show as text, and nothing in it may run.
 XSS = "<script>alert('xss')</script> <img src=x onerror=alert(2)> The cat"

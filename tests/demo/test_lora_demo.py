@@ -6,15 +6,19 @@ The run is ``fixtures.lora.write_lora_run`` (base ``random:tiny``, an adapter wi
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
+
 import pytest
 
 from gpt2_scratch import lora
-from gpt2_scratch.demo import DemoApp
+from gpt2_scratch.demo import DemoApp, discovery
 from gpt2_scratch.demo.backends import Batched
 from gpt2_scratch.demo.compare import RunResults, compare, option_differences
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.publish.export import export_run
 from gpt2_scratch.runs import RunInfo
 from gpt2_scratch.tokenizer import decode, encode
 from tests.fixtures.lora import write_lora_run
@@ -75,6 +79,40 @@ def test_side_by_side_with_batching_is_one_batch_of_both_models(run, dtype, monk
     assert base_text == greedy(load_model("random:tiny", dtype=dtype)[0], prompt)
     assert finetuned_text == greedy(load_model(str(run.final), merge=False, dtype=dtype)[0], prompt)
     assert base_text != finetuned_text and status.startswith("New tokens: base 12, finetuned 12")
+
+
+def test_a_published_lora_run_is_served_from_its_base_and_adapter_without_the_merged_weights(
+    run, tmp_path, monkeypatch
+):
+    repo = export_run(run.root, tmp_path / "repo", repo_id="me/tiny-lora").folder
+    asked = []
+
+    def snapshot_download(repo_id, *, allow_patterns, local_files_only=False):  # the Hub, from the export folder
+        asked.append(list(allow_patterns))
+        out = tmp_path / "snapshot"
+        for f in repo.rglob("*"):
+            rel = f.relative_to(repo).as_posix()
+            if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, out / rel)
+        return str(out)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    monkeypatch.setattr(discovery, "require_hub", lambda what: None)
+    snapshot = discovery.download_run("me/tiny-lora")  # what a Space does with GPT2_SCRATCH_HUB_REPO
+    assert asked[0] == ["config.json"] and "adapter/*" in asked[1] and "model.safetensors" not in asked[1]
+    assert not (snapshot.root / "model.safetensors").exists()  # the merged weights are not downloaded
+    app = DemoApp.from_run(snapshot)
+    assert app.shared_base and app.checkpoint_name == "lora-run (exported model) (LoRA adapter, rank 4)"
+    base, finetuned = app.base.get(), app.finetuned.get()
+    assert lora.has_adapters(finetuned) and data_ptrs(base) <= data_ptrs(finetuned)  # one copy of the base
+    prompt = get_prompt_style("alpaca").format(INSTRUCTION)
+    assert list(app.generate_base(prompt, *GREEDY))[-1][0] == greedy(load_model("random:tiny")[0], prompt)
+    answer = list(app.generate_finetuned(INSTRUCTION, "", *GREEDY))[-1][0]
+    assert answer == greedy(load_model(str(run.final), merge=False)[0], prompt)
+    # Asked to merge, the folder without its root weights merges base + adapter/ instead.
+    merged, info = load_model(str(snapshot.root))
+    assert not lora.has_adapters(merged) and info.exported and greedy(merged, prompt) == answer
 
 
 def test_another_base_is_not_shared(run):
