@@ -35,7 +35,7 @@ from gpt2_scratch.data.batches import LengthGroupedBatchSampler, collate, encode
 from gpt2_scratch.data.records import load_records, split_records
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.inference import load_model
-from gpt2_scratch.loss import lm_loss
+from gpt2_scratch.loss import response_loss
 from gpt2_scratch.train.step import configure_optimizer
 
 
@@ -53,7 +53,7 @@ def spread(values: list[float]) -> str:
 def step(model, opt, x, y) -> tuple[float, float]:
     """One optimizer step: (forward + backward seconds, optimizer seconds)."""
     t0 = time.perf_counter()
-    lm_loss(model(x), y).backward()
+    response_loss(model, x, y).backward()
     t1 = time.perf_counter()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ import torch
 from benchmarks.common import INSTRUCTION_DATA, twin_models
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler, collate, encode_record
 from gpt2_scratch.data.records import load_records, split_records
-from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
+from gpt2_scratch.loss import IGNORE_INDEX, response_loss
 from gpt2_scratch.tokenizer import EOS_ID
 from gpt2_scratch.train.step import configure_optimizer
 
@@ -88,7 +88,7 @@ def main() -> None:
     opt_hf_fused = configure_optimizer(hf_fused, 5e-5, 0.1, cpu)
 
     def step_ours(model, opt, inputs, targets):
-        loss = lm_loss(model(inputs), targets)
+        loss = response_loss(model, inputs, targets)  # as the Trainer: the head at target positions only
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

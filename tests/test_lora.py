@@ -172,6 +172,41 @@ def test_adapter_tokens_switch_the_adapter_per_row_exactly(hf_tiny):
         lora.base_view(load_model(str(hf_tiny[1]))[0])
 
 
+def test_the_training_update_has_the_formulas_output_and_gradients_with_its_dropout():
+    layer = lora.LoRALinear(nn.Linear(16, 24), lora.LoRAConfig(rank=4, dropout=0.25))
+    with torch.no_grad():
+        layer.lora_B.normal_(generator=torch.Generator().manual_seed(2))
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    g = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(5)
+    out = layer.train()(x)
+    out.backward(g)
+    got = [t.grad.clone() for t in (x, layer.lora_A, layer.lora_B)]
+    for t in (x, layer.lora_A, layer.lora_B):
+        t.grad = None
+    torch.manual_seed(5)  # the same draw: the same dropout multipliers
+    d = lora.dropout_scale(x.shape, 0.25, x.device)
+    assert d.unique().tolist() == [0.0, pytest.approx(4 / 3)]
+    ref = (
+        nn.functional.linear(x, layer.weight, layer.bias)
+        + layer.scaling * (x * d) @ layer.lora_A.t() @ layer.lora_B.t()
+    )
+    ref.backward(g)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, (x.grad, layer.lora_A.grad, layer.lora_B.grad)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_multipliers_drop_p_of_the_inputs_and_keep_the_mean():
+    torch.manual_seed(0)
+    d = lora.dropout_scale(torch.Size([1000, 1000]), 0.05, "cpu")
+    assert abs(float((d == 0).float().mean()) - 0.05) < 0.002
+    assert abs(float(d.mean()) - 1.0) < 0.003
+    assert not torch.equal(d, lora.dropout_scale(torch.Size([1000, 1000]), 0.05, "cpu"))  # a new draw each time
+
+
 def test_gradients_flow_to_the_adapters_only(hf_tiny):
     model = adapted(str(hf_tiny[1])).train()
     model(TOKENS).logsumexp(-1).mean().backward()

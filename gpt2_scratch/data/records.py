@@ -69,13 +69,15 @@ class Split:
         return {"train": len(self.train), "test": len(self.test), "val": len(self.val)}
 
 
-def source_kind(source: str) -> str:
+def source_kind(source: str | os.PathLike) -> str:
     """``"url"``, ``"file"`` or ``"hub"``: how ``load_records`` will read ``source``.
 
-    A string that names an existing path, ends in ``.json``/``.jsonl`` or starts
+    A ``Path`` is a local file. A string that names an existing path, ends in ``.json``/``.jsonl`` or starts
     like a path (``/``, ``.``, ``~``) is a local file, so a mistyped file name is
     reported as a missing file rather than as an unknown Hub dataset.
     """
+    if isinstance(source, os.PathLike):
+        return "file"
     if source.startswith(("http://", "https://")):
         return "url"
     path = Path(source).expanduser()
@@ -131,7 +133,7 @@ def download(url: str) -> Path:
     return path
 
 
-def _local_file(source: str) -> Path | None:
+def _local_file(source: str | os.PathLike) -> Path | None:
     """The file holding ``source`` (downloading a URL), or None for a Hub dataset."""
     kind = source_kind(source)
     if kind == "url":
@@ -158,7 +160,7 @@ def source_sha256(source: str) -> str | None:
     return file_sha256(path)
 
 
-def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
+def load_records(source: str | os.PathLike = DEFAULT_DATASET_URL) -> list[Record]:
     """The validated records of a URL, a local ``.json``/``.jsonl`` file, or a Hub dataset id.
 
     Record ids are the entries' positions in the source (0-based).
@@ -166,7 +168,7 @@ def load_records(source: str = DEFAULT_DATASET_URL) -> list[Record]:
     return load_entries(source, _validate, ("instruction", "output"))
 
 
-def load_entries(source: str, validate: Callable[[list, str], T], columns: Sequence[str]) -> T:
+def load_entries(source: str | os.PathLike, validate: Callable[[list, str], T], columns: Sequence[str]) -> T:
     """``validate(entries, where)`` of the raw entries of ``source`` (URL, local file, Hub dataset).
 
     ``where`` names the file (or Hub dataset) for error messages; a Hub dataset

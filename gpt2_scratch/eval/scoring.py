@@ -3,7 +3,7 @@
 Entry points: ``rouge_l_f1`` (LCS F1 over lowercased ``\\w+`` word tokens: ``rouge-score``'s
 tokenizer without stemming, extended to Unicode), ``exact_match`` (after SQuAD's
 ``normalize_answer``), ``reference_loss`` (teacher-forced: batches from ``data.batches.collate``
-scored with ``loss.lm_loss``, as in training) and ``perplexity`` (its ``exp``).
+scored with ``loss.response_loss``, as in training) and ``perplexity`` (its ``exp``).
 Invariant: ``reference_loss`` is the token-weighted mean over every target of all records, so it
 does not depend on the batching. The definitions in full: docs/design.md.
 """
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from gpt2_scratch.data.batches import EncodedExample, collate
-from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
+from gpt2_scratch.loss import IGNORE_INDEX, response_loss
 from gpt2_scratch.model import GPT
 
 _WORD_RE = re.compile(r"\w+")
@@ -80,7 +80,7 @@ def reference_loss(
     """(token-weighted mean loss, number of target tokens) of ``examples`` under ``model``.
 
     Batches come from ``data.batches.collate`` (``max_length`` defaults to the model's
-    context length) and are scored with ``lm_loss(reduction="sum")``; the sum
+    context length) and are scored with ``response_loss(reduction="sum")``; the sum
     over all batches is divided by the number of targets that are not
     ``IGNORE_INDEX``. With ``mask_prompt`` (the default) only the response and
     its closing ``<|endoftext|>`` count: the loss of the reference responses
@@ -100,7 +100,7 @@ def reference_loss(
         batch = [examples[i] for i in order[start : start + batch_size]]
         inputs, targets = collate(batch, max_length=max_length, mask_prompt=mask_prompt)
         inputs, targets = inputs.to(model.device), targets.to(model.device)
-        total += lm_loss(model(inputs), targets, reduction="sum").item()
+        total += response_loss(model, inputs, targets, reduction="sum").item()
         count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
     if count == 0:

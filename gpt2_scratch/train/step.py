@@ -18,7 +18,7 @@ import torch
 from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import AdapterInfo
 from gpt2_scratch.data.batches import EncodedExample, collate
-from gpt2_scratch.loss import IGNORE_INDEX, lm_loss
+from gpt2_scratch.loss import IGNORE_INDEX, response_loss
 from gpt2_scratch.model import GPT
 from gpt2_scratch.train.config import TrainConfig
 from gpt2_scratch.train.distributed import DistContext
@@ -186,9 +186,7 @@ class StepRunner:
 
         def loss_of(xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = (t.to(self.device, non_blocking=True) for t in xy)
-            with self._autocast():
-                logits = self.train_model(x)
-            loss = lm_loss(logits, y, reduction="sum")
+            loss = response_loss(self.train_model, x, y, "sum", self._autocast)
             return loss * scale, loss.detach()
 
         total = float(ctx.all_reduce(self.accumulate(batches, lr, loss_of)))
@@ -209,9 +207,7 @@ class StepRunner:
             n_targets = 0
             for chunk in chunks(batch, max(cfg.batch_size // cfg.grad_accum, 1)):
                 x, y = self.collate(chunk)
-                with self._autocast():
-                    logits = self.model(x.to(self.device))
-                loss_sum += lm_loss(logits, y.to(self.device), reduction="sum")
+                loss_sum += response_loss(self.model, x.to(self.device), y.to(self.device), "sum", self._autocast)
                 n_targets += int((y != IGNORE_INDEX).sum())
             total += loss_sum.double() / max(n_targets, 1)
         self.model.train()
