@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import INSTRUCTION_DATA, ROOT
+from benchmarks.common import INSTRUCTION_DATA, ROOT, machine_line, ratio_text
 from gpt2_scratch import lora
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler, collate, encode_record
 from gpt2_scratch.data.records import load_records, split_records
@@ -37,17 +37,6 @@ from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.loss import response_loss
 from gpt2_scratch.train.step import configure_optimizer
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
 
 def step(model, opt, x, y) -> tuple[float, float]:
@@ -85,12 +74,16 @@ def bench_steps(args) -> None:
     print(f"trainable parameters: full {n_full:,}, LoRA r={args.rank} {n_lora:,} ({100 * n_lora / n_full:.2f}%)")
     total = {k: [a + b for a, b in v] for k, v in times.items()}
     for label, pick in (("forward+backward", 0), ("optimizer step", 1)):
-        per = [f[pick] / lo[pick] for f, lo in zip(times["full"], times["lora"])]
+        full_s, lora_s = ([t[pick] for t in times[k]] for k in ("full", "lora"))
         means = {k: statistics.mean(t[pick] for t in v) for k, v in times.items()}
-        print(f"{label:<17} full {means['full']:.3f} s, LoRA {means['lora']:.4f} s: full/LoRA {spread(per)}")
+        print(
+            f"{label:<17} full {means['full']:.3f} s, LoRA {means['lora']:.4f} s: full/LoRA {ratio_text(full_s, lora_s)}"
+        )
     tps = {k: tokens / sum(v) for k, v in total.items()}
-    per_step = [f / lo for f, lo in zip(total["full"], total["lora"])]
-    print(f"whole step        full {tps['full']:.0f} tokens/s, LoRA {tps['lora']:.0f} tokens/s: {spread(per_step)}")
+    print(
+        f"whole step        full {tps['full']:.0f} tokens/s, LoRA {tps['lora']:.0f} tokens/s: "
+        f"{ratio_text(total['full'], total['lora'])}"
+    )
 
 
 def peak_rss_of(command: list[str], threads: int) -> tuple[float, int, str]:
@@ -147,11 +140,10 @@ def bench_rss(args) -> None:
                 final = Path(d) / f"{kind}{i}" / "final"
                 sizes[kind] = sum(f.stat().st_size for f in final.iterdir())
                 print(f"finetune.py {kind}: peak RSS {peak:.0f} MB", file=sys.stderr, flush=True)
-    ratios = [lo / f for f, lo in zip(peaks["full"], peaks["lora"])]
     print(f"finetune.py peak RSS ({args.rss_steps} steps, {args.rss_runs} runs each, interleaved):")
     for kind, values in peaks.items():
         print(f"  {kind:<5} median {statistics.median(values):.0f} MB (runs: {', '.join(f'{v:.0f}' for v in values)})")
-    print(f"  LoRA / full: {spread(ratios)}")
+    print(f"  LoRA / full: {ratio_text(peaks['lora'], peaks['full'])}")
     print(
         f"final/ size: full {sizes['full'] / 1e6:.1f} MB, LoRA {sizes['lora'] / 1e6:.2f} MB "
         f"({100 * sizes['lora'] / sizes['full']:.2f}% of the full checkpoint)"
@@ -198,7 +190,7 @@ def main() -> None:
     ap.add_argument("--dataset", default=str(INSTRUCTION_DATA))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{cpu_name()}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"{machine_line(args.threads)}; load average {os.getloadavg()[0]:.1f} at the start")
     if not args.skip_steps:
         bench_steps(args)
     if args.rss_runs:

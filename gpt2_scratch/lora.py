@@ -111,41 +111,47 @@ def _add_low_rank(y: torch.Tensor, x: torch.Tensor, lora_A, lora_B, scaling: flo
     return out.view(y.shape)
 
 
-def dropout_scale(shape: torch.Size, p: float, device) -> torch.Tensor:
-    """Dropout's multipliers for an input of ``shape``: 0 with probability ``p``, else ``1 / (1 - p)``.
+def dropout_mask(shape: torch.Size, p: float, device) -> tuple[torch.Tensor, float]:
+    """Dropout for an input of ``shape``: (which elements are kept, bool; the scale of the kept ones).
 
-    From 16 random bits per element (``p`` rounded to a multiple of 1/65536), drawn 64 at a time
-    from torch's generator (seeded and saved like every draw of training): on CPU 3-4x cheaper
-    than ``nn.Dropout``'s ``bernoulli_``, which cost ~11% of a LoRA step at 2 threads (docs/lora.md).
+    An element is dropped with probability ``p`` (rounded to a multiple of 1/65536), kept ones are
+    scaled by ``1 / (1 - p)``. From 16 random bits per element, drawn 64 at a time from torch's
+    generator (seeded and saved like every draw of training): on CPU 3-4x cheaper than
+    ``nn.Dropout``'s ``bernoulli_``, which cost ~11% of a LoRA step at 2 threads (docs/lora.md).
     """
     n = math.prod(shape)
     drop = round(p * 65536)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # all 64 bits
-    keep = bits.view(torch.int16)[:n].view(shape) >= drop - 32768  # P = (65536 - drop) / 65536
-    return keep.to(torch.float32).mul_(65536 / (65536 - drop))
+    keep = bits.view(torch.int16)[:n].view(shape) >= drop - 32768  # P(keep) = (65536 - drop) / 65536
+    return keep, 65536 / (65536 - drop)
+
+
+def _dropped(x: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
+    return x if keep is None else x * keep * scale
 
 
 class _LowRankUpdate(torch.autograd.Function):
-    """``y + scaling * (x * d) A^T B^T`` for training (``d``: the dropout multipliers, or None).
+    """``y + scaling * dropout(x) A^T B^T`` for training (``keep``, ``scale``: the dropout, or None).
 
     The same function as ``_add_low_rank``; written out because autograd's own backward of the
     r-wide products lays the skinny matrices out badly for BLAS: ``(h^T g)^T`` and ``(B^T g^T)^T``
     are 3-6x faster on CPU than ``g^T h`` and ``g B`` for an ``(N, out)`` gradient ``g`` and r = 8
-    (measured: docs/lora.md). Under autocast the products run in the gradient's dtype.
+    (measured: docs/lora.md). Saves the dropout's mask as bools. Under autocast the products run
+    in the gradient's dtype.
     """
 
     @staticmethod
-    def forward(ctx, y, x, lora_A, lora_B, scaling: float, scale_x):
-        xd = x if scale_x is None else x * scale_x.to(x.dtype)
+    def forward(ctx, y, x, lora_A, lora_B, scaling: float, keep, scale: float):
+        xd = _dropped(x, keep, scale)
         h = F.linear(xd, lora_A) * scaling  # (..., r)
         out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t()).view(y.shape)
-        ctx.save_for_backward(xd, h, lora_A, lora_B, scale_x)
-        ctx.scaling = scaling
+        ctx.save_for_backward(xd, h, lora_A, lora_B, keep)
+        ctx.scaling, ctx.scale = scaling, scale
         return out
 
     @staticmethod
     def backward(ctx, g):
-        xd, h, lora_A, lora_B, scale_x = ctx.saved_tensors
+        xd, h, lora_A, lora_B, keep = ctx.saved_tensors
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
         dt = g2.dtype
         h2, x2 = h.reshape(-1, h.shape[-1]).to(dt), xd.reshape(-1, xd.shape[-1]).to(dt)
@@ -154,10 +160,8 @@ class _LowRankUpdate(torch.autograd.Function):
         d_A = dh.t() @ x2  # (r, in)
         dx = None
         if ctx.needs_input_grad[1]:
-            dx = (dh @ lora_A.to(dt)).view(*xd.shape[:-1], -1)
-            if scale_x is not None:
-                dx = dx * scale_x.to(dx.dtype)
-        return g, dx, d_A.to(lora_A.dtype), d_B.to(lora_B.dtype).contiguous(), None, None
+            dx = _dropped((dh @ lora_A.to(dt)).view(*xd.shape[:-1], -1), keep, ctx.scale)
+        return g, dx, d_A.to(lora_A.dtype), d_B.to(lora_B.dtype).contiguous(), None, None, None
 
 
 class LoRALinear(PackedLinear):
@@ -178,7 +182,7 @@ class LoRALinear(PackedLinear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.rank, device=w.device, dtype=w.dtype))
         # As PEFT and litgpt: A as nn.Linear's default init (Kaiming uniform, a = sqrt(5)), B zero.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
-        self.dropout = config.dropout  # on the adapter's input, in training (``dropout_scale``)
+        self.dropout = config.dropout  # on the adapter's input, in training (``dropout_mask``)
         self.scaling = config.scaling
         self.merged = False
         self.enabled = True
@@ -192,11 +196,10 @@ class LoRALinear(PackedLinear):
         y = self.base_forward(x)
         if self.merged or not self.enabled:
             return y
-        scale_x = dropout_scale(x.shape, self.dropout, x.device) if self.training and self.dropout > 0 else None
+        keep, scale = dropout_mask(x.shape, self.dropout, x.device) if self.training and self.dropout else (None, 1.0)
         if torch.is_grad_enabled() and self.lora_A.requires_grad:  # training: our backward
-            return _LowRankUpdate.apply(y, x, self.lora_A, self.lora_B, self.scaling, scale_x)
-        x = x if scale_x is None else x * scale_x.to(x.dtype)
-        return _add_low_rank(y, x, self.lora_A, self.lora_B, self.scaling)
+            return _LowRankUpdate.apply(y, x, self.lora_A, self.lora_B, self.scaling, keep, scale)
+        return _add_low_rank(y, _dropped(x, keep, scale), self.lora_A, self.lora_B, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a weight ``(out, in)``: ``scaling * B A``."""

@@ -186,9 +186,10 @@ def test_the_training_update_has_the_formulas_output_and_gradients_with_its_drop
     got = [t.grad.clone() for t in (x, layer.lora_A, layer.lora_B)]
     for t in (x, layer.lora_A, layer.lora_B):
         t.grad = None
-    torch.manual_seed(5)  # the same draw: the same dropout multipliers
-    d = lora.dropout_scale(x.shape, 0.25, x.device)
-    assert d.unique().tolist() == [0.0, pytest.approx(4 / 3)]
+    torch.manual_seed(5)  # the same draw: the same dropout
+    keep, scale = lora.dropout_mask(x.shape, 0.25, x.device)
+    assert keep.dtype == torch.bool and scale == 4 / 3
+    d = keep * scale
     ref = (
         nn.functional.linear(x, layer.weight, layer.bias)
         + layer.scaling * (x * d) @ layer.lora_A.t() @ layer.lora_B.t()
@@ -199,12 +200,12 @@ def test_the_training_update_has_the_formulas_output_and_gradients_with_its_drop
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_dropout_multipliers_drop_p_of_the_inputs_and_keep_the_mean():
+def test_dropout_drops_p_of_the_inputs_and_keeps_the_mean():
     torch.manual_seed(0)
-    d = lora.dropout_scale(torch.Size([1000, 1000]), 0.05, "cpu")
-    assert abs(float((d == 0).float().mean()) - 0.05) < 0.002
-    assert abs(float(d.mean()) - 1.0) < 0.003
-    assert not torch.equal(d, lora.dropout_scale(torch.Size([1000, 1000]), 0.05, "cpu"))  # a new draw each time
+    keep, scale = lora.dropout_mask(torch.Size([1000, 1000]), 0.05, "cpu")
+    assert abs(float((~keep).float().mean()) - 0.05) < 0.002
+    assert abs(float(keep.float().mean()) * scale - 1.0) < 0.003
+    assert not torch.equal(keep, lora.dropout_mask(torch.Size([1000, 1000]), 0.05, "cpu")[0])  # a new draw each time
 
 
 def test_gradients_flow_to_the_adapters_only(hf_tiny):
