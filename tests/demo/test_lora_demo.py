@@ -19,7 +19,7 @@ from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.export import export_run
-from gpt2_scratch.runs import RunInfo
+from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 from tests.fixtures.lora import write_lora_run
 
@@ -142,3 +142,20 @@ def test_the_results_browser_compares_the_lora_settings():
     rows = {row[0]: row[1:] for row in diff.frame.values.tolist()}
     assert rows["finetuning"] == ["full (every weight)", "LoRA rank 8, alpha 16"]
     assert rows["lora_rank"] == ["0", "8"] and rows["lora_targets"] == ["—", "['attn.c_attn']"]
+
+
+def test_a_lora_export_with_a_missing_or_foreign_adapter_is_one_line_in_both_tabs(run, tmp_path):
+    import safetensors.torch
+
+    repo = export_run(run.root, tmp_path / "repo", repo_id="me/tiny-lora").folder
+    (repo / "model.safetensors").unlink()  # as a Space downloads it
+    weights = repo / "adapter" / "adapter_model.safetensors"
+    tensors = safetensors.torch.load_file(str(weights))
+    weights.unlink()
+    app = DemoApp.from_run(RunPaths(repo))
+    text, status = list(app.generate_finetuned(INSTRUCTION, "", *GREEDY))[-1]
+    assert text == "" and "is missing adapter/adapter_model.safetensors" in status and "\n" not in status
+    safetensors.torch.save_file({"base_model.model.lm_head.weight": next(iter(tensors.values()))}, str(weights))
+    app = DemoApp.from_run(RunPaths(repo))
+    text, status = list(app.generate_base("Hello", *GREEDY))[-1]
+    assert text == "" and "not a LoRA tensor of PEFT's layout" in status and "\n" not in status
