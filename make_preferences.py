@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL, load_records
+from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE
 from gpt2_scratch.generate.preferences import build_preferences, progress_path
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.inference import DTYPES, load_model, resolve_device
+from gpt2_scratch.inference import DTYPES, load_model
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, get_prompt_style
 
 

@@ -1,208 +1,180 @@
-"""The CPU kernels of inference: oneDNN-packed float32, bfloat16 and weight-only int8 linear layers.
+"""The inference layers: a loaded model's linear layers, recomposed for fast CPU decoding, kernels chosen by measurement.
 
-Entry points: ``PackedLinear`` (float32, same parameters as ``nn.Linear``), ``BF16Linear``,
-``Int8Linear`` and ``BF16Head`` (inference only: buffers, not parameters), and
-``decode_attention``. ``inference.prepare_for_inference`` puts them into a loaded model.
-Invariant: a row's result does not depend on the other rows of its batch (bit for bit),
-so a batched request gets exactly its solo tokens. Measurements: docs/performance.md.
+Entry points: ``Float32Linear``, ``BF16Linear``, ``Int8Linear`` (each made from a plain ``nn.Linear``:
+float32 keeps its very Parameters, bfloat16 and int8 hold converted buffers under the same names),
+``BF16Head``, and ``choose_kernel(format, in, out)``. ``inference.to_inference`` puts them into a model.
+Every format has candidate kernels (``KERNELS``); ``choose_kernel`` times them once on the layer's
+shape at 1 and 8 rows, keeps the fastest that gives each row the same bits alone as among other
+rows, and caches the choice per CPU model, torch version, threads and shape
+(``~/.cache/gpt2_scratch/kernels.json``; ``GPT2_SCRATCH_KERNEL=<name>`` forces one).
+Invariant: a row's result does not depend on the other rows of its batch (bit for bit), so a
+batched request gets exactly its solo tokens. Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2_scratch.model import attention
+from gpt2_scratch.files import atomic_write_json
 
-ONEDNN_ENV = "GPT2_SCRATCH_ONEDNN"  # "0" turns the oneDNN path off, e.g. to compare
+KERNEL_ENV = "GPT2_SCRATCH_KERNEL"  # force one kernel (a name of KERNELS[format]) for every layer
+CACHE_ENV = "GPT2_SCRATCH_CACHE"  # the project's cache folder (default ~/.cache/gpt2_scratch)
+# Candidate kernels per format, in order of preference when they measure the same.
+KERNELS = {
+    "float32": ("onednn", "mkl"),  # oneDNN with a prepacked weight; torch's F.linear (MKL's sgemm)
+    "bfloat16": ("onednn", "mkl"),  # the same two, bfloat16 weights and activations
+    "int8": ("int8pack", "dequant"),  # torch's weight-only int8 kernel; dequantize to bfloat16 per product
+}
+# Batch size oneDNN lays the packed weight out for; one layout serves 1 to a few hundred rows.
+ONEDNN_ROWS_HINT = 8
 
 
-def _onednn_available() -> bool:
-    if os.environ.get(ONEDNN_ENV, "1") == "0":
-        return False
+# --- the products --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_available(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs ``dtype`` weights here (bfloat16 needs AVX512, native or emulated, or AVX-NE-CONVERT)."""
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            return False
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), ONEDNN_ROWS_HINT)
+        return True
     except (AttributeError, RuntimeError):
         return False
 
 
-USE_ONEDNN = _onednn_available()
-# Batch size oneDNN lays the packed weight out for; one layout serves 1 to a few hundred rows.
-ONEDNN_ROWS_HINT = 8
-# Above this many rows (prefill, or decoding many rows) int8 weights are dequantized to bfloat16
-# for the product: int8pack_mm's time grows with the rows (it is a matrix-vector kernel), and
-# from about 16 rows on the dequantized product is faster (3x at 128 rows, measured here).
-INT8_KERNEL_MAX_ROWS = 8
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's packed copy of ``weight`` ``(out, in)``: opaque, readable only by ``_onednn``."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), ONEDNN_ROWS_HINT)
 
 
-# --- float32 ---------------------------------------------------------------------------------
+def _onednn(x2: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x2.contiguous(), packed, bias, "none", [], "")
 
 
-class PackedLinear(nn.Linear):
-    """``nn.Linear`` whose CPU float32 inference goes through oneDNN with a prepacked weight.
+def _rows_as_two(product: Callable[[torch.Tensor], torch.Tensor], x2: torch.Tensor) -> torch.Tensor:
+    """``product`` of a lone row computed as two rows (the row twice, the first result kept); see ``_probe``."""
+    return product(x2.expand(2, -1))[:1] if x2.shape[0] == 1 else product(x2)
 
-    The packed copy lives on the module, is rebuilt when the weight changes (its
-    version counter moves on every in-place update, e.g. an optimizer step or
-    ``load_state_dict``) and is dropped by ``train()``. It costs as much memory as
-    the weight, during inference only. With gradients on, or off the CPU, this
-    is ``nn.Linear``.
-    """
+
+class _InferenceLinear(nn.Module):
+    """What the inference layers share: the shape, the kernel, and the lone-row rule of ``_probe``."""
+
+    def __init__(self, linear: nn.Linear, kernel: str):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.kernel = kernel
+        self.lone_row_as_two = False  # set by ``inference.to_inference`` from ``choose_kernel``
+
+    def product(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 W^T + b`` for ``x2`` ``(N, in)``."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()):
-            return F.linear(x, self.weight, self.bias)
-        key = (self.weight.data_ptr(), self.weight._version)
-        packed = self.__dict__.get("_onednn_weight")
-        if packed is None or packed[0] != key:
-            weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().contiguous(), ONEDNN_ROWS_HINT)
-            packed = (key, weight, one_row_differs(weight, self.bias, self.in_features, torch.float32))
-            self.__dict__["_onednn_weight"] = packed
-        return _onednn_linear(x, packed[1], self.bias, self.out_features, one_row_as_two=packed[2])
+        x2 = x.reshape(-1, x.shape[-1])
+        y = _rows_as_two(self.product, x2) if self.lone_row_as_two else self.product(x2)
+        return y.view(*x.shape[:-1], self.out_features)
 
-    def train(self, mode: bool = True) -> "PackedLinear":
-        if mode:  # training changes the weights every step: free the inference copy
-            self.__dict__.pop("_onednn_weight", None)
-        return super().train(mode)
+    def extra_repr(self) -> str:
+        lone = ", lone row as two" if self.lone_row_as_two else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{lone}"
 
 
-def _onednn_linear(
-    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int, *, one_row_as_two: bool
-) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    if one_row_as_two and x2.shape[0] == 1:  # see one_row_differs
-        y = torch.ops.mkldnn._linear_pointwise(x2.expand(2, -1).contiguous(), packed, bias, "none", [], "")[:1]
-    else:
-        y = torch.ops.mkldnn._linear_pointwise(x2.contiguous(), packed, bias, "none", [], "")
-    return y.view(*x.shape[:-1], out_features)
+class Float32Linear(_InferenceLinear):
+    """A float32 linear layer for inference: the ``nn.Linear``'s own Parameters, its product by ``kernel``.
 
-
-# (inputs, outputs, dtype, threads) -> whether a lone row is computed as two; see one_row_differs.
-_ONE_ROW_DIFFERS: dict[tuple[int, int, torch.dtype, int], bool] = {}
-
-
-def one_row_differs(packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, dtype: torch.dtype) -> bool:
-    """Whether oneDNN gives a row other bits alone than among other rows: another kernel for one row.
-
-    A request must get the same tokens decoding alone (``sampling.generate``,
-    one row per product) as batched with others (``engine.Engine``). At GPT-2
-    124M's shapes here, oneDNN multiplies one row with 3072 inputs (the MLP's
-    ``c_proj``) with another kernel than two rows or more, whose sums round
-    differently; every other layer, and every count from two rows up, gives each
-    row the same bits. A layer of such a shape computes a lone row as two (the
-    row twice, the first result kept): about 4% slower decoding at one row,
-    where doing it in every layer cost 15%.
-
-    The kernel depends on the shapes, the format and the threads, not on the
-    values, so this is found once per shape, with the first such layer's
-    ``packed`` weight: each of up to 64 probe rows (values spanning many
-    magnitudes) is multiplied alone and among the others. One probe row shows a
-    different kernel in float32; in bfloat16 the rounding of the output hides
-    it about 4 times in 5, hence 64.
+    ``onednn``: a packed copy of the weight (as much memory as the weight), rebuilt when the
+    weight changes (its version counter moves on every in-place update). With gradients on, or
+    off the CPU, this is ``F.linear``: the layer computes what the ``nn.Linear`` did.
     """
-    key = (in_features, packed.shape[0], dtype, torch.get_num_threads())
-    if key not in _ONE_ROW_DIFFERS:
-        g = torch.Generator().manual_seed(0)
-        probe = torch.randn(64, in_features, generator=g) * torch.exp(2 * torch.randn(64, in_features, generator=g))
-        probe = probe.to(dtype)
-        with torch.no_grad():
-            together = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
-            _ONE_ROW_DIFFERS[key] = any(
-                not torch.equal(
-                    torch.ops.mkldnn._linear_pointwise(row[None], packed, bias, "none", [], "")[0], expected
-                )
-                for row, expected in zip(probe, together)
-            )
-    return _ONE_ROW_DIFFERS[key]
+
+    def __init__(self, linear: nn.Linear, kernel: str = "mkl"):
+        super().__init__(linear, kernel)
+        self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: names and state dict stay
+
+    def product(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "mkl" or not (x2.device.type == "cpu" and not torch.is_grad_enabled()):
+            return F.linear(x2, self.weight, self.bias)
+        key = (self.weight.data_ptr(), self.weight._version)
+        packed = self.__dict__.get("_packed")
+        if packed is None or packed[0] != key:
+            packed = self.__dict__["_packed"] = (key, _pack(self.weight))
+        return _onednn(x2, packed[1], self.bias)
 
 
-# --- bfloat16 and int8 -------------------------------------------------------------------------
+class _Converted:
+    """A layer whose weights were converted for inference (buffers, not Parameters): training it is refused."""
 
-
-class _InferenceOnly(nn.Module):
-    """A layer converted for inference: its weights are buffers, and training it is refused."""
-
-    def train(self, mode: bool = True) -> "_InferenceOnly":
+    def train(self, mode: bool = True):
         if mode:
             raise RuntimeError("this model was converted to bfloat16/int8 for inference; load it in float32 to train")
         return super().train(False)
 
 
-@functools.lru_cache(maxsize=None)
-def _onednn_bf16_available() -> bool:
-    """oneDNN packs bfloat16 weights only on CPUs with AVX512 (native or emulated) or AVX-NE-CONVERT."""
-    if not USE_ONEDNN:
-        return False
-    try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), ONEDNN_ROWS_HINT)
-        return True
-    except RuntimeError:
-        return False
+class BF16Linear(_Converted, _InferenceLinear):
+    """A linear layer in bfloat16 (inference only): ``weight`` and ``bias`` are bfloat16 buffers.
 
-
-class BF16Linear(_InferenceOnly):
-    """A linear layer in bfloat16: on CPU its weight is kept only in oneDNN's packed layout."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.out_features = weight.shape[0]
-        weight = weight.detach().to(torch.bfloat16).contiguous()
-        self.packed = weight.device.type == "cpu" and _onednn_bf16_available()
-        bias = None if bias is None else bias.detach().to(torch.bfloat16)
-        self.one_row_as_two = False
-        if self.packed:
-            in_features = weight.shape[1]
-            weight = torch.ops.mkldnn._reorder_linear_weight(weight, ONEDNN_ROWS_HINT)
-            self.one_row_as_two = one_row_differs(weight, bias, in_features, torch.bfloat16)
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return _onednn_linear(x, self.weight, self.bias, self.out_features, one_row_as_two=self.one_row_as_two)
-        return F.linear(x, self.weight, self.bias)
-
-
-class Int8Linear(_InferenceOnly):
-    """Weight-only int8: ``weight`` int8 ``(out, in)``, ``scale`` one bfloat16 per output channel.
-
-    Symmetric per-channel quantization: ``w ~= weight * scale[:, None]`` with
-    ``scale = max|w_row| / 127``, so ``x @ w.T = (x @ weight.T) * scale``.
-    Activations are bfloat16: ``torch._weight_int8pack_mm`` (the CPU kernel used up
-    to ``INT8_KERNEL_MAX_ROWS`` rows) is fast with bfloat16 inputs and about 10x
-    slower with float32 ones here.
+    ``onednn``: the weight is kept only in oneDNN's packed layout (an opaque tensor); ``mkl``: plain.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        w = weight.detach().float()
+    def __init__(self, linear: nn.Linear, kernel: str = "mkl"):
+        super().__init__(linear, kernel)
+        weight = linear.weight.detach().to(torch.bfloat16)
+        if kernel == "onednn":
+            weight = _pack(weight)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
+
+    def product(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "onednn":
+            return _onednn(x2, self.weight, self.bias)
+        return F.linear(x2, self.weight, self.bias)
+
+
+class Int8Linear(_Converted, _InferenceLinear):
+    """Weight-only int8 (inference only): ``weight`` int8 ``(out, in)``, ``scale`` one bfloat16 per output channel.
+
+    Symmetric per-channel quantization: ``w ~= weight * scale[:, None]`` with
+    ``scale = max|w_row| / 127``, so ``x @ w.T = (x @ weight.T) * scale``. Activations are
+    bfloat16. ``int8pack``: ``torch._weight_int8pack_mm`` (a CPU matrix-vector kernel, fast with
+    bfloat16 inputs; it needs the inner size to be a multiple of 16); ``dequant``: the weight is
+    dequantized to bfloat16 for each product.
+    """
+
+    def __init__(self, linear: nn.Linear, kernel: str = "dequant"):
+        if kernel == "int8pack" and linear.in_features % 16:
+            kernel = "dequant"  # the kernel reads the inner dimension 16 values at a time (other sizes crash it)
+        super().__init__(linear, kernel)
+        w = linear.weight.detach().float()
         # The kernel takes bfloat16 scales. Rounding a scale up (by more than bfloat16's
         # half step, 2^-9) before the weights are divided by it keeps every |q| <= 127
         # with no clipping, and the dequantized weights within half a step of the originals.
         scale = (w.abs().amax(dim=1).clamp(min=1e-12) / 127 * (1 + 2**-8)).to(torch.bfloat16)
-        q = (w / scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # one temporary
+        q = (w / scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
         self.register_buffer("weight", q)
         self.register_buffer("scale", scale)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
-        # The CPU kernel reads the inner dimension 16 values at a time (other sizes crash it).
-        self.use_kernel = w.device.type == "cpu" and w.shape[1] % 16 == 0
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        if self.use_kernel and x2.shape[0] <= INT8_KERNEL_MAX_ROWS:
+    def product(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "int8pack" and x2.device.type == "cpu":
             y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, self.scale)
-        else:  # prefill, or off the CPU: dequantize for this product only
-            y = F.linear(x2, self.weight.to(x.dtype)) * self.scale
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.weight.shape[0])
+        else:
+            y = F.linear(x2, self.weight.to(x2.dtype)) * self.scale
+        return y if self.bias is None else y + self.bias
 
 
-class BF16Head(_InferenceOnly):
-    """The output head in bfloat16, returning float32 logits.
+class BF16Head(_Converted, nn.Module):
+    """The output head in bfloat16 (inference only), returning float32 logits.
 
     GPT-2's logits share a large per-position offset (often around -100 with
     OpenAI's weights), and bfloat16 keeps 8 significant bits: rounded at that size,
@@ -212,11 +184,13 @@ class BF16Head(_InferenceOnly):
     is added back in float32. Same cost as a plain bfloat16 head.
     """
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, head: nn.Linear, kernel: str = "mkl"):
         super().__init__()
-        w = weight.detach().float()
+        w = head.weight.detach().float()
         mean_row = w.mean(dim=0)
-        self.linear = BF16Linear(w - mean_row, None)
+        centered = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        centered.weight = nn.Parameter(w - mean_row, requires_grad=False)
+        self.linear = BF16Linear(centered, kernel)
         self.register_buffer("mean_row", mean_row)  # float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,13 +200,135 @@ class BF16Head(_InferenceOnly):
         return self.linear(x).float() + offset.unsqueeze(-1)
 
 
-def decode_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
-    """``model.attention``, with bfloat16 decoding on CPU computed in float32 and rounded once.
+LAYERS = {"float32": Float32Linear, "bfloat16": BF16Linear, "int8": Int8Linear}
+ACTIVATIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}
 
-    At one query a row torch's bfloat16 SDPA kernel is 2.6x (1 row) to 3.6x (8 rows)
-    slower than its float32 one, more than upcasting the cached keys and values
-    costs; prefill (many queries) stays on the bfloat16 kernel, faster there.
+
+# --- choosing a kernel by measurement --------------------------------------------------------------
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gpt2_scratch")
+
+
+def _machine_key() -> str:
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return f"{caps.get('cpu_name', 'cpu')}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def candidates(fmt: str) -> tuple[str, ...]:
+    """The kernels ``fmt`` can use here (oneDNN's only where it packs that dtype)."""
+    names = KERNELS[fmt]
+    return tuple(n for n in names if n != "onednn" or onednn_available(ACTIVATIONS[fmt]))
+
+
+PROBE_ROWS = 32
+PROBE_BATCHES = (2, 3, 5, 8, 16)
+
+
+def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
+    """(exact, lone row differs): whether each row gets the same bits in batches of 2 to 32 rows, and alone.
+
+    A kernel may multiply one row with another routine than several rows (oneDNN here does at
+    3072 inputs), whose sums round differently: such a layer computes a lone row as two (about 4%
+    slower decoding at one row). A kernel whose rows differ between batch sizes from two rows up
+    cannot keep a batched request's tokens equal to its solo ones, and is not chosen. The routine
+    depends on the shapes, the format and the threads, not on the values: probe rows of many
+    magnitudes, every one of them alone and in every batch size, show it (in bfloat16 the
+    rounding of the output hides a difference most of the time, so one row is not enough).
     """
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[2] == 1:
-        return attention(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
-    return attention(q, k, v, mask, dropout_p)
+    g = torch.Generator().manual_seed(0)
+    n_in = layer.in_features
+    x = (torch.randn(PROBE_ROWS, n_in, generator=g) * torch.exp(2 * torch.randn(PROBE_ROWS, n_in, generator=g))).to(
+        dtype
+    )
+    with torch.inference_mode():
+        together = layer.product(x)
+
+        def same(product, n: int) -> bool:
+            return all(torch.equal(product(x[i : i + n]), together[i : i + n]) for i in range(0, PROBE_ROWS - n + 1, n))
+
+        exact = all(same(layer.product, n) for n in PROBE_BATCHES)
+        lone = not same(layer.product, 1)
+        if lone:  # computed as two rows, a lone row must get its bits from a batch
+            exact = exact and same(functools.partial(_rows_as_two, layer.product), 1)
+    return exact, lone
+
+
+def _time(layer: _InferenceLinear, x: torch.Tensor, budget_s: float) -> float:
+    """Fastest seconds of ``layer(x)`` over a few repetitions (at least 5, within ``budget_s``).
+
+    The minimum, not the median: another process on the machine only ever adds time.
+    """
+    times: list[float] = []
+    with torch.inference_mode():
+        layer(x)  # warm-up: packing, first-call allocations
+        start = time.perf_counter()
+        while len(times) < 5 or (len(times) < 50 and time.perf_counter() - start < budget_s):
+            t0 = time.perf_counter()
+            layer(x)
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.05) -> dict:
+    """Every candidate of ``fmt`` on an ``(out, in)`` layer: exactness, lone-row rule, seconds at 1 and 8 rows.
+
+    The choice: the exact candidate with the least ``t(1) + t(8) / 4`` (batch-1 decoding first,
+    a few visitors next). Returns ``{"kernel", "lone_row_as_two", "seconds": {name: [t1, t8]}}``.
+    """
+    dtype = ACTIVATIONS[fmt]
+    g = torch.Generator().manual_seed(1)
+    linear = nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out_features, in_features, generator=g) * 0.02)
+    seconds, best = {}, None
+    for name in candidates(fmt):
+        layer = LAYERS[fmt](linear, name)
+        exact, lone = _probe(layer, dtype)
+        layer.lone_row_as_two = lone
+        x = torch.randn(8, in_features, generator=g).to(dtype)
+        t1, t8 = _time(layer, x[:1], budget_s), _time(layer, x, budget_s)
+        seconds[name] = [t1, t8]
+        score = t1 + t8 / 4
+        if exact and (best is None or score < best[0]):
+            best = (score, name, lone)
+    if best is None:
+        raise RuntimeError(f"no {fmt} kernel gives a row the same bits in every batch here")
+    return {"kernel": best[1], "lone_row_as_two": best[2], "seconds": seconds}
+
+
+_CHOICES: dict[str, dict] = {}
+
+
+def choose_kernel(fmt: str, in_features: int, out_features: int) -> tuple[str, bool]:
+    """(kernel, lone row as two) for an ``(out, in)`` layer in ``fmt``: measured once per machine and cached.
+
+    ``GPT2_SCRATCH_KERNEL`` forces a kernel (its lone-row rule is still probed).
+    """
+    forced = os.environ.get(KERNEL_ENV, "").strip()
+    if forced and forced not in KERNELS[fmt]:
+        raise ValueError(f"{KERNEL_ENV}={forced!r} is not a {fmt} kernel ({', '.join(KERNELS[fmt])})")
+    key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}"
+    if forced:
+        if forced not in candidates(fmt):
+            raise ValueError(f"{KERNEL_ENV}={forced}: that kernel is not available on this CPU")
+        dummy = nn.Linear(in_features, out_features, device="meta")
+        dummy.weight = nn.Parameter(torch.randn(out_features, in_features) * 0.02)
+        dummy.bias = nn.Parameter(torch.zeros(out_features))
+        return forced, _probe(LAYERS[fmt](dummy, forced), ACTIVATIONS[fmt])[1]
+    path = cache_folder() / "kernels.json"
+    if not _CHOICES:
+        try:
+            _CHOICES.update(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
+    if key not in _CHOICES:
+        _CHOICES[key] = measure(fmt, in_features, out_features)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, _CHOICES)
+        except OSError:  # a read-only home: measure again next time
+            pass
+    choice = _CHOICES[key]
+    return choice["kernel"], bool(choice["lone_row_as_two"])

@@ -1,13 +1,15 @@
 """LoRA: low-rank adapters on GPT-2's linear layers (Hu et al. 2021; as litgpt's ``lora.py`` and PEFT).
 
-Entry point: ``inject(model, LoRAConfig(rank=8))`` turns the targeted ``nn.Linear`` layers of every
-block into ``LoRALinear`` and freezes everything else. Names stay GPT-2's: the base weight is still
-``transformer.h.0.attn.c_attn.weight``, the adapter is ``...c_attn.lora_A`` ``(r, in)`` and
-``...c_attn.lora_B`` ``(out, r)``. Invariant: B starts at zero, so a fresh adapter computes exactly the
-base model. ``merge`` folds the adapter into the weights (no per-token cost); ``adapters_disabled`` (one
-thread: DPO's reference pass) and ``base_view`` (a second model sharing every base tensor: the app's base
-tab, an evaluation's base) give the base model without a second copy of it; ``adapter_tokens`` switches
-the adapter per token, so one batch mixes rows with and without it (the serving engine).
+Entry point: ``inject(model, LoRAConfig(rank=8))`` wraps the targeted linear layers of every block in
+``LoRALinear`` (composition: the layer it wraps is its ``base_layer``, a plain ``nn.Linear`` or an
+inference layer of ``kernels``) and freezes everything else. The state dict keeps GPT-2's names: the
+base weight is still ``transformer.h.0.attn.c_attn.weight``, the adapter is ``...c_attn.lora_A``
+``(r, in)`` and ``...c_attn.lora_B`` ``(out, r)``. Invariant: B starts at zero, so a fresh adapter
+computes exactly the base model. ``merge`` folds the adapter into the weights (no per-token cost);
+``adapters_disabled`` (DPO's reference pass) and ``base_view`` (a second model sharing every base
+tensor: the app's base tab, an evaluation's base) give the base model without a second copy of it;
+``GPT.forward(..., adapter=)`` says which tokens get the adapter, so one batch mixes rows with and
+without it (the serving engine).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import copy
 import dataclasses
 import hashlib
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -26,8 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2_scratch.config import from_known_fields
-from gpt2_scratch.kernels import USE_ONEDNN, PackedLinear
-from gpt2_scratch.model import GPT
+from gpt2_scratch.model import GPT, Adapted
 
 # The four linear layers of a block, as named inside it (GPT-2's names; PEFT's target_modules suffixes).
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -73,40 +73,18 @@ class LoRAConfig:
         return from_known_fields(cls, {**d, "targets": tuple(d.get("targets", TARGETS))}, "LoRA option(s)")
 
 
-# Which tokens of this thread's forward pass get the adapter (``adapter_tokens``): None all of them.
-_tokens = threading.local()
-
-
-@contextlib.contextmanager
-def adapter_tokens(keep: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, this thread's forward passes apply the adapters to some tokens only.
-
-    ``keep``: a float tensor of 1s and 0s broadcastable to a layer's input without its last
-    dimension plus a trailing 1, e.g. ``(1, N, 1)`` for an input ``(1, N, C)``; a 0 token gets
-    exactly the base layer's output. None: every token (the default). The serving engine sets it,
-    so rows with and without the adapter decode in one step: the base product is shared, the
-    r-wide product is zeroed per token (cost: r / out of the layer's work). Thread-local, so other
-    threads using the same model are not affected.
-    """
-    before = getattr(_tokens, "keep", None)
-    _tokens.keep = keep
-    try:
-        yield
-    finally:
-        _tokens.keep = before
-
-
-def _add_low_rank(y: torch.Tensor, x: torch.Tensor, lora_A, lora_B, scaling: float) -> torch.Tensor:
+def _add_low_rank(
+    y: torch.Tensor, x: torch.Tensor, lora_A, lora_B, scaling: float, adapter: torch.Tensor | None = None
+) -> torch.Tensor:
     """``y + scaling * x A^T B^T``: ``(..., in) -> (..., r) -> (..., out)``, as PEFT orders the products.
 
     The scaling multiplies the r-wide product, not the out-wide one, and the last product is
     added to ``y`` inside the matmul (``addmm``): no pass over the layer's output but that one,
-    forward or backward. Tokens that ``adapter_tokens`` leaves out add an exact zero.
+    forward or backward. Tokens that ``adapter`` (bool, ``(..., 1)``) leaves out add an exact zero.
     """
     h = F.linear(x, lora_A) * scaling  # (..., r)
-    keep = getattr(_tokens, "keep", None)
-    if keep is not None:
-        h = h * keep.to(h.dtype)
+    if adapter is not None:
+        h = h * adapter.to(h.dtype)
     out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.t())
     return out.view(y.shape)
 
@@ -164,93 +142,78 @@ class _LowRankUpdate(torch.autograd.Function):
         return g, dx, d_A.to(lora_A.dtype), d_B.to(lora_B.dtype).contiguous(), None, None, None
 
 
-class LoRALinear(PackedLinear):
-    """``y = x W^T + b + (alpha / r) * dropout(x) A^T B^T``: the base ``W``, ``b`` frozen, A and B trained.
+class LoRALinear(Adapted):
+    """``y = base(x) + (alpha / r) * dropout(x) A^T B^T``: the base layer frozen, A and B trained.
 
-    Made by ``inject`` from a model's ``nn.Linear`` (it takes over its Parameters: no copy).
-    ``merged``: the update is folded into ``weight`` (``merge``); ``enabled`` False computes the
-    base layer alone (``adapters_disabled``). In float32 inference on CPU the base product is
-    oneDNN's packed one, as for every ``PackedLinear``.
+    ``base_layer``: the layer it wraps, a plain ``nn.Linear`` (training; ``merge`` folds the update
+    into its weight) or one of ``kernels``' inference layers (the adapter is kept apart, computed
+    in float32 and rounded once when added). ``enabled`` False computes the base layer alone
+    (``adapters_disabled``). ``forward(x, adapter)``: ``adapter`` (bool per token, or None for all)
+    says which tokens get the update, so base and finetuned rows share one batch.
+    The state dict keeps GPT-2's names: ``base_layer.``'s tensors are saved and loaded one level up.
     """
 
-    def __init__(self, linear: nn.Linear, config: LoRAConfig, generator: torch.Generator | None = None):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias
-        w = linear.weight
-        self.lora_A = nn.Parameter(torch.empty(config.rank, self.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.rank, device=w.device, dtype=w.dtype))
+    def __init__(self, base_layer: nn.Module, config: LoRAConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        device = base_layer.weight.device
+        self.lora_A = nn.Parameter(torch.empty(config.rank, self.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.rank, device=device))
         # As PEFT and litgpt: A as nn.Linear's default init (Kaiming uniform, a = sqrt(5)), B zero.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
         self.dropout = config.dropout  # on the adapter's input, in training (``dropout_mask``)
         self.scaling = config.scaling
         self.merged = False
         self.enabled = True
-        self.packed = True  # oneDNN's packed copy in inference (False while training: see ``inject``)
+        self.register_state_dict_post_hook(_base_names_up)
+        self.register_load_state_dict_pre_hook(_base_names_down)
 
-    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The base layer's output ``x W^T + b`` (with the adapter merged, it includes the update)."""
-        return super().forward(x) if USE_ONEDNN and self.packed else F.linear(x, self.weight, self.bias)
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_forward(x)
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.base_layer(x)
         if self.merged or not self.enabled:
             return y
         keep, scale = dropout_mask(x.shape, self.dropout, x.device) if self.training and self.dropout else (None, 1.0)
         if torch.is_grad_enabled() and self.lora_A.requires_grad:  # training: our backward
+            if adapter is not None:
+                raise ValueError("training applies the adapter to every token (adapter=None)")
             return _LowRankUpdate.apply(y, x, self.lora_A, self.lora_B, self.scaling, keep, scale)
-        return _add_low_rank(y, _dropped(x, keep, scale), self.lora_A, self.lora_B, self.scaling)
+        if y.dtype != self.lora_A.dtype:  # an inference base in bfloat16: the update in float32, rounded once
+            out = _add_low_rank(
+                y.float(), _dropped(x.float(), keep, scale), self.lora_A, self.lora_B, self.scaling, adapter
+            )
+            return out.to(y.dtype)
+        return _add_low_rank(y, _dropped(x, keep, scale), self.lora_A, self.lora_B, self.scaling, adapter)
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a weight ``(out, in)``: ``scaling * B A``."""
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
+        return f"rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
 
 
-class LoRAInference(nn.Module):
-    """A base layer converted for inference (``kernels``' bfloat16 / int8 layers) plus an unmerged adapter.
-
-    Made by ``inference.prepare_for_inference`` from a ``LoRALinear`` when the adapter is kept
-    apart: ``base`` is the converted layer, which ``base_view`` shares. The adapter stays float32
-    (rank r: negligible work) and its update is rounded once, when added.
-    """
-
-    def __init__(self, base: nn.Module, layer: LoRALinear):
-        super().__init__()
-        self.base = base
-        self.register_buffer("lora_A", layer.lora_A.detach().float())
-        self.register_buffer("lora_B", layer.lora_B.detach().float())
-        self.scaling = layer.scaling
-        self.enabled = True
-
-    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        if not self.enabled:
-            return y
-        return _add_low_rank(y.float(), x.float(), self.lora_A, self.lora_B, self.scaling).to(y.dtype)
-
-    def train(self, mode: bool = True) -> "LoRAInference":
-        if mode:
-            raise RuntimeError("this adapter was converted for inference; load the model in float32 to train")
-        return super().train(False)
+def _base_names_up(module: nn.Module, state: dict, prefix: str, local_metadata) -> None:
+    """State dict post-hook: ``<prefix>base_layer.weight`` is saved as ``<prefix>weight`` (GPT-2's name)."""
+    inner = prefix + "base_layer."
+    for key in [k for k in state if k.startswith(inner)]:
+        state[prefix + key[len(inner) :]] = state.pop(key)
 
 
-class _BaseOnly(nn.Module):
-    """A ``LoRALinear`` seen without its adapter (``base_view``): its weight and bias under their own
-    names, the base product computed by the layer itself (so its packed copy is shared too)."""
-
-    def __init__(self, layer: LoRALinear):
-        super().__init__()
-        self.weight, self.bias = layer.weight, layer.bias
-        self.__dict__["_layer"] = layer  # not a submodule: the view's state dict is the base's
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._layer.base_forward(x)
+def _base_names_down(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """Load pre-hook, the inverse: ``<prefix>weight`` goes to ``<prefix>base_layer.weight``."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        name = key[len(prefix) :]
+        if "." not in name and name not in ADAPTER_PARAMS:
+            state[prefix + "base_layer." + name] = state.pop(key)
 
 
 def _targets(model: GPT, targets: tuple[str, ...]) -> Iterator[tuple[nn.Module, str, str]]:
@@ -261,29 +224,23 @@ def _targets(model: GPT, targets: tuple[str, ...]) -> Iterator[tuple[nn.Module, 
             yield block.get_submodule(parent_name), name, f"transformer.h.{i}.{target}"
 
 
-def inject(model: GPT, config: LoRAConfig, generator: torch.Generator | None = None, *, packed: bool = True) -> GPT:
-    """Put an adapter on every targeted layer of ``model`` (in place) and train only the adapters.
+def inject(model: GPT, config: LoRAConfig, generator: torch.Generator | None = None) -> GPT:
+    """Wrap every targeted layer of ``model`` in a ``LoRALinear`` (in place) and train only the adapters.
 
-    ``generator`` seeds A's initialisation (default: torch's global generator). ``packed=False``
-    computes the base product with ``F.linear`` in inference too: for training, whose evaluations
-    would otherwise keep a packed copy of the frozen base (as large as the base) while they run.
+    ``generator`` seeds A's initialisation (default: torch's global generator). The layers may be
+    plain or already converted for inference (``inference.to_inference``): the adapter wraps either.
     """
-    if any(isinstance(m, (LoRALinear, LoRAInference)) for m in model.modules()):
+    if has_adapters(model):
         raise ValueError("the model has adapters already")
-    for parent, name, full in _targets(model, config.targets):
-        linear = getattr(parent, name)
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{full} is a {type(linear).__name__}, not a float32 nn.Linear: load the model in float32")
-        layer = LoRALinear(linear, config, generator)
-        layer.packed = packed
-        setattr(parent, name, layer)
+    for parent, name, _ in _targets(model, config.targets):
+        setattr(parent, name, LoRALinear(getattr(parent, name), config, generator))
     mark_only_adapters_trainable(model)
     return model
 
 
-def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear | LoRAInference]]:
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     """(name, layer) of every adapter layer of ``model``."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAInference))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -343,12 +300,22 @@ def base_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _plain(layer: LoRALinear) -> nn.Module:
+    """The base layer, when its weight is a float32 Parameter that the update can be folded into."""
+    weight = layer.base_layer.weight
+    if not (isinstance(weight, nn.Parameter) and weight.dtype == torch.float32):
+        raise ValueError(
+            f"the adapter wraps a {type(layer.base_layer).__name__} converted for inference; merge before converting"
+        )
+    return layer.base_layer
+
+
 @torch.no_grad()
 def merge(model: nn.Module) -> None:
     """Fold every adapter into its weight (``W += (alpha / r) B A``): the same function, no per-token cost."""
     for _, layer in lora_layers(model):
-        if isinstance(layer, LoRALinear) and not layer.merged:
-            layer.weight += layer.delta_weight()
+        if not layer.merged:
+            _plain(layer).weight += layer.delta_weight()
             layer.merged = True
 
 
@@ -356,22 +323,17 @@ def merge(model: nn.Module) -> None:
 def unmerge(model: nn.Module) -> None:
     """Undo ``merge`` (``W -= (alpha / r) B A``; equal up to float rounding)."""
     for _, layer in lora_layers(model):
-        if isinstance(layer, LoRALinear) and layer.merged:
-            layer.weight -= layer.delta_weight()
+        if layer.merged:
+            _plain(layer).weight -= layer.delta_weight()
             layer.merged = False
 
 
 def merged_model(model: GPT) -> GPT:
-    """``model`` with every adapter merged and each ``LoRALinear`` replaced by a plain ``nn.Linear`` (in place)."""
+    """``model`` with every adapter merged and each ``LoRALinear`` replaced by its base layer (in place)."""
     merge(model)
     for name, layer in lora_layers(model):
-        if not isinstance(layer, LoRALinear):
-            raise ValueError(f"{name} was converted for inference; merge before converting")
         parent_name, _, child = name.rpartition(".")
-        with torch.device("meta"):
-            plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        plain.weight, plain.bias = layer.weight, layer.bias
-        setattr(model.get_submodule(parent_name), child, plain)
+        setattr(model.get_submodule(parent_name), child, layer.base_layer)
     model.requires_grad_(True)  # a plain model again, as every loaded model: trainable as a whole
     return model
 
@@ -384,7 +346,7 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     Serving two users at once needs ``base_view`` instead: switching is global to the model.
     """
     layers = [layer for _, layer in lora_layers(model)]
-    if any(getattr(layer, "merged", False) for layer in layers):
+    if any(layer.merged for layer in layers):
         raise ValueError("the adapters are merged into the weights; unmerge them first")
     before = [layer.enabled for layer in layers]
     for layer in layers:
@@ -399,20 +361,19 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def base_view(model: GPT) -> GPT:
     """A second ``GPT`` that is ``model``'s base: every module and tensor shared, the adapters left out.
 
-    No weight is copied (the packed or converted layers included), so two users can be served
-    at once, the base and the finetuned model, with one copy of the base in memory.
+    No weight is copied (each ``LoRALinear`` is replaced by its ``base_layer``, converted for
+    inference or not), so two users can be served at once, the base and the finetuned model, with
+    one copy of the base in memory.
     """
-    if any(getattr(layer, "merged", False) for _, layer in lora_layers(model)):
+    if any(layer.merged for _, layer in lora_layers(model)):
         raise ValueError("the adapters are merged into the weights; there is no base left to view")
     if not has_adapters(model):
         raise ValueError("the model has no adapters: it is its own base")
 
     def without(module: nn.Module) -> nn.Module:
-        if isinstance(module, LoRAInference):
-            return module.base
         if isinstance(module, LoRALinear):
-            return _BaseOnly(module)
-        if not any(isinstance(m, (LoRALinear, LoRAInference)) for m in module.modules()):
+            return module.base_layer
+        if not any(isinstance(m, LoRALinear) for m in module.modules()):
             return module
         clone = copy.copy(module)  # shares _parameters and _buffers; only the children differ
         clone._modules = {name: without(child) for name, child in module._modules.items()}

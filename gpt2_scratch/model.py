@@ -42,16 +42,30 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 def attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
     """Causal attention ``(B, nh, T, hs)`` of queries ``(B, nh, T, hs)`` over keys/values ``(B, nh, S, hs)``.
 
-    Without ``mask`` (no padding) it is plain causal attention, and a single new
-    token attends to everything cached; ``mask`` ``(B, 1, T, S)`` also keeps padding out.
+    The model's one attention route. Without ``mask`` (no padding) it is plain causal attention,
+    and a single new token attends to everything cached; ``mask`` ``(B, 1, T, S)`` also keeps
+    padding out. bfloat16 decoding on CPU (one query a row) is computed in float32 and rounded
+    once: there torch's bfloat16 kernel is 2.6x (1 row) to 3.6x (8 rows) slower than its float32
+    one, more than upcasting the keys and values costs (docs/performance.md); prefill (many
+    queries) stays on the bfloat16 kernel, faster there.
     """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[2] == 1:
+        return attention(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.shape[2] > 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+# ---- caches: what a forward pass with a cache reads and appends to ---------------------------------
+#
+# ``GPT.forward`` takes either cache. Both answer the same four calls: ``end(T)`` (the context the
+# forward will fill), ``positions(T, device)``, ``attend(layer, q, k, v, mask, dropout_p)`` (store
+# this step's keys and values, attend over everything cached) and ``advance(T)``; ``last(x)`` picks
+# the hidden states whose logits the caller wants with ``last_only``.
+
+
 class KVCache:
-    """Preallocated keys and values of every layer, for incremental decoding.
+    """Preallocated keys and values of every layer, for incremental decoding of a batch of ``B`` rows.
 
     ``k`` and ``v`` are ``(n_layer, B, nh, max_len, hs)``; positions ``[0, length)``
     are filled. ``key_valid`` (``(B, max_len)`` bool, or None when no row is
@@ -70,16 +84,27 @@ class KVCache:
         self.max_len = max_len
         self.key_valid: torch.Tensor | None = None
 
-    def attend(
-        self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0, attn=attention
-    ) -> torch.Tensor:
+    def end(self, T: int) -> int:
+        return self.length + T
+
+    def positions(self, T: int, device) -> torch.Tensor:
+        return torch.arange(self.length, self.length + T, device=device).unsqueeze(0)  # (1, T)
+
+    def attend(self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
         """Write this step's keys and values ``(B, nh, T, hs)`` of ``layer`` after the cached ones, then
-        ``attn`` (``attention`` unless the layer has another) of ``q`` over all of them (``S = length + T``
-        keys); ``GPT.forward`` advances ``length``."""
+        attend with ``q`` over all of them (``S = length + T`` keys)."""
         start, end = self.length, self.length + q.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"the KV cache holds {self.max_len} tokens; {end} do not fit")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        return attn(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout_p)  # (B, nh, T, hs)
+        return attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout_p)  # (B, nh, T, hs)
+
+    def advance(self, T: int) -> None:
+        self.length += T
+
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, -1:, :]  # (B, 1, C)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop every batch row not in ``rows`` (finished sequences stop costing compute)."""
@@ -94,6 +119,62 @@ class KVCache:
             self.key_valid = self.key_valid[rows]
 
 
+class RaggedCache:
+    """Rows of different lengths in one forward pass, each row with its own one-row ``KVCache``.
+
+    The input is the rows' new tokens concatenated, ``(1, N)`` with ``N = sum(lengths)``: what works
+    token by token (embeddings, linear layers, LayerNorm, the head) runs once for every row, and
+    each row's span attends over its own cache with its own attention call, exactly as when the row
+    runs alone. So a request gets its solo tokens in any batch (the serving engine, ``Engine``),
+    and no row waits for or pads to another. ``last`` gives each row's last token, ``(1, R, C)``.
+    """
+
+    def __init__(self, caches: list[KVCache], lengths: list[int]):
+        if len(caches) != len(lengths) or not caches or min(lengths) < 1:
+            raise ValueError("a ragged batch needs one cache and at least one new token per row")
+        self.caches, self.lengths = caches, lengths
+        self.offsets = [sum(lengths[:i]) for i in range(len(lengths))]
+
+    def end(self, T: int) -> int:
+        if T != sum(self.lengths):
+            raise ValueError(f"a ragged batch of {sum(self.lengths)} tokens got {T}")
+        return max(c.length + n for c, n in zip(self.caches, self.lengths))
+
+    def positions(self, T: int, device) -> torch.Tensor:
+        pos = [c.length + j for c, n in zip(self.caches, self.lengths) for j in range(n)]
+        return torch.tensor(pos, device=device).unsqueeze(0)  # (1, N)
+
+    def attend(self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("a ragged batch has no padding to mask")
+        spans = zip(self.caches, self.offsets, self.lengths)
+        ys = [c.attend(layer, q[:, :, o : o + n], k[:, :, o : o + n], v[:, :, o : o + n], None) for c, o, n in spans]
+        return torch.cat(ys, dim=2)  # (1, nh, N, hs)
+
+    def advance(self, T: int) -> None:
+        for c, n in zip(self.caches, self.lengths):
+            c.advance(n)
+
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, [o + n - 1 for o, n in zip(self.offsets, self.lengths)]]  # (1, R, C)
+
+
+Cache = KVCache | RaggedCache
+
+
+class Adapted(nn.Module):
+    """A linear layer whose adapter may apply to some tokens only: ``forward(x, adapter)`` (``lora.LoRALinear``).
+
+    ``adapter`` is a ``(B, T)`` bool tensor (True: the token gets the adapter) or None (every token):
+    one batch then mixes rows of the finetuned model and of its base (the serving engine).
+    """
+
+
+def project(layer: nn.Module, x: torch.Tensor, adapter: torch.Tensor | None) -> torch.Tensor:
+    """``layer(x)``, handing ``adapter`` to the layers that take it (``Adapted``)."""
+    return layer(x, adapter) if adapter is not None and isinstance(layer, Adapted) else layer(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -104,23 +185,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        # The attention function: inference.prepare_for_inference may swap in another for a reduced format.
-        self.attention = attention
 
-    def forward(self, x, layer: int = 0, cache: KVCache | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x, layer: int = 0, cache: Cache | None = None, mask=None, adapter=None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = project(self.c_attn, x, adapter).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         dropout_p = self.dropout if self.training else 0.0
         if cache is not None:  # the cache appends k and v, then attends over everything it holds
-            y = cache.attend(layer, q, k, v, mask, dropout_p, self.attention)
+            y = cache.attend(layer, q, k, v, mask, dropout_p)
         else:
-            y = self.attention(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
+            y = attention(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(project(self.c_proj, y, adapter))
 
 
 class MLP(nn.Module):
@@ -130,8 +209,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+    def forward(self, x, adapter=None):
+        return self.dropout(project(self.c_proj, gelu_tanh(project(self.c_fc, x, adapter)), adapter))
 
 
 class Block(nn.Module):
@@ -144,9 +223,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer: int = 0, cache: KVCache | None = None, mask: torch.Tensor | None = None):
-        x = x + self.attn(self.ln_1(x), layer, cache, mask)
-        x = x + self.mlp(self.ln_2(x))
+    def forward(self, x, layer: int = 0, cache: Cache | None = None, mask=None, adapter=None):
+        x = x + self.attn(self.ln_1(x), layer, cache, mask, adapter)
+        x = x + self.mlp(self.ln_2(x), adapter)
         return x
 
 
@@ -196,7 +275,7 @@ class GPT(nn.Module):
         naming it and ``source``; nothing is loaded partially. Weights stored in
         bfloat16 or float16 (a smaller download) become float32 parameters: the
         model trains and computes in float32, and the inference formats are made
-        from float32 at load time (``inference.prepare_for_inference``).
+        from float32 after loading (``inference.to_inference``).
         """
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items() if k != "lm_head.weight"}
         for key, tensor in state.items():
@@ -220,7 +299,7 @@ class GPT(nn.Module):
         return self.transformer.wte.weight.device
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens."""
+        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens, in the embeddings' dtype."""
         if max_len > self.config.block_size:
             raise ValueError(f"cache length {max_len} exceeds the context length {self.config.block_size}")
         w = self.transformer.wte.weight
@@ -230,44 +309,50 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         *,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        adapter: torch.Tensor | None = None,
         last_only: bool = False,
         logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``(B, T, V)`` for token ids ``idx`` ``(B, T)``.
+        """Logits ``(B, T, V)`` for token ids ``idx`` ``(B, T)``. The one forward pass: training,
+        generation and the serving engine all run it.
 
-        cache: KV cache to read from and append to (generation); ``cache.length``
-            advances by T.
-        position_ids: ``(B, T)`` positions; default ``cache.length + arange(T)``.
+        cache: a ``KVCache`` to read from and append to (generation; its length advances by T),
+            or a ``RaggedCache`` (``idx`` is ``(1, N)``: several rows' new tokens, one after the other).
+        position_ids: ``(B, T)`` positions; default: the cache's next ones (``0..T-1`` without one).
             Left-padded rows pass their own so each row's text starts at position 0.
         attention_mask: ``(B, S)`` 1 for real tokens and 0 for padding, over the
             cached and new tokens (S = cache.length + T).
-        last_only: compute logits for the last position only, ``(B, 1, V)``: the
-            head is the largest matmul and generation needs only the last row.
+        adapter: ``(B, T)`` bool, which tokens get the LoRA adapters (``Adapted`` layers);
+            None: all of them. A model without adapters ignores it.
+        last_only: logits for the last position only, ``(B, 1, V)`` (a ragged batch: each row's
+            last token, ``(1, R, V)``): the head is the largest matmul and generation needs only these.
         logits_at: ``(B, T)`` bool: logits at these positions only, ``(N, V)`` in
-            row-major order (DPO scores response tokens, not prompts or padding).
+            row-major order (the loss scores response tokens, not prompts or padding).
         """
         B, T = idx.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence length {past + T} exceeds the context length {self.config.block_size}")
+        end = cache.end(T) if cache is not None else T
+        if end > self.config.block_size:
+            raise ValueError(f"sequence length {end} exceeds the context length {self.config.block_size}")
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)  # (1, T)
+            position_ids = cache.positions(T, idx.device) if cache is not None else torch.arange(T, device=idx.device)
 
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            mask = self._attention_mask(attention_mask.bool(), past, T)  # (B, 1, T, S)
+            mask = self._attention_mask(attention_mask.bool(), end - T, T)  # (B, 1, T, S)
+        if adapter is not None:
+            adapter = adapter.view(B, T, 1)  # broadcast over each token's features
 
         x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, i, cache, mask)
+            x = block(x, i, cache, mask, adapter)
         if cache is not None:
-            cache.length = past + T
+            cache.advance(T)
         if last_only:
-            x = x[:, -1:, :]
+            x = cache.last(x) if cache is not None else x[:, -1:, :]
         elif logits_at is not None:
             x = x[logits_at]  # (N, C)
         x = self.transformer.ln_f(x)

@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the network fails fast
+if "GPT2_SCRATCH_CACHE" not in os.environ:  # the kernel choices of this session only: nothing written to ~/.cache
+    import tempfile
+
+    os.environ["GPT2_SCRATCH_CACHE"] = tempfile.mkdtemp(prefix="gpt2-scratch-test-cache-")
 
 import pytest
 import torch

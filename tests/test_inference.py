@@ -15,6 +15,7 @@ import gpt2_scratch.inference as inference
 import gpt2_scratch.kernels as kernels
 from gpt2_scratch import GPT, GPTConfig
 from gpt2_scratch.checkpoint import save_checkpoint
+from gpt2_scratch.devices import native_bfloat16
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model, model_dtype, resolve_dtype
 from gpt2_scratch.kernels import BF16Head, BF16Linear, Int8Linear
@@ -61,16 +62,16 @@ def test_auto_follows_the_capability_check(monkeypatch):
 
 def test_the_capability_check_reads_torchs_cpu_features(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
-    assert inference.native_bfloat16(torch.device("cpu")) is True
+    assert native_bfloat16(torch.device("cpu")) is True
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "avx2": True})
-    assert inference.native_bfloat16(torch.device("cpu")) is False
+    assert native_bfloat16(torch.device("cpu")) is False
 
 
 def test_an_unknown_dtype_or_a_second_conversion_is_a_clear_error(models):
     with pytest.raises(ValueError, match="dtype 'fp16' is not one of auto, float32, bfloat16, int8"):
         load_model("random:tiny", dtype="fp16")
-    with pytest.raises(ValueError, match="already converted to int8; load it again"):
-        inference.prepare_for_inference(models["int8"], "bfloat16")
+    with pytest.raises(ValueError, match=r"already converted \(int8\); load it again"):
+        inference.to_inference(models["int8"], "bfloat16")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -117,8 +118,9 @@ def test_bfloat16_weights_are_bfloat16_and_packed_once(models):
     layers = [m for m in model.modules() if isinstance(m, BF16Linear)]
     assert len(layers) == 4 * model.config.n_layer + 1  # the blocks' four, and the head's
     assert all(m.weight.dtype == torch.bfloat16 for m in layers)
-    if kernels._onednn_bf16_available():  # on CPUs with oneDNN's bfloat16: only the packed copy is kept
-        assert all(m.weight.is_mkldnn for m in layers)
+    # oneDNN keeps only its packed (opaque) copy; torch's own product a plain bfloat16 weight.
+    assert all(m.weight.is_mkldnn == (m.kernel == "onednn") for m in layers)
+    assert {m.kernel for m in layers} <= set(kernels.candidates("bfloat16"))
     assert model.transformer.wte.weight.dtype == torch.bfloat16
     assert model_dtype(model) == "bfloat16" and model_dtype(models["float32"]) == "float32"
 

@@ -1,13 +1,27 @@
-"""The inference kernels: bfloat16 head and attention, int8 linear layers, oneDNN's one-row result."""
+"""The inference layers: bfloat16 head, int8 kernels, a row's bits alone and batched, the measured kernel choice."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import torch.nn as nn
 
 import gpt2_scratch.kernels as kernels
-from gpt2_scratch.kernels import BF16Head, BF16Linear, Int8Linear, PackedLinear
+from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.inference import load_model, model_kernels, to_inference
+from gpt2_scratch.kernels import BF16Head, Float32Linear, Int8Linear
+from gpt2_scratch.model import GPT, attention
+
+
+def linear_of(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
 
 
 def test_head_keeps_logits_with_a_large_common_offset_accurate():
@@ -19,37 +33,33 @@ def test_head_keeps_logits_with_a_large_common_offset_accurate():
     exact = x.float() @ weight.T  # what a float32 head computes from the same input
     assert exact.mean() < -80
     naive = (x @ weight.to(torch.bfloat16).T).float()
-    with torch.inference_mode():
-        centered = BF16Head(weight)(x)
-    assert (naive - exact).abs().mean() > 0.1  # measured: 0.13 (0.38 at most)
-    assert (centered - exact).abs().mean() < 0.02  # measured: 0.012 (0.07 at most)
+    for kernel in kernels.candidates("bfloat16"):
+        with torch.inference_mode():
+            centered = BF16Head(linear_of(weight), kernel)(x)
+        assert (naive - exact).abs().mean() > 0.1  # measured: 0.13 (0.38 at most)
+        assert (centered - exact).abs().mean() < 0.02, kernel  # measured: 0.012 (0.07 at most)
 
 
-def test_int8_decode_kernel_and_prefill_path_agree():
+def test_int8_kernels_agree_with_the_dequantized_weights():
     g = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(96, 64, generator=g) * 0.05, torch.randn(96, generator=g)
-    layer = Int8Linear(weight, bias)
     x = torch.randn(20, 64, generator=g).to(torch.bfloat16)
-    dequantized = layer.weight.float() * layer.scale.float()[:, None]
-    assert ((dequantized - weight).abs() <= layer.scale.float()[:, None] / 2 + 1e-7).all()  # half a step
-    assert (layer.weight.abs().amax(dim=1) >= 126).all()  # and the int8 range is used
-    odd_layer = Int8Linear(weight[:, :60], bias)  # the kernel needs the inner size to be a multiple of 16
-    assert layer.use_kernel and not odd_layer.use_kernel
-    with torch.inference_mode():
-        few = layer(x[: kernels.INT8_KERNEL_MAX_ROWS])  # the int8 kernel
-        many = layer(x)  # more rows: dequantized product
-        odd = odd_layer(x[:2, :60])  # dequantized product
+    packed, dequant = Int8Linear(linear_of(weight, bias), "int8pack"), Int8Linear(linear_of(weight, bias), "dequant")
+    dequantized = packed.weight.float() * packed.scale.float()[:, None]
+    assert ((dequantized - weight).abs() <= packed.scale.float()[:, None] / 2 + 1e-7).all()  # half a step
+    assert (packed.weight.abs().amax(dim=1) >= 126).all()  # and the int8 range is used
+    odd = Int8Linear(linear_of(weight[:, :60], bias), "int8pack")  # the kernel needs a multiple of 16 inputs
+    assert (packed.kernel, odd.kernel) == ("int8pack", "dequant")
     exact = x.float() @ dequantized.T + bias
-    assert torch.allclose(few.float(), exact[: len(few)], atol=0.05)
-    assert torch.allclose(many.float(), exact, atol=0.05)
-    assert torch.allclose(odd.float(), x[:2, :60].float() @ dequantized[:, :60].T + bias, atol=0.05)
+    with torch.inference_mode():
+        for layer in (packed, dequant):
+            assert torch.allclose(layer(x).float(), exact, atol=0.05)
+        assert torch.allclose(odd(x[:2, :60]).float(), x[:2, :60].float() @ dequantized[:, :60].T + bias, atol=0.05)
 
 
 def test_bfloat16_decoding_attends_in_float32_on_cpu():
     # One query a row (decoding): computed in float32 from the bfloat16 cache, then rounded once;
     # many queries (prefill) stay on the bfloat16 kernel.
-    from gpt2_scratch.kernels import decode_attention as attention
-
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8, generator=g).bfloat16() for _ in range(3))
     one = q[:, :, -1:]
@@ -68,19 +78,64 @@ def test_bfloat16_decoding_attends_in_float32_on_cpu():
 # --------------------------------------------------------------------------- numerics
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_row_gets_the_same_bits_alone_as_among_others(dtype):
-    """Here oneDNN multiplies one row with 3072 inputs with another kernel than several rows, whose sums round
-    differently: such a layer computes a lone row as two, so a request decodes the same alone and batched."""
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("shape", [(3072, 768), (768, 2304)])
+def test_every_kernel_the_probe_accepts_gives_a_row_the_same_bits_alone_and_batched(fmt, shape):
+    """A kernel may multiply one row with another routine than several (oneDNN does at 3072 inputs here):
+    the probe finds it, and the layer then computes a lone row as two."""
     torch.manual_seed(0)
-    linear = nn.Linear(3072, 768)
-    x = torch.randn(16, 3072) * torch.exp(2 * torch.randn(16, 3072))  # many magnitudes: rounding shows
-    if dtype == "float32":
-        linear.__class__ = PackedLinear  # as prepare_for_inference does
-        layer = linear
-    else:
-        layer, x = BF16Linear(linear.weight, linear.bias), x.to(torch.bfloat16)
+    linear = nn.Linear(*shape)
+    x = torch.randn(16, shape[0]) * torch.exp(2 * torch.randn(16, shape[0]))  # many magnitudes: rounding shows
+    x = x.to(kernels.ACTIVATIONS[fmt])
+    for kernel in kernels.candidates(fmt):
+        layer = kernels.LAYERS[fmt](linear, kernel)
+        exact, lone = kernels._probe(layer, x.dtype)
+        if not exact:
+            continue  # never chosen
+        layer.lone_row_as_two = lone
+        with torch.inference_mode():
+            together = layer(x)
+            for n in (1, 2, 5):
+                for i in range(0, 16, n):
+                    assert torch.equal(layer(x[i : i + n]), together[i : i + n]), f"{kernel}: rows {i}..{i + n}"
+
+
+def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_forced(tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    calls = []
+    real = kernels.measure
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a) or real(*a, **k))
+    kernel, _ = kernels.choose_kernel("float32", 64, 96)
+    assert kernel in kernels.candidates("float32") and calls == [("float32", 64, 96)]
+    saved = json.loads((tmp_path / "kernels.json").read_text())
+    (key,) = saved
+    assert key.endswith("|float32|64x96") and f"{torch.get_num_threads()} threads" in key
+    assert set(saved[key]["seconds"]) == set(kernels.candidates("float32"))
+    assert all(t1 > 0 and t8 > 0 for t1, t8 in saved[key]["seconds"].values())
+    monkeypatch.setattr(kernels, "_CHOICES", {})  # a new process: read from the cache, not measured again
+    assert kernels.choose_kernel("float32", 64, 96)[0] == kernel and len(calls) == 1
+    monkeypatch.setenv(kernels.KERNEL_ENV, "mkl")
+    assert kernels.choose_kernel("float32", 64, 96)[0] == "mkl" and len(calls) == 1
+    model, _ = load_model("random:tiny")
+    assert model_kernels(model) == {"mkl": 4 * model.config.n_layer + 1}
+    monkeypatch.setenv(kernels.KERNEL_ENV, "int4")
+    with pytest.raises(ValueError, match=r"GPT2_SCRATCH_KERNEL='int4' is not a float32 kernel \(onednn, mkl\)"):
+        kernels.choose_kernel("float32", 64, 96)
+
+
+def test_a_float32_inference_model_keeps_the_plain_models_parameters_names_and_numbers():
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig.from_preset("tiny")).eval()
+    names = {k: v.clone() for k, v in plain.state_dict().items()}
+    idx = torch.randint(0, plain.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = plain(idx)
+    params = {n: p for n, p in plain.named_parameters()}
+    fast = to_inference(plain, "float32")
+    assert isinstance(fast.transformer.h[0].mlp.c_fc, Float32Linear) and "Float32Linear" in repr(fast)
+    assert {n: p for n, p in fast.named_parameters()}.keys() == params.keys()
+    assert all(p is params[n] for n, p in fast.named_parameters())  # the very Parameters
+    assert fast.state_dict().keys() == names.keys()
     with torch.inference_mode():
-        together = layer(x)
-        for i in range(len(x)):
-            assert torch.equal(layer(x[i : i + 1])[0], together[i]), f"row {i}"
+        torch.testing.assert_close(fast(idx), expected, atol=2e-5, rtol=0)

@@ -23,8 +23,9 @@ from gpt2_scratch.checkpoint import (
     read_safetensors,
     save_adapter_checkpoint,
 )
-from gpt2_scratch.inference import load_model, model_dtype, prepare_for_inference
-from gpt2_scratch.kernels import BF16Linear, Int8Linear
+from gpt2_scratch.inference import load_model, model_dtype
+from gpt2_scratch.kernels import BF16Linear, Float32Linear, Int8Linear
+from gpt2_scratch.loading import load_gpt
 
 TOKENS = torch.tensor(
     [[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13], [40, 588, 257, 1110, 286, 11, 1, 2, 3, 4]]
@@ -52,7 +53,7 @@ def base(hf_tiny):
 
 
 def adapted(source: str, config: lora.LoRAConfig | None = None, seed: int = 1):
-    model, _ = load_model(source)
+    model, _ = load_gpt(source)  # the plain model, as training loads it
     lora.inject(model, config or lora.LoRAConfig(rank=4), torch.Generator().manual_seed(0))
     nudge(model, seed)
     return model.eval()
@@ -160,14 +161,16 @@ def test_adapters_off_is_exactly_the_base(hf_tiny):
         pass
 
 
-def test_adapter_tokens_switch_the_adapter_per_row_exactly(hf_tiny):
+def test_the_forward_switches_the_adapter_per_token_exactly(hf_tiny):
     model = adapted(str(hf_tiny[1])).eval()
     base, with_adapter = logits(lora.base_view(model)), logits(model)
     assert lora.view_of(lora.base_view(model)) is model and lora.view_of(model) is None
-    with lora.adapter_tokens(torch.tensor([1.0, 0.0]).view(2, 1, 1)):  # row 0 adapted, row 1 the base
-        mixed = logits(model)
+    adapter = torch.zeros(TOKENS.shape, dtype=torch.bool)
+    adapter[0] = True  # row 0 adapted, row 1 the base
+    with torch.no_grad():
+        mixed = model(TOKENS, adapter=adapter)
     assert torch.equal(mixed[0], with_adapter[0]) and torch.equal(mixed[1], base[1])
-    assert torch.equal(logits(model), with_adapter)  # off again after the block
+    assert torch.equal(logits(model), with_adapter)  # nothing stays switched
     with pytest.raises(ValueError, match="no adapters"):
         lora.base_view(load_model(str(hf_tiny[1]))[0])
 
@@ -285,24 +288,25 @@ def test_an_adapter_kept_apart_in_a_reduced_format_shares_the_converted_base(ada
     apart, _ = load_model(str(folder), merge=False, dtype=dtype)
     assert model_dtype(apart) == dtype
     c_attn = apart.transformer.h[0].attn.c_attn
-    assert isinstance(c_attn, lora.LoRAInference) and isinstance(c_attn.base, layer)
+    assert isinstance(c_attn, lora.LoRALinear) and isinstance(c_attn.base_layer, layer)
+    assert c_attn.lora_A.dtype == torch.float32  # the adapter stays float32
     view = lora.base_view(apart)
-    assert view.transformer.h[0].attn.c_attn is c_attn.base  # the same converted weights, not a copy
+    assert view.transformer.h[0].attn.c_attn is c_attn.base_layer  # the same converted weights, not a copy
     reduced_base, _ = load_model(str(hf_tiny[1]), dtype=dtype)
     assert torch.equal(logits(view), logits(reduced_base))
     merged, _ = load_model(str(folder), dtype=dtype)
     # Kept apart or merged before rounding: both near the float32 adapted model.
     for m in (apart, merged):
         assert (logits(m) - logits(model)).abs().max() < 0.05
-    with pytest.raises(RuntimeError, match="converted for inference"):
+    with pytest.raises(RuntimeError, match="converted to bfloat16/int8 for inference"):
         apart.train()
 
 
 def test_float32_with_the_adapter_apart_stays_trainable(adapter_folder):
     folder, _, _ = adapter_folder
     apart, _ = load_model(str(folder), merge=False)
-    prepare_for_inference(apart, "float32")  # again: nothing changes
-    assert isinstance(apart.transformer.h[0].attn.c_attn, lora.LoRALinear)
+    c_attn = apart.transformer.h[0].attn.c_attn
+    assert isinstance(c_attn, lora.LoRALinear) and isinstance(c_attn.base_layer, Float32Linear)
     apart.train()
     assert {n for n, p in apart.named_parameters() if p.requires_grad} == {
         k for k in apart.state_dict() if k.endswith(("lora_A", "lora_B"))

@@ -27,9 +27,11 @@ from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import WEIGHTS_FILE, CheckpointInfo, read_checkpoint_info, read_export_info
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
+from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.inference import RANDOM_PREFIX, load_model, model_dtype, resolve_device, resolve_dtype
+from gpt2_scratch.inference import load_model, model_dtype, resolve_dtype
+from gpt2_scratch.loading import RANDOM_PREFIX
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths, display_path, unfinished_problem

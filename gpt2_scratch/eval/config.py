@@ -15,11 +15,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings
 from gpt2_scratch.eval.judge import JUDGE_API_KEY_ENV, JudgeConfig
 from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.inference import DTYPES, resolve_device
+from gpt2_scratch.inference import DTYPES
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
 
 WHAT = "what to evaluate"

@@ -7,8 +7,10 @@ rows; newcomers join, and finished or cancelled rows leave, between two steps.
 Invariant: a greedy or seeded request gets exactly the tokens it gets alone (``sampling.generate``):
 each row keeps its own KV cache and attention call (a "ragged" batch, not left padding), and only
 row-independent work is batched. Why, and where exactness stops: docs/design.md.
-On a model with unmerged LoRA adapters, ``submit(..., adapter=False)`` decodes a row of the base model in
-the same steps (``lora.adapter_tokens``): base and finetuned answers share one batch and one copy of the base.
+The engine builds inputs and reads logits; the forward pass is the model's own (``GPT.forward`` with a
+``RaggedCache``). On a model with unmerged LoRA adapters, ``submit(..., adapter=False)`` decodes a row of
+the base model in the same steps (``GPT.forward``'s ``adapter``): base and finetuned answers share one batch
+and one copy of the base.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from gpt2_scratch import lora
 from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
-from gpt2_scratch.model import GPT, KVCache, attention
+from gpt2_scratch.model import GPT, KVCache, RaggedCache
 from gpt2_scratch.tokenizer import EOS_ID
 
 FINISH_REASONS = ("eos", "length", "cancelled", "error", "closed")
@@ -375,57 +377,17 @@ class Engine:
         self._rows = running
 
 
-class _RaggedCache:
-    """The rows' own ``KVCache``s, seen by the model's layers as one cache for their concatenated tokens.
-
-    ``CausalSelfAttention`` hands it the queries, keys and values of the whole
-    sequence ``(1, nh, N, hs)``; each row's span goes to that row's cache and
-    its own attention call (``KVCache.attend``), exactly as when the row runs alone.
-    """
-
-    def __init__(self, rows: Sequence[_Row], spans: Sequence[tuple[int, int]]):
-        self.rows, self.spans = rows, spans  # spans: (offset in the sequence, number of new tokens)
-
-    def attend(self, layer: int, q, k, v, mask, dropout_p: float = 0.0, attn=attention) -> torch.Tensor:
-        ys = [
-            row.cache.attend(layer, q[:, :, o : o + T], k[:, :, o : o + T], v[:, :, o : o + T], None, attn=attn)
-            for row, (o, T) in zip(self.rows, self.spans)
-        ]
-        return torch.cat(ys, dim=2)  # (1, nh, N, hs)
-
-
 def _forward_rows(model: GPT, rows: Sequence[_Row]) -> torch.Tensor:
-    """Logits ``(R, V)`` after each row's ``feed`` tokens: ``GPT.forward`` for a ragged batch.
+    """Logits ``(R, V)`` after each row's ``feed`` tokens: one ``GPT.forward`` over a ragged batch.
 
-    The same modules and the same arithmetic per row as ``model(feed, cache=...,
-    last_only=True)`` with the row alone: the rows' tokens are concatenated into
-    one sequence ``(1, N, C)`` for everything that works row by row (the blocks
-    themselves, through ``_RaggedCache``), and each row attends over its own
-    cache with its own ``scaled_dot_product_attention`` call (see the module doc
-    for why). Dropout is skipped (the model is in eval mode).
+    The rows' tokens go in one after the other, ``(1, N)``; a ``RaggedCache`` gives each row its own
+    cache and attention call, so each row gets what ``model(feed, cache=..., last_only=True)`` gives
+    it alone. ``adapter`` switches a LoRA model's adapters off for the base model's rows.
     """
-    tr = model.transformer
     device = model.device
-    spans, offset = [], 0
-    for row in rows:
-        spans.append((offset, len(row.feed)))
-        offset += len(row.feed)
     idx = torch.tensor([t for row in rows for t in row.feed], device=device).unsqueeze(0)  # (1, N)
-    pos = [row.cache.length + j for row in rows for j in range(len(row.feed))]
-    x = tr.wte(idx) + tr.wpe(torch.tensor(pos, device=device).unsqueeze(0))  # (1, N, C)
-    cache = _RaggedCache(rows, spans)
-    with lora.adapter_tokens(_adapter_mask(rows, device)):
-        for layer, block in enumerate(tr.h):
-            x = block(x, layer, cache)
-    for row, (_, T) in zip(rows, spans):
-        row.cache.length += T
-    last = torch.tensor([o + T - 1 for o, T in spans], device=device)
-    return model.lm_head(tr.ln_f(x[:, last]))[0]  # (R, V)
-
-
-def _adapter_mask(rows: Sequence[_Row], device) -> torch.Tensor | None:
-    """``(1, N, 1)``: 1 for the tokens of rows with the adapter on, 0 for base rows; None when all are on."""
-    if all(row.request.adapter for row in rows):
-        return None
-    keep = [float(row.request.adapter) for row in rows for _ in row.feed]
-    return torch.tensor(keep, device=device).view(1, -1, 1)
+    cache = RaggedCache([row.cache for row in rows], [len(row.feed) for row in rows])
+    adapter = None
+    if not all(row.request.adapter for row in rows):
+        adapter = torch.tensor([row.request.adapter for row in rows for _ in row.feed], device=device).unsqueeze(0)
+    return model(idx, cache=cache, adapter=adapter, last_only=True)[0]  # (R, V)

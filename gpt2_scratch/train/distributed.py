@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from gpt2_scratch.inference import resolve_device
+from gpt2_scratch.devices import resolve_device
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

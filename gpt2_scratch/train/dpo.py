@@ -28,7 +28,7 @@ from gpt2_scratch.checkpoint import read_safetensors
 from gpt2_scratch.data.batches import collate
 from gpt2_scratch.data.preferences import EncodedPair
 from gpt2_scratch.files import atomic_write
-from gpt2_scratch.inference import load_model
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.model import GPT
 from gpt2_scratch.train.log import DPO_METRICS
@@ -222,7 +222,7 @@ class DPOStepRunner(StepRunner):
             yield self.model
             return
         # Resumed, but the saved table is gone (deleted by hand): the base model again, for this one pass.
-        model, _ = load_model(self.config.base, device=self.device)
+        model, _ = load_gpt(self.config.base, self.device)
         yield model
 
     @torch.inference_mode()

@@ -30,7 +30,7 @@ from gpt2_scratch import lora
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler
 from gpt2_scratch.data.records import Record, resolve_source
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
-from gpt2_scratch.inference import load_model
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
@@ -130,7 +130,7 @@ class Trainer:
         """The base model in training mode, and the example length it allows."""
         cfg = self.config
         with self.dist_ctx.main_first():  # a Hub download happens once, by rank 0
-            model, info = load_model(cfg.base, device=self.device)
+            model, info = load_gpt(cfg.base, self.device)
         style = info.prompt_style if info is not None else None
         if cfg.method == "dpo" and style not in (None, cfg.prompt_style):
             raise ValueError(f"--base {cfg.base} was finetuned with --prompt-style {style}; pass the same for DPO")

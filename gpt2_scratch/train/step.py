@@ -55,8 +55,7 @@ def attach_adapters(model: GPT, config: TrainConfig) -> AdapterInfo | None:
     if not config.lora_rank:
         return None
     adapter = AdapterInfo(config.lora_config(), config.base, lora.base_sha256(model))
-    # Unpacked: an evaluation during training would pack a second copy of the frozen base.
-    lora.inject(model, adapter.lora, torch.Generator(model.device).manual_seed(config.seed), packed=False)
+    lora.inject(model, adapter.lora, torch.Generator(model.device).manual_seed(config.seed))
     return adapter
 
 

@@ -302,17 +302,16 @@ def adapted(request):
     """``random:tiny`` with rank-4 LoRA adapters (seeded noise on B, so they change the answers), kept apart
     and converted to the format of the parameter: the engine's model; its ``lora.base_view`` is the base."""
     from gpt2_scratch import lora
-    from gpt2_scratch.inference import prepare_for_inference
+    from gpt2_scratch.inference import to_inference
+    from gpt2_scratch.loading import load_gpt
 
-    model = load_model("random:tiny")[0]
+    model = load_gpt("random:tiny")[0]
     lora.inject(model, lora.LoRAConfig(rank=4), torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for _, layer in lora.lora_layers(model):
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.2)
-    model.eval()
-    if request.param != "float32":
-        model = prepare_for_inference(model, request.param)
+    model = to_inference(model.eval(), request.param)  # the inference layers under the adapters
     return model, lora.base_view(model)
 
 

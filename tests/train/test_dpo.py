@@ -195,7 +195,7 @@ def test_with_lora_the_reference_is_the_policy_with_its_adapters_off(tmp_path, m
     def no_second_model(*args, **kwargs):
         raise AssertionError("a LoRA run must not load its base again for the reference")
 
-    monkeypatch.setattr("gpt2_scratch.train.dpo.load_model", no_second_model)
+    monkeypatch.setattr("gpt2_scratch.train.dpo.load_gpt", no_second_model)
     train(TrainConfig(resume=str(paths.root)))  # adapters trained 2 steps: the reference is them switched off
     again = read_safetensors(paths.reference_logps)
     assert torch.equal(saved["ids"], again["ids"]) and torch.equal(saved["logps"], again["logps"])

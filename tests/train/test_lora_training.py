@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 import finetune
 from gpt2_scratch import lora
@@ -91,8 +92,8 @@ def test_only_the_adapters_train_and_the_base_stays_bit_identical(reference):
     for key, tensor in base_state.items():
         assert torch.equal(state[key], tensor), key
     assert all(torch.count_nonzero(state[k]) > 0 for k in adapter_keys if k.endswith("lora_B"))  # B has moved
-    # Evaluations during training keep no packed copy of the frozen base (it would double its memory).
-    assert all(not layer.packed and "_onednn_weight" not in vars(layer) for _, layer in lora.lora_layers(trainer.model))
+    # Training runs the plain model: no inference layer (nor its packed copy of the frozen base) under the adapters.
+    assert all(type(layer.base_layer) is nn.Linear for _, layer in lora.lora_layers(trainer.model))
     # AdamW holds the adapters and nothing else: no state for the frozen base.
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     # rank 4 x 2 blocks x (c_attn 64+192, attn.c_proj 64+64, c_fc 64+256, mlp.c_proj 256+64)
