@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="inference format of both models: auto (bfloat16 on CUDA and on CPUs with native bfloat16, "
         "else float32), float32, bfloat16 or int8 (weight-only)",
     )
+    p.add_argument(
+        "--kernel",
+        help="the product kernel of every linear layer (float32/bfloat16: onednn or mkl; int8: int8pack or "
+        "dequant); default: measured per layer shape on this CPU and cached (also GPT2_SCRATCH_KERNEL)",
+    )
     # Defaults in gpt2_scratch.demo.backends (DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING).
     p.add_argument(
         "--no-batching",
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             find_sources=lambda: find_runs(runs_dir, hub_repo),  # the results tab's refresh button
             backend=backend,
             dtype=args.dtype,
+            kernel=args.kernel,
         )
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:

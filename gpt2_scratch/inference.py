@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from gpt2_scratch.checkpoint import CheckpointInfo
 from gpt2_scratch.devices import native_bfloat16
-from gpt2_scratch.kernels import LAYERS, BF16Head, Int8Linear, choose_kernel
+from gpt2_scratch.kernels import LAYERS, BF16Head, Int8Linear, check_kernel, choose_kernel
 from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.model import GPT, LayerNorm
 
@@ -47,20 +47,10 @@ def model_dtype(model: nn.Module) -> str:
     return "bfloat16" if isinstance(model.lm_head, BF16Head) else "float32"
 
 
-def model_kernels(model: nn.Module) -> dict[str, int]:
-    """How many layers use each kernel, e.g. ``{"onednn": 48, "mkl": 1}`` (empty for a plain model)."""
-    counts: dict[str, int] = {}
-    for m in model.modules():
-        kernel = getattr(m, "kernel", None)
-        if isinstance(kernel, str):
-            counts[kernel] = counts.get(kernel, 0) + 1
-    return counts
-
-
-def _inference_layer(linear: nn.Linear, fmt: str, layer_type: type | None = None) -> nn.Module:
-    """``linear`` as ``fmt``'s inference layer (or ``layer_type``), with its kernel chosen by measurement."""
+def _inference_layer(linear: nn.Linear, fmt: str, kernel: str | None, layer_type: type | None = None) -> nn.Module:
+    """``linear`` as ``fmt``'s inference layer (or ``layer_type``), its kernel ``kernel`` or chosen by measurement."""
     if linear.weight.device.type == "cpu":
-        kernel, lone_row_as_two = choose_kernel(fmt, linear.in_features, linear.out_features)
+        kernel, lone_row_as_two = choose_kernel(fmt, linear.in_features, linear.out_features, kernel)
     else:  # the candidates are CPU kernels; elsewhere torch's own product
         kernel, lone_row_as_two = ("dequant" if fmt == "int8" else "mkl"), False
     layer = (layer_type or LAYERS[fmt])(linear, kernel)
@@ -69,27 +59,30 @@ def _inference_layer(linear: nn.Linear, fmt: str, layer_type: type | None = None
 
 
 @torch.no_grad()
-def to_inference(model: GPT, dtype: str = "float32") -> GPT:
+def to_inference(model: GPT, dtype: str = "float32", kernel: str | None = None) -> GPT:
     """``model`` (in place, in eval mode) with inference layers: ``float32``, ``bfloat16`` or ``int8``.
 
     Every ``nn.Linear`` of the blocks (a LoRA layer's ``base_layer`` included: the adapter wraps
     the inference layer and stays float32) and the head are replaced; ``bfloat16`` and ``int8``
     also put the embeddings and LayerNorms in bfloat16 (the activations' format) and the head in
     ``BF16Head``. float32 keeps every Parameter: the model's numbers are the plain model's.
+    ``kernel``: one of ``kernels.KERNELS[dtype]`` for every layer (default: measured per shape).
     """
     if dtype not in DTYPES[1:]:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES[1:])} (resolve 'auto' with resolve_dtype)")
     if any(type(m) in LAYERS.values() for m in model.modules()):
         raise ValueError(f"the model is already converted ({model_dtype(model)}); load it again to convert it")
+    check_kernel(dtype, kernel)
     for block in model.transformer.h:
         for parent in [m for m in block.modules() if not isinstance(m, nn.Linear)]:
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
-                    setattr(parent, name, _inference_layer(child, dtype))
+                    setattr(parent, name, _inference_layer(child, dtype, kernel))
     if dtype == "float32":
-        model.lm_head = _inference_layer(model.lm_head, dtype)  # the tied Parameter, shared with wte
+        model.lm_head = _inference_layer(model.lm_head, dtype, kernel)  # the tied Parameter, shared with wte
     else:
-        model.lm_head = _inference_layer(model.lm_head, "bfloat16", BF16Head)
+        head_kernel = kernel if dtype == "bfloat16" else None  # int8's head is bfloat16: its own choice
+        model.lm_head = _inference_layer(model.lm_head, "bfloat16", head_kernel, BF16Head)
         for module in model.modules():
             if isinstance(module, (nn.Embedding, LayerNorm)):
                 module.to(torch.bfloat16)
@@ -154,6 +147,7 @@ def load_model(
     dtype: str = "float32",
     merge: bool = True,
     base: str | None = None,
+    kernel: str | None = None,
 ) -> tuple[GPT, CheckpointInfo | None]:
     """The one entry point for "give me a model to run from this string": ``loading.load_gpt`` + ``to_inference``.
 
@@ -161,8 +155,10 @@ def load_model(
     (weight-only) or ``auto`` (bfloat16 where the device computes it natively, else float32;
     ``resolve_dtype``). The weights are read in float32 and converted here. ``merge`` and
     ``base``: ``load_gpt``'s (a LoRA checkpoint's adapter merged or kept apart, another base).
+    ``kernel``: ``to_inference``'s (default: measured).
     """
     dtype = resolve_dtype(dtype, device)  # a bad name fails before any loading
+    check_kernel(dtype, kernel)
     with low_peak_loading(dtype):
         model, info = load_gpt(source, device, merge=merge, base=base)
-        return to_inference(model, dtype), info
+        return to_inference(model, dtype, kernel), info

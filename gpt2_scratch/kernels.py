@@ -301,18 +301,25 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
 _CHOICES: dict[str, dict] = {}
 
 
-def choose_kernel(fmt: str, in_features: int, out_features: int) -> tuple[str, bool]:
+def check_kernel(fmt: str, kernel: str | None, option: str = "--kernel") -> str | None:
+    """``kernel`` (or ``GPT2_SCRATCH_KERNEL``) when it names one of ``fmt``'s kernels; None: measure. One-line errors."""
+    if kernel is None:
+        kernel, option = os.environ.get(KERNEL_ENV, "").strip() or None, KERNEL_ENV
+    if kernel is not None and kernel not in KERNELS[fmt]:
+        raise ValueError(f"{option}={kernel!r} is not a {fmt} kernel ({', '.join(KERNELS[fmt])})")
+    if kernel is not None and kernel not in candidates(fmt):
+        raise ValueError(f"{option}={kernel}: that kernel is not available on this CPU")
+    return kernel
+
+
+def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | None = None) -> tuple[str, bool]:
     """(kernel, lone row as two) for an ``(out, in)`` layer in ``fmt``: measured once per machine and cached.
 
-    ``GPT2_SCRATCH_KERNEL`` forces a kernel (its lone-row rule is still probed).
+    ``kernel`` (else ``GPT2_SCRATCH_KERNEL``) forces one (its lone-row rule is still probed).
     """
-    forced = os.environ.get(KERNEL_ENV, "").strip()
-    if forced and forced not in KERNELS[fmt]:
-        raise ValueError(f"{KERNEL_ENV}={forced!r} is not a {fmt} kernel ({', '.join(KERNELS[fmt])})")
+    forced = check_kernel(fmt, kernel)
     key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}"
     if forced:
-        if forced not in candidates(fmt):
-            raise ValueError(f"{KERNEL_ENV}={forced}: that kernel is not available on this CPU")
         dummy = nn.Linear(in_features, out_features, device="meta")
         dummy.weight = nn.Parameter(torch.randn(out_features, in_features) * 0.02)
         dummy.bias = nn.Parameter(torch.zeros(out_features))
@@ -332,3 +339,29 @@ def choose_kernel(fmt: str, in_features: int, out_features: int) -> tuple[str, b
             pass
     choice = _CHOICES[key]
     return choice["kernel"], bool(choice["lone_row_as_two"])
+
+
+def summary(model: nn.Module) -> str:
+    """The kernels of ``model``'s inference layers for a header or a log line, e.g. ``onednn x48, mkl x1``."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, _InferenceLinear):
+            counts[m.kernel] = counts.get(m.kernel, 0) + 1
+    return ", ".join(f"{k} x{n}" for k, n in counts.items()) or "torch's own (a plain model)"
+
+
+def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> str:
+    """The kernel each layer of a GPT-2 of this width gets in ``fmt`` (measured now if not cached), for a header.
+
+    e.g. ``c_attn onednn, attn.c_proj onednn, c_fc onednn, mlp.c_proj onednn (lone row as two), head mkl``.
+    """
+    C = n_embd
+    layers = {"c_attn": (C, 3 * C), "attn.c_proj": (C, C), "c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
+    head_fmt = fmt if fmt == "float32" else "bfloat16"  # int8's head is bfloat16 (BF16Head)
+    parts = []
+    for name, (n_in, n_out) in [*layers.items(), ("head", (C, vocab_size))]:
+        layer_fmt = head_fmt if name == "head" else fmt
+        forced = kernel if layer_fmt == fmt else None
+        chosen, lone = choose_kernel(layer_fmt, n_in, n_out, forced)
+        parts.append(f"{name} {chosen}" + (" (lone row as two)" if lone else ""))
+    return ", ".join(parts)

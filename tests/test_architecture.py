@@ -116,3 +116,29 @@ def test_modules_and_functions_stay_readable():
                 if lines > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.name}: {node.name} has {lines} lines")
     assert too_long == []
+
+
+def test_training_never_imports_the_inference_layer():
+    # Training loads and runs the plain model of model.py (loading.load_gpt), never the inference layers.
+    g = graph()
+
+    def reach(module: str, seen: set[str]) -> set[str]:
+        for dep in g.get(module, ()):
+            if dep not in seen:
+                seen.add(dep)
+                reach(dep, seen)
+        return seen
+
+    for module in (m for m in g if m.startswith("gpt2_scratch.train")):
+        assert not {"gpt2_scratch.inference", "gpt2_scratch.kernels"} & reach(module, set()), module
+
+
+def test_nothing_rewires_a_model_at_run_time():
+    """No class swapped, no thread-local, no forward pass outside model.py: what model.py says is what runs."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for needle in ("__class__ =", "threading.local", ".transformer.h[", "ln_f(", ".wte(", ".wpe("):
+            if needle in source and path.name != "model.py":
+                found.append(f"{path.relative_to(PACKAGE)}: {needle}")
+    assert found == []

@@ -149,3 +149,20 @@ def test_load_model_dispatches_on_the_source(tmp_path, hf_tiny, model):
     assert hf_model.config.n_head == 4
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         load_model("random:huge")
+
+
+@pytest.mark.parametrize("fixture", ["hf_tiny", pytest.param("hf_124m", marks=pytest.mark.slow)])
+def test_the_inference_layers_keep_parity_with_transformers(fixture, request):
+    """float32 through the measured kernels: transformers' logits on the same weights, tiny and 124M."""
+    hf, folder = request.getfixturevalue(fixture)
+    ours, _ = load_model(str(folder))
+    assert kernels.Float32Linear in {type(m) for m in ours.modules()}
+    idx = torch.randint(0, 50257, (2, 37), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = hf(idx).logits
+        got = ours(idx)
+        cache = ours.new_cache(2, 38)
+        ours(idx[:, :30], cache=cache)
+        step = ours(idx[:, 30:31], cache=cache)  # a decode step through the cache
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert (step[:, -1] - expected[:, 30]).abs().max().item() <= 1e-4

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import gpt2_scratch.kernels as kernels
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.inference import load_model, model_kernels, to_inference
+from gpt2_scratch.inference import load_model, to_inference
 from gpt2_scratch.kernels import BF16Head, Float32Linear, Int8Linear
 from gpt2_scratch.model import GPT, attention
 
@@ -118,10 +118,18 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     monkeypatch.setenv(kernels.KERNEL_ENV, "mkl")
     assert kernels.choose_kernel("float32", 64, 96)[0] == "mkl" and len(calls) == 1
     model, _ = load_model("random:tiny")
-    assert model_kernels(model) == {"mkl": 4 * model.config.n_layer + 1}
+    assert kernels.summary(model) == f"mkl x{4 * model.config.n_layer + 1}"
     monkeypatch.setenv(kernels.KERNEL_ENV, "int4")
     with pytest.raises(ValueError, match=r"GPT2_SCRATCH_KERNEL='int4' is not a float32 kernel \(onednn, mkl\)"):
         kernels.choose_kernel("float32", 64, 96)
+    monkeypatch.delenv(kernels.KERNEL_ENV)
+    with pytest.raises(ValueError, match=r"--kernel='dequant' is not a float32 kernel"):
+        load_model("random:tiny", kernel="dequant")
+    model, _ = load_model("random:tiny", dtype="int8", kernel="dequant")  # the option, without the variable
+    assert (
+        kernels.summary(model)
+        == f"dequant x{4 * model.config.n_layer}, {kernels.choose_kernel('bfloat16', 64, 50257)[0]} x1"
+    )
 
 
 def test_a_float32_inference_model_keeps_the_plain_models_parameters_names_and_numbers():

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from gpt2_scratch import lora
+from gpt2_scratch import kernels, lora
 from gpt2_scratch.checkpoint import WEIGHTS_FILE, CheckpointInfo, read_checkpoint_info, read_export_info
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
@@ -72,13 +72,14 @@ class LazyModel:
         label: str,
         hint: str,
         dtype: str = "float32",
+        kernel: str | None = None,
         load: Callable[[], GPT] | None = None,
         merge: bool = True,
     ):
         self.source = source
         self.label = label
         self.hint = hint  # what to do when it cannot be loaded
-        self.dtype = dtype
+        self.dtype, self.kernel = dtype, kernel
         self.merge = merge
         self._load = load or self._load_model
         self._model: GPT | None = None
@@ -87,7 +88,7 @@ class LazyModel:
     def _load_model(self) -> GPT:
         # On a ZeroGPU Space the first load happens inside a spaces.GPU call, where CUDA is available.
         device = str(resolve_device("auto"))
-        return load_model(self.source, device=device, dtype=self.dtype, merge=self.merge)[0]
+        return load_model(self.source, device=device, dtype=self.dtype, merge=self.merge, kernel=self.kernel)[0]
 
     def get(self) -> GPT:
         """The model; a UserError naming the fix when it is missing or cannot be loaded."""
@@ -104,10 +105,11 @@ class LazyModel:
                     log.warning("could not load the %s %s: %s", self.label, self.source, str(e).splitlines()[0])
                     raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
                 log.info(
-                    "loaded %s from %s in %s in %.1f s",
+                    "loaded %s from %s in %s (kernels %s) in %.1f s",
                     self.label,
                     self.source,
                     model_dtype(self._model),
+                    kernels.summary(self._model),
                     time.perf_counter() - started,
                 )
             return self._model
@@ -211,22 +213,28 @@ class DemoApp:
         checkpoint_note: str | None = None,
         backend: Backend | None = None,
         dtype: str = "float32",
+        kernel: str | None = None,
+        config: GPTConfig | None = None,
         shared_base: bool = False,
     ):
         self.run = run
         self.run_name = run_name or (run.root.name if run else None)
         self.backend = backend or PerRequest()
         self.dtype = resolve_dtype(dtype, resolve_device("auto"))  # the format in use, for the header
+        self.kernel, self.config = kernel, config  # config: the finetuned model's, when known without loading it
         self.finetuned = LazyModel(
             str(finetuned_source) if finetuned_source else None,
             label="finetuned model",
             hint=finetuned_problem or "Create a checkpoint with `python finetune.py`.",
             dtype=self.dtype,
+            kernel=kernel,
             merge=not shared_base,
         )
         # A LoRA run of this base: the base tab is the finetuned model's weights without the adapter.
         view = (lambda: lora.base_view(self.finetuned.get())) if shared_base else None
-        self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype, load=view)
+        self.base = LazyModel(
+            base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype, kernel=kernel, load=view
+        )
         self.shared_base = shared_base
         self.finetuned_problem = finetuned_problem
         self.checkpoint_name = checkpoint_name  # how the header names the finetuned checkpoint ("run/final")
@@ -246,12 +254,13 @@ class DemoApp:
         find_sources: Callable[[], list[RunSource]] | None = None,
         backend: Backend | None = None,
         dtype: str = "float32",
+        kernel: str | None = None,
     ) -> "DemoApp":
         """The app serving ``run`` (None: no run; ``run_problem`` says why); ``base`` overrides the run's base model.
 
         The results tab offers ``sources`` (``discovery.find_runs``), with ``run`` first among them;
         ``find_sources`` lists them again for its refresh button (None: no button).
-        ``backend`` and ``dtype``: as for ``DemoApp``.
+        ``backend``, ``dtype`` and ``kernel``: as for ``DemoApp``.
         """
         check_base(base, option="--base")  # now, in one line, not a traceback at every request
         run_info: RunInfo | None = None
@@ -294,9 +303,19 @@ class DemoApp:
             checkpoint_note=note,
             backend=backend,
             dtype=dtype,
+            kernel=kernel,
+            config=info.config if info else None,
             # A LoRA run on the base served here: one copy of the base weights for both models.
             shared_base=info is not None and info.adapter is not None and info.adapter.base_model == str(base_source),
         )
+
+    def kernel_plan(self) -> str:
+        """Which kernel each layer gets on this CPU (measured now when not cached: about 2 s), for the header."""
+        if resolve_device("auto").type != "cpu":
+            return "torch's own products on the GPU"
+        if self.config is None:
+            return "chosen by measurement when a model loads"
+        return kernels.plan(self.dtype, self.config.n_embd, self.config.vocab_size, self.kernel)
 
     def eval_dtype(self) -> str | None:
         """The inference format the served run's test-set results were generated in (None: not evaluated)."""

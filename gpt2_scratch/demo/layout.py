@@ -64,7 +64,7 @@ def _serving_line(app: DemoApp) -> str:
         if backend.batching
         else "each request generates on its own"
     )
-    line = f"Inference in `{app.dtype}`; {serving}."
+    line = f"Inference in `{app.dtype}` (kernels: {app.kernel_plan()}); {serving}."
     evaluated = app.eval_dtype()
     if evaluated and evaluated != app.dtype:
         line += (

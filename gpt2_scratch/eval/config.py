@@ -114,6 +114,15 @@ class EvalConfig:
             "choices": DTYPES,
         },
     )
+    kernel: str | None = field(
+        default=None,
+        metadata={
+            "help": "the product kernel of every linear layer (float32/bfloat16: onednn or mkl; int8: int8pack "
+            "or dequant); default: measured per layer shape on this CPU and cached (also GPT2_SCRATCH_KERNEL)",
+            "group": GENERATION,
+            "default_text": "measured",
+        },
+    )
     refill: bool = field(
         default=False,
         metadata={
@@ -203,6 +212,7 @@ class EvalConfig:
             limit=self.limit,
             device=str(resolve_device(self.device or "auto")),
             dtype=self.dtype,
+            kernel=self.kernel,
             refill=self.refill,
             judge=self.judge(),
             restart=self.restart,

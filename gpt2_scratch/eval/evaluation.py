@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from gpt2_scratch import lora
+from gpt2_scratch import kernels, lora
 from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
@@ -70,6 +70,7 @@ class EvalSettings:
     limit: int | None = None  # evaluate only the first ``limit`` test records
     device: str = "cpu"
     dtype: str = "float32"  # inference format (inference.DTYPES); float32 reproduces earlier results exactly
+    kernel: str | None = None  # the linear layers' kernel (kernels.KERNELS); None: measured per shape
     judge: JudgeConfig | None = None
     restart: bool = False  # delete saved progress first
     replace: bool = False  # replace a finished evaluation made with other settings
@@ -176,11 +177,13 @@ class _Models:
     and that base with the adapter off (``base``, ``lora.base_view``): one copy of the weights.
     """
 
-    def __init__(self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str):
+    def __init__(self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str, kernel=None):
         self.run, self.base_model, self.info, self.device, self.dtype = run, base_model, info, device, dtype
+        self.kernel = kernel
         self.adapted = None
         if info.adapter is not None:
-            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False)
+            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False, kernel=kernel)
+            print(f"models: {dtype}, kernels {kernels.summary(self.adapted)}")
 
     def get(self, name: str) -> tuple[GPT, str | None]:
         """(model ready for inference, sha256 of its weights when known: ours, or the LoRA base's)."""
@@ -189,7 +192,8 @@ class _Models:
                 return lora.base_view(self.adapted), self.info.adapter.base_sha256
             return self.adapted, self.info.sha256
         source = str(self.run.final) if name == "finetuned" else self.base_model
-        model, info = load_model(source, device=self.device, dtype=self.dtype)
+        model, info = load_model(source, device=self.device, dtype=self.dtype, kernel=self.kernel)
+        print(f"{name} model: {self.dtype}, kernels {kernels.summary(model)}")
         return model, info.sha256 if info is not None else None
 
 
@@ -373,7 +377,9 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     )
     keep_finished(run, summary_of({m: {} for m in settings.models}), replace=settings.replace or settings.restart)
 
-    models = _Models(run, base_model, info, settings.device, dtype)  # a LoRA run loads here: nothing written yet
+    models = _Models(
+        run, base_model, info, settings.device, dtype, settings.kernel
+    )  # a LoRA run loads here: nothing written yet
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     if settings.restart:
         for pattern in ("partial_*.jsonl", "judge_*.jsonl"):

@@ -186,7 +186,9 @@ def test_app_starts_and_generates_in_each_dtype(app_module, finished_run, monkey
     try:
         assert capsys.readouterr().out.startswith("Serving run `run1`")
         texts = [c["props"].get("value") for c in served[0].config["components"]]
-        assert f"Inference in `{dtype}`; every request to a model joins one shared batch (up to 16 at once)." in texts
+        (line,) = [t for t in texts if isinstance(t, str) and t.startswith("Inference in")]
+        assert line.startswith(f"Inference in `{dtype}` (kernels: c_attn ") and " head " in line
+        assert line.endswith("; every request to a model joins one shared batch (up to 16 at once).")
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False, download_files=False)
         text, status = client.predict(PROMPTS[0], *greedy_args(16), api_name="/generate_base")
         model, _ = load_model("random:tiny", dtype=dtype)
@@ -207,7 +209,10 @@ def test_app_batching_options(app_module, finished_run, monkeypatch, capsys, lau
     assert kw["max_threads"] == GRADIO_THREADS
     assert {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "generate_base"} == {"default"}
     texts = [c["props"].get("value") for c in demo.config["components"]]
-    assert "Inference in `float32`; each request generates on its own." in texts
+    (line,) = [t for t in texts if isinstance(t, str) and t.startswith("Inference in")]
+    assert line.startswith("Inference in `float32` (kernels: c_attn ") and line.endswith(
+        "; each request generates on its own."
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         app_module.main([*run, "--max-batch", "0"])

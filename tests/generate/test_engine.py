@@ -346,3 +346,18 @@ def test_a_model_without_adapters_ignores_adapter_false(model, engines):
     prompt, settings = _prompts(1, seed=8)[0], SamplingSettings(max_new_tokens=5)
     request = engines(model).submit(prompt, settings, adapter=False)
     assert request.result(timeout=T) == _solo(model, prompt, settings) and request.adapter
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_the_engine_gives_each_row_its_solo_tokens_in_every_format(dtype, engines, monkeypatch):
+    """Greedy and seeded rows batched in the engine get what ``generate`` gives each alone, whatever the kernels."""
+    model, _ = load_model("random:tiny", dtype=dtype)
+    prompts = _prompts(6, seed=11)
+    settings = [SamplingSettings(max_new_tokens=12, temperature=0.0 if i % 2 else 0.8, seed=i) for i in range(6)]
+    expected = [_solo(model, p, s) for p, s in zip(prompts, settings)]
+    engine = engines(model, max_rows=6)
+    gate = held_steps(monkeypatch)  # every request waits before the first step: they all share it
+    requests = [engine.submit(p, s) for p, s in zip(prompts, settings)]
+    gate.set()
+    assert [r.result(timeout=T) for r in requests] == expected
+    assert engine.steps < sum(len(e) + 1 for e in expected)  # the rows shared steps
