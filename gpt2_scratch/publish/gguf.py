@@ -7,7 +7,7 @@ writes for the same weights: llama.cpp's GPT-2 keys and tensor names, 1-D tensor
 the token embedding, and llama.cpp's loader reuses ``token_embd`` when the head is missing), and the
 tokenizer as GPT-2's byte-level BPE. It adds the prompt style: its Jinja chat template
 (``tokenizer.chat_template``, read by llama.cpp and LM Studio) and, under ``gpt2_scratch.*``, its name
-and stop strings.
+and stop strings. ``modelfile`` writes the Ollama ``Modelfile`` that runs such a file in the style.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import gguf
 
+from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import EOS_ID, EOS_TEXT
@@ -32,6 +33,7 @@ GGUF_TYPES: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
 ARCH = "gpt2"  # llama.cpp's LLM_ARCH_GPT2
 TOKENIZER_PRE = "gpt-2"  # llama.cpp's name for GPT-2's pre-tokenizer regex
 OUR_KEYS = "gpt2_scratch"  # namespace of the keys llama.cpp does not read
+MODELFILE = "Modelfile"
 
 # Our parameter names (GPT2LMHeadModel's, nn.Linear's (out, in) layout) -> llama.cpp's tensors.
 _GLOBAL = {
@@ -172,3 +174,19 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return Path(path)
+
+
+def modelfile(gguf_name: str, prompt_style: str, config: GPTConfig) -> str:
+    """An Ollama ``Modelfile`` running ``./<gguf_name>`` in ``prompt_style``: its template and stop strings,
+    and the model's context (Ollama's default is longer than GPT-2's position embedding)."""
+    style = get_prompt_style(prompt_style)
+    return "\n".join(
+        [
+            f"# Ollama: ollama create <name> -f {MODELFILE}, then ollama run <name> (the {style.name} prompt style)",
+            f"FROM ./{gguf_name}",
+            f'TEMPLATE """{style.ollama_template()}"""',
+            *(f"PARAMETER stop {json.dumps(stop)}" for stop in style.stop),
+            f"PARAMETER num_ctx {config.block_size}",
+            "",
+        ]
+    )
