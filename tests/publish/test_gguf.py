@@ -305,3 +305,26 @@ def test_model_card_says_how_to_run_the_gguf_files(export, run, tmp_path):
     plain = export_run(run.root, tmp_path / "plain", repo_id="me/tiny-alpaca")
     assert "## Run it with llama.cpp" not in (plain.folder / "README.md").read_text()
     assert not [f for f in plain.files if f.endswith(".gguf") or f == "Modelfile"]
+
+
+def test_q8_0_stores_a_matrix_its_blocks_do_not_fit_in_f16_as_llama_cpps_converter_does(tmp_path):
+    from gpt2_scratch.config import GPTConfig
+    from gpt2_scratch.model import GPT
+    from gpt2_scratch.publish.export import official_bpe_files
+    from gpt2_scratch.publish.gguf import write_gguf
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=48, block_size=16)).eval()  # rows of 48: not 32-wide blocks
+    vocab_bpe, encoder_json = official_bpe_files()
+    path = write_gguf(
+        tmp_path / "m.gguf",
+        model,
+        "q8_0",
+        vocab_json=encoder_json,
+        merges_txt=vocab_bpe,
+        prompt_style="alpaca",
+        name="x",
+    )
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    assert types["token_embd.weight"] == types["blk.0.attn_qkv.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0  # its rows are 4 * 48 = 192 long
