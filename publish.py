@@ -1,12 +1,14 @@
 """Publish a finished run on the Hugging Face Hub, and optionally its demo as a Space.
 
     python publish.py --run runs/<name> --repo <user>/<name> [--space <user>/<space>] [--private] [--dry-run]
+                      [--gguf q8_0 [--gguf f16 ...]]
 
 Writes the run's export to <run>/export (the layout transformers reads: pipeline("text-generation",
 model="<user>/<name>") loads it; the run's own files; a model card) and uploads it as one commit to
 the model repo. With --space it also pushes the app to a Gradio Space and sets GPT2_SCRATCH_HUB_REPO
 there, so the Space shows this run. --dry-run writes the export, prints what would go where, and
-uploads nothing. The token comes from HF_TOKEN or the cached login (hf auth login).
+uploads nothing. --gguf adds model-<TYPE>.gguf files for llama.cpp and Ollama, and an Ollama
+Modelfile. The token comes from HF_TOKEN or the cached login (hf auth login).
 The work is in gpt2_scratch/publish/export.py and gpt2_scratch/publish/hub_upload.py.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from gpt2_scratch.options import ArgumentParser
 from gpt2_scratch.publish.export import WEIGHTS_DTYPES
+from gpt2_scratch.publish.gguf import GGUF_TYPES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=WEIGHTS_DTYPES,
         default=WEIGHTS_DTYPES[0],
         help="how model.safetensors is stored: bfloat16 halves what users and the Space download",
+    )
+    p.add_argument(
+        "--gguf",
+        action="append",
+        choices=tuple(GGUF_TYPES),
+        metavar="TYPE",
+        help=f"also write model-TYPE.gguf for llama.cpp and Ollama, with an Ollama Modelfile for the first; "
+        f"repeat for more types ({', '.join(GGUF_TYPES)}; a LoRA run: its merged weights)",
     )
     return p.parse_args(argv)
 
@@ -64,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             export_dir=args.export_dir,
             license=args.license,
             weights_dtype=args.weights_dtype,
+            gguf_types=args.gguf or (),
         )
         if args.dry_run:
             print(describe(plan, endpoint=constants.ENDPOINT, token_from=token_source()))

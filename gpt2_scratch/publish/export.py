@@ -2,8 +2,9 @@
 
 Entry point: ``export_run(run_dir, out)`` writes model.safetensors (GPT2LMHeadModel's keys,
 float32 or bfloat16), config.json (GPT2Config's fields plus our "gpt2_scratch" metadata),
-generation_config.json, the tokenizer files, the model card (``model_card``) and the run's own
-files at their run-relative paths, atomically. Invariant: ``transformers.pipeline(
+generation_config.json, the tokenizer files (with the prompt style's chat template), the model card
+(``model_card``), the run's own files at their run-relative paths and, on request, GGUF files for
+llama.cpp and Ollama with an Ollama ``Modelfile`` (``publish.gguf``), atomically. Invariant: ``transformers.pipeline(
 "text-generation", model=<export>)`` loads it, and ``RunPaths(<export>)`` and
 ``inference.load_model(<export>)`` read it as a run. The read side is ``checkpoint.is_export`` /
 ``read_export_info``. A LoRA run's export has the merged weights at the root and its adapter in
@@ -16,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -36,6 +37,8 @@ from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
 from gpt2_scratch.inference import load_model
+from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.publish.gguf import MODELFILE, check_gguf_types, gguf_file_name, modelfile, write_gguf
 from gpt2_scratch.publish.model_card import hub_base_model, model_card, scored_subset
 from gpt2_scratch.publish.peft_adapter import write_peft_adapter
 from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
@@ -108,8 +111,12 @@ def official_bpe_files() -> tuple[Path, Path]:
     return files
 
 
-def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
-    """Write the tokenizer files of GPT-2 into ``folder``; return their names."""
+def write_tokenizer(folder: Path, model_max_length: int, prompt_style: str | None = None) -> list[str]:
+    """Write the tokenizer files of GPT-2 into ``folder``; return their names.
+
+    With ``prompt_style``, tokenizer_config.json carries its chat template, so that
+    ``tokenizer.apply_chat_template`` builds the prompt the model was trained on.
+    """
     vocab_bpe, encoder_json = official_bpe_files()
     # transformers' GPT-2 files are the official ones renamed: merges.txt = vocab.bpe, vocab.json = encoder.json.
     shutil.copyfile(encoder_json, folder / "vocab.json")
@@ -127,6 +134,7 @@ def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
             "errors": "replace",
             # Decoding must give back the text tiktoken gives: no " ." -> "." clean-up (transformers 4 did it by default).
             "clean_up_tokenization_spaces": False,
+            **({"chat_template": get_prompt_style(prompt_style).chat_template()} if prompt_style else {}),
         },
     )
     names = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
@@ -143,7 +151,7 @@ def write_tokenizer(folder: Path, model_max_length: int) -> list[str]:
 def _write_weights(
     folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_info: RunInfo, weights_dtype: str
 ) -> tuple[list[str], int]:
-    """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, parameters)."""
+    """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, model)."""
     from safetensors.torch import save_file
 
     if checkpoint.adapter is None:
@@ -173,7 +181,7 @@ def _write_weights(
     atomic_write_json(
         folder / "generation_config.json", {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID}
     )
-    return [WEIGHTS_FILE, CONFIG_FILE, "generation_config.json"], model.num_params()
+    return [WEIGHTS_FILE, CONFIG_FILE, "generation_config.json"], model
 
 
 def export_run(
@@ -183,6 +191,7 @@ def export_run(
     repo_id: str | None = None,
     license: str = "mit",
     weights_dtype: str = "float32",
+    gguf_types: Sequence[str] = (),
 ) -> Export:
     """Write the export of the finished run ``run_dir`` to ``out`` (atomically: a complete folder or none).
 
@@ -190,9 +199,13 @@ def export_run(
     A run without evaluation results is exported with a note in the card instead of its scores.
     ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
     downloads); the loaders read them back into float32, and the card says so.
+    ``gguf_types`` (``f32``, ``f16``, ``bf16``, ``q8_0``) adds ``model-<type>.gguf`` of the same
+    float32 weights (a LoRA run's merged ones) for each, and a ``Modelfile`` for Ollama that runs the
+    first; the card says how to run them.
     """
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+    gguf_types = check_gguf_types(gguf_types)
     run = RunPaths(Path(run_dir))
     run_info, checkpoint = check_finished(run)
     summary = None
@@ -205,8 +218,26 @@ def export_run(
             summary = {**summary, "test_records_total": len(read_records(run.test_records))}
     out = Path(out)
     with atomic_folder(out) as tmp:
-        weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
-        files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size)]
+        weight_files, model = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
+        num_params = model.num_params()
+        prompt_style = checkpoint.prompt_style or run_info.prompt_style
+        files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size, prompt_style)]
+        for gguf_type in gguf_types:
+            name = gguf_file_name(gguf_type)
+            write_gguf(
+                tmp / name,
+                model,
+                gguf_type,
+                vocab_json=tmp / "vocab.json",
+                merges_txt=tmp / "merges.txt",
+                prompt_style=prompt_style,
+                name=repo_id or run_info.name,
+            )
+            files.append(name)
+        if gguf_types:
+            atomic_write_text(tmp / MODELFILE, modelfile(gguf_file_name(gguf_types[0]), prompt_style, model.config))
+            files.append(MODELFILE)
+        del model
         trainable = None
         if checkpoint.adapter is not None:
             tensors = read_adapter(run.final)[1]
@@ -227,8 +258,9 @@ def export_run(
             license=license,
             num_params=num_params,
             has_loss_plot=run.loss_plot.is_file(),
-            prompt_style=checkpoint.prompt_style or run_info.prompt_style,
+            prompt_style=prompt_style,
             weights_dtype=weights_dtype,
+            gguf_types=gguf_types,
             adapter=checkpoint.adapter,
             trainable_params=trainable,
         )

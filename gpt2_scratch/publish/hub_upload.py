@@ -123,6 +123,7 @@ def prepare_publish(
     export_dir: str | os.PathLike | None = None,
     license: str = "mit",
     weights_dtype: str = "float32",
+    gguf_types: tuple[str, ...] | list[str] = (),
     app_root: Path = PROJECT_ROOT,
 ) -> PublishPlan:
     """Check the ids and the run, write the export (default ``<run>/export``), list what goes where."""
@@ -138,6 +139,7 @@ def prepare_publish(
             repo_id=repo_id,
             license=license,
             weights_dtype=weights_dtype,
+            gguf_types=gguf_types,
         )
     except (FileNotFoundError, ValueError) as e:
         raise PublishError(str(e)) from None

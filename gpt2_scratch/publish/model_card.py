@@ -7,7 +7,8 @@ text says how the model was trained (the options in run.json, once each, less th
 local ones), how it scores against its base model and on what (records, max new
 tokens, dtype; a subset of the test set is flagged and kept out of the model-index),
 its limitations, the loss curve, the prompt template, and usage snippets; a LoRA run's card
-also describes its adapter and how to load it with ``peft``.
+also describes its adapter and how to load it with ``peft``, and an export with GGUF files says how
+to run them with llama.cpp and Ollama.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gpt2_scratch.data.records import source_kind, source_label
 from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
 from gpt2_scratch.hub import resolve_hub_id
 from gpt2_scratch.prompts import get_prompt_style
+from gpt2_scratch.publish.gguf import MODELFILE, gguf_file_name
 from gpt2_scratch.runs import RunInfo
 
 PROJECT = "gpt2_scratch"
@@ -171,6 +173,59 @@ def _usage(repo_id: str, prompt_style: str) -> list[str]:
     ]
 
 
+# What each GGUF type is, for the card's table.
+_GGUF_TYPE_NOTES = {
+    "f32": "float32, the weights as they are",
+    "f16": "float16, half the size; every weight rounded to float16",
+    "bf16": "bfloat16, half the size; every weight rounded to bfloat16",
+    "q8_0": "8-bit blocks of 32 weights with one scale each, about a quarter of the size",
+}
+
+
+def _gguf_section(repo_id: str, gguf_types: list[str], prompt_style: str, config: GPTConfig) -> list[str]:
+    """How to run the export's GGUF files with llama.cpp and Ollama; nothing when it has none."""
+    if not gguf_types:
+        return []
+    style = get_prompt_style(prompt_style)
+    first = gguf_file_name(gguf_types[0])
+    folder = repo_id.split("/")[-1]
+    chat = json.dumps({"messages": [{"role": "user", "content": EXAMPLE_INSTRUCTION}], "temperature": 0})
+    return [
+        "## Run it with llama.cpp / Ollama",
+        "",
+        "The same weights as GGUF files (the scores above are of the float32 weights). Each file carries "
+        f"the `{style.name}` prompt style as its chat template and stops at `<|endoftext|>`:",
+        "",
+        "| file | weights |",
+        "|---|---|",
+        *(f"| `{gguf_file_name(t)}` | {_GGUF_TYPE_NOTES[t]} |" for t in gguf_types),
+        "",
+        "With [llama.cpp](https://github.com/ggml-org/llama.cpp) (a chat turn is one instruction; the chat "
+        "template builds the prompt above from it):",
+        "",
+        "```bash",
+        f"hf download {repo_id} {first} --local-dir {folder}",
+        "# chat in the terminal:",
+        f"llama-cli -m {folder}/{first} -c {config.block_size} --temp 0",
+        "# or serve an OpenAI-compatible API:",
+        f"llama-server -m {folder}/{first} -c {config.block_size} --port 8080",
+        "curl http://localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"  -d '{chat}'",
+        "```",
+        "",
+        f"With [Ollama](https://ollama.com), through the `{MODELFILE}` here: it runs `{first}` with the "
+        f"prompt template above as its `TEMPLATE`, `<|endoftext|>` as its stop token and the model's "
+        f"{config.block_size}-token context (edit its `FROM` line to run another of the files):",
+        "",
+        "```bash",
+        f"hf download {repo_id} {first} {MODELFILE} --local-dir {folder}",
+        f"cd {folder} && ollama create {folder} -f {MODELFILE}",
+        f'ollama run {folder} "{EXAMPLE_INSTRUCTION}"',
+        "```",
+        "",
+    ]
+
+
 def _prompt_section(prompt_style: str) -> list[str]:
     style = get_prompt_style(prompt_style)
     return [
@@ -188,6 +243,10 @@ def _prompt_section(prompt_style: str) -> list[str]:
         "```text",
         style.format("{instruction}", "{input}"),
         "```",
+        "",
+        "The tokenizer's chat template builds the first from one user message: "
+        '`tokenizer.apply_chat_template([{"role": "user", "content": instruction}], '
+        "add_generation_prompt=True, tokenize=False)`.",
         "",
     ]
 
@@ -353,6 +412,7 @@ def model_card(
     weights_dtype: str = "float32",
     adapter: AdapterInfo | None = None,
     trainable_params: int | None = None,
+    gguf_types: list[str] | tuple[str, ...] = (),
 ) -> str:
     """The ``README.md`` of an export: YAML metadata, then the card's text."""
     lines = [
@@ -369,6 +429,7 @@ def model_card(
         *_weights_note(weights_dtype),
         *_usage(repo_id, prompt_style),
         *_prompt_section(prompt_style),
+        *_gguf_section(repo_id, list(gguf_types), prompt_style, config),
         *_training_section(run, config, num_params, has_loss_plot),
         *_lora_section(adapter, run, trainable_params, num_params, repo_id),
         *_evaluation_section(run, summary),

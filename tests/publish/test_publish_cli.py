@@ -1,4 +1,4 @@
-"""publish.py, the command line, against ``FakeHub``: token, dry run, weights dtype, one-line failures."""
+"""publish.py, the command line, against ``FakeHub``: token, dry run, weights dtype, GGUF files, one-line failures."""
 
 from __future__ import annotations
 
@@ -66,6 +66,29 @@ def test_weights_dtype_bfloat16_publishes_half_size_weights(hub, run, tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         publish.main([*args, "--weights-dtype", "int8"])
     assert exit_info.value.code == 2 and "--weights-dtype: invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_gguf_option_lists_and_uploads_the_files_with_the_model(hub, run, tmp_path, capsys):
+    args = ["--run", str(run.root), "--repo", "me/ggufs", "--export-dir", str(tmp_path / "export")]
+    assert publish.main([*args, "--gguf", "q8_0", "--gguf", "f16", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "  model-q8_0.gguf" in out and "  model-f16.gguf" in out and "  Modelfile" in out
+    assert hub.requests == []
+    assert publish.main([*args, "--gguf", "bf16"]) == 0
+    [commit] = hub.commits
+    assert {"model-bf16.gguf", "Modelfile", "model.safetensors"} <= set(commit["files"])
+    assert not {"model-q8_0.gguf", "model-f16.gguf"} & set(commit["files"])  # the export of this run only
+    assert commit["files"]["model-bf16.gguf"][:4] == b"GGUF"
+    assert b"FROM ./model-bf16.gguf" in commit["files"]["Modelfile"]
+
+
+def test_unknown_gguf_type_is_one_line(hub, run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        publish.main(["--run", str(run.root), "--repo", "me/x", "--gguf", "q3", "--export-dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: argument --gguf: invalid choice: 'q3' (choose from ")
+    assert hub.requests == [] and not (tmp_path / "e").exists()
 
 
 # --------------------------------------------------------------------------- failures: one line, nothing half-uploaded
