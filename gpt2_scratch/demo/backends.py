@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from gpt2_scratch import lora
 from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, Request
@@ -38,6 +38,11 @@ DEFAULT_ANSWER_SECONDS = 12.0
 WAIT_POLL_S = 0.5  # how often a waiting visitor's place in the queue is shown again (and when it changes)
 WAIT_CHECK_S = 0.02  # how often it is looked up: a request that gets its row goes on within this
 ZERO_GPU_ENV = "SPACES_ZERO_GPU"  # set to "true" on ZeroGPU Spaces (as the spaces package reads it)
+# The most often a visitor's page is updated while it streams. Each update costs Gradio's server threads work
+# (a diff, an event to the browser) that competes with the decoding thread for the GIL; per-token updates cost
+# a lone visitor about a quarter of the decoding rate (docs/performance.md). Faster decoding sends several
+# tokens per update.
+UPDATE_INTERVAL_S = 0.05
 
 
 class TokenStream(Protocol):
@@ -67,6 +72,24 @@ class PerRequest:
 
     def close(self) -> None:
         """Nothing to stop: each generation ends with its request."""
+
+
+T = TypeVar("T")
+
+
+def paced(items: Iterable[T], interval: float = UPDATE_INTERVAL_S) -> Iterator[T]:
+    """``items``, leaving out those that come within ``interval`` seconds of the last one passed on; the
+    last item always passes. For streams of cumulative text: nothing is lost, updates just come less often."""
+    last, pending, held = -math.inf, None, False
+    for item in items:
+        now = time.monotonic()
+        if now - last >= interval:
+            last, held = now, False
+            yield item
+        else:
+            pending, held = item, True
+    if held:
+        yield pending
 
 
 class RequestStream:

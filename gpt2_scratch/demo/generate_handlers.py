@@ -37,7 +37,7 @@ from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_s
 from gpt2_scratch.runs import RunInfo, RunPaths, display_path, unfinished_problem
 from gpt2_scratch.tokenizer import encode
 
-from .backends import Backend, PerRequest, TokenStream
+from .backends import UPDATE_INTERVAL_S, Backend, PerRequest, TokenStream, paced
 from .errors import failure, plain, problem, reports_errors
 from .inputs import UserError, clean_text, parse_settings
 from .prompt_fit import fit_prompt
@@ -388,7 +388,7 @@ class DemoApp:
             yield "", _join("Generating…", notice)
             for waiting in self.backend.waiting([tokens]):  # a burst: its place in the queue, until it has a row
                 yield "", _join(waiting, notice)
-            for new_ids, text in tokens:
+            for new_ids, text in paced(tokens):
                 n = len(new_ids)
                 yield text, _join(f"Generating… {n} tokens", notice)
         yield visible_response(text, n), _join(elapsed(n, time.perf_counter() - started), notice)
@@ -440,6 +440,7 @@ class DemoApp:
             yield texts["base"], texts["finetuned"], _join("Generating…", notice)
             for waiting in self.backend.waiting(streams.values()):
                 yield texts["base"], texts["finetuned"], _join(waiting, notice)
+            shown_at = time.monotonic()
             while streams:
                 for name in list(streams):
                     try:
@@ -452,8 +453,10 @@ class DemoApp:
                         del streams[name]
                         texts[name] += f"\n[{failure(e)}]"
                         failed.add(name)
-                done = ", ".join(f"{name} {n}" for name, n in counts.items())
-                yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)
+                if time.monotonic() - shown_at >= UPDATE_INTERVAL_S:  # as ``paced``: the final yield shows the rest
+                    shown_at = time.monotonic()
+                    done = ", ".join(f"{name} {n}" for name, n in counts.items())
+                    yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)
         finally:  # Stop (Gradio closes this generator): this visitor's requests end, and only they
             for tokens in streams.values():
                 tokens.close()

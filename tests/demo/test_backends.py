@@ -210,3 +210,13 @@ def test_a_cancelled_http_request_frees_its_row(served, greedy, slow_steps):
     assert by_length[100].finish_reason is None  # the other visitor's row goes on
     assert other.result(timeout=T)[0] == greedy("random:tiny", PROMPTS[1], 100)
     assert by_length[100].finish_reason == "length"
+
+
+def test_paced_streams_skip_updates_within_the_interval_but_never_the_last():
+    from gpt2_scratch.demo.backends import paced
+
+    assert list(paced(iter([]), 1.0)) == []
+    assert list(paced(iter([1, 2, 3, 4]), 3600.0)) == [1, 4]  # the first, then only the last
+    assert list(paced(iter([1, 2, 3]), 0.0)) == [1, 2, 3]  # no interval: every item
+    slow = (time.sleep(0.02) or i for i in range(3))  # items further apart than the interval all pass
+    assert list(paced(slow, 0.01)) == [0, 1, 2]
