@@ -238,7 +238,13 @@ class TrainConfig:
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "auto: bf16 autocast on CUDA, fp32 on CPU", "group": "hardware", "choices": PRECISIONS},
+        metadata={
+            "help": "bf16: products autocast to bfloat16, float32 weights, optimizer state and loss (on a CPU "
+            "without native bfloat16 it is emulated and slower); auto: bf16 on CUDA, and on a CPU with AVX512-BF16 "
+            "or AMX where it measures faster, else fp32; with --resume, auto keeps the run's own",
+            "group": "hardware",
+            "choices": PRECISIONS,
+        },
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model", "group": "hardware"})
 

@@ -37,7 +37,13 @@ from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
 from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
 from gpt2_scratch.train.datasets import load_train_data
-from gpt2_scratch.train.distributed import DistContext, autocast_dtype, init_distributed
+from gpt2_scratch.train.distributed import (
+    AUTOCAST_DTYPES,
+    DistContext,
+    check_precision,
+    init_distributed,
+    resolve_precision,
+)
 from gpt2_scratch.train.dpo import DPOStepRunner
 from gpt2_scratch.train.log import MetricsLog, plot_losses
 from gpt2_scratch.train.run_writer import (
@@ -66,6 +72,8 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
         raise ValueError(f"{config.resume} has already finished; there is nothing to resume")
     stored = TrainConfig.from_dict(run_info.training)
     overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
+    if overrides["precision"] == "auto":  # the precision auto chose when the run started (run.json)
+        del overrides["precision"]
     return dataclasses.replace(stored, **overrides), run_info
 
 
@@ -95,12 +103,13 @@ class Trainer:
             if config.name is not None and (Path(config.out_dir) / config.name).exists():
                 raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model
         self.config = config
-        amp_dtype = autocast_dtype(config.precision, device)  # a bad --precision fails before any loading
+        check_precision(config.precision, device)  # a bad --precision fails before any loading
         torch.manual_seed(config.seed)
         self.data = load_train_data(config, dist_ctx, self.run_info)  # sft: records; dpo: preference pairs
         self.split, self.dataset_info, self.train_examples = self.data.split, self.data.info, self.data.examples
         self.eval_batches = self.data.eval_batches
         self.model, max_length = self._load_model()
+        amp_dtype = self._resolve_precision()
         self.optimizer = configure_optimizer(self.model, config.lr, config.weight_decay, device)
         runner = DPOStepRunner if config.method == "dpo" else StepRunner  # the method switch
         self.steps = runner(
@@ -142,6 +151,16 @@ class Trainer:
         if max_length < cfg.max_length:
             self._say(f"note: max length {cfg.max_length} capped at the model's context length {max_length}")
         return model.train(), max_length
+
+    def _resolve_precision(self) -> torch.dtype | None:
+        """fp32 or bf16 (rank 0's choice, which run.json records: a resume keeps it), and its autocast dtype."""
+        precision, note = self.dist_ctx.broadcast(
+            resolve_precision(self.config.precision, self.device, self.model.config.n_embd)
+        )
+        if note:
+            self._say(note)
+        self.config = dataclasses.replace(self.config, precision=precision)
+        return AUTOCAST_DTYPES[precision]
 
     def _check_batch_size(self) -> None:
         cfg, world_size = self.config, self.dist_ctx.world_size

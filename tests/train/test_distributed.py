@@ -1,4 +1,4 @@
-"""Distributed training: two torchrun processes compute the steps of one; bf16 needs CUDA."""
+"""Distributed training: two torchrun processes compute the steps of one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint
-from gpt2_scratch.train.distributed import autocast_dtype
 from tests.fixtures.training import events, losses
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,9 +73,3 @@ def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
     # Rank 0 alone logs: one line per step.
     assert len(events(metrics, "train")) == 3 and len(events(metrics, "baseline")) == 1
     load_checkpoint(tmp_path / "ddp" / "final")
-
-
-def test_bf16_needs_cuda():
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        autocast_dtype("bf16", torch.device("cpu"))
