@@ -17,7 +17,8 @@ import torch
 
 from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import load_checkpoint, read_adapter, read_safetensors
-from gpt2_scratch.inference import load_model, native_bfloat16
+from gpt2_scratch.devices import native_bfloat16
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.loss import response_loss
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.train import distributed, loop
@@ -106,8 +107,8 @@ def test_a_bf16_step_keeps_float32_master_weights_optimizer_state_and_loss(tmp_p
 
 
 def test_lora_backward_under_cpu_autocast_gives_float32_gradients_close_to_fp32(monkeypatch):
-    model, _ = load_model("random:tiny")
-    lora.inject(model, lora.LoRAConfig(4, 8.0, 0.1), torch.Generator().manual_seed(0), packed=False)
+    model, _ = load_gpt("random:tiny")  # the plain model, as training loads it
+    lora.inject(model, lora.LoRAConfig(4, 8.0, 0.1), torch.Generator().manual_seed(0))
     for name, p in model.named_parameters():
         if name.endswith("lora_B"):  # B starts at zero: give the products something to carry back
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(1))
