@@ -45,3 +45,29 @@ def test_the_readme_says_how_to_get_gpt2_for_offline_use():
     readme = (ROOT / "README.md").read_text()
     assert "hf download openai-community/gpt2 model.safetensors config.json --local-dir gpt2-124M" in readme
     assert "python finetune.py --base ./gpt2-124M" in readme
+
+
+# A path to the data folder our machines keep beside the checkout: "../shared", "/work/shared",
+# `... / "shared" / "data"` (any quote), or a literal "shared/data".
+SHARED_FOLDER = re.compile(r"""\.\./shared\b|/work/shared\b|/\s*["']shared["']|["']shared/data""")
+
+
+def test_the_shared_folder_pattern_catches_the_ways_a_test_could_name_it():
+    assert SHARED_FOLDER.search('SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"')
+    assert SHARED_FOLDER.search("load_records('../shared/data/instruction-data.json')")
+    assert SHARED_FOLDER.search('Path("/work/shared/data/x.json")')
+    assert not SHARED_FOLDER.search('assert message == "Compared on 3 shared records of a (4), b (4)."')
+
+
+def test_no_test_reads_the_data_folder_beside_the_checkout():
+    """A user's clone has nothing beside it: every test writes its own fixture data."""
+    this = Path(__file__).resolve()
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if path.resolve() != this
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if SHARED_FOLDER.search(line)
+    ]
+    assert len(list((ROOT / "tests").rglob("test_*.py"))) > 50  # the scan saw the suite
+    assert offenders == []
