@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         fail(message)
     # Gradio's own lines (with its hint about share=True, an option this app does not have) are silenced.
-    print(f"Serving run `{app.run_name or 'none'}` at {url} (Ctrl-C to stop)", flush=True)
+    served = f"run `{app.run_name}`" if app.run_name else f"no run (only the base model `{app.base.source}`)"
+    print(f"Serving {served} at {url} (Ctrl-C to stop)", flush=True)
     demo.block_thread()
 
 
