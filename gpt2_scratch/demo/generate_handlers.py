@@ -29,6 +29,7 @@ from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.hub import OFFLINE_HINT as HUB_OFFLINE_HINT
 from gpt2_scratch.inference import RANDOM_PREFIX, load_model, model_dtype, resolve_device, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
@@ -100,7 +101,9 @@ class LazyModel:
                     raise
                 except Exception as e:  # no network, missing or corrupt file: say so (one line), keep serving
                     log.warning("could not load the %s %s: %s", self.label, self.source, str(e).splitlines()[0])
-                    raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
+                    # The loader's own hint is for the command line; ``hint`` says the same for the app: one of them.
+                    reason = str(e).removesuffix(f"; {HUB_OFFLINE_HINT}")
+                    raise UserError(f"Could not load the {self.label} `{self.source}`: {reason}. {self.hint}") from None
                 log.info(
                     "loaded %s from %s in %s in %.1f s",
                     self.label,

@@ -97,7 +97,10 @@ def generation_tab(tab: GenerationTab, settings: list[gr.components.Component], 
         ]
         with gr.Row():
             go = gr.Button("Generate", variant="primary", elem_id=f"{tab.prefix}-generate")
-            stop = gr.Button("Stop", variant="stop", elem_id=f"{tab.prefix}-stop")
+            # Small and plain: it matters only while a generation runs, and must not draw the eye before.
+            stop = gr.Button(
+                "Stop", variant="secondary", size="sm", scale=0, min_width=80, elem_id=f"{tab.prefix}-stop"
+            )
         with gr.Row() if len(tab.outputs) > 1 else contextlib.nullcontext():
             outputs = [
                 gr.Textbox(label=b.label, lines=b.lines, interactive=False, elem_id=f"{tab.prefix}-{b.name}")

@@ -166,7 +166,7 @@ _LENGTH_RAMP = ("#bfdbfe", "#1e3a8a")
 
 
 def bin_colors(bins: list[str], metric: str) -> dict[str, str]:
-    """A color per histogram bin (given in ascending order), for ``gr.BarPlot(color_map=...)``."""
+    """A color per histogram bin (given in ascending order), for ``figures.histogram_figure``."""
     ramp = _LENGTH_RAMP if metric == "length_tokens" else _SCORE_RAMP
     rgb = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in ramp]
     colors = {}

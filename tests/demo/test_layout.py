@@ -383,3 +383,50 @@ def _wait_until(condition, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.05)
+
+
+def _parents(layout: dict, target: int, path: tuple = ()) -> tuple | None:
+    """The ids of the layout nodes above component ``target``, outermost first (None: not in ``layout``)."""
+    if layout.get("id") == target:
+        return path
+    for child in layout.get("children", []):
+        found = _parents(child, target, (*path, layout.get("id")))
+        if found is not None:
+            return found
+    return None
+
+
+def test_stop_is_small_and_plain_beside_a_prominent_generate(app):
+    components = _components(build_demo(app))
+    for prefix in ("base", "ft", "sbs"):
+        stop, go = components[f"{prefix}-stop"]["props"], components[f"{prefix}-generate"]["props"]
+        assert (stop["variant"], stop["size"], stop["scale"]) == ("secondary", "sm", 0)
+        assert go["variant"] == "primary"
+
+
+def test_the_loss_plot_and_the_options_table_each_get_the_full_width(app):
+    demo = build_demo(app)
+    components = _components(demo)
+    types = {c["id"]: c["type"] for c in demo.config["components"]}
+    loss, options = components["results-loss"], components["results-options"]
+    assert loss["type"] == "plot" and components["results-hist"]["type"] == "plot"  # figures: demo.figures
+    above = {k: _parents(demo.config["layout"], components[k]["id"]) for k in ("results-loss", "results-options")}
+    # Both directly in the browser's column: not squeezed side by side in a row.
+    assert above["results-loss"] == above["results-options"]
+    assert above["results-loss"][-1] == components["results-browser"]["id"]
+    assert "row" not in [types.get(i) for i in above["results-options"]]
+    assert options["props"]["max_height"] == 400
+
+
+def test_css_wraps_unbroken_strings_in_the_record_view_and_scrolls_the_options_table():
+    from gpt2_scratch.demo.layout import APP_CSS
+
+    rules = dict(
+        (selector.strip(), body.strip()) for selector, body in (r.split("{") for r in APP_CSS.split("}") if "{" in r)
+    )
+    assert "overflow-wrap: anywhere" in rules["#results-browser .textfield, #results-browser .textfield *"]
+    assert "word-break: normal" in rules["#results-browser .textfield, #results-browser .textfield *"]
+    assert "overflow-wrap: anywhere" in rules["#results-browser textarea"]
+    assert "min-width: 0" in rules['#results-browser [id^="results-row-"] > *']
+    assert "overflow-x: auto" in rules["#results-options"]
+    assert "max-width: 100%" in rules["#results-loss img, #results-hist img"]
