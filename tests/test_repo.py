@@ -71,3 +71,34 @@ def test_no_test_reads_the_data_folder_beside_the_checkout():
     ]
     assert len(list((ROOT / "tests").rglob("test_*.py"))) > 50  # the scan saw the suite
     assert offenders == []
+
+
+def _docs() -> dict[str, str]:
+    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+
+
+def test_the_readme_fits_a_first_screen_and_keeps_the_space_header():
+    readme = (ROOT / "README.md").read_text()
+    header, body = readme.split("\n---\n", 1)
+    assert header.startswith("---\n")
+    assert {"sdk: gradio", "app_file: app.py", "license: apache-2.0"} <= set(header.splitlines())
+    assert len(readme.splitlines()) <= 90 and len(readme) < 6000  # it was 520 lines, 34 kB
+    # The offline recipe comes right after the first command, before the tests and the map.
+    first_block_end = body.index("```", body.index("```bash") + 3)
+    offline = body.index("**Offline?**")
+    assert body[first_block_end:offline].count("\n\n") <= 2  # the block's end, one short paragraph
+    assert offline < body.index("bash .ci/run") < body.index("## What is here")
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in body
+    for doc in ("docs/usage.md", "docs/benchmarks.md", "docs/design.md"):
+        assert f"]({doc})" in body
+
+
+def test_docs_point_at_what_exists_and_never_at_the_shared_folder():
+    for name, text in _docs().items():
+        assert "../shared" not in text, name
+        folder = (ROOT / name).parent
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://")):
+                assert (folder / target).exists(), f"{name} links to {target}, which does not exist"
+        for path in re.findall(r"`(tests/[\w/]+\.py)`", text):
+            assert (ROOT / path).is_file(), f"{name} names {path}, which does not exist"
