@@ -396,12 +396,30 @@ def _parents(layout: dict, target: int, path: tuple = ()) -> tuple | None:
     return None
 
 
-def test_stop_is_small_and_plain_beside_a_prominent_generate(app):
-    components = _components(build_demo(app))
-    for prefix in ("base", "ft", "sbs"):
+def test_stop_is_small_and_plain_until_a_generation_runs(app):
+    from gpt2_scratch.demo.generate_tab import _stop_button, _stopped
+
+    demo = build_demo(app)
+    components = _components(demo)
+    ids = {c["id"]: c["props"].get("elem_id") for c in demo.config["components"]}
+    deps = demo.config["dependencies"]
+    by_name = {d["api_name"]: i for i, d in enumerate(deps)}
+    for prefix, api in (("base", "generate_base"), ("ft", "generate_finetuned"), ("sbs", "generate_side_by_side")):
         stop, go = components[f"{prefix}-stop"]["props"], components[f"{prefix}-generate"]["props"]
         assert (stop["variant"], stop["size"], stop["scale"]) == ("secondary", "sm", 0)
         assert go["variant"] == "primary"
+        # Generate turns it red at once; the end of the generation, or its cancellation, turns it back.
+        on_go = [
+            d for d in deps if (components[f"{prefix}-generate"]["id"], "click") in {tuple(t) for t in d["targets"]}
+        ]
+        looks = [d for d in on_go if [ids[o] for o in d["outputs"]] == [f"{prefix}-stop"]]
+        assert len(looks) == 1 and looks[0]["queue"] is False
+        after = [d for d in deps if d.get("trigger_after") == by_name[api]]
+        assert sorted([ids[o] for o in d["outputs"]] for d in after) == sorted(
+            [[f"{prefix}-stop"], [f"{prefix}-status", f"{prefix}-stop"]]
+        )
+    assert _stop_button(True).variant == "stop" and _stop_button(False).variant == "secondary"
+    assert _stopped()[1].variant == "secondary"
 
 
 def test_the_loss_plot_and_the_options_table_each_get_the_full_width(app):
