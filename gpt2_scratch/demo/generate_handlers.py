@@ -101,8 +101,11 @@ class LazyModel:
                     raise
                 except Exception as e:  # no network, missing or corrupt file: say so (one line), keep serving
                     log.warning("could not load the %s %s: %s", self.label, self.source, str(e).splitlines()[0])
-                    # The loader's own hint is for the command line; ``hint`` says the same for the app: one of them.
-                    reason = str(e).removesuffix(f"; {HUB_OFFLINE_HINT}")
+                    # The loader's offline hint is for the command line; the app's OFFLINE_HINT says the same
+                    # for the app: one of them, not both.
+                    reason = str(e)
+                    if self.hint == OFFLINE_HINT:
+                        reason = reason.removesuffix(f"; {HUB_OFFLINE_HINT}")
                     raise UserError(f"Could not load the {self.label} `{self.source}`: {reason}. {self.hint}") from None
                 log.info(
                     "loaded %s from %s in %s in %.1f s",

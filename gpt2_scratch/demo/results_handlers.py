@@ -276,7 +276,10 @@ class ResultsBrowser:
         cmp = self.comparison(runs)
         label = _METRICS[self._metric(metric)].label
         chosen = f"Runs: {', '.join(r.label for r in cmp.runs) or 'none'}"
-        drag = f"{chosen} · {len(cmp.records)} shared records · {label} · drag across points to open the record nearest the middle"
+        drag = (
+            f"{chosen} · {len(cmp.records)} shared records · {label} · "
+            "drag across points to open the record nearest the middle"
+        )
         return gr.ScatterPlot(caption=drag), gr.ScatterPlot(caption=drag)
 
     # ---- the records table and its CSV
