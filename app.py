@@ -1,12 +1,12 @@
 """Launch the Gradio demo of a finetuned run.
 
-    python app.py                                  # the newest finished run under runs/
+    python app.py                                  # the newest evaluated (else newest) finished run under runs/
     python app.py --run runs/<name> [--runs-dir runs] [--base gpt2] [--dtype auto] [--no-batching]
 
 Offers every finished run under --runs-dir (or the runs of the Hub repos named by
 GPT2_SCRATCH_HUB_REPO, comma-separated, as on a Space) and serves --run, else the first of those
-(the first Hub repo, or the newest run). Binds 127.0.0.1 (0.0.0.0 on a Space, where SPACE_ID is
-set); no share link, no uploads, at most --queue-size waiting. Every request to a model joins that
+(the first Hub repo, or the newest evaluated run, else the newest). Binds 127.0.0.1 (0.0.0.0 on a
+Space, where SPACE_ID is set); no share link, no uploads, at most --queue-size waiting. Every request to a model joins that
 model's running batch (generate/engine.py) unless --no-batching or on ZeroGPU. The app is
 gpt2_scratch/demo/; design: docs/design.md.
 """
@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="app.py", description="\n\n".join(__doc__.split("\n\n")[:2]))
     p.add_argument(
         "--run",
-        help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, else the newest under --runs-dir)",
+        help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, else the newest evaluated run "
+        "under --runs-dir, else the newest)",
     )
     p.add_argument(
         "--runs-dir",
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         fail(message)
     # Gradio's own lines (with its hint about share=True, an option this app does not have) are silenced.
-    print(f"Serving run `{app.run_name or 'none'}` at {url} (Ctrl-C to stop)", flush=True)
+    served = f"run `{app.run_name}`" if app.run_name else f"no run (only the base model `{app.base.source}`)"
+    print(f"Serving {served} at {url} (Ctrl-C to stop)", flush=True)
     demo.block_thread()
 
 

@@ -1,9 +1,9 @@
 """Comparing evaluated runs: the data behind the app's results browser, as pandas frames (no Gradio here).
 
     cmp = compare([RunResults("a", info_a, summary_a, predictions_a, metrics_a), ...])
-    summary_frame(cmp), loss_frame(cmp), option_differences(cmp)    # tables, the LinePlot
+    summary_frame(cmp), loss_frame(cmp), option_differences(cmp)    # tables, the loss curves
     reward_frame(cmp)                                               # DPO runs: their reward curves
-    histogram_frame(cmp, "rouge_l"), scatter_frame(cmp, "rouge_l")  # BarPlot, ScatterPlot
+    histogram_frame(cmp, "rouge_l"), scatter_frame(cmp, "rouge_l")  # score distributions, ScatterPlot
 
 Invariant: records are matched across runs by ``id`` (``data.records.Record``) and count as shared
 only when instruction, input and reference are identical in every run; everything per record
@@ -247,7 +247,7 @@ def _eval_curves(cmp: Comparison, curves: Sequence[tuple[str, str]]) -> list[tup
 
 
 def loss_frame(cmp: Comparison) -> pd.DataFrame:
-    """Every run's loss curves (``eval`` events), long format: run, split, series, tokens_seen, loss (a LinePlot)."""
+    """Every run's loss curves (``eval`` events), long format: run, split, series, tokens_seen, loss (figures)."""
     data = _eval_curves(cmp, (("train_loss", "train"), ("val_loss", "val")))
     return pd.DataFrame(data, columns=["run", "split", "series", "tokens_seen", "loss"])
 
@@ -365,7 +365,7 @@ def histogram_frame(cmp: Comparison, metric: str, bins: int = 10) -> pd.DataFram
     ``count``, ``share`` (of the series' scored records), ``series``, ``run``, ``model``.
 
     Every series has every bin (zeros included), bins in ascending order, so
-    ``gr.BarPlot(x="bin", y="count", color="series", sort=<frame["bin"].unique()>)`` lines them up.
+    ``figures.histogram_figure`` stacks them in the same order for every series.
     The last bin includes its upper edge; values outside a metric's fixed range count in the edge bins.
     """
     m = _metric(metric)

@@ -51,20 +51,35 @@ class RunSource:
     problem: str | None = None
 
 
+def checked(label: str, run: RunPaths) -> RunSource:
+    """``run`` as a source, or, when its run.json is malformed, a source with that ``problem`` (as the CLI says it).
+
+    A run without run.json (an export made before it was kept) is still offered: the results
+    tab compares it without training options. A malformed one is not: what it is cannot be known.
+    """
+    if run.run_json.is_file():
+        try:
+            run.read_info()
+        except (ValueError, OSError) as e:
+            return RunSource(label, None, f"`{label}` is not usable: {e}.")
+    return RunSource(label, run)
+
+
 def find_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, hub_repo: str | None = None) -> list[RunSource]:
     """The runs the app offers: the Hub repos named in ``hub_repo`` (comma-separated) when there are any,
     else every finished run under ``runs_dir``, newest first.
 
     Each repo is downloaded; one that fails (offline, unknown or private) is a
-    source with a ``problem`` and the others still load.
+    source with a ``problem`` and the others still load. A run whose run.json is
+    malformed is a source with a ``problem`` too (``checked``): named, never offered or compared.
     """
     repos = hub_repos(hub_repo)
     if not repos:
-        return [RunSource(run.root.name, run) for run in finished_runs(runs_dir)]
+        return [checked(run.root.name, run) for run in finished_runs(runs_dir)]
     sources = []
     for repo in repos:
         try:
-            sources.append(RunSource(repo, download_run(repo)))
+            sources.append(checked(repo, download_run(repo)))
         except Exception as e:  # offline, unknown or private repo, ...
             sources.append(
                 RunSource(
@@ -99,7 +114,8 @@ def resolve_run(
     sources: list[RunSource] | None = None,
 ) -> tuple[RunPaths | None, str | None]:
     """The run the app serves: ``run`` if given, else the first of ``sources`` (default: ``find_runs``)
-    whose run.json reads: the first Hub repo that downloads, or the newest run under ``runs_dir``.
+    whose run.json reads: the first Hub repo that downloads, or the newest run under ``runs_dir``
+    that has been evaluated (its results tab has something to show), else the newest.
 
     Returns (run or None, why there is none). A run given as ``run`` must be a
     run folder, as evaluate.py requires: a missing folder or ``run.json`` raises
@@ -114,6 +130,7 @@ def resolve_run(
         return found, None
     sources = find_runs(runs_dir, hub_repo) if sources is None else sources
     problems = [s.problem for s in sources if s.problem]
+    usable = []
     for source in sources:
         if source.run is None:
             continue
@@ -122,7 +139,10 @@ def resolve_run(
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"`{source.label}` is not usable: {e}.")
             continue
-        return source.run, None
+        usable.append(source.run)
+    if usable:
+        evaluated = [r for r in usable if r.summary.is_file() and r.predictions.is_file()]
+        return (usable[0] if hub_repos(hub_repo) or not evaluated else evaluated[0]), None
     if problems:
         return None, " ".join(problems)
     return None, (

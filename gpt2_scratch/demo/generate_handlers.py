@@ -30,6 +30,7 @@ from gpt2_scratch.demo.discovery import RunSource, include_run
 from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.hub import OFFLINE_HINT as HUB_OFFLINE_HINT
 from gpt2_scratch.inference import load_model, model_dtype, resolve_dtype
 from gpt2_scratch.loading import RANDOM_PREFIX
 from gpt2_scratch.model import GPT
@@ -103,7 +104,12 @@ class LazyModel:
                     raise
                 except Exception as e:  # no network, missing or corrupt file: say so (one line), keep serving
                     log.warning("could not load the %s %s: %s", self.label, self.source, str(e).splitlines()[0])
-                    raise UserError(f"Could not load the {self.label} `{self.source}`: {e}. {self.hint}") from None
+                    # The loader's offline hint is for the command line; the app's OFFLINE_HINT says the same
+                    # for the app: one of them, not both.
+                    reason = str(e)
+                    if self.hint == OFFLINE_HINT:
+                        reason = reason.removesuffix(f"; {HUB_OFFLINE_HINT}")
+                    raise UserError(f"Could not load the {self.label} `{self.source}`: {reason}. {self.hint}") from None
                 log.info(
                     "loaded %s from %s in %s (kernels %s) in %.1f s",
                     self.label,

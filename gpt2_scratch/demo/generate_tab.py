@@ -28,8 +28,17 @@ def _on_gpu(fn: Callable) -> Callable:
     return spaces.GPU(fn)
 
 
-def _stopped() -> str:
-    return "Stopped. The text above is what was generated until then."
+def _stopped() -> tuple[str, gr.Button]:
+    return "Stopped. The text above is what was generated until then.", _stop_button(False)
+
+
+def _stop_button(running: bool) -> gr.Button:
+    """The Stop button's look: red while this visitor's generation runs, small and plain otherwise."""
+    return gr.Button(variant="stop" if running else "secondary")
+
+
+# The Stop button's look follows the generation: instant, outside the queue, not part of the API.
+_LOOK = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
 
 
 def settings_accordion(app: DemoApp) -> list[gr.components.Component]:
@@ -97,7 +106,10 @@ def generation_tab(tab: GenerationTab, settings: list[gr.components.Component], 
         ]
         with gr.Row():
             go = gr.Button("Generate", variant="primary", elem_id=f"{tab.prefix}-generate")
-            stop = gr.Button("Stop", variant="stop", elem_id=f"{tab.prefix}-stop")
+            # Small and plain: it matters only while a generation runs (then it turns red: _stop_button).
+            stop = gr.Button(
+                "Stop", variant="secondary", size="sm", scale=0, min_width=80, elem_id=f"{tab.prefix}-stop"
+            )
         with gr.Row() if len(tab.outputs) > 1 else contextlib.nullcontext():
             outputs = [
                 gr.Textbox(label=b.label, lines=b.lines, interactive=False, elem_id=f"{tab.prefix}-{b.name}")
@@ -115,10 +127,12 @@ def generation_tab(tab: GenerationTab, settings: list[gr.components.Component], 
             **GENERATE_EVENT,
         )
         stop.click(None, None, None, cancels=[event], api_visibility="private")
+        go.click(lambda: _stop_button(True), None, [stop], **_LOOK)
+        event.then(lambda: _stop_button(False), None, [stop], **_LOOK)
         # The browser runs an event's failure listeners once its cancellation is complete, so "Stopped."
         # set here cannot be overwritten by a token already on its way. (A listener of the Stop click
         # itself races the cancel request: a late token could leave "Generating…" on screen.)
-        event.failure(_stopped, None, [status], api_visibility="private")
+        event.failure(_stopped, None, [status, stop], api_visibility="private")
 
 
 def _finetuned_intro(app: DemoApp, intro: str) -> str:

@@ -30,10 +30,19 @@ GRADIO_THREADS = 40
 
 
 # Gradio breaks words anywhere to fit a narrow table header ("Perplexit y") or a highlighted text ("Generati on"):
-# words stay whole here (a table scrolls sideways instead; only a word longer than a line still breaks).
+# words stay whole here (a table scrolls sideways instead). A string with no break in it (a model's run of
+# tokens without spaces) wraps anywhere rather than running past its box: ``overflow-wrap: anywhere`` breaks
+# only what cannot fit a line, and, unlike ``break-word``, also lets the box itself shrink (its min-content).
+# The record view's columns may shrink below their content's width (flex items do not by default).
+# The options table scrolls sideways within the page when the runs' columns are wider than it; the figures
+# (loss curves, score distributions) shrink to their boxes, legends included.
 APP_CSS = """
 #results-browser th, #results-browser th * { word-break: normal; overflow-wrap: normal; hyphens: none; }
-#results-browser .textfield { word-break: normal; overflow-wrap: break-word; }
+#results-browser .textfield, #results-browser .textfield * { word-break: normal; overflow-wrap: anywhere; }
+#results-browser textarea { word-break: normal; overflow-wrap: anywhere; }
+#results-browser [id^="results-row-"] > * { min-width: 0; }
+#results-options { max-width: 100%; overflow-x: auto; }
+#results-loss img, #results-hist img { max-width: 100%; height: auto; }
 """
 
 

@@ -38,7 +38,6 @@ from gpt2_scratch.demo.compare import (
     compare,
     histogram_frame,
     length_frame,
-    loss_frame,
     option_differences,
     points_in_range,
     reward_frame,
@@ -50,6 +49,7 @@ from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.train.log import is_dpo_log
 
 from .errors import reports_errors
+from .figures import histogram_figure, loss_curves_figure
 from .inputs import UserError, blank, clean_text, parse_runs, parse_score_bounds
 from .views import (
     bin_colors,
@@ -201,7 +201,7 @@ class ResultsBrowser:
         return (
             self.message(cmp),
             summary,
-            gr.LinePlot(value=loss_frame(cmp), color_map=run_color_maps([r.label for r in cmp.runs])["loss"]),
+            loss_curves_figure(cmp, run_color_maps([r.label for r in cmp.runs])["loss"]),
             diff.message,
             gr.Dataframe(value=diff.styler(), visible=not diff.frame.empty),
             gr.Dropdown(choices=metrics, value=_kept(metric, metrics)),
@@ -243,13 +243,7 @@ class ResultsBrowser:
         words = [0, 1.05 * float(length["reference_words"].max()) + 1] if len(length) else None
         colors = run_color_maps([r.label for r in cmp.runs])
         return (
-            gr.BarPlot(
-                value=hist,
-                sort=[f"{run} · {model}" for run, model in cmp.pairs],
-                color_map=bin_colors(bins, m.key),
-                color_title=m.label,
-                title=f"{m.label}: share of the records in each score bin",
-            ),
+            histogram_figure(hist, [f"{run} · {model}" for run, model in cmp.pairs], bin_colors(bins, m.key), m.label),
             gr.ScatterPlot(
                 value=scatter_frame(cmp, m.key),
                 x_lim=fixed,
@@ -269,26 +263,24 @@ class ResultsBrowser:
             ),
         )
 
-    @reports_errors(lambda self, status: (gr.skip(),) * 4, action="Plotting")
+    @reports_errors(lambda self, status: (gr.skip(),) * 2, action="Plotting")
     def redraw(self, runs: Any, metric: Any) -> tuple:
-        """Captions of (loss curves, distributions, scatter, length scatter) naming the runs and score shown.
+        """Captions of the two scatter plots (base vs finetuned, score vs length) naming the runs and score shown.
 
         Sent after the plots' new values, on purpose: Gradio puts a new value into
         a drawn plot without redrawing it, so series new to it get no color, and a
         change of any other property redraws it with the data it had. A caption
-        that changes after the value makes it redraw with the new data.
+        that changes after the value makes it redraw with the new data. (The loss
+        curves and the score distributions are figures, drawn whole each time.)
         """
         cmp = self.comparison(runs)
         label = _METRICS[self._metric(metric)].label
         chosen = f"Runs: {', '.join(r.label for r in cmp.runs) or 'none'}"
-        shared = f"{chosen} · {len(cmp.records)} shared records · {label}"
-        drag = f"{shared} · drag across points to open the record nearest the middle"
-        return (
-            gr.LinePlot(caption=chosen),
-            gr.BarPlot(caption=shared),
-            gr.ScatterPlot(caption=drag),
-            gr.ScatterPlot(caption=drag),
+        drag = (
+            f"{chosen} · {len(cmp.records)} shared records · {label} · "
+            "drag across points to open the record nearest the middle"
         )
+        return gr.ScatterPlot(caption=drag), gr.ScatterPlot(caption=drag)
 
     # ---- the records table and its CSV
 

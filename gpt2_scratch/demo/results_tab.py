@@ -31,21 +31,11 @@ NO_RUNS = (
 
 
 def _plots() -> list[gr.components.Component]:
-    """[score distributions, base vs finetuned, score vs reference length]; their values come from ``plots``."""
+    """[score distributions (a figure), base vs finetuned, score vs reference length (native plots, selectable)];
+    their values come from ``plots``."""
     with gr.Row():
-        hist = gr.BarPlot(
-            x="series",
-            y="share",
-            color="bin",
-            y_lim=[0, 1],
-            y_axis_format=".0%",
-            x_title="run · model",
-            y_title="share of records",
-            tooltip=["count"],
-            x_label_angle=-20,
-            elem_id="results-hist",
-            label="Score distributions",
-        )
+        # A matplotlib figure (demo.figures): its legend names every bin, the last one too.
+        hist = gr.Plot(format="png", elem_id="results-hist", label="Score distributions")
         scatter = gr.ScatterPlot(
             x="base",
             y="finetuned",
@@ -128,24 +118,17 @@ def _overview() -> tuple[gr.components.Component, ...]:
     summary = gr.Dataframe(
         interactive=False, wrap=True, label="Summary: one row per run and model", elem_id="results-summary"
     )
-    with gr.Row():
-        loss = gr.LinePlot(
-            x="tokens_seen",
-            y="loss",
-            color="series",
-            x_title="tokens seen",
-            scale=3,
-            label="Training and validation loss",
-            elem_id="results-loss",
-        )
-        with gr.Column(scale=2):
-            options_message = gr.Markdown(elem_id="results-options-message")
-            options = gr.Dataframe(
-                interactive=False,
-                wrap=True,
-                elem_id="results-options",
-                label="Training options that differ (highlighted: unlike the first run's)",
-            )
+    # A matplotlib figure (demo.figures): a panel per training method, its legend below the panels.
+    loss = gr.Plot(format="png", elem_id="results-loss", label="Training and validation loss")
+    # Full width, below the plot: with several runs the table needs the room (it scrolls sideways beyond).
+    options_message = gr.Markdown(elem_id="results-options-message")
+    options = gr.Dataframe(
+        interactive=False,
+        wrap=True,
+        max_height=400,
+        elem_id="results-options",
+        label="Training options that differ (highlighted: unlike the first run's)",
+    )
     rewards = gr.LinePlot(
         x="tokens_seen",
         y="value",
@@ -231,7 +214,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         (
             chosen.then(browser.plots, [runs, metric], plots, **PRIVATE)
             .then(browser.reward_curves, [runs], rewards, **PRIVATE)
-            .then(browser.redraw, [runs, metric], [loss, *plots], **PRIVATE)  # see redraw: after the values
+            .then(browser.redraw, [runs, metric], plots[1:], **PRIVATE)  # see redraw: after the values
             .then(browser.reward_caption, [runs], rewards, **PRIVATE)
             .then(browser.filter_predictions, filters, [table, count], **PRIVATE)
             .then(browser.show_record, [runs, record], record_outputs, **PRIVATE)
@@ -243,7 +226,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
 
     show_runs(gr.on([demo.load, runs.change], browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE))
     metric.input(browser.plots, [runs, metric], plots, **PRIVATE).then(
-        browser.redraw, [runs, metric], [loss, *plots], **PRIVATE
+        browser.redraw, [runs, metric], plots[1:], **PRIVATE
     )
     export.click(browser.export_csv, filters, [csv_file], **PRIVATE)
     record.input(browser.show_record, [runs, record], record_outputs, **PRIVATE)

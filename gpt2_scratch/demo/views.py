@@ -166,7 +166,7 @@ _LENGTH_RAMP = ("#bfdbfe", "#1e3a8a")
 
 
 def bin_colors(bins: list[str], metric: str) -> dict[str, str]:
-    """A color per histogram bin (given in ascending order), for ``gr.BarPlot(color_map=...)``."""
+    """A color per histogram bin (given in ascending order), for ``figures.histogram_figure``."""
     ramp = _LENGTH_RAMP if metric == "length_tokens" else _SCORE_RAMP
     rgb = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in ramp]
     colors = {}
@@ -226,17 +226,27 @@ def response_slot(response: ResponseView, runs: list[str]) -> int:
 # --------------------------------------------------------------------------- small texts
 
 
+NO_RUN = (
+    "**No run to serve yet.** Train one with `python finetune.py` (then restart the app), "
+    "or pick one with `python app.py --run runs/<name>`."
+)
+
+
 def header_markdown(
     run_name: str | None, base_source: str, checkpoint: str | None, prompt_style: str, note: str | None = None
 ) -> str:
-    """The app's title and what it serves: run, base model, finetuned checkpoint ("run/final") and why that one."""
-    finetuned = f"`{checkpoint}` (prompt style `{prompt_style}`)" if checkpoint else "none"
-    return (
-        "# GPT-2 from scratch: pretrained vs. instruction-finetuned\n"
-        f"Run `{run_name or 'none'}` · base model `{base_source}` · finetuned checkpoint {finetuned}. "
-        "Models load on the first request, so the first answer takes a few seconds longer."
-        + (f"\n\n⚠️ {note}" if note else "")
-    )
+    """The app's title and what it serves: run, base model, finetuned checkpoint ("run/final") and why that one.
+
+    With no run (``run_name`` None) it says so, and how to make one; the base model is still served.
+    """
+    title = "# GPT-2 from scratch: pretrained vs. instruction-finetuned\n"
+    loading = "Models load on the first request, so the first answer takes a few seconds longer."
+    if run_name is None:
+        serving = f"{NO_RUN} Meanwhile the Base model tab serves `{base_source}`. {loading}"
+    else:
+        finetuned = f"`{checkpoint}` (prompt style `{prompt_style}`)" if checkpoint else "none"
+        serving = f"Run `{run_name}` · base model `{base_source}` · finetuned checkpoint {finetuned}. {loading}"
+    return title + serving + (f"\n\n⚠️ {note}" if note else "")
 
 
 ENDED_AT_ONCE = "ended its answer at once (its first token was `<|endoftext|>`)"

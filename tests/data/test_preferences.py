@@ -17,10 +17,7 @@ from gpt2_scratch.data.preferences import (
     write_preferences,
 )
 from gpt2_scratch.data.records import Record, load_records, split_records
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-PREFERENCES = SHARED / "instruction-data-with-preference.json"
-INSTRUCTIONS = SHARED / "instruction-data.json"
+from tests.fixtures.preferences import instruction_entries, preference_entries, write_json
 
 
 def write(path: Path, entries) -> Path:
@@ -32,18 +29,24 @@ def pair(i: int, **fields) -> dict:
     return {"instruction": f"Say {i}.", "input": "", "chosen": f"{i}.", "rejected": f"No, {i}!", **fields}
 
 
-def test_the_books_preference_file_splits_like_its_instruction_file():
-    records = load_preferences(str(PREFERENCES))
-    assert len(records) == 1100
-    assert records[0].chosen.startswith("The spelling of the given phrase") and records[0].output is not None
+def test_a_preference_file_splits_like_its_instruction_file(tmp_path):
+    # 200 records, as the book's two files: the same records in the same order, one with chosen/rejected.
+    # Identical sides at 5, 17 and 100 (training part) and 175 (test part: test records are all kept).
+    prefs = write_json(tmp_path / "prefs.json", preference_entries(200, identical=(5, 17, 100, 175)))
+    instructions = write_json(tmp_path / "instructions.json", instruction_entries(200))
+    records = load_preferences(str(prefs))
+    assert len(records) == 200
+    assert records[6].chosen == 'The correct spelling of "rceeive" is "receive".' == records[6].output
+    assert records[6].rejected == 'Ugh, this is so basic: the correct spelling of "rceeive" is "receive".'
     split = split_preferences(records)
-    # 935 / 110 / 55 as the SFT data; the 6 pairs with chosen == rejected (all in the training part) are skipped.
-    assert split.sizes() == {"train": 929, "test": 110, "val": 55}
-    assert split.skipped == {"train": {"identical": 6}, "val": {}}
-    assert split.skipped_note() == "note: skipped preference pairs that teach nothing: 6 train (6 with identical sides)"
-    assert [p.id for p in split.train if p.id in (122, 226, 400, 566, 628, 676)] == []
+    # 170 / 20 / 10 as the SFT data; the 3 training pairs with chosen == rejected are skipped.
+    assert split.sizes() == {"train": 167, "test": 20, "val": 10}
+    assert split.skipped == {"train": {"identical": 3}, "val": {}}
+    assert split.skipped_note() == "note: skipped preference pairs that teach nothing: 3 train (3 with identical sides)"
+    assert [p.id for p in split.train if p.id in (5, 17, 100)] == []
     # The test set is the SFT run's, record for record (the reference answer is the dataset's output).
-    assert split.test == split_records(load_records(str(INSTRUCTIONS))).test
+    assert split.test == split_records(load_records(str(instructions))).test
+    assert [r.id for r in split.test] == list(range(170, 190))
 
 
 def test_jsonl_null_input_and_no_output(tmp_path):

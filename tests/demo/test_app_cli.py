@@ -230,3 +230,17 @@ def test_batching_is_off_on_zero_gpu(finished_run, monkeypatch, capsys, launch_a
     assert "warning: Batching is off on a ZeroGPU Space" in capsys.readouterr().err
     monkeypatch.setenv(ZERO_GPU_ENV, "false")
     assert isinstance(choose_backend(batching=True)[0], Batched)
+
+
+def test_with_no_run_the_app_says_there_is_none_and_how_to_make_one(tmp_path, monkeypatch, launch_app, capsys):
+    monkeypatch.delenv("GPT2_SCRATCH_HUB_REPO", raising=False)
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no runs/
+    demo, _ = launch_app([])
+    header = demo.config["components"][0]["props"]["value"]
+    assert "**No run to serve yet.** Train one with `python finetune.py`" in header and "`none`" not in header
+    out, err = capsys.readouterr()
+    assert out == "Serving no run (only the base model `gpt2`) at http://127.0.0.1:7860/ (Ctrl-C to stop)\n"
+    assert err == (
+        "warning: No finished run under runs/. Create one with python finetune.py, "
+        "or pick one with python app.py --run runs/<name>.\n"
+    )

@@ -111,3 +111,39 @@ def test_an_unreachable_hub_repo_fails_fast_and_is_named(tmp_path, monkeypatch):
     run, problem = resolve_run(None, runs_dir=tmp_path, hub_repo="someone/gpt2-alpaca")
     assert time.monotonic() - start < 5
     assert run is None and problem.startswith("Could not download the run from the Hub repo `someone/gpt2-alpaca`")
+
+
+def test_a_run_whose_run_json_is_not_json_is_named_as_the_cli_names_it_and_never_offered(tmp_path, make_run, capsys):
+    import evaluate
+
+    runs = tmp_path / "runs"
+    good = make_run(runs / "good")
+    bad = make_run(runs / "bad")
+    bad.run_json.write_text('{"name": "bad",', encoding="utf-8")  # cut short
+    os.utime(good.final / "config.json", (time.time() - 100, time.time() - 100))  # bad is the newest
+    assert evaluate.main(["--run", str(bad.root)]) == 2
+    cli = capsys.readouterr().err.strip().removeprefix("error: ")
+    assert cli.startswith(f"{bad.run_json} is not valid JSON (")
+    sources = find_runs(runs)
+    assert [(s.label, s.run) for s in sources] == [("bad", None), ("good", good)]
+    assert sources[0].problem == f"`bad` is not usable: {cli}."
+    run, problem = resolve_run(None, sources=sources)
+    assert run == good and problem is None
+    app = DemoApp.from_run(run, sources=sources)
+    assert app.browser.offered() == ["good"]  # not offered, so never compared
+    assert app.browser.sources_message() == f"⚠️ `bad` is not usable: {cli}."
+    message = app.browser.choose_runs(["good", "bad"], None, None, None)[0]
+    assert message == "⚠️ unknown run 'bad'; choose from: good"  # refused, not compared
+
+
+def test_by_default_the_newest_evaluated_run_is_served_else_the_newest(tmp_path, make_run):
+    runs = tmp_path / "runs"
+    evaluated = make_run(runs / "evaluated")
+    newer = make_run(runs / "newer", with_eval=False)
+    os.utime(evaluated.final / "config.json", (time.time() - 100, time.time() - 100))
+    assert [s.label for s in find_runs(runs)] == ["newer", "evaluated"]
+    assert resolve_run(None, runs_dir=runs) == (evaluated, None)  # its results tab has something to show
+    app = DemoApp.from_run(evaluated, sources=find_runs(runs))
+    assert app.browser.offered() == ["evaluated", "newer"] and app.browser.default_selection() == ["evaluated"]
+    evaluated.summary.unlink()
+    assert resolve_run(None, runs_dir=runs) == (newer, None)  # none evaluated: the newest

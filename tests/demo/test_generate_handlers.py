@@ -304,3 +304,18 @@ def test_run_still_training_serves_best_and_says_so(tmp_path, make_run):
         "Serving `best/` (the lowest validation loss so far): the run has no `final/` yet (still training?)."
     )
     assert DemoApp.from_run(make_run(tmp_path / "ok")).checkpoint_note is None  # final/ is used: nothing to say
+
+
+def test_offline_the_base_tab_says_its_error_once_with_one_hint(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    app = DemoApp.from_run(None)
+    [(text, status)] = list(app.generate_base("Hello", *GREEDY))
+    assert text == "" and status == (
+        "⚠️ Could not load the base model `gpt2`: cannot download 'openai-community/gpt2' from the Hugging Face Hub "
+        "(HF_HUB_OFFLINE is set). If you are offline, pass a local copy of the weights: "
+        "`python app.py --base /path/to/model.safetensors` (or a folder holding it)."
+    )
+    assert status.count("Could not load") == 1 and status.count("pass a local") == 1

@@ -383,3 +383,68 @@ def _wait_until(condition, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.05)
+
+
+def _parents(layout: dict, target: int, path: tuple = ()) -> tuple | None:
+    """The ids of the layout nodes above component ``target``, outermost first (None: not in ``layout``)."""
+    if layout.get("id") == target:
+        return path
+    for child in layout.get("children", []):
+        found = _parents(child, target, (*path, layout.get("id")))
+        if found is not None:
+            return found
+    return None
+
+
+def test_stop_is_small_and_plain_until_a_generation_runs(app):
+    from gpt2_scratch.demo.generate_tab import _stop_button, _stopped
+
+    demo = build_demo(app)
+    components = _components(demo)
+    ids = {c["id"]: c["props"].get("elem_id") for c in demo.config["components"]}
+    deps = demo.config["dependencies"]
+    by_name = {d["api_name"]: i for i, d in enumerate(deps)}
+    for prefix, api in (("base", "generate_base"), ("ft", "generate_finetuned"), ("sbs", "generate_side_by_side")):
+        stop, go = components[f"{prefix}-stop"]["props"], components[f"{prefix}-generate"]["props"]
+        assert (stop["variant"], stop["size"], stop["scale"]) == ("secondary", "sm", 0)
+        assert go["variant"] == "primary"
+        # Generate turns it red at once; the end of the generation, or its cancellation, turns it back.
+        on_go = [
+            d for d in deps if (components[f"{prefix}-generate"]["id"], "click") in {tuple(t) for t in d["targets"]}
+        ]
+        looks = [d for d in on_go if [ids[o] for o in d["outputs"]] == [f"{prefix}-stop"]]
+        assert len(looks) == 1 and looks[0]["queue"] is False
+        after = [d for d in deps if d.get("trigger_after") == by_name[api]]
+        assert sorted([ids[o] for o in d["outputs"]] for d in after) == sorted(
+            [[f"{prefix}-stop"], [f"{prefix}-status", f"{prefix}-stop"]]
+        )
+    assert _stop_button(True).variant == "stop" and _stop_button(False).variant == "secondary"
+    assert _stopped()[1].variant == "secondary"
+
+
+def test_the_loss_plot_and_the_options_table_each_get_the_full_width(app):
+    demo = build_demo(app)
+    components = _components(demo)
+    types = {c["id"]: c["type"] for c in demo.config["components"]}
+    loss, options = components["results-loss"], components["results-options"]
+    assert loss["type"] == "plot" and components["results-hist"]["type"] == "plot"  # figures: demo.figures
+    above = {k: _parents(demo.config["layout"], components[k]["id"]) for k in ("results-loss", "results-options")}
+    # Both directly in the browser's column: not squeezed side by side in a row.
+    assert above["results-loss"] == above["results-options"]
+    assert above["results-loss"][-1] == components["results-browser"]["id"]
+    assert "row" not in [types.get(i) for i in above["results-options"]]
+    assert options["props"]["max_height"] == 400
+
+
+def test_css_wraps_unbroken_strings_in_the_record_view_and_scrolls_the_options_table():
+    from gpt2_scratch.demo.layout import APP_CSS
+
+    rules = dict(
+        (selector.strip(), body.strip()) for selector, body in (r.split("{") for r in APP_CSS.split("}") if "{" in r)
+    )
+    assert "overflow-wrap: anywhere" in rules["#results-browser .textfield, #results-browser .textfield *"]
+    assert "word-break: normal" in rules["#results-browser .textfield, #results-browser .textfield *"]
+    assert "overflow-wrap: anywhere" in rules["#results-browser textarea"]
+    assert "min-width: 0" in rules['#results-browser [id^="results-row-"] > *']
+    assert "overflow-x: auto" in rules["#results-options"]
+    assert "max-width: 100%" in rules["#results-loss img, #results-hist img"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
 from benchmarks.bench_compare import synthetic_runs
 from gpt2_scratch.demo import MAX_RUNS, ResultsBrowser
@@ -113,9 +114,15 @@ def test_overview_of_runs_on_different_test_sets_and_a_broken_one(browser):
     ]
     assert summary["note"].tolist() == ["", "", "", "", problem]
     # Loss curves of all three (a bad eval file leaves the curve): 6 + 1 + 6 evaluations, train and val each.
-    data = pd.DataFrame(_value(loss)["data"], columns=_value(loss)["columns"])
-    assert len(data) == 26 and data[data["series"] == "b · val"]["loss"].tolist() == [3.5]
-    assert loss.color_map["b · train"] == "#ff7f0e" and loss.color_map["b · val"] == "#ffbb78"
+    # A figure with one panel (all three are SFT runs); every curve in the legend, in each run's hue.
+    [panel] = loss.axes
+    curves = {line.get_label(): line for line in panel.get_lines()}
+    assert sum(len(line.get_ydata()) for line in curves.values()) == 26
+    assert list(curves["b · val"].get_ydata()) == [3.5] and panel.get_ylabel() == "loss (cross-entropy)"
+    assert curves["b · train"].get_color() == "#ff7f0e" and curves["b · val"].get_color() == "#ffbb78"
+    assert [t.get_text() for t in loss.legends[0].get_texts()] == [
+        f"{run} · {split}" for run in ("a", "b", "broken") for split in ("train", "val")
+    ]
     assert options_message == "2 options differ; 3 are the same in every run." and options.visible
     assert metric.choices == [
         ("ROUGE-L F1", "rouge_l"),
@@ -223,11 +230,16 @@ def test_comparisons_are_built_once_per_selection(browser, monkeypatch):
 
 def test_plots_of_a_score(browser):
     hist, scatter, length = browser.plots(["a", "b"], "judge_score")
-    bars = pd.DataFrame(_value(hist)["data"], columns=_value(hist)["columns"])
-    assert len(bars) == 4 * 10 and hist.sort == ["a · base", "a · finetuned", "b · base", "b · finetuned"]
-    b_tuned = bars[bars["series"] == "b · finetuned"].set_index("bin")["count"]
-    assert b_tuned["90–100"] == 1 and b_tuned["80–90"] == 1 and b_tuned["70–80"] == 1  # 95, 85, 70
-    assert list(hist.color_map) == list(bars["bin"].unique()) and hist.color_map["0–10"] == "#dc2626"
+    # One stacked bar per run and model, a segment per bin (every bin labelled in the legend, the last one too).
+    [ax] = hist.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a · base", "a · finetuned", "b · base", "b · finetuned"]
+    bins = {c.get_label(): c for c in ax.containers}
+    assert list(bins) == [f"{10 * k}–{10 * k + 10}" for k in range(10)]
+    b_tuned = {label: bars[3].get_height() for label, bars in bins.items()}  # 95, 85, 70 of its 3 scored records
+    assert b_tuned["90–100"] == b_tuned["80–90"] == b_tuned["70–80"] == pytest.approx(1 / 3)
+    assert sum(b_tuned.values()) == pytest.approx(1.0)
+    assert to_hex(bins["0–10"][0].get_facecolor()) == "#dc2626"
+    assert [t.get_text() for t in hist.legends[0].get_texts()] == list(bins)[::-1]  # highest on top, as the bars
     points = pd.DataFrame(_value(scatter)["data"], columns=_value(scatter)["columns"])
     assert points[["id", "run", "base", "finetuned"]].values.tolist() == [
         [7, "a", 10, 95],
@@ -239,8 +251,8 @@ def test_plots_of_a_score(browser):
     by_length = pd.DataFrame(_value(length)["data"], columns=_value(length)["columns"])
     assert sorted(set(by_length["reference_words"])) == [1, 5, 8] and length.x_lim == [0, 1.05 * 8 + 1]
     captions = browser.redraw(["a", "b"], "judge_score")
-    assert captions[0].caption == "Runs: a, b"
-    assert captions[2].caption.startswith("Runs: a, b · 3 shared records · Judge score (0–100) · drag across")
+    assert len(captions) == 2
+    assert captions[1].caption.startswith("Runs: a, b · 3 shared records · Judge score (0–100) · drag across")
     assert browser.plots(["a"], "bleu") == (gr.skip(), gr.skip(), gr.skip())
 
 

@@ -143,7 +143,17 @@ def test_header_names_the_checkpoint_and_why():
     header = header_markdown("r6", "gpt2", "r6/best", "alpaca", "Serving `best/`, not `final/`: broken.")
     assert "Run `r6` · base model `gpt2` · finetuned checkpoint `r6/best` (prompt style `alpaca`)." in header
     assert header.endswith("\n\n⚠️ Serving `best/`, not `final/`: broken.")
-    assert "finetuned checkpoint none." in header_markdown(None, "gpt2", None, "alpaca")
+    assert "finetuned checkpoint none." in header_markdown("r7", "gpt2", None, "alpaca")
+
+
+def test_with_no_run_the_header_says_so_and_how_to_make_one():
+    header = header_markdown(None, "gpt2", None, "alpaca")
+    assert "`none`" not in header and "Run `" not in header
+    assert header.splitlines()[1] == (
+        "**No run to serve yet.** Train one with `python finetune.py` (then restart the app), or pick one with "
+        "`python app.py --run runs/<name>`. Meanwhile the Base model tab serves `gpt2`. Models load on the first "
+        "request, so the first answer takes a few seconds longer."
+    )
 
 
 # --------------------------------------------------------------------------- the results browser's texts

@@ -15,11 +15,16 @@ from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import decode, encode
+from tests.fixtures.preferences import instruction_entries, write_json
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-INSTRUCTIONS = SHARED / "instruction-data.json"
 SETTINGS = SamplingSettings(max_new_tokens=6)
 STYLE = get_prompt_style("phi3")
+
+
+@pytest.fixture(scope="module")
+def instructions(tmp_path_factory) -> Path:
+    """20 instruction records (the book's layout) in a .json file."""
+    return write_json(tmp_path_factory.mktemp("data") / "instructions.json", instruction_entries(20))
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,8 @@ def answer(model, record) -> str:
     return decode(ids).strip()
 
 
-def test_one_pair_per_record_in_source_order(tmp_path, tiny):
-    records = load_records(str(INSTRUCTIONS))[:10]
+def test_one_pair_per_record_in_source_order(tmp_path, tiny, instructions):
+    records = load_records(str(instructions))[:10]
     out = tmp_path / "prefs.json"
     stats = selfplay.build_preferences(tiny, records, STYLE, out, SETTINGS, batch_size=4, progress_bar=False)
     pairs = load_preferences(str(out))
@@ -47,8 +52,8 @@ def test_one_pair_per_record_in_source_order(tmp_path, tiny):
     assert stats.new_tokens == 60  # random weights never stop early
 
 
-def test_answers_that_agree_with_the_reference_stay_in_place_and_are_counted(tmp_path, tiny):
-    records = load_records(str(INSTRUCTIONS))[:20]
+def test_answers_that_agree_with_the_reference_stay_in_place_and_are_counted(tmp_path, tiny, instructions):
+    records = load_records(str(instructions))[:20]
     data = [r.to_dict() for r in records]
     data[2]["output"] = answer(tiny, records[2])  # the model will say exactly the reference
     (tmp_path / "data.json").write_text(json.dumps(data))
@@ -62,8 +67,8 @@ def test_answers_that_agree_with_the_reference_stay_in_place_and_are_counted(tmp
     assert split_preferences(pairs).skipped["train"] == {"identical": 1}  # DPO skips it, counted
 
 
-def test_an_interrupted_build_continues_with_the_batches_left(tmp_path, tiny, monkeypatch):
-    records = load_records(str(INSTRUCTIONS))[:10]
+def test_an_interrupted_build_continues_with_the_batches_left(tmp_path, tiny, instructions, monkeypatch):
+    records = load_records(str(instructions))[:10]
     whole = tmp_path / "whole.json"
     selfplay.build_preferences(tiny, records, STYLE, whole, SETTINGS, batch_size=4, progress_bar=False)
 
@@ -96,11 +101,15 @@ def test_an_interrupted_build_continues_with_the_batches_left(tmp_path, tiny, mo
         selfplay.build_preferences(tiny, records, STYLE, out, SamplingSettings(max_new_tokens=5), progress_bar=False)
 
 
-def test_cli_writes_the_file_and_bad_input_is_one_line(tmp_path, capsys):
+def test_cli_writes_the_file_and_bad_input_is_one_line(tmp_path, instructions, capsys):
     out = tmp_path / "p.json"
-    args = ["--model", "random:tiny", "--dataset", str(INSTRUCTIONS), "--limit", "3", "--max-new-tokens", "3"]
+    args = ["--model", "random:tiny", "--dataset", str(instructions), "--limit", "3", "--max-new-tokens", "3"]
     assert make_preferences.main([*args, "--out", str(out), "--no-progress"]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {out}: 3 pairs, 3 usable")
+    # random:tiny answers record 1 with 3 whitespace tokens: an empty answer, kept in place and counted.
+    assert capsys.readouterr().out.startswith(
+        f"wrote {out}: 3 pairs, 2 usable; 0 where the model agrees with the reference and 1 empty answers stay in place"
+    )
+    assert [p.rejected for p in load_preferences(str(out))][1] == ""
     out.with_name("other.json").write_text("[]")
     assert make_preferences.main([*args, "--out", str(out.with_name("other.json"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()

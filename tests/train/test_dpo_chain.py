@@ -1,12 +1,11 @@
 """The whole chain offline, through the scripts: SFT -> make_preferences -> DPO -> evaluate -> export/card -> app.
 
-``random:tiny`` on the first 60 records of the shared instruction data (51 train / 6 test / 3 validation).
+``random:tiny`` on 60 instruction records built here in the book's layout (51 train / 6 test / 3 validation).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +20,8 @@ from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.publish.export import export_run
 from gpt2_scratch.runs import RunPaths
 from gpt2_scratch.train.log import loss_figure, read_metrics
+from tests.fixtures.preferences import instruction_entries, write_json
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TINY = ["--base", "random:tiny", "--prompt-style", "phi3", "--sample-tokens", "2", "--eval-batches", "1"]
 
 
@@ -31,11 +30,12 @@ def chain(tmp_path_factory):
     torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("chain")
     runs = tmp / "runs"
-    data = ["--dataset", str(SHARED / "instruction-data.json"), "--limit", "60", "--out-dir", str(runs)]
+    instructions = write_json(tmp / "data" / "instructions.json", instruction_entries(60))
+    data = ["--dataset", str(instructions), "--limit", "60", "--out-dir", str(runs)]
     assert finetune.main([*TINY, *data, "--name", "sft", "--max-steps", "2", "--lr", "1e-3"]) == 0
     sft = runs / "sft"
     prefs = tmp / "prefs.json"
-    args = ["--model", str(sft), "--dataset", str(SHARED / "instruction-data.json"), "--limit", "60"]
+    args = ["--model", str(sft), "--dataset", str(instructions), "--limit", "60"]
     assert make_preferences.main([*args, "--out", str(prefs), "--max-new-tokens", "4", "--no-progress"]) == 0
     dpo_args = ["--method", "dpo", "--base", str(sft), "--prompt-style", "phi3", "--dataset", str(prefs)]
     dpo_args += ["--out-dir", str(runs), "--name", "dpo", "--max-steps", "3", "--eval-every", "1", "--lr", "1e-3"]
