@@ -77,9 +77,11 @@ class PerRequest:
 T = TypeVar("T")
 
 
-def paced(items: Iterable[T], interval: float = UPDATE_INTERVAL_S) -> Iterator[T]:
-    """``items``, leaving out those that come within ``interval`` seconds of the last one passed on; the
-    last item always passes. For streams of cumulative text: nothing is lost, updates just come less often."""
+def paced(items: Iterable[T], interval: float | None = None) -> Iterator[T]:
+    """``items``, leaving out those that come within ``interval`` seconds (default ``UPDATE_INTERVAL_S``) of the
+    last one passed on; the last item always passes. For streams of cumulative text: nothing is lost, updates
+    just come less often."""
+    interval = UPDATE_INTERVAL_S if interval is None else interval
     last, pending, held = -math.inf, None, False
     for item in items:
         now = time.monotonic()

@@ -38,7 +38,8 @@ from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_s
 from gpt2_scratch.runs import RunInfo, RunPaths, display_path, unfinished_problem
 from gpt2_scratch.tokenizer import encode
 
-from .backends import UPDATE_INTERVAL_S, Backend, PerRequest, TokenStream, paced
+from . import backends
+from .backends import Backend, PerRequest, TokenStream, paced
 from .errors import failure, plain, problem, reports_errors
 from .inputs import UserError, clean_text, parse_settings
 from .prompt_fit import fit_prompt
@@ -459,7 +460,9 @@ class DemoApp:
                         del streams[name]
                         texts[name] += f"\n[{failure(e)}]"
                         failed.add(name)
-                if time.monotonic() - shown_at >= UPDATE_INTERVAL_S:  # as ``paced``: the final yield shows the rest
+                if (
+                    time.monotonic() - shown_at >= backends.UPDATE_INTERVAL_S
+                ):  # as ``paced``: the final yield shows the rest
                     shown_at = time.monotonic()
                     done = ", ".join(f"{name} {n}" for name, n in counts.items())
                     yield texts["base"], texts["finetuned"], _join(f"Generating… tokens: {done}", notice)

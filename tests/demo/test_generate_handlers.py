@@ -42,7 +42,13 @@ def app(run) -> DemoApp:
 # --------------------------------------------------------------------------- generation
 
 
-def test_base_streams_growing_text_equal_to_generate(app, greedy):
+@pytest.fixture
+def every_token(monkeypatch):
+    """Pages updated after every token (the tiny model outruns the default pacing of updates)."""
+    monkeypatch.setattr(backends_module, "UPDATE_INTERVAL_S", 0.0)
+
+
+def test_base_streams_growing_text_equal_to_generate(app, greedy, every_token):
     outputs = list(app.generate_base("Every effort moves you", *GREEDY))
     texts = [text for text, _ in outputs]
     expected = greedy("random:tiny", "Every effort moves you")
@@ -62,7 +68,7 @@ def test_finetuned_uses_checkpoint_and_its_prompt_style(app, run, greedy):
     assert "new tokens in" in status and "⚠️" not in status
 
 
-def test_side_by_side_streams_both_columns_together(app, run, greedy):
+def test_side_by_side_streams_both_columns_together(app, run, greedy, every_token):
     outputs = list(app.generate_side_by_side("Rewrite the sentence using a simile.", "The cat is quiet.", *GREEDY))
     prompt = get_prompt_style("alpaca").format("Rewrite the sentence using a simile.", "The cat is quiet.")
     base, finetuned, status = outputs[-1]
@@ -319,3 +325,15 @@ def test_offline_the_base_tab_says_its_error_once_with_one_hint(tmp_path, monkey
         "`python app.py --base /path/to/model.safetensors` (or a folder holding it)."
     )
     assert status.count("Could not load") == 1 and status.count("pass a local") == 1
+
+
+def test_tokens_within_the_update_interval_go_out_together_and_the_last_update_has_the_whole_answer(
+    app, greedy, monkeypatch
+):
+    monkeypatch.setattr(backends_module, "UPDATE_INTERVAL_S", 3600.0)  # decoding far faster than the page updates
+    outputs = list(app.generate_base("Every effort moves you", *GREEDY))
+    texts = [text for text, _ in outputs]
+    expected = greedy("random:tiny", "Every effort moves you")
+    assert len(expected.split()) > 3
+    # "Generating…", the first token, the rest at once (the last always goes out), the final status.
+    assert texts == ["", texts[1], expected, expected] and expected.startswith(texts[1]) and texts[1] != expected

@@ -22,7 +22,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
-from gpt2_scratch.demo import MAX_FILE_SIZE, MAX_RUNS, DemoApp, build_demo, load_examples, start
+from gpt2_scratch.demo import MAX_FILE_SIZE, MAX_RUNS, DemoApp, backends, build_demo, load_examples, start
 from gpt2_scratch.demo.results_tab import NO_RUNS
 from gpt2_scratch.prompts import get_prompt_style
 
@@ -237,7 +237,8 @@ def test_endpoints_are_named(served):
     assert params == ["instruction", "input", "max_new_tokens", "temperature", "top_k", "top_p", "seed"]
 
 
-def test_generate_base_streams_over_http(served, greedy):
+def test_generate_base_streams_over_http(served, greedy, monkeypatch):
+    monkeypatch.setattr(backends, "UPDATE_INTERVAL_S", 0.0)  # every token sent (the tiny model outruns the pacing)
     client, _, _ = served
     job = client.submit(prompt="Every effort moves you", **SETTINGS, api_name="/generate_base")
     text, status = job.result(timeout=60)
