@@ -36,7 +36,7 @@ from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
-from gpt2_scratch.inference import load_model
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.gguf import MODELFILE, check_gguf_types, gguf_file_name, modelfile, write_gguf
 from gpt2_scratch.publish.model_card import hub_base_model, model_card, scored_subset
@@ -157,7 +157,7 @@ def _write_weights(
     if checkpoint.adapter is None:
         model, _ = load_checkpoint(run.final)  # verifies the weights against their recorded sha256
     else:  # a LoRA run: its base (hash checked) with the adapter merged, a plain GPT2LMHeadModel
-        model, _ = load_model(str(run.final))
+        model, _ = load_gpt(str(run.final))
     state = to_hf_state_dict(model.state_dict_untied())
     if weights_dtype != "float32":
         state = {k: v.to(getattr(torch, weights_dtype)) for k, v in state.items()}
