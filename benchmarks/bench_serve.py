@@ -5,7 +5,7 @@ Starts two ``app.py`` processes (batched, and ``--no-batching``) serving ``--mod
 ``/generate_base`` for ``--new-tokens`` greedy tokens at once. Prints aggregate and per-user
 tokens/s and the time to first token (p50, p95), and checks the goals (at 8 users: aggregate >= 4x
 one user's and >= 3x without batching, p95 first token <= 1.5 s; one user >= 0.95x without
-batching). Method and figures: docs/performance.md.
+batching and >= 0.9x the library's own ``stream()`` in a process like the app's). Method and figures: docs/performance.md.
 
     python -m benchmarks.bench_serve                                        # 124M shape: the real figures
     python -m benchmarks.bench_serve --model random:tiny --users 1,2 --new-tokens 8   # smoke test
@@ -184,7 +184,33 @@ def run_round(app: App, users: int, new_tokens: int) -> Round:
     return Round(app.mode, users, answers, wall)  # type: ignore[arg-type]
 
 
-def goals(rounds: dict[tuple[str, int], Round]) -> list[tuple[str, float, float, bool]]:
+LIBRARY = """
+import sys, time
+import torch
+from gpt2_scratch.generate.sampling import SamplingSettings, stream
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.tokenizer import encode
+model, _ = load_model(sys.argv[1], dtype=sys.argv[2])
+ids = encode("Visitor 0 writes: Every effort moves you")
+list(stream(model, ids, SamplingSettings(max_new_tokens=4)))  # warm-up
+for _ in range(int(sys.argv[4])):
+    started = time.perf_counter()
+    n = len(list(stream(model, ids, SamplingSettings(max_new_tokens=int(sys.argv[3]))))[-1][0])
+    print(n / (time.perf_counter() - started), flush=True)
+"""
+
+
+def library_rate(args: argparse.Namespace, rounds: int) -> list[float]:
+    """Tokens/s of the library's own ``sampling.stream`` for one visitor's request, in a process like the app's
+    (same model, format and threads): what one visitor of the app should get."""
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    command = [sys.executable, "-c", LIBRARY, args.model, args.dtype, str(args.new_tokens), str(rounds)]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    return [float(line) for line in out.split()]
+
+
+def goals(rounds: dict[tuple[str, int], Round], library: float | None = None) -> list[tuple[str, float, float, bool]]:
     """(goal, measured, target, met) for each goal whose rounds were measured."""
     out = []
     on, off = (lambda n: rounds.get(("batching", n))), (lambda n: rounds.get(("no batching", n)))
@@ -200,6 +226,9 @@ def goals(rounds: dict[tuple[str, int], Round]) -> list[tuple[str, float, float,
     if on(1) and off(1):
         ratio = on(1).aggregate / off(1).aggregate
         out.append(("1 user: tokens/s / without batching", ratio, 0.95, ratio >= 0.95))
+    if on(1) and library:
+        ratio = on(1).aggregate / library
+        out.append(("1 user: tokens/s / the library's stream()", ratio, 0.9, ratio >= 0.9))
     return out
 
 
@@ -237,6 +266,9 @@ def main() -> None:
                 f"{'TTFT p95 s':>10} {'wall s':>7}"
             )
             rounds: dict[tuple[str, int], Round] = {}
+            library_rates = library_rate(args, 3)  # the apps are idle meanwhile
+            library = sorted(library_rates)[1]
+            print(f"{'1':>5}  {'stream()':<12} {library:>15.1f}  (the library in a process of its own; median of 3)")
             for n in users:
                 for mode, app in apps.items():
                     r = rounds[mode, n] = run_round(app, n, args.new_tokens)
@@ -249,7 +281,7 @@ def main() -> None:
             for app in apps.values():
                 app.close()
     print()
-    results = goals(rounds)
+    results = goals(rounds, library)
     for goal, value, target, met in results:
         print(f"{goal:<52} {value:6.2f}  (goal {target:g})  {'met' if met else 'NOT met'}")
     if args.json:
