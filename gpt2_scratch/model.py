@@ -58,7 +58,7 @@ def attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> tor
 
 # ---- caches: what a forward pass with a cache reads and appends to ---------------------------------
 #
-# ``GPT.forward`` takes either cache. Both answer the same four calls: ``end(T)`` (the context the
+# ``GPT.forward`` takes either cache. Both answer the same five calls: ``end(T)`` (the context the
 # forward will fill), ``positions(T, device)``, ``attend(layer, q, k, v, mask, dropout_p)`` (store
 # this step's keys and values, attend over everything cached) and ``advance(T)``; ``last(x)`` picks
 # the hidden states whose logits the caller wants with ``last_only``.
@@ -165,8 +165,9 @@ Cache = KVCache | RaggedCache
 class Adapted(nn.Module):
     """A linear layer whose adapter may apply to some tokens only: ``forward(x, adapter)`` (``lora.LoRALinear``).
 
-    ``adapter`` is a ``(B, T)`` bool tensor (True: the token gets the adapter) or None (every token):
-    one batch then mixes rows of the finetuned model and of its base (the serving engine).
+    ``adapter`` is a ``(B, T, 1)`` bool tensor (True: the token gets the adapter; ``GPT.forward`` takes it
+    as ``(B, T)``) or None (every token): one batch then mixes rows of the finetuned model and of its
+    base (the serving engine).
     """
 
 
