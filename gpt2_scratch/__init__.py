@@ -1,10 +1,12 @@
 """gpt2_scratch: GPT-2 written from scratch in PyTorch, finetuned, evaluated, published and demoed.
 
-Core: ``config``, ``model``, ``kernels``, ``inference`` (``load_model``), ``checkpoint``, ``hub``,
-``tokenizer``, ``prompts``, ``loss``, ``files``, ``runs`` (the run folder's schema), ``options`` (CLI).
-Subpackages, one per job: ``data`` (records, batches), ``train`` (config, loop, step, state, log,
-run_writer, distributed), ``generate`` (sampling, engine), ``eval`` (evaluation, config, progress,
-summary, scoring, judge), ``publish`` (export, model_card, hub_upload), ``demo`` (the Gradio app).
+Core: ``config``, ``model`` (what trains and what runs), ``loading`` (``load_gpt``), ``checkpoint``,
+``hub``, ``lora``, ``tokenizer``, ``prompts``, ``loss``, ``files``, ``runs`` (the run folder's schema),
+``options`` (CLI), ``devices``; the inference layer: ``inference`` (``to_inference``, ``load_model``)
+and ``kernels``. Subpackages, one per job: ``data`` (records, batches, preferences), ``train``
+(config, loop, step, state, log, run_writer, distributed, datasets, dpo), ``generate`` (sampling,
+engine, preferences), ``eval`` (evaluation, config, progress, summary, scoring, judge), ``publish``
+(export, model_card, hub_upload, peft_adapter, gguf), ``demo`` (the Gradio app).
 Imports run one way: scripts -> demo/publish -> eval/train/generate -> data -> core
 (tests/test_architecture.py). The map and the reasons: docs/design.md.
 """
