@@ -29,7 +29,7 @@ from gpt2_scratch.checkpoint import (
     is_export,
     read_export_info,
 )
-from gpt2_scratch.files import atomic_write_json, read_json
+from gpt2_scratch.files import atomic_write_json, exclusive_lock, read_json
 
 DEFAULT_RUNS_DIR = Path("runs")
 # Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
@@ -127,6 +127,15 @@ class RunPaths:
     def write_info(self, info: RunInfo) -> None:
         """Write ``run.json`` atomically."""
         atomic_write_json(self.run_json, info.to_dict())
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    def lock(self, holder: str):
+        """Hold the run folder for writing (``files.exclusive_lock``): a second writer gets a one-line
+        ``files.Locked`` naming the PID of the first. Training holds it for its whole life, evaluation too."""
+        return exclusive_lock(self.lock_file, holder, f"run folder {self.root}")
 
     @property
     def final(self) -> Path:

@@ -342,9 +342,17 @@ def _evaluate_models(run: RunPaths, models: "_Models", base_model: str, common: 
 
 
 def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
-    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
+    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary.
+
+    Holds the run folder's lock throughout (``RunPaths.lock``): no training or other evaluation writes beside it.
+    """
     if not run.root.is_dir():
         raise FileNotFoundError(f"run folder not found: {run.root}")
+    with run.lock("evaluate.py"):
+        return _evaluate_locked(run, settings)
+
+
+def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
     base_model = require_finished(run).base_model  # an unfinished run: how to finish it, in one line
     info = read_checkpoint_info(run.final)
     if info.prompt_style is None:

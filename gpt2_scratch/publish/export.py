@@ -27,6 +27,7 @@ from gpt2_scratch.checkpoint import (
     EXPORT_VERSION,
     WEIGHTS_FILE,
     CheckpointInfo,
+    is_export,
     load_checkpoint,
     read_adapter,
     read_checkpoint_info,
@@ -42,6 +43,7 @@ from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
 CARD_FILE = "README.md"
+EXPORT_KIND = "export"  # what files.MARKER says in an export folder
 WEIGHTS_DTYPES = ("float32", "bfloat16")  # how model.safetensors may be stored
 
 
@@ -204,7 +206,7 @@ def export_run(
         if "test_records_total" not in summary and run.test_records.is_file():  # an older summary.json
             summary = {**summary, "test_records_total": len(read_records(run.test_records))}
     out = Path(out)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, EXPORT_KIND, ours=is_export) as tmp:
         weight_files, num_params = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
         files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size)]
         trainable = None

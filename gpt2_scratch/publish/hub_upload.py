@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2_scratch.publish.export import Export, export_run
+from gpt2_scratch.checkpoint import is_export
+from gpt2_scratch.files import check_replaceable
+from gpt2_scratch.publish.export import EXPORT_KIND, Export, export_run
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +62,12 @@ class PublishPlan:
     model: Upload
     space: Upload | None
     private: bool
+    target: Path | None = None  # a dry run: where the export would go (``export.folder`` is a temporary folder)
+
+    def discard(self) -> None:
+        """Remove a dry run's temporary export (a real export stays where it was written)."""
+        if self.target is not None:
+            shutil.rmtree(self.export.folder.parent, ignore_errors=True)
 
 
 @dataclass
@@ -124,22 +134,34 @@ def prepare_publish(
     license: str = "mit",
     weights_dtype: str = "float32",
     app_root: Path = PROJECT_ROOT,
+    dry_run: bool = False,
 ) -> PublishPlan:
-    """Check the ids and the run, write the export (default ``<run>/export``), list what goes where."""
+    """Check the ids and the run, write the export (default ``<run>/export``), list what goes where.
+
+    ``dry_run`` writes the export to a temporary folder (``PublishPlan.discard`` removes it)
+    after checking that the real one could be written: nothing outside the temporary folder changes.
+    """
     check_repo_id(repo_id, "--repo")
     if space_id is not None:
         check_repo_id(space_id, "--space")
     space = space_files(app_root) if space_id is not None else None
     run = RunPaths(Path(run_dir))
+    target = Path(export_dir) if export_dir else run.root / "export"
+    temporary = None
     try:
+        check_replaceable(target, EXPORT_KIND, ours=is_export)
+        if dry_run:
+            temporary = Path(tempfile.mkdtemp(prefix="gpt2_scratch_dry_run_"))
         export = export_run(
             run.root,
-            Path(export_dir) if export_dir else run.root / "export",
+            temporary / "export" if temporary else target,
             repo_id=repo_id,
             license=license,
             weights_dtype=weights_dtype,
         )
     except (FileNotFoundError, ValueError) as e:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
         raise PublishError(str(e)) from None
     model = Upload(
         repo_id,
@@ -152,6 +174,7 @@ def prepare_publish(
         model,
         Upload(space_id, "space", space, f"Demo of {repo_id}") if space is not None else None,
         private,
+        target if dry_run else None,
     )
 
 
@@ -188,7 +211,10 @@ def describe(plan: PublishPlan, *, endpoint: str, token_from: str | None) -> str
     """What would go where: the text ``--dry-run`` prints."""
     visibility = "private" if plan.private else "public"
     total = sum(local.stat().st_size for local, _ in plan.model.files)
-    lines = [f"export: {plan.export.folder} ({len(plan.model.files)} files, {_size(total)})", ""]
+    where = f"{plan.export.folder}"
+    if plan.target is not None:
+        where = f"{plan.target} (dry run: written to a temporary folder and removed; {plan.target} is unchanged)"
+    lines = [f"export: {where} ({len(plan.model.files)} files, {_size(total)})", ""]
     uploads = [(plan.model, "model repo")] + ([(plan.space, f"Space ({SPACE_SDK})")] if plan.space else [])
     for up, kind in uploads:
         lines.append(f'{kind} {up.url(endpoint)} ({visibility}, created if missing), one commit "{up.message}":')

@@ -15,6 +15,7 @@ processes and saved). Defaults, resume and several GPUs: docs/design.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from gpt2_scratch import lora
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler
 from gpt2_scratch.data.records import Record, resolve_source
+from gpt2_scratch.files import Locked
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.model import GPT
@@ -77,13 +79,23 @@ class Trainer:
     run stands is ``progress``: exactly what the resume state saves.
     """
 
-    def __init__(self, config: TrainConfig, dist_ctx: DistContext, device: torch.device):
+    def __init__(
+        self,
+        config: TrainConfig,
+        dist_ctx: DistContext,
+        device: torch.device,
+        held: contextlib.ExitStack | None = None,
+    ):
         self.dist_ctx, self.device = dist_ctx, device
+        # The run folder's lock (rank 0): ``train`` releases it when it returns.
+        self.held = held if held is not None else contextlib.ExitStack()
         self.is_main = dist_ctx.is_main  # rank 0 logs, samples and writes the files
         self.run_info: RunInfo | None = None  # run.json
         self.paths: RunPaths | None = None  # a new run's folder is created by run_training
         self.restoring = False  # resuming from a saved state (else the run starts at step 0)
         if config.resume is not None:
+            if Path(config.resume).is_dir():  # before anything is read: another process may be training it
+                self._lock(RunPaths(Path(config.resume)))
             config, self.run_info = _resume_config(config)
             self.paths = RunPaths(Path(config.resume))
             with dist_ctx.main_first():
@@ -163,6 +175,7 @@ class Trainer:
                 raise ValueError(error)
             self.config = dataclasses.replace(self.config, name=folder.name)
             self.paths = RunPaths(folder)
+            self._lock(self.paths)
         if self.run_info is None:
             self.run_info = RunInfo(
                 name=self.config.name,
@@ -184,6 +197,18 @@ class Trainer:
             if self.data.note:
                 self._say(self.data.note)
             self._baseline()
+
+    def _lock(self, paths: RunPaths) -> None:
+        """Rank 0 holds ``paths``' lock until ``train`` returns; held by another process: every rank raises."""
+        error = None
+        if self.is_main:
+            try:
+                self.held.enter_context(paths.lock("finetune.py"))
+            except (Locked, OSError) as e:
+                error = str(e)
+        error = self.dist_ctx.broadcast(error)
+        if error:
+            raise ValueError(error)
 
     def _create_folder(self) -> tuple[Path | None, str | None]:
         """(the new run folder, None), or (None, why it cannot be created): every rank raises the same."""
@@ -411,8 +436,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunPaths:
     """
     dist_ctx, device, created = init_distributed(config.device)
     trainer = None
+    held = contextlib.ExitStack()  # the run folder's lock
     try:
-        trainer = Trainer(config, dist_ctx, device)
+        trainer = Trainer(config, dist_ctx, device, held)
         return trainer.run_training(stop_after)
     except KeyboardInterrupt:
         paths = trainer.paths if trainer is not None else None  # None: the folder does not exist yet
@@ -423,5 +449,6 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunPaths:
         trainer.mark_interrupted()
         raise TrainingInterrupted(paths.root, trainer.run_info, trainer.progress.step) from None
     finally:
+        held.close()
         if created:
             dist.destroy_process_group()

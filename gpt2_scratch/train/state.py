@@ -72,7 +72,7 @@ def save_train_state(
     """
     from safetensors.torch import save_file
 
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, "train state", ours=lambda f: (f / "state.json").is_file()) as tmp:
         weights = lora.adapter_state_dict(model) if lora.has_adapters(model) else model.state_dict_untied()
         opt = optimizer.state_dict()
         # AdamW's state is per parameter index: tensors (exp_avg, exp_avg_sq, step) go to

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, read_safetensors
-from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.files import MARKER, read_jsonl
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.train import loop as training
 from gpt2_scratch.train.config import TrainConfig
@@ -117,7 +117,10 @@ def test_refuses_to_overwrite_a_run(tmp_path, reference_run):
 
 def dot_entries(paths) -> list[str]:
     return sorted(
-        p.name for folder in (paths.root, paths.root / "data") for p in folder.iterdir() if p.name.startswith(".")
+        p.name
+        for folder in (paths.root, paths.root / "data")
+        for p in folder.iterdir()
+        if p.name.startswith(".") and p != paths.lock_file
     )
 
 
@@ -172,7 +175,7 @@ def test_checkpoint_files_follow_the_umask(reference_run):
     umask = os.umask(0)
     os.umask(umask)
     files = [p for folder in (reference_run.final, reference_run.best) for p in folder.iterdir()]
-    assert {p.name for p in files} == {"model.safetensors", "config.json"}
+    assert {p.name for p in files} == {"model.safetensors", "config.json", MARKER}
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
     assert stat.S_IMODE(reference_run.final.stat().st_mode) == 0o777 & ~umask
 
