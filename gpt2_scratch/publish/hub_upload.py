@@ -12,6 +12,7 @@ its reasons: docs/design.md.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2_scratch.checkpoint import is_export
-from gpt2_scratch.files import check_replaceable
+from gpt2_scratch.files import Locked, check_replaceable
 from gpt2_scratch.publish.export import EXPORT_KIND, Export, export_run
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
@@ -152,14 +153,16 @@ def prepare_publish(
         check_replaceable(target, EXPORT_KIND, ours=is_export)
         if dry_run:
             temporary = Path(tempfile.mkdtemp(prefix="gpt2_scratch_dry_run_"))
-        export = export_run(
-            run.root,
-            temporary / "export" if temporary else target,
-            repo_id=repo_id,
-            license=license,
-            weights_dtype=weights_dtype,
-        )
-    except (FileNotFoundError, ValueError) as e:
+        # No evaluation rewrites the run while it is exported (a dry run only reads: it takes no lock).
+        with run.lock("publish.py") if not dry_run and run.root.is_dir() else contextlib.nullcontext():
+            export = export_run(
+                run.root,
+                temporary / "export" if temporary else target,
+                repo_id=repo_id,
+                license=license,
+                weights_dtype=weights_dtype,
+            )
+    except (FileNotFoundError, ValueError, Locked) as e:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         raise PublishError(str(e)) from None

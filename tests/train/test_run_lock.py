@@ -81,3 +81,16 @@ def test_training_holds_the_lock_until_it_returns(tmp_path, fixture_json, monkey
     assert seen and all(f"is in use by process {os.getpid()} (finetune.py)" in s for s in seen)
     with paths.lock("test"):  # released at the end
         pass
+
+
+def test_publish_waits_for_no_one_and_names_the_holder(holder, capsys, monkeypatch):
+    import publish
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # past the token check; nothing is uploaded
+    root, proc = holder
+    assert publish.main(["--run", str(root), "--repo", "me/x", "--export-dir", str(root.parent / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"error: run folder {root} is in use by process {proc.pid} (finetune.py); wait until it ends, or stop it"
+    )
+    assert not (root.parent / "export").exists()
