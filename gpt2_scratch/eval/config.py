@@ -20,6 +20,7 @@ from gpt2_scratch.eval.judge import JUDGE_API_KEY_ENV, JudgeConfig
 from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.inference import DTYPES, resolve_device
+from gpt2_scratch.options import check_range, option_name
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
 
 WHAT = "what to evaluate"
@@ -179,6 +180,17 @@ class EvalConfig:
             "metavar": "N",
         },
     )
+
+    def __post_init__(self) -> None:
+        """Range errors name the option as typed, worded as finetune.py's (``options.check_range``)."""
+        for name in ("max_new_tokens", "batch_size"):
+            check_range(option_name(name), getattr(self, name), "positive integer")
+        for name in ("limit", "top_k"):
+            check_range(option_name(name), getattr(self, name), "positive integer", none_ok=True)
+        check_range("--temperature", self.temperature, "non-negative number")
+        check_range("--top-p", self.top_p, "number in (0, 1]", none_ok=True)
+        check_range("--judge-timeout", self.judge_timeout, "positive number")
+        check_range("--judge-retries", self.judge_retries, "non-negative integer")
 
     def resolve(self) -> tuple[RunPaths, EvalSettings]:
         """The run folder and the settings these options name; bad values raise one-line ValueErrors."""

@@ -45,6 +45,7 @@ from gpt2_scratch.train.log import MetricsLog, plot_losses
 from gpt2_scratch.train.run_writer import (
     BestWeights,
     TrainingInterrupted,
+    check_out_dir,
     clear_outputs,
     create_run_folder,
     mark_interrupted,
@@ -104,6 +105,7 @@ class Trainer:
             self.restoring = (self.paths.train_state / "state.json").is_file()
         else:  # run.json stores the dataset so that it resolves from anywhere (the sha256 is checked on resume)
             config = dataclasses.replace(config, dataset=resolve_source(config.dataset))
+            check_out_dir(config.out_dir)  # now, not after loading a model
             if config.name is not None and (Path(config.out_dir) / config.name).exists():
                 raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model
         self.config = config

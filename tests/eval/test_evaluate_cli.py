@@ -41,8 +41,11 @@ def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
 
     for argv, message in [
         (["--run", str(tmp_path / "nope")], "no such run folder"),
-        (["--run", str(run.root), "--limit", "0"], "limit"),
-        (["--run", str(run.root), "--temperature", "-1"], "temperature"),
+        (["--run", str(run.root), "--limit", "0"], "--limit must be a positive integer, got 0"),
+        (["--run", str(run.root), "--temperature", "-1"], "--temperature must be a non-negative number, got -1.0"),
+        (["--run", str(run.root), "--max-new-tokens", "0"], "--max-new-tokens must be a positive integer, got 0"),
+        (["--run", str(run.root), "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["--run", str(run.root), "--top-p", "1.5"], "--top-p must be a number in (0, 1], got 1.5"),
         (["--run", str(run.root), "--judge-url", "http://localhost:1/v1"], "--judge-model"),
     ]:
         assert evaluate_cli.main(argv) == 2, argv
