@@ -36,6 +36,7 @@ from gpt2_scratch.eval.summary import (
     ModelResults,
     aggregate,
     build_summary,
+    finished_summary,
     keep_finished,
     prediction_rows,
 )
@@ -379,7 +380,11 @@ def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
         prompts_sha256=prompts_sha256,
         total=total,
     )
-    keep_finished(run, summary_of({m: {} for m in settings.models}), replace=settings.replace or settings.restart)
+    planned = summary_of({m: {} for m in settings.models})
+    done = None if settings.replace or settings.restart else finished_summary(run, planned)
+    if done is not None:  # the same evaluation, finished: nothing to generate
+        return done
+    keep_finished(run, planned, replace=settings.replace or settings.restart)
 
     models = _Models(run, base_model, info, settings.device, dtype)  # a LoRA run loads here: nothing written yet
     run.eval_dir.mkdir(parents=True, exist_ok=True)
@@ -403,7 +408,7 @@ def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
     summary = summary_of(models)
     atomic_write_jsonl(run.predictions, rows)
     atomic_write_json(run.summary, summary)
-    for res in results.values():  # the results are written: these files no longer block other settings
+    for res in results.values():  # the results are written: summary.json now guards them, not these files
         for progress in res.progress:
-            progress.mark_done()
+            progress.remove()
     return summary

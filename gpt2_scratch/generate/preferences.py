@@ -125,7 +125,7 @@ def build_preferences(
         for r, ids in zip(records, outputs)
     ]
     write_preferences(out, pairs)
-    progress.mark_done()
+    progress.remove()  # the file is written: nothing to resume
     agree = sum(1 for p in pairs if p.rejected and p.rejected == p.chosen.strip())
     empty = sum(1 for p in pairs if not p.rejected)
     return BuildStats(len(pairs), agree, empty, seconds, sum(len(o) for o in outputs))

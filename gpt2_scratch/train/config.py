@@ -131,9 +131,18 @@ class TrainConfig:
     save_every: int = field(
         default=100,
         metadata={
-            "help": "steps between resume states in <run>/train_state/ (0: never)",
+            "help": "steps between resume states in <run>/train_state/ (0: never by steps)",
             "group": "output",
             "metavar": "STEPS",
+        },
+    )
+    save_every_minutes: float = field(
+        default=10.0,
+        metadata={
+            "help": "also save a resume state when this many minutes passed since the last one (0: never by time): "
+            "an interruption loses at most that much work, however slow the steps",
+            "group": "output",
+            "metavar": "MINUTES",
         },
     )
 
@@ -313,7 +322,7 @@ class TrainConfig:
         for name in ("limit", "max_steps"):
             check_range(option_name(name), getattr(self, name), "positive integer", none_ok=True)
         check_range("--lr", self.lr, "positive number")
-        for name in ("weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip", "save_every_minutes"):
             check_range(option_name(name), getattr(self, name), "non-negative number")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")

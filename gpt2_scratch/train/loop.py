@@ -58,6 +58,7 @@ from gpt2_scratch.train.state import Progress, load_train_state, restore_rng, rn
 from gpt2_scratch.train.step import StepRunner, attach_adapters, configure_optimizer, lr_at
 
 NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before training
+_clock = time.monotonic  # of --save-every-minutes (a test sets the time)
 
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
@@ -132,6 +133,7 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
         self.progress = Progress()
+        self._last_save = 0.0  # when the last resume state was saved (or the steps started): --save-every-minutes
         self.best = BestWeights(adapter=self.adapter)  # rank 0 keeps progress.best_step's weights for best/
 
     @property
@@ -318,7 +320,19 @@ class Trainer:
             self._write_best()  # at the last step, best/ is written with final/ (once, if they are the same)
         plot_losses(self.paths.metrics, self.paths.loss_plot)
 
+    def _state_due(self) -> bool:
+        """Whether to save a resume state after this step: every ``save_every`` steps, or
+        ``save_every_minutes`` after the last save (or the start), whichever comes first."""
+        cfg = self.config
+        if cfg.save_every and self.progress.step % cfg.save_every == 0:
+            return True
+        if not cfg.save_every_minutes:
+            return False
+        due = _clock() - self._last_save >= 60 * cfg.save_every_minutes
+        return self.dist_ctx.broadcast(due)  # rank 0's clock decides: the save is collective
+
     def _save_state(self) -> None:
+        self._last_save = _clock()
         rng = rng_states(self.dist_ctx, self.device)  # collective: every rank takes part
         # After the state is on disk: run.json then names the step a resume starts from.
         self.run_info = dataclasses.replace(self.run_info, saved_step=self.progress.step)
@@ -359,6 +373,7 @@ class Trainer:
             self._start()
         self.steps.prepare(self.paths, self.data, self.progress, self._say)  # dpo: the reference log-probs
         self.steps.wrap()
+        self._last_save = _clock()  # the clock of --save-every-minutes starts with the steps
         with tqdm(
             total=self.total_steps,
             initial=self.progress.step,
@@ -399,7 +414,7 @@ class Trainer:
                 if self.is_main:
                     self._end_epoch()
                 p.epoch, p.position, batches = p.epoch + 1, 0, None
-            if cfg.save_every and p.step % cfg.save_every == 0 and p.step < self.total_steps:
+            if self._state_due() and p.step < self.total_steps:
                 self._save_state()
             if stop_after is not None and stop_after <= p.step < self.total_steps:
                 return False  # as if killed here: nothing more is written

@@ -250,3 +250,22 @@ def test_the_prompt_is_masked_by_default(tmp_path, fixture_json):
     assert cut > 10 and (targets[0, :cut] == IGNORE_INDEX).all()
     assert (targets[0, cut:] != IGNORE_INDEX).all()  # the response and its EOS are learned
     assert not (tmp_path / "runs").exists()  # loading data and model creates no run folder
+
+
+def test_a_resume_state_is_saved_by_time_as_well_as_by_steps(tmp_path, fixture_json, monkeypatch):
+    clock = iter(range(0, 10_000, 50))  # every call to the clock: 50 s later
+    monkeypatch.setattr(training, "_clock", lambda: next(clock))
+    # No step save before step 100; 50 s a step against a 1.5 minute budget: a save every second step.
+    cfg = small_config(tmp_path, fixture_json, name="timed", epochs=2, save_every=100, save_every_minutes=1.5)
+    paths = train(cfg, stop_after=5)
+    assert json.loads(paths.run_json.read_text())["saved_step"] == 4
+    assert json.loads((paths.train_state / "state.json").read_text())["step"] == 4
+    never = train(
+        small_config(tmp_path, fixture_json, name="never", save_every=100, save_every_minutes=0), stop_after=5
+    )
+    assert not never.train_state.exists()
+
+
+def test_save_every_minutes_must_not_be_negative(tmp_path, fixture_json):
+    with pytest.raises(ValueError, match=r"^--save-every-minutes must be a non-negative number, got -1$"):
+        small_config(tmp_path, fixture_json, save_every_minutes=-1)
