@@ -142,17 +142,22 @@ _FILE_KINDS = {"partial": "answers", "judge": "judgements"}
 
 
 def _mismatch_message(path: Path, saved: dict | None, current: dict, done: bool) -> str:
+    """Names the options that exist in both scripts with progress files (evaluate.py, make_preferences.py)."""
     kind, _, model = path.stem.partition("_")  # partial_<model>.jsonl, judge_<model>.jsonl
-    what = f"{_FILE_KINDS.get(kind, 'results')} of the {model} model"
+    if kind in _FILE_KINDS:
+        holder, what = f"{path.parent}/", f"{_FILE_KINDS[kind]} of the {model} model"
+    else:  # make_preferences.py's <out>.progress.jsonl
+        holder, what = str(path), "answers"
     if not isinstance(saved, dict):
         return f"{path} has no valid header; delete it (or pass --restart) to start over"
     if done:
         return (
-            f"{path.parent}/ holds a finished evaluation ({what}) made with other settings: "
-            f"{describe_differences(saved, current)}; rerun with those settings, or pass --replace to replace it"
+            f"{holder} holds a finished {'evaluation (' + what + ')' if kind in _FILE_KINDS else 'build'} made with "
+            f"other settings: {describe_differences(saved, current)}; rerun with those settings, or pass --replace "
+            "to replace it"
         )
     return (
-        f"{path.parent}/ holds unfinished {what} made with other settings: {describe_differences(saved, current)}; "
+        f"{holder} holds unfinished {what} made with other settings: {describe_differences(saved, current)}; "
         "rerun with the same settings to resume, or pass --restart to start over"
     )
 
