@@ -240,6 +240,13 @@ def read_adapter(folder: str | os.PathLike, *, verify: bool = True) -> tuple[Che
 
 def _read_weights(info: CheckpointInfo, verify: bool) -> dict[str, torch.Tensor]:
     """The tensors of ``info``'s weights file, after checking its size and (``verify``) its sha256."""
+    check_weights(info, verify=verify)
+    return read_safetensors(info.weights_file)
+
+
+def check_weights(info: CheckpointInfo, *, verify: bool = True) -> None:
+    """A one-line error when ``info``'s weights file is missing, of another size than recorded or
+    (``verify``) of another sha256: what loading would say, without loading (e.g. before hours of work)."""
     weights = info.weights_file
     if not weights.is_file():
         raise FileNotFoundError(f"{info.path} is missing {weights.name}")
@@ -251,7 +258,6 @@ def _read_weights(info: CheckpointInfo, verify: bool) -> dict[str, torch.Tensor]
         )
     if verify and file_sha256(weights) != info.sha256:
         raise ValueError(f"{weights} does not match the sha256 recorded in config.json (corrupt or replaced?)")
-    return read_safetensors(weights)
 
 
 # safetensors' dtype names, as in its format description.

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from gpt2_scratch import lora
-from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info
+from gpt2_scratch.checkpoint import CheckpointInfo, check_weights, read_checkpoint_info
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
 from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
@@ -356,6 +356,8 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
 def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
     base_model = require_finished(run).base_model  # an unfinished run: how to finish it, in one line
     info = read_checkpoint_info(run.final)
+    if "finetuned" in settings.models or info.adapter is not None:
+        check_weights(info)  # a truncated or corrupt final/ is reported now, not after the base's answers
     if info.prompt_style is None:
         raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
     style = get_prompt_style(info.prompt_style)

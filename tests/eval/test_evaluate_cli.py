@@ -82,3 +82,18 @@ def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_bad_weights_are_reported_before_any_answer(run, damage, capsys, monkeypatch):
+    from gpt2_scratch.eval import evaluation
+
+    weights = run.final / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("generated before checking the weights"))
+    assert evaluate_cli.main(["--run", str(run.root), "--replace", "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights} ") and err.count("\n") == 1
+    assert ("truncated or replaced" if damage == "truncated" else "corrupt or replaced") in err
+    assert not run.eval_dir.exists()
