@@ -21,7 +21,7 @@ from gpt2_scratch.data.records import DEFAULT_DATASET_URL, load_records
 from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE
 from gpt2_scratch.generate.preferences import build_preferences
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.hub import looks_local
+from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES, load_model, resolve_device
 from gpt2_scratch.options import ArgumentParser, check_range
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, get_prompt_style
@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"--out {args.out} is a folder; name the preference file to write")
     if args.out.exists() and not args.replace:
         raise ValueError(f"--out {args.out} exists; choose another path, or pass --replace to replace it")
-    if looks_local(args.model) and not Path(args.model).expanduser().exists():
-        raise ValueError(f"--model {args.model}: no such file or folder")
+    check_local_model(args.model, "--model")
     records = load_records(args.dataset)[: args.limit]
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     model, info = load_model(args.model, device=resolve_device(args.device), dtype=args.dtype)

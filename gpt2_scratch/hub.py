@@ -103,6 +103,18 @@ def _locate(source: str) -> tuple[Path, Path | None]:
     return _download(resolve_hub_id(source))
 
 
+def absolute_source(source: str) -> str:
+    """A model string as a run records it: a local path made absolute (it then resolves from any folder);
+    a Hub id, a short name or ``random:<preset>`` as it is."""
+    return str(Path(source).expanduser().resolve()) if looks_local(source) else source
+
+
+def check_local_model(source: str, option: str) -> None:
+    """A one-line ``ValueError`` naming ``option`` when ``source`` names a local path that does not exist."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise ValueError(f"{option} {source}: no such file or folder")
+
+
 def looks_local(source: str) -> bool:
     """Whether ``source`` names a local path rather than a Hub id, whether or not it exists.
 

@@ -43,6 +43,16 @@ class EvalConfig:
             "default_text": f"the newest run under {DEFAULT_RUNS_DIR}/ with a final checkpoint",
         },
     )
+    base: str | None = field(
+        default=None,
+        metadata={
+            "help": "the base model to compare with (and a LoRA run's base), instead of the one the run records: "
+            "a Hub id, a local path (e.g. after moving it), random:<preset>",
+            "group": WHAT,
+            "metavar": "MODEL",
+            "default_text": "the run's own, from run.json",
+        },
+    )
     models: str = field(
         default="both",
         metadata={
@@ -216,6 +226,7 @@ class EvalConfig:
             dtype=self.dtype,
             refill=self.refill,
             judge=self.judge(),
+            base=self.base,
             restart=self.restart,
             replace=self.replace,
             progress=self.progress,

@@ -43,6 +43,7 @@ from gpt2_scratch.eval.summary import (
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generate.engine import Engine
 from gpt2_scratch.generate.sampling import SamplingSettings, generate, new_token_cap
+from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
@@ -72,6 +73,7 @@ class EvalSettings:
     device: str = "cpu"
     dtype: str = "float32"  # inference format (inference.DTYPES); float32 reproduces earlier results exactly
     judge: JudgeConfig | None = None
+    base: str | None = None  # the base model instead of the one run.json records (e.g. moved since)
     restart: bool = False  # delete saved progress first
     replace: bool = False  # replace a finished evaluation made with other settings
     progress: bool = True  # show tqdm progress bars
@@ -177,11 +179,13 @@ class _Models:
     and that base with the adapter off (``base``, ``lora.base_view``): one copy of the weights.
     """
 
-    def __init__(self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str):
+    def __init__(
+        self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str, base: str | None = None
+    ):
         self.run, self.base_model, self.info, self.device, self.dtype = run, base_model, info, device, dtype
         self.adapted = None
-        if info.adapter is not None:
-            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False)
+        if info.adapter is not None:  # ``base``: the adapter's base, when not the one it records
+            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False, base=base)
 
     def get(self, name: str) -> tuple[GPT, str | None]:
         """(model ready for inference, sha256 of its weights when known: ours, or the LoRA base's)."""
@@ -355,6 +359,9 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
 
 def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
     base_model = require_finished(run).base_model  # an unfinished run: how to finish it, in one line
+    if settings.base is not None:
+        check_local_model(settings.base, "--base")  # a missing path: now, in one line
+        base_model = settings.base
     info = read_checkpoint_info(run.final)
     if "finetuned" in settings.models or info.adapter is not None:
         check_weights(info)  # a truncated or corrupt final/ is reported now, not after the base's answers
@@ -388,7 +395,9 @@ def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
         return done
     keep_finished(run, planned, replace=settings.replace or settings.restart)
 
-    models = _Models(run, base_model, info, settings.device, dtype)  # a LoRA run loads here: nothing written yet
+    models = _Models(
+        run, base_model, info, settings.device, dtype, base=settings.base
+    )  # a LoRA run loads here: nothing written yet
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     if settings.restart:
         for pattern in ("partial_*.jsonl", "judge_*.jsonl"):

@@ -104,7 +104,7 @@ def build_summary(
         "test_records_total": total,
         "prompts_sha256": prompts_sha256,
         "checkpoint": {"path": str(run.final), "sha256": info.sha256},
-        "base_model": info_run.base_model,
+        "base_model": settings.base or info_run.base_model,  # evaluate.py --base: the one compared with
         "prompt_style": style.name,
         "test_records": str(run.test_records),
         "generation": generation,

@@ -32,6 +32,7 @@ from gpt2_scratch.data.batches import LengthGroupedBatchSampler
 from gpt2_scratch.data.records import Record, resolve_source
 from gpt2_scratch.files import Locked
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.hub import absolute_source
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
@@ -104,8 +105,11 @@ class Trainer:
                 if self.is_main:
                     self._remove_leftovers()
             self.restoring = (self.paths.train_state / "state.json").is_file()
-        else:  # run.json stores the dataset so that it resolves from anywhere (the sha256 is checked on resume)
-            config = dataclasses.replace(config, dataset=resolve_source(config.dataset))
+        else:  # run.json stores the dataset and a local base so that they resolve from anywhere (the sha256 is
+            # checked on resume)
+            config = dataclasses.replace(
+                config, dataset=resolve_source(config.dataset), base=absolute_source(config.base)
+            )
             check_out_dir(config.out_dir)  # now, not after loading a model
             if config.name is not None and (Path(config.out_dir) / config.name).exists():
                 raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model

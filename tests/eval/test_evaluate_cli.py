@@ -1,5 +1,6 @@
 """evaluate.py, the command line: an end-to-end run, --help, errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,16 @@ def test_bad_weights_are_reported_before_any_answer(run, damage, capsys, monkeyp
     assert err.startswith(f"error: {weights} ") and err.count("\n") == 1
     assert ("truncated or replaced" if damage == "truncated" else "corrupt or replaced") in err
     assert not run.eval_dir.exists()
+
+
+def test_base_overrides_the_base_the_run_records(run, capsys, monkeypatch):
+    info = json.loads(run.run_json.read_text())
+    run.run_json.write_text(json.dumps({**info, "base_model": "/moved/away/gpt2"}))
+    monkeypatch.chdir(run.root.parent)
+    fast = ["--run", str(run.root), "--models", "base", "--limit", "2", "--max-new-tokens", "2", "--no-progress"]
+    assert evaluate_cli.main([*fast, "--base", "./missing"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --base ./missing: no such file or folder"
+    assert evaluate_cli.main(fast) == 2
+    assert "/moved/away/gpt2" in capsys.readouterr().err
+    assert evaluate_cli.main([*fast, "--base", "random:tiny"]) == 0
+    assert json.loads(run.summary.read_text())["base_model"] == "random:tiny"

@@ -269,3 +269,16 @@ def test_a_resume_state_is_saved_by_time_as_well_as_by_steps(tmp_path, fixture_j
 def test_save_every_minutes_must_not_be_negative(tmp_path, fixture_json):
     with pytest.raises(ValueError, match=r"^--save-every-minutes must be a non-negative number, got -1$"):
         small_config(tmp_path, fixture_json, save_every_minutes=-1)
+
+
+def test_a_local_base_is_recorded_as_an_absolute_path(tmp_path, fixture_json, monkeypatch):
+    from gpt2_scratch.checkpoint import save_checkpoint
+    from gpt2_scratch.inference import load_model
+
+    save_checkpoint(tmp_path / "models" / "tiny", load_model("random:tiny")[0], prompt_style="phi3")
+    monkeypatch.chdir(tmp_path)
+    paths = train(small_config(tmp_path, fixture_json, name="local", base="models/tiny", max_steps=1))
+    expected = str((tmp_path / "models" / "tiny").resolve())
+    assert json.loads(paths.run_json.read_text())["base_model"] == expected
+    assert json.loads(paths.run_json.read_text())["training"]["base"] == expected
+    assert TrainConfig(base="gpt2").base == "gpt2"  # a Hub id stays an id (made absolute only when it is a path)
