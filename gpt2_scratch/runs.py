@@ -30,6 +30,7 @@ from gpt2_scratch.checkpoint import (
     read_export_info,
 )
 from gpt2_scratch.files import atomic_write_json, exclusive_lock, read_json
+from gpt2_scratch.hub import looks_local
 
 DEFAULT_RUNS_DIR = Path("runs")
 # Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
@@ -43,13 +44,19 @@ HUB_RUN_FILES = [*APP_FILES, "final/*"]
 
 def hub_run_files(config_json: Path) -> list[str]:
     """``HUB_RUN_FILES`` for the repo whose root ``config.json`` is ``config_json`` (downloaded first): a LoRA
-    run's export without its merged weights, which the app does not load (it serves base + adapter/)."""
+    run's export without its merged weights, which the app does not load (it serves base + adapter/), unless
+    its base is a local path that is not here (the app then serves the merged weights)."""
     try:
         meta = json.loads(config_json.read_text(encoding="utf-8")).get(EXPORT_KEY)
     except (OSError, ValueError, AttributeError):  # none (a run folder pushed as it is), or not ours
         return HUB_RUN_FILES
-    lora_export = isinstance(meta, dict) and isinstance(meta.get("adapter"), dict)
-    return [p for p in HUB_RUN_FILES if p != WEIGHTS_FILE] if lora_export else HUB_RUN_FILES
+    adapter = meta.get("adapter") if isinstance(meta, dict) else None
+    if not isinstance(adapter, dict):
+        return HUB_RUN_FILES
+    base = str(adapter.get("base_model") or meta.get("base_model") or "")
+    if looks_local(base) and not Path(base).expanduser().exists():  # no base to load here
+        return HUB_RUN_FILES
+    return [p for p in HUB_RUN_FILES if p != WEIGHTS_FILE]
 
 
 @dataclass

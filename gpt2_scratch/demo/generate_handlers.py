@@ -29,6 +29,7 @@ from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.hub import looks_local
 from gpt2_scratch.inference import RANDOM_PREFIX, load_model, model_dtype, resolve_device, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
@@ -109,6 +110,15 @@ class LazyModel:
                     time.perf_counter() - started,
                 )
             return self._model
+
+
+def base_unavailable(base: str | None, reason: str) -> str:
+    """The base tab's message when a LoRA export is served from its merged weights because its base cannot be loaded."""
+    return (
+        f"The base model `{base}` of this LoRA run cannot be loaded here ({reason}), so there is no base model "
+        "to compare with: the Finetuned tab serves the export's merged weights. To compare, start the app with "
+        "`--base <the same base: a Hub id or a local path>`."
+    )
 
 
 def check_base(source: str | None, option: str = "the base model") -> None:
@@ -210,6 +220,7 @@ class DemoApp:
         backend: Backend | None = None,
         dtype: str = "float32",
         shared_base: bool = False,
+        merged_fallback: bool = False,
     ):
         self.run = run
         self.run_name = run_name or (run.root.name if run else None)
@@ -222,8 +233,11 @@ class DemoApp:
             dtype=self.dtype,
             merge=not shared_base,
         )
+        self.base_problem: str | None = None  # why a LoRA export's base is not served (its merged weights are)
+        if shared_base and merged_fallback:
+            self.finetuned._load = self._load_adapted_or_merged
         # A LoRA run of this base: the base tab is the finetuned model's weights without the adapter.
-        view = (lambda: lora.base_view(self.finetuned.get())) if shared_base else None
+        view = self._base_view if shared_base else None
         self.base = LazyModel(base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype, load=view)
         self.shared_base = shared_base
         self.finetuned_problem = finetuned_problem
@@ -232,6 +246,25 @@ class DemoApp:
         self.prompt_style = prompt_style
         self.browser = browser or ResultsBrowser([])  # the results tab: every run offered, compared
         self.context = context  # block size of the finetuned checkpoint, when known without loading it
+
+    def _load_adapted_or_merged(self) -> GPT:
+        """A LoRA export: base + adapter (one copy of the base for both tabs); when its base cannot be
+        loaded here (a local path where it was trained, no network), the export's merged weights."""
+        try:
+            return self.finetuned._load_model()
+        except Exception as e:  # the base could not be had: the merged weights need none
+            self.base_problem = base_unavailable(self.base.source, str(e).strip().splitlines()[0])
+            log.warning("serving the merged weights of %s: %s", self.finetuned.source, self.base_problem)
+            device = str(resolve_device("auto"))
+            return load_model(self.finetuned.source, device=device, dtype=self.dtype)[0]
+
+    def _base_view(self) -> GPT:
+        """The base tab of a LoRA run: the finetuned model's weights with the adapter off."""
+        if self.base_problem is None:  # known once the finetuned model is loaded (or when the app starts)
+            finetuned = self.finetuned.get()
+        if self.base_problem is not None:
+            raise UserError(self.base_problem)
+        return lora.base_view(finetuned)
 
     @classmethod
     def from_run(
@@ -276,7 +309,12 @@ class DemoApp:
         )
         # A Hub snapshot's folder is a commit hash; run.json has the real name.
         run_name = run_info.name if run_info else (run.root.name if run else None)
-        return cls(
+        lora_export = info is not None and info.exported and info.adapter is not None
+        merged = lora_export and info.weights_file.is_file()  # a LoRA export's merged weights: served without a base
+        shared = info is not None and info.adapter is not None and info.adapter.base_model == str(base_source)
+        # Its base a path of the machine that trained (a Space): served from the merged weights, no base tab.
+        no_base = merged and shared and looks_local(str(base_source)) and not Path(base_source).expanduser().exists()
+        app = cls(
             base_source=str(base_source),
             finetuned_source=info.path if info else None,
             prompt_style=style,
@@ -293,8 +331,13 @@ class DemoApp:
             backend=backend,
             dtype=dtype,
             # A LoRA run on the base served here: one copy of the base weights for both models.
-            shared_base=info is not None and info.adapter is not None and info.adapter.base_model == str(base_source),
+            shared_base=shared and not no_base,
+            merged_fallback=merged,
         )
+        if no_base:
+            app.base_problem = base_unavailable(str(base_source), "no such file or folder here")
+            app.base._load = app._base_view
+        return app
 
     def eval_dtype(self) -> str | None:
         """The inference format the served run's test-set results were generated in (None: not evaluated)."""

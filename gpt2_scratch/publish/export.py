@@ -37,7 +37,7 @@ from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
 from gpt2_scratch.inference import load_model
-from gpt2_scratch.publish.model_card import hub_base_model, model_card, scored_subset
+from gpt2_scratch.publish.model_card import hub_base_model, local_base, model_card, scored_subset
 from gpt2_scratch.publish.peft_adapter import write_peft_adapter
 from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
@@ -212,7 +212,8 @@ def export_run(
         trainable = None
         if checkpoint.adapter is not None:
             tensors = read_adapter(run.final)[1]
-            base_id = hub_base_model(run_info.base_model) or run_info.base_model
+            base = run_info.base_model  # adapter_config.json names no local path (of the machine that trained)
+            base_id = hub_base_model(base) or (None if local_base(base) else base)
             files += write_peft_adapter(tmp, checkpoint.adapter, tensors, base_id)
             trainable = sum(t.numel() for t in tensors.values())
         for src in run_files(run):

@@ -23,6 +23,7 @@ from pathlib import Path
 from gpt2_scratch.checkpoint import is_export
 from gpt2_scratch.files import Locked, check_replaceable
 from gpt2_scratch.publish.export import EXPORT_KIND, Export, export_run
+from gpt2_scratch.publish.model_card import local_base
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -201,6 +202,17 @@ def notes(plan: PublishPlan) -> list[str]:
         out.append(
             f"warning: the scores are of {n} of the {total} test records only; the card says so and its "
             f"model-index leaves them out (python evaluate.py --run {plan.export.source} --replace, then publish again)"
+        )
+    base = plan.export.run.base_model
+    if local_base(base):
+        lora = plan.export.run.training.get("lora_rank")
+        out.append(
+            f"warning: the base model {base} is a local path: the card names it only as {Path(base).name!r} and has "
+            "no base_model metadata"
+            + (", adapter/adapter_config.json names no base" if lora else "")
+            + "; run.json and config.json keep the path"
+            + (", and a Space serves the merged weights (the base is not there to load)" if lora else "")
+            + ". Train on a Hub model (--base gpt2) for a card that links its base"
         )
     if plan.private and plan.space is not None:
         out.append(
