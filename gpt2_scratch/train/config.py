@@ -40,7 +40,7 @@ METHOD_DEFAULTS = {
     "dpo": {"dataset": DEFAULT_PREFERENCE_URL, "epochs": 1, "lr": 5e-6},
 }
 # What --resume may change: how the run is executed, not what it computes (finetune.py and train/loop.py).
-RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile", "save_every_minutes")
 _MAY_CHANGE = [option_name(n) for n in RESUME_OVERRIDES if n != "resume"]
 _RESUME_HELP = (
     "continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state "
