@@ -105,7 +105,7 @@ def save_adapter_checkpoint(
 CHECKPOINT_KIND = "checkpoint"  # what files.MARKER says in final/ and best/
 
 
-def _is_checkpoint(folder: Path) -> bool:
+def is_checkpoint(folder: Path) -> bool:
     """A checkpoint folder written before ``files.MARKER`` existed: a config.json of our format."""
     try:
         meta = read_json(folder / CONFIG_FILE)
@@ -121,7 +121,7 @@ def _write(folder, tensors, config: GPTConfig, prompt_style, metadata, adapter: 
         get_prompt_style(prompt_style)  # refuse an unknown name now, not at load time
     folder = Path(folder)
     name = ADAPTER_FILE if adapter is not None else WEIGHTS_FILE
-    with atomic_folder(folder, CHECKPOINT_KIND, ours=_is_checkpoint) as tmp:
+    with atomic_folder(folder, CHECKPOINT_KIND, ours=is_checkpoint) as tmp:
         save_file(tensors, str(tmp / name), metadata={"format": "pt"})
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())

@@ -299,7 +299,12 @@ def _public_modes(folder: Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
-def link_folder(source: str | os.PathLike, path: str | os.PathLike, kind: str = "folder") -> None:
+def link_folder(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    kind: str = "folder",
+    ours: Callable[[Path], bool] | None = None,
+) -> None:
     """Atomically make ``path`` a folder of hard links to the files of ``source`` (a flat folder).
 
     For two folders with identical content (a run's best/ and final/ when the
@@ -308,7 +313,7 @@ def link_folder(source: str | os.PathLike, path: str | os.PathLike, kind: str = 
     folder, which leaves the other name's data untouched. Where the filesystem
     has no hard links, the files are copied.
     """
-    with atomic_folder(path, kind) as tmp:
+    with atomic_folder(path, kind, ours) as tmp:
         for file in Path(source).iterdir():
             try:
                 os.link(file, tmp / file.name)

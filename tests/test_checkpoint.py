@@ -160,3 +160,17 @@ def test_read_safetensors_equals_the_safetensors_package(tmp_path):
         ValueError, match=r"cut\.safetensors is not a readable safetensors file .*does not fit the file"
     ):
         read_safetensors(tmp_path / "cut.safetensors")
+
+
+def test_a_checkpoint_written_before_markers_is_replaced_and_a_foreign_folder_is_not(tmp_path, model):
+    from gpt2_scratch.files import FolderRefused
+
+    save_checkpoint(tmp_path / "ck", model)
+    (tmp_path / "ck" / MARKER).unlink()  # as earlier versions wrote it
+    save_checkpoint(tmp_path / "ck", model)
+    assert (tmp_path / "ck" / MARKER).is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    with pytest.raises(FolderRefused, match="it holds files this project did not write"):
+        save_checkpoint(tmp_path / "mine", model)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["config.json"]

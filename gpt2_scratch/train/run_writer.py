@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from gpt2_scratch import lora
-from gpt2_scratch.checkpoint import CHECKPOINT_KIND, AdapterInfo, save_adapter_checkpoint, save_checkpoint
+from gpt2_scratch.checkpoint import (
+    CHECKPOINT_KIND,
+    AdapterInfo,
+    is_checkpoint,
+    save_adapter_checkpoint,
+    save_checkpoint,
+)
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import Split, write_records
 from gpt2_scratch.files import link_folder, remove_stray_temporaries
@@ -179,5 +185,5 @@ class BestWeights:
     def link(self, folder: Path, final: Path, step: int) -> None:
         """Make ``folder`` hard links to ``final`` (a checkpoint of the same weights, step and metadata)."""
         if self.written != step:
-            link_folder(final, folder, CHECKPOINT_KIND)
+            link_folder(final, folder, CHECKPOINT_KIND, ours=is_checkpoint)
             self.written = step
