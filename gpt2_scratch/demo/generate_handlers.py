@@ -29,7 +29,6 @@ from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.hub import looks_local
 from gpt2_scratch.inference import RANDOM_PREFIX, load_model, model_dtype, resolve_device, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
@@ -110,15 +109,6 @@ class LazyModel:
                     time.perf_counter() - started,
                 )
             return self._model
-
-
-def base_unavailable(base: str | None, reason: str) -> str:
-    """The base tab's message when a LoRA export is served from its merged weights because its base cannot be loaded."""
-    return (
-        f"The base model `{base}` of this LoRA run cannot be loaded here ({reason}), so there is no base model "
-        "to compare with: the Finetuned tab serves the export's merged weights. To compare, start the app with "
-        "`--base <the same base: a Hub id or a local path>`."
-    )
 
 
 def check_base(source: str | None, option: str = "the base model") -> None:
@@ -248,21 +238,23 @@ class DemoApp:
         self.context = context  # block size of the finetuned checkpoint, when known without loading it
 
     def _load_adapted_or_merged(self) -> GPT:
-        """A LoRA export: base + adapter (one copy of the base for both tabs); when its base cannot be
-        loaded here (a local path where it was trained, no network), the export's merged weights."""
+        """A LoRA export: base + adapter (one copy of the base for both tabs), or its merged weights when its
+        base cannot be loaded here (a local path of the machine that trained, no network), and the base tab says so."""
         try:
             return self.finetuned._load_model()
-        except Exception as e:  # the base could not be had: the merged weights need none
-            self.base_problem = base_unavailable(self.base.source, str(e).strip().splitlines()[0])
+        except Exception as e:  # the merged weights need no base
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            self.base_problem = (
+                f"The base model `{self.base.source}` of this LoRA run cannot be loaded here ({reason}): "
+                "the Finetuned tab serves the export's merged weights. To compare, start the app with `--base <model>`."
+            )
             log.warning("serving the merged weights of %s: %s", self.finetuned.source, self.base_problem)
-            device = str(resolve_device("auto"))
-            return load_model(self.finetuned.source, device=device, dtype=self.dtype)[0]
+            return load_model(self.finetuned.source, device=str(resolve_device("auto")), dtype=self.dtype)[0]
 
     def _base_view(self) -> GPT:
         """The base tab of a LoRA run: the finetuned model's weights with the adapter off."""
-        if self.base_problem is None:  # known once the finetuned model is loaded (or when the app starts)
-            finetuned = self.finetuned.get()
-        if self.base_problem is not None:
+        finetuned = self.finetuned.get()
+        if self.base_problem is not None:  # known once the finetuned model is loaded
             raise UserError(self.base_problem)
         return lora.base_view(finetuned)
 
@@ -309,12 +301,7 @@ class DemoApp:
         )
         # A Hub snapshot's folder is a commit hash; run.json has the real name.
         run_name = run_info.name if run_info else (run.root.name if run else None)
-        lora_export = info is not None and info.exported and info.adapter is not None
-        merged = lora_export and info.weights_file.is_file()  # a LoRA export's merged weights: served without a base
-        shared = info is not None and info.adapter is not None and info.adapter.base_model == str(base_source)
-        # Its base a path of the machine that trained (a Space): served from the merged weights, no base tab.
-        no_base = merged and shared and looks_local(str(base_source)) and not Path(base_source).expanduser().exists()
-        app = cls(
+        return cls(
             base_source=str(base_source),
             finetuned_source=info.path if info else None,
             prompt_style=style,
@@ -331,13 +318,9 @@ class DemoApp:
             backend=backend,
             dtype=dtype,
             # A LoRA run on the base served here: one copy of the base weights for both models.
-            shared_base=shared and not no_base,
-            merged_fallback=merged,
+            shared_base=info is not None and info.adapter is not None and info.adapter.base_model == str(base_source),
+            merged_fallback=info is not None and info.exported and info.weights_file.is_file(),  # a Space: no base
         )
-        if no_base:
-            app.base_problem = base_unavailable(str(base_source), "no such file or folder here")
-            app.base._load = app._base_view
-        return app
 
     def eval_dtype(self) -> str | None:
         """The inference format the served run's test-set results were generated in (None: not evaluated)."""

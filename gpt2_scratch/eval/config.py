@@ -19,6 +19,7 @@ from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings
 from gpt2_scratch.eval.judge import JUDGE_API_KEY_ENV, JudgeConfig
 from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES, resolve_device
 from gpt2_scratch.options import check_range, option_name
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
@@ -204,6 +205,8 @@ class EvalConfig:
 
     def resolve(self) -> tuple[RunPaths, EvalSettings]:
         """The run folder and the settings these options name; bad values raise one-line ValueErrors."""
+        if self.base is not None:
+            check_local_model(self.base, "--base")  # a missing path: now, not after loading the run's model
         if self.run is not None:
             if not Path(self.run).is_dir():
                 raise ValueError(f"--run {self.run}: no such run folder")

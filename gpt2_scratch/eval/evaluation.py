@@ -43,7 +43,6 @@ from gpt2_scratch.eval.summary import (
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generate.engine import Engine
 from gpt2_scratch.generate.sampling import SamplingSettings, generate, new_token_cap
-from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
@@ -358,10 +357,8 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
 
 
 def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
-    base_model = require_finished(run).base_model  # an unfinished run: how to finish it, in one line
-    if settings.base is not None:
-        check_local_model(settings.base, "--base")  # a missing path: now, in one line
-        base_model = settings.base
+    info_run = require_finished(run)  # an unfinished run: how to finish it, in one line
+    base_model = settings.base or info_run.base_model  # evaluate.py --base: the base compared with
     info = read_checkpoint_info(run.final)
     if "finetuned" in settings.models or info.adapter is not None:
         check_weights(info)  # a truncated or corrupt final/ is reported now, not after the base's answers

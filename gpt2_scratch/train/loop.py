@@ -15,11 +15,11 @@ processes and saved). Defaults, resume and several GPUs: docs/design.md.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,16 +82,10 @@ class Trainer:
     run stands is ``progress``: exactly what the resume state saves.
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        dist_ctx: DistContext,
-        device: torch.device,
-        held: contextlib.ExitStack | None = None,
-    ):
+    def __init__(self, config: TrainConfig, dist_ctx: DistContext, device: torch.device, held: ExitStack | None = None):
         self.dist_ctx, self.device = dist_ctx, device
         # The run folder's lock (rank 0): ``train`` releases it when it returns.
-        self.held = held if held is not None else contextlib.ExitStack()
+        self.held = held if held is not None else ExitStack()
         self.is_main = dist_ctx.is_main  # rank 0 logs, samples and writes the files
         self.run_info: RunInfo | None = None  # run.json
         self.paths: RunPaths | None = None  # a new run's folder is created by run_training
@@ -105,8 +99,7 @@ class Trainer:
                 if self.is_main:
                     self._remove_leftovers()
             self.restoring = (self.paths.train_state / "state.json").is_file()
-        else:  # run.json stores the dataset and a local base so that they resolve from anywhere (the sha256 is
-            # checked on resume)
+        else:  # run.json stores the dataset and a local base so that they resolve from anywhere
             config = dataclasses.replace(
                 config, dataset=resolve_source(config.dataset), base=absolute_source(config.base)
             )
@@ -457,7 +450,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunPaths:
     """
     dist_ctx, device, created = init_distributed(config.device)
     trainer = None
-    held = contextlib.ExitStack()  # the run folder's lock
+    held = ExitStack()  # the run folder's lock
     try:
         trainer = Trainer(config, dist_ctx, device, held)
         return trainer.run_training(stop_after)
