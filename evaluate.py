@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = EvalConfig(**vars(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
     run = None
     try:
+        config = EvalConfig(**vars(args))  # a value out of range: one line naming the option, as finetune.py
         run, settings = config.resolve()
         summary = evaluate_run(run, settings)
     except KeyboardInterrupt:  # one line, like finetune.py: what was kept and how to go on

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gpt2_scratch.options import ArgumentParser, add_dataclass_options, option_name
 from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
+from gpt2_scratch.train.distributed import launched_rank
 from gpt2_scratch.train.loop import train
 
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train() raises TrainingInterrupted, which names the run folder
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
-    print(f"run folder: {paths.root}")
+    if launched_rank() == 0:  # under torchrun every process returns here; one line is enough
+        print(f"run folder: {paths.root}")
     return 0
 
 

@@ -6,9 +6,10 @@
 Writes the run's export to <run>/export (the layout transformers reads: pipeline("text-generation",
 model="<user>/<name>") loads it; the run's own files; a model card) and uploads it as one commit to
 the model repo. With --space it also pushes the app to a Gradio Space and sets GPT2_SCRATCH_HUB_REPO
-there, so the Space shows this run. --dry-run writes the export, prints what would go where, and
-uploads nothing. --gguf adds model-<TYPE>.gguf files for llama.cpp and Ollama, and an Ollama
-Modelfile. The token comes from HF_TOKEN or the cached login (hf auth login).
+there, so the Space shows this run. --dry-run builds the export in a temporary folder, prints what would go
+where, and writes and uploads nothing. An --export-dir that is not empty and not an earlier export is refused.
+--gguf adds model-<TYPE>.gguf files for llama.cpp and Ollama, and an Ollama Modelfile. The token comes from
+HF_TOKEN or the cached login (hf auth login).
 The work is in gpt2_scratch/publish/export.py and gpt2_scratch/publish/hub_upload.py.
 """
 
@@ -30,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--space", help="also push the demo to this Gradio Space, <user>/<space> (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo (and the Space) private")
     p.add_argument(
-        "--dry-run", action="store_true", help="write the export and print what would go where; upload nothing"
+        "--dry-run",
+        action="store_true",
+        help="build the export in a temporary folder and print what would go where; write and upload nothing",
     )
     p.add_argument("--export-dir", type=Path, help="where to write the export (default: <run>/export)")
     p.add_argument("--license", default="mit", help="license in the model card (default: mit, GPT-2's license)")
@@ -76,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
             weights_dtype=args.weights_dtype,
             gguf_types=args.gguf or (),
+            dry_run=args.dry_run,
         )
         if args.dry_run:
-            print(describe(plan, endpoint=constants.ENDPOINT, token_from=token_source()))
-            print("dry run: nothing was uploaded")
+            try:
+                print(describe(plan, endpoint=constants.ENDPOINT, token_from=token_source()))
+            finally:
+                plan.discard()
+            print("dry run: nothing was written or uploaded")
             return 0
         result = upload(plan, token=token)
     except PublishError as e:

@@ -27,7 +27,8 @@ from benchmarks.common import machine_line, ratio_text, spread
 from gpt2_scratch import lora
 from gpt2_scratch.generate.engine import Engine
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.inference import load_model, prepare_for_inference
+from gpt2_scratch.inference import to_inference
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import encode
 
@@ -36,13 +37,13 @@ PROMPT = get_prompt_style("alpaca").format("Rewrite the sentence in the passive 
 
 def lora_model(preset: str, dtype: str, rank: int = 8):
     """``random:<preset>`` with a rank-``rank`` adapter (B nudged), kept apart, in ``dtype``; and its base view."""
-    model, _ = load_model(f"random:{preset}")
+    model, _ = load_gpt(f"random:{preset}")
     lora.inject(model, lora.LoRAConfig(rank=rank), torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for _, layer in lora.lora_layers(model):
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.02)
-    model = prepare_for_inference(model.eval(), dtype)
+    model = to_inference(model.eval(), dtype)
     return model, lora.base_view(model)
 
 

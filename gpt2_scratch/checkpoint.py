@@ -102,6 +102,18 @@ def save_adapter_checkpoint(
     return _write(folder, adapter, config, prompt_style, metadata, info)
 
 
+CHECKPOINT_KIND = "checkpoint"  # what files.MARKER says in final/ and best/
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A checkpoint folder written before ``files.MARKER`` existed: a config.json of our format."""
+    try:
+        meta = read_json(folder / CONFIG_FILE)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def _write(folder, tensors, config: GPTConfig, prompt_style, metadata, adapter: AdapterInfo | None) -> CheckpointInfo:
     from safetensors.torch import save_file
 
@@ -109,7 +121,7 @@ def _write(folder, tensors, config: GPTConfig, prompt_style, metadata, adapter: 
         get_prompt_style(prompt_style)  # refuse an unknown name now, not at load time
     folder = Path(folder)
     name = ADAPTER_FILE if adapter is not None else WEIGHTS_FILE
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, CHECKPOINT_KIND, ours=is_checkpoint) as tmp:
         save_file(tensors, str(tmp / name), metadata={"format": "pt"})
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
@@ -228,6 +240,13 @@ def read_adapter(folder: str | os.PathLike, *, verify: bool = True) -> tuple[Che
 
 def _read_weights(info: CheckpointInfo, verify: bool) -> dict[str, torch.Tensor]:
     """The tensors of ``info``'s weights file, after checking its size and (``verify``) its sha256."""
+    check_weights(info, verify=verify)
+    return read_safetensors(info.weights_file)
+
+
+def check_weights(info: CheckpointInfo, *, verify: bool = True) -> None:
+    """A one-line error when ``info``'s weights file is missing, of another size than recorded or
+    (``verify``) of another sha256: what loading would say, without loading (e.g. before hours of work)."""
     weights = info.weights_file
     if not weights.is_file():
         raise FileNotFoundError(f"{info.path} is missing {weights.name}")
@@ -239,7 +258,6 @@ def _read_weights(info: CheckpointInfo, verify: bool) -> dict[str, torch.Tensor]
         )
     if verify and file_sha256(weights) != info.sha256:
         raise ValueError(f"{weights} does not match the sha256 recorded in config.json (corrupt or replaced?)")
-    return read_safetensors(weights)
 
 
 # safetensors' dtype names, as in its format description.

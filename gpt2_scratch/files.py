@@ -6,7 +6,10 @@ file or the new one, never a half-written file: we write to a temporary file in
 the same folder, flush it to disk, then ``os.replace`` it over the target
 (an atomic rename on POSIX and Windows). Folders are swapped in the same way
 (``atomic_folder``); ``remove_stray_temporaries`` clears what a kill in the
-middle of any of these leaves behind.
+middle of any of these leaves behind. Invariant: ``atomic_folder`` replaces only a
+folder of ours (its ``MARKER`` file names what wrote it) or an empty one; it never
+replaces a folder it did not write, a git checkout, the home folder, the root, or a
+folder holding the current folder or the project (``check_replaceable``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+# Written into every folder ``atomic_folder`` builds: {"written_by": "gpt2_scratch", "kind": ...}.
+MARKER = ".gpt2-scratch"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class FolderRefused(ValueError):
+    """A folder the project will not replace or delete; the message names it, in one line."""
 
 
 def _umask() -> int:
@@ -147,21 +158,79 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder in a temporary sibling, then swap it in for ``path``.
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """What wrote the folder ``path`` (its ``MARKER``'s kind), or None when it has no readable marker."""
+    try:
+        mark = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return mark.get("kind") if isinstance(mark, dict) and mark.get("written_by") == "gpt2_scratch" else None
 
-    Use as ``with atomic_folder(target) as tmp: <write files into tmp>``. On an
-    error the temporary folder is removed and ``path`` is untouched; at every
-    instant a complete version of the folder exists (see ``recover_folder``).
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, ours: Callable[[Path], bool] | None = None) -> None:
+    """Refuse (``FolderRefused``, one line naming ``path``) to replace ``path`` unless it is new, empty or ours.
+
+    Ours: its ``MARKER`` says ``kind``, or ``ours(path)`` recognises it (a folder of ``kind`` written
+    before markers existed). Never: a file, the filesystem root, the home folder, a git checkout,
+    a folder holding the current folder or the project, a run folder (it has run.json, no marker).
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    where = path.resolve()
+    why = None
+    if not path.is_dir() or path.is_symlink():
+        why = "it is not a folder"
+    elif where == Path(where.anchor):
+        why = "it is the filesystem root"
+    elif where == Path.home().resolve():
+        why = "it is the home folder"
+    elif (where / ".git").exists():
+        why = "it is a git checkout"
+    elif any(where == p or where in p.parents for p in (Path.cwd().resolve(), _PROJECT_ROOT)):
+        why = "it holds the current folder or the project"
+    elif not any(path.iterdir()):
+        return
+    else:
+        found = folder_kind(path)
+        if found == kind or (found is None and ours is not None and ours(path)):
+            return
+        if found is not None:
+            why = f"it holds {_a(found)}, not {_a(kind)}"
+        elif (path / "run.json").is_file():
+            why = "it is a run folder"
+        else:
+            why = f"it holds files this project did not write (no {MARKER} file)"
+    raise FolderRefused(f"refusing to replace {path}: {why}; choose a new or empty folder")
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    path: str | os.PathLike, kind: str = "folder", ours: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Build a folder in a temporary sibling, then swap it in for ``path``.
+
+    Use as ``with atomic_folder(target, "checkpoint") as tmp: <write files into tmp>``. On an
+    error the temporary folder is removed and ``path`` is untouched; at every
+    instant a complete version of the folder exists (see ``recover_folder``).
+    ``path`` must be new, empty or a folder of ``kind`` (``check_replaceable``, before
+    anything is written and again before the swap); the new folder gets a ``MARKER`` saying ``kind``.
+    """
+    path = Path(path)
+    recover_folder(path)
+    check_replaceable(path, kind, ours)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        atomic_write_json(tmp / MARKER, {"written_by": "gpt2_scratch", "kind": kind})
         _public_modes(tmp)
         recover_folder(path)
+        check_replaceable(path, kind, ours)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -173,6 +242,38 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Locked(RuntimeError):
+    """Another process holds the lock; the message names it (its PID and what it is)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, holder: str, what: str) -> Iterator[None]:
+    """Hold an OS lock (``flock``) on the file ``path`` for the ``with`` block, or raise ``Locked`` at once.
+
+    The kernel releases the lock when the process ends, however it ends (a kill -9 too), so a lock is
+    never stale. The file keeps "<pid> <holder>" for the message the next process gets (``what``
+    names the locked thing in it). Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock: work unlocked, as before locks existed
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, by = os.pread(fd, 200, 0).decode("utf-8", "replace").strip().partition(" ")
+            who = f"process {pid} ({by})" if pid.isdigit() else "another process"
+            raise Locked(f"{what} is in use by {who}; wait until it ends, or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {holder}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def recover_folder(path: str | os.PathLike) -> None:
@@ -198,7 +299,12 @@ def _public_modes(folder: Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
-def link_folder(source: str | os.PathLike, path: str | os.PathLike) -> None:
+def link_folder(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    kind: str = "folder",
+    ours: Callable[[Path], bool] | None = None,
+) -> None:
     """Atomically make ``path`` a folder of hard links to the files of ``source`` (a flat folder).
 
     For two folders with identical content (a run's best/ and final/ when the
@@ -207,7 +313,7 @@ def link_folder(source: str | os.PathLike, path: str | os.PathLike) -> None:
     folder, which leaves the other name's data untouched. Where the filesystem
     has no hard links, the files are copied.
     """
-    with atomic_folder(path) as tmp:
+    with atomic_folder(path, kind, ours) as tmp:
         for file in Path(source).iterdir():
             try:
                 os.link(file, tmp / file.name)

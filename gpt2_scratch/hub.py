@@ -98,9 +98,34 @@ def _locate(source: str) -> tuple[Path, Path | None]:
     if path.is_file():
         cfg = path.with_name("config.json")
         return path, cfg if cfg.is_file() else None
-    if source.startswith((".", "/", "~")) or source.endswith(".safetensors"):
+    if looks_local(source):
         raise FileNotFoundError(f"no such file or folder: {source}")
     return _download(resolve_hub_id(source))
+
+
+def absolute_source(source: str) -> str:
+    """A model string as a run records it: a local path made absolute (it then resolves from any folder);
+    a Hub id, a short name or ``random:<preset>`` as it is."""
+    return str(Path(source).expanduser().resolve()) if looks_local(source) else source
+
+
+def check_local_model(source: str, option: str) -> None:
+    """A one-line ``ValueError`` naming ``option`` when ``source`` names a local path that does not exist."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise ValueError(f"{option} {source}: no such file or folder")
+
+
+def looks_local(source: str) -> bool:
+    """Whether ``source`` names a local path rather than a Hub id, whether or not it exists.
+
+    A path: it starts with ``.``, ``/`` or ``~``, ends with ``.safetensors``, has more than one
+    ``/`` (a Hub id has one), or its first part is a folder here (``runs/nonexist`` where ``runs/``
+    exists). Else it is read as a Hub id (``gpt2``, ``openai-community/gpt2``).
+    """
+    if source.startswith((".", "/", "~")) or source.endswith(".safetensors") or source.count("/") > 1:
+        return True
+    path = Path(source).expanduser()
+    return path.exists() or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
 
 
 def _infer_config(state: dict[str, torch.Tensor], weights: Path) -> GPTConfig:

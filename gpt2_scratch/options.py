@@ -8,7 +8,8 @@ Each field declares its option in its metadata: "help" and "group" (required),
 "choices", "metavar" and "default_text" (what "(default: ...)" says instead of
 the value, e.g. for None). The type comes from the annotation: int, float, str,
 ``X | None``, ``list[X]`` or ``tuple[X, ...]`` (nargs="+"), bool (``--flag/--no-flag``). Validation
-stays in the dataclass's ``__post_init__``.
+stays in the dataclass's ``__post_init__``, worded by ``check_range`` (the one wording of every script's
+range errors: ``--max-new-tokens must be a positive integer, got 0``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,43 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, NoReturn, Sequence
 
 HELP, GROUP, CHOICES, METAVAR, DEFAULT_TEXT = "help", "group", "choices", "metavar", "default_text"
 _SCALARS = (int, float, str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What a value of each range must be: check_range's ``kind``.
+RANGES = {
+    "positive integer": lambda v: _is_int(v) and v >= 1,
+    "non-negative integer": lambda v: _is_int(v) and v >= 0,
+    "positive number": lambda v: _is_number(v) and v > 0,
+    "non-negative number": lambda v: _is_number(v) and v >= 0,
+    "number in (0, 1]": lambda v: _is_number(v) and 0 < v <= 1,
+}
+
+
+def check_range(option: str, value: Any, kind: str, *, none_ok: bool = False) -> None:
+    """A one-line ``ValueError`` "``option`` must be a ``kind``, got ``value``" unless ``value`` is one.
+
+    ``option`` is named as the user typed it (``--max-new-tokens``; ``option_name`` of a field);
+    ``kind`` is a key of ``RANGES``; ``none_ok``: None (an option's "off") is accepted.
+    """
+    if value is None and none_ok:
+        return
+    if not RANGES[kind](value):
+        raise ValueError(f"{option} must be a {kind}, got {value!r}")
 
 
 def option_name(field_name: str) -> str:

@@ -29,7 +29,8 @@ from gpt2_scratch.checkpoint import (
     is_export,
     read_export_info,
 )
-from gpt2_scratch.files import atomic_write_json, read_json
+from gpt2_scratch.files import atomic_write_json, exclusive_lock, read_json
+from gpt2_scratch.hub import looks_local
 
 DEFAULT_RUNS_DIR = Path("runs")
 # Hugging Face Hub model repos holding runs, comma-separated (set on a Space).
@@ -43,13 +44,19 @@ HUB_RUN_FILES = [*APP_FILES, "final/*"]
 
 def hub_run_files(config_json: Path) -> list[str]:
     """``HUB_RUN_FILES`` for the repo whose root ``config.json`` is ``config_json`` (downloaded first): a LoRA
-    run's export without its merged weights, which the app does not load (it serves base + adapter/)."""
+    run's export without its merged weights, which the app does not load (it serves base + adapter/), unless
+    its base is a local path that is not here (the app then serves the merged weights)."""
     try:
         meta = json.loads(config_json.read_text(encoding="utf-8")).get(EXPORT_KEY)
     except (OSError, ValueError, AttributeError):  # none (a run folder pushed as it is), or not ours
         return HUB_RUN_FILES
-    lora_export = isinstance(meta, dict) and isinstance(meta.get("adapter"), dict)
-    return [p for p in HUB_RUN_FILES if p != WEIGHTS_FILE] if lora_export else HUB_RUN_FILES
+    adapter = meta.get("adapter") if isinstance(meta, dict) else None
+    if not isinstance(adapter, dict):
+        return HUB_RUN_FILES
+    base = str(adapter.get("base_model") or meta.get("base_model") or "")
+    if looks_local(base) and not Path(base).expanduser().exists():  # no base to load here
+        return HUB_RUN_FILES
+    return [p for p in HUB_RUN_FILES if p != WEIGHTS_FILE]
 
 
 @dataclass
@@ -127,6 +134,15 @@ class RunPaths:
     def write_info(self, info: RunInfo) -> None:
         """Write ``run.json`` atomically."""
         atomic_write_json(self.run_json, info.to_dict())
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    def lock(self, holder: str):
+        """Hold the run folder for writing (``files.exclusive_lock``): a second writer gets a one-line
+        ``files.Locked`` naming the PID of the first. Training holds it for its whole life, evaluation too."""
+        return exclusive_lock(self.lock_file, holder, f"run folder {self.root}")
 
     @property
     def final(self) -> Path:

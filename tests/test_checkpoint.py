@@ -7,6 +7,7 @@ import torch
 
 from gpt2_scratch import GPT, GPTConfig
 from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, read_safetensors, save_checkpoint
+from gpt2_scratch.files import MARKER
 from gpt2_scratch.inference import load_model
 
 
@@ -26,7 +27,7 @@ def test_round_trip_keeps_weights_config_style_and_metadata(tmp_path, model):
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
     assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [MARKER, "config.json", "model.safetensors"]
 
 
 def test_no_pickle_in_the_folder(tmp_path, model):
@@ -42,7 +43,7 @@ def test_no_pickle_in_the_folder(tmp_path, model):
     for name, entry in header.items():
         assert entry["dtype"] == "F32" and entry["shape"] == list(expected[name].shape), name
     assert max(e["data_offsets"][1] for e in header.values()) == len(data) - 8 - n
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [MARKER, "config.json", "model.safetensors"]
 
 
 def test_overwrite_replaces_atomically_and_leaves_no_temp(tmp_path, model):
@@ -159,3 +160,17 @@ def test_read_safetensors_equals_the_safetensors_package(tmp_path):
         ValueError, match=r"cut\.safetensors is not a readable safetensors file .*does not fit the file"
     ):
         read_safetensors(tmp_path / "cut.safetensors")
+
+
+def test_a_checkpoint_written_before_markers_is_replaced_and_a_foreign_folder_is_not(tmp_path, model):
+    from gpt2_scratch.files import FolderRefused
+
+    save_checkpoint(tmp_path / "ck", model)
+    (tmp_path / "ck" / MARKER).unlink()  # as earlier versions wrote it
+    save_checkpoint(tmp_path / "ck", model)
+    assert (tmp_path / "ck" / MARKER).is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    with pytest.raises(FolderRefused, match="it holds files this project did not write"):
+        save_checkpoint(tmp_path / "mine", model)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["config.json"]

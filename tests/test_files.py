@@ -5,12 +5,23 @@ from __future__ import annotations
 import codecs
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpt2_scratch.files import atomic_folder, link_folder, read_json, read_jsonl, remove_stray_temporaries
+from gpt2_scratch.files import (
+    MARKER,
+    FolderRefused,
+    atomic_folder,
+    check_replaceable,
+    folder_kind,
+    link_folder,
+    read_json,
+    read_jsonl,
+    remove_stray_temporaries,
+)
 
 
 def mode(path) -> int:
@@ -71,11 +82,11 @@ def test_link_folder_shares_the_files(tmp_path):
     src.mkdir()
     (src / "model.safetensors").write_bytes(b"weights")
     (src / "config.json").write_text("{}")
-    (tmp_path / "best").mkdir()
-    (tmp_path / "best" / "old.bin").write_text("previous best")
+    with atomic_folder(tmp_path / "best", "checkpoint") as tmp:
+        (tmp / "old.bin").write_text("previous best")
 
-    link_folder(src, tmp_path / "best")
-    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["config.json", "model.safetensors"]
+    link_folder(src, tmp_path / "best", "checkpoint")
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == [MARKER, "config.json", "model.safetensors"]
     for name in ("model.safetensors", "config.json"):
         assert os.stat(tmp_path / "best" / name).st_ino == os.stat(src / name).st_ino
     assert not list(tmp_path.glob(".best*"))
@@ -97,3 +108,59 @@ def test_read_json_names_the_file_it_cannot_read(tmp_path):
         read_json(bad)
     with pytest.raises(ValueError, match=rf"^{binary} is not valid JSON \('utf-8' codec can't decode byte 0xff"):
         read_json(binary)
+
+
+def test_atomic_folder_replaces_only_a_folder_of_its_own_kind(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_folder(target, "checkpoint") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert folder_kind(target) == "checkpoint"
+    with atomic_folder(target, "checkpoint") as tmp:
+        (tmp / "a.txt").write_text("2")
+    assert (target / "a.txt").read_text() == "2"
+    with pytest.raises(FolderRefused, match=f"refusing to replace {target}: it holds a checkpoint, not an export"):
+        with atomic_folder(target, "export"):
+            pass
+    assert (target / "a.txt").read_text() == "2"
+
+
+def test_atomic_folder_never_replaces_a_folder_it_did_not_write(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(FolderRefused, match=f"^refusing to replace {user}: it holds files this project did not write"):
+        with atomic_folder(user, "export") as tmp:
+            (tmp / "x").write_text("x")
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["user"]  # no temporary left either
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    with pytest.raises(FolderRefused, match="it is a run folder"):
+        check_replaceable(run, "export")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_replaceable(empty, "export")  # nothing in it to lose
+    check_replaceable(tmp_path / "new", "export")
+    with pytest.raises(FolderRefused, match="it is not a folder"):
+        check_replaceable(user / "notes.txt", "export")
+
+
+def test_atomic_folder_refuses_a_checkout_the_home_folder_and_the_root(tmp_path, monkeypatch):
+    checkout = tmp_path / "clone"
+    (checkout / ".git").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".bashrc").write_text("")
+    inside = tmp_path / "work" / "sub"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    for folder, why in (
+        (checkout, "it is a git checkout"),
+        (tmp_path / "home", "it is the home folder"),
+        (Path("/"), "it is the filesystem root"),
+        (tmp_path / "work", "it holds the current folder or the project"),
+        (Path(__file__).resolve().parents[1], "it is a git checkout|it holds the current folder or the project"),
+    ):
+        with pytest.raises(FolderRefused, match=why):
+            check_replaceable(folder, "export", ours=lambda _: True)  # even a folder that looks like ours

@@ -23,6 +23,7 @@ from gpt2_scratch.checkpoint import (
     read_safetensors,
     save_adapter_checkpoint,
 )
+from gpt2_scratch.files import MARKER
 from gpt2_scratch.inference import load_model, model_dtype
 from gpt2_scratch.kernels import BF16Linear, Float32Linear, Int8Linear
 from gpt2_scratch.loading import load_gpt
@@ -255,7 +256,7 @@ def adapter_folder(hf_tiny, tmp_path):
 
 def test_adapter_checkpoint_holds_the_adapter_only(adapter_folder):
     folder, model, _ = adapter_folder
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "adapter.safetensors", "config.json"]
     tensors = read_safetensors(folder / ADAPTER_FILE)
     assert set(tensors) == {k for k in model.state_dict() if k.endswith(("lora_A", "lora_B"))}
     assert len(tensors) == 2 * 2 * 2  # 2 layers x 2 targets x (A, B): no base tensor

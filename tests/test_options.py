@@ -167,10 +167,10 @@ def test_an_unknown_option_suggests_the_closest(argv, message, capsys):
 
 
 def test_resume_overrides_are_one_list(tmp_path, capsys):
-    assert RESUME_OVERRIDES == ("resume", "device", "precision", "compile")
+    assert RESUME_OVERRIDES == ("resume", "device", "precision", "compile", "save_every_minutes")
     assert finetune.RESUME_OVERRIDES is train_config.RESUME_OVERRIDES is loop.RESUME_OVERRIDES
     resume = next(a for a in options(finetune.build_parser()) if a.dest == "resume")
-    assert "only --device, --precision and --compile may be given with it" in resume.help
+    assert "only --device, --precision, --compile and --save-every-minutes may be given with it" in resume.help
     # The loop keeps exactly these from the command line, and the run's own values of the rest.
     stored = TrainConfig(epochs=7, lr=1e-3, device="cpu", compile=False)
     RunPaths(tmp_path).write_info(

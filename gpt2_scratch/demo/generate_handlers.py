@@ -223,6 +223,7 @@ class DemoApp:
         kernel: str | None = None,
         config: GPTConfig | None = None,
         shared_base: bool = False,
+        merged_fallback: bool = False,
     ):
         self.run = run
         self.run_name = run_name or (run.root.name if run else None)
@@ -237,8 +238,11 @@ class DemoApp:
             kernel=kernel,
             merge=not shared_base,
         )
+        self.base_problem: str | None = None  # why a LoRA export's base is not served (its merged weights are)
+        if shared_base and merged_fallback:
+            self.finetuned._load = self._load_adapted_or_merged
         # A LoRA run of this base: the base tab is the finetuned model's weights without the adapter.
-        view = (lambda: lora.base_view(self.finetuned.get())) if shared_base else None
+        view = self._base_view if shared_base else None
         self.base = LazyModel(
             base_source, label="base model", hint=OFFLINE_HINT, dtype=self.dtype, kernel=kernel, load=view
         )
@@ -249,6 +253,27 @@ class DemoApp:
         self.prompt_style = prompt_style
         self.browser = browser or ResultsBrowser([])  # the results tab: every run offered, compared
         self.context = context  # block size of the finetuned checkpoint, when known without loading it
+
+    def _load_adapted_or_merged(self) -> GPT:
+        """A LoRA export: base + adapter (one copy of the base for both tabs), or its merged weights when its
+        base cannot be loaded here (a local path of the machine that trained, no network), and the base tab says so."""
+        try:
+            return self.finetuned._load_model()
+        except Exception as e:  # the merged weights need no base
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            self.base_problem = (
+                f"The base model `{self.base.source}` of this LoRA run cannot be loaded here ({reason}): "
+                "the Finetuned tab serves the export's merged weights. To compare, start the app with `--base <model>`."
+            )
+            log.warning("serving the merged weights of %s: %s", self.finetuned.source, self.base_problem)
+            return load_model(self.finetuned.source, device=str(resolve_device("auto")), dtype=self.dtype)[0]
+
+    def _base_view(self) -> GPT:
+        """The base tab of a LoRA run: the finetuned model's weights with the adapter off."""
+        finetuned = self.finetuned.get()
+        if self.base_problem is not None:  # known once the finetuned model is loaded
+            raise UserError(self.base_problem)
+        return lora.base_view(finetuned)
 
     @classmethod
     def from_run(
@@ -314,6 +339,7 @@ class DemoApp:
             config=info.config if info else None,
             # A LoRA run on the base served here: one copy of the base weights for both models.
             shared_base=info is not None and info.adapter is not None and info.adapter.base_model == str(base_source),
+            merged_fallback=info is not None and info.exported and info.weights_file.is_file(),  # a Space: no base
         )
 
     def kernel_plan(self) -> str:

@@ -20,7 +20,9 @@ from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings
 from gpt2_scratch.eval.judge import JUDGE_API_KEY_ENV, JudgeConfig
 from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES
+from gpt2_scratch.options import check_range, option_name
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
 
 WHAT = "what to evaluate"
@@ -41,6 +43,16 @@ class EvalConfig:
             "group": WHAT,
             "metavar": "RUN_FOLDER",
             "default_text": f"the newest run under {DEFAULT_RUNS_DIR}/ with a final checkpoint",
+        },
+    )
+    base: str | None = field(
+        default=None,
+        metadata={
+            "help": "the base model to compare with (and a LoRA run's base), instead of the one the run records: "
+            "a Hub id, a local path (e.g. after moving it), random:<preset>",
+            "group": WHAT,
+            "metavar": "MODEL",
+            "default_text": "the run's own, from run.json",
         },
     )
     models: str = field(
@@ -190,8 +202,21 @@ class EvalConfig:
         },
     )
 
+    def __post_init__(self) -> None:
+        """Range errors name the option as typed, worded as finetune.py's (``options.check_range``)."""
+        for name in ("max_new_tokens", "batch_size"):
+            check_range(option_name(name), getattr(self, name), "positive integer")
+        for name in ("limit", "top_k"):
+            check_range(option_name(name), getattr(self, name), "positive integer", none_ok=True)
+        check_range("--temperature", self.temperature, "non-negative number")
+        check_range("--top-p", self.top_p, "number in (0, 1]", none_ok=True)
+        check_range("--judge-timeout", self.judge_timeout, "positive number")
+        check_range("--judge-retries", self.judge_retries, "non-negative integer")
+
     def resolve(self) -> tuple[RunPaths, EvalSettings]:
         """The run folder and the settings these options name; bad values raise one-line ValueErrors."""
+        if self.base is not None:
+            check_local_model(self.base, "--base")  # a missing path: now, not after loading the run's model
         if self.run is not None:
             if not Path(self.run).is_dir():
                 raise ValueError(f"--run {self.run}: no such run folder")
@@ -215,6 +240,7 @@ class EvalConfig:
             kernel=self.kernel,
             refill=self.refill,
             judge=self.judge(),
+            base=self.base,
             restart=self.restart,
             replace=self.replace,
             progress=self.progress,

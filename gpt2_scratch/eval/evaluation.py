@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from gpt2_scratch import kernels, lora
-from gpt2_scratch.checkpoint import CheckpointInfo, read_checkpoint_info
+from gpt2_scratch.checkpoint import CheckpointInfo, check_weights, read_checkpoint_info
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
 from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
@@ -36,6 +36,7 @@ from gpt2_scratch.eval.summary import (
     ModelResults,
     aggregate,
     build_summary,
+    finished_summary,
     keep_finished,
     prediction_rows,
 )
@@ -72,6 +73,7 @@ class EvalSettings:
     dtype: str = "float32"  # inference format (inference.DTYPES); float32 reproduces earlier results exactly
     kernel: str | None = None  # the linear layers' kernel (kernels.KERNELS); None: measured per shape
     judge: JudgeConfig | None = None
+    base: str | None = None  # the base model instead of the one run.json records (e.g. moved since)
     restart: bool = False  # delete saved progress first
     replace: bool = False  # replace a finished evaluation made with other settings
     progress: bool = True  # show tqdm progress bars
@@ -177,12 +179,23 @@ class _Models:
     and that base with the adapter off (``base``, ``lora.base_view``): one copy of the weights.
     """
 
-    def __init__(self, run: RunPaths, base_model: str, info: CheckpointInfo, device: str, dtype: str, kernel=None):
+    def __init__(
+        self,
+        run: RunPaths,
+        base_model: str,
+        info: CheckpointInfo,
+        device: str,
+        dtype: str,
+        base: str | None = None,
+        kernel: str | None = None,
+    ):
         self.run, self.base_model, self.info, self.device, self.dtype = run, base_model, info, device, dtype
         self.kernel = kernel
         self.adapted = None
-        if info.adapter is not None:
-            self.adapted, _ = load_model(str(run.final), device=device, dtype=dtype, merge=False, kernel=kernel)
+        if info.adapter is not None:  # ``base``: the adapter's base, when not the one it records
+            self.adapted, _ = load_model(
+                str(run.final), device=device, dtype=dtype, merge=False, base=base, kernel=kernel
+            )
             print(f"models: {dtype}, kernels {kernels.summary(self.adapted)}")
 
     def get(self, name: str) -> tuple[GPT, str | None]:
@@ -346,11 +359,22 @@ def _evaluate_models(run: RunPaths, models: "_Models", base_model: str, common: 
 
 
 def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
-    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary."""
+    """Evaluate ``run``; write ``eval/predictions.jsonl`` and ``eval/summary.json``; return the summary.
+
+    Holds the run folder's lock throughout (``RunPaths.lock``): no training or other evaluation writes beside it.
+    """
     if not run.root.is_dir():
         raise FileNotFoundError(f"run folder not found: {run.root}")
-    base_model = require_finished(run).base_model  # an unfinished run: how to finish it, in one line
+    with run.lock("evaluate.py"):
+        return _evaluate_locked(run, settings)
+
+
+def _evaluate_locked(run: RunPaths, settings: EvalSettings) -> dict:
+    info_run = require_finished(run)  # an unfinished run: how to finish it, in one line
+    base_model = settings.base or info_run.base_model  # evaluate.py --base: the base compared with
     info = read_checkpoint_info(run.final)
+    if "finetuned" in settings.models or info.adapter is not None:
+        check_weights(info)  # a truncated or corrupt final/ is reported now, not after the base's answers
     if info.prompt_style is None:
         raise ValueError(f"{run.final} records no prompt style; it was not saved by finetune.py")
     style = get_prompt_style(info.prompt_style)
@@ -375,10 +399,14 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
         prompts_sha256=prompts_sha256,
         total=total,
     )
-    keep_finished(run, summary_of({m: {} for m in settings.models}), replace=settings.replace or settings.restart)
+    planned = summary_of({m: {} for m in settings.models})
+    done = None if settings.replace or settings.restart else finished_summary(run, planned)
+    if done is not None:  # the same evaluation, finished: nothing to generate
+        return done
+    keep_finished(run, planned, replace=settings.replace or settings.restart)
 
     models = _Models(
-        run, base_model, info, settings.device, dtype, settings.kernel
+        run, base_model, info, settings.device, dtype, base=settings.base, kernel=settings.kernel
     )  # a LoRA run loads here: nothing written yet
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     if settings.restart:
@@ -401,7 +429,7 @@ def evaluate_run(run: RunPaths, settings: EvalSettings) -> dict:
     summary = summary_of(models)
     atomic_write_jsonl(run.predictions, rows)
     atomic_write_json(run.summary, summary)
-    for res in results.values():  # the results are written: these files no longer block other settings
+    for res in results.values():  # the results are written: summary.json now guards them, not these files
         for progress in res.progress:
-            progress.mark_done()
+            progress.remove()
     return summary

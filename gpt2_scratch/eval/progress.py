@@ -1,11 +1,12 @@
 """Resumable progress files: the append-only JSON-lines logs that let an interrupted evaluation continue.
 
 A progress file is a header line (the settings the work is done with), then one
-line per finished unit of work (a generated batch, a judged record), then, once
-the results it fed are written, a ``{"done": true}`` line. Resuming with other
+line per finished unit of work (a generated batch, a judged record); once the
+results it fed are written, it is removed (``remove``; earlier versions appended a
+``{"done": true}`` line instead, still read). Resuming with other
 settings than the header's is refused while the work is unfinished (mixing
-would be silent corruption), and once it is done unless ``replace`` is asked for
-(a finished evaluation is not lost silently). ``describe_differences`` says in
+would be silent corruption), and a done file unless ``replace`` is asked for
+(a finished evaluation is not lost silently: summary.json guards it too). ``describe_differences`` says in
 words which settings differ (for these headers and for summary.json's settings).
 """
 
@@ -79,9 +80,9 @@ class ProgressFile:
         append_jsonl(self.path, entry, fsync=True)
         self.entries.append(entry)
 
-    def mark_done(self) -> None:
-        """Record that the results built from this file are written (see the module docstring)."""
-        append_jsonl(self.path, DONE, fsync=True)
+    def remove(self) -> None:
+        """The results built from this file are written: it has served its purpose (see the module docstring)."""
+        self.path.unlink(missing_ok=True)
 
 
 # Settings as messages name them, by the last part of their key (progress headers, summary.json).
@@ -141,17 +142,22 @@ _FILE_KINDS = {"partial": "answers", "judge": "judgements"}
 
 
 def _mismatch_message(path: Path, saved: dict | None, current: dict, done: bool) -> str:
+    """Names the options that exist in both scripts with progress files (evaluate.py, make_preferences.py)."""
     kind, _, model = path.stem.partition("_")  # partial_<model>.jsonl, judge_<model>.jsonl
-    what = f"{_FILE_KINDS.get(kind, 'results')} of the {model} model"
+    if kind in _FILE_KINDS:
+        holder, what = f"{path.parent}/", f"{_FILE_KINDS[kind]} of the {model} model"
+    else:  # make_preferences.py's <out>.progress.jsonl
+        holder, what = str(path), "answers"
     if not isinstance(saved, dict):
         return f"{path} has no valid header; delete it (or pass --restart) to start over"
     if done:
         return (
-            f"{path.parent}/ holds a finished evaluation ({what}) made with other settings: "
-            f"{describe_differences(saved, current)}; rerun with those settings, or pass --replace to replace it"
+            f"{holder} holds a finished {'evaluation (' + what + ')' if kind in _FILE_KINDS else 'build'} made with "
+            f"other settings: {describe_differences(saved, current)}; rerun with those settings, or pass --replace "
+            "to replace it"
         )
     return (
-        f"{path.parent}/ holds unfinished {what} made with other settings: {describe_differences(saved, current)}; "
+        f"{holder} holds unfinished {what} made with other settings: {describe_differences(saved, current)}; "
         "rerun with the same settings to resume, or pass --restart to start over"
     )
 

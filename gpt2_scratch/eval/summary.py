@@ -104,7 +104,7 @@ def build_summary(
         "test_records_total": total,
         "prompts_sha256": prompts_sha256,
         "checkpoint": {"path": str(run.final), "sha256": info.sha256},
-        "base_model": info_run.base_model,
+        "base_model": settings.base or info_run.base_model,  # evaluate.py --base: the one compared with
         "prompt_style": style.name,
         "test_records": str(run.test_records),
         "generation": generation,
@@ -129,8 +129,23 @@ def evaluation_settings(summary: dict) -> dict:
         "device": str(device).split(":")[0] if device is not None else None,
         "dtype": summary.get("dtype"),
         "checkpoint_sha256": (summary.get("checkpoint") or {}).get("sha256"),
+        "base_model": summary.get("base_model"),
         "judge": f"{judge.get('model')} at {judge.get('url')} (seed {judge.get('seed')})" if judge else None,
     }
+
+
+def finished_summary(run: RunPaths, planned: dict) -> dict | None:
+    """The saved summary when it is of exactly the settings of ``planned`` (a rerun has nothing to do), else None.
+
+    The progress files are gone once an evaluation is finished: this is how a rerun knows it is done.
+    """
+    if not (run.summary.is_file() and run.predictions.is_file()):
+        return None
+    try:
+        saved = read_json(run.summary)
+    except ValueError:
+        return None
+    return saved if evaluation_settings(saved) == evaluation_settings(planned) else None
 
 
 def keep_finished(run: RunPaths, planned: dict, *, replace: bool) -> None:

@@ -79,11 +79,14 @@ def build_preferences(
     batch_size: int = 32,
     model_id: dict | None = None,
     progress_bar: bool = True,
+    restart: bool = False,
+    replace: bool = False,
 ) -> BuildStats:
     """Generate the model's answer to every record and write ``out`` (see the module doc); returns the counts.
 
     ``model_id`` (e.g. the model string and its weights' sha256) goes into the progress header, so
-    that the batches of one model are never mixed with another's.
+    that the batches of one model are never mixed with another's. ``restart`` discards them first; ``replace``
+    lets a finished build's progress file of other settings (kept by earlier versions) be started afresh.
     """
     prompts = [encode(style.format(r.instruction, r.input)) for r in records]
     settings = _fit(settings, model.config.block_size, max(len(p) for p in prompts))
@@ -97,7 +100,9 @@ def build_preferences(
         "batch_size": batch_size,
         "device": model.device.type,
     }
-    progress = ProgressFile.open(progress_path(out), header, check_batch_entry)
+    if restart:
+        progress_path(out).unlink(missing_ok=True)
+    progress = ProgressFile.open(progress_path(out), header, check_batch_entry, replace=replace)
     outputs: list[list[int] | None] = [None] * len(records)
     seconds = 0.0
     for entry in progress.entries:
@@ -125,7 +130,7 @@ def build_preferences(
         for r, ids in zip(records, outputs)
     ]
     write_preferences(out, pairs)
-    progress.mark_done()
+    progress.remove()  # the file is written: nothing to resume
     agree = sum(1 for p in pairs if p.rejected and p.rejected == p.chosen.strip())
     empty = sum(1 for p in pairs if not p.rejected)
     return BuildStats(len(pairs), agree, empty, seconds, sum(len(o) for o in outputs))

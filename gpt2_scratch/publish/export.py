@@ -28,6 +28,7 @@ from gpt2_scratch.checkpoint import (
     EXPORT_VERSION,
     WEIGHTS_FILE,
     CheckpointInfo,
+    is_export,
     load_checkpoint,
     read_adapter,
     read_checkpoint_info,
@@ -37,14 +38,16 @@ from gpt2_scratch.data.records import read_records
 from gpt2_scratch.files import atomic_folder, atomic_write_json, atomic_write_text, file_sha256, read_json
 from gpt2_scratch.hub import to_hf_state_dict
 from gpt2_scratch.loading import load_gpt
+from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.gguf import MODELFILE, check_gguf_types, gguf_file_name, modelfile, write_gguf
-from gpt2_scratch.publish.model_card import hub_base_model, model_card, scored_subset
+from gpt2_scratch.publish.model_card import hub_base_model, local_base, model_card, scored_subset
 from gpt2_scratch.publish.peft_adapter import write_peft_adapter
 from gpt2_scratch.runs import RunInfo, RunPaths, require_finished
 from gpt2_scratch.tokenizer import BPE_DIR_ENV, EOS_ID, EOS_TEXT, local_bpe_files
 
 CARD_FILE = "README.md"
+EXPORT_KIND = "export"  # what files.MARKER says in an export folder
 WEIGHTS_DTYPES = ("float32", "bfloat16")  # how model.safetensors may be stored
 
 
@@ -150,7 +153,7 @@ def write_tokenizer(folder: Path, model_max_length: int, prompt_style: str | Non
 
 def _write_weights(
     folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_info: RunInfo, weights_dtype: str
-) -> tuple[list[str], int]:
+) -> tuple[list[str], GPT]:
     """model.safetensors, config.json and generation_config.json of the run's final checkpoint; (names, model)."""
     from safetensors.torch import save_file
 
@@ -217,7 +220,7 @@ def export_run(
         if "test_records_total" not in summary and run.test_records.is_file():  # an older summary.json
             summary = {**summary, "test_records_total": len(read_records(run.test_records))}
     out = Path(out)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, EXPORT_KIND, ours=is_export) as tmp:
         weight_files, model = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
         num_params = model.num_params()
         prompt_style = checkpoint.prompt_style or run_info.prompt_style
@@ -241,7 +244,8 @@ def export_run(
         trainable = None
         if checkpoint.adapter is not None:
             tensors = read_adapter(run.final)[1]
-            base_id = hub_base_model(run_info.base_model) or run_info.base_model
+            base = run_info.base_model  # adapter_config.json names no local path (of the machine that trained)
+            base_id = hub_base_model(base) or (None if local_base(base) else base)
             files += write_peft_adapter(tmp, checkpoint.adapter, tensors, base_id)
             trainable = sum(t.numel() for t in tensors.values())
         for src in run_files(run):

@@ -12,12 +12,18 @@ its reasons: docs/design.md.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2_scratch.publish.export import Export, export_run
+from gpt2_scratch.checkpoint import is_export
+from gpt2_scratch.files import Locked, check_replaceable
+from gpt2_scratch.publish.export import EXPORT_KIND, Export, export_run
+from gpt2_scratch.publish.model_card import local_base
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +64,12 @@ class PublishPlan:
     model: Upload
     space: Upload | None
     private: bool
+    target: Path | None = None  # a dry run: where the export would go (``export.folder`` is a temporary folder)
+
+    def discard(self) -> None:
+        """Remove a dry run's temporary export (a real export stays where it was written)."""
+        if self.target is not None:
+            shutil.rmtree(self.export.folder.parent, ignore_errors=True)
 
 
 @dataclass
@@ -125,23 +137,37 @@ def prepare_publish(
     weights_dtype: str = "float32",
     gguf_types: tuple[str, ...] | list[str] = (),
     app_root: Path = PROJECT_ROOT,
+    dry_run: bool = False,
 ) -> PublishPlan:
-    """Check the ids and the run, write the export (default ``<run>/export``), list what goes where."""
+    """Check the ids and the run, write the export (default ``<run>/export``), list what goes where.
+
+    ``dry_run`` writes the export to a temporary folder (``PublishPlan.discard`` removes it)
+    after checking that the real one could be written: nothing outside the temporary folder changes.
+    """
     check_repo_id(repo_id, "--repo")
     if space_id is not None:
         check_repo_id(space_id, "--space")
     space = space_files(app_root) if space_id is not None else None
     run = RunPaths(Path(run_dir))
+    target = Path(export_dir) if export_dir else run.root / "export"
+    temporary = None
     try:
-        export = export_run(
-            run.root,
-            Path(export_dir) if export_dir else run.root / "export",
-            repo_id=repo_id,
-            license=license,
-            weights_dtype=weights_dtype,
-            gguf_types=gguf_types,
-        )
-    except (FileNotFoundError, ValueError) as e:
+        check_replaceable(target, EXPORT_KIND, ours=is_export)
+        if dry_run:
+            temporary = Path(tempfile.mkdtemp(prefix="gpt2_scratch_dry_run_"))
+        # No evaluation rewrites the run while it is exported (a dry run only reads: it takes no lock).
+        with run.lock("publish.py") if not dry_run and run.root.is_dir() else contextlib.nullcontext():
+            export = export_run(
+                run.root,
+                temporary / "export" if temporary else target,
+                repo_id=repo_id,
+                license=license,
+                weights_dtype=weights_dtype,
+                gguf_types=gguf_types,
+            )
+    except (FileNotFoundError, ValueError, Locked) as e:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
         raise PublishError(str(e)) from None
     model = Upload(
         repo_id,
@@ -154,6 +180,7 @@ def prepare_publish(
         model,
         Upload(space_id, "space", space, f"Demo of {repo_id}") if space is not None else None,
         private,
+        target if dry_run else None,
     )
 
 
@@ -178,6 +205,17 @@ def notes(plan: PublishPlan) -> list[str]:
             f"warning: the scores are of {n} of the {total} test records only; the card says so and its "
             f"model-index leaves them out (python evaluate.py --run {plan.export.source} --replace, then publish again)"
         )
+    base = plan.export.run.base_model
+    if local_base(base):
+        lora = plan.export.run.training.get("lora_rank")
+        out.append(
+            f"warning: the base model {base} is a local path: the card names it only as {Path(base).name!r} and has "
+            "no base_model metadata"
+            + (", adapter/adapter_config.json names no base" if lora else "")
+            + "; run.json and config.json keep the path"
+            + (", and a Space serves the merged weights (the base is not there to load)" if lora else "")
+            + ". Train on a Hub model (--base gpt2) for a card that links its base"
+        )
     if plan.private and plan.space is not None:
         out.append(
             f"note: the Space reads the private repo {plan.model.repo_id} only with a secret HF_TOKEN "
@@ -190,7 +228,10 @@ def describe(plan: PublishPlan, *, endpoint: str, token_from: str | None) -> str
     """What would go where: the text ``--dry-run`` prints."""
     visibility = "private" if plan.private else "public"
     total = sum(local.stat().st_size for local, _ in plan.model.files)
-    lines = [f"export: {plan.export.folder} ({len(plan.model.files)} files, {_size(total)})", ""]
+    where = f"{plan.export.folder}"
+    if plan.target is not None:
+        where = f"{plan.target} (dry run: written to a temporary folder and removed; {plan.target} is unchanged)"
+    lines = [f"export: {where} ({len(plan.model.files)} files, {_size(total)})", ""]
     uploads = [(plan.model, "model repo")] + ([(plan.space, f"Space ({SPACE_SDK})")] if plan.space else [])
     for up, kind in uploads:
         lines.append(f'{kind} {up.url(endpoint)} ({visibility}, created if missing), one commit "{up.message}":')

@@ -21,7 +21,7 @@ from gpt2_scratch.checkpoint import AdapterInfo
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import source_kind, source_label
 from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
-from gpt2_scratch.hub import resolve_hub_id
+from gpt2_scratch.hub import looks_local, resolve_hub_id
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.gguf import MODELFILE, gguf_file_name
 from gpt2_scratch.runs import RunInfo
@@ -42,10 +42,20 @@ EXAMPLE_INSTRUCTION = "Name three primary colors."
 
 def hub_base_model(base: str) -> str | None:
     """The Hub id of a run's base model, or None when it is not one (a local path, ``random:<preset>``)."""
-    if base.startswith(("random:", "/", ".", "~")) or base.endswith(".safetensors") or Path(base).expanduser().exists():
+    if base.startswith("random:") or looks_local(base):
         return None
     hub_id = resolve_hub_id(base)
     return hub_id if "/" in hub_id else None
+
+
+def local_base(base: str) -> bool:
+    """Whether a run's base is a local path: the card never names it (it is of the machine that trained)."""
+    return not base.startswith("random:") and looks_local(base)
+
+
+def base_label(base: str) -> str:
+    """How the card names a run's base: as recorded, or a local path by its last part only."""
+    return f"{Path(base).name} (a local model)" if local_base(base) else base
 
 
 def hub_dataset(source: str | None) -> str | None:
@@ -80,12 +90,12 @@ def _what(run: RunInfo) -> str:
     """How the model was made, for the card's first line: instruction finetuning, or DPO of which SFT model."""
     data = _dataset_name(run.dataset.get("source"))
     if not _is_dpo(run):
-        return f"GPT-2 instruction-finetuned from `{run.base_model}` on `{data}`"
+        return f"GPT-2 instruction-finetuned from `{base_label(run.base_model)}` on `{data}`"
     t = run.training
     logps = "summed" if t.get("dpo_logps", "sum") == "sum" else "averaged"
     return (
         f"GPT-2 preference-tuned with DPO (beta {t.get('beta')}, log-probabilities {logps} over each response) "
-        f"from the SFT model `{run.base_model}`, also its frozen reference, on the preference pairs of `{data}`"
+        f"from the SFT model `{base_label(run.base_model)}`, also its frozen reference, on the preference pairs of `{data}`"
     )
 
 
@@ -255,12 +265,12 @@ def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss
     lines = [
         "## Training",
         "",
-        f"{'Preference-tuned (DPO)' if _is_dpo(run) else 'Finetuned'} from `{run.base_model}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
+        f"{'Preference-tuned (DPO)' if _is_dpo(run) else 'Finetuned'} from `{base_label(run.base_model)}` ({num_params:,} parameters: {config.n_layer} layers, {config.n_head} heads, "
         f"{config.n_embd}-dimensional embeddings, {config.block_size}-token context).",
         "",
         "| option | value |",
         "|---|---|",
-        f"| base model | {_cell(run.base_model)} |",
+        f"| base model | {_cell(base_label(run.base_model))} |",
         f"| prompt style | {_cell(run.prompt_style)} |",
         f"| dataset | {_cell(source_label(run.dataset.get('source')))} |",
     ]
@@ -295,10 +305,12 @@ def _lora_section(adapter: AdapterInfo | None, run: RunInfo, trainable: int | No
     c = adapter.lora
     share = f" ({100 * trainable / total:.2f}% of {total:,})" if trainable and total else ""
     base = hub_base_model(run.base_model) or run.base_model
+    if local_base(run.base_model):  # of the machine that trained: the reader loads their own copy
+        base = f"path/to/{Path(run.base_model).name}"
     return [
         "## LoRA adapter",
         "",
-        f"Finetuned with LoRA: low-rank adapters on the frozen base `{run.base_model}`. Rank {c.rank}, "
+        f"Finetuned with LoRA: low-rank adapters on the frozen base `{base_label(run.base_model)}`. Rank {c.rank}, "
         f"alpha {c.alpha:g} (the update is scaled by alpha / rank = {c.scaling:g}), dropout {c.dropout:g}, on "
         f"{', '.join(f'`{t}`' for t in c.targets)} of every block; {trainable or 0:,} trainable parameters{share}.",
         "",
@@ -330,7 +342,7 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
     of = f" of the run's {total}" if isinstance(total, int) else " of the run's"
     if _is_dpo(run):
         lines += [
-            f"`base` is the SFT model `{run.base_model}` this DPO run started from; `finetuned` is this model.",
+            f"`base` is the SFT model `{base_label(run.base_model)}` this DPO run started from; `finetuned` is this model.",
             "",
         ]
     lines += [

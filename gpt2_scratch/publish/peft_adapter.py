@@ -31,7 +31,7 @@ def peft_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def peft_config(adapter: AdapterInfo, base_model_name_or_path: str) -> dict:
+def peft_config(adapter: AdapterInfo, base_model_name_or_path: str | None) -> dict:
     """``adapter_config.json``: PEFT's ``LoraConfig`` of the same adapter."""
     alpha = adapter.lora.alpha
     return {
@@ -54,7 +54,7 @@ def peft_config(adapter: AdapterInfo, base_model_name_or_path: str) -> dict:
 
 
 def write_peft_adapter(
-    folder: Path, adapter: AdapterInfo, tensors: dict[str, torch.Tensor], base_model_name_or_path: str
+    folder: Path, adapter: AdapterInfo, tensors: dict[str, torch.Tensor], base_model_name_or_path: str | None
 ) -> list[str]:
     """Write ``folder/adapter/``; return the file paths relative to ``folder``."""
     from safetensors.torch import save_file

@@ -17,7 +17,6 @@ that names the command-line option. ``lora_rank`` > 0 trains LoRA adapters
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from gpt2_scratch import lora
 from gpt2_scratch.config import from_known_fields
 from gpt2_scratch.data.preferences import DEFAULT_PREFERENCE_URL
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
-from gpt2_scratch.options import option_name
+from gpt2_scratch.options import check_range, option_name
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR
 from gpt2_scratch.train.distributed import PRECISIONS
@@ -34,13 +33,14 @@ from gpt2_scratch.train.distributed import PRECISIONS
 SCHEDULES = ("constant", "cosine")
 METHODS = ("sft", "dpo")
 DPO_LOGPS = ("sum", "mean")
+DPO_ONLY = {"beta": 0.1, "dpo_logps": "sum"}  # DPO's options and their defaults: other methods take none
 # The defaults that depend on --method: the LLMs-from-scratch runs (ch07 SFT; ch07/04 DPO: lr 5e-6, 1 epoch).
 METHOD_DEFAULTS = {
     "sft": {"dataset": DEFAULT_DATASET_URL, "epochs": 2, "lr": 5e-5},
     "dpo": {"dataset": DEFAULT_PREFERENCE_URL, "epochs": 1, "lr": 5e-6},
 }
 # What --resume may change: how the run is executed, not what it computes (finetune.py and train/loop.py).
-RESUME_OVERRIDES = ("resume", "device", "precision", "compile")
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile", "save_every_minutes")
 _MAY_CHANGE = [option_name(n) for n in RESUME_OVERRIDES if n != "resume"]
 _RESUME_HELP = (
     "continue an interrupted run (e.g. runs/<name>) with its own settings from its last saved state "
@@ -131,9 +131,18 @@ class TrainConfig:
     save_every: int = field(
         default=100,
         metadata={
-            "help": "steps between resume states in <run>/train_state/ (0: never)",
+            "help": "steps between resume states in <run>/train_state/ (0: never by steps)",
             "group": "output",
             "metavar": "STEPS",
+        },
+    )
+    save_every_minutes: float = field(
+        default=10.0,
+        metadata={
+            "help": "also save a resume state when this many minutes passed since the last one (0: never by time): "
+            "an interruption loses at most that much work, however slow the steps",
+            "group": "output",
+            "metavar": "MINUTES",
         },
     )
 
@@ -291,11 +300,11 @@ class TrainConfig:
         },
     )
     beta: float = field(
-        default=0.1,
+        default=DPO_ONLY["beta"],
         metadata={"help": "DPO's beta: how far the policy may move from the reference (dpo only)", "group": "DPO"},
     )
     dpo_logps: str = field(
-        default="sum",
+        default=DPO_ONLY["dpo_logps"],
         metadata={
             "help": "a response's log-probability: the sum over its tokens (as the DPO paper and TRL), or their "
             "mean (as the LLMs-from-scratch book). Logged rewards are beta * (log pi - log pi_ref): beta included",
@@ -313,23 +322,14 @@ class TrainConfig:
         self._check_dpo()
         positive = ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "eval_batches", "sample_tokens")
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{option_name(name)} must be a positive integer, got {value!r}")
+            check_range(option_name(name), getattr(self, name), "positive integer")
         for name in ("warmup_steps", "save_every", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{option_name(name)} must be a non-negative integer, got {value!r}")
+            check_range(option_name(name), getattr(self, name), "non-negative integer")
         for name in ("limit", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{option_name(name)} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
-        for name in ("weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{option_name(name)} must be a non-negative number, got {value!r}")
+            check_range(option_name(name), getattr(self, name), "positive integer", none_ok=True)
+        check_range("--lr", self.lr, "positive number")
+        for name in ("weight_decay", "grad_clip", "save_every_minutes"):
+            check_range(option_name(name), getattr(self, name), "non-negative number")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
         if self.max_length < 2:
@@ -369,8 +369,12 @@ class TrainConfig:
         return lora.LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
 
     def _check_dpo(self) -> None:
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"--beta must be a positive number, got {self.beta!r}")
+        """DPO's options: checked for --method dpo, and refused with sft (which would ignore them silently)."""
+        check_range("--beta", self.beta, "positive number")
+        if self.method != "dpo":
+            for name in DPO_ONLY:
+                if getattr(self, name) != DPO_ONLY[name]:
+                    raise ValueError(f"{option_name(name)} is for --method dpo; --method {self.method} does not use it")
         if self.method == "dpo" and not self.mask_prompt:
             raise ValueError("--no-mask-prompt is for --method sft: DPO scores the responses only")
 

@@ -146,6 +146,11 @@ class DistContext:
             dist.barrier()
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` launched it (0 without torchrun): who prints a script's last line."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_name: str) -> tuple[DistContext, torch.device, bool]:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 

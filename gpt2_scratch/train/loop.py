@@ -19,6 +19,7 @@ import dataclasses
 import math
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +30,9 @@ from tqdm.auto import tqdm
 from gpt2_scratch import lora
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler
 from gpt2_scratch.data.records import Record, resolve_source
+from gpt2_scratch.files import Locked
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.hub import absolute_source
 from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
@@ -49,6 +52,7 @@ from gpt2_scratch.train.log import MetricsLog, plot_losses
 from gpt2_scratch.train.run_writer import (
     BestWeights,
     TrainingInterrupted,
+    check_out_dir,
     clear_outputs,
     create_run_folder,
     mark_interrupted,
@@ -61,6 +65,7 @@ from gpt2_scratch.train.state import Progress, load_train_state, restore_rng, rn
 from gpt2_scratch.train.step import StepRunner, attach_adapters, configure_optimizer, lr_at
 
 NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before training
+_clock = time.monotonic  # of --save-every-minutes (a test sets the time)
 
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
@@ -85,21 +90,28 @@ class Trainer:
     run stands is ``progress``: exactly what the resume state saves.
     """
 
-    def __init__(self, config: TrainConfig, dist_ctx: DistContext, device: torch.device):
+    def __init__(self, config: TrainConfig, dist_ctx: DistContext, device: torch.device, held: ExitStack | None = None):
         self.dist_ctx, self.device = dist_ctx, device
+        # The run folder's lock (rank 0): ``train`` releases it when it returns.
+        self.held = held if held is not None else ExitStack()
         self.is_main = dist_ctx.is_main  # rank 0 logs, samples and writes the files
         self.run_info: RunInfo | None = None  # run.json
         self.paths: RunPaths | None = None  # a new run's folder is created by run_training
         self.restoring = False  # resuming from a saved state (else the run starts at step 0)
         if config.resume is not None:
+            if Path(config.resume).is_dir():  # before anything is read: another process may be training it
+                self._lock(RunPaths(Path(config.resume)))
             config, self.run_info = _resume_config(config)
             self.paths = RunPaths(Path(config.resume))
             with dist_ctx.main_first():
                 if self.is_main:
                     self._remove_leftovers()
             self.restoring = (self.paths.train_state / "state.json").is_file()
-        else:  # run.json stores the dataset so that it resolves from anywhere (the sha256 is checked on resume)
-            config = dataclasses.replace(config, dataset=resolve_source(config.dataset))
+        else:  # run.json stores the dataset and a local base so that they resolve from anywhere
+            config = dataclasses.replace(
+                config, dataset=resolve_source(config.dataset), base=absolute_source(config.base)
+            )
+            check_out_dir(config.out_dir)  # now, not after loading a model
             if config.name is not None and (Path(config.out_dir) / config.name).exists():
                 raise ValueError(taken_message(Path(config.out_dir) / config.name))  # now, not after loading a model
         self.config = config
@@ -127,6 +139,7 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
         self.progress = Progress()
+        self._last_save = 0.0  # when the last resume state was saved (or the steps started): --save-every-minutes
         self.best = BestWeights(adapter=self.adapter)  # rank 0 keeps progress.best_step's weights for best/
 
     @property
@@ -182,6 +195,7 @@ class Trainer:
                 raise ValueError(error)
             self.config = dataclasses.replace(self.config, name=folder.name)
             self.paths = RunPaths(folder)
+            self._lock(self.paths)
         if self.run_info is None:
             self.run_info = RunInfo(
                 name=self.config.name,
@@ -203,6 +217,18 @@ class Trainer:
             if self.data.note:
                 self._say(self.data.note)
             self._baseline()
+
+    def _lock(self, paths: RunPaths) -> None:
+        """Rank 0 holds ``paths``' lock until ``train`` returns; held by another process: every rank raises."""
+        error = None
+        if self.is_main:
+            try:
+                self.held.enter_context(paths.lock("finetune.py"))
+            except (Locked, OSError) as e:
+                error = str(e)
+        error = self.dist_ctx.broadcast(error)
+        if error:
+            raise ValueError(error)
 
     def _create_folder(self) -> tuple[Path | None, str | None]:
         """(the new run folder, None), or (None, why it cannot be created): every rank raises the same."""
@@ -310,7 +336,19 @@ class Trainer:
             self._write_best()  # at the last step, best/ is written with final/ (once, if they are the same)
         plot_losses(self.paths.metrics, self.paths.loss_plot)
 
+    def _state_due(self) -> bool:
+        """Whether to save a resume state after this step: every ``save_every`` steps, or
+        ``save_every_minutes`` after the last save (or the start), whichever comes first."""
+        cfg = self.config
+        if cfg.save_every and self.progress.step % cfg.save_every == 0:
+            return True
+        if not cfg.save_every_minutes:
+            return False
+        due = _clock() - self._last_save >= 60 * cfg.save_every_minutes
+        return self.dist_ctx.broadcast(due)  # rank 0's clock decides: the save is collective
+
     def _save_state(self) -> None:
+        self._last_save = _clock()
         rng = rng_states(self.dist_ctx, self.device)  # collective: every rank takes part
         # After the state is on disk: run.json then names the step a resume starts from.
         self.run_info = dataclasses.replace(self.run_info, saved_step=self.progress.step)
@@ -351,6 +389,7 @@ class Trainer:
             self._start()
         self.steps.prepare(self.paths, self.data, self.progress, self._say)  # dpo: the reference log-probs
         self.steps.wrap()
+        self._last_save = _clock()  # the clock of --save-every-minutes starts with the steps
         with tqdm(
             total=self.total_steps,
             initial=self.progress.step,
@@ -391,7 +430,7 @@ class Trainer:
                 if self.is_main:
                     self._end_epoch()
                 p.epoch, p.position, batches = p.epoch + 1, 0, None
-            if cfg.save_every and p.step % cfg.save_every == 0 and p.step < self.total_steps:
+            if self._state_due() and p.step < self.total_steps:
                 self._save_state()
             if stop_after is not None and stop_after <= p.step < self.total_steps:
                 return False  # as if killed here: nothing more is written
@@ -430,8 +469,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunPaths:
     """
     dist_ctx, device, created = init_distributed(config.device)
     trainer = None
+    held = ExitStack()  # the run folder's lock
     try:
-        trainer = Trainer(config, dist_ctx, device)
+        trainer = Trainer(config, dist_ctx, device, held)
         return trainer.run_training(stop_after)
     except KeyboardInterrupt:
         paths = trainer.paths if trainer is not None else None  # None: the folder does not exist yet
@@ -442,5 +482,6 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunPaths:
         trainer.mark_interrupted()
         raise TrainingInterrupted(paths.root, trainer.run_info, trainer.progress.step) from None
     finally:
+        held.close()
         if created:
             dist.destroy_process_group()

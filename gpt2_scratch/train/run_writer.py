@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from gpt2_scratch import lora
-from gpt2_scratch.checkpoint import AdapterInfo, save_adapter_checkpoint, save_checkpoint
+from gpt2_scratch.checkpoint import (
+    CHECKPOINT_KIND,
+    AdapterInfo,
+    is_checkpoint,
+    save_adapter_checkpoint,
+    save_checkpoint,
+)
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import Split, write_records
 from gpt2_scratch.files import link_folder, remove_stray_temporaries
@@ -34,12 +40,22 @@ def taken_message(root: Path) -> str:
     return f"run folder {root} already exists; choose another --name or continue it with --resume {root}"
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+    """A one-line error when ``--out-dir`` cannot hold run folders: it, or a folder above it, is a file."""
+    path = Path(out_dir)
+    for existing in (p for p in (path, *path.parents) if p.exists()):
+        if not existing.is_dir():
+            raise ValueError(f"--out-dir {out_dir}: {existing} is a file, not a folder")
+        return
+
+
 def create_run_folder(out_dir: str | os.PathLike, name: str | None) -> Path:
     """Create a new run folder exclusively: ``out_dir/name``, or ``out_dir/<start time>`` (then ``-2``, ``-3``, ...).
 
     ``os.mkdir`` fails when the folder exists, whoever made it a moment ago:
     that, not a look beforehand, is what keeps two runs out of one folder.
     """
+    check_out_dir(out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -169,5 +185,5 @@ class BestWeights:
     def link(self, folder: Path, final: Path, step: int) -> None:
         """Make ``folder`` hard links to ``final`` (a checkpoint of the same weights, step and metadata)."""
         if self.written != step:
-            link_folder(final, folder)
+            link_folder(final, folder, CHECKPOINT_KIND, ours=is_checkpoint)
             self.written = step

@@ -72,7 +72,7 @@ def save_train_state(
     """
     from safetensors.torch import save_file
 
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, "train state", ours=lambda f: (f / "state.json").is_file()) as tmp:
         weights = lora.adapter_state_dict(model) if lora.has_adapters(model) else model.state_dict_untied()
         opt = optimizer.state_dict()
         # AdamW's state is per parameter index: tensors (exp_avg, exp_avg_sq, step) go to
@@ -107,7 +107,9 @@ def load_train_state(
     recover_folder(folder)  # a save killed between its two renames
     meta_path = folder / "state.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"no training state in {folder} (it is saved every --save-every steps)")
+        raise FileNotFoundError(
+            f"no training state in {folder} (it is saved every --save-every steps and --save-every-minutes)"
+        )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
         raise ValueError(f"{meta_path} is not a {STATE_FORMAT} version {STATE_VERSION} file")

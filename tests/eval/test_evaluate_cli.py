@@ -1,5 +1,6 @@
 """evaluate.py, the command line: an end-to-end run, --help, errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,11 @@ def test_cli_end_to_end_and_errors(run, capsys, tmp_path):
 
     for argv, message in [
         (["--run", str(tmp_path / "nope")], "no such run folder"),
-        (["--run", str(run.root), "--limit", "0"], "limit"),
-        (["--run", str(run.root), "--temperature", "-1"], "temperature"),
+        (["--run", str(run.root), "--limit", "0"], "--limit must be a positive integer, got 0"),
+        (["--run", str(run.root), "--temperature", "-1"], "--temperature must be a non-negative number, got -1.0"),
+        (["--run", str(run.root), "--max-new-tokens", "0"], "--max-new-tokens must be a positive integer, got 0"),
+        (["--run", str(run.root), "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["--run", str(run.root), "--top-p", "1.5"], "--top-p must be a number in (0, 1], got 1.5"),
         (["--run", str(run.root), "--judge-url", "http://localhost:1/v1"], "--judge-model"),
     ]:
         assert evaluate_cli.main(argv) == 2, argv
@@ -79,3 +83,31 @@ def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr == f"error: --run {tmp_path / 'missing'}: no such run folder\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_bad_weights_are_reported_before_any_answer(run, damage, capsys, monkeypatch):
+    from gpt2_scratch.eval import evaluation
+
+    weights = run.final / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("generated before checking the weights"))
+    assert evaluate_cli.main(["--run", str(run.root), "--replace", "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights} ") and err.count("\n") == 1
+    assert ("truncated or replaced" if damage == "truncated" else "corrupt or replaced") in err
+    assert not run.eval_dir.exists()
+
+
+def test_base_overrides_the_base_the_run_records(run, capsys, monkeypatch):
+    info = json.loads(run.run_json.read_text())
+    run.run_json.write_text(json.dumps({**info, "base_model": "/moved/away/gpt2"}))
+    monkeypatch.chdir(run.root.parent)
+    fast = ["--run", str(run.root), "--models", "base", "--limit", "2", "--max-new-tokens", "2", "--no-progress"]
+    assert evaluate_cli.main([*fast, "--base", "./missing"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --base ./missing: no such file or folder"
+    assert evaluate_cli.main(fast) == 2
+    assert "/moved/away/gpt2" in capsys.readouterr().err
+    assert evaluate_cli.main([*fast, "--base", "random:tiny"]) == 0
+    assert json.loads(run.summary.read_text())["base_model"] == "random:tiny"

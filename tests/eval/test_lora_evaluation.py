@@ -35,6 +35,13 @@ def test_a_lora_run_is_evaluated_on_one_load_of_its_base(tmp_path, monkeypatch):
     loads = []
     real = evaluation.load_model
     monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: loads.append((a, k)) or real(*a, **k))
+    headers = {}  # the progress files' headers (the files go once the results are written)
+    opened = evaluation.ProgressFile.open
+    monkeypatch.setattr(
+        evaluation.ProgressFile,
+        "open",
+        lambda path, header, *a, **k: headers.setdefault(path.stem, header) and opened(path, header, *a, **k),
+    )
     summary = evaluate_run(run, EvalSettings(**FAST))
     assert [(a[0], k.get("merge")) for a, k in loads] == [(str(run.final), False)]  # once, adapter kept apart
     rows = read_jsonl(run.predictions)
@@ -46,8 +53,7 @@ def test_a_lora_run_is_evaluated_on_one_load_of_its_base(tmp_path, monkeypatch):
     assert any(r["base"]["response"] != r["finetuned"]["response"] for r in rows)
     assert summary["checkpoint"]["sha256"] == read_checkpoint_info(run.final).sha256
     # The progress headers identify both models' weights: the adapter's file, the base's tensors.
-    headers = {name: read_jsonl(run.eval_dir / f"partial_{name}.jsonl")[0] for name in ("base", "finetuned")}
-    headers = {name: h.get("header", h) for name, h in headers.items()}
+    headers = {name: headers[f"partial_{name}"] for name in ("base", "finetuned")}
     assert headers["base"]["sha256"] == lora.base_sha256(base)
     assert headers["finetuned"]["sha256"] == read_checkpoint_info(run.final).sha256
 

@@ -39,12 +39,15 @@ def test_a_progress_line_of_the_wrong_shape_is_one_line_error(run, monkeypatch, 
     assert err.startswith(f"error: {partial}: line 3 is not a progress entry") and err.count("\n") == 1
 
 
-def test_a_bad_line_after_a_finished_evaluation_is_named_by_its_own_line(run):
+def test_a_finished_evaluation_leaves_no_progress_file(run):
     evaluate_run(run, EvalSettings(**FAST))
+    assert sorted(p.name for p in run.eval_dir.iterdir()) == ["predictions.jsonl", "summary.json"]
+
+
+def test_a_bad_line_after_an_earlier_versions_done_mark_is_named_by_its_own_line(run, monkeypatch):
+    interrupt_after_first_batch(run, EvalSettings(**FAST), monkeypatch)
     partial = run.eval_dir / "partial_base.jsonl"
-    lines = partial.read_text().splitlines()
-    assert lines[-1] == '{"done": true}'  # header, 3 batches, the done mark
-    with open(partial, "a") as f:
-        f.write('{"batch": 0}\n')
-    with pytest.raises(ValueError, match=f"{partial}: line {len(lines) + 1} is not a progress entry"):
+    with open(partial, "a") as f:  # earlier versions kept a finished file, with this mark at its end
+        f.write('{"done": true}\n{"batch": 0}\n')
+    with pytest.raises(ValueError, match=f"{partial}: line 4 is not a progress entry"):
         evaluate_run(run, EvalSettings(**FAST))

@@ -95,8 +95,11 @@ def test_an_interrupted_build_continues_with_the_batches_left(tmp_path, tiny, in
     selfplay.build_preferences(tiny, records, STYLE, out, SETTINGS, batch_size=4, progress_bar=False)
     assert calls == [[0]]  # the finished batch is not generated again
     assert out.read_bytes() == whole.read_bytes()
+    assert not selfplay.progress_path(out).exists()  # the file is written: nothing left to resume
     # Other settings while unfinished work exists: refused (never mixed) ...
-    selfplay.progress_path(out).write_text(selfplay.progress_path(out).read_text().replace('{"done": true}\n', ""))
+    monkeypatch.setattr(selfplay, "generate_batches", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        selfplay.build_preferences(tiny, records, STYLE, out, SETTINGS, batch_size=4, progress_bar=False)
     with pytest.raises(ValueError, match="other settings"):
         selfplay.build_preferences(tiny, records, STYLE, out, SamplingSettings(max_new_tokens=5), progress_bar=False)
 
@@ -114,7 +117,7 @@ def test_cli_writes_the_file_and_bad_input_is_one_line(tmp_path, instructions, c
     assert make_preferences.main([*args, "--out", str(out.with_name("other.json"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: --out {out.with_name('other.json')} exists and was not built here; choose another path or delete it"
+        f"error: --out {out.with_name('other.json')} exists; choose another path, or pass --replace to replace it"
     ]
     assert (
         make_preferences.main(["--model", "random:tiny", "--dataset", str(tmp_path / "no.json"), "--out", "x.json"])

@@ -16,7 +16,7 @@ import torch
 
 from gpt2_scratch.checkpoint import is_export, load_checkpoint, read_export_info
 from gpt2_scratch.config import GPTConfig
-from gpt2_scratch.files import file_sha256
+from gpt2_scratch.files import MARKER, file_sha256
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
@@ -61,6 +61,7 @@ def test_export_folder_holds_transformers_files_and_the_runs_own(run, export):
     names = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
     assert names == sorted(
         [
+            MARKER,  # what wrote the folder: a later export may replace it (not uploaded)
             "README.md",
             "config.json",
             "generation_config.json",

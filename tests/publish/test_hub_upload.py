@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gpt2_scratch.files import MARKER
 from gpt2_scratch.publish.hub_upload import PROJECT_ROOT, PublishError, prepare_publish, space_files, upload
 from gpt2_scratch.runs import HUB_REPO_ENV, RunPaths
 from tests.fixtures.publish import TOKEN, make_run
@@ -64,9 +65,9 @@ def test_upload_sends_every_file_in_one_commit_per_repo_and_sets_the_space_varia
     exported = {
         p.relative_to(tmp_path / "export").as_posix(): p.read_bytes()
         for p in (tmp_path / "export").rglob("*")
-        if p.is_file()
+        if p.is_file() and p.name != MARKER
     }
-    assert model_commit["files"] == exported  # every file, byte for byte, in one commit
+    assert model_commit["files"] == exported  # every file but the local marker, byte for byte, in one commit
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "run.json", "eval/summary.json"} <= set(
         exported
     )

@@ -47,7 +47,7 @@ def test_the_export_holds_merged_weights_and_a_peft_adapter(export, run):
     assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM" and cfg["fan_in_fan_out"] is True
     assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (4, 6, 0.1)
     assert cfg["target_modules"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc"]
-    assert cfg["base_model_name_or_path"] == str(run.read_info().base_model)
+    assert cfg["base_model_name_or_path"] is None  # the base is a local folder: of the machine that trained
     from safetensors.torch import load_file
 
     tensors = load_file(str(export.folder / "adapter" / "adapter_model.safetensors"))

@@ -51,7 +51,41 @@ def test_dry_run_prints_what_goes_where_and_uploads_nothing(hub, run, tmp_path, 
         "token: HF_TOKEN",
     ):
         assert line in out, line
-    assert "dry run: nothing was uploaded" in out and (tmp_path / "export" / "README.md").is_file()
+    assert "dry run: nothing was written or uploaded" in out
+    assert not (tmp_path / "export").exists()  # the dry run's export was a temporary folder, now gone
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dry_run_into_the_run_folder_is_refused_and_changes_nothing(hub, run, capsys):
+    before = _tree(run.root)
+    rc = publish.main(["--run", str(run.root), "--repo", "me/x", "--dry-run", "--export-dir", str(run.root)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: refusing to replace {run.root}: it is a run folder; choose a new or empty folder"
+    assert _tree(run.root) == before
+
+
+def test_export_dir_holding_someone_elses_files_is_refused(hub, run, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for dry in ([], ["--dry-run"]):
+        rc = publish.main(["--run", str(run.root), "--repo", "me/x", "--export-dir", str(mine), *dry])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and f"refusing to replace {mine}: it holds files" in err
+        assert (mine / "notes.txt").read_text() == "keep me" and [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert hub.requests == []
+
+
+def test_an_earlier_export_is_replaced(hub, run, tmp_path, capsys):
+    out = tmp_path / "export"
+    args = ["--run", str(run.root), "--repo", "me/x", "--export-dir", str(out)]
+    assert publish.main(args) == 0
+    (out / "stale.txt").write_text("from an earlier export")
+    assert publish.main(args) == 0
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
 
 
 def test_weights_dtype_bfloat16_publishes_half_size_weights(hub, run, tmp_path, capsys):

@@ -58,6 +58,7 @@ def test_ddp_two_processes_match_one(tmp_path, reference_run, fixture_json):
     ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run folder: ") == 1  # rank 0 says it; the other rank does not repeat it
     metrics = tmp_path / "ddp" / "metrics.jsonl"
     got, ref = losses(metrics), losses(reference_run.metrics)
     assert [s for s, _ in got["train"]] == [1, 2, 3]

@@ -17,8 +17,12 @@ from gpt2_scratch.demo.compare import compare, reward_frame
 from gpt2_scratch.demo.discovery import RunSource
 from gpt2_scratch.demo.views import load_run_results
 from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.generate.sampling import SamplingSettings, generate
+from gpt2_scratch.inference import load_model
+from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.export import export_run
 from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.tokenizer import decode, encode
 from gpt2_scratch.train.log import loss_figure, read_metrics
 from tests.fixtures.preferences import instruction_entries, write_json
 
@@ -60,9 +64,15 @@ def test_the_preferences_come_from_the_sft_model(chain):
     sft, _, prefs = chain
     entries = json.loads(prefs.read_text())
     assert len(entries) == 60 and all(e["chosen"] == e["output"] for e in entries)
-    header = read_jsonl(prefs.with_name("prefs.json.progress.jsonl"))[0]["header"]
-    assert header["model"]["source"] == str(sft.root) and header["prompt_style"] == "phi3"  # the SFT run's style
-    assert header["model"]["sha256"] == json.loads((sft.final / "config.json").read_text())["weights"]["sha256"]
+    assert not prefs.with_name("prefs.json.progress.jsonl").exists()  # removed once the file is written
+    model, info = load_model(str(sft.root))
+    assert info.prompt_style == "phi3"  # the SFT run's style, which make_preferences used
+    style = get_prompt_style(info.prompt_style)
+    for e in entries[:3]:  # rejected: the SFT model's own greedy answer, as it gives it alone
+        (ids,) = generate(
+            model, [encode(style.format(e["instruction"], e["input"]))], SamplingSettings(max_new_tokens=4)
+        )
+        assert e["rejected"] == decode(ids).strip()
 
 
 def test_evaluate_compares_the_dpo_run_with_its_sft_model(chain, capsys):
@@ -83,11 +93,12 @@ def test_the_card_says_dpo_of_which_sft_model_with_which_beta_and_data(chain, tm
     sft, dpo, prefs = chain
     card = (export_run(dpo.root, tmp_path / "export").folder / "README.md").read_text()
     assert (
-        f"preference-tuned with DPO (beta 0.1, log-probabilities summed over each response) from the SFT model `{sft.root}`"
-        in card
+        "preference-tuned with DPO (beta 0.1, log-probabilities summed over each response) from the SFT model "
+        "`sft (a local model)`" in card
     )
     assert "on the preference pairs of `prefs.json`" in card and "- dpo" in card
-    assert f"`base` is the SFT model `{sft.root}` this DPO run started from" in card
+    assert "`base` is the SFT model `sft (a local model)` this DPO run started from" in card
+    assert str(sft.root) not in card  # a path of the machine that trained
 
 
 def test_the_results_browser_and_the_figure_show_the_dpo_metrics(chain):

@@ -155,6 +155,12 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
         (["--schedule", "linear"], "error: argument --schedule: invalid choice: 'linear'"),
         (["--lr", "fast"], "error: argument --lr: invalid float value: 'fast'"),
         (["--resume", "no/such/run"], "error: no/such/run is not a run folder: no run.json"),
+        (["--beta", "0.5"], "error: --beta is for --method dpo; --method sft does not use it"),
+        (
+            ["--method", "sft", "--dpo-logps", "mean"],
+            "error: --dpo-logps is for --method dpo; --method sft does not use it",
+        ),
+        (["--max-steps", "0"], "error: --max-steps must be a positive integer, got 0"),
         (
             ["--resume", "runs/x", "--epochs", "2", "--lr", "1e-3"],
             "error: --resume continues a run with the settings in its run.json; drop --epochs, --lr",
@@ -221,3 +227,23 @@ def test_ctrl_c_prints_the_real_run_folder(tmp_path, monkeypatch, capsys, write_
     root = tmp_path / "runs" / "stop2"
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line == f"interrupted at step 1 of 3, before the first saved state; --resume {root} starts the run over"
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(tmp_path, capsys, write_dataset):
+    dataset = write_dataset(tmp_path / "data.json")
+    file = tmp_path / "passwd"
+    file.write_text("root:x:0:0\n")
+    for out in (file, file / "runs"):
+        assert finetune.main(["--base", "random:tiny", "--dataset", str(dataset), "--out-dir", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --out-dir {out}: {file} is a file, not a folder"
+    assert file.read_text() == "root:x:0:0\n"
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_only_the_first_torchrun_process_prints_the_run_folder(rank, printed, tmp_path, monkeypatch, capsys):
+    from gpt2_scratch.runs import RunPaths
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(finetune, "train", lambda config: RunPaths(tmp_path / "runs" / "x"))
+    assert finetune.main(["--base", "random:tiny"]) == 0
+    assert capsys.readouterr().out.count(f"run folder: {tmp_path / 'runs' / 'x'}") == int(printed)

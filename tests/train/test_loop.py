@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gpt2_scratch.checkpoint import load_checkpoint, read_checkpoint_info, read_safetensors
-from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.files import MARKER, read_jsonl
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.train import loop as training
 from gpt2_scratch.train.config import TrainConfig
@@ -117,7 +117,10 @@ def test_refuses_to_overwrite_a_run(tmp_path, reference_run):
 
 def dot_entries(paths) -> list[str]:
     return sorted(
-        p.name for folder in (paths.root, paths.root / "data") for p in folder.iterdir() if p.name.startswith(".")
+        p.name
+        for folder in (paths.root, paths.root / "data")
+        for p in folder.iterdir()
+        if p.name.startswith(".") and p != paths.lock_file
     )
 
 
@@ -172,7 +175,7 @@ def test_checkpoint_files_follow_the_umask(reference_run):
     umask = os.umask(0)
     os.umask(umask)
     files = [p for folder in (reference_run.final, reference_run.best) for p in folder.iterdir()]
-    assert {p.name for p in files} == {"model.safetensors", "config.json"}
+    assert {p.name for p in files} == {"model.safetensors", "config.json", MARKER}
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
     assert stat.S_IMODE(reference_run.final.stat().st_mode) == 0o777 & ~umask
 
@@ -247,3 +250,35 @@ def test_the_prompt_is_masked_by_default(tmp_path, fixture_json):
     assert cut > 10 and (targets[0, :cut] == IGNORE_INDEX).all()
     assert (targets[0, cut:] != IGNORE_INDEX).all()  # the response and its EOS are learned
     assert not (tmp_path / "runs").exists()  # loading data and model creates no run folder
+
+
+def test_a_resume_state_is_saved_by_time_as_well_as_by_steps(tmp_path, fixture_json, monkeypatch):
+    clock = iter(range(0, 10_000, 50))  # every call to the clock: 50 s later
+    monkeypatch.setattr(training, "_clock", lambda: next(clock))
+    # No step save before step 100; 50 s a step against a 1.5 minute budget: a save every second step.
+    cfg = small_config(tmp_path, fixture_json, name="timed", epochs=2, save_every=100, save_every_minutes=1.5)
+    paths = train(cfg, stop_after=5)
+    assert json.loads(paths.run_json.read_text())["saved_step"] == 4
+    assert json.loads((paths.train_state / "state.json").read_text())["step"] == 4
+    never = train(
+        small_config(tmp_path, fixture_json, name="never", save_every=100, save_every_minutes=0), stop_after=5
+    )
+    assert not never.train_state.exists()
+
+
+def test_save_every_minutes_must_not_be_negative(tmp_path, fixture_json):
+    with pytest.raises(ValueError, match=r"^--save-every-minutes must be a non-negative number, got -1$"):
+        small_config(tmp_path, fixture_json, save_every_minutes=-1)
+
+
+def test_a_local_base_is_recorded_as_an_absolute_path(tmp_path, fixture_json, monkeypatch):
+    from gpt2_scratch.checkpoint import save_checkpoint
+    from gpt2_scratch.inference import load_model
+
+    save_checkpoint(tmp_path / "models" / "tiny", load_model("random:tiny")[0], prompt_style="phi3")
+    monkeypatch.chdir(tmp_path)
+    paths = train(small_config(tmp_path, fixture_json, name="local", base="models/tiny", max_steps=1))
+    expected = str((tmp_path / "models" / "tiny").resolve())
+    assert json.loads(paths.run_json.read_text())["base_model"] == expected
+    assert json.loads(paths.run_json.read_text())["training"]["base"] == expected
+    assert TrainConfig(base="gpt2").base == "gpt2"  # a Hub id stays an id (made absolute only when it is a path)

@@ -21,7 +21,7 @@ import torch.nn as nn
 import finetune
 from gpt2_scratch import lora
 from gpt2_scratch.checkpoint import read_adapter, read_checkpoint_info, read_safetensors
-from gpt2_scratch.files import read_jsonl
+from gpt2_scratch.files import MARKER, read_jsonl
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.train.config import TrainConfig
 from gpt2_scratch.train.distributed import DistContext
@@ -105,7 +105,7 @@ def test_only_the_adapters_train_and_the_base_stays_bit_identical(reference):
 def test_final_and_best_hold_the_adapter_only(reference):
     trainer, paths = reference
     for folder in (paths.final, paths.best):
-        assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [MARKER, "adapter.safetensors", "config.json"]
         info, tensors = read_adapter(folder)
         assert all(k.endswith(("lora_A", "lora_B")) for k in tensors) and len(tensors) == 2 * 4 * 2
         assert info.adapter.lora == lora.LoRAConfig(rank=4, alpha=8.0, dropout=0.1)

@@ -7,6 +7,7 @@ import os
 import torch
 
 from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.files import MARKER
 from gpt2_scratch.model import GPT
 from gpt2_scratch.train.state import Progress, load_train_state, save_train_state
 from gpt2_scratch.train.step import configure_optimizer
@@ -22,6 +23,7 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     rng_state = torch.get_rng_state()
     save_train_state(folder, model, opt, Progress(step=1, epoch=0), {"cpu.0": rng_state})
     assert sorted(p.name for p in folder.iterdir()) == [
+        MARKER,
         "model.safetensors",
         "optimizer.safetensors",
         "rng.safetensors",
