@@ -123,15 +123,12 @@ def port_problem(error: OSError, host: str, port: int | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.concurrency < 1:
-        fail(f"--concurrency must be at least 1, got {args.concurrency}")
-    if args.queue_size is not None and args.queue_size < 1:
-        fail(f"--queue-size must be at least 1, got {args.queue_size}")
-    if args.port is not None and not 1 <= args.port <= 65535:
-        fail(f"--port must be from 1 to 65535, got {args.port}")
-    for option, value in (("--max-batch", args.max_batch), ("--max-waiting", args.max_waiting)):
+    counts = ("concurrency", "queue_size", "max_batch", "max_waiting")
+    for option, value in ((f"--{name.replace('_', '-')}", getattr(args, name)) for name in counts):
         if value is not None and value < 1:
             fail(f"{option} must be at least 1, got {value}")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        fail(f"--port must be from 1 to 65535, got {args.port}")
     runs_dir = runs_folder(args.runs_dir)
 
     from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, plain, start

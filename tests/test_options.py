@@ -21,8 +21,7 @@ from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.options import ArgumentParser, HelpFormatter, add_dataclass_options, option_name
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.train import config as train_config
-from gpt2_scratch.train import loop
-from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
+from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig, resume_config
 
 GROUPS = ["model and data", "output", "optimization", "evaluation during training", "hardware"]
 CONFIGS = [(TrainConfig, finetune.build_parser), (EvalConfig, evaluate.build_parser)]
@@ -168,7 +167,7 @@ def test_an_unknown_option_suggests_the_closest(argv, message, capsys):
 
 def test_resume_overrides_are_one_list(tmp_path, capsys):
     assert RESUME_OVERRIDES == ("resume", "device", "precision", "compile", "save_every_minutes")
-    assert finetune.RESUME_OVERRIDES is train_config.RESUME_OVERRIDES is loop.RESUME_OVERRIDES
+    assert finetune.RESUME_OVERRIDES is train_config.RESUME_OVERRIDES  # resume_config, beside it, applies it
     resume = next(a for a in options(finetune.build_parser()) if a.dest == "resume")
     assert "only --device, --precision, --compile and --save-every-minutes may be given with it" in resume.help
     # The loop keeps exactly these from the command line, and the run's own values of the rest.
@@ -177,7 +176,7 @@ def test_resume_overrides_are_one_list(tmp_path, capsys):
         RunInfo(name="r", base_model="gpt2", prompt_style="alpaca", training=stored.to_dict())
     )
     given = TrainConfig(resume=str(tmp_path), epochs=1, device="cuda:3", precision="fp32", compile=True)
-    config, _ = loop._resume_config(given)
+    config, _ = resume_config(given)
     assert config == dataclasses.replace(stored, resume=str(tmp_path), device="cuda:3", precision="fp32", compile=True)
 
 

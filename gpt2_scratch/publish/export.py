@@ -187,6 +187,32 @@ def _write_weights(
     return [WEIGHTS_FILE, CONFIG_FILE, "generation_config.json"], model
 
 
+def _write_ggufs(folder: Path, model: GPT, gguf_types, prompt_style: str, name: str) -> list[str]:
+    """``model-<TYPE>.gguf`` for each of ``gguf_types`` and the Ollama ``Modelfile`` of the first; their names."""
+    files = []
+    for gguf_type in gguf_types:
+        files.append(gguf_file_name(gguf_type))
+        tokenizer = {"vocab_json": folder / "vocab.json", "merges_txt": folder / "merges.txt"}
+        write_gguf(folder / files[-1], model, gguf_type, **tokenizer, prompt_style=prompt_style, name=name)
+    if gguf_types:
+        atomic_write_text(folder / MODELFILE, modelfile(files[0], prompt_style, model.config))
+        files.append(MODELFILE)
+    return files
+
+
+def _read_summary(run: RunPaths) -> dict | None:
+    """The run's ``eval/summary.json`` (None: not evaluated); a bad one is a one-line error with the fix."""
+    if not run.summary.is_file():
+        return None
+    try:
+        summary = read_json(run.summary)
+    except ValueError as e:
+        raise ValueError(f"{e}; rerun python evaluate.py --run {run.root}") from None
+    if "test_records_total" not in summary and run.test_records.is_file():  # an older summary.json
+        summary = {**summary, "test_records_total": len(read_records(run.test_records))}
+    return summary
+
+
 def export_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -211,35 +237,14 @@ def export_run(
     gguf_types = check_gguf_types(gguf_types)
     run = RunPaths(Path(run_dir))
     run_info, checkpoint = check_finished(run)
-    summary = None
-    if run.summary.is_file():
-        try:
-            summary = read_json(run.summary)
-        except ValueError as e:
-            raise ValueError(f"{e}; rerun python evaluate.py --run {run.root}") from None
-        if "test_records_total" not in summary and run.test_records.is_file():  # an older summary.json
-            summary = {**summary, "test_records_total": len(read_records(run.test_records))}
+    summary = _read_summary(run)
     out = Path(out)
     with atomic_folder(out, EXPORT_KIND, ours=is_export) as tmp:
         weight_files, model = _write_weights(tmp, run, checkpoint, run_info, weights_dtype)
         num_params = model.num_params()
         prompt_style = checkpoint.prompt_style or run_info.prompt_style
         files = [CARD_FILE, *weight_files, *write_tokenizer(tmp, checkpoint.config.block_size, prompt_style)]
-        for gguf_type in gguf_types:
-            name = gguf_file_name(gguf_type)
-            write_gguf(
-                tmp / name,
-                model,
-                gguf_type,
-                vocab_json=tmp / "vocab.json",
-                merges_txt=tmp / "merges.txt",
-                prompt_style=prompt_style,
-                name=repo_id or run_info.name,
-            )
-            files.append(name)
-        if gguf_types:
-            atomic_write_text(tmp / MODELFILE, modelfile(gguf_file_name(gguf_types[0]), prompt_style, model.config))
-            files.append(MODELFILE)
+        files += _write_ggufs(tmp, model, gguf_types, prompt_style, repo_id or run_info.name)
         del model
         trainable = None
         if checkpoint.adapter is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gpt2_scratch import lora
@@ -27,7 +28,7 @@ from gpt2_scratch.data.preferences import DEFAULT_PREFERENCE_URL
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
 from gpt2_scratch.options import check_range, option_name
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
-from gpt2_scratch.runs import DEFAULT_RUNS_DIR
+from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunInfo, RunPaths
 from gpt2_scratch.train.distributed import PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
@@ -385,3 +386,17 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict (e.g. run.json's "training"), rejecting unknown keys."""
         return from_known_fields(cls, d, "training option(s)")
+
+
+def resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
+    """The run's own config from run.json, keeping only the how-to-run options (RESUME_OVERRIDES) from ``config``."""
+    run_info = RunPaths(Path(config.resume)).read_info()
+    if not run_info.training:
+        raise ValueError(f'{config.resume}/run.json has no "training" settings to resume with')
+    if run_info.status == "finished":
+        raise ValueError(f"{config.resume} has already finished; there is nothing to resume")
+    stored = TrainConfig.from_dict(run_info.training)
+    overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
+    if overrides["precision"] == "auto":  # the precision auto chose when the run started (run.json)
+        del overrides["precision"]
+    return dataclasses.replace(stored, **overrides), run_info

@@ -38,7 +38,7 @@ from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import decode, encode
-from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig
+from gpt2_scratch.train.config import TrainConfig, resume_config
 from gpt2_scratch.train.datasets import load_train_data
 from gpt2_scratch.train.distributed import (
     AUTOCAST_DTYPES,
@@ -68,20 +68,6 @@ NUM_BASELINE_RECORDS = 3  # test instructions answered by the base model before 
 _clock = time.monotonic  # of --save-every-minutes (a test sets the time)
 
 
-def _resume_config(config: TrainConfig) -> tuple[TrainConfig, RunInfo]:
-    """The run's own config from run.json, keeping only the how-to-run options (RESUME_OVERRIDES) from ``config``."""
-    run_info = RunPaths(Path(config.resume)).read_info()
-    if not run_info.training:
-        raise ValueError(f'{config.resume}/run.json has no "training" settings to resume with')
-    if run_info.status == "finished":
-        raise ValueError(f"{config.resume} has already finished; there is nothing to resume")
-    stored = TrainConfig.from_dict(run_info.training)
-    overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
-    if overrides["precision"] == "auto":  # the precision auto chose when the run started (run.json)
-        del overrides["precision"]
-    return dataclasses.replace(stored, **overrides), run_info
-
-
 class Trainer:
     """One finetuning run. Use ``train(config)``; the pieces are methods so that each stays short.
 
@@ -101,7 +87,7 @@ class Trainer:
         if config.resume is not None:
             if Path(config.resume).is_dir():  # before anything is read: another process may be training it
                 self._lock(RunPaths(Path(config.resume)))
-            config, self.run_info = _resume_config(config)
+            config, self.run_info = resume_config(config)
             self.paths = RunPaths(Path(config.resume))
             with dist_ctx.main_first():
                 if self.is_main:
@@ -289,27 +275,15 @@ class Trainer:
         records = self.split.test[:NUM_BASELINE_RECORDS]
         self._say(f"baseline: {self.config.base} before finetuning")
         for record, response in zip(records, self._respond(records)):
-            self._log(
-                "baseline",
-                id=record.id,
-                instruction=record.instruction,
-                input=record.input,
-                reference=record.output,
-                response=response,
-            )
+            asked = dict(id=record.id, instruction=record.instruction, input=record.input)
+            self._log("baseline", **asked, reference=record.output, response=response)
             self._say(f"  {record.instruction!r}\n    -> {response!r}")
 
     def _sample(self) -> None:
         record = self.split.val[0]
         (response,) = self._respond([record])
-        self._log(
-            "sample",
-            epoch=self.progress.epoch,
-            id=record.id,
-            instruction=record.instruction,
-            input=record.input,
-            response=response,
-        )
+        asked = dict(id=record.id, instruction=record.instruction, input=record.input)
+        self._log("sample", epoch=self.progress.epoch, **asked, response=response)
         self._say(f"sample after epoch {self.progress.epoch + 1}: {response!r}")
 
     @property

@@ -21,9 +21,9 @@ from gpt2_scratch.devices import native_bfloat16
 from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.loss import response_loss
 from gpt2_scratch.runs import RunInfo, RunPaths
-from gpt2_scratch.train import distributed, loop
+from gpt2_scratch.train import distributed
 from gpt2_scratch.train import step as train_step
-from gpt2_scratch.train.config import TrainConfig
+from gpt2_scratch.train.config import TrainConfig, resume_config
 from gpt2_scratch.train.distributed import DistContext, bf16_speedup, check_precision, resolve_precision
 from gpt2_scratch.train.loop import Trainer, train
 from tests.fixtures.training import events, losses, small_config
@@ -73,8 +73,8 @@ def test_a_resume_with_auto_keeps_the_precision_the_run_started_with(tmp_path):
     RunPaths(tmp_path).write_info(
         RunInfo(name="r", base_model="gpt2", prompt_style="alpaca", training=stored.to_dict())
     )
-    assert loop._resume_config(TrainConfig(resume=str(tmp_path)))[0].precision == "bf16"
-    assert loop._resume_config(TrainConfig(resume=str(tmp_path), precision="fp32"))[0].precision == "fp32"
+    assert resume_config(TrainConfig(resume=str(tmp_path)))[0].precision == "bf16"
+    assert resume_config(TrainConfig(resume=str(tmp_path), precision="fp32"))[0].precision == "fp32"
 
 
 def test_a_bf16_step_keeps_float32_master_weights_optimizer_state_and_loss(tmp_path, fixture_json, capsys, monkeypatch):
