@@ -82,8 +82,16 @@ class RunInfo:
 
     STATUSES = ("running", "interrupted", "finished")
 
+    # ``training`` keys that are no options of the model: at the top level already (base, prompt_style,
+    # dataset), bookkeeping (name, out_dir, resume) or of the machine that trained it (device).
+    NOT_OPTIONS = frozenset({"base", "prompt_style", "dataset", "name", "out_dir", "resume", "device"})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def options(self) -> dict[str, Any]:
+        """``training`` less ``NOT_OPTIONS``: what the model card lists and the results browser compares."""
+        return {k: v for k, v in (self.training or {}).items() if k not in self.NOT_OPTIONS}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "run.json") -> "RunInfo":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 
-from gpt2_scratch.runs import APP_FILES, HUB_RUN_FILES, hub_run_files
+from gpt2_scratch.runs import APP_FILES, HUB_RUN_FILES, RunInfo, hub_run_files
 
 
 def test_hub_downloads_the_files_of_both_layouts():
@@ -29,3 +29,10 @@ def test_a_lora_export_is_downloaded_without_its_merged_weights(tmp_path):
         and "adapter/*" in files
         and set(files) == set(HUB_RUN_FILES) - {"model.safetensors"}
     )
+
+
+def test_options_leave_out_what_is_no_option_of_the_model():
+    training = {"base": "gpt2", "prompt_style": "alpaca", "dataset": "d.json", "lr": 1e-4}
+    training |= {"name": "r", "out_dir": "runs", "resume": None, "device": "cuda:1", "epochs": 2}
+    info = RunInfo(name="r", base_model="gpt2", prompt_style="alpaca", training=training)
+    assert info.options() == {"lr": 1e-4, "epochs": 2}

@@ -6,7 +6,7 @@
 
 Everything works on a ``compare.Comparison`` built once per selection, so a call only filters what
 is already indexed (timings: docs/performance.md). Scores are named "<run> · <model> · <metric key>"
-(``score_choices``; the keys of ``compare.RECORD_METRICS``); ``record_html`` gives a view as escaped HTML.
+(``score_choices``; the keys of ``metrics.record_metrics``); ``record_html`` gives a view as escaped HTML.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from gpt2_scratch.demo.compare import RECORD_METRICS, Comparison
+from gpt2_scratch.demo.compare import Comparison
+from gpt2_scratch.eval.metrics import DEFAULT_RECORD_METRIC, RESPONSE_LENGTH, record_metrics
 from gpt2_scratch.files import atomic_write_bytes
 from gpt2_scratch.tokenizer import encode
 
@@ -38,7 +39,7 @@ def score_choices(cmp: Comparison) -> list[tuple[str, str]]:
     return [
         (f"{run} · {model} · {m.label}", f"{run} · {model} · {m.key}")
         for run, model in cmp.pairs
-        for m in RECORD_METRICS
+        for m in record_metrics()
         if not np.isnan(cmp.scores[run, model, m.key]).all()
     ]
 
@@ -119,7 +120,7 @@ def filter_records(
     rows = select_rows(cmp, query, score, lo, hi, order)
     if full:
         return _full_table(cmp).iloc[rows].reset_index(drop=True)
-    metric = _score_key(cmp, score)[2] if score is not None else "rouge_l"
+    metric = _score_key(cmp, score)[2] if score is not None else DEFAULT_RECORD_METRIC.key
     return _table(cmp, metric).iloc[rows].reset_index(drop=True)
 
 
@@ -128,7 +129,7 @@ def _full_table(cmp: Comparison) -> pd.DataFrame:
         data = {c: cmp.records[c].to_numpy() for c in ("id", "instruction", "input", "reference")}
         for run, model in cmp.pairs:
             data[f"{run} · {model} · response"] = [a["response"] for a in cmp.responses[run, model]]
-            data.update({f"{run} · {model} · {m.key}": cmp.scores[run, model, m.key] for m in RECORD_METRICS})
+            data.update({f"{run} · {model} · {m.key}": cmp.scores[run, model, m.key] for m in record_metrics()})
         cmp.cache["_full"] = pd.DataFrame(data)
     return cmp.cache["_full"]
 
@@ -208,7 +209,7 @@ class ResponseView:
     model: str
     response: str
     tokens: int  # new tokens generated (predictions.jsonl's length_tokens; re-encoded text only when missing)
-    scores: dict[str, float | None]  # RECORD_METRICS label -> value
+    scores: dict[str, float | None]  # metrics.record_metrics label -> value
     diff: list[tuple[str, str | None]]
     judge_raw: str | None
     judge_error: bool
@@ -240,9 +241,10 @@ def record_view(cmp: Comparison, record_id: Any, pairs: Sequence[tuple[str, str]
         answer = cmp.responses[run, model][row]
         text = answer["response"]
         scores = {
-            m.label: float(v) if not np.isnan(v := cmp.scores[run, model, m.key][row]) else None for m in RECORD_METRICS
+            m.label: float(v) if not np.isnan(v := cmp.scores[run, model, m.key][row]) else None
+            for m in record_metrics()
         }
-        stored = cmp.scores[run, model, "length_tokens"][row]  # what generation counted (predictions.jsonl)
+        stored = cmp.scores[run, model, RESPONSE_LENGTH.record.key][row]  # what generation counted (predictions.jsonl)
         tokens = int(stored) if not np.isnan(stored) else len(encode(text, special=False))
         responses.append(
             ResponseView(

@@ -19,29 +19,11 @@ import numpy as np
 import pandas as pd
 
 from gpt2_scratch.data.records import source_label
-from gpt2_scratch.eval.summary import MODEL_NAMES, format_metric, shown_metrics, used_judge
+from gpt2_scratch.eval.metrics import format_metric, record_metric, record_metrics, shown_metrics
+from gpt2_scratch.eval.summary import MODEL_NAMES, used_judge
 from gpt2_scratch.files import flatten_json
 from gpt2_scratch.runs import RunInfo
 
-
-@dataclass(frozen=True)
-class RecordMetric:
-    """A per-record score of predictions.jsonl (``row[model][key]``) and its fixed range, if any."""
-
-    key: str
-    label: str
-    range: tuple[float, float] | None = None  # histogram range; None: the data's own
-
-
-RECORD_METRICS = (
-    RecordMetric("rouge_l", "ROUGE-L F1", (0.0, 1.0)),
-    RecordMetric("judge_score", "Judge score (0–100)", (0.0, 100.0)),
-    RecordMetric("length_tokens", "Response length (tokens)"),
-    RecordMetric("exact_match", "Exact match", (0.0, 1.0)),
-)
-_METRICS = {m.key: m for m in RECORD_METRICS}
-# run.json keys left out of the options comparison: bookkeeping, or repeated at the top level of run.json.
-_NOT_OPTIONS = {"name", "out_dir", "resume", "base", "prompt_style", "dataset"}
 _SHORT = 90  # characters of the instruction that tables and tooltips show
 
 
@@ -151,7 +133,7 @@ def compare(runs: Sequence[RunResults]) -> Comparison:
                 continue  # this run did not evaluate that model
             pairs.append((run.label, model))
             responses[run.label, model] = [_answer(e) for e in entries]
-            for m in RECORD_METRICS:
+            for m in record_metrics():
                 scores[run.label, model, m.key] = np.array([_number(e.get(m.key)) for e in entries], dtype=float)
     texts = [
         "\n".join([*_record_key(r), *(responses[p][n]["response"] for p in pairs)]).casefold()
@@ -202,7 +184,7 @@ def _message(runs, usable, indexed, n_shared: int, n_conflicts: int) -> str:
 
 
 def summary_frame(cmp: Comparison, *, formatted: bool = False) -> pd.DataFrame:
-    """One row per run and model: ``run``, ``model``, ``test records``, then each ``SUMMARY_METRICS`` label.
+    """One row per run and model: ``run``, ``model``, ``test records``, then each ``metrics.shown_metrics`` label.
 
     Numbers (NaN when missing) for plots; with ``formatted``, strings as
     evaluate.py prints them and a ``note`` column that holds the problem of
@@ -284,7 +266,7 @@ def _options(info: RunInfo) -> dict[str, Any]:
     options.update(flatten_json(info.dataset or {}, "dataset."))
     if isinstance(options.get("dataset.source"), str):  # a file name or URL, not the training machine's path
         options["dataset.source"] = source_label(options["dataset.source"])
-    options.update({k: v for k, v in flatten_json(info.training or {}).items() if k not in _NOT_OPTIONS})
+    options.update(flatten_json(info.options()))
     if "lora_rank" in (info.training or {}):  # the method, in words (its settings are the lora_* options)
         t = info.training
         lora = f"LoRA rank {t['lora_rank']}, alpha {t.get('lora_alpha') or 2 * t['lora_rank']}"
@@ -327,17 +309,11 @@ def option_differences(cmp: Comparison) -> OptionsDiff:
 # --------------------------------------------------------------------------- per-record scores, for the plots
 
 
-def _metric(key: str) -> RecordMetric:
-    if key not in _METRICS:
-        raise ValueError(f"unknown score {key!r}; choose one of: {', '.join(_METRICS)}")
-    return _METRICS[key]
-
-
 def score_frame(cmp: Comparison, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Every per-record score, long format: ``run``, ``model``, ``series`` ("run · model"), ``metric``,
     ``value``, ``id``. Records without that score (no judge, a judge reply that was not a score) are left out.
     """
-    keys = [_metric(k).key for k in (metrics or [m.key for m in RECORD_METRICS])]
+    keys = [record_metric(k).key for k in (metrics or [m.key for m in record_metrics()])]
     ids = cmp.records["id"].to_numpy()
     parts = []
     for run, model in cmp.pairs:
@@ -368,7 +344,7 @@ def histogram_frame(cmp: Comparison, metric: str, bins: int = 10) -> pd.DataFram
     ``figures.histogram_figure`` stacks them in the same order for every series.
     The last bin includes its upper edge; values outside a metric's fixed range count in the edge bins.
     """
-    m = _metric(metric)
+    m = record_metric(metric)
     values = {p: cmp.scores[(*p, m.key)] for p in cmp.pairs}
     finite = np.concatenate([v[~np.isnan(v)] for v in values.values()] or [np.zeros(0)])
     lo, hi = m.range or ((finite.min(), finite.max()) if finite.size else (0.0, 1.0))
@@ -388,7 +364,7 @@ def histogram_frame(cmp: Comparison, metric: str, bins: int = 10) -> pd.DataFram
 def score_stats(cmp: Comparison, metric: str) -> pd.DataFrame:
     """Box-plot numbers of ``metric`` per run and model: ``series``, ``run``, ``model``, ``n``, ``mean``,
     ``min``, ``q1``, ``median``, ``q3``, ``max`` (n = records with that score)."""
-    m = _metric(metric)
+    m = record_metric(metric)
     data = []
     for run, model in cmp.pairs:
         v = cmp.scores[run, model, m.key]
@@ -404,7 +380,7 @@ def scatter_frame(cmp: Comparison, metric: str) -> pd.DataFrame:
 
     For ``gr.ScatterPlot(x="base", y="finetuned", color="run")``; a record without both scores is left out.
     """
-    key = _metric(metric).key
+    key = record_metric(metric).key
     parts = []
     for run in dict.fromkeys(r for r, _ in cmp.pairs):
         if (run, "base") not in cmp.responses or (run, "finetuned") not in cmp.responses:
@@ -432,7 +408,7 @@ def length_frame(cmp: Comparison, metric: str) -> pd.DataFrame:
 
     For ``gr.ScatterPlot(x="reference_words", y="score", color="series")``.
     """
-    key = _metric(metric).key
+    key = record_metric(metric).key
     words = cmp.records["reference_words"].to_numpy()
     ids = cmp.records["id"].to_numpy()
     parts = []

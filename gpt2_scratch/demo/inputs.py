@@ -10,7 +10,7 @@ import math
 import unicodedata
 from typing import Any
 
-from gpt2_scratch.demo.compare import RECORD_METRICS
+from gpt2_scratch.eval.metrics import record_metric
 from gpt2_scratch.generate.sampling import SamplingSettings
 
 # Bounds of the generation settings; max new tokens is also kept below the model's context.
@@ -88,16 +88,17 @@ def parse_settings(
 
 
 def parse_score_bounds(metric: str, min_score: Any, max_score: Any) -> tuple[float | None, float | None]:
-    """(low, high) bounds of the per-record score ``metric`` (a ``compare.RECORD_METRICS`` key); blank: no bound.
+    """(low, high) bounds of the per-record score ``metric`` (a ``metrics.record_metrics`` key); blank: no bound.
 
     The bounds must lie in the score's own range: 0 to 1 for ROUGE-L, 0 to 100
     for the judge, at least 0 for a response length.
     """
-    known = {m.key: m for m in RECORD_METRICS}
-    if metric not in known:
-        raise UserError(f"unknown score {metric!r}; choose one of: {', '.join(known)}")
-    lo_limit, hi_limit = known[metric].range or (0.0, math.inf)
-    hint = f" for {known[metric].label}"
+    try:
+        m = record_metric(metric)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    lo_limit, hi_limit = m.range or (0.0, math.inf)
+    hint = f" for {m.label}"
     lo = (
         None if blank(min_score) else parse_number("min score", min_score, lo_limit, hi_limit, integer=False, hint=hint)
     )

@@ -32,7 +32,6 @@ from gpt2_scratch.demo.browse import (
     write_csv,
 )
 from gpt2_scratch.demo.compare import (
-    RECORD_METRICS,
     Comparison,
     RunResults,
     compare,
@@ -45,6 +44,7 @@ from gpt2_scratch.demo.compare import (
     summary_frame,
 )
 from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.eval.metrics import DEFAULT_RECORD_METRIC, record_metric
 from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.train.log import is_dpo_log
 
@@ -70,13 +70,12 @@ RECORD_OUTPUTS = 4 + MAX_RUNS + 2 * RECORD_SLOTS  # title, instruction, input, r
 MAX_CACHED = 8  # comparisons kept, most recently used first
 CSV_KEPT = 8  # CSV exports kept on disk (Gradio copies each into its own cache as it sends it)
 HISTOGRAM_BINS = 10
-DEFAULT_METRIC = "rouge_l"
+DEFAULT_METRIC = DEFAULT_RECORD_METRIC.key
 # A refresh lists the runs again at most this often: on a public Space every visitor shares the
 # listing, and listing Hub repos downloads them again.
 REFRESH_MIN_S = 10.0
 NO_RECORD = "Choose a record: select a row of the table, drag across points of a scatter plot, or pick its id."
 NO_MATCH = "No record matches the search and filters: change them to see records here."
-_METRICS = {m.key: m for m in RECORD_METRICS}
 
 
 def _kept(value: Any, choices: list[tuple[str, Any]]) -> Any:
@@ -226,15 +225,16 @@ class ResultsBrowser:
     def _metric(self, metric: Any) -> str:
         if blank(metric):
             return DEFAULT_METRIC
-        if metric not in _METRICS:
-            raise UserError(f"unknown score {metric!r}; choose one of: {', '.join(_METRICS)}")
-        return metric
+        try:
+            return record_metric(metric).key
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
     @reports_errors(lambda self, status: (gr.skip(), gr.skip(), gr.skip()), action="Plotting")
     def plots(self, runs: Any, metric: Any) -> tuple:
         """(score distributions, base-vs-finetuned scatter, score-vs-reference-length scatter) of ``metric``."""
         cmp = self.comparison(runs)
-        m = _METRICS[self._metric(metric)]
+        m = record_metric(self._metric(metric))
         hist = histogram_frame(cmp, m.key, bins=HISTOGRAM_BINS)
         bins = list(dict.fromkeys(hist["bin"]))
         # A margin around a fixed range: a point on its edge is not cut in half.
@@ -274,7 +274,7 @@ class ResultsBrowser:
         curves and the score distributions are figures, drawn whole each time.)
         """
         cmp = self.comparison(runs)
-        label = _METRICS[self._metric(metric)].label
+        label = record_metric(self._metric(metric)).label
         chosen = f"Runs: {', '.join(r.label for r in cmp.runs) or 'none'}"
         drag = (
             f"{chosen} · {len(cmp.records)} shared records · {label} · "
@@ -411,7 +411,7 @@ class ResultsBrowser:
         except (TypeError, ValueError):
             raise UserError(f"a selection is a range of two numbers, got {evt.index!r}") from None
         ids = list(dict.fromkeys(points_in_range(frame(cmp, key), x, lo, hi)["id"].tolist()))
-        where = what.format(label=_METRICS[key].label, lo=f"{min(lo, hi):.3g}", hi=f"{max(lo, hi):.3g}")
+        where = what.format(label=record_metric(key).label, lo=f"{min(lo, hi):.3g}", hi=f"{max(lo, hi):.3g}")
         if not ids:
             return (
                 gr.skip(),

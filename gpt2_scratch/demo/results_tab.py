@@ -14,7 +14,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from gpt2_scratch.demo.browse import ORDERS
-from gpt2_scratch.demo.compare import RECORD_METRICS
+from gpt2_scratch.eval.metrics import record_metrics
 from gpt2_scratch.eval.summary import MODEL_NAMES
 
 from .results_handlers import DEFAULT_METRIC, MAX_RUNS, NO_RECORD, ResultsBrowser
@@ -185,7 +185,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
     )
     message, summary, loss, rewards, options_message, options = _overview()
     metric = gr.Dropdown(
-        [(m.label, m.key) for m in RECORD_METRICS],
+        [(m.label, m.key) for m in record_metrics()],
         value=DEFAULT_METRIC,
         label="Score to plot",
         elem_id="results-metric",

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from gpt2_scratch.demo.browse import RecordView, ResponseView
-from gpt2_scratch.demo.compare import RECORD_METRICS, REWARD_CURVES, Comparison, RunResults
+from gpt2_scratch.demo.compare import REWARD_CURVES, Comparison, RunResults
 from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.eval.metrics import RESPONSE_LENGTH, record_metrics
 from gpt2_scratch.eval.summary import MODEL_NAMES, check_prediction, check_summary
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
@@ -123,7 +124,7 @@ def load_run_results(source: RunSource) -> RunResults:
 def plot_metrics(cmp: Comparison) -> list[tuple[str, str]]:
     """(label, key) of the per-record scores worth plotting: those some chosen run has (no judge: not offered)."""
     present = {m for (_, _, m), values in cmp.scores.items() if not np.isnan(values).all()}
-    return [(m.label, m.key) for m in RECORD_METRICS if m.key in present and m.key != "exact_match"]
+    return [(m.label, m.key) for m in record_metrics() if m.key in present and m.plotted]
 
 
 def record_choices(cmp: Comparison) -> list[tuple[str, int]]:
@@ -160,14 +161,16 @@ def run_color_maps(runs: list[str]) -> dict[str, dict[str, str]]:
     }
 
 
-# Histogram bins from low to high scores: red to amber to green (a length: light to dark blue).
+# Histogram bins from low to high scores: red to amber to green (a length, neither good nor bad: light to dark blue).
 _SCORE_RAMP = ("#dc2626", "#f59e0b", "#16a34a")
-_LENGTH_RAMP = ("#bfdbfe", "#1e3a8a")
+_NEUTRAL_RAMP = ("#bfdbfe", "#1e3a8a")
 
 
 def bin_colors(bins: list[str], metric: str) -> dict[str, str]:
-    """A color per histogram bin (given in ascending order), for ``figures.histogram_figure``."""
-    ramp = _LENGTH_RAMP if metric == "length_tokens" else _SCORE_RAMP
+    """A color per histogram bin (given in ascending order) of the per-record ``metric``, for
+    ``figures.histogram_figure``: good scores green (``PerRecord.higher_is_better``)."""
+    better = next((m.higher_is_better for m in record_metrics() if m.key == metric), True)
+    ramp = _NEUTRAL_RAMP if better is None else _SCORE_RAMP if better else _SCORE_RAMP[::-1]
     rgb = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in ramp]
     colors = {}
     for n, name in enumerate(bins):
@@ -194,7 +197,7 @@ def response_label(response: ResponseView) -> str:
     scores = [
         f"{label} {'—' if value is None else f'{value:g}'}"
         for label, value in response.scores.items()
-        if label != "Response length (tokens)"
+        if label != RESPONSE_LENGTH.record.label
     ]  # the token count is already there
     if not response.response:
         note = "empty response"

@@ -1,8 +1,8 @@
 """What an evaluation writes: per-record prediction rows, per-model aggregates, the summary and its table.
 
 ``evaluation`` measures (``ModelResults``); this module is the one home of the two files' schema:
-it turns the measurements into ``eval/predictions.jsonl`` and ``eval/summary.json``, names their
-metrics (``SUMMARY_METRICS``, shared by ``evaluate.py``'s table and the app's) and checks files
+it turns the measurements into ``eval/predictions.jsonl`` and ``eval/summary.json`` (their scores:
+the table of ``eval.metrics``), prints ``evaluate.py``'s table (``format_table``) and checks files
 read back (``check_summary``, ``check_prediction``: one-line errors naming the field).
 """
 
@@ -14,42 +14,14 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from gpt2_scratch.data.records import Record
+from gpt2_scratch.eval import metrics
+from gpt2_scratch.eval.metrics import JUDGE, Answer, format_metric, shown_metrics
 from gpt2_scratch.eval.progress import ProgressFile, SettingsMismatch, describe_differences
-from gpt2_scratch.eval.scoring import exact_match, perplexity, rouge_l_f1
 from gpt2_scratch.files import json_kind, read_json
 from gpt2_scratch.runs import RunPaths
 
 # The models an evaluation compares, in the order tables show them.
 MODEL_NAMES = ("base", "finetuned")
-
-
-@dataclass(frozen=True)
-class SummaryMetric:
-    """One aggregate of ``eval/summary.json``'s ``models.<name>``, and how tables show it."""
-
-    key: str
-    label: str
-    spec: str  # format spec of the value; "%" shows a share as a percentage
-
-
-# The summary metrics, in table order: evaluate.py's table and the app's both come from this list.
-SUMMARY_METRICS = (
-    SummaryMetric("reference_loss", "Reference loss (test set)", ".3f"),
-    SummaryMetric("perplexity", "Perplexity", ".2f"),
-    SummaryMetric("rouge_l", "ROUGE-L F1", ".3f"),
-    SummaryMetric("exact_match", "Exact match", "%"),
-    SummaryMetric("judge_mean", "Judge score (0–100)", ".1f"),
-    SummaryMetric("judge_unparsed", "Judge replies not parsed", "d"),
-    SummaryMetric("mean_length_tokens", "Mean response length (tokens)", ".1f"),
-    SummaryMetric("empty_share", "Empty responses", "%"),
-    SummaryMetric("generation_seconds", "Generation time (s)", ".1f"),
-    SummaryMetric("tokens_per_second", "Tokens per second", ".1f"),
-)
-
-
-def shown_metrics(*, judged: bool) -> list[SummaryMetric]:
-    """The metrics a table shows: all of them, less the judge's rows when no judge was used."""
-    return [m for m in SUMMARY_METRICS if judged or not m.key.startswith("judge_")]
 
 
 def used_judge(summary: Any) -> bool:
@@ -58,21 +30,8 @@ def used_judge(summary: Any) -> bool:
         return False
     models = summary.get("models") if isinstance(summary.get("models"), dict) else {}
     return bool(summary.get("judge")) or any(
-        isinstance(v, dict) and v.get("judge_mean") is not None for v in models.values()
+        isinstance(v, dict) and v.get(JUDGE.key) is not None for v in models.values()
     )
-
-
-def format_metric(value: Any, spec: str) -> str:
-    """``value`` formatted by a ``SummaryMetric.spec``; a missing value is an em dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if spec == "%":
-            return f"{value * 100:.1f}%"
-        if spec == "d":
-            return str(int(value))
-        return format(value, spec)
-    return str(value)
 
 
 @dataclass
@@ -176,20 +135,16 @@ def keep_finished(run: RunPaths, planned: dict, *, replace: bool) -> None:
 
 
 def prediction_rows(records: Sequence[Record], results: dict[str, ModelResults]) -> list[dict]:
-    """``eval/predictions.jsonl``: one row per test record, each model's response and its scores."""
+    """``eval/predictions.jsonl``: one row per test record, each model's response and its per-record scores."""
     rows = []
     for i, r in enumerate(records):
         row = {"id": r.id, "instruction": r.instruction, "input": r.input, "reference": r.output}
         for name, res in results.items():
-            response = res.responses[i]
-            scored = response.strip()
             j = res.judge[i] if res.judge is not None else None
+            answer = Answer(res.responses[i], r.output, res.lengths[i], j)
             row[name] = {
-                "response": response,
-                "rouge_l": rouge_l_f1(scored, r.output),
-                "exact_match": exact_match(scored, r.output),
-                "length_tokens": res.lengths[i],
-                "judge_score": j["score"] if j else None,
+                "response": answer.response,
+                **{m.record.key: m.record.score(answer) for m in metrics.METRICS if m.record is not None},
                 "judge_raw": j["raw"] if j else None,
                 "judge_error": j["error"] if j else False,
             }
@@ -198,26 +153,13 @@ def prediction_rows(records: Sequence[Record], results: dict[str, ModelResults])
 
 
 def aggregate(name: str, res: ModelResults, rows: list[dict], *, judged: bool) -> dict:
-    """``summary.json``'s ``models.<name>``: the aggregates of one model (``SUMMARY_METRICS`` and more)."""
+    """``summary.json``'s ``models.<name>``: the aggregates of one model (``metrics.METRICS``), with the number
+    of tokens the reference loss averages and of judge calls that failed."""
     per = [row[name] for row in rows]
-    n = len(per)
-    scores = [p["judge_score"] for p in per if p["judge_score"] is not None]
     return {
-        "reference_loss": res.loss,
-        "perplexity": perplexity(res.loss),
+        **metrics.aggregates(res, per, judged=judged),
         "reference_loss_tokens": res.loss_tokens,
-        "rouge_l": sum(p["rouge_l"] for p in per) / n,
-        "exact_match": sum(p["exact_match"] for p in per) / n,
-        "mean_length_tokens": sum(p["length_tokens"] for p in per) / n,
-        "empty_share": sum(1 for p in per if not p["response"].strip()) / n,
-        "judge_mean": sum(scores) / len(scores) if scores else None,
-        "judge_unparsed": sum(1 for p in per if p["judge_score"] is None) if judged else 0,
         "judge_errors": sum(1 for p in per if p["judge_error"]) if judged else 0,
-        "generation_seconds": round(res.generation_seconds, 3),
-        # No rate without tokens: a model that ended every answer at once generated nothing to time.
-        "tokens_per_second": (
-            round(res.steps / res.generation_seconds, 2) if res.generation_seconds > 0 and any(res.lengths) else None
-        ),
     }
 
 
@@ -245,15 +187,12 @@ _KINDS = {
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "null": lambda v: v is None,
 }
-# The fields a model's entry of a prediction row may hold, and their JSON kinds.
-_MODEL_FIELDS = {
-    "response": "string",
-    "rouge_l": "number or null",
-    "exact_match": "number or null",
-    "length_tokens": "number or null",
-    "judge_score": "number or null",
-    "judge_raw": "string or null",
-}
+
+
+def _model_fields() -> dict[str, str]:
+    """The fields a model's entry of a prediction row may hold, and their JSON kinds."""
+    scores = {m.record.key: "number or null" for m in metrics.METRICS if m.record is not None}
+    return {"response": "string", **scores, "judge_raw": "string or null"}
 
 
 def _require(value: Any, kinds: str, what: str) -> None:
@@ -283,7 +222,7 @@ def check_prediction(row: Any, where: str) -> None:
     for name in MODEL_NAMES:
         if name in row:  # a model that was not evaluated has no entry
             _require(row[name], "object", f'{where}"{name}"')
-            _check_fields(row[name], _MODEL_FIELDS, f'{where}"{name}".')
+            _check_fields(row[name], _model_fields(), f'{where}"{name}".')
 
 
 def check_summary(summary: Any, where: str) -> None:
@@ -292,7 +231,7 @@ def check_summary(summary: Any, where: str) -> None:
     _require_key(summary, "models", "object", where)
     for name, aggregates in summary["models"].items():
         _require(aggregates, "object", f'{where}"models"."{name}"')
-        _check_fields(aggregates, {m.key: "number or null" for m in SUMMARY_METRICS}, f'{where}"models"."{name}".')
+        _check_fields(aggregates, {m.key: "number or null" for m in metrics.METRICS}, f'{where}"models"."{name}".')
     _check_fields(summary, {"generation": "object", "judge": "object or null", "checkpoint": "object or null"}, where)
     if summary.get("judge") is not None:
         _require_key(summary["judge"], "model", "string", f'{where}"judge".')

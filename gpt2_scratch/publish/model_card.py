@@ -20,7 +20,9 @@ from typing import Any
 from gpt2_scratch.checkpoint import AdapterInfo
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import source_kind, source_label
-from gpt2_scratch.eval.summary import MODEL_NAMES, SUMMARY_METRICS, format_metric
+from gpt2_scratch.eval import metrics
+from gpt2_scratch.eval.metrics import format_metric, shown_metrics
+from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.hub import looks_local, resolve_hub_id
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.publish.gguf import MODELFILE, gguf_file_name
@@ -29,14 +31,6 @@ from gpt2_scratch.runs import RunInfo
 PROJECT = "gpt2_scratch"
 TAGS = ["gpt2", "instruction-tuning", "gpt2-scratch"]
 DPO_TAGS = ["dpo", "preference-tuning"]  # added for runs of finetune.py --method dpo
-# Summary metrics that go into the model-index, with the Hub's metric type for each.
-INDEX_METRICS = {
-    "rouge_l": "rougeL",
-    "exact_match": "exact_match",
-    "perplexity": "perplexity",
-    "reference_loss": "loss",
-    "judge_mean": "llm_judge",
-}
 EXAMPLE_INSTRUCTION = "Name three primary colors."
 
 
@@ -68,10 +62,6 @@ def _dataset_name(source: str | None) -> str:
     if not source:
         return "unknown dataset"
     return hub_dataset(source) or source.rstrip("/").rsplit("/", 1)[-1]
-
-
-# run.json "training" keys the card leaves out: shown above the options already, or of the machine that trained.
-_NOT_PUBLISHED = {"base", "prompt_style", "dataset", "name", "out_dir", "device", "resume"}
 
 
 def scored_subset(summary: dict | None) -> tuple[int, int] | None:
@@ -112,10 +102,9 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
     results = []
     # Scores of a subset of the test set are no scores of the model: they stay out of the model-index.
     finetuned = {} if scored_subset(summary) else ((summary or {}).get("models") or {}).get("finetuned") or {}
-    for key, metric_type in INDEX_METRICS.items():
-        value = finetuned.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            label = next(m.label for m in SUMMARY_METRICS if m.key == key)
+    for m in metrics.METRICS:
+        value = finetuned.get(m.key)
+        if m.hub_type and isinstance(value, (int, float)) and not isinstance(value, bool):
             results.append(
                 EvalResult(
                     task_type="text-generation",
@@ -123,8 +112,8 @@ def _metadata(run: RunInfo, summary: dict | None, *, repo_id: str, license: str)
                     dataset_type=hub_dataset(source) or _dataset_name(source).rsplit(".", 1)[0],
                     dataset_name=f"{_dataset_name(source)} (held-out test split)",
                     dataset_split="test",
-                    metric_type=metric_type,
-                    metric_name=label,
+                    metric_type=m.hub_type,
+                    metric_name=m.label,
                     metric_value=round(float(value), 4),
                 )
             )
@@ -277,9 +266,8 @@ def _training_section(run: RunInfo, config: GPTConfig, num_params: int, has_loss
     for key, value in run.dataset.items():
         if key != "source":
             lines.append(f"| dataset {key} | {_cell(value)} |")
-    for key, value in run.training.items():
-        if key not in _NOT_PUBLISHED:
-            lines.append(f"| {key} | {_cell(value)} |")
+    for key, value in run.options().items():
+        lines.append(f"| {key} | {_cell(value)} |")
     lines += [
         "",
         f"Run `{run.name}`, started {run.created}; these are the options of `finetune.py` "
@@ -362,10 +350,9 @@ def _evaluation_section(run: RunInfo, summary: dict | None) -> list[str]:
         "| metric | " + " | ".join(models) + " |",
         "|---|" + "---:|" * len(models),
     ]
-    judged = bool(summary.get("judge"))
-    for m in SUMMARY_METRICS:
+    for m in shown_metrics(judged=bool(summary.get("judge"))):
         values = [summary["models"][name].get(m.key) for name in models]
-        if any(v is not None for v in values) and (judged or not m.key.startswith("judge_")):
+        if any(v is not None for v in values):
             lines.append(f"| {m.label} | " + " | ".join(format_metric(v, m.spec) for v in values) + " |")
     judge = summary.get("judge")
     if judge:

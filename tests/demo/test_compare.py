@@ -130,6 +130,38 @@ def test_option_differences_missing_key_and_info():
     assert diff.message == "1 options differ; 3 are the same in every run. No run.json for none."
 
 
+def test_the_browser_compares_the_training_options_the_card_publishes():
+    from gpt2_scratch.config import GPTConfig
+    from gpt2_scratch.publish.model_card import model_card
+
+    def run(name: str, device: str, lr: float) -> RunInfo:
+        bookkeeping = {"name": name, "out_dir": f"runs-{name}", "resume": name, "device": device}
+        top = {"base": f"gpt2-{name}", "prompt_style": f"style-{name}", "dataset": f"{name}.json"}
+        return RunInfo(name, "gpt2", "alpaca", training={**bookkeeping, **top, "lr": lr, "epochs": 2})
+
+    a, b = run("a", "cpu", 1e-4), run("b", "cuda:1", 2e-4)
+    diff = option_differences(compare([RunResults("a", a), RunResults("b", b)]))
+    assert diff.frame["option"].tolist() == ["lr"] and sorted(diff.same) == ["base_model", "epochs", "prompt_style"]
+    card = model_card(
+        a,
+        GPTConfig.from_preset("tiny"),
+        None,
+        repo_id="me/a",
+        license="mit",
+        num_params=10,
+        has_loss_plot=False,
+        prompt_style="alpaca",
+    )
+    table = card.split("| option | value |\n|---|---|\n")[1].split("\n\n")[0].splitlines()
+    assert [row.split(" | ")[0].lstrip("| ") for row in table] == [
+        "base model",
+        "prompt style",
+        "dataset",
+        "lr",
+        "epochs",
+    ]
+
+
 # --------------------------------------------------------------------------- plot frames
 
 
