@@ -18,7 +18,7 @@ from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse
 from .layout import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
 from .models import LazyModel, choose_checkpoint
 from .results_handlers import MAX_RUNS, ResultsBrowser
-from .views import EvalResults, header_markdown, load_run_results, visible_response
+from .views import header_markdown, load_run_results, visible_response
 
 __all__ = [
     "DemoApp",
@@ -38,7 +38,6 @@ __all__ = [
     "build_demo",
     "load_examples",
     "start",
-    "EvalResults",
     "header_markdown",
     "load_run_results",
     "visible_response",

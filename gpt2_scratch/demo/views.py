@@ -1,18 +1,11 @@
 """Pure views: a run's files turned into texts and values for the UI (no Gradio here).
 
-``EvalResults.load`` is the one place that reads and checks the structure of
-``eval/summary.json`` and ``eval/predictions.jsonl``: files from another version,
-edited by hand or downloaded from a Hub repo become a one-line ``problem`` naming
-the file and the line, and every function below can then trust their shape.
-``load_run_results`` turns a run into the ``compare.RunResults`` that the results
+The evaluation files come through ``eval.summary.EvalResults.load`` (the one place that reads and
+checks them), so every function here can trust their shape. ``load_run_results`` turns a run into the ``compare.RunResults`` that the results
 browser compares; the rest are the browser's texts (labels, diff spans, choices).
 """
 
 from __future__ import annotations
-
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -20,61 +13,8 @@ from gpt2_scratch.demo.browse import RecordView, ResponseView
 from gpt2_scratch.demo.compare import REWARD_CURVES, Comparison, RunResults
 from gpt2_scratch.demo.discovery import RunSource
 from gpt2_scratch.eval.metrics import RESPONSE_LENGTH, record_metrics
-from gpt2_scratch.eval.summary import MODEL_NAMES, check_prediction, check_summary
-from gpt2_scratch.files import read_jsonl
-from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
+from gpt2_scratch.eval.summary import MODEL_NAMES, EvalResults
 from gpt2_scratch.train.log import read_metrics
-
-
-def _line_numbers(path: Path) -> list[int]:
-    """The line number of each value ``read_jsonl`` returns for ``path`` (it skips blank lines)."""
-    return [i for i, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.strip()]
-
-
-@dataclass
-class EvalResults:
-    """What evaluate.py wrote for the run, or why there is nothing to show."""
-
-    summary: dict | None = None
-    predictions: list[dict] = field(default_factory=list)
-    problem: str | None = None
-
-    @classmethod
-    def load(cls, run: RunPaths | None, missing: str) -> "EvalResults":
-        """The run's results; a missing, unreadable or malformed file gives ``problem`` instead."""
-        if run is None:
-            return cls(problem=missing)
-        command = f"python evaluate.py --run {display_path(run.root)}"
-        missing = [p for p in (run.predictions, run.summary) if not p.is_file()]
-        unfinished = _unfinished(run) if missing else None
-        if unfinished:  # evaluate.py would refuse it: say how to finish it first
-            return cls(problem=f"No evaluation results: {unfinished}.")
-        if missing:
-            return cls(
-                problem=f"No evaluation results for this run yet (no `{display_path(missing[0])}`). "
-                f"Create them with `{command}`."
-            )
-        try:
-            summary = json.loads(run.summary.read_text(encoding="utf-8"))
-            check_summary(summary, f"{display_path(run.summary)}: ")
-            predictions = read_jsonl(run.predictions)
-            for row, line in zip(predictions, _line_numbers(run.predictions)):
-                check_prediction(row, f"{display_path(run.predictions)}, line {line}: ")
-        except (ValueError, OSError) as e:
-            return cls(
-                problem=f"The evaluation results in `{display_path(run.eval_dir)}` are unreadable ({e}). "
-                f"Recreate them with `{command}`."
-            )
-        return cls(summary=summary, predictions=predictions)
-
-
-def _unfinished(run: RunPaths) -> str | None:
-    """``runs.unfinished_problem`` (None when finished, or when run.json is missing or unreadable)."""
-    try:
-        return unfinished_problem(run)
-    except (FileNotFoundError, ValueError):
-        return None
-
 
 # --------------------------------------------------------------------------- a response as text
 

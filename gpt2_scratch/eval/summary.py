@@ -3,22 +3,27 @@
 ``evaluation`` measures (``ModelResults``); this module is the one home of the two files' schema:
 it turns the measurements into ``eval/predictions.jsonl`` and ``eval/summary.json`` (their scores:
 the table of ``eval.metrics``), prints ``evaluate.py``'s table (``format_table``) and checks files
-read back (``check_summary``, ``check_prediction``: one-line errors naming the field).
+read back (``check_summary``, ``check_prediction``: one-line errors naming the field), and
+``EvalResults.load`` reads a run's two files back for the app and the results browser: files from
+another version, edited by hand or downloaded from a Hub repo become a one-line ``problem`` naming
+the file and the line.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Sequence
 
 from gpt2_scratch.data.records import Record
 from gpt2_scratch.eval import metrics
 from gpt2_scratch.eval.metrics import JUDGE, Answer, format_metric, shown_metrics
 from gpt2_scratch.eval.progress import ProgressFile, SettingsMismatch, describe_differences
-from gpt2_scratch.files import json_kind, read_json
-from gpt2_scratch.runs import RunPaths
+from gpt2_scratch.files import json_kind, read_json, read_jsonl
+from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
 
 # The models an evaluation compares, in the order tables show them.
 MODEL_NAMES = ("base", "finetuned")
@@ -237,3 +242,56 @@ def check_summary(summary: Any, where: str) -> None:
         _require_key(summary["judge"], "model", "string", f'{where}"judge".')
     if summary.get("checkpoint") is not None:
         _check_fields(summary["checkpoint"], {"sha256": "string or null"}, f'{where}"checkpoint".')
+
+
+# --------------------------------------------------------------------------- reading them back
+
+
+def _line_numbers(path: Path) -> list[int]:
+    """The line number of each value ``read_jsonl`` returns for ``path`` (it skips blank lines)."""
+    return [i for i, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.strip()]
+
+
+@dataclass
+class EvalResults:
+    """What evaluate.py wrote for the run, or why there is nothing to show."""
+
+    summary: dict | None = None
+    predictions: list[dict] = field(default_factory=list)
+    problem: str | None = None
+
+    @classmethod
+    def load(cls, run: RunPaths | None, missing: str) -> "EvalResults":
+        """The run's results; a missing, unreadable or malformed file gives ``problem`` instead."""
+        if run is None:
+            return cls(problem=missing)
+        command = f"python evaluate.py --run {display_path(run.root)}"
+        missing = [p for p in (run.predictions, run.summary) if not p.is_file()]
+        unfinished = _unfinished(run) if missing else None
+        if unfinished:  # evaluate.py would refuse it: say how to finish it first
+            return cls(problem=f"No evaluation results: {unfinished}.")
+        if missing:
+            return cls(
+                problem=f"No evaluation results for this run yet (no `{display_path(missing[0])}`). "
+                f"Create them with `{command}`."
+            )
+        try:
+            summary = json.loads(run.summary.read_text(encoding="utf-8"))
+            check_summary(summary, f"{display_path(run.summary)}: ")
+            predictions = read_jsonl(run.predictions)
+            for row, line in zip(predictions, _line_numbers(run.predictions)):
+                check_prediction(row, f"{display_path(run.predictions)}, line {line}: ")
+        except (ValueError, OSError) as e:
+            return cls(
+                problem=f"The evaluation results in `{display_path(run.eval_dir)}` are unreadable ({e}). "
+                f"Recreate them with `{command}`."
+            )
+        return cls(summary=summary, predictions=predictions)
+
+
+def _unfinished(run: RunPaths) -> str | None:
+    """``runs.unfinished_problem`` (None when finished, or when run.json is missing or unreadable)."""
+    try:
+        return unfinished_problem(run)
+    except (FileNotFoundError, ValueError):
+        return None

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gpt2_scratch.demo import DemoApp, EvalResults, header_markdown, load_run_results, visible_response
+from gpt2_scratch.demo import DemoApp, header_markdown, load_run_results, visible_response
 from gpt2_scratch.demo.browse import record_view
 from gpt2_scratch.demo.compare import RunResults, compare
 from gpt2_scratch.demo.discovery import RunSource
@@ -20,6 +20,7 @@ from gpt2_scratch.demo.views import (
     response_slot,
     run_color_maps,
 )
+from gpt2_scratch.eval.summary import EvalResults
 from gpt2_scratch.files import read_jsonl
 
 
