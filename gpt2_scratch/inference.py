@@ -50,11 +50,11 @@ def model_dtype(model: nn.Module) -> str:
 def _inference_layer(linear: nn.Linear, fmt: str, kernel: str | None, layer_type: type | None = None) -> nn.Module:
     """``linear`` as ``fmt``'s inference layer (or ``layer_type``), its kernel ``kernel`` or chosen by measurement."""
     if linear.weight.device.type == "cpu":
-        kernel, lone_row_as_two = choose_kernel(fmt, linear.in_features, linear.out_features, kernel)
+        kernel, rows = choose_kernel(fmt, linear.in_features, linear.out_features, kernel)
     else:  # the candidates are CPU kernels; elsewhere torch's own product
-        kernel, lone_row_as_two = ("dequant" if fmt == "int8" else "mkl"), False
+        kernel, rows = ("dequant" if fmt == "int8" else "mkl"), "together"
     layer = (layer_type or LAYERS[fmt])(linear, kernel)
-    (layer.linear if isinstance(layer, BF16Head) else layer).lone_row_as_two = lone_row_as_two
+    (layer.linear if isinstance(layer, BF16Head) else layer).rows = rows
     return layer
 
 

@@ -3,9 +3,10 @@
 Entry points: ``Float32Linear``, ``BF16Linear``, ``Int8Linear`` (each made from a plain ``nn.Linear``:
 float32 keeps its very Parameters, bfloat16 and int8 hold converted buffers under the same names),
 ``BF16Head``, and ``choose_kernel(format, in, out)``. ``inference.to_inference`` puts them into a model.
-Every format has candidate kernels (``KERNELS``); ``choose_kernel`` times them once on the layer's
-shape at 1 and 8 rows, keeps the fastest that gives each row the same bits alone as among other
-rows, and caches the choice per CPU model, torch version, threads and shape
+Every format has candidate kernels (``KERNELS``), each fed rows one of three ways (``ROWS``);
+``choose_kernel`` times them once on the layer's shape at 1, 8 and 64 rows, keeps the fastest way
+that gives each row the same bits alone as among other rows, and caches the choice per CPU model,
+torch version, threads and shape
 (``~/.cache/gpt2_scratch/kernels.json``; ``GPT2_SCRATCH_KERNEL=<name>`` forces one).
 Invariant: a row's result does not depend on the other rows of its batch (bit for bit), so a
 batched request gets exactly its solo tokens. Measurements: docs/performance.md.
@@ -62,32 +63,42 @@ def _onednn(x2: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -
     return torch.ops.mkldnn._linear_pointwise(x2.contiguous(), packed, bias, "none", [], "")
 
 
-def _rows_as_two(product: Callable[[torch.Tensor], torch.Tensor], x2: torch.Tensor) -> torch.Tensor:
-    """``product`` of a lone row computed as two rows (the row twice, the first result kept); see ``_probe``."""
-    return product(x2.expand(2, -1))[:1] if x2.shape[0] == 1 else product(x2)
+# How a layer feeds its rows to its kernel, so that a row gets the same bits alone and batched (``_probe``):
+# all at once; all at once but a lone row as two (the row twice, the first result kept: for a kernel whose
+# one-row routine rounds differently); or one row at a time (exact by construction: the choice where the
+# kernel is compute-bound, e.g. bfloat16 emulated on a CPU without it, and a lone row as two costs double).
+ROWS = ("together", "lone as two", "one by one")
+
+
+def feed_rows(product: Callable[[torch.Tensor], torch.Tensor], x2: torch.Tensor, rows: str) -> torch.Tensor:
+    """``product(x2)`` for ``x2`` ``(N, in)``, its rows fed as ``rows`` (one of ``ROWS``) says."""
+    if rows == "lone as two" and x2.shape[0] == 1:
+        return product(x2.expand(2, -1))[:1]
+    if rows == "one by one" and x2.shape[0] > 1:
+        return torch.cat([product(x2[i : i + 1]) for i in range(x2.shape[0])])
+    return product(x2)
 
 
 class _InferenceLinear(nn.Module):
-    """What the inference layers share: the shape, the kernel, and the lone-row rule of ``_probe``."""
+    """What the inference layers share: the shape, the kernel, and how rows are fed to it (``ROWS``)."""
 
     def __init__(self, linear: nn.Linear, kernel: str):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.kernel = kernel
-        self.lone_row_as_two = False  # set by ``inference.to_inference`` from ``choose_kernel``
+        self.rows = "together"  # set by ``inference.to_inference`` from ``choose_kernel``
 
     def product(self, x2: torch.Tensor) -> torch.Tensor:
         """``x2 W^T + b`` for ``x2`` ``(N, in)``."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        y = _rows_as_two(self.product, x2) if self.lone_row_as_two else self.product(x2)
+        y = feed_rows(self.product, x.reshape(-1, x.shape[-1]), self.rows)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        lone = ", lone row as two" if self.lone_row_as_two else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{lone}"
+        rows = "" if self.rows == "together" else f", rows {self.rows}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{rows}"
 
 
 class Float32Linear(_InferenceLinear):
@@ -251,7 +262,7 @@ def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
         exact = all(same(layer.product, n) for n in PROBE_BATCHES)
         lone = not same(layer.product, 1)
         if lone:  # computed as two rows, a lone row must get its bits from a batch
-            exact = exact and same(functools.partial(_rows_as_two, layer.product), 1)
+            exact = exact and same(functools.partial(feed_rows, layer.product, rows="lone as two"), 1)
     return exact, lone
 
 
@@ -272,30 +283,32 @@ def _time(layer: _InferenceLinear, x: torch.Tensor, budget_s: float) -> float:
 
 
 def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.05) -> dict:
-    """Every candidate of ``fmt`` on an ``(out, in)`` layer: exactness, lone-row rule, seconds at 1 and 8 rows.
+    """Every candidate of ``fmt`` on an ``(out, in)`` layer, each way of feeding it rows that keeps a row's
+    bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows.
 
-    The choice: the exact candidate with the least ``t(1) + t(8) / 4`` (batch-1 decoding first,
-    a few visitors next). Returns ``{"kernel", "lone_row_as_two", "seconds": {name: [t1, t8]}}``.
+    The choice: the least ``t(1) + t(8) / 4 + t(64) / 32`` (batch-1 decoding first, then a few visitors,
+    then a prompt's prefill). Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]}}``.
     """
     dtype = ACTIVATIONS[fmt]
     g = torch.Generator().manual_seed(1)
     linear = nn.Linear(in_features, out_features)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(out_features, in_features, generator=g) * 0.02)
+    x = torch.randn(64, in_features, generator=g).to(dtype)
     seconds, best = {}, None
     for name in candidates(fmt):
         layer = LAYERS[fmt](linear, name)
         exact, lone = _probe(layer, dtype)
-        layer.lone_row_as_two = lone
-        x = torch.randn(8, in_features, generator=g).to(dtype)
-        t1, t8 = _time(layer, x[:1], budget_s), _time(layer, x, budget_s)
-        seconds[name] = [t1, t8]
-        score = t1 + t8 / 4
-        if exact and (best is None or score < best[0]):
-            best = (score, name, lone)
-    if best is None:
-        raise RuntimeError(f"no {fmt} kernel gives a row the same bits in every batch here")
-    return {"kernel": best[1], "lone_row_as_two": best[2], "seconds": seconds}
+        ways = ["one by one"] + (["lone as two" if lone else "together"] if exact else [])
+        for rows in ways:
+            layer.rows = rows
+            t = [_time(layer, x[:n], budget_s) for n in (1, 8)]
+            t.append(64 * t[0] if rows == "one by one" else _time(layer, x, budget_s))  # 64 lone rows: no need
+            seconds[f"{name}, {rows}"] = t
+            score = t[0] + t[1] / 4 + t[2] / 32
+            if best is None or score < best[0]:
+                best = (score, name, rows)
+    return {"kernel": best[1], "rows": best[2], "seconds": seconds}
 
 
 _CHOICES: dict[str, dict] = {}
@@ -312,10 +325,12 @@ def check_kernel(fmt: str, kernel: str | None, option: str = "--kernel") -> str 
     return kernel
 
 
-def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | None = None) -> tuple[str, bool]:
-    """(kernel, lone row as two) for an ``(out, in)`` layer in ``fmt``: measured once per machine and cached.
+def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | None = None) -> tuple[str, str]:
+    """(kernel, how rows are fed: one of ``ROWS``) for an ``(out, in)`` layer in ``fmt``: measured once per
+    machine and cached.
 
-    ``kernel`` (else ``GPT2_SCRATCH_KERNEL``) forces one (its lone-row rule is still probed).
+    ``kernel`` (else ``GPT2_SCRATCH_KERNEL``) forces one; how it is fed rows is still probed (all at
+    once when exact, a lone row as two where only it differs, else one by one).
     """
     forced = check_kernel(fmt, kernel)
     key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}"
@@ -323,14 +338,15 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
         dummy = nn.Linear(in_features, out_features, device="meta")
         dummy.weight = nn.Parameter(torch.randn(out_features, in_features) * 0.02)
         dummy.bias = nn.Parameter(torch.zeros(out_features))
-        return forced, _probe(LAYERS[fmt](dummy, forced), ACTIVATIONS[fmt])[1]
+        exact, lone = _probe(LAYERS[fmt](dummy, forced), ACTIVATIONS[fmt])
+        return forced, ("lone as two" if lone else "together") if exact else "one by one"
     path = cache_folder() / "kernels.json"
     if not _CHOICES:
         try:
             _CHOICES.update(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             pass
-    if key not in _CHOICES:
+    if key not in _CHOICES or _CHOICES[key].get("rows") not in ROWS:  # (a cache of an earlier version: again)
         _CHOICES[key] = measure(fmt, in_features, out_features)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +354,7 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
         except OSError:  # a read-only home: measure again next time
             pass
     choice = _CHOICES[key]
-    return choice["kernel"], bool(choice["lone_row_as_two"])
+    return choice["kernel"], choice["rows"]
 
 
 def summary(model: nn.Module) -> str:
@@ -353,7 +369,7 @@ def summary(model: nn.Module) -> str:
 def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> str:
     """The kernel each layer of a GPT-2 of this width gets in ``fmt`` (measured now if not cached), for a header.
 
-    e.g. ``c_attn onednn, attn.c_proj onednn, c_fc onednn, mlp.c_proj onednn (lone row as two), head mkl``.
+    e.g. ``c_attn onednn, attn.c_proj onednn, c_fc onednn, mlp.c_proj onednn (lone as two), head mkl``.
     """
     C = n_embd
     layers = {"c_attn": (C, 3 * C), "attn.c_proj": (C, C), "c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
@@ -362,6 +378,6 @@ def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> s
     for name, (n_in, n_out) in [*layers.items(), ("head", (C, vocab_size))]:
         layer_fmt = head_fmt if name == "head" else fmt
         forced = kernel if layer_fmt == fmt else None
-        chosen, lone = choose_kernel(layer_fmt, n_in, n_out, forced)
-        parts.append(f"{name} {chosen}" + (" (lone row as two)" if lone else ""))
+        chosen, rows = choose_kernel(layer_fmt, n_in, n_out, forced)
+        parts.append(f"{name} {chosen}" + ("" if rows == "together" else f" ({rows})"))
     return ", ".join(parts)

@@ -80,9 +80,9 @@ def test_bfloat16_decoding_attends_in_float32_on_cpu():
 
 @pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("shape", [(3072, 768), (768, 2304)])
-def test_every_kernel_the_probe_accepts_gives_a_row_the_same_bits_alone_and_batched(fmt, shape):
+def test_every_way_the_probe_accepts_gives_a_row_the_same_bits_alone_and_batched(fmt, shape):
     """A kernel may multiply one row with another routine than several (oneDNN does at 3072 inputs here):
-    the probe finds it, and the layer then computes a lone row as two."""
+    the probe finds it, and the layer then computes a lone row as two, or every row alone."""
     torch.manual_seed(0)
     linear = nn.Linear(*shape)
     x = torch.randn(16, shape[0]) * torch.exp(2 * torch.randn(16, shape[0]))  # many magnitudes: rounding shows
@@ -90,14 +90,28 @@ def test_every_kernel_the_probe_accepts_gives_a_row_the_same_bits_alone_and_batc
     for kernel in kernels.candidates(fmt):
         layer = kernels.LAYERS[fmt](linear, kernel)
         exact, lone = kernels._probe(layer, x.dtype)
-        if not exact:
-            continue  # never chosen
-        layer.lone_row_as_two = lone
-        with torch.inference_mode():
-            together = layer(x)
-            for n in (1, 2, 5):
-                for i in range(0, 16, n):
-                    assert torch.equal(layer(x[i : i + n]), together[i : i + n]), f"{kernel}: rows {i}..{i + n}"
+        for rows in ["one by one"] + (["lone as two" if lone else "together"] if exact else []):
+            layer.rows = rows
+            with torch.inference_mode():
+                together = layer(x)
+                for n in (1, 2, 5):
+                    for i in range(0, 16, n):
+                        assert torch.equal(layer(x[i : i + n]), together[i : i + n]), f"{kernel}, {rows}: rows {i}"
+
+
+def test_rows_are_fed_as_the_rule_says():
+    calls = []
+
+    def product(x2):
+        calls.append(x2.shape[0])
+        return x2 * 2
+
+    x = torch.arange(6.0).view(3, 2)
+    for rows, expected in (("together", [3, 1]), ("lone as two", [3, 2]), ("one by one", [1, 1, 1, 1])):
+        calls.clear()
+        assert torch.equal(kernels.feed_rows(product, x, rows), x * 2)
+        assert torch.equal(kernels.feed_rows(product, x[:1], rows), x[:1] * 2)
+        assert calls == expected, rows
 
 
 def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_forced(tmp_path, monkeypatch):
@@ -111,8 +125,9 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     saved = json.loads((tmp_path / "kernels.json").read_text())
     (key,) = saved
     assert key.endswith("|float32|64x96") and f"{torch.get_num_threads()} threads" in key
-    assert set(saved[key]["seconds"]) == set(kernels.candidates("float32"))
-    assert all(t1 > 0 and t8 > 0 for t1, t8 in saved[key]["seconds"].values())
+    assert saved[key]["rows"] in kernels.ROWS
+    assert {name.split(",")[0] for name in saved[key]["seconds"]} == set(kernels.candidates("float32"))
+    assert all(min(t) > 0 for t in saved[key]["seconds"].values())  # seconds at 1, 8 and 64 rows
     monkeypatch.setattr(kernels, "_CHOICES", {})  # a new process: read from the cache, not measured again
     assert kernels.choose_kernel("float32", 64, 96)[0] == kernel and len(calls) == 1
     monkeypatch.setenv(kernels.KERNEL_ENV, "mkl")
