@@ -107,6 +107,6 @@ def test_seeded_generation_gives_the_tokens_it_gave_before(monkeypatch):
     model = GPT(GPTConfig.from_preset("tiny")).eval()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     s = SamplingSettings(max_new_tokens=25, temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    fast = generate(model, prompts, s, eos_id=None)
+    fast = generate(model, prompts, s, stop_ids=None)
     monkeypatch.setattr(sampling, "sample_next", reference_sample_next)
-    assert fast == generate(model, prompts, s, eos_id=None)
+    assert fast == generate(model, prompts, s, stop_ids=None)
