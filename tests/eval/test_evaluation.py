@@ -103,11 +103,11 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
 
     calls = []
 
-    def crash_after_first_batch(model, prompts, settings):
+    def crash_after_first_batch(model, prompts, settings, stop_ids):
         if calls:
             raise KeyboardInterrupt  # what a Ctrl-C in the second batch looks like
         calls.append(len(prompts))
-        return generate(model, prompts, settings)
+        return generate(model, prompts, settings, stop_ids)
 
     monkeypatch.setattr(evaluation, "generate", crash_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
@@ -120,9 +120,9 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
 
     resumed = []
 
-    def counting(model, prompts, settings):
+    def counting(model, prompts, settings, stop_ids):
         resumed.append(len(prompts))
-        return generate(model, prompts, settings)
+        return generate(model, prompts, settings, stop_ids)
 
     monkeypatch.setattr(evaluation, "generate", counting)
     got = evaluate_run(run, EvalSettings(**FAST))
