@@ -95,7 +95,7 @@ def sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Ge
         kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if settings.top_p is not None and settings.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # ties: by token id
         probs = torch.softmax(sorted_logits, dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= settings.top_p  # the tokens ranked above already reach top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
