@@ -270,6 +270,32 @@ def _filtered(
     return e / e.cumsum(dim=-1)[:, -1:], ids
 
 
+def _prefill(model: GPT, prompts: list[list[int]], max_new_tokens: int):
+    """(last-position logits ``(B, 1, V)``, the cache, prompt lengths ``(B,)``) after the left-padded prompts.
+
+    The padding is masked out and positions count from each row's first real token.
+    """
+    device = model.device
+    B = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    T = int(lengths.max())
+    idx = torch.full((B, T), EOS_ID, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        idx[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+    cache = model.new_cache(B, T + max_new_tokens)
+    padded = bool((lengths < T).any())
+    if padded:
+        # key_valid covers the whole cache: prompt columns per row, every generated column valid.
+        cache.key_valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=device)
+        cache.key_valid[:, :T] = torch.arange(T, device=device)[None, :] >= (T - lengths)[:, None]
+        positions = (cache.key_valid[:, :T].long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+    else:
+        positions = None
+    mask = cache.key_valid[:, :T] if padded else None
+    logits = model(idx, cache=cache, position_ids=positions, attention_mask=mask, last_only=True)
+    return logits, cache, lengths
+
+
 @torch.inference_mode()
 def generate_steps(
     model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, stop_ids: StopIds = (EOS_ID,)
@@ -292,24 +318,7 @@ def generate_steps(
 
     device = model.device
     B = len(cropped_prompts)
-    lengths = torch.tensor([len(p) for p in cropped_prompts], device=device)
-    T = int(lengths.max())
-    idx = torch.full((B, T), EOS_ID, dtype=torch.long, device=device)
-    for i, p in enumerate(cropped_prompts):
-        idx[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
-
-    cache = model.new_cache(B, T + settings.max_new_tokens)
-    padded = bool((lengths < T).any())
-    if padded:
-        # key_valid covers the whole cache: prompt columns per row, every generated column valid.
-        cache.key_valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=device)
-        cache.key_valid[:, :T] = torch.arange(T, device=device)[None, :] >= (T - lengths)[:, None]
-        positions = (cache.key_valid[:, :T].long().cumsum(1) - 1).clamp(min=0)  # (B, T)
-    else:
-        positions = None
-    mask = cache.key_valid[:, :T] if padded else None
-    logits = model(idx, cache=cache, position_ids=positions, attention_mask=mask, last_only=True)
-
+    logits, cache, lengths = _prefill(model, cropped_prompts, settings.max_new_tokens)
     seen = None  # (b, V): the tokens each row has in its prompt or answer, with a repetition penalty
     if settings.repetition_penalty != 1.0:
         seen = torch.zeros(B, logits.shape[-1], dtype=torch.bool, device=device)
