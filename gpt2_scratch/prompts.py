@@ -117,9 +117,10 @@ class Phi3(PromptStyle):
 
 @dataclass(frozen=True)
 class ChatML(PromptStyle):
-    """ChatML turns, as litgpt writes them for the GPT-2 vocabulary: ``<|im_start|>`` and ``<|im_end|>`` are
-    plain text (GPT-2 has no such special tokens), several tokens each. An answer ends with ``<|im_end|>``'s
-    tokens; generation also stops on <|endoftext|>, which a model not finetuned in this style writes."""
+    """ChatML turns (user, then assistant; a system turn first when ``system`` is set). GPT-2's vocabulary
+    has no ``<|im_start|>``/``<|im_end|>`` tokens, so the markers are plain text, several tokens each (as
+    litgpt's ChatML gives them with such a tokenizer). An answer ends with ``<|im_end|>``'s tokens;
+    generation also stops on <|endoftext|>, which a model not finetuned in this style writes."""
 
     name: str = "chatml"
     response_header: ClassVar[str] = "<|im_start|>assistant\n"

@@ -6,7 +6,8 @@ Entry point: ``Engine(model, max_rows=, max_waiting=)``. ``submit`` queues a pro
 rows; newcomers join, and finished or cancelled rows leave, between two steps.
 Invariant: a greedy or seeded request gets exactly the tokens it gets alone (``sampling.generate``):
 each row keeps its own KV cache and attention call (a "ragged" batch, not left padding), its own token
-history (repetition penalty) and stop sequences, and only row-independent work is batched. Why, and where exactness stops: docs/design.md.
+history (repetition penalty) and stop sequences, and only row-independent work is batched. Why, and
+where exactness stops: docs/design.md.
 The engine builds inputs and reads logits; the forward pass is the model's own (``GPT.forward`` with a
 ``RaggedCache``). On a model with unmerged LoRA adapters, ``submit(..., adapter=False)`` decodes a row of
 the base model in the same steps (``GPT.forward``'s ``adapter``): base and finetuned answers share one batch
