@@ -60,7 +60,7 @@ def main() -> None:
         prompts = torch.randint(0, EOS_ID, (bs, args.prompt_len), generator=g)
 
         def run_ours(prompts=prompts):
-            out = generate(ours, prompts.tolist(), settings, eos_id=None)
+            out = generate(ours, prompts.tolist(), settings, stop_ids=None)
             assert all(len(o) == args.new_tokens for o in out)
 
         def run_hf(prompts=prompts):

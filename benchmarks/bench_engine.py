@@ -71,7 +71,7 @@ def run_fixed(model, prompts, lengths, batch_size) -> int:
 
 def run_engine(model, prompts, lengths, batch_size) -> int:
     """Generate every prompt with the engine; returns the number of tokens made."""
-    with Engine(model, max_rows=batch_size, max_waiting=len(prompts), eos_id=None) as engine:
+    with Engine(model, max_rows=batch_size, max_waiting=len(prompts), stop_ids=None) as engine:
         outs = engine.generate_all(prompts, [SamplingSettings(max_new_tokens=n + 1) for n in lengths])
     assert [len(o) for o in outs] == [n + 1 for n in lengths]
     return sum(len(o) - 1 for o in outs)  # the last one stands for EOS, which fixed batches do not return

@@ -120,7 +120,7 @@ def main() -> int:
             )
 
             def run_ours(ours=ours) -> list[int]:
-                [ids] = generate(ours, [prompt], settings, eos_id=None)
+                [ids] = generate(ours, [prompt], settings, stop_ids=None)
                 return ids
 
             def run_llama(llm=llm) -> list[int]:

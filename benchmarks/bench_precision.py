@@ -123,11 +123,11 @@ def speed_worker(args: argparse.Namespace) -> dict:
     tokens_per_s = {}
     for bs in args.batch_sizes:
         prompts = torch.randint(0, EOS_ID, (bs, args.prompt_len), generator=g).tolist()
-        generate(model, prompts, settings, eos_id=None)  # warm up (oneDNN primitives, packing, allocator)
+        generate(model, prompts, settings, stop_ids=None)  # warm up (oneDNN primitives, packing, allocator)
         best = float("inf")
         for _ in range(args.repeats):
             t = time.perf_counter()
-            out = generate(model, prompts, settings, eos_id=None)
+            out = generate(model, prompts, settings, stop_ids=None)
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t)

@@ -34,7 +34,7 @@ def step_seconds(model, rows: int, new_tokens: int, repeats: int) -> float:
     prompt = encode(PROMPT)
     settings = SamplingSettings(max_new_tokens=new_tokens)
     times = []
-    with Engine(model, max_rows=rows, max_waiting=rows, eos_id=None) as engine:
+    with Engine(model, max_rows=rows, max_waiting=rows, stop_ids=None) as engine:
         engine.generate_all([prompt], settings)  # warm-up
         for _ in range(repeats):
             steps, t0 = engine.steps, time.perf_counter()

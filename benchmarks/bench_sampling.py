@@ -55,7 +55,7 @@ def main(argv=None) -> None:
             per_row = [SamplingSettings(**{**settings.__dict__, "seed": i}) for i in range(args.batch)]
             out = engine.generate_all(prompts, per_row if settings.temperature else settings)
         else:
-            out = generate(model, prompts, settings, eos_id=None)
+            out = generate(model, prompts, settings, stop_ids=None)
         elapsed = time.perf_counter() - t
         n = sum(len(o) for o in out)
         if engine is None:

@@ -59,8 +59,8 @@ def pair_seconds(submit_base, submit_finetuned, prompt: list[int], settings: Sam
 def run(preset: str, dtype: str, tokens: int, rounds: int) -> None:
     model, base = lora_model(preset, dtype)
     prompt, settings = encode(PROMPT), SamplingSettings(max_new_tokens=tokens)
-    # eos_id None: every request makes exactly ``tokens`` tokens, whatever the random weights say.
-    with Engine(model, eos_id=None) as one, Engine(model, eos_id=None) as fine, Engine(base, eos_id=None) as own:
+    # stop_ids None: every request makes exactly ``tokens`` tokens, whatever the random weights say.
+    with Engine(model, stop_ids=None) as one, Engine(model, stop_ids=None) as fine, Engine(base, stop_ids=None) as own:
         sides = {
             "two engines": lambda: pair_seconds(own.submit, fine.submit, prompt, settings),
             "one engine": lambda: pair_seconds(

@@ -79,10 +79,10 @@ def test_batched_left_padded_rows_equal_single_rows(models, dtype):
     model = models[dtype]
     prompts = [encode(t) for t in ["Hi", "Once upon a time in a land far away", "1 2 3 4 5", "A"]]
     settings = SamplingSettings(max_new_tokens=40)
-    batched = generate(model, prompts, settings, eos_id=None)
+    batched = generate(model, prompts, settings, stop_ids=None)
     assert all(len(out) == 40 for out in batched)
     for p, got in zip(prompts, batched):
-        assert got == generate(model, [p], settings, eos_id=None)[0]
+        assert got == generate(model, [p], settings, stop_ids=None)[0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -91,8 +91,8 @@ def test_sampling_works_and_the_cache_uses_the_compute_dtype(models, dtype):
     expected = torch.float32 if dtype == "float32" else torch.bfloat16
     assert model.new_cache(2, 8).k.dtype == expected
     s = SamplingSettings(max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    first = generate(model, [[1, 2, 3], [4]], s, eos_id=None)
-    assert first == generate(model, [[1, 2, 3], [4]], s, eos_id=None) and all(len(o) == 12 for o in first)
+    first = generate(model, [[1, 2, 3], [4]], s, stop_ids=None)
+    assert first == generate(model, [[1, 2, 3], [4]], s, stop_ids=None) and all(len(o) == 12 for o in first)
 
 
 def test_int8_weights_are_int8_with_a_quarter_of_the_bytes(models):

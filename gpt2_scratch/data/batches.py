@@ -23,16 +23,22 @@ from gpt2_scratch.tokenizer import EOS_ID, encode
 
 @dataclass(frozen=True)
 class EncodedExample:
-    """Token ids of prompt + response (no EOS yet); the first ``prompt_len`` ids are the prompt."""
+    """Token ids of prompt + response; the first ``prompt_len`` ids are the prompt.
+
+    ``end``: the prompt style's end marker (``PromptStyle.stop_ids()[0]``), which ``collate`` appends.
+    """
 
     ids: list[int]
     prompt_len: int
+    end: tuple[int, ...] = (EOS_ID,)
 
     def __post_init__(self):
         if not self.ids:
             raise ValueError("an encoded example needs at least one token")
         if not 0 <= self.prompt_len <= len(self.ids):
             raise ValueError(f"prompt_len {self.prompt_len} is outside 0..{len(self.ids)}")
+        if not self.end:
+            raise ValueError("an encoded example needs an end marker (at least one token)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +46,7 @@ class EncodedExample:
 
 
 def encode_record(record: Record, style: PromptStyle | str) -> EncodedExample:
-    """Tokenize the prompt and response of ``record`` in ``style``, without the EOS (``collate`` adds it).
+    """Tokenize the prompt and response of ``record`` in ``style``, without the end marker (``collate`` adds it).
 
     The full text is tokenized in one go, as in the reference, so the ids are
     exactly what the model sees at inference time after the prompt. ``prompt_len``
@@ -50,6 +56,8 @@ def encode_record(record: Record, style: PromptStyle | str) -> EncodedExample:
     with a newline and no output starts with whitespace). If a response starting
     with whitespace merges with the prompt's last token, that merged token counts
     as response, so ``mask_prompt`` never hides a token that carries response text.
+    The end marker is the style's first stop text encoded alone, the very ids generation stops on (encoded
+    with the response, a marker written as text could merge with the response's last characters).
     """
     if isinstance(style, str):
         style = get_prompt_style(style)
@@ -61,7 +69,7 @@ def encode_record(record: Record, style: PromptStyle | str) -> EncodedExample:
         if a != b:
             break
         prompt_len += 1
-    return EncodedExample(ids=ids, prompt_len=prompt_len)
+    return EncodedExample(ids=ids, prompt_len=prompt_len, end=style.stop_ids()[0])
 
 
 def collate(
@@ -69,27 +77,27 @@ def collate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets ``(B, T)`` of a batch, exactly as the reference's ``custom_collate_fn``.
 
-    Each example gets one EOS appended and is padded with EOS to the longest
-    example + 1; inputs are that without the last position, targets without the
-    first. The first EOS target of each row is kept (the model must learn to
-    stop); every later padding target is ``IGNORE_INDEX``. We mask by position,
-    not by comparing with the EOS id as the reference does, so an
-    ``<|endoftext|>`` written in the text itself is still trained on. Rows are
-    then truncated to ``max_length``. With ``mask_prompt`` the targets that
-    predict prompt tokens are ignored too, so only the response (and its EOS)
-    is learned.
+    Each example gets its end marker appended (``EncodedExample.end``: one EOS in the
+    reference's styles) and is padded with EOS to the longest example; inputs are
+    that without the last position, targets without the first. The end marker's
+    targets are kept (the model must learn to stop); every padding target is
+    ``IGNORE_INDEX``. We mask by position, not by comparing with the EOS id as the
+    reference does, so an ``<|endoftext|>`` written in the text itself is still
+    trained on. Rows are then truncated to ``max_length``. With ``mask_prompt`` the
+    targets that predict prompt tokens are ignored too, so only the response (and
+    its end marker) is learned.
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    width = max(len(ex.ids) for ex in batch)  # = longest + 1 (the EOS), minus the shift
+    width = max(len(ex.ids) + len(ex.end) for ex in batch) - 1  # the longest with its end marker, less the shift
     inputs, targets = [], []
     for ex in batch:
-        n = len(ex.ids)
-        padding = width - n
-        inputs.append(ex.ids + [EOS_ID] * padding)
-        target = ex.ids[1:] + [EOS_ID] + [IGNORE_INDEX] * padding
+        full = ex.ids + list(ex.end)
+        padding = width - (len(full) - 1)
+        inputs.append(full[:-1] + [EOS_ID] * padding)
+        target = full[1:] + [IGNORE_INDEX] * padding
         if mask_prompt:
             # target j predicts token j + 1, so prompt tokens 1..prompt_len-1 are targets 0..prompt_len-2.
             cut = max(ex.prompt_len - 1, 0)

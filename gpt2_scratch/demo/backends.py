@@ -7,7 +7,7 @@ made on first use; the engine is the queue: a burst waits and sees its place, an
 ``max_waiting`` a visitor is told at once how long to wait; the cap is sized in docs/queue.md).
 A LoRA model's base (``lora.base_view``) has no engine of its own: its requests join the finetuned
 model's batch with the adapter off (``Engine.submit(adapter=False)``), so side by side is one batch.
-Invariant: either way ``stream(model, prompt ids, settings)`` yields (new token ids so far, their
+Invariant: either way ``stream(model, prompt ids, settings, stop ids)`` yields (new token ids so far, their
 text so far), and its ``close()`` (Gradio's Stop) ends that request only. Design: docs/design.md.
 """
 
@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 from gpt2_scratch import lora
 from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, Request
 from gpt2_scratch.generate.sampling import SamplingSettings, stream
+from gpt2_scratch.generate.stops import StopIds
 from gpt2_scratch.model import GPT
+from gpt2_scratch.tokenizer import EOS_ID
 
 from .inputs import UserError
 
@@ -62,9 +64,11 @@ class PerRequest:
     concurrency_limit: int | None = None  # no generation beyond Gradio's own (app.py --concurrency)
     gradio_limit = "default"  # the generation events' Gradio limit: the queue's default (app.py --concurrency)
 
-    def stream(self, model: GPT, ids: Sequence[int], settings: SamplingSettings) -> TokenStream:
+    def stream(
+        self, model: GPT, ids: Sequence[int], settings: SamplingSettings, stop_ids: StopIds = (EOS_ID,)
+    ) -> TokenStream:
         """The generation as an iterator; nothing runs until it is first read."""
-        return stream(model, ids, settings)
+        return stream(model, ids, settings, stop_ids)
 
     def waiting(self, streams: Iterable[TokenStream]) -> Iterator[str]:
         """Nothing: requests wait in Gradio's queue, which shows the place itself."""
@@ -198,7 +202,9 @@ class Batched:
                 return engine
             return held[1]
 
-    def stream(self, model: GPT, ids: Sequence[int], settings: SamplingSettings) -> RequestStream:
+    def stream(
+        self, model: GPT, ids: Sequence[int], settings: SamplingSettings, stop_ids: StopIds = (EOS_ID,)
+    ) -> RequestStream:
         """Submit the request now (so two models' requests run together) and return its stream.
 
         ``model`` a ``lora.base_view``: the request runs in the viewed model's engine, adapter off.
@@ -207,7 +213,7 @@ class Batched:
         viewed = lora.view_of(model)
         engine = self.engine(viewed if viewed is not None else model)
         try:
-            request = engine.submit(ids, settings, adapter=viewed is None)
+            request = engine.submit(ids, settings, adapter=viewed is None, stop_ids=stop_ids)
             return RequestStream(request, engine, self._answered)
         except EngineBusy:
             raise UserError(self.busy_message()) from None

@@ -271,7 +271,7 @@ class DemoApp:
         started = time.perf_counter()
         text, n = "", 0
         # Closed when the visitor presses Stop (Gradio closes this generator): only this request ends.
-        with contextlib.closing(self.backend.stream(model, ids, settings)) as tokens:
+        with contextlib.closing(self.backend.stream(model, ids, settings, self.prompt_style.stop_ids())) as tokens:
             yield "", _join("Generating…", notice)
             for waiting in self.backend.waiting([tokens]):  # a burst: its place in the queue, until it has a row
                 yield "", _join(waiting, notice)
@@ -290,7 +290,8 @@ class DemoApp:
                 model = lazy.get()
                 sampling = self._settings(model, settings)
                 ids, sampling = self._prompt(model, prompt, sampling, notices if not streams else [])
-                streams[name] = self.backend.stream(model, ids, sampling)  # with batching, both run from now on
+                # With batching, both run from now on; both answer in the run's prompt style, so stop on its stops.
+                streams[name] = self.backend.stream(model, ids, sampling, self.prompt_style.stop_ids())
             except Exception as e:
                 if not isinstance(e, UserError):
                     log.exception("generate_side_by_side failed for %s", name)

@@ -105,6 +105,15 @@ class EvalConfig:
             "default_text": "none, torch's global generator",
         },
     )
+    repetition_penalty: float = field(
+        default=_S.repetition_penalty,
+        metadata={
+            "help": "divide the logits of tokens already in the prompt or answer by this (multiply negative ones); "
+            "1 = off",
+            "group": GENERATION,
+            "metavar": "PENALTY",
+        },
+    )
     batch_size: int = field(
         default=DEFAULT_BATCH_SIZE,
         metadata={"help": "prompts generated together (the default is the fastest on CPU)", "group": GENERATION},
@@ -229,6 +238,7 @@ class EvalConfig:
             top_k=self.top_k,
             top_p=self.top_p,
             seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
         )
         settings = EvalSettings(
             models=MODEL_NAMES if self.models == "both" else (self.models,),

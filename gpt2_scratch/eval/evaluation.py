@@ -43,11 +43,12 @@ from gpt2_scratch.eval.summary import (
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.generate.engine import Engine
 from gpt2_scratch.generate.sampling import SamplingSettings, generate, new_token_cap
+from gpt2_scratch.generate.stops import StopIds
 from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunPaths, require_finished
-from gpt2_scratch.tokenizer import decode, encode
+from gpt2_scratch.tokenizer import EOS_ID, decode, encode
 
 # Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
 # (python -m benchmarks.bench_eval --sweep; docs/performance.md); larger batches help more on a GPU.
@@ -113,13 +114,16 @@ def generate_batches(
     batches: Sequence[Sequence[int]],
     on_batch: Callable[[int, list[int], list[list[int]], float], None],
     skip: set[int] = frozenset(),
+    stop_ids: StopIds = (EOS_ID,),
 ) -> None:
-    """Generate each batch of prompt indices not in ``skip``; report it with ``on_batch(b, indices, outputs, seconds)``."""
+    """Generate each batch of prompt indices not in ``skip``; report it with ``on_batch(b, indices, outputs, seconds)``.
+
+    ``stop_ids``: what ends an answer (the prompt style's ``stop_ids()``)."""
     for b, indices in enumerate(batches):
         if b in skip:
             continue
         t0 = time.perf_counter()
-        outputs = generate(model, [prompts[i] for i in indices], settings)
+        outputs = generate(model, [prompts[i] for i in indices], settings, stop_ids)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         on_batch(b, list(indices), outputs, time.perf_counter() - t0)
@@ -132,6 +136,7 @@ def generate_refilled(
     batches: Sequence[Sequence[int]],
     on_batch: Callable[[int, list[int], list[list[int]], float], None],
     skip: set[int] = frozenset(),
+    stop_ids: StopIds = (EOS_ID,),
 ) -> None:
     """Like ``generate_batches``, but every prompt goes through one ``engine.Engine`` whose rows refill.
 
@@ -147,7 +152,7 @@ def generate_refilled(
     if not todo:
         return
     n = sum(len(batches[b]) for b in todo)
-    with Engine(model, max_rows=max(len(batch) for batch in batches), max_waiting=n) as engine:
+    with Engine(model, max_rows=max(len(batch) for batch in batches), max_waiting=n, stop_ids=stop_ids) as engine:
         requests = {b: [engine.submit(prompts[i], settings) for i in batches[b]] for b in todo}
         try:
             t0 = time.perf_counter()
@@ -261,7 +266,7 @@ def evaluate_model(
 
     try:
         run = generate_refilled if settings.refill else generate_batches
-        run(model, prompts, settings.sampling, batches, on_batch, skip=done)
+        run(model, prompts, settings.sampling, batches, on_batch, skip=done, stop_ids=style.stop_ids())
     finally:
         bar.close()
     assert all(o is not None for o in outputs)
@@ -338,6 +343,8 @@ def _generation_settings(settings: EvalSettings) -> dict:
         "top_k": s.top_k,
         "top_p": s.top_p,
         "seed": s.seed,
+        # Recorded only when on: files written before the option existed compare equal to penalty 1 (off).
+        **({"repetition_penalty": s.repetition_penalty} if s.repetition_penalty != 1.0 else {}),
         "batch_size": settings.batch_size,
         "refill": settings.refill,
     }

@@ -5,8 +5,9 @@ Entry point: ``Engine(model, max_rows=, max_waiting=)``. ``submit`` queues a pro
 ``generate_all`` runs a list of prompts. One worker thread does one forward pass per step for all
 rows; newcomers join, and finished or cancelled rows leave, between two steps.
 Invariant: a greedy or seeded request gets exactly the tokens it gets alone (``sampling.generate``):
-each row keeps its own KV cache and attention call (a "ragged" batch, not left padding), and only
-row-independent work is batched. Why, and where exactness stops: docs/design.md.
+each row keeps its own KV cache and attention call (a "ragged" batch, not left padding), its own token
+history (repetition penalty) and stop sequences, and only row-independent work is batched. Why, and
+where exactness stops: docs/design.md.
 The engine builds inputs and reads logits; the forward pass is the model's own (``GPT.forward`` with a
 ``RaggedCache``). On a model with unmerged LoRA adapters, ``submit(..., adapter=False)`` decodes a row of
 the base model in the same steps (``GPT.forward``'s ``adapter``): base and finetuned answers share one batch
@@ -19,16 +20,25 @@ import operator
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
 
 from gpt2_scratch import lora
-from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, make_generator, sample_rows, stream_text
+from gpt2_scratch.generate.sampling import (
+    SamplingSettings,
+    crop_prompt,
+    make_generator,
+    penalize_repeats,
+    sample_rows,
+    stream_text,
+)
+from gpt2_scratch.generate.stops import StopFilter, StopIds, StopSequences
 from gpt2_scratch.model import GPT, KVCache, RaggedCache
 from gpt2_scratch.tokenizer import EOS_ID
 
+# "eos": the answer ended with one of its stop sequences (<|endoftext|>, or its prompt style's end marker).
 FINISH_REASONS = ("eos", "length", "cancelled", "error", "closed")
 
 
@@ -55,14 +65,22 @@ class Request:
     many tokens). ``finish_reason`` is None while it runs, then one of
     ``FINISH_REASONS``. ``step_joined`` / ``step_finished`` are the engine step
     numbers of its prefill and of its last token. ``adapter``: whether the model's LoRA
-    adapters apply to it (False: the base model's answer).
+    adapters apply to it (False: the base model's answer). ``stops``: what ends its answer.
     """
 
-    def __init__(self, prompt: list[int], settings: SamplingSettings, cropped: int, adapter: bool = True):
+    def __init__(
+        self,
+        prompt: list[int],
+        settings: SamplingSettings,
+        cropped: int,
+        adapter: bool = True,
+        stops: StopSequences | None = None,
+    ):
         self.prompt = prompt
         self.settings = settings
         self.cropped = cropped
         self.adapter = adapter
+        self.stops = stops if stops is not None else StopSequences((EOS_ID,))
         self.finish_reason: str | None = None
         self.step_joined: int | None = None
         self.step_finished: int | None = None
@@ -80,7 +98,7 @@ class Request:
         self._cancel.set()
 
     def tokens(self, timeout: float | None = None) -> Iterator[int]:
-        """New token ids as they come (without the final ``<|endoftext|>``).
+        """New token ids as they come (without the stop sequence that ended the answer).
 
         Ends when the request finishes or is cancelled; raises the engine's
         error (``EngineError``, ``EngineClosed``), or ``TimeoutError`` when no
@@ -142,7 +160,12 @@ class _Row:
     cache: KVCache  # this row's alone: (n_layer, 1, nh, prompt + max_new_tokens, hs)
     generator: torch.Generator | None
     feed: list[int]  # tokens to feed at the next step: the prompt, then the last new token
+    seen: torch.Tensor | None = None  # (V,) bool: the tokens in the prompt or answer, with a repetition penalty
     n_new: int = 0
+    answer: StopFilter = field(init=False)  # the new tokens, passed on once they cannot begin a stop sequence
+
+    def __post_init__(self) -> None:
+        self.answer = StopFilter(self.request.stops)
 
 
 class Engine:
@@ -153,7 +176,8 @@ class Engine:
     max_prefill_tokens: prompt tokens fed per step; newcomers beyond it join at
         the next step (one newcomer always joins), so a burst of long prompts
         does not stall the running rows for long.
-    eos_id: the token that ends a row (None: rows run to ``max_new_tokens``).
+    stop_ids: the stop sequences that end a row unless ``submit`` names others (``stops.StopSequences``;
+        None: rows run to ``max_new_tokens``).
     """
 
     def __init__(
@@ -163,7 +187,7 @@ class Engine:
         max_rows: int = 16,
         max_waiting: int = 64,
         max_prefill_tokens: int = 512,
-        eos_id: int | None = EOS_ID,
+        stop_ids: StopIds = (EOS_ID,),
     ):
         for name, value in (
             ("max_rows", max_rows),
@@ -177,7 +201,7 @@ class Engine:
         self.model = model
         self.has_adapters = lora.has_adapters(model)  # rows may then run with the adapter off
         self.max_rows, self.max_waiting, self.max_prefill_tokens = max_rows, max_waiting, max_prefill_tokens
-        self.eos_id = eos_id
+        self.stops = StopSequences(stop_ids)
         self.steps = 0  # forward passes so far
         self._rows: list[_Row] = []  # the worker's alone
         self._waiting: deque[Request] = deque()
@@ -212,10 +236,18 @@ class Engine:
                 return None
 
     def submit(
-        self, prompt: Sequence[int], settings: SamplingSettings, *, wait: bool = False, adapter: bool = True
+        self,
+        prompt: Sequence[int],
+        settings: SamplingSettings,
+        *,
+        wait: bool = False,
+        adapter: bool = True,
+        stop_ids: StopIds | None = None,
     ) -> Request:
         """Queue ``prompt`` (token ids) for generation with ``settings``; returns its ``Request`` at once.
 
+        ``stop_ids``: the stop sequences that end this answer (a prompt style's ``stop_ids()``); None: the
+        engine's (``()``: none).
         ``adapter=False``: on a model with unmerged LoRA adapters, this row gets the base model's
         answer (exactly what ``lora.base_view(model)`` gives), decoded in the same batch.
         The prompt is cropped from the left like ``sampling.generate`` does when
@@ -234,7 +266,8 @@ class Engine:
             valid = False
         if not valid:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        request = Request(ids, settings, cropped, adapter=adapter or not self.has_adapters)
+        stops = self.stops if stop_ids is None else StopSequences(stop_ids)
+        request = Request(ids, settings, cropped, adapter=adapter or not self.has_adapters, stops=stops)
         with self._cond:
             while True:
                 if self._closing:
@@ -254,13 +287,16 @@ class Engine:
         return request
 
     def generate_all(
-        self, prompts: Sequence[Sequence[int]], settings: SamplingSettings | Sequence[SamplingSettings]
+        self,
+        prompts: Sequence[Sequence[int]],
+        settings: SamplingSettings | Sequence[SamplingSettings],
+        stop_ids: StopIds | None = None,
     ) -> list[list[int]]:
         """New token ids for each prompt, like ``sampling.generate``, with rows refilled as others finish.
 
         ``settings`` is one for all prompts or one per prompt. Each prompt gets
         exactly what it gets alone, seed included (``sampling.generate`` with
-        a seed instead shares one generator across its batch).
+        a seed instead shares one generator across its batch). ``stop_ids``: as ``submit``'s.
         """
         per_prompt = [settings] * len(prompts) if isinstance(settings, SamplingSettings) else list(settings)
         if len(per_prompt) != len(prompts):
@@ -268,7 +304,7 @@ class Engine:
         requests: list[Request] = []
         try:
             for p, s in zip(prompts, per_prompt):
-                requests.append(self.submit(p, s, wait=True))
+                requests.append(self.submit(p, s, wait=True, stop_ids=stop_ids))
             return [r.result() for r in requests]
         finally:
             for r in requests:  # after an error or an interrupt, no row keeps running for nobody
@@ -337,7 +373,11 @@ class Engine:
             try:
                 cache = self.model.new_cache(1, len(request.prompt) + request.settings.max_new_tokens)
                 generator = make_generator(request.settings, self.model.device)
-                row = _Row(request, cache, generator, list(request.prompt))
+                seen = None
+                if request.settings.repetition_penalty != 1.0:
+                    seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.model.device)
+                    seen[request.prompt] = True
+                row = _Row(request, cache, generator, list(request.prompt), seen)
             except Exception as e:  # e.g. out of memory: this request fails, the others go on
                 request._finish("error", self.steps, e)
                 continue
@@ -355,6 +395,13 @@ class Engine:
         try:
             logits = _forward_rows(self.model, rows)
             requests = [row.request for row in rows]
+            penalized = [i for i, row in enumerate(rows) if row.seen is not None]
+            if penalized:
+                logits = logits.float()  # as sampling.penalize_repeats makes every penalized row's
+                at = torch.tensor(penalized, device=logits.device)
+                penalty = torch.tensor([[requests[i].settings.repetition_penalty] for i in penalized])
+                seen = torch.stack([rows[i].seen for i in penalized])
+                logits[at] = penalize_repeats(logits[at], seen, penalty.to(logits.device))
             tokens = sample_rows(logits, [r.settings for r in requests], [row.generator for row in rows]).tolist()
         except Exception as e:  # e.g. out of memory: these rows' caches are unusable; the engine serves on
             self._rows = []
@@ -365,13 +412,18 @@ class Engine:
         for row, token in zip(rows, tokens):
             row.n_new += 1
             request = row.request
-            if token == self.eos_id:
+            for t in row.answer.push(token):
+                request._put(t)
+            if row.answer.stopped:
                 request._finish("eos", step)
                 continue
-            request._put(token)
             if row.n_new == request.settings.max_new_tokens:
+                for t in row.answer.flush():
+                    request._put(t)
                 request._finish("length", step)
             else:
+                if row.seen is not None:
+                    row.seen[token] = True
                 row.feed = [token]
                 running.append(row)
         self._rows = running

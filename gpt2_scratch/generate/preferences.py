@@ -122,7 +122,7 @@ def build_preferences(
         bar.update(len(indices))
 
     try:
-        generate_batches(model, prompts, settings, batches, on_batch, skip=done)
+        generate_batches(model, prompts, settings, batches, on_batch, skip=done, stop_ids=style.stop_ids())
     finally:
         bar.close()
     pairs = [

@@ -3,34 +3,45 @@
 Entry points: ``generate`` (new token ids for a batch of prompts) and ``stream`` (text as it
 comes), both over one decoding loop, ``generate_steps``. Prompts of different lengths are
 left-padded, the padding masked out and positions counted from each row's first real token; a row
-that emits ``<|endoftext|>`` leaves the batch and the cache. The per-row pieces
-(``make_generator``, ``sample_rows``, ``stream_text``) are shared with ``engine.Engine``, whose
-rows join and leave a running batch. Design: docs/design.md.
+whose new tokens end with a stop sequence (``stop_ids``: a prompt style's ``stop_ids()``, by default
+``<|endoftext|>``) leaves the batch and the cache. Two samplers draw the same tokens: ``sample``, the
+plain one (one row), and ``sample_rows``, exact and fast for a batch whose rows have their own
+settings and generators. The per-row pieces (``make_generator``, ``penalize_repeats``,
+``sample_rows``, ``stream_text``) are shared with ``engine.Engine``, whose rows join and leave a
+running batch. Invariant: a row's tokens depend on its prompt, settings and generator only, not on
+the batch. Design: docs/design.md.
 """
 
 from __future__ import annotations
 
 import codecs
 import itertools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from gpt2_scratch.generate.stops import StopFilter, StopIds, StopSequences
 from gpt2_scratch.model import GPT
 from gpt2_scratch.tokenizer import EOS_ID, get_tokenizer
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How the next token is chosen. ``temperature == 0`` is greedy decoding."""
+    """How the next token is chosen. ``temperature == 0`` is greedy decoding.
+
+    ``repetition_penalty`` (transformers' and llama.cpp's): the logits of the tokens already in the prompt or
+    the answer are divided by it when positive, multiplied by it when negative, before any other rule; 1 is off.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -41,6 +52,9 @@ class SamplingSettings:
             raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        penalty = self.repetition_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 < penalty < math.inf:
+            raise ValueError(f"repetition_penalty must be a number > 0 (1 = off), got {penalty!r}")
 
 
 def new_token_cap(block_size: int, prompt_len: int) -> int:
@@ -65,6 +79,38 @@ def crop_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tup
         raise ValueError("the prompt is empty")
     cropped = max(0, len(ids) - keep)
     return ids[cropped:], cropped
+
+
+def sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ids ``(B,)`` from logits ``(B, V)``: the sampler written plainly (``generate`` uses it for one row).
+
+    Temperature scales the logits; top-k keeps the k largest (and those tied with the k-th); top-p keeps
+    the most likely tokens until the ones above reach ``top_p`` (the first always stays); then softmax and
+    ``torch.multinomial``. ``sample_rows`` draws the same tokens from the same generators, faster.
+    """
+    if settings.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / settings.temperature
+    if settings.top_k is not None and settings.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if settings.top_p is not None and settings.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # ties: by token id
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= settings.top_p  # the tokens ranked above already reach top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
+    """``logits`` ``(B, V)`` in float32, those of the ``seen`` tokens (bool ``(B, V)``) divided by ``penalty``
+    when positive and multiplied when negative (transformers' ``RepetitionPenaltyLogitsProcessor``).
+
+    ``penalty``: a number, or ``(B, 1)`` per row. Element by element: a row's result is its own in any batch.
+    """
+    logits = logits.float()
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def sample_next(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -224,32 +270,19 @@ def _filtered(
     return e / e.cumsum(dim=-1)[:, -1:], ids
 
 
-@torch.inference_mode()
-def generate_steps(
-    model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, eos_id: int | None = EOS_ID
-) -> Iterator[tuple[list[int], list[int]]]:
-    """Yield, at each step, (row indices still running, their new token ids).
+def _prefill(model: GPT, prompts: list[list[int]], max_new_tokens: int):
+    """(last-position logits ``(B, 1, V)``, the cache, prompt lengths ``(B,)``) after the left-padded prompts.
 
-    A row whose new token is ``eos_id`` yields it and then stops. Prompts longer
-    than the context allows are cropped from the left with a warning.
+    The padding is masked out and positions count from each row's first real token.
     """
-    block_size = model.config.block_size
-    cropped_prompts = []
-    for i, p in enumerate(prompts):
-        ids, n_cropped = crop_prompt(p, block_size, settings.max_new_tokens)
-        if n_cropped:
-            warnings.warn(f"prompt {i} is {len(p)} tokens; kept its last {len(ids)} to fit the context", stacklevel=2)
-        cropped_prompts.append(ids)
-
     device = model.device
-    B = len(cropped_prompts)
-    lengths = torch.tensor([len(p) for p in cropped_prompts], device=device)
+    B = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
     T = int(lengths.max())
     idx = torch.full((B, T), EOS_ID, dtype=torch.long, device=device)
-    for i, p in enumerate(cropped_prompts):
+    for i, p in enumerate(prompts):
         idx[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
-
-    cache = model.new_cache(B, T + settings.max_new_tokens)
+    cache = model.new_cache(B, T + max_new_tokens)
     padded = bool((lengths < T).any())
     if padded:
         # key_valid covers the whole cache: prompt columns per row, every generated column valid.
@@ -260,23 +293,67 @@ def generate_steps(
         positions = None
     mask = cache.key_valid[:, :T] if padded else None
     logits = model(idx, cache=cache, position_ids=positions, attention_mask=mask, last_only=True)
+    return logits, cache, lengths
 
+
+@torch.inference_mode()
+def generate_steps(
+    model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, stop_ids: StopIds = (EOS_ID,)
+) -> Iterator[tuple[list[int], list[int]]]:
+    """Yield, at each step, (row indices still running, their new token ids).
+
+    A row whose new tokens end with one of the stop sequences ``stop_ids`` (``stops.StopSequences``;
+    None: none) yields its last token and then stops: the stop is among the tokens yielded (``generate``
+    and ``stream`` drop it). Prompts longer than the context allows are cropped from the left with a
+    warning. A repetition penalty counts each row's own prompt and new tokens (not the padding).
+    """
+    stops = StopSequences(stop_ids)
+    block_size = model.config.block_size
+    cropped_prompts = []
+    for i, p in enumerate(prompts):
+        ids, n_cropped = crop_prompt(p, block_size, settings.max_new_tokens)
+        if n_cropped:
+            warnings.warn(f"prompt {i} is {len(p)} tokens; kept its last {len(ids)} to fit the context", stacklevel=2)
+        cropped_prompts.append(ids)
+
+    device = model.device
+    B = len(cropped_prompts)
+    logits, cache, lengths = _prefill(model, cropped_prompts, settings.max_new_tokens)
+    seen = None  # (b, V): the tokens each row has in its prompt or answer, with a repetition penalty
+    if settings.repetition_penalty != 1.0:
+        seen = torch.zeros(B, logits.shape[-1], dtype=torch.bool, device=device)
+        for i, p in enumerate(cropped_prompts):
+            seen[i, p] = True
     generator = make_generator(settings, device)
     rows = torch.arange(B, device=device)  # original index of each running row
+    new: list[list[int]] = [[] for _ in range(B)]  # each row's new tokens, matched against the stops
     next_pos = lengths.clone()  # position of the token each row feeds next
     for step in range(settings.max_new_tokens):
-        tokens = sample_next(logits[:, -1, :], settings, generator)  # (b,)
-        yield rows.tolist(), tokens.tolist()
+        last = logits[:, -1, :]
+        if seen is not None:
+            last = penalize_repeats(last, seen, settings.repetition_penalty)
+        # One row: the plain sampler; a batch: the exact batched one. Both draw the same tokens.
+        tokens = (sample if last.shape[0] == 1 else sample_next)(last, settings, generator)  # (b,)
+        running_rows, new_tokens = rows.tolist(), tokens.tolist()
+        yield running_rows, new_tokens
         if step == settings.max_new_tokens - 1:
             break
-        if eos_id is not None:
-            running = tokens != eos_id
-            if not bool(running.all()):
-                keep = running.nonzero().squeeze(1)
-                if keep.numel() == 0:
+        if seen is not None:
+            seen[torch.arange(len(new_tokens), device=device), tokens] = True
+        if stops:
+            keep_list = []
+            for j, (r, t) in enumerate(zip(running_rows, new_tokens)):
+                new[r].append(t)
+                if not stops.matched(new[r]):
+                    keep_list.append(j)
+            if len(keep_list) < len(new_tokens):
+                if not keep_list:
                     break
+                keep = torch.tensor(keep_list, dtype=torch.long, device=device)
                 rows, tokens, next_pos = rows[keep], tokens[keep], next_pos[keep]
                 cache.keep_rows(keep)
+                if seen is not None:
+                    seen = seen[keep]
         mask = cache.key_valid[:, : cache.length + 1] if cache.key_valid is not None else None
         logits = model(
             tokens[:, None], cache=cache, position_ids=next_pos[:, None], attention_mask=mask, last_only=True
@@ -285,15 +362,15 @@ def generate_steps(
 
 
 def generate(
-    model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, eos_id: int | None = EOS_ID
+    model: GPT, prompts: Sequence[Sequence[int]], settings: SamplingSettings, stop_ids: StopIds = (EOS_ID,)
 ) -> list[list[int]]:
-    """New token ids for each prompt (without the prompt, without the final ``<|endoftext|>``)."""
+    """New token ids for each prompt (without the prompt, without the stop sequence that ended it)."""
     out: list[list[int]] = [[] for _ in prompts]
-    for rows, tokens in generate_steps(model, prompts, settings, eos_id):
+    for rows, tokens in generate_steps(model, prompts, settings, stop_ids):
         for r, t in zip(rows, tokens):
-            if t != eos_id:
-                out[r].append(t)
-    return out
+            out[r].append(t)
+    stops = StopSequences(stop_ids)
+    return [stops.strip(o) for o in out]
 
 
 def stream_text(tokens: Iterable[int]) -> Iterator[tuple[list[int], str]]:
@@ -316,14 +393,19 @@ def stream_text(tokens: Iterable[int]) -> Iterator[tuple[list[int], str]]:
 
 
 def stream(
-    model: GPT, prompt: Sequence[int], settings: SamplingSettings, eos_id: int | None = EOS_ID
+    model: GPT, prompt: Sequence[int], settings: SamplingSettings, stop_ids: StopIds = (EOS_ID,)
 ) -> Iterator[tuple[list[int], str]]:
-    """Yield (new token ids so far, their text so far) after every token of one prompt (see ``stream_text``)."""
+    """Yield (new token ids so far, their text so far) after every token of one prompt (see ``stream_text``).
+
+    Tokens that may begin a stop sequence of several tokens are held back until the next ones decide.
+    """
 
     def tokens() -> Iterator[int]:
-        for _, (token,) in generate_steps(model, [prompt], settings, eos_id):
-            if token == eos_id:
+        held = StopFilter(StopSequences(stop_ids))
+        for _, (token,) in generate_steps(model, [prompt], settings, stop_ids):
+            yield from held.push(token)
+            if held.stopped:
                 return
-            yield token
+        yield from held.flush()
 
     yield from stream_text(tokens())

@@ -213,7 +213,8 @@ def _gguf_section(repo_id: str, gguf_types: list[str], prompt_style: str, config
         "```",
         "",
         f"With [Ollama](https://ollama.com), through the `{MODELFILE}` here: it runs `{first}` with the "
-        f"prompt template above as its `TEMPLATE`, `<|endoftext|>` as its stop token and the model's "
+        f"prompt template above as its `TEMPLATE`, {' and '.join(f'`{t}`' for t in style.stop)} as its stop "
+        f"string{'s' * (len(style.stop) > 1)} and the model's "
         f"{config.block_size}-token context (edit its `FROM` line to run another of the files):",
         "",
         "```bash",
@@ -225,13 +226,21 @@ def _gguf_section(repo_id: str, gguf_types: list[str], prompt_style: str, config
     ]
 
 
+def _end_marker(style) -> str:
+    """The style's end marker in words, with its token ids: "`<|endoftext|>` (id 50256)"."""
+    [*ids] = style.stop_ids()[0]
+    if len(ids) == 1:
+        return f"`{style.stop[0]}` (id {ids[0]})"
+    return f"`{style.stop[0]}`, written as text: token ids {', '.join(map(str, ids))}"
+
+
 def _prompt_section(prompt_style: str) -> list[str]:
     style = get_prompt_style(prompt_style)
     return [
         "## Prompt template",
         "",
         f"The model was finetuned on prompts in the `{style.name}` style; prompt it the same way and let it "
-        "continue after the last line. It ends its answer with `<|endoftext|>` (id 50256). Without an input:",
+        f"continue after the last line. It ends its answer with {_end_marker(style)}. Without an input:",
         "",
         "```text",
         style.format("{instruction}"),

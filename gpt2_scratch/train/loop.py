@@ -265,7 +265,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            outputs = generate(self.model, prompts, SamplingSettings(max_new_tokens=max_new))
+            outputs = generate(self.model, prompts, SamplingSettings(max_new_tokens=max_new), style.stop_ids())
         finally:
             self.model.train(was_training)
         return [decode(ids).strip() for ids in outputs]

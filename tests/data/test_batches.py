@@ -247,3 +247,29 @@ def test_sampler_validates_arguments():
         LengthGroupedBatchSampler(LENGTHS, 0)
     with pytest.raises(ValueError, match="mega_batches"):
         LengthGroupedBatchSampler(LENGTHS, 8, mega_batches=0)
+
+
+def test_chatml_training_labels_end_with_its_end_marker_as_generation_stops_on_it():
+    chatml = get_prompt_style("chatml")
+    [marker, _] = chatml.stop_ids()
+    records = [Record(0, "Name a color.", "", "Blue."), Record(1, "Say hi.", "", "Hi")]
+    examples = [encode_record(r, chatml) for r in records]
+    assert [ex.end for ex in examples] == [marker, marker]
+    assert decode(examples[0].ids) == "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\nBlue."
+    inputs, targets = collate(examples, mask_prompt=True)
+    for ex, x, y in zip(examples, inputs.tolist(), targets.tolist()):
+        kept = [t for t in y if t != I]
+        n = len(ex.ids) + len(marker)
+        assert kept[-len(marker) :] == list(marker)  # the marker's tokens, encoded alone, are learned
+        assert decode(kept) == decode(ex.ids[ex.prompt_len :]) + "<|im_end|>"
+        assert x[: n - 1] == (ex.ids + list(marker))[:-1] and set(x[n - 1 :]) <= {E}  # then EOS padding
+    # Encoded with the answer, "Blue.<|im_end|>" would merge ".<": the marker must be appended as its own tokens.
+    assert encode("Blue.<|im_end|>")[-len(marker) :] != list(marker)
+
+
+def test_alpaca_and_phi3_examples_still_end_with_one_eos():
+    for name in ("alpaca", "phi3"):
+        ex = encode_record(Record(0, "a", "", "b"), name)
+        assert ex.end == (E,)
+        _, targets = collate([ex])
+        assert targets.tolist()[0][-1] == E

@@ -46,7 +46,7 @@ def fed(monkeypatch):
     """Every generation's (prompt ids, settings); the model answers nothing (its first token is EOS)."""
     calls = []
 
-    def stream(model, ids, settings):
+    def stream(model, ids, settings, stop_ids):
         calls.append((list(ids), settings))
         yield from ()
 

@@ -195,7 +195,7 @@ def test_a_bug_in_a_handler_is_one_message_and_one_toast(app, monkeypatch):
 
 @pytest.mark.parametrize("handler", ["generate_base", "generate_finetuned", "generate_side_by_side"])
 def test_whitespace_only_answer_shows_a_marker(app, monkeypatch, handler):
-    def newlines(model, ids, settings):
+    def newlines(model, ids, settings, stop_ids):
         for n in range(1, 5):
             yield [198] * n, "\n" * n  # 198 is "\n"
 

@@ -103,11 +103,11 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
 
     calls = []
 
-    def crash_after_first_batch(model, prompts, settings):
+    def crash_after_first_batch(model, prompts, settings, stop_ids):
         if calls:
             raise KeyboardInterrupt  # what a Ctrl-C in the second batch looks like
         calls.append(len(prompts))
-        return generate(model, prompts, settings)
+        return generate(model, prompts, settings, stop_ids)
 
     monkeypatch.setattr(evaluation, "generate", crash_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
@@ -120,9 +120,9 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
 
     resumed = []
 
-    def counting(model, prompts, settings):
+    def counting(model, prompts, settings, stop_ids):
         resumed.append(len(prompts))
-        return generate(model, prompts, settings)
+        return generate(model, prompts, settings, stop_ids)
 
     monkeypatch.setattr(evaluation, "generate", counting)
     got = evaluate_run(run, EvalSettings(**FAST))
@@ -253,3 +253,29 @@ def test_refilled_rows_give_the_fixed_batches_results_and_resume(run, tmp_path, 
     assert run.predictions.read_bytes() == fixed.predictions.read_bytes()
     assert got["generation"]["refill"] is True and expected["generation"]["refill"] is False
     assert got["models"]["base"]["rouge_l"] == expected["models"]["base"]["rouge_l"]
+
+
+def test_repetition_penalty_is_part_of_the_settings_and_older_files_read_as_off(run, monkeypatch):
+    only = {**FAST, "models": ("finetuned",)}
+    interrupt_after_first_batch(run, EvalSettings(**only), monkeypatch)
+    partial = run.eval_dir / "partial_finetuned.jsonl"
+    header = json.loads(partial.read_text().splitlines()[0])["header"]
+    # Penalty off is recorded as files were before the option existed: those files still resume.
+    assert list(header["generation"]) == ["max_new_tokens", "temperature", "top_k", "top_p", "seed"] + [
+        "batch_size",
+        "refill",
+    ]
+    penalized = SamplingSettings(max_new_tokens=6, repetition_penalty=1.3)
+    with pytest.raises(SettingsMismatch, match=r"repetition penalty none \(now 1.3\)"):
+        evaluate_run(run, EvalSettings(**{**only, "sampling": penalized}))
+    summary = evaluate_run(run, EvalSettings(**{**only, "sampling": penalized, "restart": True}))
+    assert summary["generation"]["repetition_penalty"] == 1.3
+    model, _ = load_model(str(run.final))
+    style = get_prompt_style("alpaca")
+    prompts = [encode(style.format(r.instruction, r.input)) for r in RECORDS]
+    rows = [json.loads(line) for line in run.predictions.read_text().splitlines()]
+    assert [row["finetuned"]["response"] for row in rows] == [decode(o) for o in generate(model, prompts, penalized)]
+    # evaluate.py --repetition-penalty fills the setting.
+    argv = ["--run", str(run.root), "--models", "finetuned", "--max-new-tokens", "6", "--batch-size", "2"]
+    assert evaluate_cli.main([*argv, "--no-progress", "--repetition-penalty", "1.5", "--replace"]) == 0
+    assert json.loads(run.summary.read_text())["generation"]["repetition_penalty"] == 1.5

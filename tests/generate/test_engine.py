@@ -149,7 +149,7 @@ def test_a_request_joins_mid_generation(model, engines):
 
 
 def test_cancel_stops_only_that_row(model, engines):
-    engine = engines(model, eos_id=None)
+    engine = engines(model, stop_ids=None)
     prompts = _prompts(3, seed=4)
     s = SamplingSettings(max_new_tokens=150, temperature=0.9, seed=1)
     requests = [engine.submit(p, s) for p in prompts]
@@ -161,7 +161,7 @@ def test_cancel_stops_only_that_row(model, engines):
     assert requests[1].cancelled
     steps_at_cancel = engine.steps
     others = [requests[0].result(timeout=T), requests[2].result(timeout=T)]
-    solo = [generate(model, [p], s, eos_id=None)[0] for p in prompts]
+    solo = [generate(model, [p], s, stop_ids=None)[0] for p in prompts]
     assert others == [solo[0], solo[2]]
     assert cancelled == solo[1][:3]
     assert requests[1].finish_reason == "cancelled"
@@ -203,11 +203,11 @@ def test_a_full_queue_says_busy_instead_of_hanging(model, engines, monkeypatch):
 def test_eos_ends_a_row_and_is_not_returned(model, engines):
     prompt = _prompts(1, seed=5)[0]
     s = SamplingSettings(max_new_tokens=30, temperature=1.0, seed=3)  # sampled: greedy tiny-model text loops
-    free = generate(model, [prompt], s, eos_id=None)[0]
+    free = generate(model, [prompt], s, stop_ids=None)[0]
     k = next(i for i in range(3, len(free)) if free[i] not in free[:i])  # a token first made at step k
-    engine = engines(model, eos_id=free[k])
+    engine = engines(model, stop_ids=(free[k],))
     request = engine.submit(prompt, s)
-    assert request.result(timeout=T) == free[:k] == generate(model, [prompt], s, eos_id=free[k])[0]
+    assert request.result(timeout=T) == free[:k] == generate(model, [prompt], s, stop_ids=(free[k],))[0]
     assert request.finish_reason == "eos"
 
 
@@ -246,7 +246,7 @@ def test_a_bug_in_the_worker_loop_fails_every_request_and_closes_the_engine(mode
 
 
 def test_close_ends_running_requests_and_refuses_new_ones(model):
-    engine = Engine(model, eos_id=None)
+    engine = Engine(model, stop_ids=None)
     request = engine.submit([1, 2, 3], SamplingSettings(max_new_tokens=240))
     tokens = request.tokens(timeout=T)
     next(tokens)

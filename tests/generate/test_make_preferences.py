@@ -74,12 +74,12 @@ def test_an_interrupted_build_continues_with_the_batches_left(tmp_path, tiny, in
 
     real, calls = selfplay.generate_batches, []
 
-    def killed_after_one_batch(model, prompts, settings, batches, on_batch, skip):
+    def killed_after_one_batch(model, prompts, settings, batches, on_batch, skip, stop_ids):
         def report(b, *rest):
             on_batch(b, *rest)
             raise KeyboardInterrupt
 
-        real(model, prompts, settings, batches, report, skip)
+        real(model, prompts, settings, batches, report, skip, stop_ids)
 
     out = tmp_path / "prefs.json"
     monkeypatch.setattr(selfplay, "generate_batches", killed_after_one_batch)
@@ -87,9 +87,9 @@ def test_an_interrupted_build_continues_with_the_batches_left(tmp_path, tiny, in
         selfplay.build_preferences(tiny, records, STYLE, out, SETTINGS, batch_size=4, progress_bar=False)
     assert not out.exists() and len(selfplay.progress_path(out).read_text().splitlines()) == 2  # header, batch 0
 
-    def counted(model, prompts, settings, batches, on_batch, skip):
+    def counted(model, prompts, settings, batches, on_batch, skip, stop_ids):
         calls.append(sorted(skip))
-        real(model, prompts, settings, batches, on_batch, skip)
+        real(model, prompts, settings, batches, on_batch, skip, stop_ids)
 
     monkeypatch.setattr(selfplay, "generate_batches", counted)
     selfplay.build_preferences(tiny, records, STYLE, out, SETTINGS, batch_size=4, progress_bar=False)

@@ -23,7 +23,7 @@ def test_greedy_kv_cache_equals_no_cache_and_transformers(hf_tiny):
     ours = load_pretrained(str(folder))
     prompt = encode("The quick brown fox jumps over the lazy dog, and then")
     n = 60
-    with_cache = generate(ours, [prompt], SamplingSettings(max_new_tokens=n), eos_id=None)[0]
+    with_cache = generate(ours, [prompt], SamplingSettings(max_new_tokens=n), stop_ids=None)[0]
     assert len(with_cache) == n
     assert with_cache == _greedy_without_cache(ours, prompt, n)
     out = hf.generate(
@@ -42,9 +42,9 @@ def test_batched_left_padded_rows_equal_single_rows(hf_tiny):
     model = load_pretrained(str(folder))
     prompts = [encode(t) for t in ["Hi", "Once upon a time in a land far away", "1 2 3 4 5", "A"]]
     settings = SamplingSettings(max_new_tokens=40)
-    batched = generate(model, prompts, settings, eos_id=None)
+    batched = generate(model, prompts, settings, stop_ids=None)
     for p, got in zip(prompts, batched):
-        assert got == generate(model, [p], settings, eos_id=None)[0]
+        assert got == generate(model, [p], settings, stop_ids=None)[0]
 
 
 class _Scripted(torch.nn.Module):
@@ -84,10 +84,10 @@ def test_streaming_yields_growing_text_and_matches_generate(hf_tiny):
     model = load_pretrained(str(folder))
     prompt = encode("Streaming test:")
     settings = SamplingSettings(max_new_tokens=20)
-    steps = list(stream(model, prompt, settings, eos_id=None))
+    steps = list(stream(model, prompt, settings, stop_ids=None))
     assert [len(ids) for ids, _ in steps] == list(range(1, 21))
     ids, text = steps[-1]
-    assert ids == generate(model, [prompt], settings, eos_id=None)[0]
+    assert ids == generate(model, [prompt], settings, stop_ids=None)[0]
     assert text == decode(ids)
 
 
@@ -97,7 +97,7 @@ def test_streaming_never_splits_a_multibyte_character(monkeypatch):
 
     script = [12520, 97, 244, 0]
 
-    def fake_steps(model, prompts, settings, eos_id):
+    def fake_steps(model, prompts, settings, stop_ids):
         for t in script:
             yield [0], [t]
 
@@ -110,10 +110,10 @@ def test_sampling_is_reproducible_with_a_seed(hf_tiny):
     _, folder = hf_tiny
     model = load_pretrained(str(folder))
     s = SamplingSettings(max_new_tokens=15, temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    a = generate(model, [[1, 2, 3]], s, eos_id=None)
-    assert a == generate(model, [[1, 2, 3]], s, eos_id=None)
+    a = generate(model, [[1, 2, 3]], s, stop_ids=None)
+    assert a == generate(model, [[1, 2, 3]], s, stop_ids=None)
     other = SamplingSettings(max_new_tokens=15, temperature=1.0, top_k=50, top_p=0.9, seed=8)
-    assert a != generate(model, [[1, 2, 3]], other, eos_id=None)
+    assert a != generate(model, [[1, 2, 3]], other, stop_ids=None)
 
 
 def test_top_k_and_top_p_filtering():
@@ -133,8 +133,8 @@ def test_long_prompt_is_cropped_from_the_left_with_a_warning():
     model = GPT(GPTConfig.from_preset("tiny")).eval()  # block_size 256
     prompt = list(range(300))
     with pytest.warns(UserWarning, match="prompt 0 is 300 tokens; kept its last 246"):
-        out = generate(model, [prompt], SamplingSettings(max_new_tokens=10), eos_id=None)
-    assert out == generate(model, [prompt[-246:]], SamplingSettings(max_new_tokens=10), eos_id=None)
+        out = generate(model, [prompt], SamplingSettings(max_new_tokens=10), stop_ids=None)
+    assert out == generate(model, [prompt[-246:]], SamplingSettings(max_new_tokens=10), stop_ids=None)
     assert crop_prompt([1, 2, 3], 256, 10) == ([1, 2, 3], 0)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from gpt2_scratch import GPT, GPTConfig
 from gpt2_scratch.generate import sampling
-from gpt2_scratch.generate.sampling import SamplingSettings, generate, sample_next, sample_rows
+from gpt2_scratch.generate.sampling import SamplingSettings, generate, sample, sample_next, sample_rows
 
 
 def reference_sample_next(logits, settings, generator):
@@ -107,6 +107,38 @@ def test_seeded_generation_gives_the_tokens_it_gave_before(monkeypatch):
     model = GPT(GPTConfig.from_preset("tiny")).eval()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     s = SamplingSettings(max_new_tokens=25, temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    fast = generate(model, prompts, s, eos_id=None)
+    fast = generate(model, prompts, s, stop_ids=None)
     monkeypatch.setattr(sampling, "sample_next", reference_sample_next)
-    assert fast == generate(model, prompts, s, eos_id=None)
+    assert fast == generate(model, prompts, s, stop_ids=None)
+
+
+@pytest.mark.parametrize("vocab", [50257, 300])
+def test_the_plain_sampler_draws_what_the_batched_one_draws(vocab):
+    """``sample`` (one row, as ``generate`` uses it) and ``sample_rows`` (the batched one): the same token and
+    the same generator state after, for every setting on many random logits and seeds."""
+    rng = torch.Generator().manual_seed(vocab)
+    for step in range(40):
+        logits = torch.randn(len(SETTINGS), vocab, generator=rng) * (0.3 + step % 5)
+        if step % 4 == 0:
+            logits[:, : vocab // 3] = logits[:, :1]  # ties, with the k-th too
+        plain_gens, batched_gens = _generators(step, len(SETTINGS)), _generators(step, len(SETTINGS))
+        batched = sample_rows(logits, SETTINGS, batched_gens)
+        for i, s in enumerate(SETTINGS):
+            assert int(sample(logits[i : i + 1], s, plain_gens[i])[0]) == int(batched[i]), (step, s)
+            assert torch.equal(plain_gens[i].get_state(), batched_gens[i].get_state())
+
+
+def test_generate_samples_one_row_with_the_plain_sampler(monkeypatch):
+    used = []
+    monkeypatch.setattr(sampling, "sample", lambda *a: used.append("plain") or sample(*a))
+    monkeypatch.setattr(sampling, "sample_next", lambda *a: used.append("batched") or sample_next(*a))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny")).eval()
+    s = SamplingSettings(max_new_tokens=3, temperature=1.0, seed=1)
+    one = generate(model, [[1, 2]], s, stop_ids=None)
+    assert used == ["plain"] * 3
+    used.clear()
+    assert generate(model, [[1, 2], [3]], s, stop_ids=None)[0] != [] and used == ["batched"] * 3
+    monkeypatch.undo()
+    monkeypatch.setattr(sampling, "sample", sample_next)
+    assert generate(model, [[1, 2]], s, stop_ids=None) == one  # and they draw alike

@@ -243,14 +243,14 @@ def test_apply_chat_template_gives_our_prompt_for_every_record(style_name, tmp_p
         assert bare + style.response_header == text  # the generation prompt is the response header
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         assert list(ids) == encode(style.format(instruction))
-    # A conversation: each turn as it was trained, the answer closed by <|endoftext|>.
+    # A conversation: each turn as it was trained, the answer closed by the style's end marker.
     turns = [
         {"role": "user", "content": "A?"},
         {"role": "assistant", "content": "B."},
         {"role": "user", "content": "C?"},
     ]
     text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    assert text == style.format("A?") + "B." + EOS_TEXT + style.format("C?")
+    assert text == style.format("A?") + "B." + style.stop[0] + style.format("C?")
     with pytest.raises(Exception, match="user and assistant messages only, not system"):
         tok.apply_chat_template([{"role": "system", "content": "Be brief."}, *turns[:1]], tokenize=False)
 
@@ -286,7 +286,7 @@ def test_ollama_template_is_the_prompt_style(style_name):
     style = get_prompt_style(style_name)
     modelfile = f'TEMPLATE """{style.ollama_template()}"""\n'
     assert ollama_prompt(modelfile, "Say hi.") == style.format("Say hi.")
-    assert style.ollama_template().endswith("{{ .Response }}" + EOS_TEXT)  # past turns end as trained
+    assert style.ollama_template().endswith("{{ .Response }}" + style.stop[0])  # past turns end as trained
 
 
 def test_model_card_says_how_to_run_the_gguf_files(export, run, tmp_path):

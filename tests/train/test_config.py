@@ -15,7 +15,7 @@ from gpt2_scratch.train.config import TrainConfig
         (dict(schedule="linear"), "--schedule must be one of constant, cosine"),
         (dict(lr=-1.0), "--lr must be a positive number"),
         (dict(name="a/b"), "--name must be a plain folder name"),
-        (dict(prompt_style="chatml"), "--prompt-style must be one of"),
+        (dict(prompt_style="vicuna"), "--prompt-style must be one of"),
     ],
 )
 def test_config_validation(overrides, message):
