@@ -54,12 +54,12 @@ def test_restart_discards_an_unfinished_build_of_other_settings(tmp_path, datase
     out = tmp_path / "p.json"
     real = selfplay.generate_batches
 
-    def killed_after_one_batch(model, prompts, settings, batches, on_batch, skip):
+    def killed_after_one_batch(model, prompts, settings, batches, on_batch, skip, **stops):
         def report(b, *rest):
             on_batch(b, *rest)
             raise KeyboardInterrupt
 
-        real(model, prompts, settings, batches, report, skip)
+        real(model, prompts, settings, batches, report, skip, **stops)
 
     monkeypatch.setattr(selfplay, "generate_batches", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
