@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -266,20 +267,22 @@ def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
     return exact, lone
 
 
-def _time(layer: _InferenceLinear, x: torch.Tensor, budget_s: float) -> float:
-    """Fastest seconds of ``layer(x)`` over a few repetitions (at least 5, within ``budget_s``).
-
-    The minimum, not the median: another process on the machine only ever adds time.
-    """
-    times: list[float] = []
+def _fastest(calls: dict[str, Callable[[], object]], budget_s: float) -> dict[str, float]:
+    """The fastest seconds of each of ``calls``, timed in turns (A B C A B C ...; at least 5 turns, then
+    until ``budget_s``). In turns, another process on the machine slows every candidate alike, and the
+    minimum keeps the turns it did not slow."""
+    best = dict.fromkeys(calls, math.inf)
     with torch.inference_mode():
-        layer(x)  # warm-up: packing, first-call allocations
-        start = time.perf_counter()
-        while len(times) < 5 or (len(times) < 50 and time.perf_counter() - start < budget_s):
-            t0 = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - t0)
-    return min(times)
+        for call in calls.values():
+            call()  # warm-up: packing, first-call allocations
+        start, turns = time.perf_counter(), 0
+        while turns < 5 or (turns < 50 and time.perf_counter() - start < budget_s):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                best[name] = min(best[name], time.perf_counter() - t0)
+            turns += 1
+    return best
 
 
 def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.05) -> dict:
@@ -287,28 +290,45 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
     bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows.
 
     The choice: the least ``t(1) + t(8) / 4 + t(64) / 32`` (batch-1 decoding first, then a few visitors,
-    then a prompt's prefill). Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]}}``.
+    then a prompt's prefill). Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]},
+    "load"}`` (``load``: the machine's load per core when measured; ``choose_kernel`` measures a choice
+    made on a busy machine again).
     """
+    load = _load_per_core()
     dtype = ACTIVATIONS[fmt]
     g = torch.Generator().manual_seed(1)
     linear = nn.Linear(in_features, out_features)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(out_features, in_features, generator=g) * 0.02)
     x = torch.randn(64, in_features, generator=g).to(dtype)
-    seconds, best = {}, None
+    ways: dict[str, tuple[_InferenceLinear, str]] = {}
     for name in candidates(fmt):
         layer = LAYERS[fmt](linear, name)
         exact, lone = _probe(layer, dtype)
-        ways = ["one by one"] + (["lone as two" if lone else "together"] if exact else [])
-        for rows in ways:
-            layer.rows = rows
-            t = [_time(layer, x[:n], budget_s) for n in (1, 8)]
-            t.append(64 * t[0] if rows == "one by one" else _time(layer, x, budget_s))  # 64 lone rows: no need
-            seconds[f"{name}, {rows}"] = t
-            score = t[0] + t[1] / 4 + t[2] / 32
-            if best is None or score < best[0]:
-                best = (score, name, rows)
-    return {"kernel": best[1], "rows": best[2], "seconds": seconds}
+        for rows in ["one by one"] + (["lone as two" if lone else "together"] if exact else []):
+            ways[f"{name}, {rows}"] = (layer, rows)
+    seconds = {way: [] for way in ways}
+    for n in (1, 8, 64):
+        batched = {w: lr for w, lr in ways.items() if n == 1 or lr[1] != "one by one"}
+        timed = _fastest(
+            {w: functools.partial(feed_rows, lr[0].product, x[:n], lr[1]) for w, lr in batched.items()}, budget_s
+        )
+        for way in ways:  # one by one: n lone rows
+            seconds[way].append(timed[way] if way in timed else n * seconds[way][0])
+    score = {way: t[0] + t[1] / 4 + t[2] / 32 for way, t in seconds.items()}
+    best = min(score, key=score.get)
+    kernel, rows = best.split(", ")
+    return {"kernel": kernel, "rows": rows, "seconds": seconds, "load": load}
+
+
+def _load_per_core() -> float:
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average here
+        return 0.0
+
+
+BUSY = 0.5  # load per core above which a measurement is taken again later, when the machine is quieter
 
 
 _CHOICES: dict[str, dict] = {}
@@ -346,7 +366,9 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
             _CHOICES.update(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             pass
-    if key not in _CHOICES or _CHOICES[key].get("rows") not in ROWS:  # (a cache of an earlier version: again)
+    cached = _CHOICES.get(key)
+    stale = cached is None or cached.get("rows") not in ROWS  # none yet, or a cache of an earlier version
+    if stale or (cached.get("load", 0) > BUSY and _load_per_core() < cached["load"]):  # measured when busy
         _CHOICES[key] = measure(fmt, in_features, out_features)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

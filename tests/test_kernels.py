@@ -162,3 +162,24 @@ def test_a_float32_inference_model_keeps_the_plain_models_parameters_names_and_n
     assert fast.state_dict().keys() == names.keys()
     with torch.inference_mode():
         torch.testing.assert_close(fast(idx), expected, atol=2e-5, rtol=0)
+
+
+def test_a_choice_measured_on_a_busy_machine_is_measured_again_when_it_is_quieter(tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    calls = []
+    real = kernels.measure
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(kernels, "_load_per_core", lambda: 2.0)  # another job on every core
+    kernels.choose_kernel("float32", 64, 96)
+    (entry,) = json.loads((tmp_path / "kernels.json").read_text()).values()
+    assert entry["load"] == 2.0 and len(calls) == 1
+    kernels.choose_kernel("float32", 64, 96)  # still as busy: the choice stands
+    assert len(calls) == 1
+    monkeypatch.setattr(kernels, "_load_per_core", lambda: 0.1)
+    kernels.choose_kernel("float32", 64, 96)  # quieter: measured again, and kept from now on
+    kernels.choose_kernel("float32", 64, 96)
+    assert len(calls) == 2
+    (entry,) = json.loads((tmp_path / "kernels.json").read_text()).values()
+    assert entry["load"] == 0.1
