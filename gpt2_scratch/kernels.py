@@ -289,8 +289,8 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
     """Every candidate of ``fmt`` on an ``(out, in)`` layer, each way of feeding it rows that keeps a row's
     bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows.
 
-    The choice: the least ``t(1) + t(8) / 4 + t(64) / 32`` (batch-1 decoding first, then a few visitors,
-    then a prompt's prefill). Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]},
+    The choice: the least ``t(1) + t(8) / 8 + t(64) / 100``: a row's time decoding alone and among 8
+    visitors weigh the same, and a 64-token prefill happens once for about 100 decoded tokens. Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]},
     "load"}`` (``load``: the machine's load per core when measured; ``choose_kernel`` measures a choice
     made on a busy machine again).
     """
@@ -315,7 +315,7 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
         )
         for way in ways:  # one by one: n lone rows
             seconds[way].append(timed[way] if way in timed else n * seconds[way][0])
-    score = {way: t[0] + t[1] / 4 + t[2] / 32 for way, t in seconds.items()}
+    score = {way: t[0] + t[1] / 8 + t[2] / 100 for way, t in seconds.items()}
     best = min(score, key=score.get)
     kernel, rows = best.split(", ")
     return {"kernel": kernel, "rows": rows, "seconds": seconds, "load": load}
