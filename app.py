@@ -7,8 +7,8 @@ Offers every finished run under --runs-dir (or the runs of the Hub repos named b
 GPT2_SCRATCH_HUB_REPO, comma-separated, as on a Space) and serves --run, else the first of those
 (the first Hub repo, or the newest evaluated run, else the newest). Binds 127.0.0.1 (0.0.0.0 on a
 Space, where SPACE_ID is set); no share link, no uploads, at most --queue-size waiting. Every request to a model joins that
-model's running batch (generate/engine.py) unless --no-batching or on ZeroGPU. The app is
-gpt2_scratch/demo/; design: docs/design.md.
+model's running batch (generate/engine.py) unless --no-batching or on ZeroGPU. The options are
+gpt2_scratch.demo.config.AppConfig's fields; the app is gpt2_scratch/demo/; design: docs/design.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ chosen is the dataset's answer, rejected the model's own greedy answer (self-pla
 entry per record, in the dataset's order, so the file splits like its source. An interrupted build
 continues where it stopped when rerun with the same settings (its answers are kept in
 <out>.progress.jsonl until the file is written); --restart starts it over, --replace replaces an
-existing --out. The work is in gpt2_scratch.generate.preferences.
+existing --out. The options are gpt2_scratch.generate.config.PreferencesConfig's fields; the work is in
+gpt2_scratch.generate.preferences.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ there, so the Space shows this run. --dry-run builds the export in a temporary f
 where, and writes and uploads nothing. An --export-dir that is not empty and not an earlier export is refused.
 --gguf adds model-<TYPE>.gguf files for llama.cpp and Ollama, and an Ollama Modelfile. The token comes from
 HF_TOKEN or the cached login (hf auth login).
-The work is in gpt2_scratch/publish/export.py and gpt2_scratch/publish/hub_upload.py.
+The options are gpt2_scratch.publish.config.PublishConfig's fields; the work is in
+gpt2_scratch/publish/export.py and gpt2_scratch/publish/hub_upload.py.
 """
 
 from __future__ import annotations
