@@ -3,8 +3,8 @@
     config = AppConfig(**vars(app.build_parser().parse_args()))   # counts and port checked here
 
 No Gradio here (nor in what this imports): ``python app.py --help`` builds the parser from this
-module alone and stays fast. The run, the runs folder and the port are checked by app.py, where
-they are used.
+module alone and stays fast. Whether the run and the runs folder exist and the port is free,
+app.py finds out where it uses them.
 """
 
 from __future__ import annotations
