@@ -7,8 +7,8 @@ Offers every finished run under --runs-dir (or the runs of the Hub repos named b
 GPT2_SCRATCH_HUB_REPO, comma-separated, as on a Space) and serves --run, else the first of those
 (the first Hub repo, or the newest evaluated run, else the newest). Binds 127.0.0.1 (0.0.0.0 on a
 Space, where SPACE_ID is set); no share link, no uploads, at most --queue-size waiting. Every request to a model joins that
-model's running batch (generate/engine.py) unless --no-batching or on ZeroGPU. The app is
-gpt2_scratch/demo/; design: docs/design.md.
+model's running batch (generate/engine.py) unless --no-batching or on ZeroGPU. The options are
+gpt2_scratch.demo.config.AppConfig's fields; the app is gpt2_scratch/demo/; design: docs/design.md.
 """
 
 from __future__ import annotations
@@ -27,71 +27,21 @@ try:  # On a ZeroGPU Space, spaces must be imported before torch touches CUDA.
 except ImportError:
     pass
 
-from gpt2_scratch.inference import DTYPES  # noqa: E402  (after spaces)
-from gpt2_scratch.options import ArgumentParser  # noqa: E402
+from gpt2_scratch.demo.config import AppConfig  # noqa: E402  (after spaces; no Gradio: --help stays fast)
+from gpt2_scratch.options import ArgumentParser, add_dataclass_options  # noqa: E402
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "assets" / "examples.json"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """One option per AppConfig field (help, group, choices and default from the field)."""
+    parser = ArgumentParser(prog="app.py", description="\n\n".join(__doc__.split("\n\n")[:2]))
+    add_dataclass_options(parser, AppConfig)
+    return parser
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="app.py", description="\n\n".join(__doc__.split("\n\n")[:2]))
-    p.add_argument(
-        "--run",
-        help="run folder to serve (default: the first of $GPT2_SCRATCH_HUB_REPO, else the newest evaluated run "
-        "under --runs-dir, else the newest)",
-    )
-    p.add_argument(
-        "--runs-dir",
-        default=None,  # None: runs, which may be missing (a fresh clone); a folder given must exist
-        help="folder of runs: each finished one is offered in the results tab (default: runs)",
-    )
-    p.add_argument(
-        "--base",
-        help="base model: Hub id, short name, local path or random:<preset> (default: the run's base_model)",
-    )
-    p.add_argument("--host", help="address to bind (default: 127.0.0.1, or 0.0.0.0 on a Space)")
-    p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free from 7860)")
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=2,
-        help="generations running at once with --no-batching (with batching: --max-batch + --max-waiting "
-        "reach the engines at once), other events always",
-    )
-    # The default lives in gpt2_scratch.demo.QUEUE_SIZE (not imported here: --help stays fast, without gradio).
-    p.add_argument(
-        "--queue-size",
-        type=int,
-        help="with --no-batching: requests that may wait in Gradio's queue for a generation; more are told "
-        "the app is busy (default: 16; with batching, --max-waiting is the queue)",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="auto",
-        help="inference format of both models: auto (bfloat16 on CUDA and on CPUs with native bfloat16, "
-        "else float32), float32, bfloat16 or int8 (weight-only)",
-    )
-    p.add_argument(
-        "--kernel",
-        help="the product kernel of every linear layer (float32/bfloat16: onednn or mkl; int8: int8pack or "
-        "dequant); default: measured per layer shape on this CPU and cached (also GPT2_SCRATCH_KERNEL)",
-    )
-    # Defaults in gpt2_scratch.demo.backends (DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING).
-    p.add_argument(
-        "--no-batching",
-        action="store_true",
-        help="generate each request on its own, --concurrency at a time (the default shares one batched "
-        "decoding loop per model between all visitors; always off on ZeroGPU Spaces)",
-    )
-    p.add_argument("--max-batch", type=int, help="with batching: requests decoded together per model (default: 16)")
-    p.add_argument(
-        "--max-waiting",
-        type=int,
-        help="with batching: requests that may wait for a place in a model's batch, each shown its place; "
-        "more are told how long to wait (default: 64)",
-    )
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def fail(message: str) -> NoReturn:
@@ -122,38 +72,35 @@ def port_problem(error: OSError, host: str, port: int | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    counts = ("concurrency", "queue_size", "max_batch", "max_waiting")
-    for option, value in ((f"--{name.replace('_', '-')}", getattr(args, name)) for name in counts):
-        if value is not None and value < 1:
-            fail(f"{option} must be at least 1, got {value}")
-    if args.port is not None and not 1 <= args.port <= 65535:
-        fail(f"--port must be from 1 to 65535, got {args.port}")
-    runs_dir = runs_folder(args.runs_dir)
+    try:
+        config = AppConfig(**vars(parse_args(argv)))  # a count or port out of range: one line naming the option
+    except ValueError as e:
+        fail(str(e))
+    runs_dir = runs_folder(config.runs_dir)
 
-    from gpt2_scratch.demo import GRADIO_THREADS, QUEUE_SIZE, DemoApp, build_demo, load_examples, plain, start
-    from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, choose_backend
+    from gpt2_scratch.demo import GRADIO_THREADS, DemoApp, build_demo, load_examples, plain, start
+    from gpt2_scratch.demo.backends import choose_backend
     from gpt2_scratch.demo.discovery import find_runs, resolve_run
     from gpt2_scratch.runs import HUB_REPO_ENV
 
     try:
         hub_repo = os.environ.get(HUB_REPO_ENV)
         sources = find_runs(runs_dir, hub_repo)
-        run, problem = resolve_run(args.run, runs_dir=runs_dir, hub_repo=hub_repo, sources=sources)
+        run, problem = resolve_run(config.run, runs_dir=runs_dir, hub_repo=hub_repo, sources=sources)
         backend, backend_note = choose_backend(
-            batching=not args.no_batching,
-            max_rows=args.max_batch or DEFAULT_MAX_ROWS,
-            max_waiting=args.max_waiting or DEFAULT_MAX_WAITING,
+            batching=config.batching,
+            max_rows=config.max_batch,
+            max_waiting=config.max_waiting,
         )
         app = DemoApp.from_run(
             run,
-            base=args.base,
+            base=config.base,
             run_problem=problem,
             sources=sources,
             find_sources=lambda: find_runs(runs_dir, hub_repo),  # the results tab's refresh button
             backend=backend,
-            dtype=args.dtype,
-            kernel=args.kernel,
+            dtype=config.dtype,
+            kernel=config.kernel,
         )
         examples = load_examples(EXAMPLES_FILE)
     except (FileNotFoundError, ValueError) as e:
@@ -164,19 +111,21 @@ def main(argv: list[str] | None = None) -> None:
         if warning:
             print(f"warning: {plain(warning)}", file=sys.stderr)  # a terminal shows no Markdown
 
-    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
+    host = (
+        config.host or os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1")
+    )
     demo = build_demo(app, examples)
     try:
         url = start(
             demo,
             host=host,
-            port=args.port,
-            concurrency=args.concurrency,
-            queue_size=None if backend.batching else args.queue_size or QUEUE_SIZE,  # batching: the engines queue
+            port=config.port,
+            concurrency=config.concurrency,
+            queue_size=None if backend.batching else config.queue_size,  # batching: the engines queue
             max_threads=GRADIO_THREADS + (backend.concurrency_limit or 0),
         )
     except OSError as e:
-        message = port_problem(e, host, args.port)
+        message = port_problem(e, host, config.port)
         if message is None:
             raise
         fail(message)

@@ -29,6 +29,12 @@ import torch.nn.functional as F
 from gpt2_scratch.files import atomic_write_json
 
 KERNEL_ENV = "GPT2_SCRATCH_KERNEL"  # force one kernel (a name of KERNELS[format]) for every layer
+# --kernel's help in every script that loads a model for inference (evaluate.py, app.py).
+KERNEL_HELP = (
+    "the product kernel of every linear layer (float32/bfloat16: onednn or mkl; int8: int8pack or dequant; "
+    "also GPT2_SCRATCH_KERNEL)"
+)
+KERNEL_DEFAULT_TEXT = "measured per layer shape on this CPU and cached"
 CACHE_ENV = "GPT2_SCRATCH_CACHE"  # the project's cache folder (default ~/.cache/gpt2_scratch)
 # Candidate kernels per format, in order of preference when they measure the same.
 KERNELS = {

@@ -5,11 +5,13 @@
     config = TrainConfig(**vars(parser.parse_args()))
 
 Each field declares its option in its metadata: "help" and "group" (required),
-"choices", "metavar" and "default_text" (what "(default: ...)" says instead of
-the value, e.g. for None). The type comes from the annotation: int, float, str,
-``X | None``, ``list[X]`` or ``tuple[X, ...]`` (nargs="+"), bool (``--flag/--no-flag``). Validation
-stays in the dataclass's ``__post_init__``, worded by ``check_range`` (the one wording of every script's
-range errors: ``--max-new-tokens must be a positive integer, got 0``).
+"choices", "metavar", "default_text" (what "(default: ...)" says instead of
+the value, e.g. for None) and "repeat" (a list option given once per value, ``--gguf a --gguf b``,
+instead of ``--x a b``). The type comes from the annotation: int, float, str, Path,
+``X | None``, ``list[X]`` or ``tuple[X, ...]`` (nargs="+"), bool (``--flag/--no-flag``); a field
+without a default is a required option. Validation stays in the dataclass's ``__post_init__``,
+worded by ``check_range`` (the one wording of every script's range errors:
+``--max-new-tokens must be a positive integer, got 0``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import difflib
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-HELP, GROUP, CHOICES, METAVAR, DEFAULT_TEXT = "help", "group", "choices", "metavar", "default_text"
-_SCALARS = (int, float, str)
+HELP, GROUP, CHOICES, METAVAR, DEFAULT_TEXT, REPEAT = "help", "group", "choices", "metavar", "default_text", "repeat"
+_SCALARS = (int, float, str, Path)
 
 
 def _is_int(v: Any) -> bool:
@@ -41,6 +44,9 @@ RANGES = {
     "positive number": lambda v: _is_number(v) and v > 0,
     "non-negative number": lambda v: _is_number(v) and v >= 0,
     "number in (0, 1]": lambda v: _is_number(v) and 0 < v <= 1,
+    # Bounds read as they are ("must be at least 1"): app.py's counts and port.
+    "at least 1": lambda v: _is_int(v) and v >= 1,
+    "from 1 to 65535": lambda v: _is_int(v) and 1 <= v <= 65535,
 }
 
 
@@ -48,12 +54,14 @@ def check_range(option: str, value: Any, kind: str, *, none_ok: bool = False) ->
     """A one-line ``ValueError`` "``option`` must be a ``kind``, got ``value``" unless ``value`` is one.
 
     ``option`` is named as the user typed it (``--max-new-tokens``; ``option_name`` of a field);
-    ``kind`` is a key of ``RANGES``; ``none_ok``: None (an option's "off") is accepted.
+    ``kind`` is a key of ``RANGES`` (a bound, "at least 1", takes no article); ``none_ok``: None
+    (an option's "off") is accepted.
     """
     if value is None and none_ok:
         return
     if not RANGES[kind](value):
-        raise ValueError(f"{option} must be a {kind}, got {value!r}")
+        article = "" if kind.split()[0] in ("at", "from") else "a "
+        raise ValueError(f"{option} must be {article}{kind}, got {value!r}")
 
 
 def option_name(field_name: str) -> str:
@@ -66,7 +74,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     The description keeps its own line breaks (the scripts' docstrings show
     commands). A help that already says "(default: ...)" is left as it is; an
-    option whose default is None or a plain on/off flag (``store_true``) shows none.
+    option whose default is None (or an empty list) or a plain on/off flag (``store_true``) shows none.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -75,7 +83,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return help_
         text = getattr(action, DEFAULT_TEXT, None)
         if text is None:
-            if action.default is None or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if action.default in (None, [], ()) or isinstance(
+                action, (argparse._StoreTrueAction, argparse._StoreFalseAction)
+            ):
                 return help_
             text = "%(default)s"
         return f"{help_} (default: {text})"
@@ -136,7 +146,11 @@ def _argument_kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     """add_argument's keywords for the field ``f`` annotated ``hint``."""
     meta = f.metadata
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    kwargs: dict[str, Any] = {"default": default, "help": meta[HELP].replace("%", "%%")}
+    kwargs: dict[str, Any] = {"help": meta[HELP].replace("%", "%%")}
+    if default is dataclasses.MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
     if METAVAR in meta:
         kwargs["metavar"] = meta[METAVAR]
     if CHOICES in meta:
@@ -144,6 +158,8 @@ def _argument_kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     base = _strip_none(hint)
     if base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
+    elif meta.get(REPEAT) and typing.get_origin(base) is list and typing.get_args(base)[0] in _SCALARS:
+        kwargs.update(action="append", type=typing.get_args(base)[0])  # argparse appends to a copy of the default
     elif typing.get_origin(base) in (list, tuple) and typing.get_args(base)[0] in _SCALARS:  # list[X], tuple[X, ...]
         kwargs.update(nargs="+", type=typing.get_args(base)[0])
     elif base in _SCALARS:
@@ -166,7 +182,7 @@ def _default_text(f: dataclasses.Field, default: Any) -> str | None:
     """What "(default: ...)" says: the field's "default_text", else its default (a list space-separated)."""
     text = f.metadata.get(DEFAULT_TEXT)
     if text is None and isinstance(default, (list, tuple)):
-        text = " ".join(map(str, default))
+        text = " ".join(map(str, default)) or None  # an empty list: nothing, as for None
     elif text is None and default is not None:
         text = str(default)
     return None if text is None else text.replace("%", "%%")

@@ -1,24 +1,32 @@
-"""The command-line options generated from dataclasses (gpt2_scratch/options.py): finetune.py's parser is
-TrainConfig's fields and evaluate.py's is EvalConfig's, one to one, with their defaults, help, groups and
+"""The command-line options generated from dataclasses (gpt2_scratch/options.py): every script's parser is
+its config's fields, one to one (finetune.py TrainConfig, evaluate.py EvalConfig, app.py AppConfig,
+publish.py PublishConfig, make_preferences.py PreferencesConfig), with their defaults, help, groups and
 choices; every script refuses abbreviations and suggests the closest option for an unknown one."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 import app
 import evaluate
 import finetune
+import make_preferences
 import publish
+from gpt2_scratch.demo.config import AppConfig
 from gpt2_scratch.eval.config import EvalConfig
 from gpt2_scratch.eval.evaluation import EvalSettings
 from gpt2_scratch.eval.judge import JudgeConfig
+from gpt2_scratch.generate.config import PreferencesConfig
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.options import ArgumentParser, HelpFormatter, add_dataclass_options, option_name
+from gpt2_scratch.publish.config import PublishConfig
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.train import config as train_config
 from gpt2_scratch.train.config import RESUME_OVERRIDES, TrainConfig, resume_config
@@ -258,3 +266,134 @@ def test_percent_signs_in_help_are_literal():
     schedule = next(a for a in options(finetune.build_parser()) if a.dest == "schedule")
     assert "cosine decay to 10% of --lr (default: constant)" in help_text(finetune.build_parser(), schedule)
     assert finetune.build_parser().formatter_class is HelpFormatter
+
+
+# --- every script: its parser is its config's fields ------------------------------------------
+
+
+SCRIPTS = {  # each script's config, parser, and the values of its required options
+    "finetune.py": (TrainConfig, finetune.build_parser, {}),
+    "evaluate.py": (EvalConfig, evaluate.build_parser, {}),
+    "app.py": (AppConfig, app.build_parser, {}),
+    "publish.py": (PublishConfig, publish.build_parser, {"run": Path("runs/r"), "repo": "me/m"}),
+    "make_preferences.py": (
+        PreferencesConfig,
+        make_preferences.build_parser,
+        {"model": "m", "out": Path("p.json")},
+    ),
+}
+
+
+def required_argv(script: str) -> list[str]:
+    return [s for name, value in SCRIPTS[script][2].items() for s in (option_name(name), str(value))]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_scripts_parser_is_generated_from_its_config(script):
+    cls, build, required = SCRIPTS[script]
+    parser = build()
+    fields = dataclasses.fields(cls)
+    acts = options(parser)
+    assert [(a.dest, a.option_strings[0]) for a in acts] == [(f.name, option_name(f.name)) for f in fields]
+    assert parser.formatter_class is HelpFormatter and not parser.allow_abbrev
+    # The required options are the fields without a default; what is not given is the field's default.
+    assert {a.dest for a in acts if a.required} == required_names(cls) == set(required)
+    given = vars(parser.parse_args(required_argv(script)))
+    assert given == {f.name: required[f.name] if f.name in required else default(f) for f in fields}
+    # The config takes what the parser gives (None: a default its __post_init__ fills in, e.g. --lr).
+    config = cls(**given)
+    assert {k: getattr(config, k) for k, v in given.items() if v is not None} == {
+        k: v for k, v in given.items() if v is not None
+    }
+
+
+def required_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if default(f) is dataclasses.MISSING}
+
+
+def default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_states_defaults_the_same_way(script):
+    cls, build, _ = SCRIPTS[script]
+    parser = build()
+    for f, a in zip(dataclasses.fields(cls), options(parser)):
+        assert "(default" not in f.metadata["help"], f"{script} {a.option_strings[0]}: a hand-typed default"
+        text = help_text(parser, a)
+        if a.required:
+            assert "(default" not in text, text
+        else:
+            assert text.count("(default: ") == 1 and text.endswith(")"), text
+
+
+@pytest.mark.parametrize(
+    "script, mistyped, closest",
+    [
+        ("app.py", "--queue-sise", "--queue-size"),
+        ("app.py", "--no-batchin", "--no-batching"),
+        ("publish.py", "--weights-dtyp", "--weights-dtype"),
+        ("publish.py", "--ggfu", "--gguf"),
+        ("make_preferences.py", "--max-new-token", "--max-new-tokens"),
+        ("make_preferences.py", "--restrat", "--restart"),
+    ],
+)
+def test_a_mistyped_option_gets_did_you_mean_in_every_script(script, mistyped, closest, capsys):
+    err = error_of(SCRIPTS[script][1]().parse_args, [*required_argv(script), mistyped, "1"], capsys)
+    assert err == f"error: unrecognized argument {mistyped}; did you mean {closest}? (see --help)"
+
+
+def test_required_options_and_choices_are_refused_in_one_line(capsys):
+    err = error_of(make_preferences.build_parser().parse_args, ["--model", "m"], capsys)
+    assert err == "error: the following arguments are required: --out"
+    err = error_of(publish.build_parser().parse_args, ["--run", "r", "--repo", "u/m", "--gguf", "q3"], capsys)
+    assert err.startswith("error: argument --gguf: invalid choice: 'q3' (choose from ")
+
+
+def test_repeatable_option_collects_each_value():
+    parser = publish.build_parser()
+    required = required_argv("publish.py")
+    assert parser.parse_args([*required, "--gguf", "q8_0", "--gguf", "f16"]).gguf == ["q8_0", "f16"]
+    assert parser.parse_args(required).gguf == []  # each parse appends to a copy of the default: nothing leaks
+    gguf = next(a for a in options(parser) if a.dest == "gguf")
+    assert help_text(parser, gguf).endswith("(default: none)") and gguf.metavar == "TYPE"
+
+
+def test_switches_keep_their_old_spelling():
+    assert app.build_parser().parse_args(["--no-batching"]).batching is False
+    assert app.build_parser().parse_args([]).batching is True
+    p = publish.build_parser().parse_args(["--run", "r", "--repo", "u/m", "--private", "--dry-run"])
+    assert (p.private, p.dry_run) == (True, True)
+    m = make_preferences.build_parser().parse_args(["--model", "m", "--out", "p.json", "--no-progress", "--restart"])
+    assert (m.progress, m.restart, m.replace) == (False, True, False)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: AppConfig(concurrency=0), "--concurrency must be at least 1, got 0"),
+        (lambda: AppConfig(max_waiting=-2), "--max-waiting must be at least 1, got -2"),
+        (lambda: AppConfig(port=70000), "--port must be from 1 to 65535, got 70000"),
+        (
+            lambda: PreferencesConfig(model="m", out=Path("p.json"), limit=0),
+            "--limit must be a positive integer, got 0",
+        ),
+        (
+            lambda: PreferencesConfig(model="m", out=Path("p.json"), batch_size=0),
+            "--batch-size must be a positive integer, got 0",
+        ),
+    ],
+)
+def test_range_errors_name_the_option_in_one_wording(make, message):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert str(e.value) == message
+
+
+def test_app_help_needs_no_gradio():
+    """app.py builds its parser from demo/config.py alone: --help answers without importing Gradio."""
+    code = "import sys, app; app.build_parser().format_help(); print(sorted({'gradio', 'torch'} & set(sys.modules)))"
+    root = Path(app.__file__).parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['torch']"

@@ -8,41 +8,61 @@
 Modules: ``layout``, ``generate_tab``, ``results_tab`` (the page); ``generate_handlers`` (``DemoApp``),
 ``models`` (``LazyModel``, the checkpoint served), ``results_handlers`` (``ResultsBrowser``),
 ``backends``, ``discovery``; ``views``, ``compare``,
-``browse`` (no Gradio); ``inputs``, ``errors``. Their jobs and rules: docs/design.md.
+``browse`` (no Gradio); ``inputs``, ``errors``; ``config`` (``AppConfig``, app.py's options). Their jobs
+and rules: docs/design.md. The names below are imported on first use, so that ``demo.config`` loads
+without Gradio: ``python app.py --help`` stays fast.
 """
 
-from .backends import Batched, PerRequest, choose_backend
-from .errors import plain, reports_errors
-from .generate_handlers import DemoApp
-from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse_settings
-from .layout import GRADIO_THREADS, MAX_FILE_SIZE, QUEUE_SIZE, build_demo, load_examples, start
-from .models import LazyModel, choose_checkpoint
-from .results_handlers import MAX_RUNS, ResultsBrowser
-from .views import header_markdown, load_run_results, visible_response
+from __future__ import annotations
 
-__all__ = [
-    "DemoApp",
-    "LazyModel",
-    "choose_checkpoint",
-    "reports_errors",
-    "plain",
-    "UserError",
-    "clean_text",
-    "parse_runs",
-    "parse_score_bounds",
-    "parse_settings",
-    "MAX_RUNS",
-    "ResultsBrowser",
-    "MAX_FILE_SIZE",
-    "QUEUE_SIZE",
-    "build_demo",
-    "load_examples",
-    "start",
-    "header_markdown",
-    "load_run_results",
-    "visible_response",
-    "Batched",
-    "PerRequest",
-    "choose_backend",
-    "GRADIO_THREADS",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Each exported name and the module that defines it.
+_EXPORTS = {
+    "DemoApp": "generate_handlers",
+    "LazyModel": "models",
+    "choose_checkpoint": "models",
+    "reports_errors": "errors",
+    "plain": "errors",
+    "UserError": "inputs",
+    "clean_text": "inputs",
+    "parse_runs": "inputs",
+    "parse_score_bounds": "inputs",
+    "parse_settings": "inputs",
+    "MAX_RUNS": "results_handlers",
+    "ResultsBrowser": "results_handlers",
+    "MAX_FILE_SIZE": "layout",
+    "QUEUE_SIZE": "config",
+    "build_demo": "layout",
+    "load_examples": "layout",
+    "start": "layout",
+    "header_markdown": "views",
+    "load_run_results": "views",
+    "visible_response": "views",
+    "Batched": "backends",
+    "PerRequest": "backends",
+    "choose_backend": "backends",
+    "GRADIO_THREADS": "layout",
+}
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # the names, for readers and type checkers (re-exported)
+    from .backends import Batched, PerRequest, choose_backend  # noqa: F401
+    from .config import QUEUE_SIZE  # noqa: F401
+    from .errors import plain, reports_errors  # noqa: F401
+    from .generate_handlers import DemoApp  # noqa: F401
+    from .inputs import UserError, clean_text, parse_runs, parse_score_bounds, parse_settings  # noqa: F401
+    from .layout import GRADIO_THREADS, MAX_FILE_SIZE, build_demo, load_examples, start  # noqa: F401
+    from .models import LazyModel, choose_checkpoint  # noqa: F401
+    from .results_handlers import MAX_RUNS, ResultsBrowser  # noqa: F401
+    from .views import header_markdown, load_run_results, visible_response  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    """``gpt2_scratch.demo.DemoApp`` and the other exports: their module is imported now (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # once
+    return value

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from .config import QUEUE_SIZE
 from .generate_handlers import DemoApp
 from .generate_tab import generation_tab, generation_tabs, settings_accordion
 from .results_tab import results_tab
@@ -21,9 +22,6 @@ log = logging.getLogger(__name__)
 
 # The app takes no uploads: anything larger than a form field is refused (HTTP 413).
 MAX_FILE_SIZE = "1kb"
-# With --no-batching: requests waiting in Gradio's queue for a generation slot; one more gets Gradio's
-# "busy". With batching there is no Gradio queue limit: the engines queue (backends.Batched).
-QUEUE_SIZE = 16
 # Gradio's default worker threads. A streaming generation holds one while it waits for its next token,
 # so with batching ``start`` needs as many more as generations may run at once.
 GRADIO_THREADS = 40

@@ -22,6 +22,7 @@ from gpt2_scratch.eval.summary import MODEL_NAMES
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES
+from gpt2_scratch.kernels import KERNEL_DEFAULT_TEXT, KERNEL_HELP
 from gpt2_scratch.options import check_range, option_name
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
 
@@ -138,10 +139,9 @@ class EvalConfig:
     kernel: str | None = field(
         default=None,
         metadata={
-            "help": "the product kernel of every linear layer (float32/bfloat16: onednn or mkl; int8: int8pack "
-            "or dequant); default: measured per layer shape on this CPU and cached (also GPT2_SCRATCH_KERNEL)",
+            "help": KERNEL_HELP,
             "group": GENERATION,
-            "default_text": "measured",
+            "default_text": KERNEL_DEFAULT_TEXT,
         },
     )
     refill: bool = field(
