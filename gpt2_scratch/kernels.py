@@ -296,9 +296,10 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
     bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows.
 
     The choice: the least ``t(1) + t(8) / 8 + t(64) / 100``: a row's time decoding alone and among 8
-    visitors weigh the same, and a 64-token prefill happens once for about 100 decoded tokens. Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]},
-    "load"}`` (``load``: the machine's load per core when measured; ``choose_kernel`` measures a choice
-    made on a busy machine again).
+    visitors weigh the same, and a 64-token prefill happens once for about 100 decoded tokens.
+    Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]}, "load"}`` (``load``: the
+    machine's load per core when measured; ``choose_kernel`` measures a choice made on a busy machine
+    again).
     """
     load = _load_per_core()
     dtype = ACTIVATIONS[fmt]
