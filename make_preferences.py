@@ -4,11 +4,11 @@
     python make_preferences.py --model runs/my-sft --dataset data.jsonl --out prefs.jsonl --limit 100
     python finetune.py --method dpo --base runs/my-sft --dataset prefs.json
 
-chosen is the dataset's answer, rejected the model's own greedy answer (self-play, as in SPIN). One
-entry per record, in the dataset's order, so the file splits like its source. An interrupted build
-continues where it stopped when rerun with the same settings (its answers are kept in
-<out>.progress.jsonl until the file is written); --restart starts it over, --replace replaces an
-existing --out. The options are gpt2_scratch.generate.config.PreferencesConfig's fields; the work is in
+chosen is the dataset's answer, rejected the model's own answer (self-play, as in SPIN; greedy unless
+--temperature says otherwise). One entry per record, in the dataset's order, so the file splits like its
+source. An interrupted build continues where it stopped when rerun with the same settings (its answers
+are kept in <out>.progress.jsonl until the file is written); --restart starts it over, --replace replaces
+an existing --out. The options are gpt2_scratch.generate.config.PreferencesConfig's fields; the work is in
 gpt2_scratch.generate.preferences.
 """
 
@@ -24,7 +24,7 @@ from gpt2_scratch.generate.preferences import build_preferences
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import load_model
-from gpt2_scratch.options import ArgumentParser, add_dataclass_options
+from gpt2_scratch.options import ArgumentParser, add_dataclass_options, included
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, get_prompt_style
 
 PREFERENCE_SUFFIXES = (".json", ".jsonl")
@@ -51,7 +51,7 @@ def run(config: PreferencesConfig) -> str:
         raise ValueError(f"--out {config.out} exists; choose another path, or pass --replace to replace it")
     check_local_model(config.model, "--model")
     records = load_records(config.dataset)[: config.limit]
-    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
+    settings = included(SamplingSettings, config)
     model, info = load_model(config.model, device=resolve_device(config.device), dtype=config.dtype)
     style = get_prompt_style(config.prompt_style or (info and info.prompt_style) or DEFAULT_PROMPT_STYLE)
     model_id = {"source": config.model, "sha256": info.sha256 if info else None, "dtype": config.dtype}

@@ -6,12 +6,16 @@
 
 Each field declares its option in its metadata: "help" and "group" (required),
 "choices", "metavar", "default_text" (what "(default: ...)" says instead of
-the value, e.g. for None) and "repeat" (a list option given once per value, ``--gguf a --gguf b``,
-instead of ``--x a b``). The type comes from the annotation: int, float, str, Path,
-``X | None``, ``list[X]`` or ``tuple[X, ...]`` (nargs="+"), bool (``--flag/--no-flag``); a field
-without a default is a required option. Validation stays in the dataclass's ``__post_init__``,
-worded by ``check_range`` (the one wording of every script's range errors:
-``--max-new-tokens must be a positive integer, got 0``).
+the value, e.g. for None), "repeat" (a list option given once per value, ``--gguf a --gguf b``,
+instead of ``--x a b``) and "range" (a ``RANGES`` key, for ``check_ranges``). The type comes
+from the annotation: int, float, str, Path, ``X | None``, ``list[X]`` or ``tuple[X, ...]``
+(nargs="+"), bool (``--flag/--no-flag``); a field without a default is a required option.
+Validation stays in the dataclass's ``__post_init__``, worded by ``check_range`` (the one wording
+of every script's range errors: ``--max-new-tokens must be a positive integer, got 0``).
+
+A config takes another dataclass's fields as its own with ``include_fields`` and gets that
+dataclass back with ``included``: evaluate.py's and make_preferences.py's sampling options are
+``SamplingSettings``' fields.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 HELP, GROUP, CHOICES, METAVAR, DEFAULT_TEXT, REPEAT = "help", "group", "choices", "metavar", "default_text", "repeat"
+RANGE = "range"
 _SCALARS = (int, float, str, Path)
+T = TypeVar("T")
 
 
 def _is_int(v: Any) -> bool:
@@ -62,6 +68,14 @@ def check_range(option: str, value: Any, kind: str, *, none_ok: bool = False) ->
     if not RANGES[kind](value):
         article = "" if kind.split()[0] in ("at", "from") else "a "
         raise ValueError(f"{option} must be {article}{kind}, got {value!r}")
+
+
+def check_ranges(config: Any) -> None:
+    """``check_range`` for every field of the dataclass instance ``config`` whose metadata has a "range",
+    named as its option (``--top-p``); a field whose default is None accepts None (its "off")."""
+    for f in dataclasses.fields(config):
+        if RANGE in f.metadata:
+            check_range(option_name(f.name), getattr(config, f.name), f.metadata[RANGE], none_ok=f.default is None)
 
 
 def option_name(field_name: str) -> str:
@@ -155,7 +169,7 @@ def _argument_kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
         kwargs["metavar"] = meta[METAVAR]
     if CHOICES in meta:
         kwargs["choices"] = tuple(meta[CHOICES])
-    base = _strip_none(hint)
+    base = strip_none(hint)
     if base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif meta.get(REPEAT) and typing.get_origin(base) is list and typing.get_args(base)[0] in _SCALARS:
@@ -169,7 +183,7 @@ def _argument_kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _strip_none(hint: Any) -> Any:
+def strip_none(hint: Any) -> Any:
     """``X | None`` (or ``Optional[X]``) -> ``X``; any other annotation as it is."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -186,3 +200,44 @@ def _default_text(f: dataclasses.Field, default: Any) -> str | None:
     elif text is None and default is not None:
         text = str(default)
     return None if text is None else text.replace("%", "%%")
+
+
+def include_fields(source: type, *, group: str, after: str) -> Callable[[type], type]:
+    """A class decorator, under ``@dataclass``: every field of the dataclass ``source`` becomes a field of
+    the class (and so an option), placed after its field ``after``, in ``group``.
+
+        @dataclass
+        @include_fields(SamplingSettings, group=GENERATION, after="limit")
+        class EvalConfig: ...
+
+    Type, default and metadata (help, range...) are ``source``'s: a field added there is an option of
+    every config that includes it. ``included(source, config)`` builds the ``source`` they fill.
+    """
+
+    def include(cls: type) -> type:
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        if after not in own:
+            raise TypeError(f"{cls.__name__} has no field {after!r} to put the fields of {source.__name__} after")
+        hints = typing.get_type_hints(source)
+        added = {}
+        for f in dataclasses.fields(source):
+            if f.name in own:
+                raise TypeError(f"{cls.__name__}.{f.name} is also a field of {source.__name__}")
+            added[f.name] = hints[f.name]
+            default = (
+                {"default_factory": f.default_factory}
+                if f.default_factory is not dataclasses.MISSING
+                else {"default": f.default}
+            )
+            setattr(cls, f.name, dataclasses.field(**default, metadata={**f.metadata, GROUP: group}))
+        names = list(own)
+        at = names.index(after) + 1
+        cls.__annotations__ = {**{n: own[n] for n in names[:at]}, **added, **{n: own[n] for n in names[at:]}}
+        return cls
+
+    return include
+
+
+def included(source: type[T], config: Any) -> T:
+    """The ``source`` that the fields ``include_fields(source, ...)`` put into ``config`` hold."""
+    return source(**{f.name: getattr(config, f.name) for f in dataclasses.fields(source)})

@@ -218,6 +218,7 @@ class DemoApp:
     # ---- generation
 
     def _settings(self, model: GPT, values: tuple) -> SamplingSettings:
+        """The settings of the controls' ``values`` (``inputs.parse_settings``), checked against ``model``'s context."""
         return parse_settings(*values, block_size=model.config.block_size)
 
     def _prompt(self, model: GPT, text: str, settings: SamplingSettings, notices: list[str]):
@@ -237,10 +238,11 @@ class DemoApp:
         return self.prompt_style.format(instruction.strip(), input.strip())
 
     @reports_errors(lambda app, status: ("", status))
-    def generate_base(
-        self, prompt: str, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any
-    ) -> Iterator[tuple[str, str]]:
-        """Stream GPT-2's raw continuation of ``prompt``: yields (text so far, status)."""
+    def generate_base(self, prompt: str, *settings: Any) -> Iterator[tuple[str, str]]:
+        """Stream GPT-2's raw continuation of ``prompt``: yields (text so far, status).
+
+        ``settings``: the generation controls' values, one per SamplingSettings field (``inputs.SETTINGS``).
+        """
         notices: list[str] = []
         text, n_removed = clean_text(prompt, "the prompt")
         if n_removed:
@@ -248,19 +250,17 @@ class DemoApp:
         if not text.strip():
             raise UserError("Type a prompt first.")
         model = self.base.get()
-        sampling = self._settings(model, (max_new_tokens, temperature, top_k, top_p, seed))
+        sampling = self._settings(model, settings)
         ids, sampling = self._prompt(model, text, sampling, notices)
         yield from self._stream_one(model, ids, sampling, notices)
 
     @reports_errors(lambda app, status: ("", status))
-    def generate_finetuned(
-        self, instruction: str, input: str, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any
-    ) -> Iterator[tuple[str, str]]:
+    def generate_finetuned(self, instruction: str, input: str, *settings: Any) -> Iterator[tuple[str, str]]:
         """Stream the finetuned model's answer to an instruction (and optional input): yields (text, status)."""
         notices: list[str] = []
         text = self._instruction(instruction, input, notices)
         model = self.finetuned.get()
-        sampling = self._settings(model, (max_new_tokens, temperature, top_k, top_p, seed))
+        sampling = self._settings(model, settings)
         ids, sampling = self._prompt(model, text, sampling, notices)
         yield from self._stream_one(model, ids, sampling, notices)
 
@@ -300,9 +300,7 @@ class DemoApp:
         return streams, texts, problems
 
     @reports_errors(lambda app, status: ("", "", status))
-    def generate_side_by_side(
-        self, instruction: str, input: str, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any
-    ) -> Iterator[tuple[str, str, str]]:
+    def generate_side_by_side(self, instruction: str, input: str, *settings: Any) -> Iterator[tuple[str, str, str]]:
         """Both models answer the same instruction at once: yields (base text, finetuned text, status).
 
         Both requests start at once (with batching, each joins its model's
@@ -312,9 +310,7 @@ class DemoApp:
         """
         notices: list[str] = []
         prompt = self._instruction(instruction, input, notices)
-        streams, texts, problems = self._start_streams(
-            prompt, (max_new_tokens, temperature, top_k, top_p, seed), notices
-        )
+        streams, texts, problems = self._start_streams(prompt, settings, notices)
         if problems and not streams:
             yield texts["base"], texts["finetuned"], problem(" ".join(dict.fromkeys(problems)))
             return

@@ -6,13 +6,14 @@ lays one out; ``layout.build_demo`` puts them beside the results tab.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
 from .generate_handlers import DemoApp
-from .inputs import DEFAULT_NEW_TOKENS, DEFAULT_SEED, MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K
+from .inputs import SETTINGS
 
 # preprocess=False: the handlers get the raw values and check them themselves, so a non-numeric or
 # out-of-range setting sent through the API gets the same one-line message as in the UI.
@@ -42,29 +43,35 @@ _LOOK = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
 
 
 def settings_accordion(app: DemoApp) -> list[gr.components.Component]:
-    """The generation settings shared by the three generation tabs: [max new, temperature, top-k, top-p, seed]."""
-    limit = min(MAX_NEW_TOKENS, (app.context or 1024) - 1)
+    """The generation settings shared by the three generation tabs: one control per SamplingSettings field,
+    in field order (``inputs.SETTINGS``; ``inputs.parse_settings`` reads their values back)."""
+    block_size = app.context or 1024
+    controls = []
     with gr.Accordion("Generation settings", open=False):
         with gr.Row():
-            max_new = gr.Slider(
-                1, limit, value=min(DEFAULT_NEW_TOKENS, limit), step=1, label="Max new tokens", elem_id="max-new-tokens"
-            )
-            temperature = gr.Slider(
-                0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
-            )
-            # One limit with the API's (inputs.MAX_TOP_K, the vocabulary); the slider's box takes a typed number.
-            top_k = gr.Slider(0, MAX_TOP_K, value=0, step=1, label="Top-k (0 = off)", elem_id="top-k")
-            top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)", elem_id="top-p")
-            # A fixed default seed: sampled answers are reproducible until the user changes it.
-            seed = gr.Number(
-                value=DEFAULT_SEED,
-                precision=0,
-                minimum=0,
-                maximum=MAX_SEED,
-                label="Seed (used when sampling)",
-                elem_id="seed",
-            )
-    return [max_new, temperature, top_k, top_p, seed]
+            for s in SETTINGS:
+                _, high, _ = s.bounds(block_size)
+                common = dict(value=min(s.start, high), label=s.control.label, elem_id=s.field.name.replace("_", "-"))
+                if s.control.box:
+                    box = gr.Number(minimum=s.control.low, maximum=high, precision=0 if s.integer else None, **common)
+                    controls.append(box)
+                else:  # the slider's box takes a typed number too, within the same bounds as the API's
+                    controls.append(gr.Slider(s.slider_low, high, step=s.control.step, **common))
+    return controls
+
+
+def _event_function(handler: Callable, n_inputs: int) -> Callable:
+    """``handler`` as the event's function: its first ``n_inputs`` parameters, then one per SamplingSettings
+    field, whose names are the API's (``client.predict(prompt=..., max_new_tokens=...)``); the handler gets
+    the settings as one tuple (``*settings``). A generator function, as Gradio streams only those."""
+
+    def event(*values: Any) -> Iterator:
+        yield from handler(*values)
+
+    names = [*list(inspect.signature(handler).parameters)[:n_inputs], *(s.field.name for s in SETTINGS)]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    event.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])  # type: ignore[attr-defined]
+    return event
 
 
 @dataclass
@@ -119,7 +126,7 @@ def generation_tab(tab: GenerationTab, settings: list[gr.components.Component], 
         if tab.examples:
             gr.Examples(tab.examples, inputs=inputs, label=tab.examples_label, elem_id=f"{tab.prefix}-examples")
         event = go.click(
-            _on_gpu(tab.handler),
+            _on_gpu(_event_function(tab.handler, len(inputs))),
             [*inputs, *settings],
             [*outputs, status],
             api_name=tab.api_name,

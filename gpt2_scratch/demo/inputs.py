@@ -1,25 +1,25 @@
 """Checks of what users type or send through the API: text, generation settings, score bounds, run names.
 
+The generation settings are SamplingSettings' fields (``SETTINGS``: each one's control, from its metadata);
+``parse_settings`` reads the controls' values back into a SamplingSettings.
+
 Every check raises ``UserError`` with a one-line message that says what was
 expected; the handlers show it in the tab's status line and as a toast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
 from gpt2_scratch.eval.metrics import record_metric
-from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.generate.settings import CONTROL, Control, SamplingSettings
+from gpt2_scratch.options import RANGE, RANGES, strip_none
 
-# Bounds of the generation settings; max new tokens is also kept below the model's context.
-MAX_NEW_TOKENS = 512
-DEFAULT_NEW_TOKENS = 128
-MAX_TEMPERATURE = 2.0
-MAX_TOP_K = 50257
-MAX_SEED = 2**32 - 1
-DEFAULT_SEED = 123
 # Longer text is refused before tokenizing: the model would only see its last ~4,000 characters anyway.
 MAX_PROMPT_CHARS = 20_000
 
@@ -70,21 +70,76 @@ def parse_number(name: str, value: Any, lo: float, hi: float, *, integer: bool, 
     return int(number) if integer else number
 
 
-def parse_settings(
-    max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any, *, block_size: int
-) -> SamplingSettings:
-    """Generation settings from UI/API values: top-k 0 and top-p 1 mean off, a blank seed means random."""
-    limit = min(MAX_NEW_TOKENS, block_size - 1)
-    n = parse_number(
-        "max new tokens", max_new_tokens, 1, limit, integer=True, hint=f" (the context is {block_size} tokens)"
-    )
-    t = parse_number("temperature", temperature, 0.0, MAX_TEMPERATURE, integer=False)
-    k = parse_number("top-k", top_k, 0, MAX_TOP_K, integer=True)
-    p = parse_number("top-p", top_p, 0.0, 1.0, integer=False)
-    if p == 0:
-        raise UserError("top-p must be greater than 0 (1 turns it off), got 0")
-    s = None if blank(seed) else parse_number("seed", seed, 0, MAX_SEED, integer=True)
-    return SamplingSettings(max_new_tokens=n, temperature=t, top_k=k or None, top_p=None if p == 1 else p, seed=s)
+@dataclass(frozen=True)
+class Setting:
+    """A SamplingSettings field as the app shows and reads it: the field, its ``sampling.Control``, the
+    message name ("top-k": the label up to " ("), whole numbers only or not (the field's type)."""
+
+    field: dataclasses.Field
+    control: Control
+    name: str
+    integer: bool
+
+    def bounds(self, block_size: int) -> tuple[float, float, str]:
+        """(low, high, hint for messages): max new tokens also stays below the model's context."""
+        c = self.control
+        if self.field.name == "max_new_tokens":
+            return c.low, min(c.high, block_size - 1), f" (the context is {block_size} tokens)"
+        return c.low, c.high, ""
+
+    @property
+    def start(self) -> float:
+        """The control's starting value: its own, else the field's default (None: the control's "off")."""
+        c, default = self.control, self.field.default
+        return c.value if c.value is not None else c.off if default is None and c.off is not None else default
+
+    @property
+    def slider_low(self) -> float:
+        """The slider's lowest value: ``low``, unless the field refuses it (top-p 0): then one step above."""
+        c, kind = self.control, self.field.metadata.get(RANGE)
+        return c.low if c.low == c.off or kind is None or RANGES[kind](c.low) else c.low + c.step
+
+    def parse(self, value: Any, block_size: int) -> float | int | None:
+        """``value`` as the UI or the API sends it -> the field's value, or a UserError saying what was expected."""
+        c = self.control
+        if c.off is None and self.field.default is None and blank(value):
+            return None
+        low, high, hint = self.bounds(block_size)
+        number = parse_number(self.name, value, low, high, integer=self.integer, hint=hint)
+        if c.off is not None and number == c.off:
+            return None
+        kind = self.field.metadata.get(RANGE)
+        if kind is not None and not RANGES[kind](number):  # a low end the field refuses (top-p 0)
+            off = f" ({_plain(c.off)} turns it off)" if c.off is not None else ""
+            raise UserError(f"{self.name} must be greater than {_plain(low)}{off}, got {value!r}")
+        return number
+
+
+def _settings() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(SamplingSettings)
+    out = []
+    for f in dataclasses.fields(SamplingSettings):
+        control = f.metadata.get(CONTROL)
+        if control is None:
+            raise TypeError(f"SamplingSettings.{f.name} needs a {CONTROL!r} in its metadata (the app's control)")
+        name = control.label.split(" (")[0].lower()
+        out.append(Setting(f, control, name, integer=strip_none(hints[f.name]) is int))
+    return tuple(out)
+
+
+# The app's generation controls and its API's parameters, in SamplingSettings' field order.
+SETTINGS = _settings()
+MAX_TOP_K = next(s.control.high for s in SETTINGS if s.field.name == "top_k")  # the vocabulary: 50257
+
+
+def parse_settings(*values: Any, block_size: int) -> SamplingSettings:
+    """Generation settings from UI/API values, one per ``SETTINGS`` in order: a control's "off" (top-k 0,
+    top-p 1) and a blank seed mean None; values not sent (an older caller's) are the controls' starting ones."""
+    if len(values) > len(SETTINGS):
+        names = ", ".join(s.name for s in SETTINGS)
+        raise UserError(f"expected at most {len(SETTINGS)} generation settings ({names}), got {len(values)}")
+    values = values + tuple(s.start for s in SETTINGS[len(values) :])
+    return SamplingSettings(**{s.field.name: s.parse(v, block_size) for s, v in zip(SETTINGS, values)})
 
 
 def parse_score_bounds(metric: str, min_score: Any, max_score: Any) -> tuple[float | None, float | None]:

@@ -4,9 +4,9 @@
     run, settings = config.resolve()      # the run folder and evaluation.EvalSettings
 
 Each field's metadata (help, group, choices) is its option: evaluate.py's
-parser is generated from it (``gpt2_scratch.options``). The defaults are those
-of the settings they fill (SamplingSettings, JudgeConfig); the values are
-checked there, with one-line ``ValueError``s.
+parser is generated from it (``gpt2_scratch.options``). The sampling options are
+SamplingSettings' own fields (``options.include_fields``); the judge's defaults are
+JudgeConfig's. Values out of range are one-line ``ValueError``s naming the option.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings
 from gpt2_scratch.eval.judge import JUDGE_API_KEY_ENV, JudgeConfig
 from gpt2_scratch.eval.summary import MODEL_NAMES
-from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.generate.settings import SamplingSettings
 from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES
 from gpt2_scratch.kernels import KERNEL_DEFAULT_TEXT, KERNEL_HELP
-from gpt2_scratch.options import check_range, option_name
+from gpt2_scratch.options import check_range, check_ranges, include_fields, included
 from gpt2_scratch.runs import DEFAULT_RUNS_DIR, RunPaths, latest_run
 
 WHAT = "what to evaluate"
 GENERATION = "generation (greedy by default)"
 JUDGE = "LLM judge (off unless --judge-url is given)"
-# A dataclass keeps a field's plain default as a class attribute: SamplingSettings.top_k is its default.
-_S, _J = SamplingSettings, JudgeConfig
+# A dataclass keeps a field's plain default as a class attribute: JudgeConfig.seed is its default.
+_J = JudgeConfig
 
 
 @dataclass
+@include_fields(SamplingSettings, group=GENERATION, after="limit")  # --max-new-tokens ... --repetition-penalty
 class EvalConfig:
     """Everything ``evaluate.py`` is told: its options, one to one."""
 
@@ -71,48 +72,6 @@ class EvalConfig:
             "group": WHAT,
             "metavar": "N",
             "default_text": "all",
-        },
-    )
-    max_new_tokens: int = field(
-        default=_S.max_new_tokens,
-        metadata={"help": "most new tokens per response", "group": GENERATION, "metavar": "TOKENS"},
-    )
-    temperature: float = field(
-        default=_S.temperature, metadata={"help": "sampling temperature; 0 = greedy", "group": GENERATION}
-    )
-    top_k: int | None = field(
-        default=_S.top_k,
-        metadata={
-            "help": "sample among the k most likely tokens",
-            "group": GENERATION,
-            "metavar": "K",
-            "default_text": "off",
-        },
-    )
-    top_p: float | None = field(
-        default=_S.top_p,
-        metadata={
-            "help": "nucleus sampling: among the smallest set of tokens with probability >= p",
-            "group": GENERATION,
-            "metavar": "P",
-            "default_text": "off",
-        },
-    )
-    seed: int | None = field(
-        default=_S.seed,
-        metadata={
-            "help": "sampling seed (each batch restarts from it)",
-            "group": GENERATION,
-            "default_text": "none, torch's global generator",
-        },
-    )
-    repetition_penalty: float = field(
-        default=_S.repetition_penalty,
-        metadata={
-            "help": "divide the logits of tokens already in the prompt or answer by this (multiply negative ones); "
-            "1 = off",
-            "group": GENERATION,
-            "metavar": "PENALTY",
         },
     )
     batch_size: int = field(
@@ -213,12 +172,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         """Range errors name the option as typed, worded as finetune.py's (``options.check_range``)."""
-        for name in ("max_new_tokens", "batch_size"):
-            check_range(option_name(name), getattr(self, name), "positive integer")
-        for name in ("limit", "top_k"):
-            check_range(option_name(name), getattr(self, name), "positive integer", none_ok=True)
-        check_range("--temperature", self.temperature, "non-negative number")
-        check_range("--top-p", self.top_p, "number in (0, 1]", none_ok=True)
+        check_ranges(self)  # the sampling options
+        check_range("--batch-size", self.batch_size, "positive integer")
+        check_range("--limit", self.limit, "positive integer", none_ok=True)
         check_range("--judge-timeout", self.judge_timeout, "positive number")
         check_range("--judge-retries", self.judge_retries, "non-negative integer")
 
@@ -232,17 +188,9 @@ class EvalConfig:
             run = RunPaths(Path(self.run))
         else:
             run = latest_run(DEFAULT_RUNS_DIR)
-        sampling = SamplingSettings(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            repetition_penalty=self.repetition_penalty,
-        )
         settings = EvalSettings(
             models=MODEL_NAMES if self.models == "both" else (self.models,),
-            sampling=sampling,
+            sampling=included(SamplingSettings, self),
             batch_size=self.batch_size,
             limit=self.limit,
             device=str(resolve_device(self.device or "auto")),

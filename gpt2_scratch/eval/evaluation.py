@@ -336,15 +336,8 @@ def _test_records(run: RunPaths, settings: EvalSettings) -> tuple[list[Record], 
 
 def _generation_settings(settings: EvalSettings) -> dict:
     """How the answers are generated, as progress headers and ``summary.json`` record it."""
-    s = settings.sampling
     return {
-        "max_new_tokens": s.max_new_tokens,
-        "temperature": s.temperature,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "seed": s.seed,
-        # Recorded only when on: files written before the option existed compare equal to penalty 1 (off).
-        **({"repetition_penalty": s.repetition_penalty} if s.repetition_penalty != 1.0 else {}),
+        **settings.sampling.record(),  # files written before a newer option existed still compare equal
         "batch_size": settings.batch_size,
         "refill": settings.refill,
     }

@@ -3,7 +3,8 @@ from them).
 
     config = PreferencesConfig(**vars(make_preferences.build_parser().parse_args()))   # ranges checked here
 
-The generation options keep SamplingSettings' defaults; --out and --model are checked by the script,
+The generation options are SamplingSettings' fields (``options.include_fields``; the script gets them back
+with ``options.included``); --out and --model are checked by the script,
 before any answer is generated (``generate.preferences.build_preferences`` does the work).
 """
 
@@ -14,18 +15,17 @@ from pathlib import Path
 
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
 from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE
-from gpt2_scratch.generate.sampling import SamplingSettings
+from gpt2_scratch.generate.settings import SamplingSettings
 from gpt2_scratch.inference import DTYPES
-from gpt2_scratch.options import check_range, option_name
+from gpt2_scratch.options import check_range, check_ranges, include_fields
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
 WHAT = "what to build"
 GENERATION = "generation (greedy by default)"
-# A dataclass keeps a field's plain default as a class attribute: SamplingSettings.max_new_tokens is its default.
-_S = SamplingSettings
 
 
 @dataclass
+@include_fields(SamplingSettings, group=GENERATION, after="prompt_style")  # --max-new-tokens ... --repetition-penalty
 class PreferencesConfig:
     """Everything ``make_preferences.py`` is told: its options, one to one."""
 
@@ -60,21 +60,6 @@ class PreferencesConfig:
             "default_text": f"the model's own, else {DEFAULT_PROMPT_STYLE}",
         },
     )
-    max_new_tokens: int = field(
-        default=_S.max_new_tokens,
-        metadata={"help": "most new tokens per answer", "group": GENERATION, "metavar": "TOKENS"},
-    )
-    temperature: float = field(
-        default=_S.temperature, metadata={"help": "sampling temperature; 0 = greedy", "group": GENERATION}
-    )
-    seed: int | None = field(
-        default=_S.seed,
-        metadata={
-            "help": "sampling seed (each batch restarts from it)",
-            "group": GENERATION,
-            "default_text": "none, torch's global generator",
-        },
-    )
     batch_size: int = field(
         default=DEFAULT_BATCH_SIZE, metadata={"help": "prompts generated together", "group": GENERATION}
     )
@@ -102,6 +87,5 @@ class PreferencesConfig:
     def __post_init__(self) -> None:
         """Range errors name the option as typed, worded as evaluate.py's (``options.check_range``)."""
         check_range("--limit", self.limit, "positive integer", none_ok=True)
-        for name in ("batch_size", "max_new_tokens"):
-            check_range(option_name(name), getattr(self, name), "positive integer")
-        check_range("--temperature", self.temperature, "non-negative number")
+        check_range("--batch-size", self.batch_size, "positive integer")
+        check_ranges(self)  # the sampling options

@@ -96,7 +96,7 @@ def build_preferences(
         "model": model_id or {},
         "prompt_style": style.name,
         "prompts_sha256": digest,
-        "sampling": dataclasses.asdict(settings),
+        "sampling": settings.record(),
         "batch_size": batch_size,
         "device": model.device.type,
     }

@@ -8,53 +8,23 @@ whose new tokens end with a stop sequence (``stop_ids``: a prompt style's ``stop
 plain one (one row), and ``sample_rows``, exact and fast for a batch whose rows have their own
 settings and generators. The per-row pieces (``make_generator``, ``penalize_repeats``,
 ``sample_rows``, ``stream_text``) are shared with ``engine.Engine``, whose rows join and leave a
-running batch. Invariant: a row's tokens depend on its prompt, settings and generator only, not on
-the batch. Design: docs/design.md.
+running batch. The settings are ``settings.SamplingSettings``. Invariant: a row's tokens depend on its
+prompt, settings and generator only, not on the batch. Design: docs/design.md.
 """
 
 from __future__ import annotations
 
 import codecs
 import itertools
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from gpt2_scratch.generate.settings import SamplingSettings
 from gpt2_scratch.generate.stops import StopFilter, StopIds, StopSequences
 from gpt2_scratch.model import GPT
 from gpt2_scratch.tokenizer import EOS_ID, get_tokenizer
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How the next token is chosen. ``temperature == 0`` is greedy decoding.
-
-    ``repetition_penalty`` (transformers' and llama.cpp's): the logits of the tokens already in the prompt or
-    the answer are divided by it when positive, multiplied by it when negative, before any other rule; 1 is off.
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        penalty = self.repetition_penalty
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 < penalty < math.inf:
-            raise ValueError(f"repetition_penalty must be a number > 0 (1 = off), got {penalty!r}")
 
 
 def new_token_cap(block_size: int, prompt_len: int) -> int:

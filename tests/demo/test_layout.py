@@ -234,7 +234,17 @@ def test_endpoints_are_named(served):
     named = api["named_endpoints"]
     assert {"/generate_base", "/generate_finetuned", "/generate_side_by_side", "/filter_predictions"} <= set(named)
     params = [p["parameter_name"] for p in named["/generate_finetuned"]["parameters"]]
-    assert params == ["instruction", "input", "max_new_tokens", "temperature", "top_k", "top_p", "seed"]
+    # The repetition penalty came last: callers that send the first five settings by position still work.
+    assert params == [
+        "instruction",
+        "input",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "repetition_penalty",
+    ]
 
 
 def test_generate_base_streams_over_http(served, greedy, monkeypatch):
