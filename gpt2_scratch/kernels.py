@@ -339,6 +339,7 @@ BUSY = 0.5  # load per core above which a measurement is taken again later, when
 
 
 _CHOICES: dict[str, dict] = {}
+_MEASURED: set[str] = set()  # the choices this process measured itself
 
 
 def check_kernel(fmt: str, kernel: str | None, option: str = "--kernel") -> str | None:
@@ -375,8 +376,12 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
             pass
     cached = _CHOICES.get(key)
     stale = cached is None or cached.get("rows") not in ROWS  # none yet, or a cache of an earlier version
-    if stale or (cached.get("load", 0) > BUSY and _load_per_core() < cached["load"]):  # measured when busy
+    # Measured by an earlier process on a busy machine: again, now that it is quieter. Never twice in one
+    # process: every model it loads computes with the same kernels (a row's bits alone and batched).
+    busy = cached is not None and key not in _MEASURED and cached.get("load", 0) > BUSY
+    if stale or (busy and _load_per_core() < cached["load"]):
         _CHOICES[key] = measure(fmt, in_features, out_features)
+        _MEASURED.add(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, _CHOICES)

@@ -128,7 +128,7 @@ def test_bad_configs_are_one_line_errors(kwargs, message):
 
 def test_merged_and_unmerged_agree_and_merge_undoes(hf_tiny):
     model = adapted(str(hf_tiny[1]))
-    base = logits(load_model(str(hf_tiny[1]))[0])
+    base = logits(load_gpt(str(hf_tiny[1]))[0])  # plain, as the adapted model's base layers
     unmerged = logits(model)
     assert (unmerged - base).abs().max() > 1e-2  # the adapter matters
     lora.merge(model)
@@ -144,7 +144,7 @@ def test_merged_and_unmerged_agree_and_merge_undoes(hf_tiny):
 
 def test_adapters_off_is_exactly_the_base(hf_tiny):
     model = adapted(str(hf_tiny[1]))
-    base = logits(load_model(str(hf_tiny[1]))[0])
+    base = logits(load_gpt(str(hf_tiny[1]))[0])  # plain, as the adapted model's base layers
     with_adapter = logits(model)
     with lora.adapters_disabled(model) as same:
         assert same is model and torch.equal(logits(model), base)
@@ -247,7 +247,7 @@ def save_adapter(folder, model, base_source: str, base_hash: str, config: lora.L
 def adapter_folder(hf_tiny, tmp_path):
     """(folder of a saved adapter on hf_tiny's base, the adapted model, the base's logits)."""
     source = str(hf_tiny[1])
-    base = load_model(source)[0]
+    base = load_gpt(source)[0]  # plain, as the adapted model's base layers
     config = lora.LoRAConfig(rank=4, alpha=6, targets=("attn.c_attn", "mlp.c_fc"))
     model = adapted(source, config)
     save_adapter(tmp_path / "final", model, source, lora.base_sha256(base), config)
@@ -278,9 +278,11 @@ def test_load_model_merges_the_adapter_into_its_base(adapter_folder):
     assert info.adapter is not None and info.prompt_style == "alpaca"
     assert not lora.has_adapters(merged)  # merged: plain layers, no per-token cost
     torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=0)
-    apart, _ = load_model(str(folder), merge=False)
+    apart, _ = load_gpt(str(folder), merge=False)  # plain layers under the adapters: the same numbers, bit for bit
     assert lora.has_adapters(apart) and torch.equal(logits(apart), expected)
     assert torch.equal(logits(lora.base_view(apart)), base)
+    fast, _ = load_model(str(folder), merge=False)  # the inference layers: the same numbers up to rounding
+    torch.testing.assert_close(logits(fast), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dtype, layer", [("bfloat16", BF16Linear), ("int8", Int8Linear)])

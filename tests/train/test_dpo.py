@@ -19,6 +19,7 @@ from gpt2_scratch.checkpoint import load_checkpoint, read_safetensors
 from gpt2_scratch.data.batches import LengthGroupedBatchSampler
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.inference import load_model
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.loss import IGNORE_INDEX
 from gpt2_scratch.train.config import TrainConfig
 from gpt2_scratch.train.datasets import load_train_data
@@ -150,7 +151,7 @@ def test_precomputed_reference_equals_the_live_reference(dpo_run):
     table = read_safetensors(dpo_run.reference_logps)
     assert table["logps"].shape == (358, 2)  # 338 training pairs + the 20 validation pairs
     reference = ReferenceLogps(table["ids"].tolist(), table["logps"], "")
-    live = LiveReference(load_model("random:tiny")[0], average=False)
+    live = LiveReference(load_gpt("random:tiny")[0], average=False)  # the plain model, as training computes it
     data = load_train_data(dpo_config(dpo_run.root.parent), DistContext(), None)
     sampler = LengthGroupedBatchSampler(data.lengths, 8, seed=3, drop_last=True)  # the run's training batches
     for indices in list(sampler)[:3]:  # other compositions than the precompute's
