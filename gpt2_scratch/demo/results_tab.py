@@ -22,7 +22,9 @@ from .views import DIFF_COLORS
 
 # The browsing handlers are quick lookups: none waits for a generation slot, none shows a spinner.
 # preprocess=False: the handlers check the raw values themselves (the API may send anything).
-BROWSE_EVENT = {"concurrency_limit": None, "show_progress": "hidden", "preprocess": False}
+# One results event at a time, in the order they were triggered: a chain of updates started by the page's
+# load must not finish after (and overwrite) the one a visitor's later choice started. Each step is cheap.
+BROWSE_EVENT = {"concurrency_limit": 1, "concurrency_id": "results", "show_progress": "hidden", "preprocess": False}
 PRIVATE = {**BROWSE_EVENT, "api_visibility": "private"}
 NO_RUNS = (
     "**No finished run to compare. Create one with `python finetune.py`, then evaluate it with "

@@ -220,3 +220,11 @@ def test_paced_streams_skip_updates_within_the_interval_but_never_the_last():
     assert list(paced(iter([1, 2, 3]), 0.0)) == [1, 2, 3]  # no interval: every item
     slow = (time.sleep(0.02) or i for i in range(3))  # items further apart than the interval all pass
     assert list(paced(slow, 0.01)) == [0, 1, 2]
+
+
+def test_the_results_tabs_events_run_one_at_a_time_in_the_order_triggered(finished_run):
+    # The page load's chain of updates must not finish after (and overwrite) the one a later choice started.
+    fns = build_demo(DemoApp.from_run(finished_run)).fns.values()
+    results = [fn for fn in fns if fn.concurrency_id == "results"]
+    assert {fn.concurrency_limit for fn in results} == {1}
+    assert {fn.api_name for fn in results} >= {"filter_predictions"} and len(results) > 10
