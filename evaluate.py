@@ -20,8 +20,8 @@ import sys
 from gpt2_scratch.eval.config import EvalConfig
 from gpt2_scratch.eval.evaluation import evaluate_run
 from gpt2_scratch.eval.judge import JudgeUnreachable
-from gpt2_scratch.eval.progress import interrupted_message
 from gpt2_scratch.eval.summary import format_table
+from gpt2_scratch.generate.progress import interrupted_message
 from gpt2_scratch.options import ArgumentParser, add_dataclass_options
 
 

@@ -1,7 +1,7 @@
 """Batch generation speed: the continuous-batching engine vs fixed batches (evaluate.py's way).
 
 The same prompts, greedy, same weights, each with its own response length between
-``--min-new-tokens`` and ``--max-new-tokens``: fixed batches (``evaluation.plan_batches`` and
+``--min-new-tokens`` and ``--max-new-tokens``: fixed batches (``batched.plan_batches`` and
 ``sampling.generate``, EOS forced after each row's length) against ``engine.Engine.generate_all``,
 whose rows refill as soon as one finishes. Equal min and max time the engine's per-step cost alone.
 CPU with ``--threads`` threads, or ``--device cuda``. Method and figures: docs/performance.md.
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from gpt2_scratch.eval.evaluation import plan_batches
+from gpt2_scratch.generate.batched import plan_batches
 from gpt2_scratch.generate.engine import Engine
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model

@@ -5,7 +5,8 @@ Core: ``config``, ``model`` (what trains and what runs), ``loading`` (``load_gpt
 ``options`` (CLI), ``devices``; the inference layer: ``inference`` (``to_inference``, ``load_model``)
 and ``kernels``. Subpackages, one per job: ``data`` (records, batches, preferences), ``train``
 (config, loop, step, state, log, run_writer, distributed, datasets, dpo), ``generate`` (settings,
-sampling, engine, preferences, config), ``eval`` (evaluation, config, progress, summary, scoring, judge), ``publish``
+sampling, stops, engine, batched, progress, preferences, config), ``eval`` (evaluation, config, summary, metrics,
+scoring, judge), ``publish``
 (export, model_card, hub_upload, peft_adapter, gguf, config), ``demo`` (the Gradio app; config).
 Each script's options are the fields of one config dataclass (``options``).
 Imports run one way: scripts -> demo/publish -> eval/train/generate -> data -> core

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2_scratch.devices import resolve_device
-from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE, EvalSettings
+from gpt2_scratch.eval.evaluation import EvalSettings
 from gpt2_scratch.eval.judge import JUDGE_API_KEY_ENV, JudgeConfig
 from gpt2_scratch.eval.summary import MODEL_NAMES
+from gpt2_scratch.generate.batched import DEFAULT_BATCH_SIZE
 from gpt2_scratch.generate.settings import SamplingSettings
 from gpt2_scratch.hub import check_local_model
 from gpt2_scratch.inference import DTYPES

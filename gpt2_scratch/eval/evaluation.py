@@ -5,7 +5,7 @@ generates a response to every test record (``sampling.generate`` in length-sorte
 ``engine.Engine`` with ``refill``), computes the reference loss (``scoring.reference_loss``),
 scores each response (ROUGE-L, exact match, length, optional ``judge.JudgeClient``) and writes
 ``eval/predictions.jsonl`` and ``eval/summary.json`` atomically (schema: ``eval.summary``).
-Invariant: an interrupted evaluation resumes from its progress files (``eval.progress``) to the
+Invariant: an interrupted evaluation resumes from its progress files (``generate.progress``) to the
 same results; results of different settings are never mixed, and a finished evaluation is never
 replaced by one with other settings unless asked (``replace``). A LoRA run is loaded once: the
 base of the comparison is the same weights with the adapter off (``lora.base_view``). Design: docs/design.md.
@@ -17,10 +17,9 @@ import functools
 import hashlib
 import json
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -29,7 +28,6 @@ from gpt2_scratch.checkpoint import CheckpointInfo, check_weights, read_checkpoi
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
 from gpt2_scratch.eval.judge import JudgeClient, JudgeConfig
-from gpt2_scratch.eval.progress import ProgressFile, check_batch_entry, check_judge_entry
 from gpt2_scratch.eval.scoring import reference_loss
 from gpt2_scratch.eval.summary import (
     MODEL_NAMES,
@@ -41,18 +39,15 @@ from gpt2_scratch.eval.summary import (
     prediction_rows,
 )
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
-from gpt2_scratch.generate.engine import Engine
-from gpt2_scratch.generate.sampling import SamplingSettings, generate, new_token_cap
-from gpt2_scratch.generate.stops import StopIds
+from gpt2_scratch.generate.batched import DEFAULT_BATCH_SIZE, generate_batches, generate_refilled, plan_batches
+from gpt2_scratch.generate.progress import ProgressFile, check_batch_entry, check_judge_entry
+from gpt2_scratch.generate.sampling import SamplingSettings, new_token_cap
 from gpt2_scratch.inference import DTYPES, load_model, resolve_dtype
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunPaths, require_finished
-from gpt2_scratch.tokenizer import EOS_ID, decode, encode
+from gpt2_scratch.tokenizer import decode, encode
 
-# Fastest batch size on a 2-core CPU for the 110 test prompts with GPT-2 124M
-# (python -m benchmarks.bench_eval --sweep; docs/performance.md); larger batches help more on a GPU.
-DEFAULT_BATCH_SIZE = 32
 # The reference loss materializes (B, T, vocab) float32 logits: 8 rows of 300 tokens are ~0.5 GB.
 # Its value does not depend on the batching (scoring.reference_loss is token-weighted).
 LOSS_BATCH_SIZE = 8
@@ -91,80 +86,6 @@ class EvalSettings:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
-
-
-# --- batching -----------------------------------------------------------------------------
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first.
-
-    Longest first, so that running out of memory happens in the first batch
-    and the progress bar's estimate errs on the slow side. Ties keep index
-    order, so the plan is a pure function of ``lengths`` and ``batch_size``.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def generate_batches(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    settings: SamplingSettings,
-    batches: Sequence[Sequence[int]],
-    on_batch: Callable[[int, list[int], list[list[int]], float], None],
-    skip: set[int] = frozenset(),
-    stop_ids: StopIds = (EOS_ID,),
-) -> None:
-    """Generate each batch of prompt indices not in ``skip``; report it with ``on_batch(b, indices, outputs, seconds)``.
-
-    ``stop_ids``: what ends an answer (the prompt style's ``stop_ids()``)."""
-    for b, indices in enumerate(batches):
-        if b in skip:
-            continue
-        t0 = time.perf_counter()
-        outputs = generate(model, [prompts[i] for i in indices], settings, stop_ids)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        on_batch(b, list(indices), outputs, time.perf_counter() - t0)
-
-
-def generate_refilled(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    settings: SamplingSettings,
-    batches: Sequence[Sequence[int]],
-    on_batch: Callable[[int, list[int], list[list[int]], float], None],
-    skip: set[int] = frozenset(),
-    stop_ids: StopIds = (EOS_ID,),
-) -> None:
-    """Like ``generate_batches``, but every prompt goes through one ``engine.Engine`` whose rows refill.
-
-    The engine decodes up to one batch's worth of rows at once; a row that
-    stops early (``<|endoftext|>``) is replaced by the next prompt at the next
-    step instead of leaving its place empty until the batch's longest row ends.
-    Progress is still reported (and saved) batch by batch, in plan order: a
-    batch is reported once all its prompts are done, its seconds are the wall
-    time since the previous report. Each prompt gets exactly the tokens it gets
-    alone (greedy; a seeded prompt gets its own generator).
-    """
-    todo = [b for b in range(len(batches)) if b not in skip]
-    if not todo:
-        return
-    n = sum(len(batches[b]) for b in todo)
-    with Engine(model, max_rows=max(len(batch) for batch in batches), max_waiting=n, stop_ids=stop_ids) as engine:
-        requests = {b: [engine.submit(prompts[i], settings) for i in batches[b]] for b in todo}
-        try:
-            t0 = time.perf_counter()
-            for b in todo:
-                outputs = [r.result() for r in requests[b]]
-                t = time.perf_counter()
-                on_batch(b, list(batches[b]), outputs, t - t0)
-                t0 = t
-        finally:  # after an error or a Ctrl-C, no row keeps decoding for nobody
-            for reqs in requests.values():
-                for r in reqs:
-                    r.cancel()
 
 
 # --- the evaluation -----------------------------------------------------------------------

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from gpt2_scratch.data.records import Record
 from gpt2_scratch.eval import metrics
 from gpt2_scratch.eval.metrics import JUDGE, Answer, format_metric, shown_metrics
-from gpt2_scratch.eval.progress import ProgressFile, SettingsMismatch, describe_differences
 from gpt2_scratch.files import json_kind, read_json, read_jsonl
+from gpt2_scratch.generate.progress import ProgressFile, SettingsMismatch, describe_differences
 from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
 
 # The models an evaluation compares, in the order tables show them.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2_scratch.data.records import DEFAULT_DATASET_URL
-from gpt2_scratch.eval.evaluation import DEFAULT_BATCH_SIZE
+from gpt2_scratch.generate.batched import DEFAULT_BATCH_SIZE
 from gpt2_scratch.generate.settings import SamplingSettings
 from gpt2_scratch.inference import DTYPES
 from gpt2_scratch.options import check_range, check_ranges, include_fields

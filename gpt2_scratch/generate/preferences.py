@@ -1,8 +1,8 @@
 """Preference pairs without a labeller (self-play, as in SPIN, Chen et al. 2024): chosen = the dataset's answer,
 rejected = the model's own answer. Entry point: ``build_preferences`` (``make_preferences.py``).
 
-Answers are generated in batches with the KV cache, longest prompts first (``evaluation.plan_batches``);
-each finished batch goes to ``<out>.progress.jsonl`` (an ``eval.progress.ProgressFile`` whose header
+Answers are generated in batches with the KV cache, longest prompts first (``batched.plan_batches``);
+each finished batch goes to ``<out>.progress.jsonl`` (an ``generate.progress.ProgressFile`` whose header
 names the model, the prompts and the settings), so an interrupted build continues where it stopped.
 The output, written atomically at the end, has one entry per source record, in source order: it
 splits 85/10/5 exactly like its source, so a DPO run on it holds out the SFT run's test records. A
@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from gpt2_scratch.data.preferences import PreferenceRecord, write_preferences
 from gpt2_scratch.data.records import Record
-from gpt2_scratch.eval.evaluation import generate_batches, plan_batches
-from gpt2_scratch.eval.progress import ProgressFile, check_batch_entry
+from gpt2_scratch.generate.batched import generate_batches, plan_batches
+from gpt2_scratch.generate.progress import ProgressFile, check_batch_entry
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import PromptStyle

@@ -87,12 +87,12 @@ def test_cli_help_and_bad_run_in_a_subprocess(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_bad_weights_are_reported_before_any_answer(run, damage, capsys, monkeypatch):
-    from gpt2_scratch.eval import evaluation
+    from gpt2_scratch.generate import batched
 
     weights = run.final / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
-    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("generated before checking the weights"))
+    monkeypatch.setattr(batched, "generate", lambda *a, **k: pytest.fail("generated before checking the weights"))
     assert evaluate_cli.main(["--run", str(run.root), "--replace", "--no-progress", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {weights} ") and err.count("\n") == 1

@@ -8,11 +8,12 @@ import torch
 import evaluate as evaluate_cli
 from gpt2_scratch.checkpoint import load_checkpoint, save_checkpoint
 from gpt2_scratch.data.batches import encode_record
-from gpt2_scratch.eval import evaluation
-from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run, plan_batches
+from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run
 from gpt2_scratch.eval.judge import JudgeConfig
-from gpt2_scratch.eval.progress import SettingsMismatch
 from gpt2_scratch.eval.scoring import reference_loss
+from gpt2_scratch.generate import batched
+from gpt2_scratch.generate.batched import plan_batches
+from gpt2_scratch.generate.progress import SettingsMismatch
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style
@@ -109,7 +110,7 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
         calls.append(len(prompts))
         return generate(model, prompts, settings, stop_ids)
 
-    monkeypatch.setattr(evaluation, "generate", crash_after_first_batch)
+    monkeypatch.setattr(batched, "generate", crash_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_run(run, EvalSettings(**FAST))
     assert not run.predictions.exists() and not run.summary.exists()
@@ -124,7 +125,7 @@ def test_interrupted_run_resumes_to_identical_files(run, tmp_path, monkeypatch):
         resumed.append(len(prompts))
         return generate(model, prompts, settings, stop_ids)
 
-    monkeypatch.setattr(evaluation, "generate", counting)
+    monkeypatch.setattr(batched, "generate", counting)
     got = evaluate_run(run, EvalSettings(**FAST))
     assert resumed == [2, 2, 2, 2, 2]  # base: 2 batches left of 3; finetuned: all 3
     assert run.predictions.read_bytes() == reference.predictions.read_bytes()

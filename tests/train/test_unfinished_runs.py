@@ -21,8 +21,8 @@ from gpt2_scratch.demo import DemoApp
 from gpt2_scratch.demo.compare import RunResults, compare, option_differences
 from gpt2_scratch.eval import evaluation
 from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run
-from gpt2_scratch.eval.progress import interrupted_message
 from gpt2_scratch.eval.summary import EvalResults
+from gpt2_scratch.generate.progress import interrupted_message
 from gpt2_scratch.generate.sampling import SamplingSettings
 from gpt2_scratch.publish.export import export_run
 from gpt2_scratch.runs import RunInfo, RunNotFinished, RunPaths
