@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     runs_dir = runs_folder(config.runs_dir)
 
     from gpt2_scratch.demo import GRADIO_THREADS, DemoApp, build_demo, load_examples, plain, start
-    from gpt2_scratch.demo.backends import choose_backend
     from gpt2_scratch.demo.discovery import find_runs, resolve_run
+    from gpt2_scratch.demo.generate.backends import choose_backend
     from gpt2_scratch.runs import HUB_REPO_ENV
 
     try:

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from gpt2_scratch.demo.browse import ORDERS, csv_bytes, filter_records
-from gpt2_scratch.demo.compare import RunResults, compare
+from gpt2_scratch.demo.results.browse import ORDERS, csv_bytes, filter_records
+from gpt2_scratch.demo.results.compare import RunResults, compare
 
 WORDS = (
     "the a of to and in is it that for on with as was color blue red primary sky ocean planet water "

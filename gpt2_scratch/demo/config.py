@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING
+from gpt2_scratch.demo.generate.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING
 from gpt2_scratch.inference import DTYPES
 from gpt2_scratch.kernels import KERNEL_DEFAULT_TEXT, KERNEL_HELP
 from gpt2_scratch.options import check_range, option_name

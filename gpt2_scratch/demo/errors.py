@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from .inputs import UserError
+from gpt2_scratch.demo.inputs import UserError
 
 log = logging.getLogger(__name__)
 

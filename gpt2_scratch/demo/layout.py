@@ -1,5 +1,5 @@
-"""The app's page: ``build_demo`` lays out the header, the three generation tabs (``generate_tab``)
-and the results tab (``results_tab``); ``start`` queues and launches it with the app's limits
+"""The app's page: ``build_demo`` lays out the header, the three generation tabs (``generate.tab``)
+and the results tab (``results.tab``); ``start`` queues and launches it with the app's limits
 (no uploads, a bounded queue) and returns at once; ``app.py`` prints its own line and blocks.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from .config import QUEUE_SIZE
-from .generate_handlers import DemoApp
-from .generate_tab import generation_tab, generation_tabs, settings_accordion
-from .results_tab import results_tab
-from .views import header_markdown
+from gpt2_scratch.demo.config import QUEUE_SIZE
+from gpt2_scratch.demo.generate.handlers import DemoApp
+from gpt2_scratch.demo.generate.tab import generation_tab, generation_tabs, settings_accordion
+from gpt2_scratch.demo.results.tab import results_tab
+from gpt2_scratch.demo.results.views import header_markdown
 
 log = logging.getLogger(__name__)
 

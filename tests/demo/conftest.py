@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2_scratch.demo.compare import RunResults, compare
+from gpt2_scratch.demo.results.compare import RunResults, compare
 from tests.fixtures.results import PRED_A, PRED_B, SUMMARY_A, info, metrics
 from tests.fixtures.runs import GREEDY_TOKENS, write_tiny_run
 

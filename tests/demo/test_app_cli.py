@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 
 from gpt2_scratch.demo import GRADIO_THREADS, Batched, PerRequest, choose_backend
-from gpt2_scratch.demo.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, ZERO_GPU_ENV
+from gpt2_scratch.demo.generate.backends import DEFAULT_MAX_ROWS, DEFAULT_MAX_WAITING, ZERO_GPU_ENV
 from gpt2_scratch.demo.layout import APP_CSS
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model

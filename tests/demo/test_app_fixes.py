@@ -22,14 +22,14 @@ from gradio_client import Client
 
 import gpt2_scratch.generate.engine as serving
 from gpt2_scratch.demo import DemoApp, build_demo, start
-from gpt2_scratch.demo import backends as backends_module
-from gpt2_scratch.demo.browse import ORDERS, record_view
-from gpt2_scratch.demo.compare import RunResults, compare, summary_frame
 from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.demo.generate import backends as backends_module
+from gpt2_scratch.demo.generate.models import LazyModel
 from gpt2_scratch.demo.inputs import MAX_TOP_K
 from gpt2_scratch.demo.layout import _serving_line
-from gpt2_scratch.demo.models import LazyModel
-from gpt2_scratch.demo.results_handlers import NO_MATCH, ResultsBrowser
+from gpt2_scratch.demo.results.browse import ORDERS, record_view
+from gpt2_scratch.demo.results.compare import RunResults, compare, summary_frame
+from gpt2_scratch.demo.results.handlers import NO_MATCH, ResultsBrowser
 from gpt2_scratch.files import atomic_write_json, read_json
 from gpt2_scratch.prompts import get_prompt_style
 from gpt2_scratch.tokenizer import encode

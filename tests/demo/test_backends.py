@@ -213,7 +213,7 @@ def test_a_cancelled_http_request_frees_its_row(served, greedy, slow_steps):
 
 
 def test_paced_streams_skip_updates_within_the_interval_but_never_the_last():
-    from gpt2_scratch.demo.backends import paced
+    from gpt2_scratch.demo.generate.backends import paced
 
     assert list(paced(iter([]), 1.0)) == []
     assert list(paced(iter([1, 2, 3, 4]), 3600.0)) == [1, 4]  # the first, then only the last

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.bench_compare import synthetic_runs
-from gpt2_scratch.demo.browse import (
+from gpt2_scratch.demo.results.browse import (
     ORDERS,
     csv_bytes,
     csv_filename,
@@ -22,7 +22,7 @@ from gpt2_scratch.demo.browse import (
     word_diff,
     write_csv,
 )
-from gpt2_scratch.demo.compare import RunResults, compare
+from gpt2_scratch.demo.results.compare import RunResults, compare
 from gpt2_scratch.tokenizer import encode
 from tests.fixtures.results import XSS, entry, record
 

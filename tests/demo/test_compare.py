@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from gpt2_scratch.demo.browse import filter_records, record_view
-from gpt2_scratch.demo.compare import (
+from gpt2_scratch.demo.results.browse import filter_records, record_view
+from gpt2_scratch.demo.results.compare import (
     RunResults,
     compare,
     histogram_frame,

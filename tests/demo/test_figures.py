@@ -1,12 +1,12 @@
-"""The results tab's figures (gpt2_scratch.demo.figures): a loss panel per method; legends whole, every bin named."""
+"""The results tab's figures (gpt2_scratch.demo.results.figures): a loss panel per method; legends whole, every bin named."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpt2_scratch.demo.compare import RunResults, compare, histogram_frame
-from gpt2_scratch.demo.figures import histogram_figure, loss_curves_figure
-from gpt2_scratch.demo.views import bin_colors, run_color_maps
+from gpt2_scratch.demo.results.compare import RunResults, compare, histogram_frame
+from gpt2_scratch.demo.results.figures import histogram_figure, loss_curves_figure
+from gpt2_scratch.demo.results.views import bin_colors, run_color_maps
 from tests.fixtures.results import PRED_A, SUMMARY_A, info, metrics
 
 

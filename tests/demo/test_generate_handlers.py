@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from gpt2_scratch.demo import DemoApp, choose_checkpoint, clean_text
-from gpt2_scratch.demo import backends as backends_module
-from gpt2_scratch.demo import generate_handlers as handlers_module
 from gpt2_scratch.demo.discovery import resolve_run
+from gpt2_scratch.demo.generate import backends as backends_module
+from gpt2_scratch.demo.generate import handlers as handlers_module
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style

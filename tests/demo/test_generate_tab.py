@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignor
 def test_generation_runs_under_spaces_gpu_when_available(monkeypatch):
     import types
 
-    from gpt2_scratch.demo.generate_tab import _on_gpu
+    from gpt2_scratch.demo.generate.tab import _on_gpu
 
     def fn():
         return "answer"

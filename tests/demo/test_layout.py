@@ -22,8 +22,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
-from gpt2_scratch.demo import MAX_FILE_SIZE, MAX_RUNS, DemoApp, backends, build_demo, load_examples, start
-from gpt2_scratch.demo.results_tab import NO_RUNS
+from gpt2_scratch.demo import MAX_FILE_SIZE, MAX_RUNS, DemoApp, build_demo, load_examples, start
+from gpt2_scratch.demo.generate import backends
+from gpt2_scratch.demo.results.tab import NO_RUNS
 from gpt2_scratch.prompts import get_prompt_style
 
 # Gradio's own queue code trips pandas deprecation warnings; they are not ours to fix.
@@ -408,7 +409,7 @@ def _parents(layout: dict, target: int, path: tuple = ()) -> tuple | None:
 
 
 def test_stop_is_small_and_plain_until_a_generation_runs(app):
-    from gpt2_scratch.demo.generate_tab import _stop_button, _stopped
+    from gpt2_scratch.demo.generate.tab import _stop_button, _stopped
 
     demo = build_demo(app)
     components = _components(demo)

@@ -14,8 +14,8 @@ import torch
 
 from gpt2_scratch import lora
 from gpt2_scratch.demo import DemoApp, discovery
-from gpt2_scratch.demo.backends import Batched
-from gpt2_scratch.demo.compare import RunResults, compare, option_differences
+from gpt2_scratch.demo.generate.backends import Batched
+from gpt2_scratch.demo.results.compare import RunResults, compare, option_differences
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import get_prompt_style

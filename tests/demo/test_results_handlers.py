@@ -22,8 +22,8 @@ from matplotlib.colors import to_hex
 
 from benchmarks.bench_compare import synthetic_runs
 from gpt2_scratch.demo import MAX_RUNS, ResultsBrowser
-from gpt2_scratch.demo import results_handlers as results_module
 from gpt2_scratch.demo.discovery import RunSource, find_runs, include_run
+from gpt2_scratch.demo.results import handlers as results_module
 from gpt2_scratch.files import atomic_write_json, atomic_write_jsonl
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import encode

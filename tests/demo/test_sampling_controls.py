@@ -12,8 +12,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
 
-from gpt2_scratch.demo import DemoApp, build_demo, generate_tab, inputs
-from gpt2_scratch.demo import backends as backends_module
+from gpt2_scratch.demo import DemoApp, build_demo, inputs
+from gpt2_scratch.demo.generate import backends as backends_module
+from gpt2_scratch.demo.generate import tab as generate_tab
 from gpt2_scratch.generate.settings import SamplingSettings
 from tests.fixtures.sampling import WithMinP
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from gpt2_scratch.demo import DemoApp, header_markdown, load_run_results, visible_response
-from gpt2_scratch.demo.browse import record_view
-from gpt2_scratch.demo.compare import RunResults, compare
 from gpt2_scratch.demo.discovery import RunSource
-from gpt2_scratch.demo.views import (
+from gpt2_scratch.demo.results.browse import record_view
+from gpt2_scratch.demo.results.compare import RunResults, compare
+from gpt2_scratch.demo.results.views import (
     bin_colors,
     diff_spans,
     judge_label,

@@ -9,10 +9,10 @@ import yaml
 
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.data.records import Record
-from gpt2_scratch.demo.browse import csv_bytes, filter_records, record_view, score_choices
-from gpt2_scratch.demo.compare import RunResults, compare, histogram_frame, summary_frame
 from gpt2_scratch.demo.inputs import UserError, parse_score_bounds
-from gpt2_scratch.demo.views import bin_colors, plot_metrics, response_label
+from gpt2_scratch.demo.results.browse import csv_bytes, filter_records, record_view, score_choices
+from gpt2_scratch.demo.results.compare import RunResults, compare, histogram_frame, summary_frame
+from gpt2_scratch.demo.results.views import bin_colors, plot_metrics, response_label
 from gpt2_scratch.eval import metrics
 from gpt2_scratch.eval.metrics import Metric, PerRecord, record_metric, record_metrics, shown_metrics
 from gpt2_scratch.eval.summary import (

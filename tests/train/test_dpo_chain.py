@@ -13,9 +13,9 @@ import torch
 import evaluate
 import finetune
 import make_preferences
-from gpt2_scratch.demo.compare import compare, reward_frame
 from gpt2_scratch.demo.discovery import RunSource
-from gpt2_scratch.demo.views import load_run_results
+from gpt2_scratch.demo.results.compare import compare, reward_frame
+from gpt2_scratch.demo.results.views import load_run_results
 from gpt2_scratch.files import read_jsonl
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model

@@ -18,7 +18,7 @@ import evaluate as evaluate_cli
 import publish as publish_cli
 from gpt2_scratch.data.records import Record, write_records
 from gpt2_scratch.demo import DemoApp
-from gpt2_scratch.demo.compare import RunResults, compare, option_differences
+from gpt2_scratch.demo.results.compare import RunResults, compare, option_differences
 from gpt2_scratch.eval import evaluation
 from gpt2_scratch.eval.evaluation import EvalSettings, evaluate_run
 from gpt2_scratch.eval.summary import EvalResults

@@ -17,14 +17,13 @@ from typing import Callable
 from gpt2_scratch import kernels
 from gpt2_scratch.checkpoint import WEIGHTS_FILE, CheckpointInfo, read_checkpoint_info, read_export_info
 from gpt2_scratch.config import GPTConfig
+from gpt2_scratch.demo.inputs import UserError
 from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.hub import OFFLINE_HINT as HUB_OFFLINE_HINT
 from gpt2_scratch.inference import load_model, model_dtype
 from gpt2_scratch.loading import RANDOM_PREFIX
 from gpt2_scratch.model import GPT
 from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
-
-from .inputs import UserError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from .generate_handlers import DemoApp
-from .inputs import SETTINGS
+from gpt2_scratch.demo.generate.handlers import DemoApp
+from gpt2_scratch.demo.inputs import SETTINGS
 
 # preprocess=False: the handlers get the raw values and check them themselves, so a non-numeric or
 # out-of-range setting sent through the API gets the same one-line message as in the UI.

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from gpt2_scratch.demo.compare import Comparison, loss_frame, reward_frame
+from gpt2_scratch.demo.results.compare import Comparison, loss_frame, reward_frame
 
 # (method, y label) of each loss panel, in this order; a run is DPO when its evaluations carry rewards.
 LOSS_PANELS = (("SFT", "loss (cross-entropy)"), ("DPO", "DPO loss"))

@@ -1,7 +1,7 @@
 """The results tab's layout: the run picker, the chosen runs' overview and plots, the records table, one record.
 
 Entry point: ``results_tab(demo, browser)``, wired to ``ResultsBrowser``'s handlers
-(``results_handlers``; DPO runs add a reward plot); ``filter_predictions`` is the named endpoint (search, score, min, max,
+(``results.handlers``; DPO runs add a reward plot); ``filter_predictions`` is the named endpoint (search, score, min, max,
 order, runs). Invariant: everything the data or a model wrote is shown as text (Textbox,
 HighlightedText, Dataframe, plot tooltips): markup in a response is never rendered.
 The layout drawn: docs/design.md.
@@ -13,12 +13,11 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from gpt2_scratch.demo.browse import ORDERS
+from gpt2_scratch.demo.results.browse import ORDERS
+from gpt2_scratch.demo.results.handlers import DEFAULT_METRIC, MAX_RUNS, NO_RECORD, ResultsBrowser
+from gpt2_scratch.demo.results.views import DIFF_COLORS
 from gpt2_scratch.eval.metrics import record_metrics
 from gpt2_scratch.eval.summary import MODEL_NAMES
-
-from .results_handlers import DEFAULT_METRIC, MAX_RUNS, NO_RECORD, ResultsBrowser
-from .views import DIFF_COLORS
 
 # The browsing handlers are quick lookups: none waits for a generation slot, none shows a spinner.
 # preprocess=False: the handlers check the raw values themselves (the API may send anything).

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from gpt2_scratch.demo.compare import Comparison
+from gpt2_scratch.demo.results.compare import Comparison
 from gpt2_scratch.eval.metrics import DEFAULT_RECORD_METRIC, RESPONSE_LENGTH, record_metrics
 from gpt2_scratch.files import atomic_write_bytes
 from gpt2_scratch.tokenizer import encode

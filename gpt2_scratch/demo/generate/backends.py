@@ -21,13 +21,12 @@ import time
 from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from gpt2_scratch import lora
+from gpt2_scratch.demo.inputs import UserError
 from gpt2_scratch.generate.engine import Engine, EngineBusy, EngineClosed, Request
 from gpt2_scratch.generate.sampling import SamplingSettings, stream
 from gpt2_scratch.generate.stops import StopIds
 from gpt2_scratch.model import GPT
 from gpt2_scratch.tokenizer import EOS_ID
-
-from .inputs import UserError
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpt2_scratch.demo.browse import RecordView, ResponseView
-from gpt2_scratch.demo.compare import REWARD_CURVES, Comparison, RunResults
 from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.demo.results.browse import RecordView, ResponseView
+from gpt2_scratch.demo.results.compare import REWARD_CURVES, Comparison, RunResults
 from gpt2_scratch.eval.metrics import RESPONSE_LENGTH, record_metrics
 from gpt2_scratch.eval.summary import MODEL_NAMES, EvalResults
 from gpt2_scratch.train.log import read_metrics

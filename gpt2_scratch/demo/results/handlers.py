@@ -1,7 +1,7 @@
 """The results browser's state and handlers: the chosen runs compared, plotted, filtered and read record by record.
 
 Entry point: ``ResultsBrowser(sources, find)``, whose methods are the results tab's event handlers
-(``results_tab`` wires them); ``sources`` are ``discovery.RunSource``s. Each run is read once
+(``results.tab`` wires them); ``sources`` are ``discovery.RunSource``s. Each run is read once
 (``views.load_run_results``) and each selection's ``compare.Comparison`` is cached (``MAX_CACHED``),
 so filtering, sorting and opening a record are look-ups. Handlers take raw values, check them
 (``inputs``) and report bad input as a one-line message and a toast (``errors.reports_errors``).
@@ -22,7 +22,10 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from gpt2_scratch.demo.browse import (
+from gpt2_scratch.demo.discovery import RunSource
+from gpt2_scratch.demo.errors import reports_errors
+from gpt2_scratch.demo.inputs import UserError, blank, clean_text, parse_runs, parse_score_bounds
+from gpt2_scratch.demo.results.browse import (
     ORDERS,
     csv_filename,
     filter_records,
@@ -31,7 +34,7 @@ from gpt2_scratch.demo.browse import (
     select_rows,
     write_csv,
 )
-from gpt2_scratch.demo.compare import (
+from gpt2_scratch.demo.results.compare import (
     Comparison,
     RunResults,
     compare,
@@ -43,15 +46,8 @@ from gpt2_scratch.demo.compare import (
     scatter_frame,
     summary_frame,
 )
-from gpt2_scratch.demo.discovery import RunSource
-from gpt2_scratch.eval.metrics import DEFAULT_RECORD_METRIC, record_metric
-from gpt2_scratch.eval.summary import MODEL_NAMES
-from gpt2_scratch.train.log import is_dpo_log
-
-from .errors import reports_errors
-from .figures import histogram_figure, loss_curves_figure
-from .inputs import UserError, blank, clean_text, parse_runs, parse_score_bounds
-from .views import (
+from gpt2_scratch.demo.results.figures import histogram_figure, loss_curves_figure
+from gpt2_scratch.demo.results.views import (
     bin_colors,
     diff_spans,
     judge_label,
@@ -63,6 +59,9 @@ from .views import (
     response_slot,
     run_color_maps,
 )
+from gpt2_scratch.eval.metrics import DEFAULT_RECORD_METRIC, record_metric
+from gpt2_scratch.eval.summary import MODEL_NAMES
+from gpt2_scratch.train.log import is_dpo_log
 
 MAX_RUNS = 6  # runs compared at once; the record view has a row for each, base and finetuned side by side
 RECORD_SLOTS = MAX_RUNS * len(MODEL_NAMES)

@@ -1,7 +1,7 @@
 """The app's shared state and generation handlers: ``DemoApp``.
 
 ``DemoApp`` holds what every user shares (the two lazily loaded models, the prompt style, the
-results browser of ``results_handlers``); its methods are the generation tabs' event handlers,
+results browser of ``results.handlers``); its methods are the generation tabs' event handlers,
 plain methods and generators that tests call without a browser or a server.
 Invariants: nothing the user types is ever a path; bad input is a one-line message and a toast,
 never a traceback (``reports_errors``); something missing is said in its tab with the command
@@ -25,6 +25,21 @@ from gpt2_scratch import kernels, lora
 from gpt2_scratch.checkpoint import CheckpointInfo
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
+from gpt2_scratch.demo.errors import failure, plain, problem, reports_errors
+from gpt2_scratch.demo.generate import backends
+from gpt2_scratch.demo.generate.backends import Backend, PerRequest, TokenStream, paced
+from gpt2_scratch.demo.generate.models import (
+    DEFAULT_BASE_MODEL,
+    OFFLINE_HINT,
+    LazyModel,
+    check_base,
+    checkpoint_label,
+    choose_checkpoint,
+)
+from gpt2_scratch.demo.generate.prompt_fit import fit_prompt
+from gpt2_scratch.demo.inputs import UserError, clean_text, parse_settings
+from gpt2_scratch.demo.results.handlers import ResultsBrowser
+from gpt2_scratch.demo.results.views import ENDED_AT_ONCE, elapsed, visible_response
 from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
@@ -33,15 +48,6 @@ from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
 from gpt2_scratch.tokenizer import encode
-
-from . import backends
-from .backends import Backend, PerRequest, TokenStream, paced
-from .errors import failure, plain, problem, reports_errors
-from .inputs import UserError, clean_text, parse_settings
-from .models import DEFAULT_BASE_MODEL, OFFLINE_HINT, LazyModel, check_base, checkpoint_label, choose_checkpoint
-from .prompt_fit import fit_prompt
-from .results_handlers import ResultsBrowser
-from .views import ENDED_AT_ONCE, elapsed, visible_response
 
 log = logging.getLogger(__name__)
 
