@@ -1,4 +1,4 @@
-"""Issue 19, items 7 and 11-19, 21: the app's rough edges.
+"""The app's messages and limits, where a visitor meets them.
 
 Record views use the stored token counts; a missing --runs-dir and a bad --base are one-line errors;
 toasts and terminal warnings are plain text; a long prompt caps the new tokens instead of losing its

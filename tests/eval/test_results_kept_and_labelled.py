@@ -1,4 +1,4 @@
-"""Issue 19, items 6, 8, 9, 10 and 16: results that got lost or mislabelled, and the model card.
+"""Results are never lost or mislabelled: evaluations replaced only when asked, and what the model card says.
 
 A finished evaluation is replaced by one with other settings only with ``--replace``, the
 message saying in words what differs; the card says what the scores were measured on and
