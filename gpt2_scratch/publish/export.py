@@ -151,6 +151,18 @@ def write_tokenizer(folder: Path, model_max_length: int, prompt_style: str | Non
     return [*names, "tokenizer.json"]
 
 
+def generation_config(prompt_style: str | None) -> dict:
+    """The export's ``generation_config.json``: GPT-2's one special token, and the prompt style's end markers that
+    are text (ChatML's <|im_end|>) as ``stop_strings``, so that transformers' ``generate`` stops where we do."""
+    texts = [t for t in (get_prompt_style(prompt_style).stop if prompt_style else ()) if t != EOS_TEXT]
+    return {
+        "bos_token_id": EOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": EOS_ID,
+        **({"stop_strings": texts} if texts else {}),
+    }
+
+
 def _write_weights(
     folder: Path, run: RunPaths, checkpoint: CheckpointInfo, run_info: RunInfo, weights_dtype: str
 ) -> tuple[list[str], GPT]:
@@ -181,9 +193,7 @@ def _write_weights(
         **({"adapter": checkpoint.adapter.to_dict()} if checkpoint.adapter is not None else {}),
     }
     atomic_write_json(folder / CONFIG_FILE, {**hf_config(checkpoint.config, dtype=dtype), EXPORT_KEY: ours})
-    atomic_write_json(
-        folder / "generation_config.json", {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID}
-    )
+    atomic_write_json(folder / "generation_config.json", generation_config(ours["prompt_style"]))
     return [WEIGHTS_FILE, CONFIG_FILE, "generation_config.json"], model
 
 

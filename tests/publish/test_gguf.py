@@ -328,3 +328,16 @@ def test_q8_0_stores_a_matrix_its_blocks_do_not_fit_in_f16_as_llama_cpps_convert
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
     assert types["token_embd.weight"] == types["blk.0.attn_qkv.weight"] == gguf.GGMLQuantizationType.F16
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0  # its rows are 4 * 48 = 192 long
+
+
+@pytest.mark.parametrize("style_name", sorted(PROMPT_STYLES))
+def test_generation_config_stops_where_the_style_stops(style_name):
+    from transformers import GenerationConfig
+
+    from gpt2_scratch.publish.export import generation_config
+
+    style = get_prompt_style(style_name)
+    config = GenerationConfig(**generation_config(style_name))
+    assert config.eos_token_id == 50256 == config.pad_token_id
+    assert list(config.stop_strings or []) == [t for t in style.stop if t != "<|endoftext|>"]
+    assert style_name != "chatml" or config.stop_strings == ["<|im_end|>"]
