@@ -291,6 +291,27 @@ def _fastest(calls: dict[str, Callable[[], object]], budget_s: float) -> dict[st
     return best
 
 
+def _sample_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A layer of this shape with seeded weights of GPT-2's scale, to probe and time kernels on."""
+    linear = nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(1)) * 0.02)
+    return linear
+
+
+def _exact_ways(layer: _InferenceLinear, dtype: torch.dtype) -> list[str]:
+    """The ways of feeding ``layer`` rows (``ROWS``) that keep a row's bits: one by one always; all at once
+    where the probe finds it exact, a lone row as two where only a lone row differs."""
+    exact, lone = _probe(layer, dtype)
+    return ["one by one"] + (["lone as two" if lone else "together"] if exact else [])
+
+
+@functools.lru_cache(maxsize=None)
+def _forced_rows(fmt: str, in_features: int, out_features: int, kernel: str) -> str:
+    """How a forced kernel is fed rows: the fastest-in-general exact way (probed once per shape, not per layer)."""
+    return _exact_ways(LAYERS[fmt](_sample_linear(in_features, out_features), kernel), ACTIVATIONS[fmt])[-1]
+
+
 def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.05) -> dict:
     """Every candidate of ``fmt`` on an ``(out, in)`` layer, each way of feeding it rows that keeps a row's
     bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows.
@@ -303,16 +324,12 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
     """
     load = _load_per_core()
     dtype = ACTIVATIONS[fmt]
-    g = torch.Generator().manual_seed(1)
-    linear = nn.Linear(in_features, out_features)
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(out_features, in_features, generator=g) * 0.02)
-    x = torch.randn(64, in_features, generator=g).to(dtype)
+    linear = _sample_linear(in_features, out_features)
+    x = torch.randn(64, in_features, generator=torch.Generator().manual_seed(2)).to(dtype)
     ways: dict[str, tuple[_InferenceLinear, str]] = {}
     for name in candidates(fmt):
         layer = LAYERS[fmt](linear, name)
-        exact, lone = _probe(layer, dtype)
-        for rows in ["one by one"] + (["lone as two" if lone else "together"] if exact else []):
+        for rows in _exact_ways(layer, dtype):
             ways[f"{name}, {rows}"] = (layer, rows)
     seconds = {way: [] for way in ways}
     for n in (1, 8, 64):
@@ -363,11 +380,7 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
     forced = check_kernel(fmt, kernel)
     key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}"
     if forced:
-        dummy = nn.Linear(in_features, out_features, device="meta")
-        dummy.weight = nn.Parameter(torch.randn(out_features, in_features) * 0.02)
-        dummy.bias = nn.Parameter(torch.zeros(out_features))
-        exact, lone = _probe(LAYERS[fmt](dummy, forced), ACTIVATIONS[fmt])
-        return forced, ("lone as two" if lone else "together") if exact else "one by one"
+        return forced, _forced_rows(fmt, in_features, out_features, forced)
     path = cache_folder() / "kernels.json"
     if not _CHOICES:
         try:
