@@ -27,6 +27,13 @@ from typing import Any, Callable, Iterator
 # Written into every folder ``atomic_folder`` builds: {"written_by": "gpt2_scratch", "kind": ...}.
 MARKER = ".gpt2-scratch"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CACHE_ENV = "GPT2_SCRATCH_CACHE"  # the project's cache folder: downloads, kernel choices, the built C kernel
+
+
+def cache_folder() -> Path:
+    """The project's cache folder: ``$GPT2_SCRATCH_CACHE`` or ``~/.cache/gpt2_scratch``."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "gpt2_scratch"
 
 
 class FolderRefused(ValueError):

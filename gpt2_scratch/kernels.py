@@ -3,7 +3,8 @@
 Entry points: ``Float32Linear``, ``BF16Linear``, ``Int8Linear`` (each made from a plain ``nn.Linear``:
 float32 keeps its very Parameters, bfloat16 and int8 hold converted buffers under the same names),
 ``BF16Head``, and ``choose_kernel(format, in, out)``. ``inference.to_inference`` puts them into a model.
-Every format has candidate kernels (``KERNELS``), each fed rows one of three ways (``ROWS``);
+Every format has candidate kernels (``KERNELS``: torch's, and our C kernel ``gemv`` where a C compiler
+built it), each fed rows one of three ways (``ROWS``);
 ``choose_kernel`` times them once on the layer's shape at 1, 8 and 64 rows, keeps the fastest way
 that gives each row the same bits alone as among other rows, and caches the choice per CPU model,
 torch version, threads and shape
@@ -14,33 +15,34 @@ batched request gets exactly its solo tokens. Measurements: docs/performance.md.
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2_scratch.files import atomic_write_json
+from gpt2_scratch import gemv
+from gpt2_scratch.files import atomic_write_json, cache_folder
 
 KERNEL_ENV = "GPT2_SCRATCH_KERNEL"  # force one kernel (a name of KERNELS[format]) for every layer
 # --kernel's help in every script that loads a model for inference (evaluate.py, app.py).
 KERNEL_HELP = (
-    "the product kernel of every linear layer (float32/bfloat16: onednn or mkl; int8: int8pack or dequant; "
-    "also GPT2_SCRATCH_KERNEL)"
+    "the product kernel of every linear layer (float32/bfloat16: onednn, mkl or gemv; int8: int8pack, dequant "
+    "or gemv; also GPT2_SCRATCH_KERNEL)"
 )
 KERNEL_DEFAULT_TEXT = "measured per layer shape on this CPU and cached"
-CACHE_ENV = "GPT2_SCRATCH_CACHE"  # the project's cache folder (default ~/.cache/gpt2_scratch)
 # Candidate kernels per format, in order of preference when they measure the same.
 KERNELS = {
-    "float32": ("onednn", "mkl"),  # oneDNN with a prepacked weight; torch's F.linear (MKL's sgemm)
-    "bfloat16": ("onednn", "mkl"),  # the same two, bfloat16 weights and activations
-    "int8": ("int8pack", "dequant"),  # torch's weight-only int8 kernel; dequantize to bfloat16 per product
+    "float32": ("onednn", "mkl", "gemv"),  # oneDNN with a prepacked weight; torch's F.linear (MKL's sgemm); ours
+    "bfloat16": ("onednn", "mkl", "gemv"),  # the same three, bfloat16 weights and activations
+    "int8": ("int8pack", "dequant", "gemv"),  # torch's weight-only int8 kernel; dequantize per product; ours
 }
 # Batch size oneDNN lays the packed weight out for; one layout serves 1 to a few hundred rows.
 ONEDNN_ROWS_HINT = 8
@@ -103,6 +105,17 @@ class _InferenceLinear(nn.Module):
         y = feed_rows(self.product, x.reshape(-1, x.shape[-1]), self.rows)
         return y.view(*x.shape[:-1], self.out_features)
 
+    def _float32(self, name: str) -> torch.Tensor | None:
+        """Buffer ``name`` in float32 for ``gemv`` (None stays None), copied again when the buffer changes."""
+        t = getattr(self, name)
+        if t is None or t.dtype == torch.float32:
+            return t
+        key = (t.data_ptr(), None if t.is_inference() else t._version)  # inference tensors have no version
+        cached = self.__dict__.get(f"_float32_{name}")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__[f"_float32_{name}"] = (key, t.float())
+        return cached[1]
+
     def extra_repr(self) -> str:
         rows = "" if self.rows == "together" else f", rows {self.rows}"
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{rows}"
@@ -123,6 +136,8 @@ class Float32Linear(_InferenceLinear):
     def product(self, x2: torch.Tensor) -> torch.Tensor:
         if self.kernel == "mkl" or not (x2.device.type == "cpu" and not torch.is_grad_enabled()):
             return F.linear(x2, self.weight, self.bias)
+        if self.kernel == "gemv":
+            return gemv.linear(x2, self.weight, None, self.bias)
         key = (self.weight.data_ptr(), self.weight._version)
         packed = self.__dict__.get("_packed")
         if packed is None or packed[0] != key:
@@ -142,7 +157,8 @@ class _Converted:
 class BF16Linear(_Converted, _InferenceLinear):
     """A linear layer in bfloat16 (inference only): ``weight`` and ``bias`` are bfloat16 buffers.
 
-    ``onednn``: the weight is kept only in oneDNN's packed layout (an opaque tensor); ``mkl``: plain.
+    ``onednn``: the weight is kept only in oneDNN's packed layout (an opaque tensor); ``mkl`` and
+    ``gemv``: plain.
     """
 
     def __init__(self, linear: nn.Linear, kernel: str = "mkl"):
@@ -156,6 +172,8 @@ class BF16Linear(_Converted, _InferenceLinear):
     def product(self, x2: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onednn":
             return _onednn(x2, self.weight, self.bias)
+        if self.kernel == "gemv" and x2.device.type == "cpu":
+            return gemv.linear(x2, self.weight, None, self._float32("bias"))
         return F.linear(x2, self.weight, self.bias)
 
 
@@ -166,7 +184,7 @@ class Int8Linear(_Converted, _InferenceLinear):
     ``scale = max|w_row| / 127``, so ``x @ w.T = (x @ weight.T) * scale``. Activations are
     bfloat16. ``int8pack``: ``torch._weight_int8pack_mm`` (a CPU matrix-vector kernel, fast with
     bfloat16 inputs; it needs the inner size to be a multiple of 16); ``dequant``: the weight is
-    dequantized to bfloat16 for each product.
+    dequantized to bfloat16 for each product; ``gemv``: ours, summed in float32, rounded once.
     """
 
     def __init__(self, linear: nn.Linear, kernel: str = "dequant"):
@@ -184,6 +202,8 @@ class Int8Linear(_Converted, _InferenceLinear):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 
     def product(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "gemv" and x2.device.type == "cpu":
+            return gemv.linear(x2, self.weight, self._float32("scale"), self._float32("bias"))
         if self.kernel == "int8pack" and x2.device.type == "cpu":
             y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, self.scale)
         else:
@@ -225,19 +245,15 @@ ACTIVATIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": tor
 # --- choosing a kernel by measurement --------------------------------------------------------------
 
 
-def cache_folder() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gpt2_scratch")
-
-
 def _machine_key() -> str:
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return f"{caps.get('cpu_name', 'cpu')}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def candidates(fmt: str) -> tuple[str, ...]:
-    """The kernels ``fmt`` can use here (oneDNN's only where it packs that dtype)."""
-    names = KERNELS[fmt]
-    return tuple(n for n in names if n != "onednn" or onednn_available(ACTIVATIONS[fmt]))
+    """The kernels ``fmt`` can use here (oneDNN's only where it packs that dtype; ours where it was built)."""
+    usable = {"onednn": lambda: onednn_available(ACTIVATIONS[fmt]), "gemv": gemv.available}
+    return tuple(n for n in KERNELS[fmt] if usable.get(n, lambda: True)())
 
 
 PROBE_ROWS = 32
@@ -318,6 +334,9 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
 
     The choice: the least ``t(1) + t(8) / 8 + t(64) / 100``: a row's time decoding alone and among 8
     visitors weigh the same, and a 64-token prefill happens once for about 100 decoded tokens.
+    Each call reads another copy of the layer, ``COLD_BYTES`` of them in all, as decoding reads each
+    layer's weights once a token: from memory, not from a core's caches (a kernel that prefetches
+    well and one that does not measure the same on a layer the caches hold).
     Returns ``{"kernel", "rows", "seconds": {"<kernel>, <rows>": [t1, t8, t64]}, "load"}`` (``load``: the
     machine's load per core when measured; ``choose_kernel`` measures a choice made on a busy machine
     again).
@@ -325,24 +344,34 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
     load = _load_per_core()
     dtype = ACTIVATIONS[fmt]
     linear = _sample_linear(in_features, out_features)
+    copies = min(MAX_COPIES, math.ceil(COLD_BYTES / (in_features * out_features * WEIGHT_BYTES[fmt])))
     x = torch.randn(64, in_features, generator=torch.Generator().manual_seed(2)).to(dtype)
-    ways: dict[str, tuple[_InferenceLinear, str]] = {}
+    ways: dict[str, tuple[list[_InferenceLinear], str]] = {}
     for name in candidates(fmt):
-        layer = LAYERS[fmt](linear, name)
-        for rows in _exact_ways(layer, dtype):
-            ways[f"{name}, {rows}"] = (layer, rows)
+        # float32 layers share the nn.Linear's weight: each copy its own; the others convert it anew
+        layers = [LAYERS[fmt](copy.deepcopy(linear) if fmt == "float32" else linear, name) for _ in range(copies)]
+        for rows in _exact_ways(layers[0], dtype):
+            ways[f"{name}, {rows}"] = (layers, rows)
+
+    def call(layers: list[_InferenceLinear], rows: str, n: int) -> Callable[[], object]:
+        turn = itertools.cycle(layers)
+        return lambda: feed_rows(next(turn).product, x[:n], rows)
+
     seconds = {way: [] for way in ways}
     for n in (1, 8, 64):
         batched = {w: lr for w, lr in ways.items() if n == 1 or lr[1] != "one by one"}
-        timed = _fastest(
-            {w: functools.partial(feed_rows, lr[0].product, x[:n], lr[1]) for w, lr in batched.items()}, budget_s
-        )
+        timed = _fastest({w: call(*lr, n) for w, lr in batched.items()}, budget_s)
         for way in ways:  # one by one: n lone rows
             seconds[way].append(timed[way] if way in timed else n * seconds[way][0])
     score = {way: t[0] + t[1] / 8 + t[2] / 100 for way, t in seconds.items()}
     best = min(score, key=score.get)
     kernel, rows = best.split(", ")
     return {"kernel": kernel, "rows": rows, "seconds": seconds, "load": load}
+
+
+COLD_BYTES = 64 << 20  # weights read in turn while timing a kernel: more than a core's caches hold
+MAX_COPIES = 64  # small layers: enough to leave a core's own caches, few enough to build quickly
+WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
 
 
 def _load_per_core() -> float:
@@ -366,7 +395,8 @@ def check_kernel(fmt: str, kernel: str | None, option: str = "--kernel") -> str 
     if kernel is not None and kernel not in KERNELS[fmt]:
         raise ValueError(f"{option}={kernel!r} is not a {fmt} kernel ({', '.join(KERNELS[fmt])})")
     if kernel is not None and kernel not in candidates(fmt):
-        raise ValueError(f"{option}={kernel}: that kernel is not available on this CPU")
+        why = f" ({gemv.unavailable_reason()})" if kernel == "gemv" else ""
+        raise ValueError(f"{option}={kernel}: that kernel is not available on this CPU{why}")
     return kernel
 
 
@@ -378,7 +408,8 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
     once when exact, a lone row as two where only it differs, else one by one).
     """
     forced = check_kernel(fmt, kernel)
-    key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}"
+    # The candidates are part of the key: a kernel added (or no longer built here) is a new measurement.
+    key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}|{'/'.join(candidates(fmt))}"
     if forced:
         return forced, _forced_rows(fmt, in_features, out_features, forced)
     path = cache_folder() / "kernels.json"

@@ -46,11 +46,13 @@ def attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> tor
     and a single new token attends to everything cached; ``mask`` ``(B, 1, T, S)`` also keeps
     padding out. bfloat16 decoding on CPU (one query a row) is computed in float32 and rounded
     once: there torch's bfloat16 kernel is 2.6x (1 row) to 3.6x (8 rows) slower than its float32
-    one, more than upcasting the keys and values costs (docs/performance.md); prefill (many
+    one (docs/performance.md); the cache of a bfloat16 model on CPU holds its keys and values in
+    float32 (exactly: they were bfloat16), so decoding reads them without converting. Prefill (many
     queries) stays on the bfloat16 kernel, faster there.
     """
     if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[2] == 1:
         return attention(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
+    k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache read by bfloat16 queries (prefill); else no copy
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.shape[2] > 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -300,11 +302,13 @@ class GPT(nn.Module):
         return self.transformer.wte.weight.device
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens, in the embeddings' dtype."""
+        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` tokens, in the embeddings' dtype
+        (a bfloat16 model on CPU: float32, which its decoding attends in; see ``attention``)."""
         if max_len > self.config.block_size:
             raise ValueError(f"cache length {max_len} exceeds the context length {self.config.block_size}")
         w = self.transformer.wte.weight
-        return KVCache(self.config, batch_size, max_len, device=w.device, dtype=w.dtype)
+        dtype = torch.float32 if w.dtype == torch.bfloat16 and w.device.type == "cpu" else w.dtype
+        return KVCache(self.config, batch_size, max_len, device=w.device, dtype=dtype)
 
     def forward(
         self,

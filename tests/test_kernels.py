@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import gpt2_scratch.files as files
 import gpt2_scratch.kernels as kernels
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.inference import load_model, to_inference
@@ -115,7 +116,7 @@ def test_rows_are_fed_as_the_rule_says():
 
 
 def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_forced(tmp_path, monkeypatch):
-    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(kernels, "_CHOICES", {})
     calls = []
     real = kernels.measure
@@ -124,7 +125,7 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     assert kernel in kernels.candidates("float32") and calls == [("float32", 64, 96)]
     saved = json.loads((tmp_path / "kernels.json").read_text())
     (key,) = saved
-    assert key.endswith("|float32|64x96") and f"{torch.get_num_threads()} threads" in key
+    assert key.endswith(f"|float32|64x96|{'/'.join(kernels.candidates('float32'))}") and f"{torch.get_num_threads()} threads" in key
     assert saved[key]["rows"] in kernels.ROWS
     assert {name.split(",")[0] for name in saved[key]["seconds"]} == set(kernels.candidates("float32"))
     assert all(min(t) > 0 for t in saved[key]["seconds"].values())  # seconds at 1, 8 and 64 rows
@@ -135,7 +136,7 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     model, _ = load_model("random:tiny")
     assert kernels.summary(model) == f"mkl x{4 * model.config.n_layer + 1}"
     monkeypatch.setenv(kernels.KERNEL_ENV, "int4")
-    with pytest.raises(ValueError, match=r"GPT2_SCRATCH_KERNEL='int4' is not a float32 kernel \(onednn, mkl\)"):
+    with pytest.raises(ValueError, match=r"GPT2_SCRATCH_KERNEL='int4' is not a float32 kernel \(onednn, mkl, gemv\)"):
         kernels.choose_kernel("float32", 64, 96)
     monkeypatch.delenv(kernels.KERNEL_ENV)
     with pytest.raises(ValueError, match=r"--kernel='dequant' is not a float32 kernel"):
@@ -165,7 +166,7 @@ def test_a_float32_inference_model_keeps_the_plain_models_parameters_names_and_n
 
 
 def test_a_choice_measured_on_a_busy_machine_is_measured_again_by_a_later_process_when_quieter(tmp_path, monkeypatch):
-    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
     monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
     monkeypatch.setattr(kernels, "_CHOICES", {})
     calls = []

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, file_sha256, json_kind, read_jsonl
+from gpt2_scratch.files import atomic_write_bytes, atomic_write_jsonl, cache_folder, file_sha256, json_kind, read_jsonl
 
 # The 1,100-entry instruction dataset of LLMs-from-scratch ch07.
 DEFAULT_DATASET_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
 )
-CACHE_ENV = "GPT2_SCRATCH_CACHE"
 DOWNLOAD_TIMEOUT_S = 60
 T = TypeVar("T")
 
@@ -102,8 +101,7 @@ def source_label(source: str | None) -> str:
 
 def cache_dir() -> Path:
     """Where downloaded datasets are cached: ``$GPT2_SCRATCH_CACHE/datasets`` or ``~/.cache/gpt2_scratch/datasets``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpt2_scratch") / "datasets"
+    return cache_folder() / "datasets"
 
 
 def _cache_path(url: str) -> Path:

@@ -1,0 +1,147 @@
+/* Our matrix-vector kernel for decoding on the CPU: y = (x W^T) * scale + bias, W float32, bfloat16 or int8.
+
+   Built by gpt2_scratch/gemv.py (cc -O3 -march=native -fopenmp, once per CPU, cached) and called through
+   ctypes. Decoding one token streams every weight from memory once, so the product is as fast as the
+   weights are read: each thread reads its own contiguous run of output rows, four rows at a time,
+   and asks for the bytes 8 KB ahead of where it reads (the hardware prefetcher alone left a third
+   of the bandwidth unused at 2 threads; docs/performance.md). Activations are widened to float32
+   and every product is summed in float32.
+
+   Invariant: a row of x gets the same bits whatever other rows share its call and wherever its
+   output lies among the threads: each (row, output) pair is summed in the same order (two
+   accumulators of LANES lanes over steps of 2 * LANES inputs, a fixed tree, then the tail), whether
+   its x row is summed alone or beside another (X_AT_ONCE shares the weight reads, not the sums).
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define LANES 16 /* one AVX-512 register of float32 */
+#else
+#define LANES 8 /* one AVX2 register (elsewhere: what the compiler makes of 8 lanes) */
+#endif
+typedef float vf __attribute__((vector_size(LANES * 4)));
+
+#define ROWS_AT_ONCE 4      /* output rows summed together */
+#define X_AT_ONCE 2         /* rows of x summed together: each weight read serves both */
+#define STEP (2 * LANES)    /* inputs per step: two accumulators per (x row, output row) */
+#define PREFETCH_BYTES 8192 /* how far ahead of the read the weights are asked for */
+
+static inline vf load_f32(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+
+static inline vf load_bf16(const uint16_t *p) { /* bfloat16 is the top half of a float32 */
+#if defined(__AVX512F__)
+  __m512i r = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#elif defined(__AVX2__)
+  __m256i r = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+#else
+  uint32_t r[LANES];
+  for (int i = 0; i < LANES; i++) r[i] = (uint32_t)p[i] << 16;
+#endif
+  vf v; memcpy(&v, &r, sizeof v); return v;
+}
+
+static inline vf load_i8(const int8_t *p) {
+#if defined(__AVX512F__)
+  __m512 r = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__AVX2__)
+  __m256 r = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#else
+  float r[LANES];
+  for (int i = 0; i < LANES; i++) r[i] = p[i];
+#endif
+  vf v; memcpy(&v, &r, sizeof v); return v;
+}
+
+static inline float from_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch does */
+  uint32_t u; memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline float sum_lanes(vf a) { /* always the same tree: halves added until one lane is left */
+  float s[LANES];
+  memcpy(s, &a, sizeof s);
+  for (int width = LANES / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; i++) s[i] += s[i + width];
+  return s[0];
+}
+
+/* One tile: xs rows of x (1 or X_AT_ONCE; a constant where inlined) against ROWS_AT_ONCE weight rows wr.
+   Each (x row, weight row) pair is summed the same way in any tile: the invariant. */
+#define TILE(NAME, WT, LOAD, SCALAR)                                                                          \
+  static inline __attribute__((always_inline)) void NAME(const WT *const *wr, const float *x, int xs,         \
+                                                         int64_t K, const char *ahead, float out[][ROWS_AT_ONCE]) { \
+    const int64_t KS = K - K % STEP;                                                                          \
+    vf acc[X_AT_ONCE][ROWS_AT_ONCE][2];                                                                       \
+    memset(acc, 0, sizeof acc);                                                                               \
+    for (int64_t k = 0; k < KS; k += STEP) {                                                                  \
+      if (ahead) /* this step's share of the block, PREFETCH_BYTES on (a prefetch past the end is harmless) */ \
+        for (int p = 0; p < ROWS_AT_ONCE * STEP * (int)sizeof(WT); p += 64)                                   \
+          __builtin_prefetch(ahead + k * ROWS_AT_ONCE * (int64_t)sizeof(WT) + p);                             \
+      vf x0[X_AT_ONCE], x1[X_AT_ONCE];                                                                        \
+      for (int j = 0; j < xs; j++) { x0[j] = load_f32(x + j * K + k); x1[j] = load_f32(x + j * K + k + LANES); } \
+      for (int r = 0; r < ROWS_AT_ONCE; r++) {                                                                \
+        const vf w0 = LOAD(wr[r] + k), w1 = LOAD(wr[r] + k + LANES);                                          \
+        for (int j = 0; j < xs; j++) { acc[j][r][0] += w0 * x0[j]; acc[j][r][1] += w1 * x1[j]; }             \
+      }                                                                                                       \
+    }                                                                                                         \
+    for (int j = 0; j < xs; j++)                                                                              \
+      for (int r = 0; r < ROWS_AT_ONCE; r++) {                                                                \
+        float s = sum_lanes(acc[j][r][0] + acc[j][r][1]);                                                     \
+        for (int64_t k = KS; k < K; k++) s += SCALAR(wr[r][k]) * x[j * K + k];                                \
+        out[j][r] = s;                                                                                        \
+      }                                                                                                       \
+  }
+
+/* x: (M, K) float32 or bfloat16 (x_bf16); w: (N, K); scale, bias: N float32 or NULL; y: (M, N) float32 or
+   bfloat16 (y_bf16). Returns 1 when out of memory, else 0. Threads split the output rows in contiguous runs. */
+#define GEMV(NAME, WT, LOAD, SCALAR)                                                                           \
+  TILE(NAME##_tile, WT, LOAD, SCALAR)                                                                           \
+  int NAME(const void *x_in, int x_bf16, const WT *w, const float *scale, const float *bias, void *y_out,       \
+           int y_bf16, int64_t M, int64_t K, int64_t N, int threads) {                                          \
+    const float *x = (const float *)x_in;                                                                       \
+    float *widened = NULL;                                                                                      \
+    if (x_bf16) { /* the activations once in float32 */                                                         \
+      widened = (float *)malloc((size_t)(M * K) * sizeof(float));                                               \
+      if (!widened) return 1;                                                                                   \
+      for (int64_t i = 0; i < M * K; i++) widened[i] = from_bf16(((const uint16_t *)x_in)[i]);                  \
+      x = widened;                                                                                              \
+    }                                                                                                           \
+    const int64_t blocks = (N + ROWS_AT_ONCE - 1) / ROWS_AT_ONCE;                                               \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                          \
+    for (int64_t b = 0; b < blocks; b++) {                                                                      \
+      const int64_t n0 = b * ROWS_AT_ONCE, rows = N - n0 < ROWS_AT_ONCE ? N - n0 : ROWS_AT_ONCE;                \
+      const WT *wr[ROWS_AT_ONCE];                                                                               \
+      for (int r = 0; r < ROWS_AT_ONCE; r++) wr[r] = w + (n0 + (r < rows ? r : 0)) * K; /* past N: row n0 again, unused */ \
+      const char *ahead = (const char *)(w + n0 * K) + PREFETCH_BYTES;                                          \
+      for (int64_t m = 0; m < M;) {                                                                             \
+        float out[X_AT_ONCE][ROWS_AT_ONCE];                                                                     \
+        const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : 1; /* an odd last row alone */                          \
+        if (xs == X_AT_ONCE) NAME##_tile(wr, x + m * K, X_AT_ONCE, K, m == 0 ? ahead : NULL, out);              \
+        else NAME##_tile(wr, x + m * K, 1, K, m == 0 ? ahead : NULL, out);                                      \
+        for (int j = 0; j < xs; j++)                                                                            \
+          for (int r = 0; r < rows; r++) {                                                                      \
+            float s = out[j][r];                                                                                \
+            if (scale) s *= scale[n0 + r];                                                                      \
+            if (bias) s += bias[n0 + r];                                                                        \
+            if (y_bf16) ((uint16_t *)y_out)[(m + j) * N + n0 + r] = to_bf16(s);                                 \
+            else ((float *)y_out)[(m + j) * N + n0 + r] = s;                                                    \
+          }                                                                                                     \
+        m += xs;                                                                                                \
+      }                                                                                                         \
+    }                                                                                                           \
+    free(widened);                                                                                              \
+    return 0;                                                                                                   \
+  }
+
+#define AS_FLOAT(v) ((float)(v))
+GEMV(gemv_float32, float, load_f32, AS_FLOAT)
+GEMV(gemv_bfloat16, uint16_t, load_bf16, from_bf16)
+GEMV(gemv_int8, int8_t, load_i8, AS_FLOAT)

@@ -1,0 +1,140 @@
+"""Our C matrix-vector kernel (``gemv.c``): built once per CPU with the C compiler at hand, cached, called through ctypes.
+
+Entry points: ``available()`` (builds or loads it on first use; ``unavailable_reason()`` says why not) and
+``linear(x2, weight, scale, bias)``. ``kernels`` offers it as the ``gemv`` candidate of every format,
+chosen where it measures fastest. The library is built with ``$CC`` (default ``cc``) ``-O3 -march=native
+-fopenmp`` into ``<cache folder>/gemv/``, named by a hash of the source, the compiler, the flags and the
+CPU's features, so another CPU or an edited source builds its own. Its OpenMP runtime is the one torch
+has loaded (same soname, ``libgomp.so.1``), so it shares torch's threads; ctypes lets go of the GIL
+during a call. Invariant: as ``gemv.c`` says, a row's result does not depend on the other rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from gpt2_scratch.files import atomic_write_bytes, cache_folder
+
+SOURCE = Path(__file__).with_name("gemv.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+COMPILER_ENV = "CC"
+_FUNCTIONS = {torch.float32: "gemv_float32", torch.bfloat16: "gemv_bfloat16", torch.int8: "gemv_int8"}
+_ARGS = (
+    ctypes.c_void_p,  # x (M, K)
+    ctypes.c_int,  # x is bfloat16
+    ctypes.c_void_p,  # w (N, K)
+    ctypes.c_void_p,  # scale (N,) float32 or NULL
+    ctypes.c_void_p,  # bias (N,) float32 or NULL
+    ctypes.c_void_p,  # y (M, N)
+    ctypes.c_int,  # y is bfloat16
+    ctypes.c_int64,  # M
+    ctypes.c_int64,  # K
+    ctypes.c_int64,  # N
+    ctypes.c_int,  # threads
+)
+_reason: list[str] = []  # why the kernel is unavailable, once known
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (what ``-march=native`` compiles for); the machine name where they cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() + " " + platform.processor()
+
+
+def _build(folder: Path) -> Path:
+    """The library for this CPU, compiled now if the cache has none. Raises RuntimeError with one line."""
+    compiler = os.environ.get(COMPILER_ENV) or "cc"
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"no C compiler ({compiler}: {e.__class__.__name__})") from e
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(), _cpu_features().encode()]))
+    path = folder / f"gemv-{key.hexdigest()[:16]}.so"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder / f".build-{os.getpid()}.so"
+    try:
+        done = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(scratch)], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["no message"])[0]
+            raise RuntimeError(f"{compiler} could not build gemv.c ({first})")
+        atomic_write_bytes(path, scratch.read_bytes())  # a concurrent build of the same key writes the same bytes
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"{compiler} could not build gemv.c ({e.__class__.__name__}: {e})") from e
+    finally:
+        scratch.unlink(missing_ok=True)
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _functions() -> dict[torch.dtype, ctypes._CFuncPtr] | None:
+    """The kernel's function for each weight dtype, or None where it cannot be built or loaded."""
+    try:
+        lib = ctypes.CDLL(str(_build(cache_folder() / "gemv")))
+    except (RuntimeError, OSError) as e:
+        _reason.append(str(e).splitlines()[0])
+        return None
+    functions = {dtype: getattr(lib, name) for dtype, name in _FUNCTIONS.items()}
+    for function in functions.values():
+        function.argtypes, function.restype = _ARGS, ctypes.c_int
+    return functions
+
+
+def available() -> bool:
+    """Whether the kernel runs here (built now, or loaded from the cache). Only CPUs: the kernel is C."""
+    return _functions() is not None
+
+
+def unavailable_reason() -> str:
+    """Why ``available()`` is False, in one line ('' when it is available)."""
+    return "" if available() else _reason[0]
+
+
+def linear(
+    x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(x2 @ weight.T) * scale + bias`` in ``x2``'s dtype, summed in float32.
+
+    ``x2`` ``(M, K)`` float32 or bfloat16; ``weight`` ``(N, K)`` float32, bfloat16 or int8, contiguous;
+    ``scale`` and ``bias`` ``(N,)`` float32 or None. CPU tensors only.
+    """
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    (m, k), n = x2.shape, weight.shape[0]
+    if weight.shape[1] != k or not weight.is_contiguous():
+        raise ValueError(f"gemv: weight {tuple(weight.shape)} does not fit rows of {k} (or is not contiguous)")
+    y = torch.empty(m, n, dtype=x2.dtype)
+    low = x2.dtype == torch.bfloat16
+    status = _functions()[weight.dtype](
+        x2.data_ptr(),
+        low,
+        weight.data_ptr(),
+        None if scale is None else scale.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        low,
+        m,
+        k,
+        n,
+        torch.get_num_threads(),
+    )
+    if status:
+        raise MemoryError(f"gemv: no memory to widen {m}x{k} bfloat16 activations")
+    return y
