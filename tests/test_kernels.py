@@ -125,7 +125,10 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     assert kernel in kernels.candidates("float32") and calls == [("float32", 64, 96)]
     saved = json.loads((tmp_path / "kernels.json").read_text())
     (key,) = saved
-    assert key.endswith(f"|float32|64x96|{'/'.join(kernels.candidates('float32'))}") and f"{torch.get_num_threads()} threads" in key
+    assert (
+        key.endswith(f"|float32|64x96|{'/'.join(kernels.candidates('float32'))}")
+        and f"{torch.get_num_threads()} threads" in key
+    )
     assert saved[key]["rows"] in kernels.ROWS
     assert {name.split(",")[0] for name in saved[key]["seconds"]} == set(kernels.candidates("float32"))
     assert all(min(t) > 0 for t in saved[key]["seconds"].values())  # seconds at 1, 8 and 64 rows
