@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from gpt2_scratch.checkpoint import CheckpointInfo
 from gpt2_scratch.devices import native_bfloat16
-from gpt2_scratch.kernels import LAYERS, BF16Head, Int8Linear, check_kernel, choose_kernel
+from gpt2_scratch.kernels import LAYERS, CenteredHead, Int8Linear, check_kernel, choose_kernel
 from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.model import GPT, LayerNorm
 
@@ -44,7 +44,7 @@ def model_dtype(model: nn.Module) -> str:
     """The format ``to_inference`` gave ``model``: ``float32`` (a plain model too), ``bfloat16`` or ``int8``."""
     if any(isinstance(m, Int8Linear) for m in model.modules()):
         return "int8"
-    return "bfloat16" if isinstance(model.lm_head, BF16Head) else "float32"
+    return "bfloat16" if isinstance(model.lm_head, CenteredHead) else "float32"
 
 
 def _inference_layer(linear: nn.Linear, fmt: str, kernel: str | None, layer_type: type | None = None) -> nn.Module:
@@ -53,8 +53,8 @@ def _inference_layer(linear: nn.Linear, fmt: str, kernel: str | None, layer_type
         kernel, rows = choose_kernel(fmt, linear.in_features, linear.out_features, kernel)
     else:  # the candidates are CPU kernels; elsewhere torch's own product
         kernel, rows = ("dequant" if fmt == "int8" else "mkl"), "together"
-    layer = (layer_type or LAYERS[fmt])(linear, kernel)
-    (layer.linear if isinstance(layer, BF16Head) else layer).rows = rows
+    layer = LAYERS[fmt](linear, kernel) if layer_type is None else layer_type(linear, kernel, fmt)
+    (layer.linear if isinstance(layer, CenteredHead) else layer).rows = rows
     return layer
 
 
@@ -65,7 +65,7 @@ def to_inference(model: GPT, dtype: str = "float32", kernel: str | None = None) 
     Every ``nn.Linear`` of the blocks (a LoRA layer's ``base_layer`` included: the adapter wraps
     the inference layer and stays float32) and the head are replaced; ``bfloat16`` and ``int8``
     also put the embeddings and LayerNorms in bfloat16 (the activations' format) and the head in
-    ``BF16Head``. float32 keeps every Parameter: the model's numbers are the plain model's.
+    ``CenteredHead`` of their format. float32 keeps every Parameter: the model's numbers are the plain model's.
     ``kernel``: one of ``kernels.KERNELS[dtype]`` for every layer (default: measured per shape).
     """
     if dtype not in DTYPES[1:]:
@@ -81,8 +81,7 @@ def to_inference(model: GPT, dtype: str = "float32", kernel: str | None = None) 
     if dtype == "float32":
         model.lm_head = _inference_layer(model.lm_head, dtype, kernel)  # the tied Parameter, shared with wte
     else:
-        head_kernel = kernel if dtype == "bfloat16" else None  # int8's head is bfloat16: its own choice
-        model.lm_head = _inference_layer(model.lm_head, "bfloat16", head_kernel, BF16Head)
+        model.lm_head = _inference_layer(model.lm_head, dtype, kernel, CenteredHead)
         for module in model.modules():
             if isinstance(module, (nn.Embedding, LayerNorm)):
                 module.to(torch.bfloat16)

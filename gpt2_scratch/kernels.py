@@ -2,7 +2,7 @@
 
 Entry points: ``Float32Linear``, ``BF16Linear``, ``Int8Linear`` (each made from a plain ``nn.Linear``:
 float32 keeps its very Parameters, bfloat16 and int8 hold converted buffers under the same names),
-``BF16Head``, and ``choose_kernel(format, in, out)``. ``inference.to_inference`` puts them into a model.
+``CenteredHead``, and ``choose_kernel(format, in, out)``. ``inference.to_inference`` puts them into a model.
 Every format has candidate kernels (``KERNELS``: torch's, and our C kernel ``gemv`` where a C compiler
 built it), each fed rows one of three ways (``ROWS``);
 ``choose_kernel`` times them once on the layer's shape at 1, 8 and 64 rows, keeps the fastest way
@@ -211,24 +211,26 @@ class Int8Linear(_Converted, _InferenceLinear):
         return y if self.bias is None else y + self.bias
 
 
-class BF16Head(_Converted, nn.Module):
-    """The output head in bfloat16 (inference only), returning float32 logits.
+class CenteredHead(_Converted, nn.Module):
+    """The output head in bfloat16 or int8 (``fmt``; inference only), returning float32 logits.
 
     GPT-2's logits share a large per-position offset (often around -100 with
     OpenAI's weights), and bfloat16 keeps 8 significant bits: rounded at that size,
     logits would be off by up to 0.25. The head's rows are therefore centered (their mean
-    row subtracted) before they are rounded to bfloat16, so the bfloat16 product
-    holds only the small differences between tokens, and the offset ``x . mean_row``
-    is added back in float32. Same cost as a plain bfloat16 head.
+    row subtracted) before they are converted (``BF16Linear`` or ``Int8Linear``), so the
+    product holds only the small differences between tokens, and the offset ``x . mean_row``
+    is added back in float32. Same cost as a plain head of that format. The head is the
+    largest layer (a third of GPT-2 small's weights): int8 halves what a token reads there.
     """
 
-    def __init__(self, head: nn.Linear, kernel: str = "mkl"):
+    def __init__(self, head: nn.Linear, kernel: str = "mkl", fmt: str = "bfloat16"):
         super().__init__()
         w = head.weight.detach().float()
         mean_row = w.mean(dim=0)
         centered = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
         centered.weight = nn.Parameter(w - mean_row, requires_grad=False)
-        self.linear = BF16Linear(centered, kernel)
+        self.fmt = fmt
+        self.linear = LAYERS[fmt](centered, kernel)
         self.register_buffer("mean_row", mean_row)  # float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -451,11 +453,8 @@ def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> s
     """
     C = n_embd
     layers = {"c_attn": (C, 3 * C), "attn.c_proj": (C, C), "c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
-    head_fmt = fmt if fmt == "float32" else "bfloat16"  # int8's head is bfloat16 (BF16Head)
     parts = []
     for name, (n_in, n_out) in [*layers.items(), ("head", (C, vocab_size))]:
-        layer_fmt = head_fmt if name == "head" else fmt
-        forced = kernel if layer_fmt == fmt else None
-        chosen, rows = choose_kernel(layer_fmt, n_in, n_out, forced)
+        chosen, rows = choose_kernel(fmt, n_in, n_out, kernel)
         parts.append(f"{name} {chosen}" + ("" if rows == "together" else f" ({rows})"))
     return ", ".join(parts)

@@ -18,7 +18,7 @@ from gpt2_scratch.checkpoint import save_checkpoint
 from gpt2_scratch.devices import native_bfloat16
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model, model_dtype, resolve_dtype
-from gpt2_scratch.kernels import BF16Head, BF16Linear, Int8Linear
+from gpt2_scratch.kernels import BF16Linear, CenteredHead, Int8Linear
 from gpt2_scratch.tokenizer import encode
 
 DTYPES = ["float32", "bfloat16", "int8"]
@@ -110,7 +110,8 @@ def test_int8_weights_are_int8_with_a_quarter_of_the_bytes(models):
     _, float32_bytes = linear_bytes(models["float32"])
     assert 0.25 <= int8_bytes / float32_bytes < 0.28  # int8 weights + bfloat16 scales and biases
     assert model_dtype(models["int8"]) == "int8"
-    assert isinstance(models["int8"].lm_head, BF16Head)  # the head stays bfloat16 (faster and exact-er here)
+    head = models["int8"].lm_head  # int8 too, its rows centered (the logits' common offset in float32)
+    assert isinstance(head, CenteredHead) and isinstance(head.linear, Int8Linear) and head.fmt == "int8"
 
 
 def test_bfloat16_weights_are_bfloat16_and_packed_once(models):
