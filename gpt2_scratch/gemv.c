@@ -26,7 +26,7 @@
 #endif
 typedef float vf __attribute__((vector_size(LANES * 4)));
 
-#define ROWS_AT_ONCE 4      /* output rows summed together */
+#define ROWS_AT_ONCE 4      /* output rows summed together (sum4 adds up four) */
 #define X_AT_ONCE 2         /* rows of x summed together: each weight read serves both */
 #define STEP (2 * LANES)    /* inputs per step: two accumulators per (x row, output row) */
 #define PREFETCH_BYTES 8192 /* how far ahead of the read the weights are asked for */
@@ -65,12 +65,34 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch doe
   return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-static inline float sum_lanes(vf a) { /* always the same tree: halves added until one lane is left */
-  float s[LANES];
-  memcpy(s, &a, sizeof s);
-  for (int width = LANES / 2; width >= 1; width /= 2)
-    for (int i = 0; i < width; i++) s[i] += s[i + width];
-  return s[0];
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+typedef int v8i __attribute__((vector_size(32)));
+#if defined(__clang__) || (__GNUC__ >= 12 && !defined(GEMV_OLD_SHUFFLE))
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else /* GCC before 12 */
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+static inline v8 halves(vf a) { /* LANES -> 8 lanes: the two halves added (AVX2: as it is) */
+  v8 lo, hi;
+  memcpy(&lo, &a, 32);
+  if (LANES == 8) return lo;
+  memcpy(&hi, (const char *)&a + 32, 32);
+  return lo + hi;
+}
+
+/* The four sums of a[0..3], always by the same tree (a row's sum does not depend on its neighbours'
+   values, only on its own lanes): halves, then quarters of pairs, then eighths, then the last pair. */
+static inline v4 sum4(const vf a[4]) {
+  const v8 t0 = halves(a[0]), t1 = halves(a[1]), t2 = halves(a[2]), t3 = halves(a[3]);
+  const v8 u01 = SHUFFLE(t0, t1, 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE(t0, t1, 4, 5, 6, 7, 12, 13, 14, 15);
+  const v8 u23 = SHUFFLE(t2, t3, 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE(t2, t3, 4, 5, 6, 7, 12, 13, 14, 15);
+  const v8 w = SHUFFLE(u01, u23, 0, 1, 4, 5, 8, 9, 12, 13) + SHUFFLE(u01, u23, 2, 3, 6, 7, 10, 11, 14, 15);
+  const v8 odd = SHUFFLE(w, w, 1, 3, 5, 7, 0, 0, 0, 0);
+  const v8 even = SHUFFLE(w, w, 0, 2, 4, 6, 0, 0, 0, 0);
+  const v8 r = even + odd;
+  return (v4){r[0], r[1], r[2], r[3]};
 }
 
 /* One tile: xs rows of x (1 or X_AT_ONCE; a constant where inlined) against ROWS_AT_ONCE weight rows wr.
@@ -92,12 +114,16 @@ static inline float sum_lanes(vf a) { /* always the same tree: halves added unti
         for (int j = 0; j < xs; j++) { acc[j][r][0] += w0 * x0[j]; acc[j][r][1] += w1 * x1[j]; }             \
       }                                                                                                       \
     }                                                                                                         \
-    for (int j = 0; j < xs; j++)                                                                              \
+    for (int j = 0; j < xs; j++) {                                                                            \
+      vf both[ROWS_AT_ONCE];                                                                                  \
+      for (int r = 0; r < ROWS_AT_ONCE; r++) both[r] = acc[j][r][0] + acc[j][r][1];                           \
+      const v4 sums = sum4(both);                                                                             \
       for (int r = 0; r < ROWS_AT_ONCE; r++) {                                                                \
-        float s = sum_lanes(acc[j][r][0] + acc[j][r][1]);                                                     \
+        float s = sums[r];                                                                                    \
         for (int64_t k = KS; k < K; k++) s += SCALAR(wr[r][k]) * x[j * K + k];                                \
         out[j][r] = s;                                                                                        \
       }                                                                                                       \
+    }                                                                                                         \
   }
 
 /* x: (M, K) float32 or bfloat16 (x_bf16); w: (N, K); scale, bias: N float32 or NULL; y: (M, N) float32 or
