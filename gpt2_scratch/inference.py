@@ -47,10 +47,13 @@ def model_dtype(model: nn.Module) -> str:
     return "bfloat16" if isinstance(model.lm_head, CenteredHead) else "float32"
 
 
-def _inference_layer(linear: nn.Linear, fmt: str, kernel: str | None, layer_type: type | None = None) -> nn.Module:
-    """``linear`` as ``fmt``'s inference layer (or ``layer_type``), its kernel ``kernel`` or chosen by measurement."""
+def _inference_layer(
+    linear: nn.Linear, fmt: str, kernel: str | None, layer_type: type | None = None, head: bool = False
+) -> nn.Module:
+    """``linear`` as ``fmt``'s inference layer (or ``layer_type``), its kernel ``kernel`` or chosen by measurement
+    (as the model's ``head``: ``kernels.measure``)."""
     if linear.weight.device.type == "cpu":
-        kernel, rows = choose_kernel(fmt, linear.in_features, linear.out_features, kernel)
+        kernel, rows = choose_kernel(fmt, linear.in_features, linear.out_features, kernel, head)
     else:  # the candidates are CPU kernels; elsewhere torch's own product
         kernel, rows = ("dequant" if fmt == "int8" else "mkl"), "together"
     layer = LAYERS[fmt](linear, kernel) if layer_type is None else layer_type(linear, kernel, fmt)
@@ -79,9 +82,9 @@ def to_inference(model: GPT, dtype: str = "float32", kernel: str | None = None) 
                 if type(child) is nn.Linear:
                     setattr(parent, name, _inference_layer(child, dtype, kernel))
     if dtype == "float32":
-        model.lm_head = _inference_layer(model.lm_head, dtype, kernel)  # the tied Parameter, shared with wte
+        model.lm_head = _inference_layer(model.lm_head, dtype, kernel, head=True)  # the Parameter tied to wte
     else:
-        model.lm_head = _inference_layer(model.lm_head, dtype, kernel, CenteredHead)
+        model.lm_head = _inference_layer(model.lm_head, dtype, kernel, CenteredHead, head=True)
         for module in model.modules():
             if isinstance(module, (nn.Embedding, LayerNorm)):
                 module.to(torch.bfloat16)

@@ -260,6 +260,7 @@ def candidates(fmt: str) -> tuple[str, ...]:
 
 PROBE_ROWS = 32
 PROBE_BATCHES = (2, 3, 5, 8, 16)
+LARGE = 8 << 20  # weights from which 16 probe rows suffice (a row shows a difference in as many outputs)
 
 
 def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
@@ -275,14 +276,13 @@ def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
     """
     g = torch.Generator().manual_seed(0)
     n_in = layer.in_features
-    x = (torch.randn(PROBE_ROWS, n_in, generator=g) * torch.exp(2 * torch.randn(PROBE_ROWS, n_in, generator=g))).to(
-        dtype
-    )
+    rows = PROBE_ROWS if n_in * layer.out_features < LARGE else PROBE_ROWS // 2  # the head: 16
+    x = (torch.randn(rows, n_in, generator=g) * torch.exp(2 * torch.randn(rows, n_in, generator=g))).to(dtype)
     with torch.inference_mode():
         together = layer.product(x)
 
         def same(product, n: int) -> bool:
-            return all(torch.equal(product(x[i : i + n]), together[i : i + n]) for i in range(0, PROBE_ROWS - n + 1, n))
+            return all(torch.equal(product(x[i : i + n]), together[i : i + n]) for i in range(0, rows - n + 1, n))
 
         exact = all(same(layer.product, n) for n in PROBE_BATCHES)
         lone = not same(layer.product, 1)
@@ -292,15 +292,17 @@ def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
 
 
 def _fastest(calls: dict[str, Callable[[], object]], budget_s: float) -> dict[str, float]:
-    """The fastest seconds of each of ``calls``, timed in turns (A B C A B C ...; at least 5 turns, then
-    until ``budget_s``). In turns, another process on the machine slows every candidate alike, and the
-    minimum keeps the turns it did not slow."""
+    """The fastest seconds of each of ``calls``, timed in turns (A B C A B C ...; at least 5 turns, 3 when a
+    turn takes over 20 ms, then until ``budget_s``). In turns, another process on the machine slows every
+    candidate alike, and the minimum keeps the turns it did not slow."""
     best = dict.fromkeys(calls, math.inf)
     with torch.inference_mode():
+        start = time.perf_counter()
         for call in calls.values():
             call()  # warm-up: packing, first-call allocations
+        least = 3 if time.perf_counter() - start > 0.02 else 5
         start, turns = time.perf_counter(), 0
-        while turns < 5 or (turns < 50 and time.perf_counter() - start < budget_s):
+        while turns < least or (turns < 50 and time.perf_counter() - start < budget_s):
             for name, call in calls.items():
                 t0 = time.perf_counter()
                 call()
@@ -330,12 +332,13 @@ def _forced_rows(fmt: str, in_features: int, out_features: int, kernel: str) -> 
     return _exact_ways(LAYERS[fmt](_sample_linear(in_features, out_features), kernel), ACTIVATIONS[fmt])[-1]
 
 
-def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.05) -> dict:
+def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.05, head: bool = False) -> dict:
     """Every candidate of ``fmt`` on an ``(out, in)`` layer, each way of feeding it rows that keeps a row's
-    bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows.
+    bits (``ROWS``, ``_probe``): seconds at 1, 8 and 64 rows (the ``head``: 1 and 8).
 
     The choice: the least ``t(1) + t(8) / 8 + t(64) / 100``: a row's time decoding alone and among 8
-    visitors weigh the same, and a 64-token prefill happens once for about 100 decoded tokens.
+    visitors weigh the same, and a 64-token prefill happens once for about 100 decoded tokens (the head
+    computes a prefill's last row only).
     Each call reads another copy of the layer, ``COLD_BYTES`` of them in all, as decoding reads each
     layer's weights once a token: from memory, not from a core's caches (a kernel that prefetches
     well and one that does not measure the same on a layer the caches hold).
@@ -360,12 +363,12 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
         return lambda: feed_rows(next(turn).product, x[:n], rows)
 
     seconds = {way: [] for way in ways}
-    for n in (1, 8, 64):
+    for n in (1, 8) if head else (1, 8, 64):
         batched = {w: lr for w, lr in ways.items() if n == 1 or lr[1] != "one by one"}
         timed = _fastest({w: call(*lr, n) for w, lr in batched.items()}, budget_s)
         for way in ways:  # one by one: n lone rows
             seconds[way].append(timed[way] if way in timed else n * seconds[way][0])
-    score = {way: t[0] + t[1] / 8 + t[2] / 100 for way, t in seconds.items()}
+    score = {way: sum(t / w for t, w in zip(times, (1, 8, 100))) for way, times in seconds.items()}
     best = min(score, key=score.get)
     kernel, rows = best.split(", ")
     return {"kernel": kernel, "rows": rows, "seconds": seconds, "load": load}
@@ -402,16 +405,18 @@ def check_kernel(fmt: str, kernel: str | None, option: str = "--kernel") -> str 
     return kernel
 
 
-def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | None = None) -> tuple[str, str]:
-    """(kernel, how rows are fed: one of ``ROWS``) for an ``(out, in)`` layer in ``fmt``: measured once per
-    machine and cached.
+def choose_kernel(
+    fmt: str, in_features: int, out_features: int, kernel: str | None = None, head: bool = False
+) -> tuple[str, str]:
+    """(kernel, how rows are fed: one of ``ROWS``) for an ``(out, in)`` layer in ``fmt`` (the model's
+    ``head`` or not: ``measure``): measured once per machine and cached.
 
     ``kernel`` (else ``GPT2_SCRATCH_KERNEL``) forces one; how it is fed rows is still probed (all at
     once when exact, a lone row as two where only it differs, else one by one).
     """
     forced = check_kernel(fmt, kernel)
     # The candidates are part of the key: a kernel added (or no longer built here) is a new measurement.
-    key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}|{'/'.join(candidates(fmt))}"
+    key = f"{_machine_key()}|{fmt}|{in_features}x{out_features}{'|head' * head}|{'/'.join(candidates(fmt))}"
     if forced:
         return forced, _forced_rows(fmt, in_features, out_features, forced)
     path = cache_folder() / "kernels.json"
@@ -426,7 +431,7 @@ def choose_kernel(fmt: str, in_features: int, out_features: int, kernel: str | N
     # process: every model it loads computes with the same kernels (a row's bits alone and batched).
     busy = cached is not None and key not in _MEASURED and cached.get("load", 0) > BUSY
     if stale or (busy and _load_per_core() < cached["load"]):
-        _CHOICES[key] = measure(fmt, in_features, out_features)
+        _CHOICES[key] = measure(fmt, in_features, out_features, head=head)
         _MEASURED.add(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -455,6 +460,6 @@ def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> s
     layers = {"c_attn": (C, 3 * C), "attn.c_proj": (C, C), "c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
     parts = []
     for name, (n_in, n_out) in [*layers.items(), ("head", (C, vocab_size))]:
-        chosen, rows = choose_kernel(fmt, n_in, n_out, kernel)
+        chosen, rows = choose_kernel(fmt, n_in, n_out, kernel, head=name == "head")
         parts.append(f"{name} {chosen}" + ("" if rows == "together" else f" ({rows})"))
     return ", ".join(parts)
