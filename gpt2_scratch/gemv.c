@@ -4,19 +4,27 @@
    ctypes. Decoding one token streams every weight from memory once, so the product is as fast as the
    weights are read: each thread reads its own contiguous run of output rows, four rows at a time,
    and asks for the bytes 8 KB ahead of where it reads (the hardware prefetcher alone left a third
-   of the bandwidth unused at 2 threads; docs/performance.md). Activations are widened to float32
-   and every product is summed in float32.
+   of the bandwidth unused at 2 threads; docs/performance.md). Several rows of x (a batch, a prompt)
+   are summed against the four weight rows together, X_AT_ONCE at a time, so each weight read from
+   the cache serves them all. Activations are widened to float32 and every product is summed in
+   float32.
 
    Invariant: a row of x gets the same bits whatever other rows share its call and wherever its
-   output lies among the threads: each (row, output) pair is summed in the same order (two
-   accumulators of LANES lanes over steps of 2 * LANES inputs, a fixed tree, then the tail), whether
-   its x row is summed alone or beside another (X_AT_ONCE shares the weight reads, not the sums).
+   output lies among the threads: each (row, output) pair is summed in the same order (one
+   accumulator of LANES lanes over steps of LANES inputs, a fixed tree, then the tail), whether
+   its x row is summed alone or beside others (X_AT_ONCE shares the weight reads, not the sums).
 */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX2__) /* where a vector of LANES floats is one register */
+/* Keeps v in a register: else the compiler folds its load into each multiply, reading it once a row. */
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define IN_REGISTER(v) (void)0
 #endif
 
 #if defined(__AVX512F__)
@@ -27,8 +35,12 @@
 typedef float vf __attribute__((vector_size(LANES * 4)));
 
 #define ROWS_AT_ONCE 4      /* output rows summed together (sum4 adds up four) */
-#define X_AT_ONCE 2         /* rows of x summed together: each weight read serves both */
-#define STEP (2 * LANES)    /* inputs per step: two accumulators per (x row, output row) */
+#if LANES == 16
+#define X_AT_ONCE 4 /* rows of x summed together: each weight read serves them all */
+#else
+#define X_AT_ONCE 2 /* AVX2 has half the registers */
+#endif
+#define STEP LANES /* inputs per step: one accumulator per (x row, output row) */
 #define PREFETCH_BYTES 8192 /* how far ahead of the read the weights are asked for */
 
 static inline vf load_f32(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
@@ -96,28 +108,27 @@ static inline v4 sum4(const vf a[4]) {
 }
 
 /* One tile: xs rows of x (1 or X_AT_ONCE; a constant where inlined) against ROWS_AT_ONCE weight rows wr.
+   The weights are held in registers (IN_REGISTER) so that each is read once for all xs rows.
    Each (x row, weight row) pair is summed the same way in any tile: the invariant. */
 #define TILE(NAME, WT, LOAD, SCALAR)                                                                          \
   static inline __attribute__((always_inline)) void NAME(const WT *const *wr, const float *x, int xs,         \
                                                          int64_t K, const char *ahead, float out[][ROWS_AT_ONCE]) { \
     const int64_t KS = K - K % STEP;                                                                          \
-    vf acc[X_AT_ONCE][ROWS_AT_ONCE][2];                                                                       \
+    vf acc[X_AT_ONCE][ROWS_AT_ONCE];                                                                          \
     memset(acc, 0, sizeof acc);                                                                               \
     for (int64_t k = 0; k < KS; k += STEP) {                                                                  \
       if (ahead) /* this step's share of the block, PREFETCH_BYTES on (a prefetch past the end is harmless) */ \
         for (int p = 0; p < ROWS_AT_ONCE * STEP * (int)sizeof(WT); p += 64)                                   \
           __builtin_prefetch(ahead + k * ROWS_AT_ONCE * (int64_t)sizeof(WT) + p);                             \
-      vf x0[X_AT_ONCE], x1[X_AT_ONCE];                                                                        \
-      for (int j = 0; j < xs; j++) { x0[j] = load_f32(x + j * K + k); x1[j] = load_f32(x + j * K + k + LANES); } \
-      for (int r = 0; r < ROWS_AT_ONCE; r++) {                                                                \
-        const vf w0 = LOAD(wr[r] + k), w1 = LOAD(wr[r] + k + LANES);                                          \
-        for (int j = 0; j < xs; j++) { acc[j][r][0] += w0 * x0[j]; acc[j][r][1] += w1 * x1[j]; }             \
+      vf w[ROWS_AT_ONCE];                                                                                     \
+      for (int r = 0; r < ROWS_AT_ONCE; r++) { w[r] = LOAD(wr[r] + k); IN_REGISTER(w[r]); }           \
+      for (int j = 0; j < xs; j++) {                                                                          \
+        const vf xv = load_f32(x + j * K + k);                                                                \
+        for (int r = 0; r < ROWS_AT_ONCE; r++) acc[j][r] += w[r] * xv;                                        \
       }                                                                                                       \
     }                                                                                                         \
     for (int j = 0; j < xs; j++) {                                                                            \
-      vf both[ROWS_AT_ONCE];                                                                                  \
-      for (int r = 0; r < ROWS_AT_ONCE; r++) both[r] = acc[j][r][0] + acc[j][r][1];                           \
-      const v4 sums = sum4(both);                                                                             \
+      const v4 sums = sum4(acc[j]);                                                                           \
       for (int r = 0; r < ROWS_AT_ONCE; r++) {                                                                \
         float s = sums[r];                                                                                    \
         for (int64_t k = KS; k < K; k++) s += SCALAR(wr[r][k]) * x[j * K + k];                                \
@@ -149,7 +160,7 @@ static inline v4 sum4(const vf a[4]) {
       const char *ahead = (const char *)(w + n0 * K) + PREFETCH_BYTES;                                          \
       for (int64_t m = 0; m < M;) {                                                                             \
         float out[X_AT_ONCE][ROWS_AT_ONCE];                                                                     \
-        const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : 1; /* an odd last row alone */                          \
+        const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : 1; /* the rows left over: one at a time */                          \
         if (xs == X_AT_ONCE) NAME##_tile(wr, x + m * K, X_AT_ONCE, K, m == 0 ? ahead : NULL, out);              \
         else NAME##_tile(wr, x + m * K, 1, K, m == 0 ? ahead : NULL, out);                                      \
         for (int j = 0; j < xs; j++)                                                                            \
