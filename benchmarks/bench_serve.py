@@ -5,7 +5,8 @@ Starts two ``app.py`` processes (batched, and ``--no-batching``) serving ``--mod
 ``/generate_base`` for ``--new-tokens`` greedy tokens at once. Prints aggregate and per-user
 tokens/s and the time to first token (p50, p95), and checks the goals (at 8 users: aggregate >= 4x
 one user's and >= 3x without batching, p95 first token <= 1.5 s; one user >= 0.95x without
-batching and >= 0.9x the library's own ``stream()`` in a process like the app's). Method and figures: docs/performance.md.
+batching and >= 0.9x the library's own ``stream()`` in a process like the app's). ``--rounds`` (default 3)
+rounds in turns (the library, then every count in every mode), medians. Method and figures: docs/performance.md.
 
     python -m benchmarks.bench_serve                                        # 124M shape: the real figures
     python -m benchmarks.bench_serve --model random:tiny --users 1,2 --new-tokens 8   # smoke test
@@ -240,13 +241,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each app process")
     ap.add_argument("--dtype", choices=DTYPES, default="float32", help="app.py --dtype (default: float32)")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (library, then each count in each mode); medians"
+    )
     args = ap.parse_args()
     try:
         users = [int(u) for u in args.users.split(",")]
     except ValueError:
         ap.error(f"--users must be comma-separated whole numbers, got {args.users!r}")
-    if not users or min(users) < 1 or args.new_tokens < 1 or args.threads < 1:
-        ap.error("--users, --new-tokens and --threads must be positive")
+    if not users or min(users) < 1 or args.new_tokens < 1 or args.threads < 1 or args.rounds < 1:
+        ap.error("--users, --new-tokens, --threads and --rounds must be positive")
 
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp) / "runs"  # empty: no finetuned run, the base model only
@@ -265,18 +269,28 @@ def main() -> None:
                 f"{'users':>5}  {'mode':<12} {'aggregate tok/s':>15} {'per user tok/s':>14} {'TTFT p50 s':>10} "
                 f"{'TTFT p95 s':>10} {'wall s':>7}"
             )
-            rounds: dict[tuple[str, int], Round] = {}
-            library_rates = library_rate(args, 3)  # the apps are idle meanwhile
-            library = sorted(library_rates)[1]
-            print(f"{'1':>5}  {'stream()':<12} {library:>15.1f}  (the library in a process of its own; median of 3)")
-            for n in users:
-                for mode, app in apps.items():
-                    r = rounds[mode, n] = run_round(app, n, args.new_tokens)
-                    print(
-                        f"{n:>5}  {mode:<12} {r.aggregate:>15.1f} {r.per_user:>14.1f} {r.ttft(0.5):>10.2f} "
-                        f"{r.ttft(0.95):>10.2f} {r.wall_s:>7.1f}",
-                        flush=True,
-                    )
+            # In turns (the library, then every count in every mode; again), so that a machine whose speed
+            # drifts slows each side alike; each side's median round is kept.
+            measured: dict[tuple[str, int], list[Round]] = {}
+            library_rates: list[float] = []
+            for _ in range(args.rounds):
+                library_rates += library_rate(args, 1)  # the apps are idle meanwhile
+                print(f"{'1':>5}  {'stream()':<12} {library_rates[-1]:>15.1f}  (the library in a process of its own)")
+                for n in users:
+                    for mode, app in apps.items():
+                        r = run_round(app, n, args.new_tokens)
+                        measured.setdefault((mode, n), []).append(r)
+                        print(
+                            f"{n:>5}  {mode:<12} {r.aggregate:>15.1f} {r.per_user:>14.1f} {r.ttft(0.5):>10.2f} "
+                            f"{r.ttft(0.95):>10.2f} {r.wall_s:>7.1f}",
+                            flush=True,
+                        )
+            rounds = {key: sorted(rs, key=lambda r: r.aggregate)[len(rs) // 2] for key, rs in measured.items()}
+            library = sorted(library_rates)[len(library_rates) // 2]
+            print(
+                f"medians of {args.rounds} rounds: stream() {library:.1f} tok/s; "
+                + "; ".join(f"{mode} x{n} {r.aggregate:.1f}" for (mode, n), r in rounds.items())
+            )
         finally:
             for app in apps.values():
                 app.close()
