@@ -167,3 +167,16 @@ def test_the_inference_layers_keep_parity_with_transformers(fixture, request):
         step = ours(idx[:, 30:31], cache=cache)  # a decode step through the cache
     assert (got - expected).abs().max().item() <= 1e-4
     assert (step[:, -1] - expected[:, 30]).abs().max().item() <= 1e-4
+
+
+def test_run_apart_runs_in_a_thread_that_ends_and_hands_back_the_result_or_the_error():
+    import threading
+
+    from gpt2_scratch.inference import run_apart
+
+    seen = []
+    assert run_apart(lambda: seen.append(threading.current_thread()) or 42) == 42
+    (thread,) = seen
+    assert thread is not threading.current_thread() and not thread.is_alive()  # its OpenMP pool went with it
+    with pytest.raises(ValueError, match="^no such model$"):
+        run_apart(lambda: (_ for _ in ()).throw(ValueError("no such model")))

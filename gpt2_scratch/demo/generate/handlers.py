@@ -43,7 +43,7 @@ from gpt2_scratch.demo.results.views import ENDED_AT_ONCE, elapsed, visible_resp
 from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.files import read_json
 from gpt2_scratch.generate.sampling import SamplingSettings
-from gpt2_scratch.inference import load_model, resolve_dtype
+from gpt2_scratch.inference import load_model, resolve_dtype, run_apart
 from gpt2_scratch.model import GPT
 from gpt2_scratch.prompts import DEFAULT_PROMPT_STYLE, PromptStyle, get_prompt_style
 from gpt2_scratch.runs import RunInfo, RunPaths
@@ -208,7 +208,8 @@ class DemoApp:
             return "torch's own products on the GPU"
         if self.config is None:
             return "chosen by measurement when a model loads"
-        return kernels.plan(self.dtype, self.config.n_embd, self.config.vocab_size, self.kernel)
+        config = self.config  # measured in a thread that ends (inference.run_apart): the decoding's pool stays alone
+        return run_apart(lambda: kernels.plan(self.dtype, config.n_embd, config.vocab_size, self.kernel))
 
     def eval_dtype(self) -> str | None:
         """The inference format the served run's test-set results were generated in (None: not evaluated)."""

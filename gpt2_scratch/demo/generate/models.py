@@ -20,7 +20,7 @@ from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.inputs import UserError
 from gpt2_scratch.devices import resolve_device
 from gpt2_scratch.hub import OFFLINE_HINT as HUB_OFFLINE_HINT
-from gpt2_scratch.inference import load_model, model_dtype
+from gpt2_scratch.inference import load_model, model_dtype, run_apart
 from gpt2_scratch.loading import RANDOM_PREFIX
 from gpt2_scratch.model import GPT
 from gpt2_scratch.runs import RunPaths, display_path, unfinished_problem
@@ -75,7 +75,8 @@ class LazyModel:
             if self._model is None:
                 started = time.perf_counter()
                 try:
-                    self._model = self._load()
+                    # In a thread that ends: the engine's thread then holds the process's only OpenMP pool.
+                    self._model = run_apart(self._load)
                 except UserError:  # the model it views could not be loaded: that one's message says why
                     raise
                 except Exception as e:  # no network, missing or corrupt file: say so (one line), keep serving
