@@ -121,6 +121,8 @@ def linear(
     if weight.shape[1] != k or not weight.is_contiguous():
         raise ValueError(f"gemv: weight {tuple(weight.shape)} does not fit rows of {k} (or is not contiguous)")
     y = torch.empty(m, n, dtype=x2.dtype)
+    if m == 0:  # no rows (e.g. no position to score): nothing to compute
+        return y
     low = x2.dtype == torch.bfloat16
     status = _functions()[weight.dtype](
         x2.data_ptr(),

@@ -50,6 +50,12 @@ def test_products_match_float64_for_every_weight_format(shape, wdtype):
 
 
 @needs_kernel
+def test_no_rows_give_no_rows():
+    for wdtype in (torch.float32, torch.bfloat16):
+        assert gemv.linear(torch.ones(0, 8, dtype=wdtype), torch.ones(3, 8, dtype=wdtype)).shape == (0, 3)
+
+
+@needs_kernel
 def test_a_bfloat16_output_is_the_float32_sum_rounded_to_nearest_even():
     x = torch.tensor([[1.0, 1.0]])
     # 1 + 2^-8 lies halfway between two bfloat16 values: rounds to the even one (1.0); + 3 * 2^-8 rounds up
