@@ -12,6 +12,9 @@ The engine builds inputs and reads logits; the forward pass is the model's own (
 ``RaggedCache``). On a model with unmerged LoRA adapters, ``submit(..., adapter=False)`` decodes a row of
 the base model in the same steps (``GPT.forward``'s ``adapter``): base and finetuned answers share one batch
 and one copy of the base.
+On CPU the engine decodes in its own thread: in a process that decodes only there (the app), load the
+model in a thread that ends (``inference.run_apart``), so that the engine's thread holds the process's
+only OpenMP pool; with more pools than cores every parallel region pays a wake-up (docs/performance.md).
 """
 
 from __future__ import annotations
