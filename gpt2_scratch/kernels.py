@@ -106,15 +106,19 @@ class _InferenceLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def _float32(self, name: str) -> torch.Tensor | None:
-        """Buffer ``name`` in float32 for ``gemv`` (None stays None), copied again when the buffer changes."""
-        t = getattr(self, name)
-        if t is None or t.dtype == torch.float32:
+        """Buffer ``name`` in float32 for ``gemv`` (None stays None), copied again when the buffer changes.
+
+        Called twice a product: kept to dictionary lookups (it cost 0.4 ms a token as a ``getattr`` and a
+        ``data_ptr`` each time)."""
+        t = self._buffers[name]
+        if t is None or t.dtype is torch.float32:
             return t
-        key = (t.data_ptr(), None if t.is_inference() else t._version)  # inference tensors have no version
-        cached = self.__dict__.get(f"_float32_{name}")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__[f"_float32_{name}"] = (key, t.float())
-        return cached[1]
+        version = 0 if t.is_inference() else t._version  # inference tensors have no version (nor change)
+        copies = self.__dict__.setdefault("_float32_copies", {})
+        entry = copies.get(name)
+        if entry is None or entry[0] is not t or entry[1] != version:
+            entry = copies[name] = (t, version, t.float())
+        return entry[2]
 
     def extra_repr(self) -> str:
         rows = "" if self.rows == "together" else f", rows {self.rows}"
