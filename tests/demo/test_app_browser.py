@@ -330,6 +330,9 @@ def diff_marks(page, elem_id: str) -> dict[str, str]:
 def choose_both_runs(page) -> None:
     page.get_by_role("tab", name="Test-set results").click()
     wait_for_text(page, "results-message", "4 test records of run1.")  # the run served is chosen at first
+    # The page's first chain drawn to its end (the scatter shows run1) before the second run is chosen: a choice
+    # made while that chain still updates the page could be undone in the browser (seen 1 run in 6 here).
+    page.wait_for_function("() => document.querySelectorAll('#results-scatter .role-legend-label text').length == 1")
     page.click("#results-runs input")
     page.get_by_role("option", name="run2").click()
     page.keyboard.press("Escape")

@@ -129,11 +129,14 @@ class ResultsBrowser:
         kept = [r for r in runs if isinstance(r, str) and r in offered] if isinstance(runs, list) else []
         chosen = list(dict.fromkeys(kept))[:MAX_RUNS] or self.default_selection()
         note = self.sources_message()
+        # The selection is sent only when it changes: a page-load update that arrives after the visitor's first
+        # choice (the tab's components mount when it is first opened) would otherwise put the old one back.
+        picked = gr.update(choices=offered) if chosen == runs else gr.update(choices=offered, value=chosen)
         return (
             gr.update(visible=not offered),
             gr.update(value=note, visible=bool(note)),
             gr.update(visible=bool(offered)),
-            gr.update(choices=offered, value=chosen),
+            picked,
         )
 
     @reports_errors(

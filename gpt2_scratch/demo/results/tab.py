@@ -109,7 +109,9 @@ def results_tab(demo: gr.Blocks, browser: ResultsBrowser) -> None:
         with gr.Column(visible=bool(browser.offered()), elem_id="results-browser") as column:
             runs, show_after = _browser(demo, browser)
         picker = [none, sources, column, runs]
-        demo.load(browser.picker, [runs], picker, **PRIVATE)
+        # On load the picker first, then the chosen runs, in one chain: a picker running on its own could finish
+        # after a visitor's first choice and put the page's first selection back (seen in the browser test).
+        show_after(demo.load(browser.picker, [runs], picker, **PRIVATE))
         show_after(refresh.click(browser.refresh, [runs], picker, **PRIVATE))
 
 
@@ -225,7 +227,7 @@ def _browser(demo: gr.Blocks, browser: ResultsBrowser) -> tuple[gr.Dropdown, Cal
         """After ``event``: everything of the chosen runs, from their overview on."""
         show_runs(event.then(browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE))
 
-    show_runs(gr.on([demo.load, runs.change], browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE))
+    show_runs(runs.change(browser.choose_runs, [runs, metric, score, record], overview, **PRIVATE))
     metric.input(browser.plots, [runs, metric], plots, **PRIVATE).then(
         browser.redraw, [runs, metric], plots[1:], **PRIVATE
     )
