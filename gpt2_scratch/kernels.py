@@ -142,7 +142,9 @@ class Float32Linear(_InferenceLinear):
             return F.linear(x2, self.weight, self.bias)
         if self.kernel == "gemv":
             return gemv.linear(x2, self.weight, None, self.bias)
-        key = (self.weight.data_ptr(), self.weight._version)
+        weight = self.weight
+        # As ``_float32``: a model loaded under ``torch.inference_mode`` has inference tensors, which keep no version.
+        key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
         packed = self.__dict__.get("_packed")
         if packed is None or packed[0] != key:
             packed = self.__dict__["_packed"] = (key, _pack(self.weight))

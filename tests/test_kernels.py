@@ -189,3 +189,18 @@ def test_a_choice_measured_on_a_busy_machine_is_measured_again_by_a_later_proces
     assert len(calls) == 2
     (entry,) = json.loads((tmp_path / "kernels.json").read_text()).values()
     assert entry["load"] == 0.1
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "gemv"])
+def test_a_model_loaded_under_inference_mode_computes_with_every_float32_kernel(kernel):
+    if kernel not in kernels.candidates("float32"):
+        pytest.skip(f"{kernel} is not available on this CPU")
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig.from_preset("tiny")).eval()
+    idx = torch.randint(0, plain.config.vocab_size, (1, 5))
+    with torch.no_grad():
+        expected = plain(idx)
+    with torch.inference_mode():  # the parameters made here are inference tensors (no version counter)
+        fast = to_inference(GPT(GPTConfig.from_preset("tiny")), "float32", kernel=kernel)
+        fast.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(fast(idx), expected, atol=2e-5, rtol=0)
