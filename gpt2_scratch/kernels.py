@@ -142,8 +142,7 @@ class Float32Linear(_InferenceLinear):
             return F.linear(x2, self.weight, self.bias)
         if self.kernel == "gemv":
             return gemv.linear(x2, self.weight, None, self.bias)
-        weight = self.weight
-        # As ``_float32``: a model loaded under ``torch.inference_mode`` has inference tensors, which keep no version.
+        weight = self.weight  # loaded under torch.inference_mode: an inference tensor, no version (as _float32)
         key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
         packed = self.__dict__.get("_packed")
         if packed is None or packed[0] != key:
