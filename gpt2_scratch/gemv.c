@@ -5,9 +5,9 @@
    weights are read: each thread reads its own contiguous run of output rows, four rows at a time,
    and asks for the bytes 8 KB ahead of where it reads (the hardware prefetcher alone left a third
    of the bandwidth unused at 2 threads; docs/performance.md). Several rows of x (a batch, a prompt)
-   are summed against the four weight rows together, X_AT_ONCE at a time, so each weight read from
-   the cache serves them all. Activations are widened to float32 and every product is summed in
-   float32.
+   are summed against the four weight rows together, X_AT_ONCE at a time and the rest in one smaller
+   tile, so each weight read from the cache serves them all. Activations are widened to float32 and
+   every product is summed in float32.
 
    Invariant: a row of x gets the same bits whatever other rows share its call and wherever its
    output lies among the threads: each (row, output) pair is summed in the same order (one
@@ -36,7 +36,7 @@ typedef float vf __attribute__((vector_size(LANES * 4)));
 
 #define ROWS_AT_ONCE 4      /* output rows summed together (sum4 adds up four) */
 #if LANES == 16
-#define X_AT_ONCE 4 /* rows of x summed together: each weight read serves them all */
+#define X_AT_ONCE 6 /* rows of x summed together: each weight read serves them all (24 accumulators, of 32 registers) */
 #else
 #define X_AT_ONCE 2 /* AVX2 has half the registers */
 #endif
@@ -107,12 +107,12 @@ static inline v4 sum4(const vf a[4]) {
   return (v4){r[0], r[1], r[2], r[3]};
 }
 
-/* One tile: xs rows of x (1 or X_AT_ONCE; a constant where inlined) against ROWS_AT_ONCE weight rows wr.
+/* One tile: xs rows of x (1 to X_AT_ONCE; a constant where inlined) against ROWS_AT_ONCE weight rows wr.
    The weights are held in registers (IN_REGISTER) so that each is read once for all xs rows.
    Each (x row, weight row) pair is summed the same way in any tile: the invariant. */
 #define TILE(NAME, WT, LOAD, SCALAR)                                                                          \
-  static inline __attribute__((always_inline)) void NAME(const WT *const *wr, const float *x, int xs,         \
-                                                         int64_t K, const char *ahead, float out[][ROWS_AT_ONCE]) { \
+  static inline __attribute__((always_inline)) void NAME(const WT *const *wr, const float *x, int64_t K,      \
+                                                         const char *ahead, float out[][ROWS_AT_ONCE], int xs) {    \
     const int64_t KS = K - K % STEP;                                                                          \
     vf acc[X_AT_ONCE][ROWS_AT_ONCE];                                                                          \
     memset(acc, 0, sizeof acc);                                                                               \
@@ -137,6 +137,16 @@ static inline v4 sum4(const vf a[4]) {
     }                                                                                                         \
   }
 
+#if X_AT_ONCE == 6
+#define TILE_CASES(T, ...) case 6: T(__VA_ARGS__, 6); break; case 5: T(__VA_ARGS__, 5); break; TILE_CASES4(T, __VA_ARGS__)
+#elif X_AT_ONCE == 4
+#define TILE_CASES(T, ...) TILE_CASES4(T, __VA_ARGS__)
+#else
+#define TILE_CASES(T, ...) case 2: T(__VA_ARGS__, 2); break; default: T(__VA_ARGS__, 1); break;
+#endif
+#define TILE_CASES4(T, ...) case 4: T(__VA_ARGS__, 4); break; case 3: T(__VA_ARGS__, 3); break; \
+  case 2: T(__VA_ARGS__, 2); break; default: T(__VA_ARGS__, 1); break;
+
 /* x: (M, K) float32 or bfloat16 (x_bf16); w: (N, K); scale, bias: N float32 or NULL; y: (M, N) float32 or
    bfloat16 (y_bf16). Returns 1 when out of memory, else 0. Threads split the output rows in contiguous runs. */
 #define GEMV(NAME, WT, LOAD, SCALAR)                                                                           \
@@ -160,9 +170,11 @@ static inline v4 sum4(const vf a[4]) {
       const char *ahead = (const char *)(w + n0 * K) + PREFETCH_BYTES;                                          \
       for (int64_t m = 0; m < M;) {                                                                             \
         float out[X_AT_ONCE][ROWS_AT_ONCE];                                                                     \
-        const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : 1; /* the rows left over: one at a time */                          \
-        if (xs == X_AT_ONCE) NAME##_tile(wr, x + m * K, X_AT_ONCE, K, m == 0 ? ahead : NULL, out);              \
-        else NAME##_tile(wr, x + m * K, 1, K, m == 0 ? ahead : NULL, out);                                      \
+        const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : (int)(M - m);                                          \
+        const char *pf = m == 0 ? ahead : NULL;                                                                 \
+        switch (xs) { /* each count a constant in its own inlined copy: the accumulators stay in registers */   \
+        TILE_CASES(NAME##_tile, wr, x + m * K, K, pf, out)                                                      \
+        }                                                                                                       \
         for (int j = 0; j < xs; j++)                                                                            \
           for (int r = 0; r < rows; r++) {                                                                      \
             float s = out[j][r];                                                                                \

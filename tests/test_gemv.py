@@ -74,7 +74,7 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_on_any_number_of_thread
     scale = torch.rand(203, generator=g) if wdtype == torch.int8 else None
     x = torch.randn(9, 300, generator=g) * torch.exp(2 * torch.randn(9, 300, generator=g))
     alone = torch.cat([gemv.linear(x[i : i + 1], w, scale) for i in range(9)])
-    for n in (2, 3, 4, 5, 9):
+    for n in range(2, 10):  # every tile size, and tiles of X_AT_ONCE (2 or 6) with the rest
         for start in range(0, 9 - n + 1):
             assert torch.equal(gemv.linear(x[start : start + n], w, scale), alone[start : start + n])
     threads = torch.get_num_threads()
