@@ -41,6 +41,7 @@ _ARGS = (
     ctypes.c_int,  # threads
 )
 _reason: list[str] = []  # why the kernel is unavailable, once known
+_built: list[str] = []  # the loaded library's id (the hash in its file name), once loaded
 
 
 def _cpu_features() -> str:
@@ -87,10 +88,12 @@ def _build(folder: Path) -> Path:
 def _functions() -> dict[torch.dtype, ctypes._CFuncPtr] | None:
     """The kernel's function for each weight dtype, or None where it cannot be built or loaded."""
     try:
-        lib = ctypes.CDLL(str(_build(cache_folder() / "gemv")))
+        path = _build(cache_folder() / "gemv")
+        lib = ctypes.CDLL(str(path))
     except (RuntimeError, OSError) as e:
         _reason.append(str(e).splitlines()[0])
         return None
+    _built.append(path.stem.removeprefix("gemv-"))
     functions = {dtype: getattr(lib, name) for dtype, name in _FUNCTIONS.items()}
     for function in functions.values():
         function.argtypes, function.restype = _ARGS, ctypes.c_int
@@ -100,6 +103,12 @@ def _functions() -> dict[torch.dtype, ctypes._CFuncPtr] | None:
 def available() -> bool:
     """Whether the kernel runs here (built now, or loaded from the cache). Only CPUs: the kernel is C."""
     return _functions() is not None
+
+
+def build_tag() -> str:
+    """``|gemv <id>``: the loaded kernel's id (a hash of its source, compiler, flags and CPU), '' where it is
+    unavailable. Part of the kernel choices' cache key: a changed kernel is measured again."""
+    return f"|gemv {_built[0]}" if available() else ""
 
 
 def unavailable_reason() -> str:

@@ -253,8 +253,8 @@ ACTIVATIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": tor
 
 
 def _machine_key() -> str:
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return f"{caps.get('cpu_name', 'cpu')}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    cpu = (torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}).get("cpu_name", "cpu")
+    return f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads{gemv.build_tag()}"
 
 
 def candidates(fmt: str) -> tuple[str, ...]:

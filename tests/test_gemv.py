@@ -110,6 +110,7 @@ def test_the_library_is_built_once_per_source_and_cpu_and_then_read_from_the_cac
     monkeypatch.setattr(gemv.subprocess, "run", lambda cmd, **kw: built.append(cmd) or real_run(cmd, **kw))
     assert gemv._build(tmp_path) == first
     assert all("--version" in cmd for cmd in built)  # the compiler asked its version, nothing compiled
+    assert gemv.build_tag() == f"|gemv {gemv._build(gemv.cache_folder() / 'gemv').stem[5:]}"  # the loaded one's id
     edited = tmp_path / "gemv.c"
     edited.write_text(gemv.SOURCE.read_text() + "\n/* edited */\n")
     monkeypatch.setattr(gemv, "SOURCE", edited)
