@@ -138,7 +138,7 @@ class Float32Linear(_InferenceLinear):
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: names and state dict stay
 
     def product(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "mkl" or not (x2.device.type == "cpu" and not torch.is_grad_enabled()):
+        if self.kernel == "mkl" or not (x2.is_cpu and not torch.is_grad_enabled()):
             return F.linear(x2, self.weight, self.bias)
         if self.kernel == "gemv":
             return gemv.linear(x2, self.weight, None, self.bias)
@@ -177,7 +177,7 @@ class BF16Linear(_Converted, _InferenceLinear):
     def product(self, x2: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onednn":
             return _onednn(x2, self.weight, self.bias)
-        if self.kernel == "gemv" and x2.device.type == "cpu":
+        if self.kernel == "gemv" and x2.is_cpu:
             return gemv.linear(x2, self.weight, None, self._float32("bias"))
         return F.linear(x2, self.weight, self.bias)
 
@@ -207,9 +207,9 @@ class Int8Linear(_Converted, _InferenceLinear):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 
     def product(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "gemv" and x2.device.type == "cpu":
+        if self.kernel == "gemv" and x2.is_cpu:
             return gemv.linear(x2, self.weight, self._float32("scale"), self._float32("bias"))
-        if self.kernel == "int8pack" and x2.device.type == "cpu":
+        if self.kernel == "int8pack" and x2.is_cpu:
             y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, self.scale)
         else:
             y = F.linear(x2, self.weight.to(x2.dtype)) * self.scale

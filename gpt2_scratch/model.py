@@ -50,7 +50,7 @@ def attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> tor
     float32 (exactly: they were bfloat16), so decoding reads them without converting. Prefill (many
     queries) stays on the bfloat16 kernel, faster there.
     """
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[2] == 1:
+    if q.dtype == torch.bfloat16 and q.is_cpu and q.shape[2] == 1:
         return attention(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
     k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache read by bfloat16 queries (prefill); else no copy
     if mask is None:
@@ -149,8 +149,8 @@ class RaggedCache:
     def attend(self, layer: int, q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
         if mask is not None:
             raise ValueError("a ragged batch has no padding to mask")
-        spans = zip(self.caches, self.offsets, self.lengths)
-        ys = [c.attend(layer, q[:, :, o : o + n], k[:, :, o : o + n], v[:, :, o : o + n], None) for c, o, n in spans]
+        rows = zip(self.caches, *(t.split(self.lengths, dim=2) for t in (q, k, v)))  # each row's span
+        ys = [c.attend(layer, q_row, k_row, v_row, None) for c, q_row, k_row, v_row in rows]
         return torch.cat(ys, dim=2)  # (1, nh, N, hs)
 
     def advance(self, T: int) -> None:
