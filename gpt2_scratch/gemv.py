@@ -55,14 +55,16 @@ def _cpu_features() -> str:
     return platform.machine() + " " + platform.processor()
 
 
-def _build(folder: Path) -> Path:
-    """The library for this CPU, compiled now if the cache has none. Raises RuntimeError with one line."""
+def build_library(folder: Path, source_file: Path | None = None) -> Path:
+    """The library of ``source_file`` (default ``SOURCE``) for this CPU, compiled now if ``folder`` has none.
+    Raises RuntimeError with one line."""
+    source_file = source_file or SOURCE
     compiler = os.environ.get(COMPILER_ENV) or "cc"
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"no C compiler ({compiler}: {e.__class__.__name__})") from e
-    source = SOURCE.read_bytes()
+    source = source_file.read_bytes()
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(), _cpu_features().encode()]))
     path = folder / f"gemv-{key.hexdigest()[:16]}.so"
     if path.is_file():
@@ -71,7 +73,7 @@ def _build(folder: Path) -> Path:
     scratch = folder / f".build-{os.getpid()}.so"
     try:
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(scratch)], capture_output=True, text=True, timeout=120
+            [compiler, *FLAGS, str(source_file), "-o", str(scratch)], capture_output=True, text=True, timeout=120
         )
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no message"])[0]
@@ -88,12 +90,17 @@ def _build(folder: Path) -> Path:
 def _functions() -> dict[torch.dtype, ctypes._CFuncPtr] | None:
     """The kernel's function for each weight dtype, or None where it cannot be built or loaded."""
     try:
-        path = _build(cache_folder() / "gemv")
+        path = build_library(cache_folder() / "gemv")
         lib = ctypes.CDLL(str(path))
     except (RuntimeError, OSError) as e:
         _reason.append(str(e).splitlines()[0])
         return None
     _built.append(path.stem.removeprefix("gemv-"))
+    return bind(lib)
+
+
+def bind(lib: ctypes.CDLL) -> dict[torch.dtype, ctypes._CFuncPtr]:
+    """The library's function for each weight dtype, with its argument types."""
     functions = {dtype: getattr(lib, name) for dtype, name in _FUNCTIONS.items()}
     for function in functions.values():
         function.argtypes, function.restype = _ARGS, ctypes.c_int

@@ -103,34 +103,34 @@ def test_every_inference_layer_computes_what_torch_does_with_the_gemv_kernel():
 def test_the_library_is_built_once_per_source_and_cpu_and_then_read_from_the_cache(tmp_path, monkeypatch):
     if not gemv.available():
         pytest.skip(f"gemv not built here: {gemv.unavailable_reason()}")
-    first = gemv._build(tmp_path)
+    first = gemv.build_library(tmp_path)
     assert first.parent == tmp_path and first.name.startswith("gemv-") and first.suffix == ".so"
     built = []
     real_run = subprocess.run
     monkeypatch.setattr(gemv.subprocess, "run", lambda cmd, **kw: built.append(cmd) or real_run(cmd, **kw))
-    assert gemv._build(tmp_path) == first
+    assert gemv.build_library(tmp_path) == first
     assert all("--version" in cmd for cmd in built)  # the compiler asked its version, nothing compiled
-    assert gemv.build_tag() == f"|gemv {gemv._build(gemv.cache_folder() / 'gemv').stem[5:]}"  # the loaded one's id
+    assert gemv.build_tag() == f"|gemv {gemv.build_library(gemv.cache_folder() / 'gemv').stem[5:]}"  # the loaded one's id
     edited = tmp_path / "gemv.c"
     edited.write_text(gemv.SOURCE.read_text() + "\n/* edited */\n")
     monkeypatch.setattr(gemv, "SOURCE", edited)
-    assert gemv._build(tmp_path) != first  # another source: its own library
+    assert gemv.build_library(tmp_path) != first  # another source: its own library
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".so") == sorted(
-        [first.name, gemv._build(tmp_path).name]
+        [first.name, gemv.build_library(tmp_path).name]
     )
 
 
 def test_no_compiler_or_a_failed_build_is_one_line_and_forcing_the_kernel_then_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv(gemv.COMPILER_ENV, str(tmp_path / "no-such-cc"))
     with pytest.raises(RuntimeError, match=r"^no C compiler \(.*no-such-cc: FileNotFoundError\)$"):
-        gemv._build(tmp_path)
+        gemv.build_library(tmp_path)
     monkeypatch.delenv(gemv.COMPILER_ENV)
     broken = tmp_path / "gemv.c"
     broken.write_text("this is not C\n")
     monkeypatch.setattr(gemv, "SOURCE", broken)
     if gemv.available():  # a compiler is here: the broken source fails to build, in one line
         with pytest.raises(RuntimeError, match=r"could not build gemv.c \(") as failed:
-            gemv._build(tmp_path / "out")
+            gemv.build_library(tmp_path / "out")
         assert "\n" not in str(failed.value)
         assert not list((tmp_path / "out").glob("*.so"))  # nothing half-built left in the cache
     monkeypatch.setattr(gemv, "available", lambda: False)
