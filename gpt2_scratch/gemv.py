@@ -1,7 +1,8 @@
 """Our C matrix-vector kernel (``gemv.c``): built once per CPU with the C compiler at hand, cached, called through ctypes.
 
 Entry points: ``available()`` (builds or loads it on first use; ``unavailable_reason()`` says why not) and
-``linear(x2, weight, scale, bias)``. ``kernels`` offers it as the ``gemv`` candidate of every format,
+``linear(x2, weight, scale, bias)``; ``build_library`` and ``bind`` build and load any version of the source
+(``benchmarks/bench_gemv.py`` compares two). ``kernels`` offers it as the ``gemv`` candidate of every format,
 chosen where it measures fastest. The library is built with ``$CC`` (default ``cc``) ``-O3 -march=native
 -fopenmp`` into ``<cache folder>/gemv/``, named by a hash of the source, the compiler, the flags and the
 CPU's features, so another CPU or an edited source builds its own. Its OpenMP runtime is the one torch
