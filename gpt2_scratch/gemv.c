@@ -137,15 +137,16 @@ static inline v4 sum4(const vf a[4]) {
     }                                                                                                         \
   }
 
+/* A switch's cases for every tile size, 1 to X_AT_ONCE. */
 #if X_AT_ONCE == 6
-#define TILE_CASES(T, ...) case 6: T(__VA_ARGS__, 6); break; case 5: T(__VA_ARGS__, 5); break; TILE_CASES4(T, __VA_ARGS__)
-#elif X_AT_ONCE == 4
-#define TILE_CASES(T, ...) TILE_CASES4(T, __VA_ARGS__)
+#define TILE_CASES(T, ...) case 6: T(__VA_ARGS__, 6); break; case 5: T(__VA_ARGS__, 5); break; \
+  case 4: T(__VA_ARGS__, 4); break; case 3: T(__VA_ARGS__, 3); break; TILE_CASES2(T, __VA_ARGS__)
+#elif X_AT_ONCE == 2
+#define TILE_CASES(T, ...) TILE_CASES2(T, __VA_ARGS__)
 #else
-#define TILE_CASES(T, ...) case 2: T(__VA_ARGS__, 2); break; default: T(__VA_ARGS__, 1); break;
+#error "TILE_CASES has no cases for this X_AT_ONCE"
 #endif
-#define TILE_CASES4(T, ...) case 4: T(__VA_ARGS__, 4); break; case 3: T(__VA_ARGS__, 3); break; \
-  case 2: T(__VA_ARGS__, 2); break; default: T(__VA_ARGS__, 1); break;
+#define TILE_CASES2(T, ...) case 2: T(__VA_ARGS__, 2); break; default: T(__VA_ARGS__, 1); break;
 
 /* x: (M, K) float32 or bfloat16 (x_bf16); w: (N, K); scale, bias: N float32 or NULL; y: (M, N) float32 or
    bfloat16 (y_bf16). Returns 1 when out of memory, else 0. Threads split the output rows in contiguous runs. */

@@ -146,7 +146,7 @@ class Float32Linear(_InferenceLinear):
         key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
         packed = self.__dict__.get("_packed")
         if packed is None or packed[0] != key:
-            packed = self.__dict__["_packed"] = (key, _pack(self.weight))
+            packed = self.__dict__["_packed"] = (key, _pack(weight))
         return _onednn(x2, packed[1], self.bias)
 
 
