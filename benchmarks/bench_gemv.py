@@ -81,14 +81,15 @@ def main() -> int:
             return 2
     wdtype = DTYPES[args.dtype]
     low = wdtype != torch.float32  # bfloat16 and int8 models compute in bfloat16
+    activations = torch.bfloat16 if low else torch.float32
     g = torch.Generator().manual_seed(0)
     weights = [
         (torch.randn(o, i, generator=g) * (40 if wdtype == torch.int8 else 0.02)).to(wdtype) for o, i in shapes()
     ]
     print(f"{'rows':>4} {'then ms':>10} {'now ms':>10} {'now / then':>19}  same bits")
     for m in rows:
-        xs = {k: torch.randn(m, k, generator=g).to(torch.bfloat16 if low else torch.float32) for k in (768, 3072)}
-        outs = {name: [torch.empty(m, w.shape[0], dtype=xs[768].dtype) for w in weights] for name in builds}
+        xs = {k: torch.randn(m, k, generator=g).to(activations) for k in {w.shape[1] for w in weights}}
+        outs = {name: [torch.empty(m, w.shape[0], dtype=activations) for w in weights] for name in builds}
 
         def run(name: str, xs=xs, outs=outs, m=m) -> float:
             return products_seconds(builds[name][wdtype], weights, xs, outs[name], m, low)
