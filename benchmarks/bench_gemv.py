@@ -59,11 +59,16 @@ def main() -> int:
     except ValueError:
         print(f"--rows {args.rows!r}: not a comma-separated list of whole numbers", file=sys.stderr)
         return 2
-    shown = subprocess.run(
-        ["git", "show", f"{args.against}:gpt2_scratch/gemv.c"], cwd=ROOT, capture_output=True, text=True
-    )
+    try:
+        shown = subprocess.run(
+            ["git", "show", f"{args.against}:gpt2_scratch/gemv.c"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError as e:  # no git here
+        print(f"--against {args.against}: git could not run ({e.__class__.__name__})", file=sys.stderr)
+        return 2
     if shown.returncode != 0:
-        print(f"--against {args.against}: no gpt2_scratch/gemv.c there ({shown.stderr.strip()})", file=sys.stderr)
+        why = (shown.stderr.strip().splitlines() or ["no message"])[0]  # one line, whatever git says
+        print(f"--against {args.against}: no gpt2_scratch/gemv.c there ({why})", file=sys.stderr)
         return 2
 
     print(machine_line())
