@@ -51,6 +51,16 @@ def crop_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tup
     return ids[cropped:], cropped
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's largest logit's token id ``(B,)`` from logits ``(B, V)``, the first one on ties (``argmax``).
+
+    On CPU through numpy: torch's ``argmax`` over GPT-2's 50,257 float32 logits takes 120-140 us
+    there, numpy's 6-7 (docs/performance.md), on every greedy token."""
+    if logits.is_cpu and logits.dtype == torch.float32:
+        return torch.from_numpy(logits.detach().numpy().argmax(axis=-1)).long()
+    return logits.argmax(dim=-1)
+
+
 def sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
     """Next token ids ``(B,)`` from logits ``(B, V)``: the sampler written plainly (``generate`` uses it for one row).
 
@@ -59,7 +69,7 @@ def sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Ge
     ``torch.multinomial``. ``sample_rows`` draws the same tokens from the same generators, faster.
     """
     if settings.temperature == 0:
-        return logits.argmax(dim=-1)
+        return greedy(logits)
     logits = logits.float() / settings.temperature
     if settings.top_k is not None and settings.top_k < logits.shape[-1]:
         kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
@@ -90,7 +100,7 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, generator: tor
     of the whole batch does (see ``sample_rows``).
     """
     if settings.temperature == 0:
-        return logits.argmax(dim=-1)
+        return greedy(logits)
     B = logits.shape[0]
     return sample_rows(logits, [settings] * B, [generator] * B)
 
@@ -125,12 +135,12 @@ def sample_rows(
     B = logits.shape[0]
     sampled = [i for i, s in enumerate(settings) if s.temperature != 0]
     if not sampled:
-        return logits.argmax(dim=-1)
+        return greedy(logits)
     bits = _random_bits(len(sampled), logits.shape[-1], [generators[i] for i in sampled], logits.device)
     picked = _draw(_rows(logits, sampled, B).float(), [settings[i] for i in sampled], bits)
     if len(sampled) == B:
         return picked
-    tokens = logits.argmax(dim=-1)  # the greedy rows' tokens
+    tokens = greedy(logits)  # the greedy rows' tokens
     tokens[sampled] = picked
     return tokens
 
@@ -176,7 +186,7 @@ def _draw(logits: torch.Tensor, settings: Sequence[SamplingSettings], bits: torc
     tokens = torch.empty(n, dtype=torch.long, device=logits.device)
     if whole:  # no filter: every token is a candidate, as in multinomial itself
         probs = torch.softmax(_rows(logits, whole, n) / _rows(temperature, whole, n), dim=-1)
-        tokens[whole] = (probs / _exponentials(_rows(bits, whole, n))).argmax(dim=-1)
+        tokens[whole] = greedy(probs / _exponentials(_rows(bits, whole, n)))
     if cut:
         probs, ids = _filtered(
             _rows(logits, cut, n), _rows(temperature, cut, n), [top_k[i] for i in cut], [top_p[i] for i in cut]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt2_scratch import GPT, GPTConfig
-from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, generate, sample_next, stream
+from gpt2_scratch.generate.sampling import SamplingSettings, crop_prompt, generate, greedy, sample_next, stream
 from gpt2_scratch.hub import load_pretrained
 from gpt2_scratch.tokenizer import EOS_ID, decode, encode
 
@@ -126,6 +126,20 @@ def test_top_k_and_top_p_filtering():
     assert seen_p == {0, 1}
     seen_all = {sample_next(logits, SamplingSettings(temperature=1.0), g).item() for _ in range(2000)}
     assert seen_all == {0, 1, 2, 3}
+
+
+def test_greedy_picks_each_rows_first_largest_logit_as_torch_argmax_does():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 50257, generator=g)
+    logits[1, [7, 900, 40000]] = 10.0  # a tie: the first one wins
+    logits[2, -1] = 11.0
+    logits[3] = -1.0  # all equal
+    expected = [int(logits[0].argmax()), 7, 50256, 0, int(logits[4].argmax())]
+    for x in (logits, logits.bfloat16(), logits[:, ::2].contiguous(), logits.t().contiguous().t()):
+        got = greedy(x)
+        assert got.dtype == torch.long and got.tolist() == x.argmax(dim=-1).tolist()
+    assert greedy(logits).tolist() == expected
+    assert greedy(logits[:, None, :][:, -1, :]).tolist() == expected  # the decode loop's view of (B, 1, V)
 
 
 def test_long_prompt_is_cropped_from_the_left_with_a_warning():
