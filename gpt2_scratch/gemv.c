@@ -14,6 +14,7 @@
    accumulator of LANES lanes over steps of LANES inputs, a fixed tree, then the tail), whether
    its x row is summed alone or beside others (X_AT_ONCE shares the weight reads, not the sums).
 */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,3 +196,167 @@ static inline v4 sum4(const vf a[4]) {
 GEMV(gemv_float32, float, load_f32, AS_FLOAT)
 GEMV(gemv_bfloat16, uint16_t, load_bf16, from_bf16)
 GEMV(gemv_int8, int8_t, load_i8, AS_FLOAT)
+
+/* ---- int4: GPT-2's weights in 4 bits, as llama.cpp's q4_0 (blocks of 32 inputs, w = (q - 8) * d, q in 0..15),
+   multiplied by activations rounded to int8 per block of 32 (as its q8_0), the block sums in integers.
+   Layout (gemv.py's pack_int4): a row is K / 64 pairs of blocks A, B; a pair is 32 bytes, A's and B's 16 bytes
+   interleaved 4 by 4 (A0-3 B0-3 A4-7 ...), and byte u of a block holds its input u (low 4 bits) and u + 16
+   (high 4 bits). So position pos of a pair (0-31 the low halves of its bytes, 32-63 the high halves) is
+   block (pos / 4) % 2, and a vector lane (4 positions) sums one block's products. d: K / 32 floats a row.
+   The same invariant: each (x row, output row) is summed in the same order in any tile. */
+#define PAIR 64 /* inputs a pair of blocks */
+
+/* Position pos of a pair: the input it multiplies (0-63 within the pair). */
+static inline int pair_input(int pos) {
+  const int t = pos % 32, blk = (t / 4) % 2;
+  return 32 * blk + (t / 8) * 4 + t % 4 + 16 * (pos / 32);
+}
+
+/* One x row's pair p prepared: its 64 inputs rounded to int8 in the pair's order (xq), each lane's -8 * sum
+   (corr: the q - 8 offset, taken once for all output rows) and each lane's block scale (dx). */
+static void prepare_x(const float *x, int8_t *xq, int32_t *corr, float *dx) {
+  float scale[2];
+  for (int b = 0; b < 2; b++) {
+    float m = 0.0f;
+    for (int i = 0; i < 32; i++) m = fabsf(x[32 * b + i]) > m ? fabsf(x[32 * b + i]) : m;
+    scale[b] = m / 127.0f;
+  }
+  for (int pos = 0; pos < PAIR; pos++) {
+    const float s = scale[(pos / 4) % 2];
+    const float v = s > 0.0f ? x[pair_input(pos)] / s : 0.0f; /* in [-127, 127] */
+    xq[pos] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f); /* to nearest, ties to even (1.5 * 2^23 rounds) */
+  }
+  for (int l = 0; l < LANES; l++) {
+    int32_t sum = 0;
+    for (int pos = 0; pos < PAIR; pos++) sum += (pos / 4) % LANES == l ? xq[pos] : 0;
+    corr[l] = -8 * sum;
+    dx[l] = scale[l % 2];
+  }
+}
+
+/* One pair's sums, as floats: lane l gets -8 * sum + the q * xq of its positions ((pos / 4) % LANES == l),
+   summed in integers (exact). */
+static inline vf pair_sums(const uint8_t *w, const int8_t *xq, const int32_t *corr) {
+  vf f;
+#if defined(__AVX512BW__) && LANES == 16
+  const __m256i v = _mm256_loadu_si256((const __m256i *)w), m4 = _mm256_set1_epi8(15);
+  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+#if defined(__AVX512VNNI__)
+  const __m512i sums = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr), q, _mm512_loadu_si512(xq));
+#else /* pairs of products in 16 bits (at most 2 * 15 * 127), then fours in 32 */
+  const __m512i sums = _mm512_add_epi32(
+      _mm512_madd_epi16(_mm512_maddubs_epi16(q, _mm512_loadu_si512(xq)), _mm512_set1_epi16(1)), _mm512_loadu_si512(corr));
+#endif
+  const __m512 r = _mm512_cvtepi32_ps(sums);
+  memcpy(&f, &r, sizeof f);
+#elif defined(__AVX2__) && LANES == 8
+  const __m256i v = _mm256_loadu_si256((const __m256i *)w), m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_loadu_si256((const __m256i *)xq)), ones);
+  const __m256i hi = _mm256_madd_epi16(
+      _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_loadu_si256((const __m256i *)(xq + 32))), ones);
+  const __m256 r = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(lo, hi), _mm256_loadu_si256((const __m256i *)corr)));
+  memcpy(&f, &r, sizeof f);
+#else
+  int32_t sums[LANES];
+  for (int l = 0; l < LANES; l++) sums[l] = corr[l];
+  for (int t = 0; t < 32; t++) { /* position t (low half of byte t) and t + 32 (its high half) */
+    sums[t / 4] += (w[t] & 15) * xq[t];
+    sums[(t / 4 + 8) % LANES] += (w[t] >> 4) * xq[t + 32];
+  }
+  for (int l = 0; l < LANES; l++) f[l] = (float)sums[l];
+#endif
+  return f;
+}
+
+/* The pair's two block scales d2[0], d2[1] in alternate lanes (a lane's block is l % 2). */
+static inline vf pair_scales(const float *d2) {
+  double both;
+  memcpy(&both, d2, sizeof both);
+#if defined(__AVX512F__)
+  const __m512d r = _mm512_set1_pd(both);
+#elif defined(__AVX2__)
+  const __m256d r = _mm256_set1_pd(both);
+#else
+  double r[LANES / 2];
+  for (int i = 0; i < LANES / 2; i++) r[i] = both;
+#endif
+  vf f;
+  memcpy(&f, &r, sizeof f);
+  return f;
+}
+
+/* One tile: xs rows of x against ROWS_AT_ONCE weight rows (their scales dr), as TILE does for the other formats. */
+static inline __attribute__((always_inline)) void int4_tile(const uint8_t *const *wr, const float *const *dr,
+                                                            const int8_t *xq, const int32_t *corr, const float *dx,
+                                                            int64_t pairs, float out[][ROWS_AT_ONCE], int xs) {
+  vf acc[X_AT_ONCE][ROWS_AT_ONCE];
+  memset(acc, 0, sizeof acc);
+  for (int64_t p = 0; p < pairs; p++) {
+    vf d[ROWS_AT_ONCE]; /* each lane's weight scale */
+    for (int r = 0; r < ROWS_AT_ONCE; r++) {
+      __builtin_prefetch(wr[r] + p * 32 + 1024);
+      d[r] = pair_scales(dr[r] + 2 * p);
+    }
+    for (int j = 0; j < xs; j++) {
+      const int64_t at = j * pairs + p;
+      const vf s = load_f32(dx + at * LANES);
+      for (int r = 0; r < ROWS_AT_ONCE; r++) acc[j][r] += pair_sums(wr[r] + p * 32, xq + at * PAIR, corr + at * LANES) * d[r] * s;
+    }
+  }
+  for (int j = 0; j < xs; j++) {
+    const v4 sums = sum4(acc[j]);
+    for (int r = 0; r < ROWS_AT_ONCE; r++) out[j][r] = sums[r];
+  }
+}
+
+/* As the GEMV functions, w: (N, K / 2) bytes (the layout above), d: (N, K / 32) float32. K must be a multiple of
+   64 (returns 2 otherwise); 1 when out of memory. */
+int gemv_int4(const void *x_in, int x_bf16, const uint8_t *w, const float *d, const float *bias, void *y_out,
+              int y_bf16, int64_t M, int64_t K, int64_t N, int threads) {
+  if (K % PAIR) return 2;
+  const int64_t pairs = K / PAIR;
+  int8_t *xq = (int8_t *)malloc((size_t)(M * K) + (size_t)(M * pairs * LANES) * 8);
+  if (!xq) return 1;
+  int32_t *corr = (int32_t *)(xq + M * K);
+  float *dx = (float *)(corr + M * pairs * LANES);
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t p = 0; p < pairs; p++) {
+      float x[PAIR];
+      for (int i = 0; i < PAIR; i++) {
+        const int64_t k = m * K + p * PAIR + i;
+        x[i] = x_bf16 ? from_bf16(((const uint16_t *)x_in)[k]) : ((const float *)x_in)[k];
+      }
+      const int64_t at = m * pairs + p;
+      prepare_x(x, xq + at * PAIR, corr + at * LANES, dx + at * LANES);
+    }
+  const int64_t blocks = (N + ROWS_AT_ONCE - 1) / ROWS_AT_ONCE;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < blocks; b++) {
+    const int64_t n0 = b * ROWS_AT_ONCE, rows = N - n0 < ROWS_AT_ONCE ? N - n0 : ROWS_AT_ONCE;
+    const uint8_t *wr[ROWS_AT_ONCE];
+    const float *dr[ROWS_AT_ONCE];
+    for (int r = 0; r < ROWS_AT_ONCE; r++) {
+      const int64_t n = n0 + (r < rows ? r : 0); /* past N: row n0 again, unused */
+      wr[r] = w + n * (K / 2);
+      dr[r] = d + n * (K / 32);
+    }
+    for (int64_t m = 0; m < M;) {
+      float out[X_AT_ONCE][ROWS_AT_ONCE];
+      const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : (int)(M - m);
+      switch (xs) {
+      TILE_CASES(int4_tile, wr, dr, xq + m * K, corr + m * pairs * LANES, dx + m * pairs * LANES, pairs, out)
+      }
+      for (int j = 0; j < xs; j++)
+        for (int r = 0; r < rows; r++) {
+          float s = out[j][r];
+          if (bias) s += bias[n0 + r];
+          if (y_bf16) ((uint16_t *)y_out)[(m + j) * N + n0 + r] = to_bf16(s);
+          else ((float *)y_out)[(m + j) * N + n0 + r] = s;
+        }
+      m += xs;
+    }
+  }
+  free(xq);
+  return 0;
+}

@@ -27,7 +27,12 @@ from gpt2_scratch.files import atomic_write_bytes, cache_folder
 SOURCE = Path(__file__).with_name("gemv.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 COMPILER_ENV = "CC"
-_FUNCTIONS = {torch.float32: "gemv_float32", torch.bfloat16: "gemv_bfloat16", torch.int8: "gemv_int8"}
+_FUNCTIONS = {
+    torch.float32: "gemv_float32",
+    torch.bfloat16: "gemv_bfloat16",
+    torch.int8: "gemv_int8",
+    torch.uint8: "gemv_int4",  # two 4-bit weights a byte (pack_int4)
+}
 _ARGS = (
     ctypes.c_void_p,  # x (M, K)
     ctypes.c_int,  # x is bfloat16
@@ -130,12 +135,13 @@ def linear(
     """``(x2 @ weight.T) * scale + bias`` in ``x2``'s dtype, summed in float32.
 
     ``x2`` ``(M, K)`` float32 or bfloat16; ``weight`` ``(N, K)`` float32, bfloat16 or int8, contiguous;
-    ``scale`` and ``bias`` ``(N,)`` float32 or None. CPU tensors only.
+    ``scale`` and ``bias`` ``(N,)`` float32 or None. Or int4: ``weight`` and ``scale`` from ``pack_int4``.
+    CPU tensors only.
     """
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     (m, k), n = x2.shape, weight.shape[0]
-    if weight.shape[1] != k or not weight.is_contiguous():
+    if weight.shape[1] * (2 if weight.dtype == torch.uint8 else 1) != k or not weight.is_contiguous():
         raise ValueError(f"gemv: weight {tuple(weight.shape)} does not fit rows of {k} (or is not contiguous)")
     y = torch.empty(m, n, dtype=x2.dtype)
     if m == 0:  # no rows (e.g. no position to score): nothing to compute
@@ -154,6 +160,44 @@ def linear(
         n,
         torch.get_num_threads(),
     )
+    if status == 2:
+        raise ValueError(f"gemv: int4 needs rows of a multiple of 64 inputs, not {k}")
     if status:
-        raise MemoryError(f"gemv: no memory to widen {m}x{k} bfloat16 activations")
+        raise MemoryError(f"gemv: no memory to prepare {m}x{k} activations")
     return y
+
+
+# --- int4: llama.cpp's q4_0 blocks, in the order gemv.c reads them ------------------------------------
+
+INT4_BLOCK = 32  # inputs sharing one scale
+
+
+def pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` ``(N, K)`` in 4 bits: (``(N, K / 2)`` uint8, scales ``(N, K / 32)`` float32); K a multiple of 64.
+
+    Each block of 32 inputs is llama.cpp's q4_0 (``gguf.quants.Q4_0``, the same values): ``d`` is the
+    block's value of largest magnitude over -8 (rounded to float16, as q4_0 stores it), ``q = trunc(w / d
+    + 8.5)`` clipped to 0..15, and ``w ~= (q - 8) * d``. The bytes are in gemv.c's order: byte u of a
+    block holds its input u (low 4 bits) and u + 16 (high), and the 16 bytes of two neighbouring blocks
+    are interleaved 4 by 4, so that one vector lane multiplies one block.
+    """
+    n, k = weight.shape
+    if k % (2 * INT4_BLOCK):
+        raise ValueError(f"int4 needs layers of a multiple of {2 * INT4_BLOCK} inputs; this one has {k}")
+    blocks = weight.detach().float().reshape(n, k // INT4_BLOCK, INT4_BLOCK)
+    largest = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))  # signed
+    d = largest / -8
+    inverse = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    q = (blocks * inverse + 8.5).trunc().clamp(0, 15).to(torch.uint8)  # (N, K / 32, 32)
+    half = INT4_BLOCK // 2
+    by = q[..., :half] | (q[..., half:] << 4)  # (N, K / 32, 16): byte u = inputs u and u + 16
+    pairs = by.reshape(n, k // (2 * INT4_BLOCK), 2, 4, 4).permute(0, 1, 3, 2, 4)  # 4 bytes of A, 4 of B, ...
+    return pairs.reshape(n, k // 2).contiguous(), d.squeeze(-1).half().float().contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 weight ``(N, K)`` that ``pack_int4``'s output stands for: ``(q - 8) * d``."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    by = packed.reshape(n, k // (2 * INT4_BLOCK), 4, 2, 4).permute(0, 1, 3, 2, 4).reshape(n, k // INT4_BLOCK, -1)
+    q = torch.cat([by & 15, by >> 4], dim=-1).float()  # (N, K / 32, 32)
+    return ((q - 8) * scales.unsqueeze(-1)).reshape(n, k)

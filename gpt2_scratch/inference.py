@@ -3,7 +3,7 @@
 Entry points: ``load_model(source, device=, dtype=)`` (``loading.load_gpt`` then ``to_inference``) and
 ``to_inference``. Each linear layer of the blocks and the head is replaced by a layer of ``kernels``
 made from it (composition, visible in ``print(model)``; the names and the state dict keys stay
-GPT-2's): float32 keeps the very Parameters (``Float32Linear``), bfloat16 and int8 hold converted
+GPT-2's): float32 keeps the very Parameters (``Float32Linear``), bfloat16, int8 and int4 hold converted
 buffers, inference only. Each layer's kernel is chosen by measurement (``kernels.choose_kernel``).
 ``auto`` is bfloat16 where the device computes it natively. Nothing in training imports this module.
 Measurements: docs/performance.md.
@@ -21,16 +21,24 @@ import torch.nn as nn
 
 from gpt2_scratch.checkpoint import CheckpointInfo
 from gpt2_scratch.devices import native_bfloat16
-from gpt2_scratch.kernels import LAYERS, CenteredHead, Int8Linear, check_kernel, choose_kernel
+from gpt2_scratch.kernels import (
+    LAYERS,
+    CenteredHead,
+    InferenceLinear,
+    Int4Linear,
+    Int8Linear,
+    check_kernel,
+    choose_kernel,
+)
 from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.model import GPT, LayerNorm
 
-DTYPES = ("auto", "float32", "bfloat16", "int8")
+DTYPES = ("auto", "float32", "bfloat16", "int8", "int4")
 T = TypeVar("T")
 
 
 def resolve_dtype(name: str, device: str | torch.device = "cpu") -> str:
-    """The inference format for ``name`` on ``device``: ``float32``, ``bfloat16`` or ``int8``.
+    """The inference format for ``name`` on ``device``: ``float32``, ``bfloat16``, ``int8`` or ``int4``.
 
     ``auto`` is bfloat16 where ``devices.native_bfloat16(device)`` (emulated bfloat16 is
     slower than float32), float32 elsewhere.
@@ -43,9 +51,10 @@ def resolve_dtype(name: str, device: str | torch.device = "cpu") -> str:
 
 
 def model_dtype(model: nn.Module) -> str:
-    """The format ``to_inference`` gave ``model``: ``float32`` (a plain model too), ``bfloat16`` or ``int8``."""
-    if any(isinstance(m, Int8Linear) for m in model.modules()):
-        return "int8"
+    """The format ``to_inference`` gave ``model``: ``float32`` (a plain model too), ``bfloat16``, ``int8`` or ``int4``."""
+    for layer, name in ((Int8Linear, "int8"), (Int4Linear, "int4")):
+        if any(isinstance(m, layer) for m in model.modules()):
+            return name
     return "bfloat16" if isinstance(model.lm_head, CenteredHead) else "float32"
 
 
@@ -57,7 +66,7 @@ def _inference_layer(
     if linear.weight.device.type == "cpu":
         kernel, rows = choose_kernel(fmt, linear.in_features, linear.out_features, kernel, head)
     else:  # the candidates are CPU kernels; elsewhere torch's own product
-        kernel, rows = ("dequant" if fmt == "int8" else "mkl"), "together"
+        kernel, rows = ("dequant" if fmt in ("int8", "int4") else "mkl"), "together"
     layer = LAYERS[fmt](linear, kernel) if layer_type is None else layer_type(linear, kernel, fmt)
     (layer.linear if isinstance(layer, CenteredHead) else layer).rows = rows
     return layer
@@ -65,10 +74,10 @@ def _inference_layer(
 
 @torch.no_grad()
 def to_inference(model: GPT, dtype: str = "float32", kernel: str | None = None) -> GPT:
-    """``model`` (in place, in eval mode) with inference layers: ``float32``, ``bfloat16`` or ``int8``.
+    """``model`` (in place, in eval mode) with inference layers: ``float32``, ``bfloat16``, ``int8`` or ``int4``.
 
     Every ``nn.Linear`` of the blocks (a LoRA layer's ``base_layer`` included: the adapter wraps
-    the inference layer and stays float32) and the head are replaced; ``bfloat16`` and ``int8``
+    the inference layer and stays float32) and the head are replaced; ``bfloat16``, ``int8`` and ``int4``
     also put the embeddings and LayerNorms in bfloat16 (the activations' format) and the head in
     ``CenteredHead`` of their format. float32 keeps every Parameter: the model's numbers are the plain model's.
     ``kernel``: one of ``kernels.KERNELS[dtype]`` for every layer (default: measured per shape).
@@ -155,7 +164,7 @@ def load_model(
 ) -> tuple[GPT, CheckpointInfo | None]:
     """The one entry point for "give me a model to run from this string": ``loading.load_gpt`` + ``to_inference``.
 
-    ``dtype``: ``float32`` (the default), or for inference only ``bfloat16``, ``int8``
+    ``dtype``: ``float32`` (the default), or for inference only ``bfloat16``, ``int8`` or ``int4``
     (weight-only) or ``auto`` (bfloat16 where the device computes it natively, else float32;
     ``resolve_dtype``). The weights are read in float32 and converted here. ``merge`` and
     ``base``: ``load_gpt``'s (a LoRA checkpoint's adapter merged or kept apart, another base).
@@ -194,3 +203,26 @@ def run_apart(fn: Callable[[], T]) -> T:
     if not ok:
         raise value
     return value
+
+
+def summary(model: nn.Module) -> str:
+    """The kernels of ``model``'s inference layers for a header or a log line, e.g. ``onednn x48, mkl x1``."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, InferenceLinear):
+            counts[m.kernel] = counts.get(m.kernel, 0) + 1
+    return ", ".join(f"{k} x{n}" for k, n in counts.items()) or "torch's own (a plain model)"
+
+
+def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> str:
+    """The kernel each layer of a GPT-2 of this width gets in ``fmt`` (measured now if not cached), for a header.
+
+    e.g. ``c_attn onednn, attn.c_proj onednn, c_fc onednn, mlp.c_proj onednn (lone as two), head mkl``.
+    """
+    C = n_embd
+    layers = {"c_attn": (C, 3 * C), "attn.c_proj": (C, C), "c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
+    parts = []
+    for name, (n_in, n_out) in [*layers.items(), ("head", (C, vocab_size))]:
+        chosen, rows = choose_kernel(fmt, n_in, n_out, kernel, head=name == "head")
+        parts.append(f"{name} {chosen}" + ("" if rows == "together" else f" ({rows})"))
+    return ", ".join(parts)

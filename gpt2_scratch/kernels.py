@@ -35,7 +35,7 @@ KERNEL_ENV = "GPT2_SCRATCH_KERNEL"  # force one kernel (a name of KERNELS[format
 # --kernel's help in every script that loads a model for inference (evaluate.py, app.py).
 KERNEL_HELP = (
     "the product kernel of every linear layer (float32/bfloat16: onednn, mkl or gemv; int8: int8pack, dequant "
-    "or gemv; also GPT2_SCRATCH_KERNEL)"
+    "or gemv; int4: gemv or dequant; also GPT2_SCRATCH_KERNEL)"
 )
 KERNEL_DEFAULT_TEXT = "measured per layer shape on this CPU and cached"
 # Candidate kernels per format, in order of preference when they measure the same.
@@ -43,6 +43,7 @@ KERNELS = {
     "float32": ("onednn", "mkl", "gemv"),  # oneDNN with a prepacked weight; torch's F.linear (MKL's sgemm); ours
     "bfloat16": ("onednn", "mkl", "gemv"),  # the same three, bfloat16 weights and activations
     "int8": ("int8pack", "dequant", "gemv"),  # torch's weight-only int8 kernel; dequantize per product; ours
+    "int4": ("gemv", "dequant"),  # ours (llama.cpp's q4_0 x q8_0); dequantize per product (where ours is not built)
 }
 # Batch size oneDNN lays the packed weight out for; one layout serves 1 to a few hundred rows.
 ONEDNN_ROWS_HINT = 8
@@ -88,7 +89,7 @@ def feed_rows(product: Callable[[torch.Tensor], torch.Tensor], x2: torch.Tensor,
     return product(x2)
 
 
-class _InferenceLinear(nn.Module):
+class InferenceLinear(nn.Module):
     """What the inference layers share: the shape, the kernel, and how rows are fed to it (``ROWS``)."""
 
     def __init__(self, linear: nn.Linear, kernel: str):
@@ -125,7 +126,7 @@ class _InferenceLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{rows}"
 
 
-class Float32Linear(_InferenceLinear):
+class Float32Linear(InferenceLinear):
     """A float32 linear layer for inference: the ``nn.Linear``'s own Parameters, its product by ``kernel``.
 
     ``onednn``: a packed copy of the weight (as much memory as the weight), rebuilt when the
@@ -155,11 +156,13 @@ class _Converted:
 
     def train(self, mode: bool = True):
         if mode:
-            raise RuntimeError("this model was converted to bfloat16/int8 for inference; load it in float32 to train")
+            raise RuntimeError(
+                "this model was converted to bfloat16/int8/int4 for inference; load it in float32 to train"
+            )
         return super().train(False)
 
 
-class BF16Linear(_Converted, _InferenceLinear):
+class BF16Linear(_Converted, InferenceLinear):
     """A linear layer in bfloat16 (inference only): ``weight`` and ``bias`` are bfloat16 buffers.
 
     ``onednn``: the weight is kept only in oneDNN's packed layout (an opaque tensor); ``mkl`` and
@@ -182,7 +185,7 @@ class BF16Linear(_Converted, _InferenceLinear):
         return F.linear(x2, self.weight, self.bias)
 
 
-class Int8Linear(_Converted, _InferenceLinear):
+class Int8Linear(_Converted, InferenceLinear):
     """Weight-only int8 (inference only): ``weight`` int8 ``(out, in)``, ``scale`` one bfloat16 per output channel.
 
     Symmetric per-channel quantization: ``w ~= weight * scale[:, None]`` with
@@ -216,6 +219,27 @@ class Int8Linear(_Converted, _InferenceLinear):
         return y if self.bias is None else y + self.bias
 
 
+class Int4Linear(_Converted, InferenceLinear):
+    """Weight-only int4 (inference only), llama.cpp's q4_0: ``weight`` ``(out, in / 2)`` bytes of 4-bit values
+    and ``scale`` ``(out, in / 32)`` float32, one per block of 32 inputs (``gemv.pack_int4``, q4_0's very
+    values). ``gemv``: the activations rounded to int8 per block of 32 (llama.cpp's q8_0) and the blocks
+    summed in integers; ``dequant``: the weight unpacked for each product (slow: where ours is not built).
+    """
+
+    def __init__(self, linear: nn.Linear, kernel: str = "gemv"):
+        super().__init__(linear, kernel)
+        weight, scale = gemv.pack_int4(linear.weight)
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
+
+    def product(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "gemv" and x2.is_cpu:
+            return gemv.linear(x2, self.weight, self.scale, self._float32("bias"))
+        y = F.linear(x2, gemv.unpack_int4(self.weight, self.scale).to(x2.dtype))
+        return y if self.bias is None else y + self.bias
+
+
 class CenteredHead(_Converted, nn.Module):
     """The output head in bfloat16 or int8 (``fmt``; inference only), returning float32 logits.
 
@@ -245,8 +269,8 @@ class CenteredHead(_Converted, nn.Module):
         return self.linear(x).float() + offset.unsqueeze(-1)
 
 
-LAYERS = {"float32": Float32Linear, "bfloat16": BF16Linear, "int8": Int8Linear}
-ACTIVATIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}
+LAYERS = {"float32": Float32Linear, "bfloat16": BF16Linear, "int8": Int8Linear, "int4": Int4Linear}
+ACTIVATIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16, "int4": torch.bfloat16}
 
 
 # --- choosing a kernel by measurement --------------------------------------------------------------
@@ -268,7 +292,7 @@ PROBE_BATCHES = (2, 3, 5, 8, 16)
 LARGE = 8 << 20  # weights from which 16 probe rows suffice (a row shows a difference in as many outputs)
 
 
-def _probe(layer: _InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
+def _probe(layer: InferenceLinear, dtype: torch.dtype) -> tuple[bool, bool]:
     """(exact, lone row differs): whether each row gets the same bits in batches of 2 to 32 rows, and alone.
 
     A kernel may multiply one row with another routine than several rows (oneDNN here does at
@@ -324,7 +348,7 @@ def _sample_linear(in_features: int, out_features: int) -> nn.Linear:
     return linear
 
 
-def _exact_ways(layer: _InferenceLinear, dtype: torch.dtype) -> list[str]:
+def _exact_ways(layer: InferenceLinear, dtype: torch.dtype) -> list[str]:
     """The ways of feeding ``layer`` rows (``ROWS``) that keep a row's bits: one by one always; all at once
     where the probe finds it exact, a lone row as two where only a lone row differs."""
     exact, lone = _probe(layer, dtype)
@@ -356,14 +380,14 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
     linear = _sample_linear(in_features, out_features)
     copies = min(MAX_COPIES, math.ceil(COLD_BYTES / (in_features * out_features * WEIGHT_BYTES[fmt])))
     x = torch.randn(64, in_features, generator=torch.Generator().manual_seed(2)).to(dtype)
-    ways: dict[str, tuple[list[_InferenceLinear], str]] = {}
+    ways: dict[str, tuple[list[InferenceLinear], str]] = {}
     for name in candidates(fmt):
         # float32 layers share the nn.Linear's weight: each copy its own; the others convert it anew
         layers = [LAYERS[fmt](copy.deepcopy(linear) if fmt == "float32" else linear, name) for _ in range(copies)]
         for rows in _exact_ways(layers[0], dtype):
             ways[f"{name}, {rows}"] = (layers, rows)
 
-    def call(layers: list[_InferenceLinear], rows: str, n: int) -> Callable[[], object]:
+    def call(layers: list[InferenceLinear], rows: str, n: int) -> Callable[[], object]:
         turn = itertools.cycle(layers)
         return lambda: feed_rows(next(turn).product, x[:n], rows)
 
@@ -381,7 +405,7 @@ def measure(fmt: str, in_features: int, out_features: int, budget_s: float = 0.0
 
 COLD_BYTES = 64 << 20  # weights read in turn while timing a kernel: more than a core's caches hold
 MAX_COPIES = 64  # small layers: enough to leave a core's own caches, few enough to build quickly
-WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
 
 
 def _load_per_core() -> float:
@@ -445,26 +469,3 @@ def choose_kernel(
             pass
     choice = _CHOICES[key]
     return choice["kernel"], choice["rows"]
-
-
-def summary(model: nn.Module) -> str:
-    """The kernels of ``model``'s inference layers for a header or a log line, e.g. ``onednn x48, mkl x1``."""
-    counts: dict[str, int] = {}
-    for m in model.modules():
-        if isinstance(m, _InferenceLinear):
-            counts[m.kernel] = counts.get(m.kernel, 0) + 1
-    return ", ".join(f"{k} x{n}" for k, n in counts.items()) or "torch's own (a plain model)"
-
-
-def plan(fmt: str, n_embd: int, vocab_size: int, kernel: str | None = None) -> str:
-    """The kernel each layer of a GPT-2 of this width gets in ``fmt`` (measured now if not cached), for a header.
-
-    e.g. ``c_attn onednn, attn.c_proj onednn, c_fc onednn, mlp.c_proj onednn (lone as two), head mkl``.
-    """
-    C = n_embd
-    layers = {"c_attn": (C, 3 * C), "attn.c_proj": (C, C), "c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
-    parts = []
-    for name, (n_in, n_out) in [*layers.items(), ("head", (C, vocab_size))]:
-        chosen, rows = choose_kernel(fmt, n_in, n_out, kernel, head=name == "head")
-        parts.append(f"{name} {chosen}" + ("" if rows == "together" else f" ({rows})"))
-    return ", ".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import gguf
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,16 +89,69 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_on_any_number_of_thread
 @needs_kernel
 def test_every_inference_layer_computes_what_torch_does_with_the_gemv_kernel():
     g = torch.Generator().manual_seed(2)
-    linear = torch.nn.Linear(96, 40)
+    linear = torch.nn.Linear(128, 40)  # int4 takes inputs in 64s
     with torch.no_grad():
-        linear.weight.copy_(torch.randn(40, 96, generator=g) * 0.02)
-    x = torch.randn(4, 96, generator=g)
+        linear.weight.copy_(torch.randn(40, 128, generator=g) * 0.02)
+    x = torch.randn(4, 128, generator=g)
     with torch.inference_mode():
         expected = F.linear(x, linear.weight, linear.bias)
-        for fmt, tol in (("float32", 1e-6), ("bfloat16", 2e-2), ("int8", 2e-2)):
+        for fmt, tol in (("float32", 1e-6), ("bfloat16", 2e-2), ("int8", 2e-2), ("int4", 0.2)):
             layer = kernels.LAYERS[fmt](linear, "gemv")
             y = layer(x.to(kernels.ACTIVATIONS[fmt])).float()
             torch.testing.assert_close(y, expected, atol=tol * expected.abs().max().item(), rtol=0)
+        int4 = kernels.Int4Linear(linear, "gemv")  # exactly: q4_0 weights, q8_0 activations
+        y = int4(x.bfloat16()).double()
+        expected = int4_reference(x.bfloat16(), int4.weight, int4.scale, linear.bias.bfloat16())
+        torch.testing.assert_close(y, expected, atol=2**-8 * expected.abs().max().item(), rtol=2**-8)
+
+
+def test_int4_packs_the_very_values_of_llama_cpps_q4_0():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(7, 192, generator=g) * torch.exp(torch.randn(7, 192, generator=g))
+    w[0, :32] = 0  # a block of zeros: scale 0
+    w[1, 32:64] = 0.5  # a block of one value
+    packed, scales = gemv.pack_int4(w)
+    assert packed.shape == (7, 96) and packed.dtype == torch.uint8 and scales.shape == (7, 6)
+    q4_0 = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0)
+    expected = torch.from_numpy(gguf.quants.dequantize(q4_0, gguf.GGMLQuantizationType.Q4_0)).float()
+    assert torch.equal(gemv.unpack_int4(packed, scales), expected)
+    d = torch.from_numpy(q4_0.reshape(7, 6, 18)[..., :2].copy()).view(torch.float16).float().squeeze(-1)
+    assert torch.equal(scales, d)
+    with pytest.raises(ValueError, match="^int4 needs layers of a multiple of 64 inputs; this one has 96$"):
+        gemv.pack_int4(torch.ones(3, 96))
+
+
+def int4_reference(x, packed, scales, bias=None):
+    """The int4 product in float64: the activations rounded to int8 per block of 32 (q8_0's rule), times the
+    unpacked weights."""
+    blocks = x.float().reshape(x.shape[0], -1, 32)
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    xq = torch.where(step > 0, torch.round(blocks / torch.where(step > 0, step, 1)) * step, 0).reshape(x.shape)
+    y = xq.double() @ gemv.unpack_int4(packed, scales).double().T
+    return y if bias is None else y + bias.double()
+
+
+@needs_kernel
+def test_int4_products_match_float64_and_keep_a_rows_bits_in_any_batch():
+    g = torch.Generator().manual_seed(4)
+    for n, k in ((2304, 768), (37, 128), (5, 64)):
+        packed, scales = gemv.pack_int4(torch.randn(n, k, generator=g) * 0.02)
+        bias = torch.randn(n, generator=g)
+        x = torch.randn(9, k, generator=g) * torch.exp(2 * torch.randn(9, k, generator=g))
+        x[0, :32] = 0  # a block of zero activations
+        alone = torch.cat([gemv.linear(x[i : i + 1], packed, scales, bias) for i in range(9)])
+        expected = int4_reference(x, packed, scales, bias)
+        torch.testing.assert_close(alone.double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-5)
+        for rows in range(2, 10):  # every tile size
+            assert torch.equal(gemv.linear(x[:rows], packed, scales, bias), alone[:rows])
+        low = gemv.linear(x[:3].bfloat16(), packed, scales, bias)
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(
+            low.double(),
+            int4_reference(x[:3].bfloat16(), packed, scales, bias),
+            atol=2**-8 * expected.abs().max().item(),
+            rtol=2**-8,
+        )
 
 
 def test_the_library_is_built_once_per_source_and_cpu_and_then_read_from_the_cache(tmp_path, monkeypatch):

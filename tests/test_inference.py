@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpt2_scratch.gemv as gemv
 import gpt2_scratch.inference as inference
 import gpt2_scratch.kernels as kernels
 from gpt2_scratch import GPT, GPTConfig
@@ -19,11 +20,14 @@ from gpt2_scratch.devices import native_bfloat16
 from gpt2_scratch.generate.sampling import SamplingSettings, generate
 from gpt2_scratch.inference import load_model, model_dtype, resolve_dtype
 from gpt2_scratch.kernels import BF16Linear, CenteredHead, Int8Linear
+from gpt2_scratch.loading import load_gpt
 from gpt2_scratch.tokenizer import encode
 
-DTYPES = ["float32", "bfloat16", "int8"]
+DTYPES = ["float32", "bfloat16", "int8", "int4"]
 
-MAX_LOGIT_ERROR = {"bfloat16": 0.02, "int8": 0.03}  # of the largest |logit|
+MAX_LOGIT_ERROR = {"bfloat16": 0.02, "int8": 0.03, "int4": 0.25}  # of the largest |logit|
+MAX_KL = {"bfloat16": 1e-5, "int8": 1e-5, "int4": 1e-3}  # nats, per position
+MIN_TOP1 = {"bfloat16": 0.9, "int8": 0.9, "int4": 0.6}  # the same most likely token
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def _kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (p.exp() * (p - q)).sum(-1)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "int4"])
 def test_logits_are_close_to_float32(models, dtype):
     idx = torch.randint(0, 50257, (3, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -46,8 +50,26 @@ def test_logits_are_close_to_float32(models, dtype):
     assert logits.dtype == torch.float32  # the head returns float32 logits for sampling and losses
     error = (logits - reference).abs().max() / reference.abs().max()
     assert 0 < error <= MAX_LOGIT_ERROR[dtype]  # > 0: the model really computes in another format
-    assert _kl(reference, logits).mean() <= 1e-5
-    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
+    assert _kl(reference, logits).mean() <= MAX_KL[dtype]
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= MIN_TOP1[dtype]
+
+
+def test_int4_computes_the_float32_model_of_its_q4_0_weights(models, hf_tiny):
+    """What int4 loses is the weights' rounding (q4_0's); the rest (int8 activations, bfloat16) is small."""
+    rounded, _ = load_gpt(str(hf_tiny[1]), "cpu")
+    with torch.no_grad():
+        for name, module in rounded.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(gemv.unpack_int4(*gemv.pack_int4(module.weight)))
+        head = rounded.transformer.wte.weight.clone()  # the head's rows centered, then rounded (CenteredHead)
+        mean_row = head.mean(dim=0)
+        rounded.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)
+        rounded.lm_head.weight.copy_(gemv.unpack_int4(*gemv.pack_int4(head - mean_row)) + mean_row)
+    idx = torch.randint(0, 50257, (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference, logits = rounded(idx), models["int4"](idx)
+    assert (logits - reference).abs().max() / reference.abs().max() <= MAX_LOGIT_ERROR["int8"]
+    assert _kl(reference, logits).mean() <= MAX_KL["int8"]
 
 
 def test_auto_follows_the_capability_check(monkeypatch):
@@ -126,9 +148,9 @@ def test_bfloat16_weights_are_bfloat16_and_packed_once(models):
     assert model_dtype(model) == "bfloat16" and model_dtype(models["float32"]) == "float32"
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "int4"])
 def test_reduced_models_refuse_training(models, dtype):
-    with pytest.raises(RuntimeError, match="converted to bfloat16/int8 for inference; load it in float32"):
+    with pytest.raises(RuntimeError, match="converted to bfloat16/int8/int4 for inference; load it in float32"):
         models[dtype].train()
     models[dtype].eval()  # still fine
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import gpt2_scratch.files as files
+import gpt2_scratch.inference as inference
 import gpt2_scratch.kernels as kernels
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.inference import load_model, to_inference
@@ -81,7 +82,7 @@ def test_bfloat16_decoding_attends_in_float32_on_cpu():
 # --------------------------------------------------------------------------- numerics
 
 
-@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8", "int4"])
 @pytest.mark.parametrize("shape", [(3072, 768), (768, 2304)])
 def test_every_way_the_probe_accepts_gives_a_row_the_same_bits_alone_and_batched(fmt, shape):
     """A kernel may multiply one row with another routine than several (oneDNN does at 3072 inputs here):
@@ -139,7 +140,7 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     monkeypatch.setenv(kernels.KERNEL_ENV, "mkl")
     assert kernels.choose_kernel("float32", 64, 96)[0] == "mkl" and len(calls) == 1
     model, _ = load_model("random:tiny")
-    assert kernels.summary(model) == f"mkl x{4 * model.config.n_layer + 1}"
+    assert inference.summary(model) == f"mkl x{4 * model.config.n_layer + 1}"
     monkeypatch.setenv(kernels.KERNEL_ENV, "int4")
     with pytest.raises(ValueError, match=r"GPT2_SCRATCH_KERNEL='int4' is not a float32 kernel \(onednn, mkl, gemv\)"):
         kernels.choose_kernel("float32", 64, 96)
@@ -147,7 +148,7 @@ def test_the_choice_is_measured_once_cached_per_machine_and_shape_and_can_be_for
     with pytest.raises(ValueError, match=r"--kernel='dequant' is not a float32 kernel"):
         load_model("random:tiny", kernel="dequant")
     model, _ = load_model("random:tiny", dtype="int8", kernel="dequant")  # the option, without the variable
-    assert kernels.summary(model) == f"dequant x{4 * model.config.n_layer + 1}"  # the int8 head too
+    assert inference.summary(model) == f"dequant x{4 * model.config.n_layer + 1}"  # the int8 head too
 
 
 def test_a_float32_inference_model_keeps_the_plain_models_parameters_names_and_numbers():

@@ -301,7 +301,7 @@ def test_an_adapter_kept_apart_in_a_reduced_format_shares_the_converted_base(ada
     # Kept apart or merged before rounding: both near the float32 adapted model.
     for m in (apart, merged):
         assert (logits(m) - logits(model)).abs().max() < 0.05
-    with pytest.raises(RuntimeError, match="converted to bfloat16/int8 for inference"):
+    with pytest.raises(RuntimeError, match="converted to bfloat16/int8/int4 for inference"):
         apart.train()
 
 

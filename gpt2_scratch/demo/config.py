@@ -97,7 +97,7 @@ class AppConfig:
         default="auto",
         metadata={
             "help": "inference format of both models: auto (bfloat16 on CUDA and on CPUs with native bfloat16, "
-            "else float32), float32, bfloat16 or int8 (weight-only)",
+            "else float32), float32, bfloat16, int8 or int4 (weight-only; int4 is llama.cpp's q4_0)",
             "group": INFERENCE,
             "choices": DTYPES,
         },

@@ -90,7 +90,7 @@ class EvalConfig:
     dtype: str = field(
         default="float32",
         metadata={
-            "help": "inference format: float32 (exact), bfloat16, int8 (weight-only, opt-in), or auto "
+            "help": "inference format: float32 (exact), bfloat16, int8 or int4 (weight-only, opt-in), or auto "
             "(bfloat16 on CUDA and on CPUs with native bfloat16, else float32); the results record it",
             "group": GENERATION,
             "choices": DTYPES,

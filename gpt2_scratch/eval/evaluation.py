@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from gpt2_scratch import kernels, lora
+from gpt2_scratch import inference, lora
 from gpt2_scratch.checkpoint import CheckpointInfo, check_weights, read_checkpoint_info
 from gpt2_scratch.data.batches import EncodedExample, encode_record
 from gpt2_scratch.data.records import Record, read_records
@@ -122,7 +122,7 @@ class _Models:
             self.adapted, _ = load_model(
                 str(run.final), device=device, dtype=dtype, merge=False, base=base, kernel=kernel
             )
-            print(f"models: {dtype}, kernels {kernels.summary(self.adapted)}")
+            print(f"models: {dtype}, kernels {inference.summary(self.adapted)}")
 
     def get(self, name: str) -> tuple[GPT, str | None]:
         """(model ready for inference, sha256 of its weights when known: ours, or the LoRA base's)."""
@@ -132,7 +132,7 @@ class _Models:
             return self.adapted, self.info.sha256
         source = str(self.run.final) if name == "finetuned" else self.base_model
         model, info = load_model(source, device=self.device, dtype=self.dtype, kernel=self.kernel)
-        print(f"{name} model: {self.dtype}, kernels {kernels.summary(model)}")
+        print(f"{name} model: {self.dtype}, kernels {inference.summary(model)}")
         return model, info.sha256 if info is not None else None
 
 

@@ -348,7 +348,7 @@ def test_a_model_without_adapters_ignores_adapter_false(model, engines):
     assert request.result(timeout=T) == _solo(model, prompt, settings) and request.adapter
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "int4"])
 def test_the_engine_gives_each_row_its_solo_tokens_in_every_format(dtype, engines, monkeypatch):
     """Greedy and seeded rows batched in the engine get what ``generate`` gives each alone, whatever the kernels."""
     model, _ = load_model("random:tiny", dtype=dtype)

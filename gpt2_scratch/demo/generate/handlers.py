@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from gpt2_scratch import kernels, lora
+from gpt2_scratch import inference, lora
 from gpt2_scratch.checkpoint import CheckpointInfo
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.discovery import RunSource, include_run
@@ -209,7 +209,7 @@ class DemoApp:
         if self.config is None:
             return "chosen by measurement when a model loads"
         config = self.config  # measured in a thread that ends (inference.run_apart): the decoding's pool stays alone
-        return run_apart(lambda: kernels.plan(self.dtype, config.n_embd, config.vocab_size, self.kernel))
+        return run_apart(lambda: inference.plan(self.dtype, config.n_embd, config.vocab_size, self.kernel))
 
     def eval_dtype(self) -> str | None:
         """The inference format the served run's test-set results were generated in (None: not evaluated)."""

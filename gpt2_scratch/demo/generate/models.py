@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from gpt2_scratch import kernels
+from gpt2_scratch import inference
 from gpt2_scratch.checkpoint import WEIGHTS_FILE, CheckpointInfo, read_checkpoint_info, read_export_info
 from gpt2_scratch.config import GPTConfig
 from gpt2_scratch.demo.inputs import UserError
@@ -92,7 +92,7 @@ class LazyModel:
                     self.label,
                     self.source,
                     model_dtype(self._model),
-                    kernels.summary(self._model),
+                    inference.summary(self._model),
                     time.perf_counter() - started,
                 )
             return self._model
