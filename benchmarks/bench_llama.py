@@ -3,7 +3,7 @@
 ``random:<preset>`` (default ``gpt2``, the 124M shape) is loaded once in float32 and written as a GGUF
 of each llama.cpp type by our exporter (``gpt2_scratch.publish.gguf``, what ``publish.py --gguf``
 writes), so both sides run the same numbers. Per precision pair (ours ``float32`` / llama.cpp ``f32``,
-``bfloat16`` / ``bf16``, ``int8`` / ``q8_0``): batch 1, a ``--prompt-len``-token random prompt,
+``bfloat16`` / ``bf16``, ``int8`` / ``q8_0``, ``int4`` / ``q4_0``): batch 1, a ``--prompt-len``-token random prompt,
 ``--new-tokens`` greedy tokens (no early stop), both on torch's thread count; ``--rounds``
 interleaved rounds (ours, llama.cpp, ours, ...) after one warm-up each. Prints tokens/s (new tokens
 over the wall time, prompt included) as median (min-max), the per-round ratio ours / llama.cpp,
@@ -33,7 +33,7 @@ from gpt2_scratch.publish.export import official_bpe_files
 from gpt2_scratch.publish.gguf import GGUF_TYPES, write_gguf
 from gpt2_scratch.tokenizer import EOS_ID
 
-PAIRS = ("float32:f32", "bfloat16:bf16", "int8:q8_0")
+PAIRS = ("float32:f32", "bfloat16:bf16", "int8:q8_0", "int4:q4_0")
 INSTALL = (
     "llama-cpp-python is not installed; this benchmark needs it (it is not in requirements): "
     "pip install llama-cpp-python (compiles llama.cpp, 30-45 min on two cores), then rerun "

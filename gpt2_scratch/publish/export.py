@@ -238,7 +238,7 @@ def export_run(
     A run without evaluation results is exported with a note in the card instead of its scores.
     ``weights_dtype`` ``bfloat16`` stores the weights at half the size (half what a Space
     downloads); the loaders read them back into float32, and the card says so.
-    ``gguf_types`` (``f32``, ``f16``, ``bf16``, ``q8_0``) adds ``model-<type>.gguf`` of the same
+    ``gguf_types`` (``f32``, ``f16``, ``bf16``, ``q8_0``, ``q4_0``) adds ``model-<type>.gguf`` of the same
     float32 weights (a LoRA run's merged ones) for each, and a ``Modelfile`` for Ollama that runs the
     first; the card says how to run them.
     """

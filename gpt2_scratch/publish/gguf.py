@@ -29,6 +29,7 @@ GGUF_TYPES: dict[str, tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
     "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
     "bf16": (gguf.LlamaFileType.MOSTLY_BF16, gguf.GGMLQuantizationType.BF16),
     "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, gguf.GGMLQuantizationType.Q8_0),
+    "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, gguf.GGMLQuantizationType.Q4_0),  # what --dtype int4 computes with
 }
 ARCH = "gpt2"  # llama.cpp's LLM_ARCH_GPT2
 TOKENIZER_PRE = "gpt-2"  # llama.cpp's name for GPT-2's pre-tokenizer regex
@@ -165,7 +166,7 @@ def write_gguf(
         qtype = tensor_type(new_name, data.ndim, gguf_type)
         try:
             raw = gguf.quants.quantize(data, qtype)
-        except gguf.QuantError:  # a row length q8_0's 32-wide blocks do not divide: F16, as the converter does
+        except gguf.QuantError:  # a row length the 32-wide blocks do not divide: F16, as the converter does
             qtype = gguf.GGMLQuantizationType.F16
             raw = gguf.quants.quantize(data, qtype)
         w.add_tensor(new_name, raw, raw_dtype=qtype)

@@ -178,6 +178,7 @@ _GGUF_TYPE_NOTES = {
     "f16": "float16, half the size; every weight rounded to float16",
     "bf16": "bfloat16, half the size; every weight rounded to bfloat16",
     "q8_0": "8-bit blocks of 32 weights with one scale each, about a quarter of the size",
+    "q4_0": "4-bit blocks of 32 weights with one scale each, about a seventh of the size (rougher)",
 }
 
 

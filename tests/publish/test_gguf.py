@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from gpt2_scratch import gemv
 from gpt2_scratch.checkpoint import load_checkpoint
 from gpt2_scratch.inference import load_model
 from gpt2_scratch.prompts import PROMPT_STYLES, get_prompt_style
@@ -26,7 +27,7 @@ from gpt2_scratch.tokenizer import EOS_ID, EOS_TEXT, encode
 from tests.fixtures.export import make_run
 from tests.fixtures.lora import write_lora_run
 
-TYPES = ("f32", "f16", "bf16", "q8_0")
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # Instruction-only records in the shape of the real data: quotes, apostrophes, a backslash, braces,
 # a line break, a tab, non-ASCII letters, Jinja-looking text, a trailing space.
 RECORDS = [
@@ -83,7 +84,7 @@ def tensors(reader: gguf.GGUFReader) -> dict[str, tuple[gguf.GGMLQuantizationTyp
 
 def test_export_lists_one_file_per_type_and_a_modelfile_for_the_first(export):
     gguf_files = [f for f in export.files if f.endswith(".gguf")]
-    assert gguf_files == ["model-q8_0.gguf", "model-f32.gguf", "model-f16.gguf", "model-bf16.gguf"]
+    assert gguf_files == ["model-q8_0.gguf", "model-f32.gguf", "model-f16.gguf", "model-bf16.gguf", "model-q4_0.gguf"]
     assert "Modelfile" in export.files
     assert all((export.folder / f).is_file() for f in [*gguf_files, "Modelfile"])
 
@@ -113,6 +114,21 @@ def test_half_precision_files_hold_our_weights_rounded_once(readers, ours, gguf_
         assert np.array_equal(values, rounded), key
         assert not np.array_equal(values, tensor.numpy())  # it was rounded: the test can tell
     assert matrices == 1 + 4 * 2  # token_embd and four matrices per block
+
+
+def test_q4_0_file_holds_the_weights_of_our_int4_format(readers, ours):
+    read_back = tensors(readers["q4_0"])
+    matrices = 0
+    for key, tensor in ours.items():
+        name = gguf_tensor_name(key)[0]
+        qtype, values = read_back[name]
+        if tensor.ndim == 1 or name.startswith("position_embd"):
+            continue
+        matrices += 1
+        assert qtype == gguf.GGMLQuantizationType.Q4_0, key
+        # llama.cpp reads what ``--dtype int4`` computes with (its head aside: ours is centered first)
+        assert np.array_equal(values, gemv.unpack_int4(*gemv.pack_int4(tensor)).numpy()), key
+    assert matrices == 1 + 4 * 2
 
 
 def test_q8_0_file_is_within_the_block_error_of_ours(readers, ours):
@@ -219,7 +235,7 @@ def test_lora_runs_gguf_holds_the_merged_weights(tmp_path):
 
 
 def test_unknown_gguf_type_is_one_line_and_nothing_is_written(run, tmp_path):
-    with pytest.raises(ValueError, match=r"^GGUF type 'q3' is not one of f32, f16, bf16, q8_0$"):
+    with pytest.raises(ValueError, match=r"^GGUF type 'q3' is not one of f32, f16, bf16, q8_0, q4_0$"):
         export_run(run.root, tmp_path / "export", gguf_types=["q8_0", "q3"])
     assert not (tmp_path / "export").exists()
     assert check_gguf_types(["f16", "q8_0", "f16"]) == ["f16", "q8_0"]
