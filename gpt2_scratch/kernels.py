@@ -222,9 +222,8 @@ class Int8Linear(_Converted, InferenceLinear):
 class Int4Linear(_Converted, InferenceLinear):
     """Weight-only int4 (inference only), llama.cpp's q4_0: ``weight`` ``(out, in / 2)`` bytes of 4-bit values
     and ``scale`` ``(out, in / 32)`` float32, one per block of 32 inputs (``gemv.pack_int4``, q4_0's very
-    values). ``gemv``: the activations rounded to int8 per block of 32 (llama.cpp's q8_0) and the blocks
-    summed in integers; ``dequant``: the weight unpacked for each product (slow: where ours is not built).
-    """
+    values). ``gemv``: activations rounded to int8 per block of 32 (q8_0), blocks summed in integers;
+    ``dequant``: the weight unpacked for each product (slow: where ours is not built)."""
 
     def __init__(self, linear: nn.Linear, kernel: str = "gemv"):
         super().__init__(linear, kernel)
