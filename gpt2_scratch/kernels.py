@@ -1,13 +1,12 @@
 """The inference layers: a loaded model's linear layers, recomposed for fast CPU decoding, kernels chosen by measurement.
 
-Entry points: ``Float32Linear``, ``BF16Linear``, ``Int8Linear`` (each made from a plain ``nn.Linear``:
-float32 keeps its very Parameters, bfloat16 and int8 hold converted buffers under the same names),
+Entry points: ``Float32Linear``, ``BF16Linear``, ``Int8Linear``, ``Int4Linear`` (each made from a plain
+``nn.Linear``: float32 keeps its very Parameters, the others hold converted buffers under the same names),
 ``CenteredHead``, and ``choose_kernel(format, in, out)``. ``inference.to_inference`` puts them into a model.
 Every format has candidate kernels (``KERNELS``: torch's, and our C kernel ``gemv`` where a C compiler
-built it), each fed rows one of three ways (``ROWS``);
-``choose_kernel`` times them once on the layer's shape at 1, 8 and 64 rows, keeps the fastest way
-that gives each row the same bits alone as among other rows, and caches the choice per CPU model,
-torch version, threads and shape
+built it), each fed rows one of three ways (``ROWS``); ``choose_kernel`` times them once on the layer's
+shape at 1, 8 and 64 rows, keeps the fastest way that gives each row the same bits alone as among other
+rows, and caches the choice per CPU model, torch version, threads and shape
 (``~/.cache/gpt2_scratch/kernels.json``; ``GPT2_SCRATCH_KERNEL=<name>`` forces one).
 Invariant: a row's result does not depend on the other rows of its batch (bit for bit), so a
 batched request gets exactly its solo tokens. Measurements: docs/performance.md.
@@ -45,6 +44,7 @@ KERNELS = {
     "int8": ("int8pack", "dequant", "gemv"),  # torch's weight-only int8 kernel; dequantize per product; ours
     "int4": ("gemv", "dequant"),  # ours (llama.cpp's q4_0 x q8_0); dequantize per product (where ours is not built)
 }
+FALLBACKS = {"int4": "dequant"}  # measured only where the format's other kernels are missing (50-200x slower)
 # Batch size oneDNN lays the packed weight out for; one layout serves 1 to a few hundred rows.
 ONEDNN_ROWS_HINT = 8
 
@@ -108,9 +108,7 @@ class InferenceLinear(nn.Module):
 
     def _float32(self, name: str) -> torch.Tensor | None:
         """Buffer ``name`` in float32 for ``gemv`` (None stays None), copied again when the buffer changes.
-
-        Called twice a product: kept to dictionary lookups (it cost 0.4 ms a token as a ``getattr`` and a
-        ``data_ptr`` each time)."""
+        Called twice a product: dictionary lookups (as a ``getattr`` and a ``data_ptr`` 0.4 ms a token)."""
         t = self._buffers[name]
         if t is None or t.dtype is torch.float32:
             return t
@@ -283,7 +281,8 @@ def _machine_key() -> str:
 def candidates(fmt: str) -> tuple[str, ...]:
     """The kernels ``fmt`` can use here (oneDNN's only where it packs that dtype; ours where it was built)."""
     usable = {"onednn": lambda: onednn_available(ACTIVATIONS[fmt]), "gemv": gemv.available}
-    return tuple(n for n in KERNELS[fmt] if usable.get(n, lambda: True)())
+    found = tuple(n for n in KERNELS[fmt] if n != FALLBACKS.get(fmt) and usable.get(n, lambda: True)())
+    return found or (FALLBACKS[fmt],)
 
 
 PROBE_ROWS = 32
@@ -427,7 +426,7 @@ def check_kernel(fmt: str, kernel: str | None, option: str = "--kernel") -> str 
         kernel, option = os.environ.get(KERNEL_ENV, "").strip() or None, KERNEL_ENV
     if kernel is not None and kernel not in KERNELS[fmt]:
         raise ValueError(f"{option}={kernel!r} is not a {fmt} kernel ({', '.join(KERNELS[fmt])})")
-    if kernel is not None and kernel not in candidates(fmt):
+    if kernel is not None and kernel not in (*candidates(fmt), FALLBACKS.get(fmt)):
         why = f" ({gemv.unavailable_reason()})" if kernel == "gemv" else ""
         raise ValueError(f"{option}={kernel}: that kernel is not available on this CPU{why}")
     return kernel

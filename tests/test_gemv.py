@@ -105,6 +105,12 @@ def test_every_inference_layer_computes_what_torch_does_with_the_gemv_kernel():
         torch.testing.assert_close(y, expected, atol=2**-8 * expected.abs().max().item(), rtol=2**-8)
 
 
+@needs_kernel
+def test_int4_measures_only_our_kernel_where_it_is_built_and_still_lets_the_fallback_be_forced():
+    assert kernels.candidates("int4") == ("gemv",)
+    assert kernels.check_kernel("int4", "dequant") == "dequant"
+
+
 def test_int4_packs_the_very_values_of_llama_cpps_q4_0():
     g = torch.Generator().manual_seed(3)
     w = torch.randn(7, 192, generator=g) * torch.exp(torch.randn(7, 192, generator=g))
@@ -191,5 +197,6 @@ def test_no_compiler_or_a_failed_build_is_one_line_and_forcing_the_kernel_then_s
     monkeypatch.setattr(gemv, "available", lambda: False)
     monkeypatch.setattr(gemv, "unavailable_reason", lambda: "no C compiler (cc: FileNotFoundError)")
     assert "gemv" not in kernels.candidates("float32")
+    assert kernels.candidates("int4") == ("dequant",)  # int4's fallback, measured only without ours
     with pytest.raises(ValueError, match=r"^--kernel=gemv: that kernel is not available on this CPU \(no C compiler"):
         kernels.check_kernel("float32", "gemv")
