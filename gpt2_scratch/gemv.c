@@ -286,18 +286,22 @@ static inline vf pair_scales(const float *d2) {
   return f;
 }
 
-/* One tile: xs rows of x against ROWS_AT_ONCE weight rows (their scales dr), as TILE does for the other formats. */
+/* One tile: xs rows of x against ROWS_AT_ONCE weight rows (their scales dr), as TILE does for the other formats;
+   ahead, scales_ahead: where to ask for the block's bytes and scales ahead of the reads (first tile only), or NULL. */
 static inline __attribute__((always_inline)) void int4_tile(const uint8_t *const *wr, const float *const *dr,
                                                             const int8_t *xq, const int32_t *corr, const float *dx,
-                                                            int64_t pairs, float out[][ROWS_AT_ONCE], int xs) {
+                                                            int64_t pairs, float out[][ROWS_AT_ONCE],
+                                                            const char *ahead, const char *scales_ahead, int xs) {
   vf acc[X_AT_ONCE][ROWS_AT_ONCE];
   memset(acc, 0, sizeof acc);
   for (int64_t p = 0; p < pairs; p++) {
-    vf d[ROWS_AT_ONCE]; /* each lane's weight scale */
-    for (int r = 0; r < ROWS_AT_ONCE; r++) {
-      __builtin_prefetch(wr[r] + p * 32 + 1024);
-      d[r] = pair_scales(dr[r] + 2 * p);
+    if (ahead) { /* this step's share: 4 rows x 32 bytes, and 4 rows x 2 scales (a line every other step) */
+      __builtin_prefetch(ahead + p * ROWS_AT_ONCE * 32);
+      __builtin_prefetch(ahead + p * ROWS_AT_ONCE * 32 + 64);
+      if (p % 2 == 0) __builtin_prefetch(scales_ahead + p * ROWS_AT_ONCE * 8);
     }
+    vf d[ROWS_AT_ONCE]; /* each lane's weight scale */
+    for (int r = 0; r < ROWS_AT_ONCE; r++) d[r] = pair_scales(dr[r] + 2 * p);
     for (int j = 0; j < xs; j++) {
       const int64_t at = j * pairs + p;
       const vf s = load_f32(dx + at * LANES);
@@ -345,7 +349,9 @@ int gemv_int4(const void *x_in, int x_bf16, const uint8_t *w, const float *d, co
       float out[X_AT_ONCE][ROWS_AT_ONCE];
       const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : (int)(M - m);
       switch (xs) {
-      TILE_CASES(int4_tile, wr, dr, xq + m * K, corr + m * pairs * LANES, dx + m * pairs * LANES, pairs, out)
+      TILE_CASES(int4_tile, wr, dr, xq + m * K, corr + m * pairs * LANES, dx + m * pairs * LANES, pairs, out,
+                 m == 0 ? (const char *)(w + n0 * (K / 2)) + PREFETCH_BYTES : NULL,
+                 (const char *)(d + n0 * (K / 32)) + PREFETCH_BYTES / 4)
       }
       for (int j = 0; j < xs; j++)
         for (int r = 0; r < rows; r++) {
