@@ -192,10 +192,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, layer: int = 0, cache: Cache | None = None, mask=None, adapter=None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = project(self.c_attn, x, adapter).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = project(self.c_attn, x, adapter).view(B, T, 3, nh, hs)  # q, k, v side by side, each nh heads
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs): views, as split and transpose give
         dropout_p = self.dropout if self.training else 0.0
         if cache is not None:  # the cache appends k and v, then attends over everything it holds
             y = cache.attend(layer, q, k, v, mask, dropout_p)
