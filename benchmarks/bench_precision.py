@@ -184,9 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--dtypes",
         nargs="+",
-        default=["bfloat16", "int8"],
+        default=["bfloat16", "int8", "int4"],
         choices=DTYPES[1:],
-        help="dtypes to compare with float32 (default: bfloat16 int8)",
+        help="dtypes to compare with float32 (default: bfloat16 int8 int4)",
     )
     ap.add_argument("--dataset", default=DATASET, help="instruction data (.json/.jsonl, URL or Hub id)")
     ap.add_argument("--num-prompts", type=int, default=None, help="first N test prompts (default: all)")

@@ -218,8 +218,12 @@ static void prepare_x(const float *x, int8_t *xq, int32_t *corr, float *dx) {
   float scale[2];
   for (int b = 0; b < 2; b++) {
     float m = 0.0f;
-    for (int i = 0; i < 32; i++) m = fabsf(x[32 * b + i]) > m ? fabsf(x[32 * b + i]) : m;
-    scale[b] = m / 127.0f;
+    int finite = 1;
+    for (int i = 0; i < 32; i++) {
+      m = fabsf(x[32 * b + i]) > m ? fabsf(x[32 * b + i]) : m;
+      finite &= isfinite(x[32 * b + i]);
+    }
+    scale[b] = finite ? m / 127.0f : NAN; /* a NaN or infinity makes its row's outputs NaN, as in the other formats */
   }
   for (int pos = 0; pos < PAIR; pos++) {
     const float s = scale[(pos / 4) % 2];

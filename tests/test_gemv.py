@@ -150,6 +150,12 @@ def test_int4_products_match_float64_and_keep_a_rows_bits_in_any_batch():
         torch.testing.assert_close(alone.double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-5)
         for rows in range(2, 10):  # every tile size
             assert torch.equal(gemv.linear(x[:rows], packed, scales, bias), alone[:rows])
+        broken = x.clone()
+        broken[4, 5] = float(
+            "nan"
+        )  # a NaN makes its row's outputs NaN, as in the other formats; the others keep theirs
+        y = gemv.linear(broken, packed, scales, bias)
+        assert torch.isnan(y[4]).all() and torch.equal(torch.cat([y[:4], y[5:]]), torch.cat([alone[:4], alone[5:]]))
         low = gemv.linear(x[:3].bfloat16(), packed, scales, bias)
         assert low.dtype == torch.bfloat16
         torch.testing.assert_close(
