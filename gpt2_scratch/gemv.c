@@ -202,21 +202,33 @@ GEMV(gemv_int8, int8_t, load_i8, AS_FLOAT)
    Layout (gemv.py's pack_int4): a row is K / 64 pairs of blocks A, B; a pair is 32 bytes, A's and B's 16 bytes
    interleaved 4 by 4 (A0-3 B0-3 A4-7 ...), and byte u of a block holds its input u (low 4 bits) and u + 16
    (high 4 bits). So position pos of a pair (0-31 the low halves of its bytes, 32-63 the high halves) is
-   block (pos / 4) % 2, and a vector lane (4 positions) sums one block's products. d: K / 32 floats a row.
-   The same invariant: each (x row, output row) is summed in the same order in any tile. */
+   block (pos / 4) % 2, and four positions side by side belong to one block. A step reads STEP_PAIRS pairs
+   (two where a vector holds 64 bytes: one load, one mask and one shift serve 128 weights); its activation
+   bytes are in the order of the weights' halves (the low halves of its pairs, then the high ones), so byte b
+   of a step meets the weight half that vector byte b % 64 (b % 32 on AVX2) holds, and lane (b / 4) % LANES
+   sums it. d: K / 32 floats a row. The same invariant: each (x row, output row) is summed in the same order
+   in any tile (a last odd pair is a step of one pair, in every tile alike). */
 #define PAIR 64 /* inputs a pair of blocks */
+#if defined(__AVX512BW__) && LANES == 16
+#define STEP_PAIRS 2
+#else
+#define STEP_PAIRS 1
+#endif
 
-/* Position pos of a pair: the input it multiplies (0-63 within the pair). */
-static inline int pair_input(int pos) {
-  const int t = pos % 32, blk = (t / 4) % 2;
-  return 32 * blk + (t / 8) * 4 + t % 4 + 16 * (pos / 32);
+/* Byte b of a step of n pairs: the step's input it multiplies (pair i's input, 64 * i + 0..63). */
+static inline int step_input(int n, int b) {
+  const int half = b / (32 * n), i = (b % (32 * n)) / 32, t = b % 32, blk = (t / 4) % 2;
+  return 64 * i + 32 * blk + (t / 8) * 4 + t % 4 + 16 * half;
 }
 
-/* One x row's pair p prepared: its 64 inputs rounded to int8 in the pair's order (xq), each lane's -8 * sum
-   (corr: the q - 8 offset, taken once for all output rows) and each lane's block scale (dx). */
-static void prepare_x(const float *x, int8_t *xq, int32_t *corr, float *dx) {
-  float scale[2];
-  for (int b = 0; b < 2; b++) {
+/* The pair (0 to n - 1) whose block lane l sums in a step of n pairs; the block is l % 2. */
+static inline int lane_pair(int n, int l) { return (4 * l % (32 * n)) / 32; }
+
+/* One x row's step of n pairs prepared: its 64 n inputs rounded to int8 in the step's byte order (xq), each
+   lane's -8 * sum (corr: the q - 8 offset, taken once for all output rows) and each lane's block scale (dx). */
+static void prepare_step(const float *x, int n, int8_t *xq, int32_t *corr, float *dx) {
+  float scale[2 * STEP_PAIRS];
+  for (int b = 0; b < 2 * n; b++) { /* block b: inputs 32 b to 32 b + 31 */
     float m = 0.0f;
     int finite = 1;
     for (int i = 0; i < 32; i++) {
@@ -225,36 +237,48 @@ static void prepare_x(const float *x, int8_t *xq, int32_t *corr, float *dx) {
     }
     scale[b] = finite ? m / 127.0f : NAN; /* a NaN or infinity makes its row's outputs NaN, as in the other formats */
   }
-  for (int pos = 0; pos < PAIR; pos++) {
-    const float s = scale[(pos / 4) % 2];
-    const float v = s > 0.0f ? x[pair_input(pos)] / s : 0.0f; /* in [-127, 127] */
-    xq[pos] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f); /* to nearest, ties to even (1.5 * 2^23 rounds) */
-  }
   for (int l = 0; l < LANES; l++) {
-    int32_t sum = 0;
-    for (int pos = 0; pos < PAIR; pos++) sum += (pos / 4) % LANES == l ? xq[pos] : 0;
-    corr[l] = -8 * sum;
-    dx[l] = scale[l % 2];
+    corr[l] = 0;
+    dx[l] = scale[2 * lane_pair(n, l) + l % 2];
+  }
+  for (int b = 0; b < PAIR * n; b++) {
+    const int input = step_input(n, b);
+    const float s = scale[input / 32];
+    const float v = s > 0.0f ? x[input] / s : 0.0f; /* in [-127, 127] */
+    xq[b] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f); /* to nearest, ties to even (1.5 * 2^23 rounds) */
+    corr[(b / 4) % LANES] -= 8 * xq[b];
   }
 }
 
-/* One pair's sums, as floats: lane l gets -8 * sum + the q * xq of its positions ((pos / 4) % LANES == l),
-   summed in integers (exact). */
-static inline vf pair_sums(const uint8_t *w, const int8_t *xq, const int32_t *corr) {
+/* One step's sums, as floats: lane l gets corr[l] + the q * xq of its bytes ((b / 4) % LANES == l), summed in
+   integers (exact). N: the step's pairs, a constant where inlined. */
+static inline __attribute__((always_inline)) vf step_sums(const uint8_t *w, const int8_t *xq, const int32_t *corr, int n) {
   vf f;
 #if defined(__AVX512BW__) && LANES == 16
-  const __m256i v = _mm256_loadu_si256((const __m256i *)w), m4 = _mm256_set1_epi8(15);
-  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+  __m512i lo, hi;
+  const __m512i m4 = _mm512_set1_epi8(15);
+  if (n == 2) { /* 64 bytes: the low halves of both pairs, then the high halves */
+    const __m512i v = _mm512_loadu_si512(w);
+    lo = _mm512_and_si512(v, m4);
+    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+  } else { /* one pair: its low halves and its high halves in one vector */
+    const __m256i v = _mm256_loadu_si256((const __m256i *)w), m = _mm256_set1_epi8(15);
+    lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m), 1);
+    hi = _mm512_setzero_si512();
+  }
 #if defined(__AVX512VNNI__)
-  const __m512i sums = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr), q, _mm512_loadu_si512(xq));
+  __m512i sums = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr), lo, _mm512_loadu_si512(xq));
+  if (n == 2) sums = _mm512_dpbusd_epi32(sums, hi, _mm512_loadu_si512(xq + 64));
 #else /* pairs of products in 16 bits (at most 2 * 15 * 127), then fours in 32 */
-  const __m512i sums = _mm512_add_epi32(
-      _mm512_madd_epi16(_mm512_maddubs_epi16(q, _mm512_loadu_si512(xq)), _mm512_set1_epi16(1)), _mm512_loadu_si512(corr));
+  const __m512i ones = _mm512_set1_epi16(1);
+  __m512i sums = _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(lo, _mm512_loadu_si512(xq)), ones),
+                                  _mm512_loadu_si512(corr));
+  if (n == 2) sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(hi, _mm512_loadu_si512(xq + 64)), ones));
 #endif
   const __m512 r = _mm512_cvtepi32_ps(sums);
   memcpy(&f, &r, sizeof f);
 #elif defined(__AVX2__) && LANES == 8
+  (void)n; /* one pair a step */
   const __m256i v = _mm256_loadu_si256((const __m256i *)w), m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
   const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_loadu_si256((const __m256i *)xq)), ones);
   const __m256i hi = _mm256_madd_epi16(
@@ -262,9 +286,10 @@ static inline vf pair_sums(const uint8_t *w, const int8_t *xq, const int32_t *co
   const __m256 r = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(lo, hi), _mm256_loadu_si256((const __m256i *)corr)));
   memcpy(&f, &r, sizeof f);
 #else
+  (void)n; /* one pair a step */
   int32_t sums[LANES];
   for (int l = 0; l < LANES; l++) sums[l] = corr[l];
-  for (int t = 0; t < 32; t++) { /* position t (low half of byte t) and t + 32 (its high half) */
+  for (int t = 0; t < 32; t++) { /* byte t of the pair: its low half meets xq[t], its high half xq[t + 32] */
     sums[t / 4] += (w[t] & 15) * xq[t];
     sums[(t / 4 + 8) % LANES] += (w[t] >> 4) * xq[t + 32];
   }
@@ -273,45 +298,60 @@ static inline vf pair_sums(const uint8_t *w, const int8_t *xq, const int32_t *co
   return f;
 }
 
-/* The pair's two block scales d2[0], d2[1] in alternate lanes (a lane's block is l % 2). */
-static inline vf pair_scales(const float *d2) {
-  double both;
-  memcpy(&both, d2, sizeof both);
+/* Each lane's weight scale for a step of n pairs starting at d2 (the step's 2 n block scales). */
+static inline __attribute__((always_inline)) vf step_scales(const float *d2, int n) {
+  vf f;
 #if defined(__AVX512F__)
-  const __m512d r = _mm512_set1_pd(both);
-#elif defined(__AVX2__)
-  const __m256d r = _mm256_set1_pd(both);
-#else
+  if (n == 2) { /* lanes 0-7 the first pair's A, B, A, B ..., lanes 8-15 the second's */
+    const __m512 r = _mm512_permutexvar_ps(_mm512_set_epi32(3, 2, 3, 2, 3, 2, 3, 2, 1, 0, 1, 0, 1, 0, 1, 0),
+                                           _mm512_castps128_ps512(_mm_loadu_ps(d2)));
+    memcpy(&f, &r, sizeof f);
+    return f;
+  }
+#endif
+  double both; /* the pair's two scales in alternate lanes */
+  memcpy(&both, d2, sizeof both);
   double r[LANES / 2];
   for (int i = 0; i < LANES / 2; i++) r[i] = both;
-#endif
-  vf f;
   memcpy(&f, &r, sizeof f);
   return f;
+}
+
+/* One step of n pairs (p: its first) for xs rows of x and ROWS_AT_ONCE weight rows. */
+static inline __attribute__((always_inline)) void int4_step(const uint8_t *const *wr, const float *const *dr,
+                                                            const int8_t *xq, const int32_t *corr, const float *dx,
+                                                            int64_t K, int64_t steps, int64_t s, int64_t p, int n,
+                                                            vf acc[][ROWS_AT_ONCE], int xs) {
+  vf d[ROWS_AT_ONCE];
+  for (int r = 0; r < ROWS_AT_ONCE; r++) d[r] = step_scales(dr[r] + 2 * p, n);
+  for (int j = 0; j < xs; j++) {
+    const vf sx = load_f32(dx + (j * steps + s) * LANES);
+    const int8_t *xj = xq + j * K + p * PAIR;
+    const int32_t *cj = corr + (j * steps + s) * LANES;
+    for (int r = 0; r < ROWS_AT_ONCE; r++) acc[j][r] += step_sums(wr[r] + p * 32, xj, cj, n) * d[r] * sx;
+  }
 }
 
 /* One tile: xs rows of x against ROWS_AT_ONCE weight rows (their scales dr), as TILE does for the other formats;
    ahead, scales_ahead: where to ask for the block's bytes and scales ahead of the reads (first tile only), or NULL. */
 static inline __attribute__((always_inline)) void int4_tile(const uint8_t *const *wr, const float *const *dr,
                                                             const int8_t *xq, const int32_t *corr, const float *dx,
-                                                            int64_t pairs, float out[][ROWS_AT_ONCE],
+                                                            int64_t K, float out[][ROWS_AT_ONCE],
                                                             const char *ahead, const char *scales_ahead, int xs) {
+  const int64_t pairs = K / PAIR, steps = (pairs + STEP_PAIRS - 1) / STEP_PAIRS, full = pairs / STEP_PAIRS;
   vf acc[X_AT_ONCE][ROWS_AT_ONCE];
   memset(acc, 0, sizeof acc);
-  for (int64_t p = 0; p < pairs; p++) {
-    if (ahead) { /* this step's share: 4 rows x 32 bytes, and 4 rows x 2 scales (a line every other step) */
-      __builtin_prefetch(ahead + p * ROWS_AT_ONCE * 32);
-      __builtin_prefetch(ahead + p * ROWS_AT_ONCE * 32 + 64);
-      if (p % 2 == 0) __builtin_prefetch(scales_ahead + p * ROWS_AT_ONCE * 8);
-    }
-    vf d[ROWS_AT_ONCE]; /* each lane's weight scale */
-    for (int r = 0; r < ROWS_AT_ONCE; r++) d[r] = pair_scales(dr[r] + 2 * p);
-    for (int j = 0; j < xs; j++) {
-      const int64_t at = j * pairs + p;
-      const vf s = load_f32(dx + at * LANES);
-      for (int r = 0; r < ROWS_AT_ONCE; r++) acc[j][r] += pair_sums(wr[r] + p * 32, xq + at * PAIR, corr + at * LANES) * d[r] * s;
-    }
+  for (int64_t s = 0; s < full; s++) {
+    const int64_t p = s * STEP_PAIRS;
+    if (ahead) /* this step's share: 4 rows x 32 bytes a pair, and 4 rows x 2 scales a pair */
+      for (int q = 0; q < STEP_PAIRS; q++) {
+        __builtin_prefetch(ahead + (p + q) * ROWS_AT_ONCE * 32);
+        __builtin_prefetch(ahead + (p + q) * ROWS_AT_ONCE * 32 + 64);
+        if ((p + q) % 2 == 0) __builtin_prefetch(scales_ahead + (p + q) * ROWS_AT_ONCE * 8);
+      }
+    int4_step(wr, dr, xq, corr, dx, K, steps, s, p, STEP_PAIRS, acc, xs);
   }
+  if (full < steps) int4_step(wr, dr, xq, corr, dx, K, steps, full, full * STEP_PAIRS, 1, acc, xs); /* a last odd pair */
   for (int j = 0; j < xs; j++) {
     const v4 sums = sum4(acc[j]);
     for (int r = 0; r < ROWS_AT_ONCE; r++) out[j][r] = sums[r];
@@ -323,20 +363,22 @@ static inline __attribute__((always_inline)) void int4_tile(const uint8_t *const
 int gemv_int4(const void *x_in, int x_bf16, const uint8_t *w, const float *d, const float *bias, void *y_out,
               int y_bf16, int64_t M, int64_t K, int64_t N, int threads) {
   if (K % PAIR) return 2;
-  const int64_t pairs = K / PAIR;
-  int8_t *xq = (int8_t *)malloc((size_t)(M * K) + (size_t)(M * pairs * LANES) * 8);
+  const int64_t pairs = K / PAIR, steps = (pairs + STEP_PAIRS - 1) / STEP_PAIRS;
+  int8_t *xq = (int8_t *)malloc((size_t)(M * K) + (size_t)(M * steps * LANES) * 8);
   if (!xq) return 1;
   int32_t *corr = (int32_t *)(xq + M * K);
-  float *dx = (float *)(corr + M * pairs * LANES);
+  float *dx = (float *)(corr + M * steps * LANES);
   for (int64_t m = 0; m < M; m++)
-    for (int64_t p = 0; p < pairs; p++) {
-      float x[PAIR];
-      for (int i = 0; i < PAIR; i++) {
+    for (int64_t s = 0; s < steps; s++) {
+      const int64_t p = s * STEP_PAIRS;
+      const int n = pairs - p < STEP_PAIRS ? (int)(pairs - p) : STEP_PAIRS;
+      float x[PAIR * STEP_PAIRS];
+      for (int i = 0; i < PAIR * n; i++) {
         const int64_t k = m * K + p * PAIR + i;
         x[i] = x_bf16 ? from_bf16(((const uint16_t *)x_in)[k]) : ((const float *)x_in)[k];
       }
-      const int64_t at = m * pairs + p;
-      prepare_x(x, xq + at * PAIR, corr + at * LANES, dx + at * LANES);
+      const int64_t at = m * steps + s;
+      prepare_step(x, n, xq + m * K + p * PAIR, corr + at * LANES, dx + at * LANES);
     }
   const int64_t blocks = (N + ROWS_AT_ONCE - 1) / ROWS_AT_ONCE;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -353,7 +395,7 @@ int gemv_int4(const void *x_in, int x_bf16, const uint8_t *w, const float *d, co
       float out[X_AT_ONCE][ROWS_AT_ONCE];
       const int xs = M - m >= X_AT_ONCE ? X_AT_ONCE : (int)(M - m);
       switch (xs) {
-      TILE_CASES(int4_tile, wr, dr, xq + m * K, corr + m * pairs * LANES, dx + m * pairs * LANES, pairs, out,
+      TILE_CASES(int4_tile, wr, dr, xq + m * K, corr + m * steps * LANES, dx + m * steps * LANES, K, out,
                  m == 0 ? (const char *)(w + n0 * (K / 2)) + PREFETCH_BYTES : NULL,
                  (const char *)(d + n0 * (K / 32)) + PREFETCH_BYTES / 4)
       }
