@@ -177,7 +177,7 @@ def test_port_problem_without_port(app_module):
     assert app_module.port_problem(OSError("disk full"), "0.0.0.0", None) is None
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "int4"])
 def test_app_starts_and_generates_in_each_dtype(app_module, finished_run, monkeypatch, capsys, dtype):
     served = []
     monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: served.append(self))
