@@ -251,7 +251,7 @@ static void prepare_step(const float *x, int n, int8_t *xq, int32_t *corr, float
 }
 
 /* One step's sums, as floats: lane l gets corr[l] + the q * xq of its bytes ((b / 4) % LANES == l), summed in
-   integers (exact). N: the step's pairs, a constant where inlined. */
+   integers (exact). n: the step's pairs, a constant where inlined. */
 static inline __attribute__((always_inline)) vf step_sums(const uint8_t *w, const int8_t *xq, const int32_t *corr, int n) {
   vf f;
 #if defined(__AVX512BW__) && LANES == 16

@@ -25,8 +25,6 @@ from gpt2_scratch.kernels import (
     LAYERS,
     CenteredHead,
     InferenceLinear,
-    Int4Linear,
-    Int8Linear,
     check_kernel,
     choose_kernel,
 )
@@ -52,10 +50,8 @@ def resolve_dtype(name: str, device: str | torch.device = "cpu") -> str:
 
 def model_dtype(model: nn.Module) -> str:
     """The format ``to_inference`` gave ``model``: ``float32`` (a plain model too), ``bfloat16``, ``int8`` or ``int4``."""
-    for layer, name in ((Int8Linear, "int8"), (Int4Linear, "int4")):
-        if any(isinstance(m, layer) for m in model.modules()):
-            return name
-    return "bfloat16" if isinstance(model.lm_head, CenteredHead) else "float32"
+    formats = {layer: fmt for fmt, layer in LAYERS.items()}
+    return next((formats[type(m)] for m in model.modules() if type(m) in formats), "float32")
 
 
 def _inference_layer(
